@@ -1,0 +1,3 @@
+#!/usr/bin/env node
+import { runCli } from "./load.js";
+await runCli("fleetlet");
