@@ -1,0 +1,21 @@
+{
+  "targets": [
+    {
+      "target_name": "fleetlet_native",
+      "sources": ["src/addon.cc", "src/spawn.cc", "src/process.cc"],
+      "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-O2"]
+    },
+    {
+      "target_name": "fleetlet-shim",
+      "type": "executable",
+      "sources": [
+        "shim/main.c", "shim/config.c", "shim/init.c", "shim/rootfs.c",
+        "shim/security.c", "shim/seccomp.c", "shim/seccomp-i386.c", "shim/log-file.c"
+      ],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-fno-pie"],
+      "ldflags": ["-static", "-no-pie", "-Wl,--gc-sections"]
+    }
+  ]
+}

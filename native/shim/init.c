@@ -1,0 +1,129 @@
+/* The container's init, from fork to exec. It waits until the shim has put
+ * it in its cgroups, unshares the remaining namespaces (the cgroup namespace
+ * last, so that its root is the container's cgroup), builds the rootfs,
+ * drops privileges and execs. Any failure is reported to the shim through
+ * `err` and the error pipe; success is the pipe closing at exec. */
+#include "shim.h"
+
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+static int loopback_up(struct shim_error *err) {
+  struct ifreq ifr;
+  cleanup_fd int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "socket for `lo`");
+    return -1;
+  }
+  memset(&ifr, 0, sizeof(ifr));
+  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "read flags of `lo`");
+    return -1;
+  }
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "bring `lo` up");
+    return -1;
+  }
+  return 0;
+}
+
+static const char *env_path(const struct shim_config *cfg) {
+  for (size_t i = 0; i < cfg->env.len; i++)
+    if (strncmp(cfg->env.items[i], "PATH=", 5) == 0) return cfg->env.items[i] + 5;
+  return "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+}
+
+static int mkdir_p(const char *path) {
+  char buf[4096];
+  snprintf(buf, sizeof(buf), "%s", path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  return mkdir(buf, 0755) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* execvpe searches the shim's PATH, not the container's: search here. */
+static void exec_command(const struct shim_config *cfg, struct shim_error *err) {
+  const char *cmd = cfg->args.items[0];
+  char *const *argv = (char *const *)cfg->args.items;
+  char *const *envp = (char *const *)cfg->env.items;
+  int saw_eacces = 0;
+
+  if (strchr(cmd, '/')) {
+    execve(cmd, argv, envp);
+    int e = errno;
+    set_error(err, e == ENOENT ? EXIT_NOT_FOUND : EXIT_NOT_EXECUTABLE, e, "exec `%s`", cmd);
+    return;
+  }
+  const char *path = env_path(cfg);
+  while (*path) {
+    const char *colon = strchrnul(path, ':');
+    char full[4096];
+    int n = snprintf(full, sizeof(full), "%.*s/%s", (int)(colon - path), path, cmd);
+    if (n > 0 && (size_t)n < sizeof(full)) {
+      execve(full, argv, envp);
+      if (errno == EACCES) saw_eacces = 1;
+      else if (errno != ENOENT && errno != ENOTDIR) {
+        set_error(err, EXIT_NOT_EXECUTABLE, errno, "exec `%s`", full);
+        return;
+      }
+    }
+    path = *colon ? colon + 1 : colon;
+  }
+  if (saw_eacces) set_error(err, EXIT_NOT_EXECUTABLE, EACCES, "exec `%s`", cmd);
+  else set_error(err, EXIT_NOT_FOUND, 0, "exec `%s`: executable file not found in $PATH", cmd);
+}
+
+void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd,
+                    struct shim_error *err) {
+  char go;
+  int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (cfg->net_host ? 0 : CLONE_NEWNET);
+
+  /* The shim writes one byte once we are in our cgroups; EOF means it gave up. */
+  if (read(go_fd, &go, 1) != 1) {
+    set_error(err, EXIT_RUNTIME, errno, "wait for cgroup placement");
+    return;
+  }
+  close(go_fd);
+  if (unshare(flags) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "unshare mount, uts, ipc%s namespaces", cfg->net_host ? "" : ", net");
+    return;
+  }
+  if (unshare(CLONE_NEWCGROUP) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "unshare the cgroup namespace");
+    return;
+  }
+  umask(0);
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "open `/dev/null`");
+    return;
+  }
+  if (rootfs_setup(cfg, err) < 0) return;
+  if (cfg->hostname && sethostname(cfg->hostname, strlen(cfg->hostname)) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "sethostname `%s`", cfg->hostname);
+    return;
+  }
+  if (!cfg->net_host && loopback_up(err) < 0) return;
+  umask(022);
+  const char *cwd = cfg->cwd && *cfg->cwd ? cfg->cwd : "/";
+  if (mkdir_p(cwd) < 0 || chdir(cwd) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "chdir to working directory `%s`", cwd);
+    return;
+  }
+  if (dup2(devnull, 0) < 0 || dup2(stdout_fd, 1) < 0 || dup2(stderr_fd, 2) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "set up stdio");
+    return;
+  }
+  if (security_apply(cfg, err) < 0) return;
+  exec_command(cfg, err);
+}

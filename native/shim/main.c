@@ -1,0 +1,251 @@
+/* fleetlet-shim CONFIG SYNC_FD [--foreground]
+ *
+ * Detaches (fork, setsid, fork), forks the container's init into a new pid
+ * namespace, joins it to its cgroups and reports one line on SYNC_FD:
+ *   "ok SHIM_PID INIT_PID" once the command is exec'd, or
+ *   "err CODE ERRNO MESSAGE" if anything before exec failed.
+ * It then supervises: forwards signals, copies output to the rotated log
+ * (and to its own stdout/stderr with --foreground), and writes the exit
+ * record when the init is gone. */
+#include "shim.h"
+
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "log-file.h"
+
+static void report(int sync_fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void report(int sync_fd, const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if ((size_t)n > sizeof(line) - 2) n = sizeof(line) - 2;
+  line[n++] = '\n';
+  while (write(sync_fd, line, n) < 0 && errno == EINTR) {
+  }
+}
+
+static void fail(int sync_fd, const struct shim_error *err) {
+  report(sync_fd, "err %d %d %s", err->code, err->errnum, err->message);
+  _exit(err->code ? err->code : EXIT_RUNTIME);
+}
+
+static void iso_now(char *buf, size_t len) {
+  struct timespec ts;
+  struct tm tm;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(buf + n, len - n, ".%03ldZ", ts.tv_nsec / 1000000);
+}
+
+static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_error *err) {
+  char path[4096], value[32];
+  int len = snprintf(value, sizeof(value), "%d", pid);
+  for (size_t i = 0; i < cfg->cgroups.len; i++) {
+    snprintf(path, sizeof(path), "%s/cgroup.procs", cfg->cgroups.items[i]);
+    cleanup_fd int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, value, len) != len) {
+      set_error(err, EXIT_RUNTIME, errno, "join cgroup `%s`", cfg->cgroups.items[i]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The kernel counts OOM kills per memory cgroup: "oom_kill N" in v1's
+ * memory.oom_control and v2's memory.events. */
+static int oom_killed(const struct shim_config *cfg) {
+  char buf[4096];
+  if (!cfg->oom_file) return 0;
+  cleanup_fd int fd = open(cfg->oom_file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+    if (strncmp(line, "oom_kill ", 9) == 0) return strtoull(line + 9, NULL, 10) > 0;
+  return 0;
+}
+
+static void write_exit(const struct shim_config *cfg, pid_t init, int status, const char *started) {
+  char finished[40], tmp[4096], json[512];
+  iso_now(finished, sizeof(finished));
+  int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + sig;
+  int n = snprintf(json, sizeof(json),
+                   "{\"pid\":%d,\"exitCode\":%d,\"signal\":%d,\"oomKilled\":%s,"
+                   "\"startedAt\":\"%s\",\"finishedAt\":\"%s\"}\n",
+                   init, code, sig, oom_killed(cfg) ? "true" : "false", started, finished);
+  snprintf(tmp, sizeof(tmp), "%s.tmp", cfg->exit_path);
+  cleanup_fd int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0 || write(fd, json, n) != n || fsync(fd) < 0 || rename(tmp, cfg->exit_path) < 0)
+    fprintf(stderr, "fleetlet-shim: write exit record `%s`: %s\n", cfg->exit_path, strerror(errno));
+}
+
+static void supervise(const struct shim_config *cfg, pid_t init, int sigfd, int out, int errfd, int fg,
+                      struct log_file *log) {
+  char started[40], buf[65536];
+  int status = 0, init_done = 0;
+  struct pollfd fds[3] = {{sigfd, POLLIN, 0}, {out, POLLIN, 0}, {errfd, POLLIN, 0}};
+  int forward[3] = {-1, fg ? 1 : -1, fg ? 2 : -1};
+
+  iso_now(started, sizeof(started));
+  while (!init_done || fds[1].fd >= 0 || fds[2].fd >= 0) {
+    /* Once the init is gone every process of its pid namespace is too, so
+     * the pipes are at EOF; the timeout only guards against a stray holder. */
+    int r = poll(fds, 3, init_done ? 2000 : -1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    for (int i = 1; i < 3; i++) {
+      if (fds[i].fd < 0 || !fds[i].revents) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        continue;
+      }
+      log_file_write(log, buf, n);
+      if (forward[i] >= 0 && write(forward[i], buf, n) < 0) forward[i] = -1; /* terminal gone */
+    }
+    if (fds[0].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      if (read(sigfd, &si, sizeof(si)) != sizeof(si)) continue;
+      if (si.ssi_signo != SIGCHLD) {
+        kill(init, si.ssi_signo);
+        continue;
+      }
+      pid_t w;
+      int st;
+      while ((w = waitpid(-1, &st, WNOHANG)) > 0)
+        if (w == init) {
+          status = st;
+          init_done = 1;
+        }
+    }
+  }
+  write_exit(cfg, init, status, started);
+}
+
+int main(int argc, char **argv) {
+  struct shim_config cfg;
+  struct shim_error err = {0};
+  int go[2], errpipe[2], out[2], errout[2];
+  static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
+
+  if (argc < 3) {
+    fprintf(stderr, "usage: fleetlet-shim CONFIG SYNC_FD [--foreground]\n");
+    return EXIT_RUNTIME;
+  }
+  int sync_fd = atoi(argv[2]);
+  int fg = argc > 3 && strcmp(argv[3], "--foreground") == 0;
+  /* Nothing the launcher leaked may reach the container. */
+  syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+
+  pid_t p = fork();
+  if (p < 0) {
+    set_error(&err, EXIT_RUNTIME, errno, "fork the shim");
+    fail(sync_fd, &err);
+  }
+  if (p > 0) _exit(0);
+  setsid();
+  p = fork();
+  if (p < 0) {
+    set_error(&err, EXIT_RUNTIME, errno, "fork the shim");
+    fail(sync_fd, &err);
+  }
+  if (p > 0) _exit(0);
+
+  if (config_read(argv[1], &cfg, &err) < 0) fail(sync_fd, &err);
+  prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  prctl(PR_SET_NAME, "fleetlet-shim", 0, 0, 0);
+  signal(SIGPIPE, SIG_IGN);
+
+  struct log_file log;
+  if (log_file_open(&log, cfg.log_path, cfg.log_max, cfg.log_keep, &err) < 0) fail(sync_fd, &err);
+  if (pipe2(go, O_CLOEXEC) < 0 || pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
+      pipe2(errout, O_CLOEXEC) < 0) {
+    set_error(&err, EXIT_RUNTIME, errno, "create pipes");
+    fail(sync_fd, &err);
+  }
+  sigset_t mask, old;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  for (size_t i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++) sigaddset(&mask, forwarded[i]);
+  sigprocmask(SIG_BLOCK, &mask, &old);
+  int sigfd = signalfd(-1, &mask, SFD_CLOEXEC);
+  if (sigfd < 0) {
+    set_error(&err, EXIT_RUNTIME, errno, "signalfd");
+    fail(sync_fd, &err);
+  }
+  if (unshare(CLONE_NEWPID) < 0) {
+    set_error(&err, EXIT_RUNTIME, errno, "unshare the pid namespace");
+    fail(sync_fd, &err);
+  }
+
+  pid_t init = fork();
+  if (init < 0) {
+    set_error(&err, EXIT_RUNTIME, errno, "fork the container init");
+    fail(sync_fd, &err);
+  }
+  if (init == 0) {
+    signal(SIGPIPE, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    container_init(&cfg, go[0], out[1], errout[1], &err);
+    while (write(errpipe[1], &err, sizeof(err)) < 0 && errno == EINTR) {
+    }
+    _exit(err.code);
+  }
+  close(go[0]);
+  close(errpipe[1]);
+  close(out[1]);
+  close(errout[1]);
+
+  if (join_cgroups(&cfg, init, &err) < 0) {
+    kill(init, SIGKILL);
+    waitpid(init, NULL, 0);
+    fail(sync_fd, &err);
+  }
+  if (write(go[1], "g", 1) != 1) {
+    set_error(&err, EXIT_RUNTIME, errno, "release the container init");
+    fail(sync_fd, &err);
+  }
+  close(go[1]);
+
+  struct shim_error child_err;
+  ssize_t n;
+  do n = read(errpipe[0], &child_err, sizeof(child_err));
+  while (n < 0 && errno == EINTR);
+  close(errpipe[0]);
+  if (n != 0) {
+    waitpid(init, NULL, 0);
+    if (n != sizeof(child_err)) set_error(&child_err, EXIT_RUNTIME, 0, "container init died before exec");
+    child_err.message[sizeof(child_err.message) - 1] = '\0';
+    fail(sync_fd, &child_err);
+  }
+  report(sync_fd, "ok %d %d", getpid(), init);
+  close(sync_fd);
+  if (!fg) {
+    int devnull = open("/dev/null", O_RDWR);
+    if (devnull >= 0) {
+      dup2(devnull, 0);
+      dup2(devnull, 1);
+      close(devnull);
+    }
+  }
+  supervise(&cfg, init, sigfd, out[0], errout[0], fg, &log);
+  return 0;
+}

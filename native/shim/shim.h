@@ -1,0 +1,99 @@
+/* fleetlet-shim: the per-container supervisor.
+ *
+ * One shim runs per container. It detaches from whoever started it, clones
+ * the container's init into new namespaces, places it in its cgroups, sets
+ * up the root filesystem and privileges, execs the command, and then stays
+ * behind to forward signals, copy output into a rotated log and record the
+ * exit. It is single-threaded and links nothing but libc.
+ */
+#ifndef FLEETLET_SHIM_H
+#define FLEETLET_SHIM_H
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_LIST 256
+
+/* Exit codes that follow Docker's conventions. */
+#define EXIT_RUNTIME 125
+#define EXIT_NOT_EXECUTABLE 126
+#define EXIT_NOT_FOUND 127
+
+struct str_list {
+  const char *items[MAX_LIST];
+  size_t len;
+};
+
+struct bind_mount {
+  const char *source;
+  const char *target;
+  int readonly;
+};
+
+/* The container's configuration, read from the NUL-separated `config` file
+ * that the runtime writes into the container directory. */
+struct shim_config {
+  const char *id;
+  const char *rootfs;          /* where the overlay is mounted */
+  struct str_list lower;       /* read-only layers, topmost first */
+  const char *upper;
+  const char *work;
+  const char *hostname;
+  const char *cwd;
+  struct str_list args;
+  struct str_list env;
+  uint32_t uid, gid;
+  struct str_list groups;
+  struct str_list caps;        /* capability numbers, as text */
+  int net_host;
+  int readonly;
+  int seccomp;                 /* 1: the default filter, 0: none */
+  struct bind_mount binds[MAX_LIST];
+  size_t nbinds;
+  struct str_list masked;
+  struct str_list readonly_paths;
+  struct str_list cgroups;     /* cgroup dirs to join, one per hierarchy */
+  const char *oom_file;        /* memory.oom_control (v1) or memory.events (v2) */
+  const char *log_path;
+  uint64_t log_max;
+  unsigned log_keep;
+  const char *exit_path;
+  uint64_t nofile_soft, nofile_hard;
+};
+
+/* An error travels as a value: the exit code it maps to, errno and a
+ * message naming the step and the path. */
+struct shim_error {
+  int code;
+  int errnum;
+  char message[768];
+};
+
+int config_read(const char *path, struct shim_config *cfg, struct shim_error *err);
+
+/* Runs in the container's init between fork and exec; returns only on
+ * failure, with err filled in. */
+void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd,
+                    struct shim_error *err);
+
+int rootfs_setup(const struct shim_config *cfg, struct shim_error *err);
+int security_apply(const struct shim_config *cfg, struct shim_error *err);
+int seccomp_install(struct shim_error *err);
+
+void set_error(struct shim_error *err, int code, int errnum, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Cleanup helpers in the manner of crun: a variable declared with
+ * `cleanup_fd` is closed on every exit path. */
+static inline void close_fdp(int *fd) {
+  if (*fd >= 0) close(*fd);
+}
+#define cleanup_fd __attribute__((cleanup(close_fdp)))
+
+#endif

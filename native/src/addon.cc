@@ -1,0 +1,18 @@
+#include <cstring>
+
+#include "native.h"
+
+Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what) {
+  Napi::Error e = Napi::Error::New(env, what + ": " + std::strerror(err));
+  e.Set("errno", Napi::Number::New(env, err));
+  return e;
+}
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("startTime", Napi::Function::New(env, StartTime));
+  exports.Set("signalProcess", Napi::Function::New(env, SignalProcess));
+  exports.Set("spawnShim", Napi::Function::New(env, SpawnShim));
+  return InitExitWatch(env, exports);
+}
+
+NODE_API_MODULE(fleetlet_native, Init)

@@ -1,0 +1,23 @@
+// The addon's few coarse operations, exposed to agent/runtime/native.ts.
+#pragma once
+#include <napi.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+// Start time of a process in clock ticks since boot (field 22 of
+// /proc/PID/stat), or 0 when the process does not exist. Together with the
+// pid it names one process for good, whatever pids the kernel reuses.
+uint64_t ProcessStartTime(pid_t pid);
+
+// A pidfd for pid, or -1 with errno ESRCH when the process is gone or is no
+// longer the one that started at `start_time`.
+int OpenVerifiedPidfd(pid_t pid, uint64_t start_time);
+
+Napi::Value StartTime(const Napi::CallbackInfo& info);
+Napi::Value SignalProcess(const Napi::CallbackInfo& info);
+Napi::Value SpawnShim(const Napi::CallbackInfo& info);
+Napi::Object InitExitWatch(Napi::Env env, Napi::Object exports);
+
+Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what);
