@@ -2,8 +2,9 @@
  *
  * Detaches (fork, setsid, fork), forks the container's init into a new pid
  * namespace, joins it to its cgroups and reports one line on SYNC_FD:
- *   "ok SHIM_PID INIT_PID" once the command is exec'd, or
+ *   "ok SHIM_PID SHIM_START INIT_PID INIT_START" once the command is exec'd, or
  *   "err CODE ERRNO MESSAGE" if anything before exec failed.
+ * (the start times are /proc/PID/stat's field 22).
  * It then supervises: forwards signals, copies output to the rotated log
  * (and to its own stdout/stderr with --foreground), and writes the exit
  * record when the init is gone. */
@@ -35,6 +36,21 @@ static void report(int sync_fd, const char *fmt, ...) {
   line[n++] = '\n';
   while (write(sync_fd, line, n) < 0 && errno == EINTR) {
   }
+}
+
+/* Start time in clock ticks since boot: with the pid, it names this one
+ * process for good, so a later reader can tell it from a reused pid. */
+static unsigned long long start_time(pid_t pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  cleanup_fd int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  char *p = strrchr(buf, ')');
+  for (int field = 2; field < 22 && p; field++) p = strchr(p + 1, ' ');
+  return p ? strtoull(p + 1, NULL, 10) : 0;
 }
 
 static void fail(int sync_fd, const struct shim_error *err) {
@@ -236,7 +252,7 @@ int main(int argc, char **argv) {
     child_err.message[sizeof(child_err.message) - 1] = '\0';
     fail(sync_fd, &child_err);
   }
-  report(sync_fd, "ok %d %d", getpid(), init);
+  report(sync_fd, "ok %d %llu %d %llu", getpid(), start_time(getpid()), init, start_time(init));
   close(sync_fd);
   if (!fg) {
     int devnull = open("/dev/null", O_RDWR);

@@ -1,4 +1,5 @@
-// spawnShim(shimPath, configPath, foreground) -> Promise<{shimPid, initPid}>
+// spawnShim(shimPath, configPath, foreground)
+//   -> Promise<{shimPid, shimStartTime, initPid, initStartTime}>
 //
 // Forking Node's multi-threaded process and doing setup work in the child is
 // unsafe, so the addon only posix_spawns the shim (vfork + exec) on a worker
@@ -84,10 +85,13 @@ class SpawnWorker : public Napi::AsyncWorker {
       return deferred_.Reject(e.Value());
     }
     int shim = 0, init = 0, code = 0, eno = 0, consumed = 0;
-    if (std::sscanf(line_.c_str(), "ok %d %d", &shim, &init) == 2) {
+    unsigned long long shim_start = 0, init_start = 0;
+    if (std::sscanf(line_.c_str(), "ok %d %llu %d %llu", &shim, &shim_start, &init, &init_start) == 4) {
       Napi::Object r = Napi::Object::New(env);
       r.Set("shimPid", shim);
+      r.Set("shimStartTime", Napi::BigInt::New(env, static_cast<uint64_t>(shim_start)));
       r.Set("initPid", init);
+      r.Set("initStartTime", Napi::BigInt::New(env, static_cast<uint64_t>(init_start)));
       return deferred_.Resolve(r);
     }
     std::string message = "the shim exited without saying why";

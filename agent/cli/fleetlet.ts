@@ -1,0 +1,63 @@
+/** `fleetlet`: the device-side command. Parses, calls the runtime, prints. */
+import { loadDeviceConfig, resolveRoot } from "../config/device-config.js";
+import { FleetError } from "../errors.js";
+import { Runtime } from "../runtime/runtime.js";
+import { parseArgs } from "./args.js";
+import { killCommand, logsCommand, psCommand, rmCommand, stopCommand } from "./container-commands.js";
+import { printError } from "./output.js";
+import { runCommand } from "./run-command.js";
+
+const HELP = `usage: fleetlet [--root DIR] [--config FILE] COMMAND [ARGS]
+
+Containers:
+  run [--rm] [-d] [--name N] --rootfs DIR [--memory 32Mi] [--cpus 0.5] [--pids N]
+      [--hostname H] [-e K=V] [-v NAME:/path[:ro]] [--network none|host] [--read-only]
+      [--user UID[:GID]] [-w DIR] [--cap-add CAP] [--cap-drop CAP] -- CMD...
+  ps [-a] [--json]          list containers (running ones, or all with -a)
+  logs [--tail N] NAME      print a container's output
+  stop [-t SECONDS] NAME    stop signal, then SIGKILL after the timeout
+  kill [-s SIGNAL] NAME     send a signal to the container's init
+  rm [-f] NAME...           remove containers (-f kills running ones first)
+
+Global options:
+  --root DIR     state directory (default /var/lib/fleetlet, or $FLEETLET_ROOT)
+  --config FILE  device config (default /etc/fleetlet/config.json, or $FLEETLET_CONFIG)
+`;
+
+type Command = (runtime: Runtime, argv: string[]) => number | Promise<number>;
+
+const COMMANDS: Record<string, Command> = {
+  run: runCommand,
+  ps: psCommand,
+  logs: logsCommand,
+  stop: stopCommand,
+  kill: killCommand,
+  rm: rmCommand,
+};
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    const { options, positionals, rest } = parseArgs(
+      argv,
+      [
+        { name: "root", type: "string" },
+        { name: "config", type: "string" },
+        { name: "help", type: "boolean" },
+      ],
+      { stopAtPositional: true },
+    );
+    const name = positionals[0];
+    if (options.help || !name || name === "help") {
+      process.stdout.write(HELP);
+      return name || options.help ? 0 : 2;
+    }
+    const command = COMMANDS[name];
+    if (!command) throw new FleetError("E_INVALID_ARGUMENT", `unknown command "${name}" (see fleetlet --help)`, { exitCode: 2 });
+    if (process.getuid?.() !== 0) throw new FleetError("E_NOT_ROOT", `${name}: fleetlet manages containers and must run as root`, { exitCode: 125 });
+    loadDeviceConfig(options.config as string | undefined); // a broken config is refused before anything runs
+    const runtime = new Runtime({ root: resolveRoot(options.root as string | undefined) });
+    return await command(runtime, rest);
+  } catch (err) {
+    return printError("fleetlet", err);
+  }
+}

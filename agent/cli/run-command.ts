@@ -1,0 +1,134 @@
+/**
+ * `fleetlet run [--rm] [-d] [--name N] [--rootfs DIR | IMAGE] [limits…] -- CMD…`
+ * Runs in the foreground and exits with the container's status (137 when
+ * killed; an OOM kill is said plainly), or prints the id with -d.
+ */
+import { resolve } from "node:path";
+import type { ContainerSpecInput } from "../../schemas/container.js";
+import { formatBytes, parseBytes } from "../../schemas/quantity.js";
+import { FleetError } from "../errors.js";
+import type { Runtime } from "../runtime/runtime.js";
+import { signalName } from "../runtime/signals.js";
+import { resolveUser } from "../runtime/user-lookup.js";
+import { type OptionSpec, parseArgs } from "./args.js";
+
+export const RUN_OPTIONS: OptionSpec[] = [
+  { name: "rm", type: "boolean" },
+  { name: "detach", short: "d", type: "boolean" },
+  { name: "name", type: "string" },
+  { name: "rootfs", type: "string", multiple: true },
+  { name: "memory", short: "m", type: "string" },
+  { name: "cpus", type: "string" },
+  { name: "cpu-shares", type: "string" },
+  { name: "pids", type: "string" },
+  { name: "hostname", short: "h", type: "string" },
+  { name: "env", short: "e", type: "string", multiple: true },
+  { name: "volume", short: "v", type: "string", multiple: true },
+  { name: "network", type: "string" },
+  { name: "read-only", type: "boolean" },
+  { name: "user", short: "u", type: "string" },
+  { name: "workdir", short: "w", type: "string" },
+  { name: "cap-add", type: "string", multiple: true },
+  { name: "cap-drop", type: "string", multiple: true },
+  { name: "seccomp", type: "string" },
+  { name: "stop-timeout", type: "string" },
+];
+
+const usage = (msg: string) => new FleetError("E_INVALID_ARGUMENT", msg, { exitCode: 125 });
+
+function num(value: string | undefined, field: string, integer: boolean): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || (integer && !Number.isInteger(n))) throw usage(`--${field}: expected ${integer ? "a whole number" : "a number"}, got "${value}"`);
+  return n;
+}
+
+/** Builds the container spec from the command line; throws naming the flag at fault. */
+export function runSpec(argv: string[]): { spec: ContainerSpecInput; rm: boolean; detach: boolean } {
+  const { options: o, positionals, rest } = parseArgs(argv, RUN_OPTIONS, { stopAtPositional: true, exitCode: 125 });
+  const rootfs = (o.rootfs as string[]).map((r) => resolve(r));
+  let command = rest;
+  if (rootfs.length === 0) {
+    if (positionals.length === 0) throw usage("run: give --rootfs DIR or an IMAGE, then -- and the command");
+    throw usage(`run: image ${positionals[0]}: running images needs the image store, which this build does not have yet; use --rootfs DIR`);
+  }
+  if (positionals.length > 0) command = [...positionals, ...rest];
+  if (command.length === 0) throw usage("run: no command given (put it after --)");
+  const memoryText = o.memory as string | undefined;
+  const memory = memoryText === undefined ? undefined : parseBytes(memoryText);
+  if (memoryText !== undefined && memory === undefined) throw usage(`--memory: expected a size such as 32Mi, 512k or 1G, got "${memoryText}"`);
+  const volumes = (o.volume as string[]).map((v) => {
+    const [name, target, mode, ...extra] = v.split(":");
+    if (!name || !target || extra.length > 0 || (mode !== undefined && mode !== "ro" && mode !== "rw")) {
+      throw usage(`--volume: expected NAME:/path[:ro], got "${v}"`);
+    }
+    return { name, target, readOnly: mode === "ro" };
+  });
+  const network = (o.network as string | undefined) ?? "none";
+  if (network !== "none" && network !== "host") throw usage(`--network: expected none or host, got "${network}"`);
+  const seccomp = (o.seccomp as string | undefined) ?? "default";
+  if (seccomp !== "default" && seccomp !== "unconfined") throw usage(`--seccomp: expected default or unconfined, got "${seccomp}"`);
+  const stopTimeout = num(o["stop-timeout"] as string | undefined, "stop-timeout", false);
+  const spec: ContainerSpecInput = {
+    name: o.name as string | undefined,
+    layers: rootfs,
+    command,
+    env: o.env as string[],
+    workingDir: (o.workdir as string | undefined) ?? "/",
+    user: o.user ? resolveUser(o.user as string, rootfs, "--user") : undefined,
+    hostname: o.hostname as string | undefined,
+    resources: {
+      memory,
+      cpus: num(o.cpus as string | undefined, "cpus", false),
+      cpuShares: num(o["cpu-shares"] as string | undefined, "cpu-shares", true),
+      pids: num(o.pids as string | undefined, "pids", true),
+    },
+    network,
+    readOnlyRootfs: o["read-only"] === true,
+    volumes,
+    capAdd: o["cap-add"] as string[],
+    capDrop: o["cap-drop"] as string[],
+    seccomp,
+    stopTimeoutMs: stopTimeout === undefined ? undefined : Math.round(stopTimeout * 1000),
+  };
+  return { spec, rm: o.rm === true, detach: o.detach === true };
+}
+
+export async function runCommand(runtime: Runtime, argv: string[]): Promise<number> {
+  const { spec, rm, detach } = runSpec(argv);
+  if (rm && detach) throw usage("run: --rm and -d cannot be combined: nothing would be left to remove the container");
+  const { id } = runtime.create(spec);
+  try {
+    await runtime.start(id, { foreground: !detach });
+  } catch (err) {
+    if (rm) await runtime.delete(id, { force: true });
+    throw err;
+  }
+  if (detach) {
+    process.stdout.write(`${id}\n`);
+    return 0;
+  }
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    // The first signal asks the container to stop; a second one kills it.
+    if (signals++ === 0) runtime.stop(id, { signal: sig }).catch(() => runtime.kill(id, "SIGKILL"));
+    else runtime.kill(id, "SIGKILL");
+  };
+  const handled: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  for (const s of handled) process.on(s, onSignal);
+  try {
+    const exit = await runtime.wait(id);
+    if (exit.oomKilled) {
+      const limit = runtime.inspect(id).spec.resources.memory;
+      const what = limit ? ` (limit ${formatBytes(limit)})` : "";
+      if (exit.signal === 9 || exit.exitCode === 137) process.stderr.write(`fleetlet: killed: out of memory${what}\n`);
+      else process.stderr.write(`fleetlet: a process in the container was killed: out of memory${what}\n`);
+    } else if (exit.signal && exit.signal !== 9) {
+      process.stderr.write(`fleetlet: container killed by ${signalName(exit.signal)}\n`);
+    }
+    return exit.exitCode;
+  } finally {
+    for (const s of handled) process.off(s, onSignal);
+    if (rm) await runtime.delete(id, { force: true });
+  }
+}

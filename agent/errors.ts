@@ -1,0 +1,38 @@
+/**
+ * The one error type of fleetlet: a stable machine code (the same in the CLI's
+ * output, in `reported.lastError` and on the events topic) and a sentence for
+ * humans that names the thing involved.
+ */
+export type ErrorCode =
+  | "E_INVALID_ARGUMENT"
+  | "E_INVALID_CONFIG"
+  | "E_NOT_FOUND"
+  | "E_CONFLICT"
+  | "E_CONTAINER_RUNNING"
+  | "E_RUNTIME"
+  | "E_NOT_EXECUTABLE"
+  | "E_COMMAND_NOT_FOUND"
+  | "E_CGROUP"
+  | "E_OOM_KILLED"
+  | "E_NOT_ROOT";
+
+export class FleetError extends Error {
+  readonly code: ErrorCode;
+  /** The process exit status a CLI should use for this error. */
+  readonly exitCode: number;
+
+  constructor(code: ErrorCode, message: string, options: { exitCode?: number; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "FleetError";
+    this.code = code;
+    this.exitCode = options.exitCode ?? 1;
+  }
+
+  toJSON(): { code: ErrorCode; message: string } {
+    return { code: this.code, message: this.message };
+  }
+}
+
+export function isErrno(err: unknown, code: string): err is NodeJS.ErrnoException {
+  return err instanceof Error && (err as NodeJS.ErrnoException).code === code;
+}

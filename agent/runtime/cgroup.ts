@@ -1,0 +1,142 @@
+/**
+ * The container's cgroups: one directory per hierarchy under a `fleetlet`
+ * parent, limits written before the shim joins the init to them, usage read
+ * back, and removal once the processes are gone. cgroupfs calls are kernel
+ * bookkeeping, not disk I/O, so they run synchronously.
+ */
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { FleetError, isErrno } from "../errors.js";
+import { type CgroupLayout, V1_CONTROLLERS } from "./cgroup-layout.js";
+import { type CgroupStats, type Limits, limitWrites, oomCounterFile, statFiles } from "./cgroup-limits.js";
+
+export interface ContainerCgroups {
+  /** hierarchy ("memory", "cpu", …, "unified") → directory */
+  dirs: Map<string, string>;
+  oomFile: string | null;
+}
+
+export class Cgroups {
+  constructor(
+    private readonly layout: CgroupLayout,
+    private readonly parent = "fleetlet",
+  ) {}
+
+  get mode(): CgroupLayout["mode"] {
+    return this.layout.mode;
+  }
+
+  /** The directories a container's cgroups have (or would have). */
+  locate(id: string): ContainerCgroups {
+    const dirs = new Map<string, string>();
+    for (const c of V1_CONTROLLERS) {
+      const mount = this.layout.v1.get(c);
+      if (mount) dirs.set(c, join(mount, this.parent, id));
+    }
+    if (this.layout.unified) dirs.set("unified", join(this.layout.unified, this.parent, id));
+    const oom = oomCounterFile(this.layout.mode);
+    const oomDir = dirs.get(oom.hierarchy);
+    return { dirs, oomFile: oomDir ? join(oomDir, oom.file) : null };
+  }
+
+  /** Creates the container's cgroups with its limits in place. */
+  create(id: string, limits: Limits): ContainerCgroups {
+    const groups = this.locate(id);
+    if (this.layout.mode === "v2") this.enableControllers();
+    for (const dir of new Set(groups.dirs.values())) {
+      try {
+        mkdirSync(dir, { recursive: true });
+      } catch (err) {
+        throw new FleetError("E_CGROUP", `create cgroup ${dir}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    for (const w of limitWrites(this.layout.mode, limits)) {
+      const dir = groups.dirs.get(w.hierarchy);
+      if (!dir) {
+        throw new FleetError("E_CGROUP", `cannot apply ${w.file}: the ${w.hierarchy} cgroup controller is not mounted`);
+      }
+      const file = join(dir, w.file);
+      if (w.optional && !existsSync(file)) continue;
+      try {
+        writeFileSync(file, w.value);
+      } catch (err) {
+        throw new FleetError("E_CGROUP", `write ${w.value} to ${file}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    return groups;
+  }
+
+  /** v2 only: let the parent hand memory, cpu and pids down to containers. */
+  private enableControllers(): void {
+    const root = this.layout.unified!;
+    const available = readFileSync(join(root, "cgroup.controllers"), "utf8").trim().split(/\s+/);
+    const wanted = ["memory", "cpu", "pids"].filter((c) => available.includes(c));
+    const parentDir = join(root, this.parent);
+    mkdirSync(parentDir, { recursive: true });
+    for (const dir of [root, parentDir]) {
+      const file = join(dir, "cgroup.subtree_control");
+      const enabled = readFileSync(file, "utf8").trim().split(/\s+/);
+      const missing = wanted.filter((c) => !enabled.includes(c));
+      if (missing.length === 0) continue;
+      try {
+        writeFileSync(file, missing.map((c) => `+${c}`).join(" "));
+      } catch (err) {
+        throw new FleetError("E_CGROUP", `enable ${missing.join(", ")} in ${file}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+  }
+
+  stats(id: string): CgroupStats {
+    const { dirs } = this.locate(id);
+    const out: CgroupStats = { memoryBytes: 0, cpuNanos: 0, pids: 0 };
+    for (const [key, spec] of Object.entries(statFiles(this.layout.mode)) as [keyof CgroupStats, ReturnType<typeof statFiles>["pids"]][]) {
+      const dir = dirs.get(spec.hierarchy);
+      if (!dir) continue;
+      try {
+        const text = readFileSync(join(dir, spec.file), "utf8");
+        const raw = spec.key ? new RegExp(`^${spec.key} (\\d+)$`, "m").exec(text)?.[1] : text.trim();
+        out[key] = Number(raw ?? 0) * spec.scale;
+      } catch (err) {
+        if (!isErrno(err, "ENOENT")) throw err;
+        // the cgroup is already gone: the figures are zero
+      }
+    }
+    return out;
+  }
+
+  /** Removes the container's cgroups, killing any process still in them. */
+  async remove(id: string): Promise<void> {
+    for (const dir of new Set(this.locate(id).dirs.values())) {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          rmdirSync(dir);
+          break;
+        } catch (err) {
+          if (isErrno(err, "ENOENT")) break;
+          if (!isErrno(err, "EBUSY") || attempt >= 100) {
+            throw new FleetError("E_CGROUP", `remove cgroup ${dir}: ${(err as Error).message}`, { cause: err });
+          }
+          killAll(dir);
+          await sleep(10);
+        }
+      }
+    }
+  }
+}
+
+function killAll(dir: string): void {
+  let pids: string[] = [];
+  try {
+    pids = readFileSync(join(dir, "cgroup.procs"), "utf8").split("\n").filter(Boolean);
+  } catch (err) {
+    if (!isErrno(err, "ENOENT")) throw err;
+  }
+  for (const pid of pids) {
+    try {
+      process.kill(Number(pid), "SIGKILL");
+    } catch (err) {
+      if (!isErrno(err, "ESRCH")) throw err; // already exited
+    }
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * The native isolation core: the addon (a few coarse operations) and the
+ * path of the per-container shim, both built by node-gyp into
+ * native/build/Release at `npm ci`.
+ */
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { FleetError } from "../errors.js";
+
+export interface SpawnResult {
+  shimPid: number;
+  shimStartTime: bigint;
+  initPid: number;
+  initStartTime: bigint;
+}
+
+export interface ExitWatchHandle {
+  close(): void;
+}
+
+export interface NativeCore {
+  spawnShim(shimPath: string, configPath: string, foreground: boolean): Promise<SpawnResult>;
+  /** Start time of a process (clock ticks since boot), null when it is gone. */
+  startTime(pid: number): bigint | null;
+  /** Signals the process that started at startTime; false when it is gone. */
+  signalProcess(pid: number, startTime: bigint, signal: number): boolean;
+  ExitWatch: new (pid: number, startTime: bigint, onExit: () => void) => ExitWatchHandle;
+}
+
+export interface NativeBinding {
+  core: NativeCore;
+  shimPath: string;
+}
+
+function findBuildDir(): string {
+  const fromEnv = process.env.FLEETLET_NATIVE_DIR;
+  if (fromEnv) return fromEnv;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const candidate = join(dir, "native", "build", "Release");
+    if (existsSync(join(candidate, "fleetlet_native.node"))) return candidate;
+    dir = dirname(dir);
+  }
+  throw new FleetError("E_RUNTIME", "the native core is not built (native/build/Release is missing): run `npm ci` or `npm run build`", {
+    exitCode: 125,
+  });
+}
+
+let loaded: NativeBinding | undefined;
+
+/** Loads the addon once per process. */
+export function loadNative(): NativeBinding {
+  if (!loaded) {
+    const dir = findBuildDir();
+    const require = createRequire(import.meta.url);
+    loaded = { core: require(join(dir, "fleetlet_native.node")) as NativeCore, shimPath: join(dir, "fleetlet-shim") };
+  }
+  return loaded;
+}

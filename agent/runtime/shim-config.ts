@@ -1,0 +1,53 @@
+/**
+ * The shim's config file: "key=value" records separated by NUL bytes, so any
+ * value but NUL passes through unchanged. Repeated keys make lists. The
+ * schema has already refused NULs, and tabs in paths (the bind separator).
+ */
+import type { ContainerSpec } from "../../schemas/container.js";
+import type { ContainerCgroups } from "./cgroup.js";
+import type { ContainerPaths } from "./container-dir.js";
+import { DEFAULT_NOFILE, MASKED_PATHS, READONLY_PATHS } from "./proc-defaults.js";
+
+export interface ShimConfigInput {
+  id: string;
+  spec: ContainerSpec;
+  env: string[];
+  hostname: string;
+  paths: ContainerPaths;
+  cgroups: ContainerCgroups;
+  capabilities: number[];
+  volumeDir: (name: string) => string;
+}
+
+export function encodeShimConfig(c: ShimConfigInput): Buffer {
+  const records: [string, string | number][] = [
+    ["id", c.id],
+    ["rootfs", c.paths.rootfs],
+    ...c.spec.layers.map((l): [string, string] => ["lower", l]),
+    ["upper", c.paths.upper],
+    ["work", c.paths.work],
+    ["hostname", c.hostname],
+    ["cwd", c.spec.workingDir],
+    ...c.spec.command.map((a): [string, string] => ["arg", a]),
+    ...c.env.map((e): [string, string] => ["env", e]),
+    ["uid", c.spec.user.uid],
+    ["gid", c.spec.user.gid],
+    ...c.spec.user.groups.map((g): [string, number] => ["group", g]),
+    ...c.capabilities.map((n): [string, number] => ["cap", n]),
+    ["net", c.spec.network],
+    ["readonly", c.spec.readOnlyRootfs ? 1 : 0],
+    ["seccomp", c.spec.seccomp],
+    ...c.spec.volumes.map((v): [string, string] => [v.readOnly ? "bind-ro" : "bind", `${c.volumeDir(v.name)}\t${v.target}`]),
+    ...MASKED_PATHS.map((p): [string, string] => ["mask", p]),
+    ...READONLY_PATHS.map((p): [string, string] => ["ropath", p]),
+    ...[...new Set(c.cgroups.dirs.values())].map((d): [string, string] => ["cgroup", d]),
+    ...(c.cgroups.oomFile ? [["oom", c.cgroups.oomFile] as [string, string]] : []),
+    ["log", c.paths.log],
+    ["logmax", c.spec.log.maxBytes],
+    ["logkeep", c.spec.log.keep],
+    ["exit", c.paths.exit],
+    ["nofile-soft", DEFAULT_NOFILE.soft],
+    ["nofile-hard", DEFAULT_NOFILE.hard],
+  ];
+  return Buffer.from(records.map(([k, v]) => `${k}=${v}\0`).join(""));
+}

@@ -1,0 +1,43 @@
+/** The device config file (`/etc/fleetlet/config.json`), per DESIGN.md. */
+import { z } from "zod";
+import { byteQuantity } from "./quantity.js";
+
+const registry = z.object({
+  username: z.string().optional(),
+  password: z.string().optional(),
+  ca: z.string().optional(),
+  insecure: z.boolean().default(false),
+});
+
+export const deviceConfig = z.object({
+  deviceId: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'").optional(),
+  groups: z.array(z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'")).default([]),
+  mqtt: z
+    .object({
+      url: z.string().regex(/^(mqtts?|wss?):\/\//, "expected mqtt://, mqtts://, ws:// or wss://"),
+      ca: z.string().optional(),
+      cert: z.string().optional(),
+      key: z.string().optional(),
+      username: z.string().optional(),
+      password: z.string().optional(),
+      prefix: z.string().default("fleet"),
+    })
+    .optional(),
+  registries: z.record(z.string(), registry).default({}),
+  api: z
+    .object({
+      listen: z.string().default("127.0.0.1:7780"),
+      socket: z.string().default("/run/fleetlet/api.sock"),
+      token: z.string().optional(),
+    })
+    .default({ listen: "127.0.0.1:7780", socket: "/run/fleetlet/api.sock" }),
+  trustedKeys: z.array(z.string()).default([]),
+  pull: z
+    .object({
+      maxRateBytesPerSec: byteQuantity.default(0),
+      concurrency: z.number().int().min(1).max(16).default(3),
+    })
+    .default({ maxRateBytesPerSec: 0, concurrency: 3 }),
+});
+
+export type DeviceConfig = z.output<typeof deviceConfig>;

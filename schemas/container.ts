@@ -1,0 +1,102 @@
+/**
+ * What the runtime needs to create one container, and the records it keeps
+ * in `<root>/containers/<id>/`. The CLI and the reconciler both build a
+ * ContainerSpec; the runtime validates it once, here.
+ */
+import { z } from "zod";
+import { byteQuantity } from "./quantity.js";
+
+export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+const name = z.string().regex(NAME_PATTERN, "expected letters, digits, '_', '.' or '-' (at most 63), starting with a letter or digit");
+
+/** Absolute, and free of the characters that the overlay options and the shim config use as separators. */
+const hostPath = z
+  .string()
+  .refine((p) => p.startsWith("/"), "expected an absolute path")
+  .refine((p) => !/[:,\t\0\n]/.test(p), "must not contain ':', ',', tabs or newlines");
+
+const containerPath = z
+  .string()
+  .refine((p) => p.startsWith("/"), "expected an absolute path")
+  .refine((p) => !p.split("/").includes(".."), "must not contain '..'")
+  .refine((p) => !/[\t\0]/.test(p), "must not contain tabs or NUL");
+
+export const volumeMount = z.object({
+  name,
+  target: containerPath,
+  readOnly: z.boolean().default(false),
+});
+
+export const resources = z
+  .object({
+    memory: byteQuantity.refine((b) => b === 0 || b >= 4 * 1024 * 1024, "must be at least 4Mi").optional(),
+    cpus: z.number().positive("must be more than 0").max(1024).optional(),
+    cpuShares: z.number().int().min(2).max(262144).optional(),
+    pids: z.number().int().positive("must be at least 1").optional(),
+  })
+  .default({});
+
+export const containerSpec = z.object({
+  name: name.optional(),
+  /** Read-only lower layers, topmost first; never modified. */
+  layers: z.array(hostPath).min(1, "at least one layer or --rootfs is needed"),
+  command: z.array(z.string().refine((a) => !a.includes("\0"), "must not contain NUL")).min(1, "a command is needed"),
+  env: z.array(z.string().regex(/^[^=\0]+=[^\0]*$/, "expected KEY=VALUE")).default([]),
+  workingDir: containerPath.default("/"),
+  user: z
+    .object({
+      uid: z.number().int().min(0).max(0xfffffffe),
+      gid: z.number().int().min(0).max(0xfffffffe),
+      groups: z.array(z.number().int().min(0)).default([]),
+    })
+    .default({ uid: 0, gid: 0, groups: [] }),
+  hostname: z
+    .string()
+    .regex(/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$/, "expected a host name of letters, digits, '.' and '-' (at most 63)")
+    .optional(),
+  resources,
+  network: z.enum(["none", "host"]).default("none"),
+  readOnlyRootfs: z.boolean().default(false),
+  volumes: z.array(volumeMount).default([]),
+  capAdd: z.array(z.string()).default([]),
+  capDrop: z.array(z.string()).default([]),
+  seccomp: z.enum(["default", "unconfined"]).default("default"),
+  log: z
+    .object({
+      maxBytes: byteQuantity.default(1024 * 1024),
+      keep: z.number().int().min(0).max(20).default(2),
+    })
+    .default({ maxBytes: 1024 * 1024, keep: 2 }),
+  stopSignal: z.string().default("SIGTERM"),
+  stopTimeoutMs: z.number().int().min(0).default(10_000),
+  labels: z.record(z.string(), z.string()).default({}),
+});
+
+export type ContainerSpecInput = z.input<typeof containerSpec>;
+export type ContainerSpec = z.output<typeof containerSpec>;
+
+/** Written by the shim when the container's init has exited. */
+export const exitRecord = z.object({
+  pid: z.number().int(),
+  exitCode: z.number().int(),
+  signal: z.number().int(),
+  oomKilled: z.boolean(),
+  startedAt: z.string(),
+  finishedAt: z.string(),
+});
+export type ExitRecord = z.infer<typeof exitRecord>;
+
+const processRef = z.object({ pid: z.number().int().positive(), startTime: z.string().regex(/^\d+$/) });
+export type ProcessRef = z.infer<typeof processRef>;
+
+/** `state.json`: what a later process needs to find the container again. */
+export const containerState = z.object({
+  id: z.string(),
+  createdAt: z.string(),
+  spec: containerSpec,
+  cgroups: z.array(z.string()).default([]),
+  shim: processRef.optional(),
+  init: processRef.optional(),
+  startedAt: z.string().optional(),
+});
+export type ContainerState = z.infer<typeof containerState>;

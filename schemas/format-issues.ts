@@ -1,0 +1,11 @@
+/** Turns zod issues into the one-line messages users see: "field.path: reason". */
+import type { z } from "zod";
+
+export function formatIssues(error: z.ZodError, prefix = ""): string {
+  return error.issues
+    .map((issue) => {
+      const path = [prefix, ...issue.path.map(String)].filter(Boolean).join(".");
+      return path ? `${path}: ${issue.message}` : issue.message;
+    })
+    .join("; ");
+}
