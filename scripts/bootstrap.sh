@@ -1,0 +1,40 @@
+#!/bin/sh
+# Makes a fresh Debian machine ready for `npm test`, `npm run demo` and
+# `npm run bench`: the Debian packages that are missing, the npm
+# dependencies, the native core and the compiled TypeScript. Each step is
+# skipped when its result is already up to date.
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "bootstrap: fleetlet runs containers and must be set up as root" >&2
+  exit 1
+fi
+
+# busybox-static: the test and demo images; crun: the start-time benchmark's
+# baseline; g++/make/python3: the native build.
+PACKAGES="busybox-static crun g++ make python3"
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "bootstrap: installing Debian packages:$missing"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "bootstrap: npm ci"
+  npm ci --no-audit --no-fund
+fi
+
+stale_native() {
+  [ ! -f native/build/Release/fleetlet-shim ] || [ ! -f native/build/Release/fleetlet_native.node ] && return 0
+  [ -n "$(find native/src native/shim native/binding.gyp -newer native/build/Release/fleetlet-shim 2>/dev/null | head -n 1)" ]
+}
+if stale_native; then
+  echo "bootstrap: building the native core"
+  npm run --silent build:native
+fi
+npx tsc -p tsconfig.build.json

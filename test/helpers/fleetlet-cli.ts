@@ -1,0 +1,24 @@
+/** Runs the real `fleetlet` CLI as a child process, as a user would. */
+import { type SpawnSyncReturns, spawn, spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+
+export const FLEETLET_BIN = fileURLToPath(new URL("../../bin/fleetlet.js", import.meta.url));
+
+export interface CliResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export function fleetlet(root: string, args: string[], opts: { timeoutMs?: number } = {}): CliResult {
+  const r: SpawnSyncReturns<string> = spawnSync(process.execPath, [FLEETLET_BIN, "--root", root, ...args], {
+    encoding: "utf8",
+    timeout: opts.timeoutMs ?? 60_000,
+  });
+  if (r.error) throw r.error;
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export function fleetletAsync(root: string, args: string[]) {
+  return spawn(process.execPath, [FLEETLET_BIN, "--root", root, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+}

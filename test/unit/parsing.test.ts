@@ -1,0 +1,105 @@
+import { describe, expect, it } from "vitest";
+import { parseArgs } from "../../agent/cli/args.js";
+import { runSpec } from "../../agent/cli/run-command.js";
+import { capabilitySet } from "../../agent/runtime/capabilities.js";
+import { readLog } from "../../agent/runtime/log-tail.js";
+import { formatBytes, parseBytes } from "../../schemas/quantity.js";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+describe("parseBytes", () => {
+  it.each([
+    ["32Mi", 32 * 1024 ** 2],
+    ["32m", 32 * 1024 ** 2],
+    ["32M", 32 * 1024 ** 2],
+    ["512k", 512 * 1024],
+    ["1G", 1024 ** 3],
+    ["1.5Gi", 1.5 * 1024 ** 3],
+    ["2MB", 2_000_000],
+    ["100", 100],
+    ["64MiB", 64 * 1024 ** 2],
+  ])("reads %s as %i bytes", (text, bytes) => {
+    expect(parseBytes(text)).toBe(bytes);
+  });
+  it.each(["", "12x", "-5M", "M", "1e9", "3 parsecs"])("refuses %j", (text) => {
+    expect(parseBytes(text)).toBeUndefined();
+  });
+  it("formats with binary units", () => {
+    expect(formatBytes(32 * 1024 ** 2)).toBe("32 MiB");
+    expect(formatBytes(1536)).toBe("1.5 KiB");
+  });
+});
+
+describe("parseArgs", () => {
+  const specs = [
+    { name: "env", short: "e", type: "string" as const, multiple: true },
+    { name: "rm", type: "boolean" as const },
+    { name: "name", type: "string" as const },
+  ];
+  it("stops at the first positional so the command keeps its own flags", () => {
+    const r = parseArgs(["--rm", "-e", "A=1", "-eB=2", "--name=x", "img", "sh", "-c", "echo"], specs, { stopAtPositional: true });
+    expect(r.options).toEqual({ env: ["A=1", "B=2"], rm: true, name: "x" });
+    expect(r.positionals).toEqual(["img"]);
+    expect(r.rest).toEqual(["sh", "-c", "echo"]);
+  });
+  it("takes everything after -- as the command", () => {
+    const r = parseArgs(["--rm", "--", "--rm", "x"], specs);
+    expect(r.rest).toEqual(["--rm", "x"]);
+    expect(r.sawSeparator).toBe(true);
+  });
+  it("names the unknown option", () => {
+    expect(() => parseArgs(["--bogus"], specs)).toThrow(/unknown option --bogus/);
+    expect(() => parseArgs(["--name"], specs)).toThrow(/--name needs a value/);
+  });
+});
+
+describe("runSpec", () => {
+  it("builds a spec from the issue's example command line", () => {
+    const { spec, rm } = runSpec(["--rm", "--rootfs", "/r", "--hostname", "box1", "--memory", "32Mi", "--cpus", "0.25", "--pids", "64", "-e", "FOO=bar", "--", "/bin/sh", "-c", "echo"]);
+    expect(rm).toBe(true);
+    expect(spec).toMatchObject({
+      layers: ["/r"],
+      hostname: "box1",
+      command: ["/bin/sh", "-c", "echo"],
+      env: ["FOO=bar"],
+      resources: { memory: 32 * 1024 * 1024, cpus: 0.25, pids: 64 },
+    });
+  });
+  it.each([
+    [["--rootfs", "/r", "--memory", "lots", "--", "true"], /--memory: expected a size/],
+    [["--rootfs", "/r", "--cpus", "half", "--", "true"], /--cpus: expected a number/],
+    [["--rootfs", "/r", "--pids", "1.5", "--", "true"], /--pids: expected a whole number/],
+    [["--rootfs", "/r", "-v", "nocolon", "--", "true"], /--volume: expected NAME:\/path/],
+    [["--rootfs", "/r", "--network", "bridge", "--", "true"], /--network: expected none or host/],
+    [["--rootfs", "/r"], /no command given/],
+  ])("refuses %j, naming the flag", (argv, message) => {
+    expect(() => runSpec(argv)).toThrow(message);
+  });
+});
+
+describe("capabilitySet", () => {
+  it("keeps podman's eleven by default", () => {
+    expect(capabilitySet([], [])).toEqual([0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 31]);
+  });
+  it("adds and drops by name, with or without CAP_", () => {
+    expect(capabilitySet(["CAP_NET_RAW"], ["chown", "KILL"])).toEqual([1, 3, 4, 6, 7, 8, 10, 13, 18, 31]);
+    expect(capabilitySet(["NET_ADMIN"], ["ALL"])).toEqual([12]);
+  });
+  it("names an unknown capability", () => {
+    expect(() => capabilitySet(["SYS_MAGIC"], [])).toThrow(/capAdd: unknown capability "SYS_MAGIC"/);
+  });
+});
+
+describe("readLog", () => {
+  it("joins rotated generations oldest first and tails by lines", () => {
+    const dir = mkdtempSync(join(tmpdir(), "fleetlet-log-"));
+    const log = join(dir, "container.log");
+    writeFileSync(`${log}.2`, "a\nb\n");
+    writeFileSync(`${log}.1`, "c\n");
+    writeFileSync(log, "d\ne\n");
+    expect(readLog(log, 2)).toBe("a\nb\nc\nd\ne\n");
+    expect(readLog(log, 2, 3)).toBe("c\nd\ne\n");
+    expect(readLog(log, 1, 10)).toBe("c\nd\ne\n");
+  });
+});
