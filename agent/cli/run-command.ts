@@ -98,9 +98,26 @@ export async function runCommand(runtime: Runtime, argv: string[]): Promise<numb
   const { spec, rm, detach } = runSpec(argv);
   if (rm && detach) throw usage("run: --rm and -d cannot be combined: nothing would be left to remove the container");
   const { id } = runtime.create(spec);
+  // Handlers go in before the start: the container may be up, and the user
+  // pressing Ctrl-C, before start() returns.
+  let started = false;
+  let pending: NodeJS.Signals | undefined;
+  let signals = 0;
+  const forward = (sig: NodeJS.Signals) => {
+    // The first signal asks the container to stop; a second one kills it.
+    if (signals++ === 0) runtime.stop(id, { signal: sig }).catch(() => runtime.kill(id, "SIGKILL"));
+    else runtime.kill(id, "SIGKILL");
+  };
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (started) forward(sig);
+    else pending ??= sig;
+  };
+  const handled: NodeJS.Signals[] = detach ? [] : ["SIGINT", "SIGTERM", "SIGHUP"];
+  for (const s of handled) process.on(s, onSignal);
   try {
     await runtime.start(id, { foreground: !detach });
   } catch (err) {
+    for (const s of handled) process.off(s, onSignal);
     if (rm) await runtime.delete(id, { force: true });
     throw err;
   }
@@ -108,14 +125,8 @@ export async function runCommand(runtime: Runtime, argv: string[]): Promise<numb
     process.stdout.write(`${id}\n`);
     return 0;
   }
-  let signals = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    // The first signal asks the container to stop; a second one kills it.
-    if (signals++ === 0) runtime.stop(id, { signal: sig }).catch(() => runtime.kill(id, "SIGKILL"));
-    else runtime.kill(id, "SIGKILL");
-  };
-  const handled: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
-  for (const s of handled) process.on(s, onSignal);
+  started = true;
+  if (pending) forward(pending);
   try {
     const exit = await runtime.wait(id);
     if (exit.oomKilled) {

@@ -2,7 +2,7 @@
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestProject } from "vitest/node";
-import { buildBusyboxRootfs } from "./busybox-rootfs.js";
+import { buildBusyboxRootfs } from "../helpers/busybox-rootfs.js";
 
 declare module "vitest" {
   export interface ProvidedContext {

@@ -1,0 +1,91 @@
+/** Resource limits, observed: the OOM killer, the pids limit and the CPU quota. */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { Runtime } from "../../agent/runtime/runtime.js";
+import { fleetlet } from "../helpers/fleetlet-cli.js";
+import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+
+let root: string;
+let runtime: Runtime;
+const rootfs = inject("busyboxRootfs");
+
+beforeAll(() => {
+  root = freshRoot();
+  runtime = new Runtime({ root });
+});
+afterAll(async () => {
+  await cleanupRoot(root);
+});
+
+describe("resource limits", () => {
+  it("OOM-kills a container over --memory 32Mi, exits 137 and says so", () => {
+    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--memory", "32Mi", "--", "/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    expect(r.status).toBe(137);
+    expect(r.stderr).toContain("killed: out of memory (limit 32 MiB)");
+  });
+
+  it("lets the same work finish under a larger limit", () => {
+    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--memory", "256Mi", "--", "/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    expect(r.status).toBe(0);
+  });
+
+  it("stops a fork loop at --pids", () => {
+    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--pids", "16", "--", "/bin/sh", "-c", "i=0; while [ $i -lt 64 ]; do sleep 5 & i=$((i+1)); done; echo all-forked"]);
+    expect(r.stdout).not.toContain("all-forked");
+    expect(r.stderr).toMatch(/can't fork|Resource temporarily unavailable/);
+    expect(r.status).not.toBe(0);
+  });
+
+  it("holds a busy loop to about a quarter of a core with --cpus 0.25", async () => {
+    const { id } = runtime.create({ layers: [rootfs], command: ["/bin/sh", "-c", "while :; do :; done"], resources: { cpus: 0.25 } });
+    await runtime.start(id);
+    try {
+      const before = runtime.stats(id).cpuNanos;
+      const t0 = process.hrtime.bigint();
+      await sleep(2000);
+      const used = runtime.stats(id).cpuNanos - before;
+      const wall = Number(process.hrtime.bigint() - t0);
+      const share = used / wall;
+      expect(share).toBeGreaterThan(0.15);
+      expect(share).toBeLessThan(0.32);
+    } finally {
+      await runtime.delete(id, { force: true });
+    }
+  });
+
+  it("places the init in the container's cgroups with the limits written before exec", async () => {
+    const { id } = runtime.create({ layers: [rootfs], command: ["/bin/sleep", "30"], resources: { memory: "48Mi", pids: 20 } });
+    const info = await runtime.start(id);
+    try {
+      const { dirs } = runtime.cgroups.locate(id);
+      expect(dirs.size).toBeGreaterThan(0);
+      for (const dir of new Set(dirs.values())) {
+        expect(readFileSync(join(dir, "cgroup.procs"), "utf8").split("\n")).toContain(String(info.pid));
+      }
+      if (runtime.cgroups.mode === "v2") {
+        expect(readFileSync(join(dirs.get("unified")!, "memory.max"), "utf8").trim()).toBe(String(48 * 1024 * 1024));
+      } else {
+        expect(readFileSync(join(dirs.get("memory")!, "memory.limit_in_bytes"), "utf8").trim()).toBe(String(48 * 1024 * 1024));
+        expect(readFileSync(join(dirs.get("pids")!, "pids.max"), "utf8").trim()).toBe("20");
+      }
+      // Inside, the cgroup namespace makes the container's cgroup its root.
+      const inside = await runtime.wait(id, AbortSignal.timeout(10)).catch(() => undefined);
+      expect(inside).toBeUndefined();
+      const stats = runtime.stats(id);
+      expect(stats.pids).toBe(1);
+      expect(stats.memoryBytes).toBeGreaterThan(0);
+    } finally {
+      await runtime.delete(id, { force: true });
+    }
+    for (const dir of runtime.cgroups.locate(id).dirs.values()) expect(existsSync(dir)).toBe(false);
+  });
+
+  it("shows the container its own cgroup as the root", () => {
+    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--memory", "64Mi", "--", "/bin/cat", "/proc/self/cgroup"]);
+    const paths = r.stdout.split("\n").filter(Boolean).map((l) => l.split(":")[2]);
+    expect(paths.length).toBeGreaterThan(0);
+    expect(new Set(paths)).toEqual(new Set(["/"]));
+  });
+});
