@@ -11,9 +11,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# busybox-static: the test and demo images; crun: the start-time benchmark's
+# busybox-static: the test and demo images; crun, runc, hyperfine: the start-time benchmark's
 # baseline; g++/make/python3: the native build.
-PACKAGES="busybox-static crun g++ make python3"
+PACKAGES="busybox-static crun runc hyperfine g++ make python3"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

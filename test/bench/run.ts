@@ -1,0 +1,17 @@
+/** `npm run bench [-- NAME [options]]`: runs the named benchmark, or all of them. */
+import { startBench } from "./start-bench.js";
+
+const BENCHES: Record<string, (args: string[]) => Promise<void>> = {
+  start: startBench,
+};
+
+const [name, ...args] = process.argv.slice(2);
+const selected = name ? [name] : Object.keys(BENCHES);
+for (const n of selected) {
+  const bench = BENCHES[n];
+  if (!bench) {
+    console.error(`bench: unknown benchmark "${n}"; known: ${Object.keys(BENCHES).join(", ")}`);
+    process.exit(2);
+  }
+  await bench(args);
+}

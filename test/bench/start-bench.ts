@@ -1,0 +1,125 @@
+/**
+ * `npm run bench -- start`: 100 containers of /bin/true, one after another,
+ * with memory, cpu and pids limits, from a warm process; compared in the
+ * same run with `crun run` (and `runc run`) on an equivalent OCI bundle.
+ * Debian's crun 1.8 refuses a hybrid cgroup host, so it runs inside
+ * `unshare -m` with /sys/fs/cgroup/unified unmounted, as the issue asks.
+ * Also reports the resident memory of each shim.
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Runtime } from "../../agent/runtime/runtime.js";
+import { buildBusyboxRootfs } from "../helpers/busybox-rootfs.js";
+import { printSummaries, type Summary, summarize } from "./stats.js";
+
+const LIMITS = { memory: "64Mi", cpus: 1, pids: 64 };
+const DENIED = [
+  "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "bpf",
+  "perf_event_open", "add_key", "request_key", "keyctl", "open_by_handle_at", "name_to_handle_at", "userfaultfd", "ptrace",
+  "process_vm_readv", "process_vm_writev", "kcmp", "mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount",
+  "fspick", "move_mount", "open_tree", "mount_setattr", "setns", "acct", "settimeofday", "clock_settime", "clock_adjtime",
+  "adjtimex", "iopl", "ioperm", "quotactl", "lookup_dcookie", "uselib", "syslog", "io_uring_setup", "io_uring_enter",
+  "io_uring_register",
+];
+
+function ociBundle(dir: string, rootfs: string): string {
+  mkdirSync(dir, { recursive: true });
+  execFileSync("crun", ["spec", "-b", dir]);
+  const spec = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
+  spec.root = { path: rootfs, readonly: false };
+  spec.process.terminal = false;
+  spec.process.args = ["/bin/true"];
+  spec.linux.namespaces.push({ type: "cgroup" });
+  spec.linux.resources = {
+    ...spec.linux.resources,
+    memory: { limit: 64 * 1024 * 1024, swap: 64 * 1024 * 1024 },
+    cpu: { quota: 100000, period: 100000, shares: 1024 },
+    pids: { limit: 64 },
+  };
+  spec.linux.cgroupsPath = "/fleetlet-bench-oci/ctr";
+  spec.linux.seccomp = {
+    defaultAction: "SCMP_ACT_ALLOW",
+    architectures: ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    syscalls: [{ names: DENIED, action: "SCMP_ACT_ERRNO", errnoRet: 1 }],
+  };
+  writeFileSync(join(dir, "config.json"), JSON.stringify(spec, null, 2));
+  return dir;
+}
+
+/** Times `runs` sequential runs of an OCI runtime with hyperfine (no shell in between). */
+function ociRuntime(name: string, bundle: string, runs: number, hybridWorkaround: boolean): Summary | string {
+  const out = join(bundle, `${name}.json`);
+  const cmd = `${name} run -b ${bundle} bench-${name}`;
+  const hyperfine = ["hyperfine", "-N", "--warmup", "3", "--runs", String(runs), "--export-json", out, cmd];
+  const argv = hybridWorkaround
+    ? ["unshare", "-m", "--propagation", "private", "sh", "-c", `(umount /sys/fs/cgroup/unified 2>/dev/null || true) && exec "$@"`, "sh", ...hyperfine]
+    : hyperfine;
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
+  if (r.status !== 0) return `${name} failed: ${(r.stderr || r.stdout).trim().split("\n").slice(-3).join(" | ")}`;
+  const times: number[] = JSON.parse(readFileSync(out, "utf8")).results[0].times;
+  return summarize(`${name} run (hyperfine)`, times.map((s) => s * 1000));
+}
+
+async function fleetletRuns(runtime: Runtime, rootfs: string, runs: number): Promise<Summary> {
+  const samples: number[] = [];
+  for (let i = 0; i < runs + 3; i++) {
+    const t0 = process.hrtime.bigint();
+    const { id } = runtime.create({ layers: [rootfs], command: ["/bin/true"], resources: LIMITS });
+    await runtime.start(id);
+    const exit = await runtime.wait(id);
+    await runtime.delete(id);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    if (exit.exitCode !== 0) throw new Error(`fleetlet container ${id} exited ${exit.exitCode}`);
+    if (i >= 3) samples.push(ms); // the first three warm up, as hyperfine's --warmup
+  }
+  return summarize("fleetlet (create+start+wait+rm)", samples);
+}
+
+async function shimFootprint(runtime: Runtime, rootfs: string, count: number): Promise<number[]> {
+  const ids: string[] = [];
+  const rss: number[] = [];
+  try {
+    for (let i = 0; i < count; i++) {
+      const { id } = runtime.create({ layers: [rootfs], command: ["/bin/sleep", "60"], resources: LIMITS });
+      ids.push(id);
+      await runtime.start(id);
+    }
+    for (const id of ids) {
+      const state = JSON.parse(readFileSync(join(runtime.root, "containers", id, "state.json"), "utf8"));
+      const status = readFileSync(`/proc/${state.shim.pid}/status`, "utf8");
+      rss.push(Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN));
+    }
+  } finally {
+    for (const id of ids) await runtime.delete(id, { force: true });
+  }
+  return rss;
+}
+
+export async function startBench(args: string[]): Promise<void> {
+  const runs = Number(args[args.indexOf("--runs") + 1] ?? 100) || 100;
+  const work = mkdtempSync(join(tmpdir(), "fleetlet-bench-"));
+  try {
+    const rootfs = buildBusyboxRootfs(join(work, "rootfs"));
+    const runtime = new Runtime({ root: join(work, "state"), cgroupParent: "fleetlet-bench" });
+    console.log(`start: ${runs} containers of /bin/true, one after another, limits memory=64Mi cpus=1 pids=64 (cgroup mode: ${runtime.cgroups.mode})`);
+    const ours = await fleetletRuns(runtime, rootfs, runs);
+    const rows: Summary[] = [ours];
+    const notes: string[] = [];
+    for (const [name, workaround] of [["crun", runtime.cgroups.mode === "hybrid"], ["runc", false]] as const) {
+      const r = ociRuntime(name, ociBundle(join(work, `bundle-${name}`), rootfs), runs, workaround);
+      if (typeof r === "string") notes.push(r);
+      else rows.push(r);
+    }
+    printSummaries("per-container time", rows);
+    for (const r of rows.slice(1)) {
+      console.log(`ratio fleetlet/${r.name.split(" ")[0]}: p50 ${(ours.p50 / r.p50).toFixed(2)}, p99 ${(ours.p99 / r.p99).toFixed(2)} (goal for crun: <= 0.50)`);
+    }
+    for (const n of notes) console.log(`note: ${n}`);
+    const rss = await shimFootprint(runtime, rootfs, 10);
+    console.log(`\nshim resident memory over ${rss.length} running containers: max ${Math.max(...rss)} kB, mean ${(rss.reduce((a, b) => a + b, 0) / rss.length).toFixed(0)} kB (goal: <= 1024 kB)`);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
