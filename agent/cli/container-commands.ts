@@ -67,9 +67,11 @@ export function killCommand(runtime: Runtime, argv: string[]): number {
 export async function rmCommand(runtime: Runtime, argv: string[]): Promise<number> {
   const { options, positionals } = parseArgs(argv, [{ name: "force", short: "f", type: "boolean" }]);
   if (positionals.length === 0) throw new FleetError("E_INVALID_ARGUMENT", "rm: name at least one container", { exitCode: 2 });
+  runtime.sweep();
   for (const id of positionals) {
     await runtime.delete(id, { force: options.force === true });
     process.stdout.write(`${id}\n`);
   }
+  await runtime.settled();
   return 0;
 }

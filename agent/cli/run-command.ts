@@ -140,6 +140,9 @@ export async function runCommand(runtime: Runtime, argv: string[]): Promise<numb
     return exit.exitCode;
   } finally {
     for (const s of handled) process.off(s, onSignal);
-    if (rm) await runtime.delete(id, { force: true });
+    if (rm) {
+      await runtime.delete(id, { force: true });
+      await runtime.settled();
+    }
   }
 }

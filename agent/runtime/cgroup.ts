@@ -34,7 +34,8 @@ export class Cgroups {
       const mount = this.layout.v1.get(c);
       if (mount) dirs.set(c, join(mount, this.parent, id));
     }
-    if (this.layout.unified) dirs.set("unified", join(this.layout.unified, this.parent, id));
+    // On a hybrid host every limit lives in v1, so the unified tree is left alone.
+    if (this.layout.mode === "v2" && this.layout.unified) dirs.set("unified", join(this.layout.unified, this.parent, id));
     const oom = oomCounterFile(this.layout.mode);
     const oomDir = dirs.get(oom.hierarchy);
     return { dirs, oomFile: oomDir ? join(oomDir, oom.file) : null };

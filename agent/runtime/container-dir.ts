@@ -3,6 +3,8 @@
  * persisted state, the exit record, the log, and the overlay's upper, work
  * and mount-point dirs. State files are replaced atomically (write, fsync,
  * rename) so that a crash leaves the old or the new version, never half.
+ * Container files are not fsynced: a power cut ends the containers too, and
+ * rename already makes them whole across a crash of the process.
  */
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -34,12 +36,13 @@ export function containerPaths(root: string, id: string): ContainerPaths {
   };
 }
 
-export function writeFileAtomic(path: string, data: string | Buffer): void {
+/** Replaces `path` whole; with `durable`, also across a power cut. */
+export function writeFileAtomic(path: string, data: string | Buffer, opts: { durable?: boolean } = {}): void {
   const tmp = `${path}.tmp`;
   const fd = openSync(tmp, "w", 0o644);
   try {
     writeFileSync(fd, data);
-    fsyncSync(fd);
+    if (opts.durable) fsyncSync(fd);
   } finally {
     closeSync(fd);
   }

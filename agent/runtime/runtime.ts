@@ -6,7 +6,8 @@
  * pid is never mistaken for the container.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { type ContainerSpec, type ContainerSpecInput, type ContainerState, containerSpec, type ExitRecord } from "../../schemas/container.js";
 import { formatIssues } from "../../schemas/format-issues.js";
@@ -46,6 +47,8 @@ export class Runtime {
   readonly root: string;
   readonly cgroups: Cgroups;
   private readonly native: NativeBinding;
+  private readonly removals = new Set<Promise<void>>();
+  private readonly removalErrors: FleetError[] = [];
 
   constructor(opts: RuntimeOptions) {
     this.root = opts.root;
@@ -176,7 +179,43 @@ export class Runtime {
       await this.wait(id);
     }
     await this.cgroups.remove(id);
-    rmSync(paths.dir, { recursive: true, force: true });
+    // One rename takes the container out of sight at once; its writable layer
+    // is then erased in the background (see settled()).
+    const retired = join(this.root, "containers", `.removed-${id}-${randomBytes(4).toString("hex")}`);
+    renameSync(paths.dir, retired);
+    this.eraseInBackground(retired);
+  }
+
+  private eraseInBackground(dir: string): void {
+    const erase: Promise<void> = rm(dir, { recursive: true, force: true })
+      .catch((err: Error) => {
+        this.removalErrors.push(new FleetError("E_RUNTIME", `erase removed container files ${dir}: ${err.message}`, { cause: err }));
+      })
+      .finally(() => this.removals.delete(erase));
+    this.removals.add(erase);
+  }
+
+  /** Resolves once removed containers' files are erased; rejects if that failed. */
+  async settled(): Promise<void> {
+    while (this.removals.size > 0) await Promise.all(this.removals);
+    const failed = this.removalErrors.splice(0);
+    if (failed.length > 0) throw failed[0];
+  }
+
+  /** Erases what a removal interrupted by a crash left behind. */
+  sweep(): void {
+    for (const name of this.containerDirNames(true)) {
+      if (name.startsWith(".removed-")) this.eraseInBackground(join(this.root, "containers", name));
+    }
+  }
+
+  private containerDirNames(includeRetired = false): string[] {
+    try {
+      return readdirSync(join(this.root, "containers")).filter((n) => includeRetired || !n.startsWith("."));
+    } catch (err) {
+      if (isErrno(err, "ENOENT")) return [];
+      throw err;
+    }
   }
 
   inspect(id: string): ContainerInfo {
@@ -185,15 +224,8 @@ export class Runtime {
   }
 
   list(): ContainerInfo[] {
-    let ids: string[];
-    try {
-      ids = readdirSync(join(this.root, "containers"));
-    } catch (err) {
-      if (isErrno(err, "ENOENT")) return [];
-      throw err;
-    }
     const out: ContainerInfo[] = [];
-    for (const id of ids.sort()) {
+    for (const id of this.containerDirNames().sort()) {
       const paths = this.paths(id);
       if (!existsSync(paths.state)) continue; // a create that was interrupted before its state was written
       out.push(this.describe(readState(paths, id), paths));

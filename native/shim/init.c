@@ -88,18 +88,11 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
   char go;
   int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (cfg->net_host ? 0 : CLONE_NEWNET);
 
-  /* The shim writes one byte once we are in our cgroups; EOF means it gave up. */
-  if (read(go_fd, &go, 1) != 1) {
-    set_error(err, EXIT_RUNTIME, errno, "wait for cgroup placement");
-    return;
-  }
-  close(go_fd);
+  /* The rootfs is built while the shim moves us into our cgroups: on cgroup
+   * v1 that move waits for an RCU grace period, and doing both at once
+   * hides most of it. */
   if (unshare(flags) < 0) {
     set_error(err, EXIT_RUNTIME, errno, "unshare mount, uts, ipc%s namespaces", cfg->net_host ? "" : ", net");
-    return;
-  }
-  if (unshare(CLONE_NEWCGROUP) < 0) {
-    set_error(err, EXIT_RUNTIME, errno, "unshare the cgroup namespace");
     return;
   }
   umask(0);
@@ -122,6 +115,17 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
   }
   if (dup2(devnull, 0) < 0 || dup2(stdout_fd, 1) < 0 || dup2(stderr_fd, 2) < 0) {
     set_error(err, EXIT_RUNTIME, errno, "set up stdio");
+    return;
+  }
+  /* The shim writes one byte once we are in our cgroups; EOF means it gave
+   * up. Only then the cgroup namespace, so that its root is our cgroup. */
+  if (read(go_fd, &go, 1) != 1) {
+    set_error(err, EXIT_RUNTIME, errno, "wait for cgroup placement");
+    return;
+  }
+  close(go_fd);
+  if (unshare(CLONE_NEWCGROUP) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "unshare the cgroup namespace");
     return;
   }
   if (security_apply(cfg, err) < 0) return;

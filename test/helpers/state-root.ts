@@ -12,5 +12,7 @@ export function freshRoot(): string {
 export async function cleanupRoot(root: string): Promise<void> {
   const runtime = new Runtime({ root });
   for (const c of runtime.list()) await runtime.delete(c.id, { force: true });
+  runtime.sweep();
+  await runtime.settled();
   rmSync(root, { recursive: true, force: true });
 }
