@@ -26,6 +26,8 @@ export interface NativeCore {
   startTime(pid: number): bigint | null;
   /** Signals the process that started at startTime; false when it is gone. */
   signalProcess(pid: number, startTime: bigint, signal: number): boolean;
+  /** Erases a tree on a worker thread; never follows symlinks or crosses mounts. */
+  removeTree(path: string): Promise<void>;
   ExitWatch: new (pid: number, startTime: bigint, onExit: () => void) => ExitWatchHandle;
 }
 

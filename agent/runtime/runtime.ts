@@ -7,7 +7,6 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
-import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { type ContainerSpec, type ContainerSpecInput, type ContainerState, containerSpec, type ExitRecord } from "../../schemas/container.js";
 import { formatIssues } from "../../schemas/format-issues.js";
@@ -187,7 +186,8 @@ export class Runtime {
   }
 
   private eraseInBackground(dir: string): void {
-    const erase: Promise<void> = rm(dir, { recursive: true, force: true })
+    const erase: Promise<void> = this.native.core
+      .removeTree(dir)
       .catch((err: Error) => {
         this.removalErrors.push(new FleetError("E_RUNTIME", `erase removed container files ${dir}: ${err.message}`, { cause: err }));
       })

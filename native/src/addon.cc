@@ -12,6 +12,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("startTime", Napi::Function::New(env, StartTime));
   exports.Set("signalProcess", Napi::Function::New(env, SignalProcess));
   exports.Set("spawnShim", Napi::Function::New(env, SpawnShim));
+  exports.Set("removeTree", Napi::Function::New(env, RemoveTree));
   return InitExitWatch(env, exports);
 }
 

@@ -18,6 +18,7 @@ int OpenVerifiedPidfd(pid_t pid, uint64_t start_time);
 Napi::Value StartTime(const Napi::CallbackInfo& info);
 Napi::Value SignalProcess(const Napi::CallbackInfo& info);
 Napi::Value SpawnShim(const Napi::CallbackInfo& info);
+Napi::Value RemoveTree(const Napi::CallbackInfo& info);
 Napi::Object InitExitWatch(Napi::Env env, Napi::Object exports);
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what);
