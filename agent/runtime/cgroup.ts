@@ -1,11 +1,11 @@
 /**
  * The container's cgroups: one directory per hierarchy under a `fleetlet`
- * parent, limits written before the shim joins the init to them, usage read
- * back, and removal once the processes are gone. cgroupfs calls are kernel
+ * parent, with the limits the shim writes before it joins the init to them,
+ * usage read back, and removal once the processes are gone. cgroupfs calls are kernel
  * bookkeeping, not disk I/O, so they run synchronously.
  */
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { FleetError, isErrno } from "../errors.js";
 import { type CgroupLayout, V1_CONTROLLERS } from "./cgroup-layout.js";
@@ -18,6 +18,8 @@ export interface ContainerCgroups {
 }
 
 export class Cgroups {
+  private controllersEnabled = false;
+
   constructor(
     private readonly layout: CgroupLayout,
     private readonly parent = "fleetlet",
@@ -41,35 +43,33 @@ export class Cgroups {
     return { dirs, oomFile: oomDir ? join(oomDir, oom.file) : null };
   }
 
-  /** Creates the container's cgroups with its limits in place. */
-  create(id: string, limits: Limits): ContainerCgroups {
+  /**
+   * The container's cgroups and the limit writes that go into them. The shim
+   * creates the directories and writes the limits (while the init builds its
+   * rootfs), then joins the init; a failure comes back naming the file.
+   */
+  plan(id: string, limits: Limits): ContainerCgroups & { writes: { file: string; value: string; optional: boolean }[] } {
     const groups = this.locate(id);
     if (this.layout.mode === "v2") this.enableControllers();
-    for (const dir of new Set(groups.dirs.values())) {
+    const parents = new Set([...groups.dirs.values()].map((d) => dirname(d)));
+    for (const dir of parents) {
       try {
         mkdirSync(dir, { recursive: true });
       } catch (err) {
         throw new FleetError("E_CGROUP", `create cgroup ${dir}: ${(err as Error).message}`, { cause: err });
       }
     }
-    for (const w of limitWrites(this.layout.mode, limits)) {
+    const writes = limitWrites(this.layout.mode, limits).map((w) => {
       const dir = groups.dirs.get(w.hierarchy);
-      if (!dir) {
-        throw new FleetError("E_CGROUP", `cannot apply ${w.file}: the ${w.hierarchy} cgroup controller is not mounted`);
-      }
-      const file = join(dir, w.file);
-      if (w.optional && !existsSync(file)) continue;
-      try {
-        writeFileSync(file, w.value);
-      } catch (err) {
-        throw new FleetError("E_CGROUP", `write ${w.value} to ${file}: ${(err as Error).message}`, { cause: err });
-      }
-    }
-    return groups;
+      if (!dir) throw new FleetError("E_CGROUP", `cannot apply ${w.file}: the ${w.hierarchy} cgroup controller is not mounted`);
+      return { file: join(dir, w.file), value: w.value, optional: w.optional ?? false };
+    });
+    return { ...groups, writes };
   }
 
   /** v2 only: let the parent hand memory, cpu and pids down to containers. */
   private enableControllers(): void {
+    if (this.controllersEnabled) return;
     const root = this.layout.unified!;
     const available = readFileSync(join(root, "cgroup.controllers"), "utf8").trim().split(/\s+/);
     const wanted = ["memory", "cpu", "pids"].filter((c) => available.includes(c));
@@ -86,6 +86,7 @@ export class Cgroups {
         throw new FleetError("E_CGROUP", `enable ${missing.join(", ")} in ${file}: ${(err as Error).message}`, { cause: err });
       }
     }
+    this.controllersEnabled = true;
   }
 
   stats(id: string): CgroupStats {

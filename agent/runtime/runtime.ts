@@ -95,7 +95,7 @@ export class Runtime {
     const { spec } = state;
     rmSync(paths.exit, { force: true });
     for (const v of spec.volumes) mkdirSync(this.volumeDir(v.name), { recursive: true });
-    const groups = this.cgroups.create(id, spec.resources);
+    const groups = this.cgroups.plan(id, spec.resources);
     const hostname = spec.hostname ?? id.slice(0, 63);
     const env = withDefaults(spec, hostname);
     writeFileAtomic(

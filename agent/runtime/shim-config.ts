@@ -4,7 +4,7 @@
  * schema has already refused NULs, and tabs in paths (the bind separator).
  */
 import type { ContainerSpec } from "../../schemas/container.js";
-import type { ContainerCgroups } from "./cgroup.js";
+import type { Cgroups } from "./cgroup.js";
 import type { ContainerPaths } from "./container-dir.js";
 import { DEFAULT_NOFILE, MASKED_PATHS, READONLY_PATHS } from "./proc-defaults.js";
 
@@ -14,7 +14,7 @@ export interface ShimConfigInput {
   env: string[];
   hostname: string;
   paths: ContainerPaths;
-  cgroups: ContainerCgroups;
+  cgroups: ReturnType<Cgroups["plan"]>;
   capabilities: number[];
   volumeDir: (name: string) => string;
 }
@@ -41,6 +41,7 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ...MASKED_PATHS.map((p): [string, string] => ["mask", p]),
     ...READONLY_PATHS.map((p): [string, string] => ["ropath", p]),
     ...[...new Set(c.cgroups.dirs.values())].map((d): [string, string] => ["cgroup", d]),
+    ...c.cgroups.writes.map((w): [string, string] => [w.optional ? "cglimit-opt" : "cglimit", `${w.file}\t${w.value}`]),
     ...(c.cgroups.oomFile ? [["oom", c.cgroups.oomFile] as [string, string]] : []),
     ["log", c.paths.log],
     ["logmax", c.spec.log.maxBytes],

@@ -75,6 +75,19 @@ static int apply(struct shim_config *cfg, const char *key, const char *value, st
     cfg->binds[cfg->nbinds].target = tab + 1;
     cfg->binds[cfg->nbinds].readonly = IS("bind-ro");
     cfg->nbinds++;
+  } else if (IS("cglimit") || IS("cglimit-opt")) {
+    /* "file\tvalue": a limit written before the init joins the cgroup;
+     * cglimit-opt is skipped when the kernel lacks the file. */
+    char *tab = strchr(value, '\t');
+    if (!tab || cfg->ncg_limits >= MAX_LIST) {
+      set_error(err, EXIT_RUNTIME, 0, "config: bad `%s` entry: %s", key, value);
+      return -1;
+    }
+    *tab = '\0';
+    cfg->cg_limits[cfg->ncg_limits].file = value;
+    cfg->cg_limits[cfg->ncg_limits].value = tab + 1;
+    cfg->cg_limits[cfg->ncg_limits].optional = IS("cglimit-opt");
+    cfg->ncg_limits++;
   } else if (IS("uid") || IS("gid") || IS("logmax") || IS("logkeep") || IS("nofile-soft") ||
              IS("nofile-hard")) {
     if (parse_u64(value, &n, key, err) < 0) return -1;

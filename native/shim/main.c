@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -72,9 +73,27 @@ static void iso_now(char *buf, size_t len) {
            (int)(secs % 60), (int)(ts.tv_nsec / 1000000));
 }
 
+/* Creates the container's cgroups, writes their limits and moves the init
+ * in. This runs while the init builds its rootfs, so the two overlap. */
 static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_error *err) {
   char path[4096], value[32];
   int len = snprintf(value, sizeof(value), "%d", pid);
+  for (size_t i = 0; i < cfg->cgroups.len; i++) {
+    if (mkdir(cfg->cgroups.items[i], 0755) < 0 && errno != EEXIST) {
+      set_error(err, EXIT_RUNTIME, errno, "create cgroup `%s`", cfg->cgroups.items[i]);
+      return -1;
+    }
+  }
+  for (size_t i = 0; i < cfg->ncg_limits; i++) {
+    const struct cg_limit *l = &cfg->cg_limits[i];
+    cleanup_fd int fd = open(l->file, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT && l->optional) continue;
+    ssize_t n = strlen(l->value);
+    if (fd < 0 || write(fd, l->value, n) != n) {
+      set_error(err, EXIT_RUNTIME, errno, "write %s to `%s`", l->value, l->file);
+      return -1;
+    }
+  }
   for (size_t i = 0; i < cfg->cgroups.len; i++) {
     snprintf(path, sizeof(path), "%s/cgroup.procs", cfg->cgroups.items[i]);
     cleanup_fd int fd = open(path, O_WRONLY | O_CLOEXEC);

@@ -36,6 +36,13 @@ struct bind_mount {
   int readonly;
 };
 
+/* A limit written into a cgroup file before the init joins it. */
+struct cg_limit {
+  const char *file;
+  const char *value;
+  int optional; /* skipped when the kernel lacks the file (swap accounting off) */
+};
+
 /* The container's configuration, read from the NUL-separated `config` file
  * that the runtime writes into the container directory. */
 struct shim_config {
@@ -58,7 +65,9 @@ struct shim_config {
   size_t nbinds;
   struct str_list masked;
   struct str_list readonly_paths;
-  struct str_list cgroups;     /* cgroup dirs to join, one per hierarchy */
+  struct str_list cgroups;     /* cgroup dirs to create and join, one per hierarchy */
+  struct cg_limit cg_limits[MAX_LIST];
+  size_t ncg_limits;
   const char *oom_file;        /* memory.oom_control (v1) or memory.events (v2) */
   const char *log_path;
   uint64_t log_max;
