@@ -31,15 +31,29 @@ static void rotate(struct log_file *log) {
   log->size = 0;
 }
 
-void log_file_write(struct log_file *log, const char *buf, size_t len) {
-  if (log->max && log->size > 0 && log->size + len > log->max) rotate(log);
-  if (log->fd < 0) return;
+static int write_all(struct log_file *log, const char *buf, size_t len) {
   while (len > 0) {
     ssize_t n = write(log->fd, buf, len);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return; /* disk full: the service keeps running, its output is lost */
+    if (n <= 0) return -1;
     buf += n;
     len -= n;
     log->size += n;
+  }
+  return 0;
+}
+
+/* Splits output at the size limit, so no generation grows past it. */
+void log_file_write(struct log_file *log, const char *buf, size_t len) {
+  while (len > 0) {
+    size_t n = len;
+    if (log->max) {
+      if (log->size >= log->max) rotate(log);
+      if (n > log->max - log->size) n = log->max - log->size;
+    }
+    /* disk full: the service keeps running, this output is lost */
+    if (log->fd < 0 || write_all(log, buf, n) < 0) return;
+    buf += n;
+    len -= n;
   }
 }

@@ -52,6 +52,15 @@ static int set_user(const struct shim_config *cfg, struct shim_error *err) {
   return 0;
 }
 
+/* What this process may grant: asking for more (CAP_SYS_RESOURCE in a
+ * sandbox without it, say) would fail capset, so "ALL" means all we have. */
+static uint64_t permitted_caps(void) {
+  struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+  struct __user_cap_data_struct data[2];
+  if (syscall(SYS_capget, &hdr, data) < 0) return ~0ULL;
+  return (uint64_t)data[0].permitted | ((uint64_t)data[1].permitted << 32);
+}
+
 static int set_caps(uint64_t mask, int root, struct shim_error *err) {
   struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
   struct __user_cap_data_struct data[2];
@@ -86,7 +95,7 @@ static int set_nofile(struct rlimit *nofile) {
 
 int security_apply(const struct shim_config *cfg, struct shim_error *err) {
   struct rlimit nofile = {.rlim_cur = cfg->nofile_soft, .rlim_max = cfg->nofile_hard};
-  uint64_t mask = cap_mask(cfg);
+  uint64_t mask = cap_mask(cfg) & permitted_caps();
 
   if (set_nofile(&nofile) < 0) {
     set_error(err, EXIT_RUNTIME, errno, "setrlimit RLIMIT_NOFILE %llu:%llu",

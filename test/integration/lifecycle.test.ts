@@ -1,7 +1,7 @@
 /** Container lifecycle: cleanup, signals, detaching and finding containers again. */
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { loadNative } from "../../agent/runtime/native.js";
@@ -116,6 +116,23 @@ describe("container lifecycle", () => {
     expect(r.stdout).toBe("line1\nline2\nline3\nline4\nline5\n");
     expect(fleetlet(root, ["logs", "--tail", "2", "chatty"]).stdout).toBe("line4\nline5\n");
     expect(fleetlet(root, ["rm", "chatty"]).status).toBe(0);
+  });
+
+  it("rotates a chatty container's log by size and keeps the newest output", async () => {
+    const runtime = new Runtime({ root });
+    const { id } = runtime.create({
+      layers: [rootfs],
+      command: ["/bin/sh", "-c", "i=0; while [ $i -lt 400 ]; do echo line-$i-0123456789012345678901234567890123456789; i=$((i+1)); done"],
+      log: { maxBytes: 4096, keep: 1 },
+    });
+    await runtime.start(id);
+    expect((await runtime.wait(id)).exitCode).toBe(0);
+    const dir = join(root, "containers", id);
+    expect(statSync(join(dir, "container.log")).size).toBeLessThanOrEqual(4096);
+    expect(statSync(join(dir, "container.log.1")).size).toBeLessThanOrEqual(4096);
+    expect(existsSync(join(dir, "container.log.2"))).toBe(false);
+    expect(runtime.logs(id, { tail: 1 })).toMatch(/^line-399-/);
+    await runtime.delete(id);
   });
 
   it("never signals a process that merely reuses a container's pid", async () => {
