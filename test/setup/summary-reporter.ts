@@ -14,7 +14,7 @@ export default class SummaryReporter implements Reporter {
   onFinished(files: RunnerTestFile[] = [], errors: unknown[] = []): void {
     const totals = { passed: 0, failed: 0, skipped: 0 };
     count(files, totals);
-    const failed = totals.failed + (errors.length > 0 ? errors.length : 0);
+    const failed = totals.failed + errors.length;
     process.stdout.write(`\ntests: ${totals.passed} passed, ${failed} failed${totals.skipped ? `, ${totals.skipped} skipped` : ""}\n`);
   }
 }
