@@ -89,14 +89,18 @@ export type ExitRecord = z.infer<typeof exitRecord>;
 const processRef = z.object({ pid: z.number().int().positive(), startTime: z.string().regex(/^\d+$/) });
 export type ProcessRef = z.infer<typeof processRef>;
 
-/** `state.json`: what a later process needs to find the container again. */
+/** `state.json`: written once by create; the spec never changes afterwards. */
 export const containerState = z.object({
   id: z.string(),
   createdAt: z.string(),
   spec: containerSpec,
-  cgroups: z.array(z.string()).default([]),
-  shim: processRef.optional(),
-  init: processRef.optional(),
-  startedAt: z.string().optional(),
 });
 export type ContainerState = z.infer<typeof containerState>;
+
+/** `running.json`: written by the shim before it reports the start, so a later process can find it. */
+export const runningRecord = z.object({
+  shim: processRef,
+  init: processRef,
+  startedAt: z.string(),
+});
+export type RunningRecord = z.infer<typeof runningRecord>;

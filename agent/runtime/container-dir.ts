@@ -1,20 +1,22 @@
 /**
- * One container's directory, `<root>/containers/<id>/`: the shim config, the
- * persisted state, the exit record, the log, and the overlay's upper, work
- * and mount-point dirs. State files are replaced atomically (write, fsync,
+ * One container's directory, `<root>/containers/<id>/`: the spec (state.json,
+ * from create), where its processes are (running.json, from the shim), how
+ * it ended (exit.json, from the shim), the log, and the overlay's upper and
+ * work dirs (made by the shim). State files are replaced atomically (write, fsync,
  * rename) so that a crash leaves the old or the new version, never half.
  * Container files are not fsynced: a power cut ends the containers too, and
  * rename already makes them whole across a crash of the process.
  */
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type ContainerState, containerState, type ExitRecord, exitRecord } from "../../schemas/container.js";
+import type { z } from "zod";
+import { type ContainerState, containerState, type ExitRecord, exitRecord, type RunningRecord, runningRecord } from "../../schemas/container.js";
 import { FleetError, isErrno } from "../errors.js";
 
 export interface ContainerPaths {
   dir: string;
-  config: string;
   state: string;
+  running: string;
   exit: string;
   log: string;
   upper: string;
@@ -26,13 +28,16 @@ export function containerPaths(root: string, id: string): ContainerPaths {
   const dir = join(root, "containers", id);
   return {
     dir,
-    config: join(dir, "config"),
     state: join(dir, "state.json"),
+    running: join(dir, "running.json"),
     exit: join(dir, "exit.json"),
     log: join(dir, "container.log"),
     upper: join(dir, "upper"),
     work: join(dir, "work"),
-    rootfs: join(dir, "rootfs"),
+    // The overlay is mounted over the container dir itself, in the init's
+    // own mount namespace: the host keeps seeing the dir, and no mount point
+    // needs creating.
+    rootfs: dir,
   };
 }
 
@@ -66,8 +71,27 @@ export function writeState(paths: ContainerPaths, state: ContainerState): void {
   writeFileAtomic(paths.state, `${JSON.stringify(state, null, 2)}\n`);
 }
 
+/** A record the shim writes; undefined while it does not exist (or is not whole yet). */
+function readShimRecord<T>(path: string, schema: z.ZodType<T>): T | undefined {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    if (isErrno(err, "ENOENT")) return undefined;
+    throw err;
+  }
+  try {
+    const parsed = schema.safeParse(JSON.parse(text));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined; // cut short by a crash while it was written: as if absent
+  }
+}
+
 export function readExit(paths: ContainerPaths): ExitRecord | undefined {
-  if (!existsSync(paths.exit)) return undefined;
-  const parsed = exitRecord.safeParse(JSON.parse(readFileSync(paths.exit, "utf8")));
-  return parsed.success ? parsed.data : undefined;
+  return readShimRecord(paths.exit, exitRecord);
+}
+
+export function readRunning(paths: ContainerPaths): RunningRecord | undefined {
+  return readShimRecord(paths.running, runningRecord);
 }

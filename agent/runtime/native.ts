@@ -21,7 +21,8 @@ export interface ExitWatchHandle {
 }
 
 export interface NativeCore {
-  spawnShim(shimPath: string, configPath: string, foreground: boolean): Promise<SpawnResult>;
+  /** Starts a detached shim with this config (see shim-config.ts); resolves once the command is exec'd. */
+  spawnShim(shimPath: string, config: Buffer, foreground: boolean): Promise<SpawnResult>;
   /** Start time of a process (clock ticks since boot), null when it is gone. */
   startTime(pid: number): bigint | null;
   /** Signals the process that started at startTime; false when it is gone. */

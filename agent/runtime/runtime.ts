@@ -6,7 +6,7 @@
  * pid is never mistaken for the container.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, renameSync, type Stats, statSync } from "node:fs";
 import { join } from "node:path";
 import { type ContainerSpec, type ContainerSpecInput, type ContainerState, containerSpec, type ExitRecord } from "../../schemas/container.js";
 import { formatIssues } from "../../schemas/format-issues.js";
@@ -15,9 +15,9 @@ import { capabilitySet } from "./capabilities.js";
 import { Cgroups } from "./cgroup.js";
 import { detectCgroupLayout } from "./cgroup-layout.js";
 import type { CgroupStats } from "./cgroup-limits.js";
-import { type ContainerPaths, containerPaths, readExit, readState, writeFileAtomic, writeState } from "./container-dir.js";
+import { type ContainerPaths, containerPaths, readExit, readRunning, readState, writeState } from "./container-dir.js";
 import { readLog } from "./log-tail.js";
-import { loadNative, type NativeBinding } from "./native.js";
+import { loadNative, type NativeBinding, type SpawnResult } from "./native.js";
 import { DEFAULT_PATH } from "./proc-defaults.js";
 import { encodeShimConfig } from "./shim-config.js";
 import { signalNumber } from "./signals.js";
@@ -47,6 +47,7 @@ export class Runtime {
   readonly cgroups: Cgroups;
   private readonly native: NativeBinding;
   private readonly removals = new Set<Promise<void>>();
+  private readonly states = new Map<string, { state: ContainerState; ino: number; mtimeMs: number }>();
   private readonly removalErrors: FleetError[] = [];
 
   constructor(opts: RuntimeOptions) {
@@ -82,56 +83,56 @@ export class Runtime {
       if (isErrno(err, "EEXIST")) throw new FleetError("E_CONFLICT", `a container named ${id} already exists`, { exitCode: 125 });
       throw err;
     }
-    for (const d of [paths.upper, paths.work, paths.rootfs]) mkdirSync(d);
-    const state: ContainerState = { id, createdAt: new Date().toISOString(), spec, cgroups: [] };
+    const state: ContainerState = { id, createdAt: new Date().toISOString(), spec };
     writeState(paths, state);
-    return this.describe(state, paths);
+    return { id, status: "created", createdAt: state.createdAt, spec };
   }
 
   async start(id: string, opts: { foreground?: boolean } = {}): Promise<ContainerInfo> {
     const paths = this.paths(id);
-    const state = readState(paths, id);
-    if (state.shim) throw new FleetError("E_CONFLICT", `container ${id} has already been started`, { exitCode: 125 });
+    const state = this.state(id);
+    if (existsSync(paths.running)) throw new FleetError("E_CONFLICT", `container ${id} has already been started`, { exitCode: 125 });
     const { spec } = state;
-    rmSync(paths.exit, { force: true });
     for (const v of spec.volumes) mkdirSync(this.volumeDir(v.name), { recursive: true });
     const groups = this.cgroups.plan(id, spec.resources);
     const hostname = spec.hostname ?? id.slice(0, 63);
-    const env = withDefaults(spec, hostname);
-    writeFileAtomic(
-      paths.config,
-      encodeShimConfig({ id, spec, env, hostname, paths, cgroups: groups, capabilities: capabilitySet(spec.capAdd, spec.capDrop), volumeDir: (n) => this.volumeDir(n) }),
-    );
-    let started: Awaited<ReturnType<NativeBinding["core"]["spawnShim"]>>;
+    const config = encodeShimConfig({
+      id,
+      spec,
+      env: withDefaults(spec, hostname),
+      hostname,
+      paths,
+      cgroups: groups,
+      capabilities: capabilitySet(spec.capAdd, spec.capDrop),
+      volumeDir: (n) => this.volumeDir(n),
+    });
+    let started: SpawnResult;
     try {
-      started = await this.native.core.spawnShim(this.native.shimPath, paths.config, opts.foreground ?? false);
+      started = await this.native.core.spawnShim(this.native.shimPath, config, opts.foreground ?? false);
     } catch (err) {
       await this.cgroups.remove(id);
       throw startError(id, err);
     }
-    state.cgroups = [...new Set(groups.dirs.values())];
-    state.shim = { pid: started.shimPid, startTime: String(started.shimStartTime) };
-    state.init = { pid: started.initPid, startTime: String(started.initStartTime) };
-    state.startedAt = new Date().toISOString();
-    writeState(paths, state);
-    return this.describe(state, paths);
+    return { id, status: "running", createdAt: state.createdAt, startedAt: new Date().toISOString(), pid: started.initPid, spec };
   }
 
   /** Sends a signal to the container's init; false when it has already exited. */
   kill(id: string, signal: string | number = "SIGKILL"): boolean {
-    const state = readState(this.paths(id), id);
-    if (!state.init) throw new FleetError("E_CONFLICT", `container ${id} is not running`);
-    return this.native.core.signalProcess(state.init.pid, BigInt(state.init.startTime), signalNumber(signal));
+    this.state(id);
+    const running = readRunning(this.paths(id));
+    if (!running) throw new FleetError("E_CONFLICT", `container ${id} is not running`);
+    return this.native.core.signalProcess(running.init.pid, BigInt(running.init.startTime), signalNumber(signal));
   }
 
   /** Resolves with the exit record once the container has exited. Never polls. */
   wait(id: string, signal?: AbortSignal): Promise<ExitRecord> {
     const paths = this.paths(id);
-    const state = readState(paths, id);
+    this.state(id);
     const done = readExit(paths);
     if (done) return Promise.resolve(done);
-    if (!state.shim) return Promise.reject(new FleetError("E_CONFLICT", `container ${id} has not been started`));
-    const shim = state.shim;
+    const running = readRunning(paths);
+    if (!running) return Promise.reject(new FleetError("E_CONFLICT", `container ${id} has not been started`));
+    const shim = running.shim;
     return new Promise((resolve, reject) => {
       const onAbort = () => {
         watch.close();
@@ -150,12 +151,10 @@ export class Runtime {
 
   /** The stop signal, then SIGKILL once the timeout has passed. */
   async stop(id: string, opts: { timeoutMs?: number; signal?: string } = {}): Promise<ExitRecord> {
-    const state = readState(this.paths(id), id);
+    const state = this.state(id);
     const done = readExit(this.paths(id));
-    if (done || !state.init) {
-      if (done) return done;
-      throw new FleetError("E_CONFLICT", `container ${id} is not running`);
-    }
+    if (done) return done;
+    if (!existsSync(this.paths(id).running)) throw new FleetError("E_CONFLICT", `container ${id} is not running`);
     const abort = new AbortController();
     const exited = this.wait(id, abort.signal);
     this.kill(id, opts.signal ?? state.spec.stopSignal);
@@ -178,6 +177,7 @@ export class Runtime {
       await this.wait(id);
     }
     await this.cgroups.remove(id);
+    this.states.delete(id);
     // One rename takes the container out of sight at once; its writable layer
     // is then erased in the background (see settled()).
     const retired = join(this.root, "containers", `.removed-${id}-${randomBytes(4).toString("hex")}`);
@@ -219,8 +219,7 @@ export class Runtime {
   }
 
   inspect(id: string): ContainerInfo {
-    const paths = this.paths(id);
-    return this.describe(readState(paths, id), paths);
+    return this.describe(this.state(id), this.paths(id));
   }
 
   list(): ContainerInfo[] {
@@ -228,31 +227,51 @@ export class Runtime {
     for (const id of this.containerDirNames().sort()) {
       const paths = this.paths(id);
       if (!existsSync(paths.state)) continue; // a create that was interrupted before its state was written
-      out.push(this.describe(readState(paths, id), paths));
+      out.push(this.describe(this.state(id), paths));
     }
     return out;
   }
 
   stats(id: string): CgroupStats {
-    readState(this.paths(id), id);
+    this.state(id);
     return this.cgroups.stats(id);
   }
 
   logs(id: string, opts: { tail?: number } = {}): string {
+    return readLog(this.paths(id).log, this.state(id).spec.log.keep, opts.tail);
+  }
+
+  /**
+   * The container's state.json, parsed once: it never changes after create,
+   * and its inode and mtime tell a cached copy from a newer container of the
+   * same name.
+   */
+  private state(id: string): ContainerState {
     const paths = this.paths(id);
+    let st: Stats;
+    try {
+      st = statSync(paths.state);
+    } catch (err) {
+      if (isErrno(err, "ENOENT")) throw new FleetError("E_NOT_FOUND", `no such container: ${id}`);
+      throw err;
+    }
+    const cached = this.states.get(id);
+    if (cached && cached.ino === st.ino && cached.mtimeMs === st.mtimeMs) return cached.state;
     const state = readState(paths, id);
-    return readLog(paths.log, state.spec.log.keep, opts.tail);
+    this.states.set(id, { state, ino: st.ino, mtimeMs: st.mtimeMs });
+    return state;
   }
 
   private describe(state: ContainerState, paths: ContainerPaths): ContainerInfo {
     const exit = readExit(paths);
+    const running = readRunning(paths);
     let status: ContainerStatus = "created";
     if (exit) status = "exited";
-    else if (state.shim) {
-      const alive = this.native.core.startTime(state.shim.pid) === BigInt(state.shim.startTime);
+    else if (running) {
+      const alive = this.native.core.startTime(running.shim.pid) === BigInt(running.shim.startTime);
       status = alive ? "running" : "exited";
     }
-    return { id: state.id, status, createdAt: state.createdAt, startedAt: state.startedAt, pid: state.init?.pid, exit, spec: state.spec };
+    return { id: state.id, status, createdAt: state.createdAt, startedAt: running?.startedAt, pid: running?.init.pid, exit, spec: state.spec };
   }
 }
 

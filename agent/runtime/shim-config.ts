@@ -47,6 +47,7 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ["logmax", c.spec.log.maxBytes],
     ["logkeep", c.spec.log.keep],
     ["exit", c.paths.exit],
+    ["running", c.paths.running],
     ["nofile-soft", DEFAULT_NOFILE.soft],
     ["nofile-hard", DEFAULT_NOFILE.hard],
   ];

@@ -60,6 +60,7 @@ static int apply(struct shim_config *cfg, const char *key, const char *value, st
   else if (IS("oom")) cfg->oom_file = value;
   else if (IS("log")) cfg->log_path = value;
   else if (IS("exit")) cfg->exit_path = value;
+  else if (IS("running")) cfg->running_path = value;
   else if (IS("net")) cfg->net_host = strcmp(value, "host") == 0;
   else if (IS("readonly")) cfg->readonly = strcmp(value, "1") == 0;
   else if (IS("seccomp")) cfg->seccomp = strcmp(value, "default") == 0;
@@ -148,9 +149,9 @@ int config_read(const char *path, struct shim_config *cfg, struct shim_error *er
     if (apply(cfg, p, eq + 1, err) < 0) return -1;
   }
   if (!cfg->rootfs || !cfg->lower.len || !cfg->upper || !cfg->work || !cfg->args.len ||
-      !cfg->exit_path || !cfg->log_path) {
+      !cfg->exit_path || !cfg->running_path || !cfg->log_path) {
     set_error(err, EXIT_RUNTIME, 0,
-              "config `%s`: rootfs, lower, upper, work, arg, exit and log are required", path);
+              "config `%s`: rootfs, lower, upper, work, arg, exit, running and log are required", path);
     return -1;
   }
   return 0;

@@ -95,6 +95,12 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
     set_error(err, EXIT_RUNTIME, errno, "unshare mount, uts, ipc%s namespaces", cfg->net_host ? "" : ", net");
     return;
   }
+  /* The shim sends 'd' once the overlay's dirs exist, 'g' once we are in our
+   * cgroups; EOF means it gave up. */
+  if (read(go_fd, &go, 1) != 1) {
+    set_error(err, EXIT_RUNTIME, errno, "wait for the container dirs");
+    return;
+  }
   umask(0);
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (devnull < 0) {
@@ -117,8 +123,7 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
     set_error(err, EXIT_RUNTIME, errno, "set up stdio");
     return;
   }
-  /* The shim writes one byte once we are in our cgroups; EOF means it gave
-   * up. Only then the cgroup namespace, so that its root is our cgroup. */
+  /* Only once in our cgroups the cgroup namespace, so that its root is our cgroup. */
   if (read(go_fd, &go, 1) != 1) {
     set_error(err, EXIT_RUNTIME, errno, "wait for cgroup placement");
     return;

@@ -121,7 +121,7 @@ static int oom_killed(const struct shim_config *cfg) {
 }
 
 static void write_exit(const struct shim_config *cfg, pid_t init, int status, const char *started) {
-  char finished[40], tmp[4096], json[512];
+  char finished[40], json[512];
   iso_now(finished, sizeof(finished));
   int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
   int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + sig;
@@ -129,21 +129,63 @@ static void write_exit(const struct shim_config *cfg, pid_t init, int status, co
                    "{\"pid\":%d,\"exitCode\":%d,\"signal\":%d,\"oomKilled\":%s,"
                    "\"startedAt\":\"%s\",\"finishedAt\":\"%s\"}\n",
                    init, code, sig, oom_killed(cfg) ? "true" : "false", started, finished);
-  snprintf(tmp, sizeof(tmp), "%s.tmp", cfg->exit_path);
-  cleanup_fd int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  /* No fsync: after a power cut there is no container whose exit matters. */
-  if (fd < 0 || write(fd, json, n) != n || rename(tmp, cfg->exit_path) < 0)
+  /* One write into the empty file made at start: readers see all or nothing
+   * of it in practice, and check its shape anyway. No fsync: after a power
+   * cut there is no container whose exit matters. */
+  cleanup_fd int fd = open(cfg->exit_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0 || pwrite(fd, json, n, 0) != n)
     fprintf(stderr, "fleetlet-shim: write exit record `%s`: %s\n", cfg->exit_path, strerror(errno));
 }
 
+/* The overlay's upper and work dirs, made while the init unshares. */
+static int prepare_dirs(const struct shim_config *cfg, struct shim_error *err) {
+  const char *dirs[] = {cfg->upper, cfg->work};
+  for (int i = 0; i < 2; i++) {
+    if (mkdir(dirs[i], 0755) < 0 && errno != EEXIST) {
+      set_error(err, EXIT_RUNTIME, errno, "create `%s`", dirs[i]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* One byte down the go pipe lets the init past its next wait. */
+static int release(int go_fd, char step, struct shim_error *err) {
+  if (write(go_fd, &step, 1) == 1) return 0;
+  set_error(err, EXIT_RUNTIME, errno, "release the container init");
+  return -1;
+}
+
+/* running.json: what a later process needs to find this container again.
+ * Written once, before the launcher hears "ok"; readers check its shape. */
+static int write_running(const struct shim_config *cfg, pid_t init, const char *started, struct shim_error *err) {
+  char json[512];
+  int n = snprintf(json, sizeof(json),
+                   "{\"shim\":{\"pid\":%d,\"startTime\":\"%llu\"},\"init\":{\"pid\":%d,\"startTime\":\"%llu\"},"
+                   "\"startedAt\":\"%s\"}\n",
+                   getpid(), start_time(getpid()), init, start_time(init), started);
+  cleanup_fd int fd = open(cfg->running_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0 || write(fd, json, n) != n) {
+    set_error(err, EXIT_RUNTIME, errno, "record the running container in `%s`", cfg->running_path);
+    return -1;
+  }
+  /* The exit record is created empty now and filled in at exit, so that
+   * writing it then allocates nothing. Readers take empty as "not yet". */
+  cleanup_fd int exit_fd = open(cfg->exit_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (exit_fd < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "create `%s`", cfg->exit_path);
+    return -1;
+  }
+  return 0;
+}
+
 static void supervise(const struct shim_config *cfg, pid_t init, int sigfd, int out, int errfd, int fg,
-                      struct log_file *log) {
-  char started[40], buf[65536];
+                      struct log_file *log, const char *started) {
+  char buf[65536];
   int status = 0, init_done = 0;
   struct pollfd fds[3] = {{sigfd, POLLIN, 0}, {out, POLLIN, 0}, {errfd, POLLIN, 0}};
   int forward[3] = {-1, fg ? 1 : -1, fg ? 2 : -1};
 
-  iso_now(started, sizeof(started));
   while (!init_done || fds[1].fd >= 0 || fds[2].fd >= 0) {
     /* Once the init is gone every process of its pid namespace is too, so
      * the pipes are at EOF; the timeout only guards against a stray holder. */
@@ -215,8 +257,7 @@ int main(int argc, char **argv) {
   prctl(PR_SET_NAME, "fleetlet-shim", 0, 0, 0);
   signal(SIGPIPE, SIG_IGN);
 
-  struct log_file log;
-  if (log_file_open(&log, cfg.log_path, cfg.log_max, cfg.log_keep, &err) < 0) fail(sync_fd, &err);
+  struct log_file log = {.fd = -1};
   if (pipe2(go, O_CLOEXEC) < 0 || pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
       pipe2(errout, O_CLOEXEC) < 0) {
     set_error(&err, EXIT_RUNTIME, errno, "create pipes");
@@ -255,13 +296,18 @@ int main(int argc, char **argv) {
   close(out[1]);
   close(errout[1]);
 
-  if (join_cgroups(&cfg, init, &err) < 0) {
+  /* While the init unshares its namespaces, prepare what it needs next; then
+   * while it builds its rootfs, move it into its cgroups and create the
+   * records, so the files and the cgroup move cost no time of their own. */
+  char started[40];
+  iso_now(started, sizeof(started));
+  if (prepare_dirs(&cfg, &err) < 0 || release(go[1], 'd', &err) < 0 || join_cgroups(&cfg, init, &err) < 0 ||
+      release(go[1], 'g', &err) < 0 || write_running(&cfg, init, started, &err) < 0 ||
+      log_file_open(&log, cfg.log_path, cfg.log_max, cfg.log_keep, &err) < 0) {
     kill(init, SIGKILL);
     waitpid(init, NULL, 0);
-    fail(sync_fd, &err);
-  }
-  if (write(go[1], "g", 1) != 1) {
-    set_error(&err, EXIT_RUNTIME, errno, "release the container init");
+    unlink(cfg.running_path);
+    unlink(cfg.exit_path);
     fail(sync_fd, &err);
   }
   close(go[1]);
@@ -273,6 +319,8 @@ int main(int argc, char **argv) {
   close(errpipe[0]);
   if (n != 0) {
     waitpid(init, NULL, 0);
+    unlink(cfg.running_path); /* never started: the container stays "created" */
+    unlink(cfg.exit_path);
     if (n != sizeof(child_err)) set_error(&child_err, EXIT_RUNTIME, 0, "container init died before exec");
     child_err.message[sizeof(child_err.message) - 1] = '\0';
     fail(sync_fd, &child_err);
@@ -287,6 +335,6 @@ int main(int argc, char **argv) {
       close(devnull);
     }
   }
-  supervise(&cfg, init, sigfd, out[0], errout[0], fg, &log);
+  supervise(&cfg, init, sigfd, out[0], errout[0], fg, &log, started);
   return 0;
 }

@@ -73,6 +73,7 @@ struct shim_config {
   uint64_t log_max;
   unsigned log_keep;
   const char *exit_path;
+  const char *running_path;    /* where the shim records its and the init's pid */
   uint64_t nofile_soft, nofile_hard;
 };
 

@@ -1,12 +1,14 @@
-// spawnShim(shimPath, configPath, foreground)
+// spawnShim(shimPath, config: Buffer, foreground)
 //   -> Promise<{shimPid, shimStartTime, initPid, initStartTime}>
 //
 // Forking Node's multi-threaded process and doing setup work in the child is
 // unsafe, so the addon only posix_spawns the shim (vfork + exec) on a worker
 // thread and reads the one status line the shim writes once the container's
-// command is exec'd, or why it could not be.
+// command is exec'd, or why it could not be. The config reaches the shim in
+// a memfd, so starting a container writes no config file.
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,6 +23,7 @@
 class SpawnWorker : public Napi::AsyncWorker {
  public:
   SpawnWorker(Napi::Env env, std::string shim, std::string config, bool foreground)
+      // config holds the bytes of the shim config, NULs included
       : Napi::AsyncWorker(env, "fleetlet.spawnShim"),
         deferred_(Napi::Promise::Deferred::New(env)),
         shim_(std::move(shim)),
@@ -31,8 +34,24 @@ class SpawnWorker : public Napi::AsyncWorker {
 
  protected:
   void Execute() override {
+    int cfg = memfd_create("fleetlet-config", MFD_CLOEXEC);
+    if (cfg < 0) return Fail(errno, "memfd_create");
+    for (size_t off = 0; off < config_.size();) {
+      ssize_t n = write(cfg, config_.data() + off, config_.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        int e = errno;
+        close(cfg);
+        return Fail(e, "write the shim config");
+      }
+      off += n;
+    }
     int fds[2];
-    if (pipe2(fds, O_CLOEXEC) < 0) return Fail(errno, "pipe2");
+    if (pipe2(fds, O_CLOEXEC) < 0) {
+      int e = errno;
+      close(cfg);
+      return Fail(e, "pipe2");
+    }
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -47,13 +66,15 @@ class SpawnWorker : public Napi::AsyncWorker {
     if (err_out >= 0) posix_spawn_file_actions_adddup2(&fa, err_out, 2);
     else posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
     posix_spawn_file_actions_adddup2(&fa, fds[1], 3);
-    const char* argv[] = {shim_.c_str(), config_.c_str(), "3", foreground_ ? "--foreground" : nullptr, nullptr};
+    posix_spawn_file_actions_adddup2(&fa, cfg, 4);
+    const char* argv[] = {shim_.c_str(), "/proc/self/fd/4", "3", foreground_ ? "--foreground" : nullptr, nullptr};
     const char* envp[] = {nullptr};
     pid_t pid;
     int err = posix_spawn(&pid, shim_.c_str(), &fa, nullptr, const_cast<char* const*>(argv),
                           const_cast<char* const*>(envp));
     posix_spawn_file_actions_destroy(&fa);
     close(fds[1]);
+    close(cfg);
     if (out >= 0) close(out);
     if (err_out >= 0) close(err_out);
     if (err != 0) {
@@ -119,12 +140,13 @@ class SpawnWorker : public Napi::AsyncWorker {
 
 Napi::Value SpawnShim(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsBoolean()) {
-    Napi::TypeError::New(env, "expected (shimPath: string, configPath: string, foreground: boolean)")
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsBuffer() || !info[2].IsBoolean()) {
+    Napi::TypeError::New(env, "expected (shimPath: string, config: Buffer, foreground: boolean)")
         .ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  auto* w = new SpawnWorker(env, info[0].As<Napi::String>(), info[1].As<Napi::String>(),
+  auto config = info[1].As<Napi::Buffer<char>>();
+  auto* w = new SpawnWorker(env, info[0].As<Napi::String>(), std::string(config.Data(), config.Length()),
                             info[2].As<Napi::Boolean>());
   Napi::Promise p = w->Promise();
   w->Queue();

@@ -48,8 +48,8 @@ function ociBundle(dir: string, rootfs: string): string {
   return dir;
 }
 
-/** Times `runs` sequential runs of an OCI runtime with hyperfine (no shell in between). */
-function ociRuntime(name: string, bundle: string, runs: number, hybridWorkaround: boolean): Summary | string {
+/** Times `runs` sequential runs of an OCI runtime with hyperfine (no shell in between); samples in ms. */
+function ociRuntime(name: string, bundle: string, runs: number, hybridWorkaround: boolean): number[] | string {
   const out = join(bundle, `${name}.json`);
   const cmd = `${name} run -b ${bundle} bench-${name}`;
   const hyperfine = ["hyperfine", "-N", "--warmup", "3", "--runs", String(runs), "--export-json", out, cmd];
@@ -59,10 +59,10 @@ function ociRuntime(name: string, bundle: string, runs: number, hybridWorkaround
   const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
   if (r.status !== 0) return `${name} failed: ${(r.stderr || r.stdout).trim().split("\n").slice(-3).join(" | ")}`;
   const times: number[] = JSON.parse(readFileSync(out, "utf8")).results[0].times;
-  return summarize(`${name} run (hyperfine)`, times.map((s) => s * 1000));
+  return times.map((s) => s * 1000);
 }
 
-async function fleetletRuns(runtime: Runtime, rootfs: string, runs: number): Promise<Summary> {
+async function fleetletRuns(runtime: Runtime, rootfs: string, runs: number): Promise<number[]> {
   const samples: number[] = [];
   for (let i = 0; i < runs + 3; i++) {
     const t0 = process.hrtime.bigint();
@@ -74,7 +74,8 @@ async function fleetletRuns(runtime: Runtime, rootfs: string, runs: number): Pro
     if (exit.exitCode !== 0) throw new Error(`fleetlet container ${id} exited ${exit.exitCode}`);
     if (i >= 3) samples.push(ms); // the first three warm up, as hyperfine's --warmup
   }
-  return summarize("fleetlet (create+start+wait+rm)", samples);
+  await runtime.settled();
+  return samples;
 }
 
 async function shimFootprint(runtime: Runtime, rootfs: string, count: number): Promise<number[]> {
@@ -87,8 +88,8 @@ async function shimFootprint(runtime: Runtime, rootfs: string, count: number): P
       await runtime.start(id);
     }
     for (const id of ids) {
-      const state = JSON.parse(readFileSync(join(runtime.root, "containers", id, "state.json"), "utf8"));
-      const status = readFileSync(`/proc/${state.shim.pid}/status`, "utf8");
+      const running = JSON.parse(readFileSync(join(runtime.root, "containers", id, "running.json"), "utf8"));
+      const status = readFileSync(`/proc/${running.shim.pid}/status`, "utf8");
       rss.push(Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN));
     }
   } finally {
@@ -104,14 +105,24 @@ export async function startBench(args: string[]): Promise<void> {
     const rootfs = buildBusyboxRootfs(join(work, "rootfs"));
     const runtime = new Runtime({ root: join(work, "state"), cgroupParent: "fleetlet-bench" });
     console.log(`start: ${runs} containers of /bin/true, one after another, limits memory=64Mi cpus=1 pids=64 (cgroup mode: ${runtime.cgroups.mode})`);
-    const ours = await fleetletRuns(runtime, rootfs, runs);
-    const rows: Summary[] = [ours];
-    const notes: string[] = [];
-    for (const [name, workaround] of [["crun", runtime.cgroups.mode === "hybrid"], ["runc", false]] as const) {
-      const r = ociRuntime(name, ociBundle(join(work, `bundle-${name}`), rootfs), runs, workaround);
-      if (typeof r === "string") notes.push(r);
-      else rows.push(r);
+    // Rounds alternate between the runtimes, so that a noisy neighbour on a
+    // shared machine weighs on all of them alike.
+    const rounds = 5;
+    const per = Math.max(1, Math.round(runs / rounds));
+    const samples: Record<string, number[]> = { fleetlet: [], crun: [], runc: [] };
+    const bundles = { crun: ociBundle(join(work, "bundle-crun"), rootfs), runc: ociBundle(join(work, "bundle-runc"), rootfs) };
+    const notes = new Set<string>();
+    for (let r = 0; r < rounds; r++) {
+      samples.fleetlet!.push(...(await fleetletRuns(runtime, rootfs, per)));
+      for (const [name, workaround] of [["crun", runtime.cgroups.mode === "hybrid"], ["runc", false]] as const) {
+        const got = ociRuntime(name, bundles[name], per, workaround);
+        if (typeof got === "string") notes.add(got);
+        else samples[name]!.push(...got);
+      }
     }
+    const ours = summarize("fleetlet (create+start+wait+rm)", samples.fleetlet!);
+    const rows: Summary[] = [ours];
+    for (const name of ["crun", "runc"]) if (samples[name]!.length) rows.push(summarize(`${name} run (hyperfine)`, samples[name]!));
     printSummaries("per-container time", rows);
     for (const r of rows.slice(1)) {
       console.log(`ratio fleetlet/${r.name.split(" ")[0]}: p50 ${(ours.p50 / r.p50).toFixed(2)}, p99 ${(ours.p99 / r.p99).toFixed(2)} (goal for crun: <= 0.50)`);
