@@ -12,8 +12,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # busybox-static: the test and demo images; crun, runc, hyperfine: the start-time benchmark's
-# baseline; g++/make/python3: the native build.
-PACKAGES="busybox-static crun runc hyperfine g++ make python3"
+# baseline; g++/make/python3: the native build; docker-registry, skopeo, umoci, apache2-utils
+# (htpasswd), openssl: the test registry and the images pushed to it by other tools.
+PACKAGES="busybox-static crun runc hyperfine g++ make python3 docker-registry skopeo umoci apache2-utils openssl"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
