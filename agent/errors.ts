@@ -14,7 +14,20 @@ export type ErrorCode =
   | "E_COMMAND_NOT_FOUND"
   | "E_CGROUP"
   | "E_OOM_KILLED"
-  | "E_NOT_ROOT";
+  | "E_NOT_ROOT"
+  | "E_DIGEST_MISMATCH"
+  | "E_UNSAFE_LAYER"
+  | "E_UNSUPPORTED"
+  | "E_REGISTRY"
+  | "E_REGISTRY_AUTH"
+  | "E_REGISTRY_TLS"
+  | "E_REGISTRY_UNREACHABLE"
+  | "E_MANIFEST_UNKNOWN"
+  | "E_NO_PLATFORM"
+  | "E_NO_SPACE"
+  | "E_ABORTED"
+  | "E_IMAGE_NOT_FOUND"
+  | "E_IMAGE_IN_USE";
 
 export class FleetError extends Error {
   readonly code: ErrorCode;

@@ -29,6 +29,11 @@ export interface NativeCore {
   signalProcess(pid: number, startTime: bigint, signal: number): boolean;
   /** Erases a tree on a worker thread; never follows symlinks or crosses mounts. */
   removeTree(path: string): Promise<void>;
+  /** mknod(2) on the path itself; mode carries the file type bits. */
+  mknod(path: string, mode: number, major: number, minor: number): void;
+  /** lsetxattr(2): never follows a final symlink. */
+  setXattr(path: string, name: string, value: Buffer): void;
+  getXattr(path: string, name: string): Buffer | null;
   ExitWatch: new (pid: number, startTime: bigint, onExit: () => void) => ExitWatchHandle;
 }
 

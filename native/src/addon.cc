@@ -13,6 +13,9 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("signalProcess", Napi::Function::New(env, SignalProcess));
   exports.Set("spawnShim", Napi::Function::New(env, SpawnShim));
   exports.Set("removeTree", Napi::Function::New(env, RemoveTree));
+  exports.Set("mknod", Napi::Function::New(env, Mknod));
+  exports.Set("setXattr", Napi::Function::New(env, SetXattr));
+  exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   return InitExitWatch(env, exports);
 }
 

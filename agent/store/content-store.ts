@@ -1,0 +1,207 @@
+/**
+ * Blobs by digest, and the partial downloads ("ingests") that become them.
+ * This is the one place that decides whether a blob is complete and
+ * verified: `Ingest.commit()` checks the size and the sha256 of every byte,
+ * fsyncs, and renames into `blobs/sha256/<hex>`. Nothing else writes there,
+ * so a blob that exists is a verified blob. A power cut leaves either that
+ * or a partial in `ingest/` that the next pull resumes.
+ */
+import { createHash, type Hash } from "node:crypto";
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync } from "node:fs";
+import { type FileHandle, open } from "node:fs/promises";
+import { join } from "node:path";
+import { FleetError, isErrno } from "../errors.js";
+import { digestHex } from "./digest.js";
+
+export class ContentStore {
+  readonly blobsDir: string;
+  readonly ingestDir: string;
+
+  constructor(root: string) {
+    this.blobsDir = join(root, "blobs", "sha256");
+    this.ingestDir = join(root, "ingest");
+    mkdirSync(this.blobsDir, { recursive: true });
+    mkdirSync(this.ingestDir, { recursive: true });
+  }
+
+  blobPath(digest: string): string {
+    return join(this.blobsDir, digestHex(digest));
+  }
+
+  has(digest: string): boolean {
+    return existsSync(this.blobPath(digest));
+  }
+
+  size(digest: string): number {
+    return statSync(this.blobPath(digest)).size;
+  }
+
+  read(digest: string): Buffer {
+    return readFileSync(this.blobPath(digest));
+  }
+
+  createReadStream(digest: string, opts: { highWaterMark?: number } = {}): NodeJS.ReadableStream {
+    return createReadStream(this.blobPath(digest), { highWaterMark: opts.highWaterMark ?? 1 << 20 });
+  }
+
+  /** Stores a small blob held in memory (a manifest, a config), verified first. */
+  async put(digest: string, data: Buffer): Promise<void> {
+    if (this.has(digest)) return;
+    const ingest = await this.openIngest(digest, data.length, { restart: true });
+    try {
+      await ingest.write(data);
+      await ingest.commit();
+    } finally {
+      await ingest.close();
+    }
+  }
+
+  /** Bytes of `digest` already downloaded and kept for resuming. */
+  partialSize(digest: string): number {
+    try {
+      return statSync(this.partialPath(digest)).size;
+    } catch (err) {
+      if (isErrno(err, "ENOENT")) return 0;
+      throw err;
+    }
+  }
+
+  partialPath(digest: string): string {
+    return join(this.ingestDir, `${digestHex(digest)}.partial`);
+  }
+
+  /**
+   * Opens the partial download of `digest`, re-hashing what is already on
+   * disk so that the download resumes where it stopped.
+   */
+  async openIngest(digest: string, expectedSize: number, opts: { restart?: boolean } = {}): Promise<Ingest> {
+    const path = this.partialPath(digest);
+    const fh = await open(path, opts.restart ? "w" : "a+");
+    const hash = createHash("sha256");
+    let offset = 0;
+    if (!opts.restart) {
+      const { size } = await fh.stat();
+      if (size > expectedSize) {
+        await fh.truncate(0); // longer than the blob can be: nothing in it is trustworthy
+      } else {
+        const buf = Buffer.allocUnsafe(1 << 20);
+        while (offset < size) {
+          const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - offset), offset);
+          if (bytesRead === 0) break;
+          hash.update(buf.subarray(0, bytesRead));
+          offset += bytesRead;
+        }
+      }
+    }
+    return new Ingest({ store: this, digest, expectedSize, path, fh, hash, offset });
+  }
+
+  delete(digest: string): void {
+    try {
+      unlinkSync(this.blobPath(digest));
+    } catch (err) {
+      if (!isErrno(err, "ENOENT")) throw err;
+    }
+  }
+
+  list(): string[] {
+    return readdirSync(this.blobsDir).filter((n) => /^[a-f0-9]{64}$/.test(n)).map((n) => `sha256:${n}`);
+  }
+
+  /** Partial downloads as [digest, path]. */
+  partials(): [string, string][] {
+    return readdirSync(this.ingestDir)
+      .filter((n) => /^[a-f0-9]{64}\.partial$/.test(n))
+      .map((n) => [`sha256:${n.slice(0, 64)}`, join(this.ingestDir, n)]);
+  }
+
+  /** Called by Ingest.commit once the bytes are verified. */
+  async adopt(path: string, digest: string): Promise<void> {
+    renameSync(path, this.blobPath(digest));
+    const dir = await open(this.blobsDir, "r");
+    try {
+      await dir.sync(); // the rename itself survives a power cut
+    } finally {
+      await dir.close();
+    }
+  }
+}
+
+interface IngestInit {
+  store: ContentStore;
+  digest: string;
+  expectedSize: number;
+  path: string;
+  fh: FileHandle;
+  hash: Hash;
+  offset: number;
+}
+
+/** One partial blob being written. */
+export class Ingest {
+  readonly digest: string;
+  readonly expectedSize: number;
+  private readonly store: ContentStore;
+  private readonly path: string;
+  private readonly fh: FileHandle;
+  private hash: Hash;
+  private written: number;
+  private closed = false;
+
+  constructor(init: IngestInit) {
+    this.store = init.store;
+    this.digest = init.digest;
+    this.expectedSize = init.expectedSize;
+    this.path = init.path;
+    this.fh = init.fh;
+    this.hash = init.hash;
+    this.written = init.offset;
+  }
+
+  /** Bytes on disk and hashed so far: where a download resumes. */
+  get offset(): number {
+    return this.written;
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.written + chunk.length > this.expectedSize) {
+      throw new FleetError("E_DIGEST_MISMATCH", `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`);
+    }
+    this.hash.update(chunk);
+    let done = 0;
+    while (done < chunk.length) {
+      const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.written + done);
+      done += bytesWritten;
+    }
+    this.written += chunk.length;
+  }
+
+  /** Drops what was written, for a server that ignored the range and resent from the start. */
+  async restart(): Promise<void> {
+    await this.fh.truncate(0);
+    this.hash = createHash("sha256");
+    this.written = 0;
+  }
+
+  /** Verifies size and digest, then moves the blob into the store; a mismatch deletes the partial. */
+  async commit(): Promise<void> {
+    if (this.written !== this.expectedSize) {
+      throw new FleetError("E_DIGEST_MISMATCH", `blob ${this.digest}: got ${this.written} bytes, the manifest declares ${this.expectedSize}`);
+    }
+    const actual = `sha256:${this.hash.digest("hex")}`;
+    if (actual !== this.digest) {
+      await this.close();
+      unlinkSync(this.path);
+      throw new FleetError("E_DIGEST_MISMATCH", `blob ${this.digest}: its content hashes to ${actual}; the download was discarded`);
+    }
+    await this.fh.sync();
+    await this.close();
+    await this.store.adopt(this.path, this.digest);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.fh.close();
+  }
+}

@@ -1,0 +1,203 @@
+/**
+ * A streaming tar reader: ustar headers, GNU long names and pax extended
+ * headers. Written here rather than taken from a library because layers
+ * carry binary xattr values (security.capability) in pax records, which the
+ * common JavaScript tar parsers decode as UTF-8 and so corrupt.
+ *
+ * readTar() yields each entry's header and then its data in the chunks that
+ * arrive, without copying them; the consumer handles one entry at a time.
+ */
+import { FleetError } from "../errors.js";
+
+export type TarType = "file" | "hardlink" | "symlink" | "char" | "block" | "dir" | "fifo";
+
+export interface TarHeader {
+  name: string;
+  type: TarType;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtime: number; // seconds
+  linkname: string;
+  devmajor: number;
+  devminor: number;
+  xattrs: Map<string, Buffer>;
+}
+
+export type TarEvent = { kind: "header"; header: TarHeader } | { kind: "data"; chunk: Buffer } | { kind: "end" };
+
+const BLOCK = 512;
+const TYPES: Record<string, TarType> = { "0": "file", "\0": "file", "7": "file", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo" };
+
+function bad(why: string): FleetError {
+  return new FleetError("E_UNSAFE_LAYER", `layer is not a valid tar archive: ${why}`);
+}
+
+function text(buf: Buffer, start: number, len: number): string {
+  const field = buf.subarray(start, start + len);
+  const nul = field.indexOf(0);
+  return field.subarray(0, nul < 0 ? len : nul).toString("utf8");
+}
+
+function num(buf: Buffer, start: number, len: number): number {
+  const field = buf.subarray(start, start + len);
+  if (field[0]! & 0x80) {
+    // base-256, for values that do not fit in octal
+    let v = field[0]! & 0x7f;
+    for (let i = 1; i < len; i++) v = v * 256 + field[i]!;
+    return v;
+  }
+  const s = text(buf, start, len).trim();
+  if (s === "") return 0;
+  if (!/^[0-7]+$/.test(s)) throw bad(`bad numeric field "${s}"`);
+  return Number.parseInt(s, 8);
+}
+
+function checksumOk(block: Buffer): boolean {
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : block[i]!;
+  return sum === num(block, 148, 8);
+}
+
+/** pax records: "LEN key=value\n"; values stay bytes (xattrs may be binary). */
+export function parsePax(buf: Buffer): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  let pos = 0;
+  while (pos < buf.length) {
+    const space = buf.indexOf(0x20, pos);
+    if (space < 0) break;
+    const len = Number.parseInt(buf.subarray(pos, space).toString("latin1"), 10);
+    if (!Number.isInteger(len) || len <= 0 || pos + len > buf.length) throw bad("bad pax record length");
+    const record = buf.subarray(space + 1, pos + len - 1); // without the trailing newline
+    const eq = record.indexOf(0x3d);
+    if (eq < 0) throw bad("pax record without '='");
+    out.set(record.subarray(0, eq).toString("utf8"), record.subarray(eq + 1));
+    pos += len;
+  }
+  return out;
+}
+
+/** Reads exactly n bytes from the chunk queue. */
+class ByteQueue {
+  private chunks: Buffer[] = [];
+  length = 0;
+
+  push(b: Buffer): void {
+    if (b.length) {
+      this.chunks.push(b);
+      this.length += b.length;
+    }
+  }
+
+  take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      const out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      this.length -= n;
+      return out;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - filled);
+      c.copy(out, filled, 0, k);
+      filled += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    this.length -= n;
+    return out;
+  }
+
+  /** Up to n bytes without copying. */
+  takeSome(n: number): Buffer {
+    return this.take(Math.min(n, this.chunks[0]!.length));
+  }
+}
+
+export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarEvent> {
+  const q = new ByteQueue();
+  const it = source[Symbol.asyncIterator]();
+  let done = false;
+  const fill = async (n: number): Promise<boolean> => {
+    while (q.length < n && !done) {
+      const r = await it.next();
+      if (r.done) done = true;
+      else q.push(r.value);
+    }
+    return q.length >= n;
+  };
+  let pax: Map<string, Buffer> | undefined;
+  let globalPax = new Map<string, Buffer>();
+  let longName: string | undefined;
+  let longLink: string | undefined;
+  for (;;) {
+    if (!(await fill(BLOCK))) {
+      if (q.length > 0) throw bad("truncated header");
+      break; // end without the zero blocks: accepted, as GNU tar does
+    }
+    const block = q.take(BLOCK);
+    if (block.every((b) => b === 0)) break;
+    if (!checksumOk(block)) throw bad("header checksum mismatch");
+    const flag = String.fromCharCode(block[156]!);
+    const size = num(block, 124, 12);
+    const padded = Math.ceil(size / BLOCK) * BLOCK;
+    if (flag === "x" || flag === "g" || flag === "L" || flag === "K") {
+      if (size > 1 << 20) throw bad(`extended header of ${size} bytes`);
+      if (!(await fill(padded))) throw bad("truncated extended header");
+      const body = Buffer.from(q.take(padded).subarray(0, size));
+      if (flag === "x") pax = parsePax(body);
+      else if (flag === "g") globalPax = new Map([...globalPax, ...parsePax(body)]);
+      else if (flag === "L") longName = text(body, 0, size);
+      else longLink = text(body, 0, size);
+      continue;
+    }
+    const type = TYPES[flag];
+    if (!type) throw bad(`unsupported entry type '${flag}'`);
+    const records = new Map([...globalPax, ...(pax ?? [])]);
+    const prefix = text(block, 345, 155);
+    const ustarName = prefix && text(block, 257, 5) === "ustar" ? `${prefix}/${text(block, 0, 100)}` : text(block, 0, 100);
+    const str = (k: string) => records.get(k)?.toString("utf8");
+    const header: TarHeader = {
+      name: str("path") ?? longName ?? ustarName,
+      type,
+      mode: num(block, 100, 8) & 0o7777,
+      uid: Number(str("uid") ?? num(block, 108, 8)),
+      gid: Number(str("gid") ?? num(block, 116, 8)),
+      size: Number(str("size") ?? size),
+      mtime: Math.floor(Number(str("mtime") ?? num(block, 136, 12))),
+      linkname: str("linkpath") ?? longLink ?? text(block, 157, 100),
+      devmajor: num(block, 329, 8),
+      devminor: num(block, 337, 8),
+      xattrs: new Map([...records].filter(([k]) => k.startsWith("SCHILY.xattr.")).map(([k, v]) => [k.slice(13), v])),
+    };
+    pax = undefined;
+    longName = undefined;
+    longLink = undefined;
+    yield { kind: "header", header };
+    const dataSize = type === "file" ? header.size : 0;
+    let left = dataSize;
+    while (left > 0) {
+      if (!(await fill(1))) throw bad(`truncated data of ${header.name}`);
+      const chunk = q.takeSome(left);
+      left -= chunk.length;
+      yield { kind: "data", chunk };
+    }
+    const skip = Math.ceil(dataSize / BLOCK) * BLOCK - dataSize + (type === "file" ? 0 : padded);
+    if (skip > 0) {
+      if (!(await fill(skip))) throw bad(`truncated padding after ${header.name}`);
+      q.take(skip);
+    }
+    yield { kind: "end" };
+  }
+  // Whatever follows the end-of-archive blocks is read too, so that a
+  // digest computed upstream covers every byte.
+  while (!done) {
+    const r = await it.next();
+    if (r.done) done = true;
+  }
+}

@@ -1,0 +1,63 @@
+/** The OCI image (and Docker schema 2) documents fleetlet reads and writes. */
+import { z } from "zod";
+
+export const MEDIA = {
+  ociManifest: "application/vnd.oci.image.manifest.v1+json",
+  ociIndex: "application/vnd.oci.image.index.v1+json",
+  ociConfig: "application/vnd.oci.image.config.v1+json",
+  ociLayerGzip: "application/vnd.oci.image.layer.v1.tar+gzip",
+  ociLayer: "application/vnd.oci.image.layer.v1.tar",
+  dockerManifest: "application/vnd.docker.distribution.manifest.v2+json",
+  dockerList: "application/vnd.docker.distribution.manifest.list.v2+json",
+  dockerConfig: "application/vnd.docker.container.image.v1+json",
+  dockerLayerGzip: "application/vnd.docker.image.rootfs.diff.tar.gzip",
+} as const;
+
+export const MANIFEST_TYPES: string[] = [MEDIA.ociManifest, MEDIA.dockerManifest];
+export const INDEX_TYPES: string[] = [MEDIA.ociIndex, MEDIA.dockerList];
+
+const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, "expected a sha256 digest");
+
+export const descriptor = z.object({
+  mediaType: z.string(),
+  digest,
+  size: z.number().int().nonnegative(),
+  platform: z.object({ os: z.string(), architecture: z.string(), variant: z.string().optional() }).optional(),
+  annotations: z.record(z.string(), z.string()).optional(),
+});
+export type Descriptor = z.infer<typeof descriptor>;
+
+export const imageManifest = z.object({
+  schemaVersion: z.literal(2),
+  mediaType: z.string().optional(),
+  config: descriptor,
+  layers: z.array(descriptor),
+  annotations: z.record(z.string(), z.string()).optional(),
+});
+export type ImageManifest = z.infer<typeof imageManifest>;
+
+export const imageIndex = z.object({
+  schemaVersion: z.literal(2),
+  mediaType: z.string().optional(),
+  manifests: z.array(descriptor),
+});
+export type ImageIndex = z.infer<typeof imageIndex>;
+
+/** The parts of the image config fleetlet uses; the rest is kept as stored. */
+export const imageConfig = z.object({
+  architecture: z.string().optional(),
+  os: z.string().optional(),
+  variant: z.string().optional(),
+  config: z
+    .object({
+      Entrypoint: z.array(z.string()).nullish(),
+      Cmd: z.array(z.string()).nullish(),
+      Env: z.array(z.string()).nullish(),
+      WorkingDir: z.string().nullish(),
+      User: z.string().nullish(),
+      StopSignal: z.string().nullish(),
+    })
+    .nullish(),
+  rootfs: z.object({ type: z.literal("layers"), diff_ids: z.array(digest) }),
+});
+export type ImageConfig = z.infer<typeof imageConfig>;
