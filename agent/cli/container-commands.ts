@@ -1,6 +1,7 @@
 /** `fleetlet ps`, `logs`, `stop`, `kill` and `rm`: thin wrappers over the runtime. */
 import { FleetError } from "../errors.js";
-import type { ContainerInfo, Runtime } from "../runtime/runtime.js";
+import type { ContainerInfo } from "../runtime/runtime.js";
+import type { CliContext } from "./context.js";
 import { type OptionSpec, parseArgs } from "./args.js";
 import { ago, formatTable } from "./output.js";
 
@@ -15,11 +16,12 @@ function statusText(c: ContainerInfo): string {
   return "Created";
 }
 
-export function psCommand(runtime: Runtime, argv: string[]): number {
+export function psCommand(ctx: CliContext, argv: string[]): number {
   const { options } = parseArgs(argv, [
     { name: "all", short: "a", type: "boolean" },
     { name: "json", type: "boolean" },
   ]);
+  const runtime = ctx.runtime;
   const list = runtime.list().filter((c) => options.all || c.status === "running");
   if (options.json) {
     process.stdout.write(`${JSON.stringify(list.map(({ spec, ...rest }) => ({ ...rest, command: spec.command })), null, 2)}\n`);
@@ -30,13 +32,13 @@ export function psCommand(runtime: Runtime, argv: string[]): number {
   return 0;
 }
 
-export function logsCommand(runtime: Runtime, argv: string[]): number {
+export function logsCommand(ctx: CliContext, argv: string[]): number {
   const { options, positionals } = parseArgs(argv, [{ name: "tail", short: "n", type: "string" }]);
   const tail = options.tail === undefined ? undefined : Number(options.tail);
   if (tail !== undefined && (!Number.isInteger(tail) || tail < 0)) {
     throw new FleetError("E_INVALID_ARGUMENT", `--tail: expected a whole number, got "${options.tail}"`, { exitCode: 2 });
   }
-  process.stdout.write(runtime.logs(one(positionals, "logs"), { tail }));
+  process.stdout.write(ctx.runtime.logs(one(positionals, "logs"), { tail }));
   return 0;
 }
 
@@ -45,28 +47,29 @@ const STOP_OPTIONS: OptionSpec[] = [
   { name: "signal", short: "s", type: "string" },
 ];
 
-export async function stopCommand(runtime: Runtime, argv: string[]): Promise<number> {
+export async function stopCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const { options, positionals } = parseArgs(argv, STOP_OPTIONS);
   const seconds = options.time === undefined ? undefined : Number(options.time);
   if (seconds !== undefined && !(seconds >= 0)) throw new FleetError("E_INVALID_ARGUMENT", `--time: expected seconds, got "${options.time}"`, { exitCode: 2 });
   const id = one(positionals, "stop");
-  const exit = await runtime.stop(id, { timeoutMs: seconds === undefined ? undefined : seconds * 1000, signal: options.signal as string | undefined });
+  const exit = await ctx.runtime.stop(id, { timeoutMs: seconds === undefined ? undefined : seconds * 1000, signal: options.signal as string | undefined });
   process.stdout.write(`${id} exited with ${exit.exitCode}\n`);
   return 0;
 }
 
-export function killCommand(runtime: Runtime, argv: string[]): number {
+export function killCommand(ctx: CliContext, argv: string[]): number {
   const { options, positionals } = parseArgs(argv, [{ name: "signal", short: "s", type: "string" }]);
   const id = one(positionals, "kill");
-  if (!runtime.kill(id, (options.signal as string | undefined) ?? "SIGKILL")) {
+  if (!ctx.runtime.kill(id, (options.signal as string | undefined) ?? "SIGKILL")) {
     throw new FleetError("E_CONFLICT", `container ${id} is not running`);
   }
   return 0;
 }
 
-export async function rmCommand(runtime: Runtime, argv: string[]): Promise<number> {
+export async function rmCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const { options, positionals } = parseArgs(argv, [{ name: "force", short: "f", type: "boolean" }]);
   if (positionals.length === 0) throw new FleetError("E_INVALID_ARGUMENT", "rm: name at least one container", { exitCode: 2 });
+  const runtime = ctx.runtime;
   runtime.sweep();
   for (const id of positionals) {
     await runtime.delete(id, { force: options.force === true });

@@ -1,30 +1,38 @@
 /** `fleetlet`: the device-side command. Parses, calls the runtime, prints. */
 import { loadDeviceConfig, resolveRoot } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
-import { Runtime } from "../runtime/runtime.js";
 import { parseArgs } from "./args.js";
+import { CliContext } from "./context.js";
 import { killCommand, logsCommand, psCommand, rmCommand, stopCommand } from "./container-commands.js";
+import { imagesCommand, pruneCommand, pullCommand, rmiCommand } from "./image-commands.js";
 import { printError } from "./output.js";
 import { runCommand } from "./run-command.js";
 
 const HELP = `usage: fleetlet [--root DIR] [--config FILE] COMMAND [ARGS]
 
 Containers:
-  run [--rm] [-d] [--name N] --rootfs DIR [--memory 32Mi] [--cpus 0.5] [--pids N]
+  run [--rm] [-d] [--name N] (--rootfs DIR | IMAGE) [--memory 32Mi] [--cpus 0.5] [--pids N]
       [--hostname H] [-e K=V] [-v NAME:/path[:ro]] [--network none|host] [--read-only]
-      [--user UID[:GID]] [-w DIR] [--cap-add CAP] [--cap-drop CAP] -- CMD...
+      [--user UID[:GID]] [-w DIR] [--entrypoint CMD] [--cap-add CAP] [--cap-drop CAP] [-- CMD...]
   ps [-a] [--json]          list containers (running ones, or all with -a)
   logs [--tail N] NAME      print a container's output
   stop [-t SECONDS] NAME    stop signal, then SIGKILL after the timeout
   kill [-s SIGNAL] NAME     send a signal to the container's init
   rm [-f] NAME...           remove containers (-f kills running ones first)
 
+Images:
+  pull [--max-rate 2M] [--platform os/arch[/variant]] IMAGE
+                            fetch an image (resumes an interrupted pull)
+  images [--json]           list stored images
+  rmi [-f] IMAGE...         remove images and the layers only they used
+  prune                     remove blobs, layers and partial downloads nothing uses
+
 Global options:
   --root DIR     state directory (default /var/lib/fleetlet, or $FLEETLET_ROOT)
   --config FILE  device config (default /etc/fleetlet/config.json, or $FLEETLET_CONFIG)
 `;
 
-type Command = (runtime: Runtime, argv: string[]) => number | Promise<number>;
+type Command = (ctx: CliContext, argv: string[]) => number | Promise<number>;
 
 const COMMANDS: Record<string, Command> = {
   run: runCommand,
@@ -33,6 +41,10 @@ const COMMANDS: Record<string, Command> = {
   stop: stopCommand,
   kill: killCommand,
   rm: rmCommand,
+  pull: pullCommand,
+  images: imagesCommand,
+  rmi: rmiCommand,
+  prune: pruneCommand,
 };
 
 export async function main(argv: string[]): Promise<number> {
@@ -54,9 +66,9 @@ export async function main(argv: string[]): Promise<number> {
     const command = COMMANDS[name];
     if (!command) throw new FleetError("E_INVALID_ARGUMENT", `unknown command "${name}" (see fleetlet --help)`, { exitCode: 2 });
     if (process.getuid?.() !== 0) throw new FleetError("E_NOT_ROOT", `${name}: fleetlet manages containers and must run as root`, { exitCode: 125 });
-    loadDeviceConfig(options.config as string | undefined); // a broken config is refused before anything runs
-    const runtime = new Runtime({ root: resolveRoot(options.root as string | undefined) });
-    return await command(runtime, rest);
+    // A broken config is refused before anything runs.
+    const config = loadDeviceConfig(options.config as string | undefined);
+    return await command(new CliContext(resolveRoot(options.root as string | undefined), config), rest);
   } catch (err) {
     return printError("fleetlet", err);
   }

@@ -7,10 +7,10 @@ import { resolve } from "node:path";
 import type { ContainerSpecInput } from "../../schemas/container.js";
 import { formatBytes, parseBytes } from "../../schemas/quantity.js";
 import { FleetError } from "../errors.js";
-import type { Runtime } from "../runtime/runtime.js";
 import { signalName } from "../runtime/signals.js";
 import { resolveUser } from "../runtime/user-lookup.js";
 import { type OptionSpec, parseArgs } from "./args.js";
+import type { CliContext } from "./context.js";
 
 export const RUN_OPTIONS: OptionSpec[] = [
   { name: "rm", type: "boolean" },
@@ -32,6 +32,7 @@ export const RUN_OPTIONS: OptionSpec[] = [
   { name: "cap-drop", type: "string", multiple: true },
   { name: "seccomp", type: "string" },
   { name: "stop-timeout", type: "string" },
+  { name: "entrypoint", type: "string" },
 ];
 
 const usage = (msg: string) => new FleetError("E_INVALID_ARGUMENT", msg, { exitCode: 125 });
@@ -43,17 +44,47 @@ function num(value: string | undefined, field: string, integer: boolean): number
   return n;
 }
 
-/** Builds the container spec from the command line; throws naming the flag at fault. */
-export function runSpec(argv: string[]): { spec: ContainerSpecInput; rm: boolean; detach: boolean } {
-  const { options: o, positionals, rest } = parseArgs(argv, RUN_OPTIONS, { stopAtPositional: true, exitCode: 125 });
-  const rootfs = (o.rootfs as string[]).map((r) => resolve(r));
-  let command = rest;
-  if (rootfs.length === 0) {
-    if (positionals.length === 0) throw usage("run: give --rootfs DIR or an IMAGE, then -- and the command");
-    throw usage(`run: image ${positionals[0]}: running images needs the image store, which this build does not have yet; use --rootfs DIR`);
+/** What an image brings to a container; the command line overrides it as Docker's does. */
+export interface ImageDefaults {
+  ref: string;
+  layers: string[];
+  entrypoint: string[];
+  cmd: string[];
+  env: string[];
+  workingDir?: string | undefined;
+  user?: string | undefined;
+  stopSignal?: string | undefined;
+}
+
+export type ParsedRun = ReturnType<typeof parseRun>;
+
+export function parseRun(argv: string[]) {
+  const parsed = parseArgs(argv, RUN_OPTIONS, { stopAtPositional: true, exitCode: 125 });
+  const rootfs = (parsed.options.rootfs as string[]).map((r) => resolve(r));
+  if (rootfs.length === 0 && parsed.positionals.length === 0) throw usage("run: give --rootfs DIR or an IMAGE, then -- and the command");
+  return { ...parsed, rootfs, image: rootfs.length === 0 ? parsed.positionals[0] : undefined };
+}
+
+/** Merges environment lists: later entries win by key. */
+function mergeEnv(...lists: string[][]): string[] {
+  const out = new Map<string, string>();
+  for (const e of lists.flat()) out.set(e.split("=")[0]!, e);
+  return [...out.values()];
+}
+
+/** Builds the container spec from the command line (and the image); throws naming the flag at fault. */
+export function runSpec(parsed: ParsedRun, image?: ImageDefaults): { spec: ContainerSpecInput; rm: boolean; detach: boolean } {
+  const { options: o, positionals, rest } = parsed;
+  const layers = image ? image.layers : parsed.rootfs;
+  let command: string[];
+  if (image) {
+    const entrypoint = o.entrypoint !== undefined ? [o.entrypoint as string].filter(Boolean) : image.entrypoint;
+    command = [...entrypoint, ...(rest.length > 0 || o.entrypoint !== undefined ? rest : image.cmd)];
+    if (command.length === 0) throw usage(`run: image ${image.ref} has no Entrypoint or Cmd: give a command after --`);
+  } else {
+    command = [...positionals, ...rest];
+    if (command.length === 0) throw usage("run: no command given (put it after --)");
   }
-  if (positionals.length > 0) command = [...positionals, ...rest];
-  if (command.length === 0) throw usage("run: no command given (put it after --)");
   const memoryText = o.memory as string | undefined;
   const memory = memoryText === undefined ? undefined : parseBytes(memoryText);
   if (memoryText !== undefined && memory === undefined) throw usage(`--memory: expected a size such as 32Mi, 512k or 1G, got "${memoryText}"`);
@@ -71,11 +102,11 @@ export function runSpec(argv: string[]): { spec: ContainerSpecInput; rm: boolean
   const stopTimeout = num(o["stop-timeout"] as string | undefined, "stop-timeout", false);
   const spec: ContainerSpecInput = {
     name: o.name as string | undefined,
-    layers: rootfs,
+    layers,
     command,
-    env: o.env as string[],
-    workingDir: (o.workdir as string | undefined) ?? "/",
-    user: o.user ? resolveUser(o.user as string, rootfs, "--user") : undefined,
+    env: mergeEnv(image?.env ?? [], o.env as string[]),
+    workingDir: (o.workdir as string | undefined) ?? (image?.workingDir || "/"),
+    user: o.user ? resolveUser(o.user as string, layers, "--user") : image?.user ? resolveUser(image.user, layers, `image ${image.ref} User`) : undefined,
     hostname: o.hostname as string | undefined,
     resources: {
       memory,
@@ -90,12 +121,17 @@ export function runSpec(argv: string[]): { spec: ContainerSpecInput; rm: boolean
     capDrop: o["cap-drop"] as string[],
     seccomp,
     stopTimeoutMs: stopTimeout === undefined ? undefined : Math.round(stopTimeout * 1000),
+    ...(image?.stopSignal ? { stopSignal: image.stopSignal } : {}),
+    ...(image ? { labels: { "fleetlet.image": image.ref } } : {}),
   };
   return { spec, rm: o.rm === true, detach: o.detach === true };
 }
 
-export async function runCommand(runtime: Runtime, argv: string[]): Promise<number> {
-  const { spec, rm, detach } = runSpec(argv);
+export async function runCommand(ctx: CliContext, argv: string[]): Promise<number> {
+  const parsed = parseRun(argv);
+  const image = parsed.image ? await ctx.imageDefaults(parsed.image) : undefined;
+  const { spec, rm, detach } = runSpec(parsed, image);
+  const runtime = ctx.runtime;
   if (rm && detach) throw usage("run: --rm and -d cannot be combined: nothing would be left to remove the container");
   const { id } = runtime.create(spec);
   // Handlers go in before the start: the container may be up, and the user

@@ -10,6 +10,7 @@ import { createHash, type Hash } from "node:crypto";
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { join } from "node:path";
+import type { Readable } from "node:stream";
 import { FleetError, isErrno } from "../errors.js";
 import { digestHex } from "./digest.js";
 
@@ -40,7 +41,7 @@ export class ContentStore {
     return readFileSync(this.blobPath(digest));
   }
 
-  createReadStream(digest: string, opts: { highWaterMark?: number } = {}): NodeJS.ReadableStream {
+  createReadStream(digest: string, opts: { highWaterMark?: number } = {}): Readable {
     return createReadStream(this.blobPath(digest), { highWaterMark: opts.highWaterMark ?? 1 << 20 });
   }
 

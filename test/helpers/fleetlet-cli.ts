@@ -22,3 +22,11 @@ export function fleetlet(root: string, args: string[], opts: { timeoutMs?: numbe
 export function fleetletAsync(root: string, args: string[]) {
   return spawn(process.execPath, [FLEETLET_BIN, "--root", root, ...args], { stdio: ["ignore", "pipe", "pipe"] });
 }
+
+export const FLEETCTL_BIN = fileURLToPath(new URL("../../bin/fleetctl.js", import.meta.url));
+
+export function fleetctl(args: string[], opts: { timeoutMs?: number } = {}): CliResult {
+  const r = spawnSync(process.execPath, [FLEETCTL_BIN, ...args], { encoding: "utf8", timeout: opts.timeoutMs ?? 120_000 });
+  if (r.error) throw r.error;
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}

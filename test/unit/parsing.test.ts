@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { parseArgs } from "../../agent/cli/args.js";
-import { runSpec } from "../../agent/cli/run-command.js";
+import { parseRun, runSpec } from "../../agent/cli/run-command.js";
 import { capabilitySet } from "../../agent/runtime/capabilities.js";
 import { readLog } from "../../agent/runtime/log-tail.js";
 import { formatBytes, parseBytes } from "../../schemas/quantity.js";
@@ -56,7 +56,7 @@ describe("parseArgs", () => {
 
 describe("runSpec", () => {
   it("builds a spec from the issue's example command line", () => {
-    const { spec, rm } = runSpec(["--rm", "--rootfs", "/r", "--hostname", "box1", "--memory", "32Mi", "--cpus", "0.25", "--pids", "64", "-e", "FOO=bar", "--", "/bin/sh", "-c", "echo"]);
+    const { spec, rm } = runSpec(parseRun(["--rm", "--rootfs", "/r", "--hostname", "box1", "--memory", "32Mi", "--cpus", "0.25", "--pids", "64", "-e", "FOO=bar", "--", "/bin/sh", "-c", "echo"]));
     expect(rm).toBe(true);
     expect(spec).toMatchObject({
       layers: ["/r"],
@@ -74,7 +74,7 @@ describe("runSpec", () => {
     [["--rootfs", "/r", "--network", "bridge", "--", "true"], /--network: expected none or host/],
     [["--rootfs", "/r"], /no command given/],
   ])("refuses %j, naming the flag", (argv, message) => {
-    expect(() => runSpec(argv)).toThrow(message);
+    expect(() => runSpec(parseRun(argv))).toThrow(message);
   });
 });
 

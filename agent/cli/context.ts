@@ -1,0 +1,84 @@
+/**
+ * What the device commands share: the state root, the device config, and
+ * the runtime and image store, opened only when a command needs them.
+ */
+import type { DeviceConfig } from "../../schemas/config.js";
+import { FleetError } from "../errors.js";
+import { pullImage, type PullEvent } from "../registry/pull.js";
+import { ProgressBars, throttleProgress } from "../registry/pull-progress.js";
+import { formatReference, parseReference } from "../registry/reference.js";
+import { loadNative } from "../runtime/native.js";
+import { Runtime } from "../runtime/runtime.js";
+import type { ImageRecord } from "../store/image-store.js";
+import { LocalStore } from "../store/local-store.js";
+import type { ImageDefaults } from "./run-command.js";
+
+export class CliContext {
+  private runtimeInstance: Runtime | undefined;
+  private storeInstance: Promise<LocalStore> | undefined;
+
+  constructor(
+    readonly root: string,
+    readonly config: DeviceConfig,
+  ) {}
+
+  get runtime(): Runtime {
+    this.runtimeInstance ??= new Runtime({ root: this.root });
+    return this.runtimeInstance;
+  }
+
+  store(): Promise<LocalStore> {
+    this.storeInstance ??= LocalStore.open(this.root, loadNative().core);
+    return this.storeInstance;
+  }
+
+  /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
+  async pull(ref: string, opts: { maxRate?: number; quiet?: boolean; platform?: import("../registry/platform.js").Platform } = {}): Promise<ImageRecord> {
+    const store = await this.store();
+    const onEvent = opts.quiet ? undefined : process.stderr.isTTY ? new ProgressBars(process.stderr).handle : throttleProgress(printEvent, 1000);
+    const abort = new AbortController();
+    const onSignal = () => abort.abort(new FleetError("E_ABORTED", `pull of ${ref} interrupted; run it again to resume`));
+    process.once("SIGINT", onSignal);
+    process.once("SIGTERM", onSignal);
+    try {
+      return await pullImage(ref, { root: this.root, store: store.content, snapshots: store.snapshots, images: store.images, native: loadNative().core, registries: this.config.registries }, {
+        maxRateBytesPerSec: opts.maxRate ?? this.config.pull.maxRateBytesPerSec,
+        concurrency: this.config.pull.concurrency,
+        signal: abort.signal,
+        ...(opts.platform ? { platform: opts.platform } : {}),
+        ...(onEvent ? { onEvent } : {}),
+      });
+    } finally {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+    }
+  }
+
+  /** The image's defaults for `run`, pulling it first when the store lacks it. */
+  async imageDefaults(name: string): Promise<ImageDefaults> {
+    const store = await this.store();
+    const ref = /^(sha256:)?[a-f0-9]{12,64}$/.test(name) ? name : formatReference(parseReference(name));
+    const image = store.images.find(ref) ?? (await this.pull(ref));
+    const missing = image.layers.find((l) => !store.snapshots.has(l.chainId));
+    const record = missing ? await this.pull(image.ref) : image;
+    const c = record.config;
+    return {
+      ref: record.ref,
+      layers: store.layerDirs(record),
+      entrypoint: c.Entrypoint ?? [],
+      cmd: c.Cmd ?? [],
+      env: c.Env ?? [],
+      workingDir: c.WorkingDir ?? undefined,
+      user: c.User || undefined,
+      stopSignal: c.StopSignal ?? undefined,
+    };
+  }
+}
+
+function printEvent(e: PullEvent): void {
+  const short = (d: string) => d.slice(7, 19);
+  if (e.type === "resolved") process.stderr.write(`pulling ${e.ref} (${e.digest}): ${e.layers.filter((l) => !l.present).length} of ${e.layers.length} layers to fetch\n`);
+  else if (e.type === "progress") process.stderr.write(`  ${short(e.layer)} ${Math.floor((100 * e.done) / Math.max(1, e.total))}% (${e.done}/${e.total} bytes)\n`);
+  else if (e.type === "unpacked") process.stderr.write(`  ${short(e.layer)} unpacked\n`);
+  else if (e.type === "done") process.stderr.write(`pulled ${e.ref}: ${e.fetchedBytes} bytes fetched in ${(e.ms / 1000).toFixed(1)} s\n`);
+}

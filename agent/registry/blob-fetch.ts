@@ -1,0 +1,95 @@
+/**
+ * Downloads one blob into its ingest, resuming from the bytes already on
+ * disk with a closed `Range: bytes=N-(size-1)` (some registries refuse open
+ * ranges). A 206 continues the partial; a 200 that ignored the range starts
+ * it over. Broken connections are retried from where they broke; attempts
+ * that made progress do not count towards giving up.
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import { FleetError } from "../errors.js";
+import type { ContentStore, Ingest } from "../store/content-store.js";
+import type { RateLimiter } from "./rate-limit.js";
+import { type RegistryClient, repoScope } from "./registry-client.js";
+
+export interface BlobFetchOptions {
+  limiter: RateLimiter;
+  onBytes?: (n: number) => void;
+  signal?: AbortSignal;
+}
+
+const FLUSH_BYTES = 1 << 20;
+
+async function downloadRange(client: RegistryClient, repository: string, ingest: Ingest, opts: BlobFetchOptions): Promise<void> {
+  const { digest, expectedSize: size } = ingest;
+  const offset = ingest.offset;
+  const headers: Record<string, string> = offset > 0 ? { range: `bytes=${offset}-${size - 1}` } : {};
+  const res = await client.openStream(`/v2/${repository}/blobs/${digest}`, { scope: repoScope(repository, "pull"), headers, signal: opts.signal });
+  if (res.status === 404) {
+    res.body.destroy();
+    throw new FleetError("E_REGISTRY", `${client.registry}/${repository}: blob ${digest} is not in the registry`);
+  }
+  if (res.status === 206) {
+    const start = Number(/bytes (\d+)-/.exec(String(res.headers["content-range"] ?? ""))?.[1] ?? Number.NaN);
+    if (start !== offset) {
+      res.body.destroy();
+      throw new FleetError("E_REGISTRY_UNREACHABLE", `${client.registry}: asked for blob ${digest} from byte ${offset}, got a range starting at ${start}`);
+    }
+  } else if (res.status === 200) {
+    if (offset > 0) await ingest.restart(); // the registry ignored the range and sends it all
+  } else {
+    res.body.destroy();
+    const retryable = res.status >= 500 || res.status === 429;
+    throw new FleetError(retryable ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY", `${client.registry}: GET blob ${digest} answered HTTP ${res.status}`);
+  }
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  const flush = async () => {
+    if (pendingBytes === 0) return;
+    const data = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+    pending = [];
+    pendingBytes = 0;
+    await ingest.write(data);
+  };
+  try {
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      await opts.limiter.take(chunk.length, opts.signal);
+      pending.push(chunk);
+      pendingBytes += chunk.length;
+      opts.onBytes?.(chunk.length);
+      if (pendingBytes >= FLUSH_BYTES || opts.limiter.limited) await flush();
+    }
+  } catch (err) {
+    await flush(); // keep every byte that arrived: the next attempt resumes after it
+    throw client.networkError(`GET blob ${digest}`, err);
+  }
+  await flush();
+  if (ingest.offset < size) {
+    throw new FleetError("E_REGISTRY_UNREACHABLE", `${client.registry}: blob ${digest} ended after ${ingest.offset} of ${size} bytes`);
+  }
+}
+
+/** Fetches `digest` into the store unless it is there; verifies before it counts as stored. */
+export async function fetchBlob(client: RegistryClient, repository: string, desc: { digest: string; size: number }, store: ContentStore, opts: BlobFetchOptions): Promise<void> {
+  if (store.has(desc.digest)) return;
+  const ingest = await store.openIngest(desc.digest, desc.size);
+  opts.onBytes?.(ingest.offset);
+  try {
+    let failures = 0;
+    for (;;) {
+      const before = ingest.offset;
+      try {
+        if (ingest.offset < desc.size) await downloadRange(client, repository, ingest, opts);
+        await ingest.commit();
+        return;
+      } catch (err) {
+        const e = err as FleetError;
+        if (e.code !== "E_REGISTRY_UNREACHABLE") throw err;
+        failures = ingest.offset > before ? 1 : failures + 1;
+        if (failures >= client.retry.attempts) throw err;
+        await sleep(client.backoff(failures), undefined, { signal: opts.signal });
+      }
+    }
+  } finally {
+    await ingest.close();
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Unpacked layers, one directory per chain id under `layers/`: the overlay
+ * lower dirs. A snapshot is unpacked into `layers/.tmp-…` and renamed into
+ * place only when it is complete and its diff id checked, so a directory
+ * named by a chain id is always whole; leftovers of a crash are swept.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, renameSync } from "node:fs";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
+import { FleetError } from "../errors.js";
+import type { NativeCore } from "../runtime/native.js";
+import { digestHex } from "./digest.js";
+import { unpackLayer } from "./layer-unpack.js";
+
+/** chain[0] = diff[0]; chain[i] = sha256(chain[i-1] + " " + diff[i]), per the OCI image spec. */
+export function chainIds(diffIds: string[]): string[] {
+  const out: string[] = [];
+  for (const diff of diffIds) {
+    const prev = out.at(-1);
+    out.push(prev ? `sha256:${createHash("sha256").update(`${prev} ${diff}`).digest("hex")}` : diff);
+  }
+  return out;
+}
+
+export class Snapshots {
+  readonly dir: string;
+
+  constructor(
+    root: string,
+    private readonly native: NativeCore,
+  ) {
+    this.dir = join(root, "layers");
+    mkdirSync(this.dir, { recursive: true });
+  }
+
+  path(chainId: string): string {
+    return join(this.dir, digestHex(chainId, "chain id"));
+  }
+
+  has(chainId: string): boolean {
+    return existsSync(this.path(chainId));
+  }
+
+  /** Unpacks a layer as the snapshot `chainId`, checking that its content is `diffId`. */
+  async unpack(chainId: string, diffId: string, source: Readable, mediaType: string, signal?: AbortSignal): Promise<{ entries: number; bytes: number }> {
+    if (this.has(chainId)) return { entries: 0, bytes: 0 };
+    const tmp = join(this.dir, `.tmp-${digestHex(chainId).slice(0, 16)}-${randomBytes(4).toString("hex")}`);
+    mkdirSync(tmp, 0o755);
+    try {
+      const result = await unpackLayer(source, { dest: tmp, mediaType, native: this.native, ...(signal ? { signal } : {}) });
+      if (result.diffId !== diffId) {
+        throw new FleetError("E_DIGEST_MISMATCH", `layer ${diffId}: its uncompressed content hashes to ${result.diffId}`);
+      }
+      if (this.has(chainId)) await this.native.removeTree(tmp); // another pull finished it first
+      else renameSync(tmp, this.path(chainId));
+      return result;
+    } catch (err) {
+      await this.native.removeTree(tmp);
+      throw err;
+    }
+  }
+
+  list(): string[] {
+    return readdirSync(this.dir).filter((n) => /^[a-f0-9]{64}$/.test(n)).map((n) => `sha256:${n}`);
+  }
+
+  /** Removes a snapshot: renamed out of sight first, then erased. */
+  async remove(chainId: string): Promise<void> {
+    if (!this.has(chainId)) return;
+    const gone = join(this.dir, `.removed-${digestHex(chainId).slice(0, 16)}-${randomBytes(4).toString("hex")}`);
+    renameSync(this.path(chainId), gone);
+    await this.native.removeTree(gone);
+  }
+
+  /** Erases what interrupted unpacks and removals left. */
+  async sweep(): Promise<number> {
+    const stale = readdirSync(this.dir).filter((n) => n.startsWith(".tmp-") || n.startsWith(".removed-"));
+    for (const n of stale) await this.native.removeTree(join(this.dir, n));
+    return stale.length;
+  }
+}
