@@ -19,10 +19,16 @@ export interface BlobFetchOptions {
 
 const FLUSH_BYTES = 1 << 20;
 
+/** Bytes per range request under a cap of `rate` bytes/s. */
+export function rangeBytes(rate: number): number {
+  return Math.min(8 << 20, Math.max(64 << 10, Math.round(rate / 4)));
+}
+
 async function downloadRange(client: RegistryClient, repository: string, ingest: Ingest, opts: BlobFetchOptions): Promise<void> {
   const { digest, expectedSize: size } = ingest;
   const offset = ingest.offset;
-  const headers: Record<string, string> = offset > 0 ? { range: `bytes=${offset}-${size - 1}` } : {};
+  const end = opts.limiter.limited ? Math.min(size, offset + rangeBytes(opts.limiter.rate)) - 1 : size - 1;
+  const headers: Record<string, string> = offset > 0 || end < size - 1 ? { range: `bytes=${offset}-${end}` } : {};
   const res = await client.openStream(`/v2/${repository}/blobs/${digest}`, { scope: repoScope(repository, "pull"), headers, signal: opts.signal });
   if (res.status === 404) {
     res.body.destroy();
@@ -63,7 +69,8 @@ async function downloadRange(client: RegistryClient, repository: string, ingest:
     throw client.networkError(`GET blob ${digest}`, err);
   }
   await flush();
-  if (ingest.offset < size) {
+  const expectedEnd = res.status === 206 ? end + 1 : size;
+  if (ingest.offset < expectedEnd) {
     throw new FleetError("E_REGISTRY_UNREACHABLE", `${client.registry}: blob ${digest} ended after ${ingest.offset} of ${size} bytes`);
   }
 }
@@ -78,7 +85,7 @@ export async function fetchBlob(client: RegistryClient, repository: string, desc
     for (;;) {
       const before = ingest.offset;
       try {
-        if (ingest.offset < desc.size) await downloadRange(client, repository, ingest, opts);
+        while (ingest.offset < desc.size) await downloadRange(client, repository, ingest, opts);
         await ingest.commit();
         return;
       } catch (err) {

@@ -175,7 +175,8 @@ export async function pushImage(source: string, refText: string, opts: PushOptio
       }
       let mounted = false;
       for (const from of mountFrom.filter((r) => r !== ref.repository)) {
-        if ((mounted = await tryMount(client, ref.repository, b.digest, from))) break;
+        mounted = await tryMount(client, ref.repository, b.digest, from);
+        if (mounted) break;
       }
       if (mounted) {
         opts.onEvent?.({ type: "blob-mounted", digest: b.digest, size: b.size });

@@ -16,6 +16,10 @@ export class RateLimiter {
     return this.bytesPerSec > 0;
   }
 
+  get rate(): number {
+    return this.bytesPerSec;
+  }
+
   /** Waits until `n` bytes may pass. */
   async take(n: number, signal?: AbortSignal): Promise<void> {
     if (this.bytesPerSec <= 0) return;

@@ -42,7 +42,7 @@ export function parseReference(text: string, field = "image"): ImageRef {
     path = path.slice(0, colon);
     if (!TAG.test(tag)) throw fail(`tag "${tag}" is not valid`);
   }
-  if (!path || !path.split("/").every((c) => PATH_COMPONENT.test(c))) {
+  if (!path?.split("/").every((c) => PATH_COMPONENT.test(c))) {
     throw fail("the repository path must be lowercase letters, digits and separators (., _, -, /)");
   }
   if (!tag && !digest) tag = "latest";

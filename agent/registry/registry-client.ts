@@ -222,7 +222,9 @@ export class RegistryClient {
     if (TLS_CODES.has(code) || /certificate|self.signed|TLS|SSL/i.test(e.message ?? "")) {
       return new FleetError("E_REGISTRY_TLS", `${this.registry}: TLS: the registry's certificate is not trusted (${code || e.message}); set registries."${this.registry}".ca to the CA that signed it`, { cause: err });
     }
-    return new FleetError("E_REGISTRY_UNREACHABLE", `${this.registry}: ${what} failed: ${code || e.message}`, { cause: err });
+    // Link-level failures are worth retrying; anything else is an answer.
+    const transient = RETRYABLE_CODES.has(code) || code.startsWith("ERR_STREAM") || code === "";
+    return new FleetError(transient ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY", `${this.registry}: ${what} failed: ${code || e.message}`, { cause: err });
   }
 }
 

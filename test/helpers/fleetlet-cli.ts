@@ -30,3 +30,28 @@ export function fleetctl(args: string[], opts: { timeoutMs?: number } = {}): Cli
   if (r.error) throw r.error;
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+/**
+ * The same as fleetlet()/fleetctl(), without blocking this process: needed
+ * whenever a server the command talks to (a token issuer, a proxy) runs in
+ * the test process itself.
+ */
+export function runCli(bin: "fleetlet" | "fleetctl", args: string[], opts: { timeoutMs?: number } = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [bin === "fleetlet" ? FLEETLET_BIN : FLEETCTL_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => {
+      stdout += d;
+    });
+    child.stderr.on("data", (d) => {
+      stderr += d;
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 120_000);
+    child.on("error", reject);
+    child.on("close", (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
