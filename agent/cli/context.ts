@@ -4,8 +4,7 @@
  */
 import type { DeviceConfig } from "../../schemas/config.js";
 import { FleetError } from "../errors.js";
-import { pullImage, type PullEvent } from "../registry/pull.js";
-import { ProgressBars, throttleProgress } from "../registry/pull-progress.js";
+import type { PullEvent } from "../registry/pull.js";
 import { formatReference, parseReference } from "../registry/reference.js";
 import { loadNative } from "../runtime/native.js";
 import { Runtime } from "../runtime/runtime.js";
@@ -33,8 +32,11 @@ export class CliContext {
   }
 
   /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
-  async pull(ref: string, opts: { maxRate?: number; quiet?: boolean; platform?: import("../registry/platform.js").Platform } = {}): Promise<ImageRecord> {
+  async pull(ref: string, opts: { maxRate?: number; quiet?: boolean; unpack?: boolean; platform?: import("../registry/platform.js").Platform } = {}): Promise<ImageRecord> {
     const store = await this.store();
+    // Loaded on demand: the HTTP stack costs a container command that needs no registry.
+    const { pullImage } = await import("../registry/pull.js");
+    const { ProgressBars, throttleProgress } = await import("../registry/pull-progress.js");
     const onEvent = opts.quiet ? undefined : process.stderr.isTTY ? new ProgressBars(process.stderr).handle : throttleProgress(printEvent, 1000);
     const abort = new AbortController();
     const onSignal = () => abort.abort(new FleetError("E_ABORTED", `pull of ${ref} interrupted; run it again to resume`));
@@ -45,6 +47,7 @@ export class CliContext {
         maxRateBytesPerSec: opts.maxRate ?? this.config.pull.maxRateBytesPerSec,
         concurrency: this.config.pull.concurrency,
         signal: abort.signal,
+        unpack: opts.unpack !== false,
         ...(opts.platform ? { platform: opts.platform } : {}),
         ...(onEvent ? { onEvent } : {}),
       });

@@ -21,8 +21,9 @@ Containers:
   rm [-f] NAME...           remove containers (-f kills running ones first)
 
 Images:
-  pull [--max-rate 2M] [--platform os/arch[/variant]] IMAGE
-                            fetch an image (resumes an interrupted pull)
+  pull [--max-rate 2M] [--platform os/arch[/variant]] [--download-only] IMAGE
+                            fetch an image (resumes an interrupted pull);
+                            --download-only leaves unpacking to the first run
   images [--json]           list stored images
   rmi [-f] IMAGE...         remove images and the layers only they used
   prune                     remove blobs, layers and partial downloads nothing uses

@@ -12,13 +12,14 @@ export async function pullCommand(ctx: CliContext, argv: string[]): Promise<numb
     { name: "max-rate", type: "string" },
     { name: "platform", type: "string" },
     { name: "quiet", short: "q", type: "boolean" },
+    { name: "download-only", type: "boolean" },
   ]);
   if (positionals.length !== 1) throw new FleetError("E_INVALID_ARGUMENT", "pull: name one image, e.g. registry.local:5000/acme/web:1.2", { exitCode: 2 });
   const rateText = options["max-rate"] as string | undefined;
   const maxRate = rateText === undefined ? undefined : parseBytes(rateText);
   if (rateText !== undefined && maxRate === undefined) throw new FleetError("E_INVALID_ARGUMENT", `--max-rate: expected bytes per second such as 2M or 512k, got "${rateText}"`, { exitCode: 2 });
   const platform = options.platform ? parsePlatform(options.platform as string) : undefined;
-  const image = await ctx.pull(positionals[0]!, { ...(maxRate !== undefined ? { maxRate } : {}), quiet: options.quiet === true, ...(platform ? { platform } : {}) });
+  const image = await ctx.pull(positionals[0]!, { ...(maxRate !== undefined ? { maxRate } : {}), quiet: options.quiet === true, unpack: options["download-only"] !== true, ...(platform ? { platform } : {}) });
   process.stdout.write(`${image.ref}@${image.digest}\n`);
   return 0;
 }

@@ -15,19 +15,21 @@ export interface BlobFetchOptions {
   limiter: RateLimiter;
   onBytes?: (n: number) => void;
   signal?: AbortSignal;
+  /** How many downloads share the limiter. */
+  parallel?: number;
 }
 
 const FLUSH_BYTES = 1 << 20;
 
-/** Bytes per range request under a cap of `rate` bytes/s. */
-export function rangeBytes(rate: number): number {
-  return Math.min(8 << 20, Math.max(64 << 10, Math.round(rate / 4)));
+/** Bytes per range request when `parallel` downloads share a cap of `rate` bytes/s. */
+export function rangeBytes(rate: number, parallel = 1): number {
+  return Math.min(2 << 20, Math.max(64 << 10, Math.round(rate / 4 / Math.max(1, parallel))));
 }
 
 async function downloadRange(client: RegistryClient, repository: string, ingest: Ingest, opts: BlobFetchOptions): Promise<void> {
   const { digest, expectedSize: size } = ingest;
   const offset = ingest.offset;
-  const end = opts.limiter.limited ? Math.min(size, offset + rangeBytes(opts.limiter.rate)) - 1 : size - 1;
+  const end = opts.limiter.limited ? Math.min(size, offset + rangeBytes(opts.limiter.rate, opts.parallel)) - 1 : size - 1;
   const headers: Record<string, string> = offset > 0 || end < size - 1 ? { range: `bytes=${offset}-${end}` } : {};
   const res = await client.openStream(`/v2/${repository}/blobs/${digest}`, { scope: repoScope(repository, "pull"), headers, signal: opts.signal });
   if (res.status === 404) {
@@ -51,18 +53,20 @@ async function downloadRange(client: RegistryClient, repository: string, ingest:
   let pendingBytes = 0;
   const flush = async () => {
     if (pendingBytes === 0) return;
-    const data = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+    const chunks = pending;
+    const total = pendingBytes;
     pending = [];
     pendingBytes = 0;
-    await ingest.write(data);
+    await ingest.writeMany(chunks, total);
   };
+  const limited = opts.limiter.limited;
   try {
     for await (const chunk of res.body as AsyncIterable<Buffer>) {
-      await opts.limiter.take(chunk.length, opts.signal);
+      if (limited) await opts.limiter.take(chunk.length, opts.signal);
       pending.push(chunk);
       pendingBytes += chunk.length;
       opts.onBytes?.(chunk.length);
-      if (pendingBytes >= FLUSH_BYTES || opts.limiter.limited) await flush();
+      if (pendingBytes >= FLUSH_BYTES || limited) await flush();
     }
   } catch (err) {
     await flush(); // keep every byte that arrived: the next attempt resumes after it

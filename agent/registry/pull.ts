@@ -40,6 +40,8 @@ export interface PullOptions {
   platform?: Platform;
   signal?: AbortSignal;
   onEvent?: (e: PullEvent) => void;
+  /** false: fetch and verify the blobs only, and unpack at the first run. */
+  unpack?: boolean;
 }
 
 /** Room left after the pull, so a device never runs its disk to the last block. */
@@ -82,6 +84,7 @@ export async function pullImage(refText: string, deps: PullDeps, opts: PullOptio
     let done = deps.store.has(layer.digest) ? layer.size : 0;
     await fetchBlob(client, ref.repository, layer, deps.store, {
       limiter,
+      parallel: Math.min(opts.concurrency ?? 3, todo.length),
       ...(opts.signal ? { signal: opts.signal } : {}),
       onBytes: (n) => {
         done += n;
@@ -90,6 +93,7 @@ export async function pullImage(refText: string, deps: PullDeps, opts: PullOptio
       },
     });
     opts.onEvent?.({ type: "downloaded", layer: layer.digest });
+    if (opts.unpack === false) return;
     await deps.snapshots.unpack(layer.chainId, layer.diffId, deps.store.createReadStream(layer.digest), layer.mediaType, opts.signal);
     opts.onEvent?.({ type: "unpacked", layer: layer.digest });
   };

@@ -128,6 +128,19 @@ export class ContentStore {
   }
 }
 
+/** The chunks after the first `skip` bytes, for a short writev. */
+function remainder(chunks: Buffer[], skip: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const c of chunks) {
+    if (skip >= c.length) skip -= c.length;
+    else {
+      out.push(skip ? c.subarray(skip) : c);
+      skip = 0;
+    }
+  }
+  return out;
+}
+
 interface IngestInit {
   store: ContentStore;
   digest: string;
@@ -175,6 +188,20 @@ export class Ingest {
       done += bytesWritten;
     }
     this.written += chunk.length;
+  }
+
+  /** Appends several chunks with one write call, without copying them together. */
+  async writeMany(chunks: Buffer[], total: number): Promise<void> {
+    if (this.written + total > this.expectedSize) {
+      throw new FleetError("E_DIGEST_MISMATCH", `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`);
+    }
+    for (const c of chunks) this.hash.update(c);
+    let done = 0;
+    while (done < total) {
+      const { bytesWritten } = await this.fh.writev(done === 0 ? chunks : remainder(chunks, done), this.written + done);
+      done += bytesWritten;
+    }
+    this.written += total;
   }
 
   /** Drops what was written, for a server that ignored the range and resent from the start. */

@@ -1,8 +1,10 @@
 /** `npm run bench [-- NAME [options]]`: runs the named benchmark, or all of them. */
+import { pullBench } from "./pull-bench.js";
 import { startBench } from "./start-bench.js";
 
 const BENCHES: Record<string, (args: string[]) => Promise<void>> = {
   start: startBench,
+  pull: pullBench,
 };
 
 const [name, ...args] = process.argv.slice(2);
