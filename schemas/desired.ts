@@ -1,0 +1,60 @@
+/**
+ * The desired-state document an operator publishes (DESIGN.md): which
+ * services run, from which images, with which limits, and how updates roll.
+ * Parse errors name the field path, e.g. "services.web.restart: …".
+ */
+import { z } from "zod";
+import { NAME_PATTERN } from "./container.js";
+import { byteQuantity } from "./quantity.js";
+
+const serviceName = z.string().regex(NAME_PATTERN, "expected letters, digits, '_', '.' or '-'");
+
+export const healthcheck = z.object({
+  exec: z.array(z.string()).min(1, "a command is needed"),
+  intervalMs: z.number().int().min(100).default(5000),
+  timeoutMs: z.number().int().min(100).default(5000),
+  retries: z.number().int().min(1).default(3),
+});
+
+export const serviceSpec = z.object({
+  image: z.string().min(1, "an image reference is needed"),
+  command: z.array(z.string()).optional(),
+  entrypoint: z.array(z.string()).optional(),
+  env: z.record(z.string().regex(/^[^=\0]+$/, "expected a variable name"), z.string()).default({}),
+  workingDir: z.string().optional(),
+  user: z.string().optional(),
+  hostname: z.string().optional(),
+  resources: z
+    .object({
+      memory: byteQuantity.optional(),
+      cpus: z.number().positive().max(1024).optional(),
+      pids: z.number().int().positive().optional(),
+    })
+    .default({}),
+  restart: z.enum(["always", "on-failure", "never"]).default("always"),
+  healthcheck: healthcheck.optional(),
+  volumes: z.array(z.object({ name: serviceName, target: z.string().startsWith("/", "expected an absolute path"), readOnly: z.boolean().default(false) })).default([]),
+  network: z.enum(["none", "host"]).default("none"),
+  readOnlyRootfs: z.boolean().default(false),
+  stopSignal: z.string().default("SIGTERM"),
+  stopTimeoutMs: z.number().int().min(0).default(10_000),
+});
+export type ServiceSpec = z.output<typeof serviceSpec>;
+
+export const desiredState = z.object({
+  apiVersion: z.literal("fleetlet/v1", { error: 'expected "fleetlet/v1"' }),
+  deployment: z.string().min(1).max(200),
+  generation: z.number().int().nonnegative(),
+  services: z.record(serviceName, serviceSpec),
+  update: z
+    .object({
+      strategy: z.enum(["download-then-swap", "stop-then-download", "start-then-stop"]).default("download-then-swap"),
+      healthyWithinMs: z.number().int().min(0).default(60_000),
+      rollback: z.boolean().default(true),
+    })
+    .default({ strategy: "download-then-swap", healthyWithinMs: 60_000, rollback: true }),
+  rollout: z.object({ percent: z.number().min(0).max(100).default(100) }).default({ percent: 100 }),
+  signature: z.string().optional(),
+});
+export type DesiredState = z.output<typeof desiredState>;
+export type DesiredStateInput = z.input<typeof desiredState>;

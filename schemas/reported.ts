@@ -1,0 +1,38 @@
+/** The reported-state document an agent publishes and serves (DESIGN.md). */
+import { z } from "zod";
+
+export const PHASES = ["idle", "pulling", "applying", "converged", "failed", "rolledBack", "rejected"] as const;
+
+export const serviceReport = z.object({
+  image: z.string(),
+  digest: z.string().optional(),
+  state: z.enum(["pending", "pulling", "starting", "running", "restarting", "exited", "stopped", "failed"]),
+  pid: z.number().int().optional(),
+  restarts: z.number().int().nonnegative(),
+  health: z.enum(["healthy", "unhealthy", "starting", "none"]),
+  memoryBytes: z.number().nonnegative(),
+  cpuSeconds: z.number().nonnegative(),
+  exitCode: z.number().int().optional(),
+  startedAt: z.string().optional(),
+});
+export type ServiceReport = z.infer<typeof serviceReport>;
+
+export const reportedState = z.object({
+  deviceId: z.string(),
+  deployment: z.string().nullable(),
+  generation: z.number().int().nullable(),
+  phase: z.enum(PHASES),
+  services: z.record(z.string(), serviceReport),
+  lastError: z.object({ code: z.string(), message: z.string() }).nullable(),
+  agent: z.object({ version: z.string(), uptimeSec: z.number(), cgroupMode: z.string() }),
+  ts: z.string(),
+});
+export type ReportedState = z.infer<typeof reportedState>;
+
+/** Figures for /metrics beyond what the reported state holds. */
+export interface AgentMetrics {
+  pullBytesTotal: number;
+  applyDurationsMs: number[];
+  appliesTotal: number;
+  rollbacksTotal: number;
+}
