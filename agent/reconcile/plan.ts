@@ -1,0 +1,92 @@
+/**
+ * The planner: a pure function from (desired, actual) to the steps that
+ * converge them. No I/O: the executor carries the steps out, one handler
+ * per kind. A service's container is replaced when its spec hash (the
+ * service spec plus the image's manifest digest) changes; an unchanged
+ * service is left alone, running.
+ */
+import { createHash } from "node:crypto";
+import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
+
+export interface ActualService {
+  name: string;
+  containerId: string;
+  hash: string;
+  running: boolean;
+}
+
+export type Step =
+  | { kind: "pull"; service: string; image: string }
+  | { kind: "start"; service: string; spec: ServiceSpec; hash: string; containerId: string }
+  | { kind: "stop"; service: string; containerId: string; timeoutMs: number; signal: string }
+  | { kind: "remove"; service: string; containerId: string }
+  | { kind: "await-healthy"; services: string[]; withinMs: number };
+
+export type StepKind = Step["kind"];
+
+/** Canonical JSON: object keys sorted, so equal specs hash equal. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value && typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
+    return `{${entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+export function specHash(spec: ServiceSpec, imageDigest: string): string {
+  return createHash("sha256").update(canonicalJson({ spec, imageDigest })).digest("hex");
+}
+
+/** The container name of a service at a spec hash: two generations can coexist. */
+export function containerName(service: string, hash: string): string {
+  return `${service}.${hash.slice(0, 12)}`;
+}
+
+export function plan(desired: DesiredState, actual: Map<string, ActualService>, digests: Map<string, string>): Step[] {
+  const strategy = desired.update.strategy;
+  const pulls: Step[] = [];
+  const stopOld: Step[] = [];
+  const starts: Step[] = [];
+  const removeGone: Step[] = [];
+  const changed: string[] = [];
+  const restartSame: Step[] = [];
+  for (const [name, spec] of Object.entries(desired.services).sort(([a], [b]) => a.localeCompare(b))) {
+    const digest = digests.get(spec.image) ?? spec.image;
+    const hash = specHash(spec, digest);
+    const current = actual.get(name);
+    if (current && current.hash === hash && current.running) continue;
+    changed.push(name);
+    pulls.push({ kind: "pull", service: name, image: spec.image });
+    if (current && current.hash === hash) {
+      // Same spec, no longer running: the new container takes the old one's name, so the old goes first.
+      restartSame.push(
+        { kind: "stop", service: name, containerId: current.containerId, timeoutMs: spec.stopTimeoutMs, signal: spec.stopSignal },
+        { kind: "remove", service: name, containerId: current.containerId },
+        { kind: "start", service: name, spec, hash, containerId: containerName(name, hash) },
+      );
+      continue;
+    }
+    if (current) {
+      stopOld.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: spec.stopTimeoutMs, signal: spec.stopSignal });
+      stopOld.push({ kind: "remove", service: name, containerId: current.containerId });
+    }
+    starts.push({ kind: "start", service: name, spec, hash, containerId: containerName(name, hash) });
+  }
+  for (const [name, current] of [...actual].sort(([a], [b]) => a.localeCompare(b))) {
+    if (desired.services[name]) continue;
+    removeGone.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: 10_000, signal: "SIGTERM" });
+    removeGone.push({ kind: "remove", service: name, containerId: current.containerId });
+  }
+  const health: Step[] = changed.length ? [{ kind: "await-healthy", services: changed, withinMs: desired.update.healthyWithinMs }] : [];
+  switch (strategy) {
+    case "download-then-swap":
+      return [...pulls, ...stopOld, ...restartSame, ...starts, ...health, ...removeGone];
+    case "stop-then-download":
+      // For devices short of disk: nothing old runs (or is kept) while the new downloads.
+      return [...stopOld, ...removeGone, ...pulls, ...restartSame, ...starts, ...health];
+    case "start-then-stop":
+      // Zero downtime: the new generation proves itself before the old one goes.
+      return [...pulls, ...restartSame, ...starts, ...health, ...stopOld, ...removeGone];
+  }
+}
