@@ -27,7 +27,10 @@ export type ErrorCode =
   | "E_NO_SPACE"
   | "E_ABORTED"
   | "E_IMAGE_NOT_FOUND"
-  | "E_IMAGE_IN_USE";
+  | "E_IMAGE_IN_USE"
+  | "E_INVALID_DESIRED"
+  | "E_UNHEALTHY"
+  | "E_BAD_SIGNATURE";
 
 export class FleetError extends Error {
   readonly code: ErrorCode;

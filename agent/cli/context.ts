@@ -10,7 +10,7 @@ import { loadNative } from "../runtime/native.js";
 import { Runtime } from "../runtime/runtime.js";
 import type { ImageRecord } from "../store/image-store.js";
 import { LocalStore } from "../store/local-store.js";
-import type { ImageDefaults } from "./run-command.js";
+import { type ImageDefaults, imageDefaults } from "../store/image-defaults.js";
 
 export class CliContext {
   private runtimeInstance: Runtime | undefined;
@@ -64,17 +64,7 @@ export class CliContext {
     const image = store.images.find(ref) ?? (await this.pull(ref));
     const missing = image.layers.find((l) => !store.snapshots.has(l.chainId));
     const record = missing ? await this.pull(image.ref) : image;
-    const c = record.config;
-    return {
-      ref: record.ref,
-      layers: store.layerDirs(record),
-      entrypoint: c.Entrypoint ?? [],
-      cmd: c.Cmd ?? [],
-      env: c.Env ?? [],
-      workingDir: c.WorkingDir ?? undefined,
-      user: c.User || undefined,
-      stopSignal: c.StopSignal ?? undefined,
-    };
+    return imageDefaults(store, record);
   }
 }
 

@@ -2,6 +2,7 @@
 import { loadDeviceConfig, resolveRoot } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
 import { parseArgs } from "./args.js";
+import { applyCommand } from "./agent-commands.js";
 import { CliContext } from "./context.js";
 import { killCommand, logsCommand, psCommand, rmCommand, stopCommand } from "./container-commands.js";
 import { imagesCommand, pruneCommand, pullCommand, rmiCommand } from "./image-commands.js";
@@ -28,6 +29,10 @@ Images:
   rmi [-f] IMAGE...         remove images and the layers only they used
   prune                     remove blobs, layers and partial downloads nothing uses
 
+Agent:
+  apply FILE                converge on a desired-state document locally, with no broker;
+                            exits 0 when converged, non-zero with the reason otherwise
+
 Global options:
   --root DIR     state directory (default /var/lib/fleetlet, or $FLEETLET_ROOT)
   --config FILE  device config (default /etc/fleetlet/config.json, or $FLEETLET_CONFIG)
@@ -46,6 +51,7 @@ const COMMANDS: Record<string, Command> = {
   images: imagesCommand,
   rmi: rmiCommand,
   prune: pruneCommand,
+  apply: applyCommand,
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -9,6 +9,7 @@ import { formatBytes, parseBytes } from "../../schemas/quantity.js";
 import { FleetError } from "../errors.js";
 import { signalName } from "../runtime/signals.js";
 import { resolveUser } from "../runtime/user-lookup.js";
+import { type ImageDefaults, mergeEnv } from "../store/image-defaults.js";
 import { type OptionSpec, parseArgs } from "./args.js";
 import type { CliContext } from "./context.js";
 
@@ -44,18 +45,6 @@ function num(value: string | undefined, field: string, integer: boolean): number
   return n;
 }
 
-/** What an image brings to a container; the command line overrides it as Docker's does. */
-export interface ImageDefaults {
-  ref: string;
-  layers: string[];
-  entrypoint: string[];
-  cmd: string[];
-  env: string[];
-  workingDir?: string | undefined;
-  user?: string | undefined;
-  stopSignal?: string | undefined;
-}
-
 export type ParsedRun = ReturnType<typeof parseRun>;
 
 export function parseRun(argv: string[]) {
@@ -63,13 +52,6 @@ export function parseRun(argv: string[]) {
   const rootfs = (parsed.options.rootfs as string[]).map((r) => resolve(r));
   if (rootfs.length === 0 && parsed.positionals.length === 0) throw usage("run: give --rootfs DIR or an IMAGE, then -- and the command");
   return { ...parsed, rootfs, image: rootfs.length === 0 ? parsed.positionals[0] : undefined };
-}
-
-/** Merges environment lists: later entries win by key. */
-function mergeEnv(...lists: string[][]): string[] {
-  const out = new Map<string, string>();
-  for (const e of lists.flat()) out.set(e.split("=")[0]!, e);
-  return [...out.values()];
 }
 
 /** Builds the container spec from the command line (and the image); throws naming the flag at fault. */

@@ -13,6 +13,9 @@ export interface ActualService {
   containerId: string;
   hash: string;
   running: boolean;
+  /** How the running container wants to be stopped (its own spec's choice). */
+  stopTimeoutMs?: number;
+  stopSignal?: string;
 }
 
 export type Step =
@@ -75,7 +78,7 @@ export function plan(desired: DesiredState, actual: Map<string, ActualService>, 
   }
   for (const [name, current] of [...actual].sort(([a], [b]) => a.localeCompare(b))) {
     if (desired.services[name]) continue;
-    removeGone.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: 10_000, signal: "SIGTERM" });
+    removeGone.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: current.stopTimeoutMs ?? 10_000, signal: current.stopSignal ?? "SIGTERM" });
     removeGone.push({ kind: "remove", service: name, containerId: current.containerId });
   }
   const health: Step[] = changed.length ? [{ kind: "await-healthy", services: changed, withinMs: desired.update.healthyWithinMs }] : [];

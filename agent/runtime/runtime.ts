@@ -5,6 +5,7 @@
  * containers again; processes are named by (pid, start time), so a reused
  * pid is never mistaken for the container.
  */
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, type Stats, statSync } from "node:fs";
 import { join } from "node:path";
@@ -146,6 +147,35 @@ export class Runtime {
       });
       if (signal?.aborted) onAbort();
       else signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /**
+   * Runs a command inside the running container (its namespaces, cgroups and
+   * privilege limits) through the shim's exec mode: for healthchecks.
+   */
+  exec(id: string, command: string[], opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<{ exitCode: number; output: string }> {
+    const state = this.state(id);
+    const running = readRunning(this.paths(id));
+    if (!running || readExit(this.paths(id))) return Promise.reject(new FleetError("E_CONFLICT", `container ${id} is not running`));
+    const { spec } = state;
+    const args = ["exec", String(running.init.pid), running.init.startTime];
+    for (const dir of new Set(this.cgroups.locate(id).dirs.values())) args.push("--cgroup", dir);
+    for (const cap of capabilitySet(spec.capAdd, spec.capDrop)) args.push("--cap", String(cap));
+    for (const e of withDefaults(spec, spec.hostname ?? id)) args.push("--env", e);
+    args.push("--uid", String(spec.user.uid), "--gid", String(spec.user.gid));
+    if (spec.seccomp === "unconfined") args.push("--no-seccomp");
+    args.push("--", ...command);
+    return new Promise((resolve, reject) => {
+      const child = spawn(this.native.shimPath, args, { stdio: ["ignore", "pipe", "pipe"], timeout: opts.timeoutMs ?? 10_000, killSignal: "SIGKILL", ...(opts.signal ? { signal: opts.signal } : {}) });
+      let output = "";
+      const collect = (d: Buffer) => {
+        if (output.length < 4096) output += d.toString("utf8");
+      };
+      child.stdout.on("data", collect);
+      child.stderr.on("data", collect);
+      child.on("error", (err) => reject(new FleetError("E_RUNTIME", `exec in ${id}: ${err.message}`, { cause: err })));
+      child.on("close", (code, sig) => resolve({ exitCode: code ?? 128 + (sig ? signalNumber(sig) : 9), output }));
     });
   }
 

@@ -52,7 +52,7 @@ static int mkdir_p(const char *path) {
 }
 
 /* execvpe searches the shim's PATH, not the container's: search here. */
-static void exec_command(const struct shim_config *cfg, struct shim_error *err) {
+void exec_command(const struct shim_config *cfg, struct shim_error *err) {
   const char *cmd = cfg->args.items[0];
   char *const *argv = (char *const *)cfg->args.items;
   char *const *envp = (char *const *)cfg->env.items;

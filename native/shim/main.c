@@ -41,7 +41,7 @@ static void report(int sync_fd, const char *fmt, ...) {
 
 /* Start time in clock ticks since boot: with the pid, it names this one
  * process for good, so a later reader can tell it from a reused pid. */
-static unsigned long long start_time(pid_t pid) {
+unsigned long long start_time(pid_t pid) {
   char path[64], buf[1024];
   snprintf(path, sizeof(path), "/proc/%d/stat", pid);
   cleanup_fd int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -229,8 +229,9 @@ int main(int argc, char **argv) {
   int go[2], errpipe[2], out[2], errout[2];
   static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
 
+  if (argc > 1 && strcmp(argv[1], "exec") == 0) return exec_main(argc - 1, argv + 1);
   if (argc < 3) {
-    fprintf(stderr, "usage: fleetlet-shim CONFIG SYNC_FD [--foreground]\n");
+    fprintf(stderr, "usage: fleetlet-shim CONFIG SYNC_FD [--foreground]\n       fleetlet-shim exec PID START_TIME [options] -- CMD...\n");
     return EXIT_RUNTIME;
   }
   int sync_fd = atoi(argv[2]);

@@ -92,6 +92,10 @@ int config_read(const char *path, struct shim_config *cfg, struct shim_error *er
 void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd,
                     struct shim_error *err);
 
+void exec_command(const struct shim_config *cfg, struct shim_error *err);
+unsigned long long start_time(pid_t pid);
+int exec_main(int argc, char **argv);
+
 int rootfs_setup(const struct shim_config *cfg, struct shim_error *err);
 int security_apply(const struct shim_config *cfg, struct shim_error *err);
 int seccomp_install(struct shim_error *err);

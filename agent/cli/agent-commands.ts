@@ -1,0 +1,52 @@
+/** `fleetlet apply FILE`: the agent's reconcile loop once, locally, with no broker. */
+import { readFileSync } from "node:fs";
+import { FleetError } from "../errors.js";
+import { Agent } from "../reconcile/agent.js";
+import { parseArgs } from "./args.js";
+import type { CliContext } from "./context.js";
+import { formatTable } from "./output.js";
+
+export const AGENT_VERSION = "0.1.0";
+
+export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string }) => void, onChange?: () => void): Promise<Agent> {
+  const store = await ctx.store();
+  return new Agent({
+    deviceId: ctx.config.deviceId ?? "local",
+    runtime: ctx.runtime,
+    store,
+    version: AGENT_VERSION,
+    pull: (ref) => ctx.pull(ref, { quiet: true }),
+    ...(onEvent ? { onEvent } : {}),
+    ...(onChange ? { onChange } : {}),
+  });
+}
+
+export async function applyCommand(ctx: CliContext, argv: string[]): Promise<number> {
+  const { positionals } = parseArgs(argv, []);
+  if (positionals.length !== 1) throw new FleetError("E_INVALID_ARGUMENT", "apply: name one desired-state file", { exitCode: 2 });
+  let text: string;
+  try {
+    text = readFileSync(positionals[0]!, "utf8");
+  } catch (err) {
+    throw new FleetError("E_NOT_FOUND", `apply: ${positionals[0]}: ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (err as Error).message}`, { exitCode: 2 });
+  }
+  let rejection: { code: string; message: string } | undefined;
+  const agent = await createAgent(ctx, (e) => {
+    if (e.type !== "progress") process.stderr.write(`${JSON.stringify(e)}\n`);
+  });
+  await agent.reattach();
+  const outcome = await agent.submit(text, positionals[0]);
+  if (outcome === "rejected") rejection = agent.lastError ?? undefined;
+  await agent.idle();
+  await agent.stop();
+  if (rejection) {
+    // The document was refused; whatever ran before runs on, untouched.
+    throw new FleetError(rejection.code as "E_INVALID_DESIRED", `apply: rejected: ${rejection.message}`);
+  }
+  const report = agent.reported();
+  const rows = Object.entries(report.services).map(([name, s]) => [name, s.state, s.health, String(s.pid ?? "-"), String(s.restarts), s.image]);
+  process.stdout.write(`deployment ${report.deployment ?? "-"} generation ${report.generation ?? "-"}: ${report.phase}${outcome === "ignored" ? " (document not newer than the applied one)" : ""}\n`);
+  if (rows.length) process.stdout.write(formatTable(["SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "IMAGE"], rows));
+  if (report.phase === "converged") return 0;
+  throw new FleetError((report.lastError?.code as "E_RUNTIME") ?? "E_RUNTIME", `apply: ${report.phase}: ${report.lastError?.message ?? "did not converge"}`);
+}

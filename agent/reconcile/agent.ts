@@ -1,0 +1,344 @@
+/**
+ * The device agent: accepts desired-state documents, keeps the running
+ * containers converged on them, gates each deployment on health and rolls a
+ * bad one back to the last good deployment. Dependencies come in through the
+ * constructor; the transport and the status endpoint only call its methods.
+ */
+import { createHash } from "node:crypto";
+import { type DesiredState, desiredState, type ServiceSpec } from "../../schemas/desired.js";
+import { formatIssues } from "../../schemas/format-issues.js";
+import type { AgentMetrics, ReportedState, ServiceReport } from "../../schemas/reported.js";
+import { FleetError } from "../errors.js";
+import type { Runtime } from "../runtime/runtime.js";
+import { imageDefaults } from "../store/image-defaults.js";
+import type { ImageRecord } from "../store/image-store.js";
+import type { LocalStore } from "../store/local-store.js";
+import { runStep, type StepContext } from "./apply-steps.js";
+import { type ActualService, plan, specHash } from "./plan.js";
+import { serviceContainerSpec } from "./service-container.js";
+import { ServiceSupervisor } from "./service-supervisor.js";
+
+export type Phase = ReportedState["phase"];
+export type AgentEvent = { type: string; [k: string]: unknown };
+
+export interface AgentDeps {
+  deviceId: string;
+  runtime: Runtime;
+  store: LocalStore;
+  pull(ref: string, signal: AbortSignal): Promise<ImageRecord>;
+  version: string;
+  onEvent?: (e: AgentEvent) => void;
+  onChange?: () => void;
+}
+
+export class Agent {
+  phase: Phase = "idle";
+  lastError: { code: string; message: string } | null = null;
+  private readonly supervisors = new Map<string, ServiceSupervisor>();
+  private current: { abort: AbortController; done: Promise<void> } | undefined;
+  private readonly startedAt = Date.now();
+  readonly metrics: AgentMetrics = { pullBytesTotal: 0, applyDurationsMs: [], appliesTotal: 0, rollbacksTotal: 0 };
+
+  constructor(private readonly deps: AgentDeps) {}
+
+  private get db() {
+    return this.deps.store.db;
+  }
+
+  private event(e: AgentEvent): void {
+    this.deps.onEvent?.({ ...e, ts: new Date().toISOString() });
+  }
+
+  private changed(): void {
+    this.deps.onChange?.();
+  }
+
+  /** Rebuilds the actual state from the state dir: running containers are adopted, not restarted. */
+  async reattach(): Promise<void> {
+    for (const [service, rec] of Object.entries(this.db.data.services)) {
+      let status: string;
+      try {
+        status = this.deps.runtime.inspect(rec.containerId).status;
+      } catch (err) {
+        if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
+        delete this.db.data.services[service]; // gone while we were away: the next apply starts it anew
+        continue;
+      }
+      this.supervise(service, rec.containerId, rec.spec, 0);
+      if (status !== "running") await this.recreate(service, 1).catch((err: Error) => this.event({ type: "error", service, message: err.message }));
+    }
+    await this.db.write();
+    this.changed();
+    if (this.db.data.desired) void this.applyInBackground(this.db.data.desired);
+  }
+
+  /** Takes a document from the transport or a file: validates, checks its generation, applies. */
+  async submit(payload: string | Buffer | object, source = "desired"): Promise<"applying" | "ignored" | "rejected"> {
+    let doc: DesiredState;
+    try {
+      const raw = typeof payload === "object" && !Buffer.isBuffer(payload) ? payload : JSON.parse(payload.toString());
+      const parsed = desiredState.safeParse(raw);
+      if (!parsed.success) throw new FleetError("E_INVALID_DESIRED", `${source}: ${formatIssues(parsed.error)}`);
+      doc = parsed.data;
+    } catch (err) {
+      const e = err instanceof FleetError ? err : new FleetError("E_INVALID_DESIRED", `${source}: not valid JSON: ${(err as Error).message}`);
+      this.reject(e);
+      return "rejected";
+    }
+    const seen = this.db.data.generation;
+    if (seen !== null && (doc.generation < seen || (doc.generation === seen && this.db.data.desired?.deployment === doc.deployment))) {
+      this.event({ type: "ignored", deployment: doc.deployment, generation: doc.generation, reason: `generation ${doc.generation} is not newer than ${seen}` });
+      return "ignored";
+    }
+    // Persisted before anything changes, so a crash mid-apply resumes it.
+    this.db.data.desired = doc;
+    this.db.data.generation = doc.generation;
+    await this.db.write();
+    void this.applyInBackground(doc);
+    return "applying";
+  }
+
+  reject(err: FleetError): void {
+    this.phase = "rejected";
+    this.lastError = err.toJSON();
+    this.event({ type: "rejected", code: err.code, message: err.message });
+    this.changed();
+  }
+
+  /** Starts applying `doc`, cancelling an apply in progress; resolves when this apply settles. */
+  applyInBackground(doc: DesiredState): Promise<void> {
+    const previous = this.current;
+    previous?.abort.abort(new FleetError("E_ABORTED", `superseded by generation ${doc.generation}`));
+    const abort = new AbortController();
+    const done = (async () => {
+      await previous?.done;
+      await this.applyWithRollback(doc, abort.signal);
+    })();
+    this.current = { abort, done };
+    return done;
+  }
+
+  /** Resolves once nothing is being applied. */
+  async idle(): Promise<void> {
+    while (this.current) {
+      const c = this.current;
+      await c.done;
+      if (this.current === c) this.current = undefined;
+    }
+  }
+
+  private async applyWithRollback(doc: DesiredState, signal: AbortSignal): Promise<void> {
+    const t0 = performance.now();
+    this.metrics.appliesTotal++;
+    try {
+      await this.applyDoc(doc, signal);
+      this.phase = "converged";
+      this.lastError = null;
+      this.db.data.lastGood = doc;
+      await this.db.write();
+      this.event({ type: "converged", deployment: doc.deployment, generation: doc.generation });
+    } catch (err) {
+      if (signal.aborted) return; // a newer document took over
+      const e = err instanceof FleetError ? err : new FleetError("E_RUNTIME", (err as Error).message);
+      const good = this.db.data.lastGood;
+      if (doc.update.rollback && good && good.deployment !== doc.deployment) {
+        this.event({ type: "rollingBack", deployment: doc.deployment, to: good.deployment, code: e.code, reason: e.message });
+        try {
+          await this.applyDoc(good, signal);
+          this.metrics.rollbacksTotal++;
+          this.phase = "rolledBack";
+          this.lastError = { code: e.code, message: `${e.message}; rolled back to ${good.deployment}` };
+          this.event({ type: "rolledBack", deployment: doc.deployment, to: good.deployment, reason: e.message });
+        } catch (again) {
+          this.phase = "failed";
+          this.lastError = { code: e.code, message: `${e.message}; the rollback to ${good.deployment} failed too: ${(again as Error).message}` };
+        }
+      } else {
+        this.phase = "failed";
+        this.lastError = e.toJSON();
+        this.event({ type: "failed", deployment: doc.deployment, code: e.code, message: e.message });
+      }
+    } finally {
+      this.metrics.applyDurationsMs.push(performance.now() - t0);
+      if (this.metrics.applyDurationsMs.length > 100) this.metrics.applyDurationsMs.shift();
+      this.changed();
+    }
+  }
+
+  private async applyDoc(doc: DesiredState, signal: AbortSignal): Promise<void> {
+    this.phase = "pulling";
+    this.changed();
+    const images = new Map<string, ImageRecord>();
+    for (const spec of Object.values(doc.services)) {
+      if (!images.has(spec.image)) images.set(spec.image, await this.deps.pull(spec.image, signal));
+    }
+    const digests = new Map([...images].map(([ref, rec]) => [ref, rec.digest]));
+    const steps = plan(doc, this.actualServices(), digests);
+    this.phase = "applying";
+    this.changed();
+    const ctx: StepContext = {
+      signal,
+      deployment: doc.deployment,
+      images,
+      pull: (ref, s) => this.deps.pull(ref, s),
+      startService: (service, spec, hash, id, image, deployment) => this.startService(service, spec, hash, id, image, deployment, 0),
+      stopContainer: (service, id, timeoutMs, sig) => this.stopContainer(service, id, timeoutMs, sig),
+      removeContainer: (service, id) => this.removeContainer(service, id),
+      unhealthyReason: (service) => this.unhealthyReason(service),
+      event: (e) => this.event(e),
+    };
+    for (const step of steps) {
+      signal.throwIfAborted();
+      await runStep(step, ctx);
+      this.changed();
+    }
+  }
+
+  private actualServices(): Map<string, ActualService> {
+    const out = new Map<string, ActualService>();
+    for (const [name, rec] of Object.entries(this.db.data.services)) {
+      const sup = this.supervisors.get(name);
+      const running = sup?.containerId === rec.containerId && sup.state !== "exited" && sup.state !== "failed";
+      out.set(name, { name, containerId: rec.containerId, hash: rec.hash, running, stopTimeoutMs: rec.spec.stopTimeoutMs, stopSignal: rec.spec.stopSignal });
+    }
+    return out;
+  }
+
+  private unhealthyReason(service: string): string | undefined {
+    const sup = this.supervisors.get(service);
+    if (!sup) return "not started";
+    if (sup.isHealthy()) return undefined;
+    if (sup.state !== "running") return sup.lastExit ? `${sup.state}, last exit ${sup.lastExit.exitCode}${sup.lastExit.oomKilled ? " (out of memory)" : ""}` : sup.state;
+    return sup.health === "unhealthy" ? "healthcheck failing" : "starting";
+  }
+
+  private async startService(service: string, spec: ServiceSpec, hash: string, containerId: string, image: ImageRecord, deployment: string, failures: number): Promise<void> {
+    const { runtime } = this.deps;
+    try {
+      await runtime.delete(containerId, { force: true }); // a leftover of a crash mid-start
+    } catch (err) {
+      if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
+    }
+    const cspec = serviceContainerSpec(service, spec, imageDefaults(this.deps.store, image), { containerId, hash, deployment });
+    runtime.create(cspec);
+    const previous = this.db.data.services[service];
+    this.db.data.services[service] = { containerId, hash, image: spec.image, digest: image.digest, restarts: previous?.containerId === containerId || failures > 0 ? (previous?.restarts ?? 0) : 0, deployment, spec };
+    await this.db.write();
+    await runtime.start(containerId);
+    this.supervise(service, containerId, spec, failures);
+  }
+
+  private supervise(service: string, containerId: string, spec: ServiceSpec, failures: number): void {
+    this.supervisors.get(service)?.detach();
+    const sup = new ServiceSupervisor(service, containerId, spec, this.deps.runtime, { event: (e) => this.event(e), changed: () => this.changed(), restart: (s, f) => this.recreate(s, f) }, failures);
+    this.supervisors.set(service, sup);
+    sup.start();
+  }
+
+  /** Restarts a service by its policy: a fresh container of the same spec. */
+  private async recreate(service: string, failures: number): Promise<void> {
+    const rec = this.db.data.services[service];
+    if (!rec) return;
+    const image = this.deps.store.images.get(rec.image) ?? (await this.deps.pull(rec.image, new AbortController().signal));
+    rec.restarts++;
+    await this.startService(service, rec.spec, rec.hash, rec.containerId, image, rec.deployment, failures);
+    this.db.data.services[service]!.restarts = rec.restarts;
+    await this.db.write();
+  }
+
+  /** POST /v1/services/<name>/restart. */
+  async restartService(service: string): Promise<void> {
+    const rec = this.db.data.services[service];
+    if (!rec) throw new FleetError("E_NOT_FOUND", `no service named ${service}`);
+    this.supervisors.get(service)?.detach();
+    try {
+      await this.deps.runtime.stop(rec.containerId, { timeoutMs: rec.spec.stopTimeoutMs, signal: rec.spec.stopSignal });
+    } catch (err) {
+      if ((err as FleetError).code !== "E_CONFLICT") throw err; // already stopped: recreate it all the same
+    }
+    await this.recreate(service, 0);
+  }
+
+  private async stopContainer(service: string, containerId: string, timeoutMs: number, signal: string): Promise<void> {
+    const sup = this.supervisors.get(service);
+    if (sup?.containerId === containerId) sup.detach();
+    try {
+      if (this.deps.runtime.inspect(containerId).status === "running") await this.deps.runtime.stop(containerId, { timeoutMs, signal });
+    } catch (err) {
+      if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
+    }
+    this.event({ type: "stopped", service, container: containerId });
+  }
+
+  private async removeContainer(service: string, containerId: string): Promise<void> {
+    try {
+      await this.deps.runtime.delete(containerId, { force: true });
+    } catch (err) {
+      if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
+    }
+    if (this.db.data.services[service]?.containerId === containerId) {
+      delete this.db.data.services[service];
+      this.supervisors.get(service)?.detach();
+      this.supervisors.delete(service);
+      await this.db.write();
+    }
+  }
+
+  logs(service: string, tail?: number): string {
+    const rec = this.db.data.services[service];
+    if (!rec) throw new FleetError("E_NOT_FOUND", `no service named ${service}`);
+    return this.deps.runtime.logs(rec.containerId, tail === undefined ? {} : { tail });
+  }
+
+  reported(): ReportedState {
+    const services: Record<string, ServiceReport> = {};
+    for (const [name, rec] of Object.entries(this.db.data.services)) {
+      const sup = this.supervisors.get(name);
+      let pid: number | undefined;
+      let stats = { memoryBytes: 0, cpuNanos: 0 };
+      try {
+        const info = this.deps.runtime.inspect(rec.containerId);
+        pid = info.status === "running" ? info.pid : undefined;
+        if (info.status === "running") stats = this.deps.runtime.stats(rec.containerId);
+      } catch (err) {
+        if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
+      }
+      services[name] = {
+        image: rec.image,
+        digest: rec.digest,
+        state: sup?.state ?? "stopped",
+        ...(pid ? { pid } : {}),
+        restarts: rec.restarts,
+        health: sup?.health ?? "none",
+        memoryBytes: stats.memoryBytes,
+        cpuSeconds: stats.cpuNanos / 1e9,
+        ...(sup?.lastExit ? { exitCode: sup.lastExit.exitCode } : {}),
+        ...(sup ? { startedAt: new Date(sup.startedAt).toISOString() } : {}),
+      };
+    }
+    const desired = this.db.data.desired;
+    return {
+      deviceId: this.deps.deviceId,
+      deployment: desired?.deployment ?? null,
+      generation: desired?.generation ?? null,
+      phase: this.phase,
+      services,
+      lastError: this.lastError,
+      agent: { version: this.deps.version, uptimeSec: Math.round((Date.now() - this.startedAt) / 1000), cgroupMode: this.deps.runtime.cgroups.mode },
+      ts: new Date().toISOString(),
+    };
+  }
+
+  /** Stops watching; the containers keep running for the next agent to adopt. */
+  async stop(): Promise<void> {
+    this.current?.abort.abort(new FleetError("E_ABORTED", "the agent is stopping"));
+    await this.current?.done;
+    for (const sup of this.supervisors.values()) sup.detach();
+  }
+}
+
+/** A device is in a rollout wave when a stable hash of (deviceId, deployment) falls below the percent. */
+export function inRolloutWave(deviceId: string, deployment: string, percent: number): boolean {
+  const h = createHash("sha256").update(`${deviceId}\0${deployment}`).digest().readUInt32BE(0);
+  return (h / 0x1_0000_0000) * 100 < percent;
+}
