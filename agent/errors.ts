@@ -30,7 +30,11 @@ export type ErrorCode =
   | "E_IMAGE_IN_USE"
   | "E_INVALID_DESIRED"
   | "E_UNHEALTHY"
-  | "E_BAD_SIGNATURE";
+  | "E_BAD_SIGNATURE"
+  | "E_UNAUTHORIZED"
+  | "E_FORBIDDEN"
+  | "E_METHOD_NOT_ALLOWED"
+  | "E_INTERNAL";
 
 export class FleetError extends Error {
   readonly code: ErrorCode;

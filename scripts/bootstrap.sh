@@ -13,8 +13,9 @@ fi
 
 # busybox-static: the test and demo images; crun, runc, hyperfine: the start-time benchmark's
 # baseline; g++/make/python3: the native build; docker-registry, skopeo, umoci, apache2-utils
-# (htpasswd), openssl: the test registry and the images pushed to it by other tools.
-PACKAGES="busybox-static crun runc hyperfine g++ make python3 docker-registry skopeo umoci apache2-utils openssl"
+# (htpasswd), openssl: the test registry and the images pushed to it by other tools; chromium: renders the status page;
+# mosquitto, mosquitto-clients: the test MQTT broker and mosquitto_passwd.
+PACKAGES="busybox-static crun runc hyperfine g++ make python3 docker-registry skopeo umoci apache2-utils openssl chromium mosquitto mosquitto-clients"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -14,7 +14,7 @@ import { imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
 import type { LocalStore } from "../store/local-store.js";
 import { runStep, type StepContext } from "./apply-steps.js";
-import { type ActualService, plan, specHash } from "./plan.js";
+import { type ActualService, plan } from "./plan.js";
 import { serviceContainerSpec } from "./service-container.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
 

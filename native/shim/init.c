@@ -101,6 +101,15 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
     set_error(err, EXIT_RUNTIME, errno, "wait for the container dirs");
     return;
   }
+  /* The agent protects itself from the OOM killer (OOMScoreAdjust=-900); a
+   * container must not inherit that, or it would be the last to go. */
+  int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+  if (oom < 0 || write(oom, "0", 1) != 1) {
+    set_error(err, EXIT_RUNTIME, errno, "reset `/proc/self/oom_score_adj`");
+    if (oom >= 0) close(oom);
+    return;
+  }
+  close(oom);
   umask(0);
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (devnull < 0) {
