@@ -1,8 +1,9 @@
 /**
- * `npm run demo`: fleetlet's isolation core on this machine, end to end, as
- * a user would drive it: the real `fleetlet` CLI, a busybox-static rootfs,
- * real namespaces and cgroups. Every step checks what it shows; the demo
- * exits 0 only when all of them held. `--keep` leaves a container running
+ * `npm run demo`: fleetlet on this machine, end to end, as a user would
+ * drive it: first the isolation core through the real `fleetlet` CLI on a
+ * busybox-static rootfs, then the agent with a local broker and registry
+ * (demo-agent.ts). Every step checks what it shows; the demo exits 0 only
+ * when all of them held. `--keep` leaves a container running
  * and the state directory in place to explore afterwards.
  */
 import { spawnSync } from "node:child_process";
@@ -11,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildBusyboxRootfs } from "../test/helpers/busybox-rootfs.js";
+import { agentDemo } from "./demo-agent.js";
 
 const BIN = fileURLToPath(new URL("../../bin/fleetlet.js", import.meta.url));
 const keep = process.argv.includes("--keep");
@@ -91,6 +93,21 @@ step("Clear errors: a missing command exits 127, a bad limit is refused before a
   const bad = fleetlet(["run", "--rm", "--rootfs", rootfs, "--memory", "lots", "--", "true"]);
   return missing.status === 127 && bad.status === 125 && bad.stderr.includes("--memory: expected a size");
 });
+
+async function asyncStep(title: string, run: () => Promise<boolean>): Promise<void> {
+  console.log(`\n== ${title}`);
+  let ok = false;
+  try {
+    ok = await run();
+  } catch (err) {
+    console.log(`    error: ${(err as Error).message}`);
+  }
+  console.log(ok ? "  ✓ as expected" : "  ✗ NOT as expected");
+  results.push({ step: title, ok });
+}
+
+console.log("\n\n##### The agent: desired state over MQTT, pulled from a registry, rolled out and rolled back");
+await agentDemo({ work, rootfs, bins: { fleetlet: BIN, fleetctl: fileURLToPath(new URL("../../bin/fleetctl.js", import.meta.url)) }, step: asyncStep });
 
 const failed = results.filter((r) => !r.ok);
 console.log(`\n${results.length - failed.length} of ${results.length} steps as expected${failed.length ? `; not: ${failed.map((f) => f.step).join("; ")}` : ""}`);

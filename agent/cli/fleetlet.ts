@@ -3,6 +3,7 @@ import { loadDeviceConfig, resolveRoot } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
 import { parseArgs } from "./args.js";
 import { applyCommand } from "./agent-commands.js";
+import { agentCommand, statusCommand } from "./agent-daemon.js";
 import { CliContext } from "./context.js";
 import { killCommand, logsCommand, psCommand, rmCommand, stopCommand } from "./container-commands.js";
 import { imagesCommand, pruneCommand, pullCommand, rmiCommand } from "./image-commands.js";
@@ -30,6 +31,9 @@ Images:
   prune                     remove blobs, layers and partial downloads nothing uses
 
 Agent:
+  agent [--heartbeat SECONDS]
+                            the daemon: desired state over MQTT, status endpoint, reattach
+  status [--json]           the running agent's state, from its status endpoint
   apply FILE                converge on a desired-state document locally, with no broker;
                             exits 0 when converged, non-zero with the reason otherwise
 
@@ -52,6 +56,8 @@ const COMMANDS: Record<string, Command> = {
   rmi: rmiCommand,
   prune: pruneCommand,
   apply: applyCommand,
+  agent: agentCommand,
+  status: statusCommand,
 };
 
 export async function main(argv: string[]): Promise<number> {

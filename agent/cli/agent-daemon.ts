@@ -1,0 +1,133 @@
+/**
+ * `fleetlet agent`: the daemon. Wires the agent to the MQTT session (desired
+ * documents in, reported state and events out) and to the local status
+ * endpoint, adopts the containers a previous agent left running, and on
+ * SIGTERM stops watching without stopping them (systemd's KillMode=process).
+ */
+import { request } from "node:http";
+import type { ReportedState } from "../../schemas/reported.js";
+import { startStatusServer } from "../api/status-server.js";
+import { FleetError } from "../errors.js";
+import { type Agent, inRolloutWave } from "../reconcile/agent.js";
+import { MqttSession } from "../transport/mqtt-session.js";
+import { AGENT_VERSION, createAgent } from "./agent-commands.js";
+import { parseArgs } from "./args.js";
+import type { CliContext } from "./context.js";
+import { ago, formatTable } from "./output.js";
+
+/** The documents last received per source; the device's own wins over its groups'. */
+class DesiredSources {
+  private device: Buffer | undefined;
+  private readonly groups = new Map<string, Buffer>();
+  private lastSubmitted: string | undefined;
+
+  constructor(private readonly groupOrder: string[]) {}
+
+  set(kind: "device" | "group", name: string, payload: Buffer): void {
+    const value = payload.length ? payload : undefined;
+    if (kind === "device") this.device = value;
+    else if (value) this.groups.set(name, value);
+    else this.groups.delete(name);
+  }
+
+  /** The document to apply now, if it differs from the last one submitted. */
+  next(): { payload: Buffer; source: string } | undefined {
+    let pick: { payload: Buffer; source: string } | undefined;
+    if (this.device) pick = { payload: this.device, source: "device" };
+    else {
+      const group = this.groupOrder.find((g) => this.groups.has(g));
+      if (group) pick = { payload: this.groups.get(group)!, source: `group ${group}` };
+    }
+    if (!pick || pick.payload.toString() === this.lastSubmitted) return undefined;
+    this.lastSubmitted = pick.payload.toString();
+    return pick;
+  }
+}
+
+function waveOf(payload: Buffer): { deployment: string; percent: number } | undefined {
+  try {
+    const doc = JSON.parse(payload.toString()) as { deployment?: unknown; rollout?: { percent?: unknown } };
+    const percent = typeof doc.rollout?.percent === "number" ? doc.rollout.percent : 100;
+    return typeof doc.deployment === "string" ? { deployment: doc.deployment, percent } : undefined;
+  } catch {
+    return undefined; // not JSON: the agent's validation rejects it with the reason
+  }
+}
+
+export async function agentCommand(ctx: CliContext, argv: string[]): Promise<number> {
+  const { options } = parseArgs(argv, [{ name: "heartbeat", type: "string" }]);
+  const { config } = ctx;
+  if (!config.deviceId) throw new FleetError("E_INVALID_CONFIG", "deviceId: the agent needs a device id (in the config file or FLEETLET_DEVICE_ID)");
+  const heartbeatMs = Number(options.heartbeat ?? 30) * 1000;
+  let session: MqttSession | undefined;
+  let agent: Agent | undefined;
+  agent = await createAgent(
+    ctx,
+    (e) => session?.publishEvent(e),
+    () => agent && session?.publishReported(agent.reported()),
+  );
+  const a = agent;
+  const server = await startStatusServer({
+    listen: config.api.listen,
+    socket: config.api.socket,
+    ...(config.api.token ? { token: config.api.token } : {}),
+    source: { reported: () => a.reported(), metrics: () => a.metrics, logs: (s, t) => a.logs(s, t), restart: (s) => a.restartService(s) },
+  });
+  const sources = new DesiredSources(config.groups);
+  const onDesired = (source: { kind: "device" | "group"; name: string }, payload: Buffer) => {
+    sources.set(source.kind, source.name, payload);
+    const next = sources.next();
+    if (!next) return;
+    const wave = source.kind === "group" ? waveOf(next.payload) : undefined;
+    if (wave && next.source.startsWith("group") && !inRolloutWave(config.deviceId!, wave.deployment, wave.percent)) {
+      session?.publishEvent({ type: "notInWave", deployment: wave.deployment, percent: wave.percent });
+      return;
+    }
+    void a.submit(next.payload, `${config.mqtt?.prefix ?? "fleet"} ${next.source} desired`);
+  };
+  if (config.mqtt) {
+    session = new MqttSession({ deviceId: config.deviceId, groups: config.groups, mqtt: config.mqtt, agentVersion: AGENT_VERSION, onDesired });
+  }
+  await a.reattach();
+  await session?.start({ timeoutMs: 5000 });
+  session?.publishReported(a.reported());
+  const heartbeat = setInterval(() => session?.publishReported(a.reported()), heartbeatMs);
+  process.stderr.write(`fleetlet agent ${AGENT_VERSION}: device ${config.deviceId}, state in ${ctx.root}, status on ${config.api.listen}${config.mqtt ? `, broker ${config.mqtt.url}` : ", no broker configured"}\n`);
+  await new Promise<void>((resolve) => {
+    process.once("SIGTERM", () => resolve());
+    process.once("SIGINT", () => resolve());
+  });
+  clearInterval(heartbeat);
+  await a.stop();
+  await session?.stop();
+  await server.close();
+  return 0;
+}
+
+function getStatus(listen: string, socket: string | undefined): Promise<ReportedState> {
+  const [host, port] = listen.split(":");
+  return new Promise((resolve, reject) => {
+    const req = request(socket ? { socketPath: socket, path: "/v1/status" } : { host, port: Number(port), path: "/v1/status" }, (res) => {
+      let body = "";
+      res.on("data", (d) => {
+        body += d;
+      });
+      res.on("end", () => (res.statusCode === 200 ? resolve(JSON.parse(body)) : reject(new FleetError("E_RUNTIME", `status endpoint answered HTTP ${res.statusCode}: ${body}`))));
+    });
+    req.on("error", (err) => reject(new FleetError("E_RUNTIME", `no agent answers on ${socket ?? listen}: ${err.message} (is \`fleetlet agent\` running?)`)));
+    req.end();
+  });
+}
+
+export async function statusCommand(ctx: CliContext, argv: string[]): Promise<number> {
+  const { options } = parseArgs(argv, [{ name: "json", type: "boolean" }]);
+  const r = await getStatus(ctx.config.api.listen, undefined);
+  if (options.json) {
+    process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+    return 0;
+  }
+  process.stdout.write(`device ${r.deviceId}: deployment ${r.deployment ?? "-"} generation ${r.generation ?? "-"}, ${r.phase}${r.lastError ? ` (${r.lastError.code}: ${r.lastError.message})` : ""}\n`);
+  const rows = Object.entries(r.services).map(([name, s]) => [name, s.state, s.health, String(s.pid ?? "-"), String(s.restarts), `${(s.memoryBytes / 1048576).toFixed(1)} MiB`, `${s.cpuSeconds.toFixed(1)} s`, ago(s.startedAt)]);
+  process.stdout.write(formatTable(["SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "MEMORY", "CPU", "STARTED"], rows));
+  return 0;
+}

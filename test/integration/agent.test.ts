@@ -1,0 +1,171 @@
+/**
+ * `fleetlet agent` end to end: real mosquitto, real registry, real
+ * containers. Desired state is published as an operator would; what the
+ * agent reports is read back from the broker and the status endpoint.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { request } from "node:http";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import mqtt from "mqtt";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import type { ReportedState } from "../../schemas/reported.js";
+import { FLEETLET_BIN, fleetctl, runCli } from "../helpers/fleetlet-cli.js";
+import { startMosquitto } from "../helpers/mosquitto.js";
+import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
+import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+
+const rootfs = inject("busyboxRootfs");
+const DEVICE = "dev-agent-1";
+let reg: RegistryFixture;
+let broker: Awaited<ReturnType<typeof startMosquitto>>;
+let root: string;
+let work: string;
+let config: string;
+let image: string;
+let apiPort: number;
+let agentProc: ChildProcess | undefined;
+let operator: mqtt.MqttClient;
+const reports: ReportedState[] = [];
+const statuses: { online: boolean }[] = [];
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function startAgent(): ChildProcess {
+  const p = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent", "--heartbeat", "2"], { stdio: ["ignore", "ignore", "pipe"] });
+  p.stderr!.on("data", () => {
+    // drained so the agent never blocks on a full pipe
+  });
+  return p;
+}
+
+async function until<T>(what: string, probe: () => T | undefined, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; last report: ${JSON.stringify(reports.at(-1))}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const latest = () => reports.at(-1);
+function publishDesired(doc: unknown): void {
+  operator.publish(`fleet/devices/${DEVICE}/desired`, typeof doc === "string" ? doc : JSON.stringify(doc), { qos: 1, retain: true });
+}
+const svc = (greeting: string, extra: Record<string, unknown> = {}) => ({ image, command: ["/bin/sh", "-c", "echo hi $GREETING; exec sleep 1000"], env: { GREETING: greeting }, stopTimeoutMs: 300, ...extra });
+
+beforeAll(async () => {
+  [reg, broker] = await Promise.all([startRegistry({ auth: "htpasswd" }), startMosquitto()]);
+  root = freshRoot();
+  work = mkdtempSync(join(tmpdir(), "fleetlet-agent-"));
+  apiPort = await freePort();
+  config = join(work, "config.json");
+  writeFileSync(config, JSON.stringify({
+    deviceId: DEVICE,
+    groups: ["pilot"],
+    mqtt: { url: broker.url },
+    registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+    api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock"), token: "s3cret" },
+  }));
+  image = `${reg.host}/agent/busybox:1`;
+  expect(fleetctl(["--config", config, "push", rootfs, image]).status).toBe(0);
+  operator = mqtt.connect(broker.url, { clientId: "operator-test" });
+  await new Promise((r) => operator.once("connect", r));
+  operator.subscribe([`fleet/devices/${DEVICE}/reported`, `fleet/devices/${DEVICE}/status`], { qos: 1 });
+  operator.on("message", (topic, payload) => {
+    if (!payload.length) return;
+    if (topic.endsWith("/reported")) reports.push(JSON.parse(payload.toString()));
+    else statuses.push(JSON.parse(payload.toString()));
+  });
+  agentProc = startAgent();
+});
+
+afterAll(async () => {
+  agentProc?.kill("SIGTERM");
+  operator?.end(true);
+  await cleanupRoot(root);
+  await Promise.all([reg.stop(), broker.stop()]);
+});
+
+describe("fleetlet agent", () => {
+  it("converges on a published desired state and reports it field by field", async () => {
+    publishDesired({ apiVersion: "fleetlet/v1", deployment: "web-1", generation: 1, services: { web: svc("one") } });
+    const r = await until("converged generation 1", () => (latest()?.phase === "converged" && latest()?.generation === 1 ? latest() : undefined));
+    expect(r.deviceId).toBe(DEVICE);
+    expect(r.deployment).toBe("web-1");
+    expect(r.lastError).toBeNull();
+    expect(r.agent.version).toMatch(/^\d+\.\d+\.\d+/);
+    expect(["v1", "v2", "hybrid"]).toContain(r.agent.cgroupMode);
+    expect(Date.parse(r.ts)).toBeGreaterThan(Date.now() - 60_000);
+    const web = r.services.web!;
+    expect(web).toMatchObject({ image, state: "running", restarts: 0, health: "none" });
+    expect(web.digest).toMatch(/^sha256:/);
+    expect(web.pid).toBeGreaterThan(1);
+    expect(statuses.at(-1)?.online).toBe(true);
+  });
+
+  it("serves the same state on the status endpoint, over TCP and the unix socket", async () => {
+    const viaTcp = await (await fetch(`http://127.0.0.1:${apiPort}/v1/status`)).json();
+    expect(viaTcp.services.web.state).toBe("running");
+    const viaSocket = await new Promise<ReportedState>((resolve, reject) => {
+      request({ socketPath: join(work, "api.sock"), path: "/v1/status" }, (res) => {
+        let body = "";
+        res.on("data", (d) => {
+          body += d;
+        });
+        res.on("end", () => resolve(JSON.parse(body)));
+      })
+        .on("error", reject)
+        .end();
+    });
+    expect(viaSocket.services.web!.pid).toBe(viaTcp.services.web.pid);
+    const status = await runCli("fleetlet", ["--root", root, "--config", config, "status"]);
+    expect(status.stdout).toMatch(/deployment web-1 generation 1, converged/);
+    expect(status.stdout).toMatch(/^web\s+running/m);
+  });
+
+  it("rejects an invalid document with the field named and leaves the service running", async () => {
+    const pid = latest()!.services.web!.pid;
+    publishDesired({ apiVersion: "fleetlet/v1", deployment: "bad", generation: 2, services: { web: { ...svc("x"), restart: "sometimes" } } });
+    const r = await until("rejected", () => (latest()?.phase === "rejected" ? latest() : undefined));
+    expect(r.lastError?.code).toBe("E_INVALID_DESIRED");
+    expect(r.lastError?.message).toContain("services.web.restart");
+    expect(r.services.web!.pid).toBe(pid);
+  });
+
+  it("keeps services running through a kill -9 of the agent, and the new agent adopts them", async () => {
+    const pid = latest()!.services.web!.pid;
+    agentProc!.kill("SIGKILL");
+    await until("the last will: offline", () => (statuses.at(-1)?.online === false ? true : undefined));
+    expect(JSON.parse(readFileSync(join(root, "containers", JSON.parse(readFileSync(join(root, "db.json"), "utf8")).services.web.containerId, "running.json"), "utf8")).init.pid).toBe(pid);
+    reports.length = 0;
+    agentProc = startAgent();
+    const r = await until("a report from the new agent", () => (latest()?.services.web?.state === "running" ? latest() : undefined));
+    expect(r.services.web!.pid).toBe(pid);
+    expect(r.services.web!.restarts).toBe(0);
+    await until("online again", () => (statuses.at(-1)?.online === true ? true : undefined));
+  });
+
+  it("swaps the container for an updated env, then rolls a broken update back", async () => {
+    const pid = latest()!.services.web!.pid;
+    publishDesired({ apiVersion: "fleetlet/v1", deployment: "web-3", generation: 3, services: { web: svc("three") } });
+    const swapped = await until("converged generation 3", () => (latest()?.phase === "converged" && latest()?.generation === 3 ? latest() : undefined));
+    expect(swapped.services.web!.pid).not.toBe(pid);
+    publishDesired({ apiVersion: "fleetlet/v1", deployment: "web-4", generation: 4, services: { web: svc("four", { command: ["/bin/false"] }) }, update: { healthyWithinMs: 3000 } });
+    const back = await until("rolled back", () => (latest()?.phase === "rolledBack" ? latest() : undefined), 40_000);
+    expect(back.lastError?.code).toBe("E_UNHEALTHY");
+    expect(back.lastError?.message).toContain("rolled back to web-3");
+    const logs = await fetch(`http://127.0.0.1:${apiPort}/v1/services/web/logs?tail=1`);
+    expect(await logs.text()).toBe("hi three\n");
+  });
+});
