@@ -10,15 +10,23 @@ export const AGENT_VERSION = "0.1.0";
 
 export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string }) => void, onChange?: () => void): Promise<Agent> {
   const store = await ctx.store();
-  return new Agent({
+  const { throttleProgress } = await import("../registry/pull-progress.js");
+  let agent: Agent | undefined;
+  // Pull progress goes out as events in percent, at most one a second per layer.
+  const progress = throttleProgress((e) => {
+    if (e.type === "progress") onEvent?.({ type: "pull.progress", layer: e.layer, percent: Math.floor((100 * e.done) / Math.max(1, e.total)) } as { type: string });
+    else if (e.type === "done" && agent) agent.metrics.pullBytesTotal += e.fetchedBytes;
+  }, 1000);
+  agent = new Agent({
     deviceId: ctx.config.deviceId ?? "local",
     runtime: ctx.runtime,
     store,
     version: AGENT_VERSION,
-    pull: (ref) => ctx.pull(ref, { quiet: true }),
+    pull: (ref, signal) => ctx.pull(ref, { quiet: true, onEvent: progress, signal }),
     ...(onEvent ? { onEvent } : {}),
     ...(onChange ? { onChange } : {}),
   });
+  return agent;
 }
 
 export async function applyCommand(ctx: CliContext, argv: string[]): Promise<number> {

@@ -32,13 +32,14 @@ export class CliContext {
   }
 
   /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
-  async pull(ref: string, opts: { maxRate?: number; quiet?: boolean; unpack?: boolean; platform?: import("../registry/platform.js").Platform } = {}): Promise<ImageRecord> {
+  async pull(ref: string, opts: { maxRate?: number; quiet?: boolean; unpack?: boolean; platform?: import("../registry/platform.js").Platform; onEvent?: (e: PullEvent) => void; signal?: AbortSignal } = {}): Promise<ImageRecord> {
     const store = await this.store();
     // Loaded on demand: the HTTP stack costs a container command that needs no registry.
     const { pullImage } = await import("../registry/pull.js");
     const { ProgressBars, throttleProgress } = await import("../registry/pull-progress.js");
-    const onEvent = opts.quiet ? undefined : process.stderr.isTTY ? new ProgressBars(process.stderr).handle : throttleProgress(printEvent, 1000);
+    const onEvent = opts.onEvent ?? (opts.quiet ? undefined : process.stderr.isTTY ? new ProgressBars(process.stderr).handle : throttleProgress(printEvent, 1000));
     const abort = new AbortController();
+    opts.signal?.addEventListener("abort", () => abort.abort(opts.signal?.reason), { once: true });
     const onSignal = () => abort.abort(new FleetError("E_ABORTED", `pull of ${ref} interrupted; run it again to resume`));
     process.once("SIGINT", onSignal);
     process.once("SIGTERM", onSignal);

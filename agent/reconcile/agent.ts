@@ -55,6 +55,14 @@ export class Agent {
 
   /** Rebuilds the actual state from the state dir: running containers are adopted, not restarted. */
   async reattach(): Promise<void> {
+    // A container of ours that no service record names was left by a crash mid-swap: it goes.
+    const known = new Set(Object.values(this.db.data.services).map((r) => r.containerId));
+    for (const c of this.deps.runtime.list()) {
+      if (c.spec.labels["fleetlet.service"] !== undefined && !known.has(c.id)) {
+        await this.deps.runtime.delete(c.id, { force: true });
+        this.event({ type: "orphanRemoved", container: c.id });
+      }
+    }
     for (const [service, rec] of Object.entries(this.db.data.services)) {
       let status: string;
       try {

@@ -169,3 +169,45 @@ describe("fleetlet agent", () => {
     expect(await logs.text()).toBe("hi three\n");
   });
 });
+
+describe("fleetlet agent under trouble", () => {
+  it("restarts a crashing service with growing backoff", async () => {
+    publishDesired({
+      apiVersion: "fleetlet/v1",
+      deployment: "crashy",
+      generation: 10,
+      services: { web: svc("crash", { command: ["/bin/sh", "-c", "cut -d' ' -f1 /proc/uptime >> /data/starts; exit 1"], volumes: [{ name: "crashdata", target: "/data" }] }) },
+      update: { healthyWithinMs: 60_000, rollback: false },
+    });
+    const starts = join(root, "volumes", "crashdata", "starts");
+    await until("four starts", () => {
+      try {
+        return readFileSync(starts, "utf8").trim().split("\n").length >= 4 ? true : undefined;
+      } catch {
+        return undefined; // not written yet
+      }
+    }, 20_000);
+    const t = readFileSync(starts, "utf8").trim().split("\n").map((n) => Number(n) * 1000);
+    const gaps = t.slice(1).map((v, i) => v - t[i]!);
+    // 1 s, 2 s, 4 s apart (plus start-up time each)
+    expect(gaps[0]).toBeGreaterThanOrEqual(900);
+    expect(gaps[1]).toBeGreaterThanOrEqual(1800);
+    expect(gaps[2]).toBeGreaterThanOrEqual(3600);
+    await until("three restarts reported", () => ((latest()?.services.web?.restarts ?? 0) >= 3 ? true : undefined), 10_000);
+  });
+
+  it("converges after a kill -9 in the middle of a swap, with no duplicate or orphaned container", async () => {
+    publishDesired({ apiVersion: "fleetlet/v1", deployment: "swap", generation: 11, services: { web: svc("swap"), extra: svc("extra") } });
+    await until("applying generation 11", () => (latest()?.generation === 11 && (latest()?.phase === "applying" || latest()?.phase === "pulling") ? true : undefined));
+    agentProc!.kill("SIGKILL");
+    await new Promise((r) => agentProc!.once("exit", r));
+    agentProc = startAgent();
+    await until("converged generation 11", () => (latest()?.generation === 11 && latest()?.phase === "converged" ? true : undefined), 40_000);
+    const ps = await runCli("fleetlet", ["--root", root, "ps", "-a", "--json"]);
+    const ids = (JSON.parse(ps.stdout) as { id: string; status: string }[]).map((c) => `${c.id}:${c.status}`).sort();
+    expect(ids.length).toBe(2);
+    expect(ids.filter((c) => c.startsWith("web.")).length).toBe(1);
+    expect(ids.filter((c) => c.startsWith("extra.")).length).toBe(1);
+    expect(ids.every((c) => c.endsWith(":running"))).toBe(true);
+  });
+});
