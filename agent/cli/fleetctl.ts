@@ -18,8 +18,8 @@ Commands:
       --cmd /bin/httpd --cmd -f
 
 The config file has the device config's format: its "registries" section
-gives the registry credentials and CA. The deploy, rollout, status and keygen
-commands come with the agent.
+gives the registry credentials and CA. The fleet commands (deploy, rollout,
+status, keygen) are not in this build yet.
 `;
 
 async function push(argv: string[], configPath: string | undefined): Promise<number> {

@@ -63,14 +63,15 @@ static int parse(int argc, char **argv, struct shim_config *cfg, pid_t *pid, uns
   return 0;
 }
 
-static int join_cgroups_of(const struct shim_config *cfg, struct shim_error *err) {
+/* Moves `pid` into each cgroup directory of `dirs` (one per hierarchy). */
+int cgroups_add_pid(const struct str_list *dirs, pid_t pid, struct shim_error *err) {
   char path[4096], value[32];
-  int len = snprintf(value, sizeof(value), "%d", getpid());
-  for (size_t i = 0; i < cfg->cgroups.len; i++) {
-    snprintf(path, sizeof(path), "%s/cgroup.procs", cfg->cgroups.items[i]);
+  int len = snprintf(value, sizeof(value), "%d", pid);
+  for (size_t i = 0; i < dirs->len; i++) {
+    snprintf(path, sizeof(path), "%s/cgroup.procs", dirs->items[i]);
     cleanup_fd int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0 || write(fd, value, len) != len) {
-      set_error(err, EXIT_RUNTIME, errno, "join cgroup `%s`", cfg->cgroups.items[i]);
+      set_error(err, EXIT_RUNTIME, errno, "join cgroup `%s`", dirs->items[i]);
       return -1;
     }
   }
@@ -102,7 +103,7 @@ int exec_main(int argc, char **argv) {
     set_error(&err, EXIT_RUNTIME, ESRCH, "container init %d is gone", pid);
     return die(&err);
   }
-  if (join_cgroups_of(&cfg, &err) < 0) return die(&err);
+  if (cgroups_add_pid(&cfg.cgroups, getpid(), &err) < 0) return die(&err);
   for (size_t i = 0; i < NNS; i++) {
     if (setns(fds[i], 0) < 0) {
       set_error(&err, EXIT_RUNTIME, errno, "enter the %s namespace of pid %d", NAMESPACES[i], pid);

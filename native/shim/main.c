@@ -76,8 +76,6 @@ static void iso_now(char *buf, size_t len) {
 /* Creates the container's cgroups, writes their limits and moves the init
  * in. This runs while the init builds its rootfs, so the two overlap. */
 static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_error *err) {
-  char path[4096], value[32];
-  int len = snprintf(value, sizeof(value), "%d", pid);
   for (size_t i = 0; i < cfg->cgroups.len; i++) {
     if (mkdir(cfg->cgroups.items[i], 0755) < 0 && errno != EEXIST) {
       set_error(err, EXIT_RUNTIME, errno, "create cgroup `%s`", cfg->cgroups.items[i]);
@@ -94,15 +92,7 @@ static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_er
       return -1;
     }
   }
-  for (size_t i = 0; i < cfg->cgroups.len; i++) {
-    snprintf(path, sizeof(path), "%s/cgroup.procs", cfg->cgroups.items[i]);
-    cleanup_fd int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || write(fd, value, len) != len) {
-      set_error(err, EXIT_RUNTIME, errno, "join cgroup `%s`", cfg->cgroups.items[i]);
-      return -1;
-    }
-  }
-  return 0;
+  return cgroups_add_pid(&cfg->cgroups, pid, err);
 }
 
 /* The kernel counts OOM kills per memory cgroup: "oom_kill N" in v1's

@@ -95,6 +95,7 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
 void exec_command(const struct shim_config *cfg, struct shim_error *err);
 unsigned long long start_time(pid_t pid);
 int exec_main(int argc, char **argv);
+int cgroups_add_pid(const struct str_list *dirs, pid_t pid, struct shim_error *err);
 
 int rootfs_setup(const struct shim_config *cfg, struct shim_error *err);
 int security_apply(const struct shim_config *cfg, struct shim_error *err);
