@@ -38,8 +38,17 @@ export function logsCommand(ctx: CliContext, argv: string[]): number {
   if (tail !== undefined && (!Number.isInteger(tail) || tail < 0)) {
     throw new FleetError("E_INVALID_ARGUMENT", `--tail: expected a whole number, got "${options.tail}"`, { exitCode: 2 });
   }
-  process.stdout.write(ctx.runtime.logs(one(positionals, "logs"), { tail }));
+  process.stdout.write(ctx.runtime.logs(containerOf(ctx, one(positionals, "logs")), { tail }));
   return 0;
+}
+
+/** A container id, or an agent service's name: its current container (the running one first). */
+function containerOf(ctx: CliContext, name: string): string {
+  const all = ctx.runtime.list();
+  if (all.some((c) => c.id === name)) return name;
+  const ofService = all.filter((c) => c.spec.labels["fleetlet.service"] === name).sort((a, b) => Number(b.status === "running") - Number(a.status === "running") || b.createdAt.localeCompare(a.createdAt));
+  if (ofService[0]) return ofService[0].id;
+  throw new FleetError("E_NOT_FOUND", `no container or service named ${name}`);
 }
 
 const STOP_OPTIONS: OptionSpec[] = [

@@ -62,6 +62,7 @@ describe("fleetlet apply", () => {
     expect(r.stdout).toMatch(/deployment dep-1 generation 1: converged/);
     expect(r.stdout).toMatch(/web\s+running\s+none\s+\d+\s+0\s+/);
     expect(fleetlet(root, ["logs", webContainer()]).stdout).toBe("GREETING=hello\n");
+    expect(fleetlet(root, ["logs", "web"]).stdout).toBe("GREETING=hello\n"); // by service name too
     expect(db().lastGood.deployment).toBe("dep-1");
   });
 
