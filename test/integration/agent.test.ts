@@ -4,7 +4,8 @@
  * agent reports is read back from the broker and the status endpoint.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -209,5 +210,31 @@ describe("fleetlet agent under trouble", () => {
     expect(ids.filter((c) => c.startsWith("web.")).length).toBe(1);
     expect(ids.filter((c) => c.startsWith("extra.")).length).toBe(1);
     expect(ids.every((c) => c.endsWith(":running"))).toBe(true);
+  });
+});
+
+describe("fleetlet agent interrupted mid-pull", () => {
+  it("converges after a kill -9 while pulling, resuming the download", async () => {
+    agentProc!.kill("SIGTERM");
+    await new Promise((r) => agentProc!.once("exit", r));
+    const dir = mkdtempSync(join(tmpdir(), "fleetlet-agent-big-"));
+    writeFileSync(join(dir, "payload.bin"), randomBytes(4 * 1024 * 1024));
+    const big = `${reg.host}/agent/big:1`;
+    expect(fleetctl(["--config", config, "push", "--base", image, dir, big]).status).toBe(0);
+    // The same device, its downloads capped so that the pull is still running when it is killed.
+    const capped = JSON.parse(readFileSync(config, "utf8"));
+    capped.pull = { maxRateBytesPerSec: 1024 * 1024, concurrency: 1 };
+    writeFileSync(config, JSON.stringify(capped));
+    agentProc = startAgent();
+    publishDesired({ apiVersion: "fleetlet/v1", deployment: "big", generation: 20, services: { web: { ...svc("big"), image: big } } });
+    await until("pulling generation 20", () => (latest()?.generation === 20 && latest()?.phase === "pulling" ? true : undefined));
+    const ingest = join(root, "ingest");
+    await until("a partial download", () => (readdirSync(ingest).some((f) => statSync(join(ingest, f)).size > 512 * 1024) ? true : undefined), 10_000);
+    agentProc!.kill("SIGKILL");
+    await new Promise((r) => agentProc!.once("exit", r));
+    agentProc = startAgent();
+    const r = await until("converged generation 20", () => (latest()?.generation === 20 && latest()?.phase === "converged" ? latest() : undefined), 40_000);
+    expect(r.services.web!.image).toBe(big);
+    expect(readdirSync(ingest)).toEqual([]);
   });
 });
