@@ -134,6 +134,18 @@ describe("fleetlet apply", () => {
     expect(webContainer()).toBe(container);
   });
 
+  it.each([
+    ["start-then-stop", ["started", "stopped"]],
+    ["stop-then-download", ["stopped", "started"]],
+  ])("orders the swap for %s", async (strategy, order) => {
+    const r = await apply(desired({ web: { ...web(strategy), image } }, { update: { strategy, healthyWithinMs: 4000 } }));
+    expect(r.status, r.stderr).toBe(0);
+    const events = r.stderr.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l).type as string).filter((t) => t === "started" || t === "stopped");
+    expect(events).toEqual(order);
+    expect(fleetlet(root, ["logs", "web"]).stdout).toBe(`GREETING=${strategy}\n`);
+    expect(fleetlet(root, ["ps"]).stdout.match(/^web\./gm)?.length).toBe(1);
+  });
+
   it("stops and removes services that are no longer desired", async () => {
     const r = await apply(desired({ other: { image, command: ["sleep", "1000"] } }));
     expect(r.status, r.stderr).toBe(0);
