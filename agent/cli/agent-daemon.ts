@@ -83,13 +83,25 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
       session?.publishEvent({ type: "notInWave", deployment: wave.deployment, percent: wave.percent });
       return;
     }
-    void a.submit(next.payload, `${config.mqtt?.prefix ?? "fleet"} ${next.source} desired`);
+    a.submit(next.payload, `${config.mqtt?.prefix ?? "fleet"} ${next.source} desired`).catch((err: Error) => {
+      // The document could not even be recorded (db.json unwritable): say so, keep serving.
+      a.reject(err instanceof FleetError ? err : new FleetError("E_RUNTIME", err.message));
+    });
   };
   if (config.mqtt) {
     session = new MqttSession({ deviceId: config.deviceId, groups: config.groups, mqtt: config.mqtt, agentVersion: AGENT_VERSION, onDesired });
   }
   await a.reattach();
-  await session?.start({ timeoutMs: 5000 });
+  try {
+    await session?.start({ timeoutMs: 5000 });
+  } catch (err) {
+    // A broker setting is wrong (CA, certificate, credentials): the services
+    // still need supervising, so the agent runs on without the broker.
+    const e = err instanceof FleetError ? err : new FleetError("E_INVALID_CONFIG", (err as Error).message);
+    a.lastError = e.toJSON();
+    process.stderr.write(`fleetlet: ${e.message} [${e.code}]; running without the broker\n`);
+    session = undefined;
+  }
   session?.publishReported(a.reported());
   const heartbeat = setInterval(() => session?.publishReported(a.reported()), heartbeatMs);
   process.stderr.write(`fleetlet agent ${AGENT_VERSION}: device ${config.deviceId}, state in ${ctx.root}, status on ${config.api.listen}${config.mqtt ? `, broker ${config.mqtt.url}` : ", no broker configured"}\n`);
