@@ -17,7 +17,7 @@ Containers:
       [--hostname H] [-e K=V] [-v NAME:/path[:ro]] [--network none|host] [--read-only]
       [--user UID[:GID]] [-w DIR] [--entrypoint CMD] [--cap-add CAP] [--cap-drop CAP] [-- CMD...]
   ps [-a] [--json]          list containers (running ones, or all with -a)
-  logs [--tail N] NAME      print a container's output
+  logs [--tail N] NAME      print a container's output (or an agent service's, by its name)
   stop [-t SECONDS] NAME    stop signal, then SIGKILL after the timeout
   kill [-s SIGNAL] NAME     send a signal to the container's init
   rm [-f] NAME...           remove containers (-f kills running ones first)
