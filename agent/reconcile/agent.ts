@@ -19,6 +19,9 @@ import { serviceContainerSpec } from "./service-container.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
 
 export type Phase = ReportedState["phase"];
+
+/** The longest a converged deployment stays on probation (it never outlasts update.healthyWithinMs). */
+export const PROBATION_MAX_MS = 30_000;
 export type AgentEvent = { type: string; [k: string]: unknown };
 
 export interface AgentDeps {
@@ -139,12 +142,16 @@ export class Agent {
     const t0 = performance.now();
     this.metrics.appliesTotal++;
     try {
-      await this.applyDoc(doc, signal);
+      const changed = await this.applyDoc(doc, signal);
       this.phase = "converged";
       this.lastError = null;
+      this.event({ type: "converged", deployment: doc.deployment, generation: doc.generation });
+      this.changed();
+      // Converged is reported at once; the new services stay on probation for
+      // the rest of the health window, and a crash in it still rolls back.
+      await this.probation(doc, changed, signal);
       this.db.data.lastGood = doc;
       await this.db.write();
-      this.event({ type: "converged", deployment: doc.deployment, generation: doc.generation });
     } catch (err) {
       if (signal.aborted) return; // a newer document took over
       const e = err instanceof FleetError ? err : new FleetError("E_RUNTIME", (err as Error).message);
@@ -173,7 +180,24 @@ export class Agent {
     }
   }
 
-  private async applyDoc(doc: DesiredState, signal: AbortSignal): Promise<void> {
+  /** Watches the services a deployment changed until its health window closes. */
+  private async probation(doc: DesiredState, services: string[], signal: AbortSignal): Promise<void> {
+    const window = Math.min(doc.update.healthyWithinMs, PROBATION_MAX_MS);
+    const end = Date.now() + window;
+    while (services.length && Date.now() < end) {
+      // Superseded (or stopping) while healthy: the deployment counts as good.
+      if (signal.aborted) return;
+      const failing = services.map((s) => [s, this.unhealthyReason(s)] as const).filter(([, why]) => why !== undefined);
+      if (failing.length) {
+        const detail = failing.map(([s, why]) => `${s} (${why})`).join(", ");
+        throw new FleetError("E_UNHEALTHY", `deployment ${doc.deployment}: unhealthy within ${window} ms of starting: ${detail}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  /** Applies `doc`; resolves with the services it started or replaced. */
+  private async applyDoc(doc: DesiredState, signal: AbortSignal): Promise<string[]> {
     this.phase = "pulling";
     this.changed();
     const images = new Map<string, ImageRecord>();
@@ -200,6 +224,7 @@ export class Agent {
       await runStep(step, ctx);
       this.changed();
     }
+    return steps.flatMap((s) => (s.kind === "start" ? [s.service] : []));
   }
 
   private actualServices(): Map<string, ActualService> {

@@ -18,8 +18,8 @@ export interface SupervisorEvents {
   changed(): void;
 }
 
-/** A service without a healthcheck counts as healthy once it has run this long. */
-export const STABLE_MS = 1000;
+/** A service without a healthcheck counts as healthy once it runs; the deployment's probation catches a quick crash. */
+export const STABLE_MS = 0;
 
 export class ServiceSupervisor {
   health: Health;

@@ -199,7 +199,9 @@ describe("fleetlet agent under trouble", () => {
 
   it("converges after a kill -9 in the middle of a swap, with no duplicate or orphaned container", async () => {
     publishDesired({ apiVersion: "fleetlet/v1", deployment: "swap", generation: 11, services: { web: svc("swap"), extra: svc("extra") } });
-    await until("applying generation 11", () => (latest()?.generation === 11 && (latest()?.phase === "applying" || latest()?.phase === "pulling") ? true : undefined));
+    // A swap takes a few hundred milliseconds here: kill as soon as the new containers appear.
+    const containers = join(root, "containers");
+    await until("a container of generation 11", () => (readdirSync(containers).some((n) => n.startsWith("extra.")) ? true : undefined), 10_000);
     agentProc!.kill("SIGKILL");
     await new Promise((r) => agentProc!.once("exit", r));
     agentProc = startAgent();

@@ -89,7 +89,7 @@ describe("fleetlet apply", () => {
     const r = await apply(desired({ web: { ...web("broken"), image, command: ["/bin/sh", "-c", "echo dying; exit 3"] } }));
     expect(r.status).not.toBe(0);
     expect(r.stdout).toMatch(/rolledBack/);
-    expect(r.stderr).toContain("not healthy within 4000 ms: web");
+    expect(r.stderr).toMatch(/(not healthy within 4000 ms|unhealthy within 4000 ms of starting): web/);
     expect(r.stderr).toContain("rolled back to dep-3");
     expect(fleetlet(root, ["logs", webContainer()]).stdout).toBe("GREETING=bonjour\n");
     expect(fleetlet(root, ["ps"]).stdout).toContain(webContainer());
