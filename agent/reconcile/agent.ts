@@ -16,6 +16,7 @@ import type { LocalStore } from "../store/local-store.js";
 import { runStep, type StepContext } from "./apply-steps.js";
 import { type ActualService, plan } from "./plan.js";
 import { serviceContainerSpec } from "./service-container.js";
+import { shouldRestart } from "./restart-policy.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
 
 export type Phase = ReportedState["phase"];
@@ -67,16 +68,19 @@ export class Agent {
       }
     }
     for (const [service, rec] of Object.entries(this.db.data.services)) {
-      let status: string;
+      let info: ReturnType<Runtime["inspect"]>;
       try {
-        status = this.deps.runtime.inspect(rec.containerId).status;
+        info = this.deps.runtime.inspect(rec.containerId);
       } catch (err) {
         if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
         delete this.db.data.services[service]; // gone while we were away: the next apply starts it anew
         continue;
       }
-      this.supervise(service, rec.containerId, rec.spec, 0);
-      if (status !== "running") await this.recreate(service, 1).catch((err: Error) => this.event({ type: "error", service, message: err.message }));
+      // Running: adopted as it is. Exited while we were away: its restart policy
+      // decides. Created but never started (a crash mid-start): started now.
+      const adopt = info.status === "running" || (info.status === "exited" && !shouldRestart(rec.spec.restart, info.exit?.exitCode ?? 1));
+      if (adopt) this.supervise(service, rec.containerId, rec.spec, 0);
+      else await this.recreate(service, 1).catch((err: Error) => this.event({ type: "error", service, message: err.message }));
     }
     await this.db.write();
     this.changed();
