@@ -22,7 +22,7 @@ import { ServiceSupervisor } from "./service-supervisor.js";
 export type Phase = ReportedState["phase"];
 
 /** The longest a converged deployment stays on probation (it never outlasts update.healthyWithinMs). */
-export const PROBATION_MAX_MS = 30_000;
+export const PROBATION_MAX_MS = 10_000;
 export type AgentEvent = { type: string; [k: string]: unknown };
 
 export interface AgentDeps {
