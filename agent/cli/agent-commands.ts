@@ -8,7 +8,7 @@ import { formatTable } from "./output.js";
 
 export const AGENT_VERSION = "0.1.0";
 
-export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string }) => void, onChange?: () => void): Promise<Agent> {
+export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string }) => void, onChange?: (settled: boolean) => void): Promise<Agent> {
   const store = await ctx.store();
   const { throttleProgress } = await import("../registry/pull-progress.js");
   let agent: Agent | undefined;

@@ -64,7 +64,7 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
   agent = await createAgent(
     ctx,
     (e) => session?.publishEvent(e),
-    () => agent && session?.publishReported(agent.reported()),
+    (settled) => agent && session?.publishReported(agent.reported(), { settled }),
   );
   const a = agent;
   const server = await startStatusServer({

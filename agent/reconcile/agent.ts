@@ -13,7 +13,7 @@ import type { Runtime } from "../runtime/runtime.js";
 import { imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
 import type { LocalStore } from "../store/local-store.js";
-import { runStep, type StepContext } from "./apply-steps.js";
+import { pause, runStep, type StepContext } from "./apply-steps.js";
 import { type ActualService, plan } from "./plan.js";
 import { serviceContainerSpec } from "./service-container.js";
 import { shouldRestart } from "./restart-policy.js";
@@ -32,7 +32,8 @@ export interface AgentDeps {
   pull(ref: string, signal: AbortSignal): Promise<ImageRecord>;
   version: string;
   onEvent?: (e: AgentEvent) => void;
-  onChange?: () => void;
+  /** The reported state changed; `settled` when no apply is under way (its outcome is known). */
+  onChange?: (settled: boolean) => void;
 }
 
 export class Agent {
@@ -54,7 +55,7 @@ export class Agent {
   }
 
   private changed(): void {
-    this.deps.onChange?.();
+    this.deps.onChange?.(this.phase !== "pulling" && this.phase !== "applying");
   }
 
   /** Rebuilds the actual state from the state dir: running containers are adopted, not restarted. */
@@ -109,6 +110,9 @@ export class Agent {
     this.db.data.desired = doc;
     this.db.data.generation = doc.generation;
     await this.db.write();
+    // From here the reported generation is the new one: never with the old phase.
+    this.phase = "pulling";
+    this.lastError = null;
     void this.applyInBackground(doc);
     return "applying";
   }
@@ -196,7 +200,7 @@ export class Agent {
         const detail = failing.map(([s, why]) => `${s} (${why})`).join(", ");
         throw new FleetError("E_UNHEALTHY", `deployment ${doc.deployment}: unhealthy within ${window} ms of starting: ${detail}`);
       }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await pause(100, signal);
     }
   }
 

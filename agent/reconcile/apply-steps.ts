@@ -21,6 +21,19 @@ export interface StepContext {
   event(e: { type: string; [k: string]: unknown }): void;
 }
 
+/** Waits `ms`, or less when `signal` aborts (never rejects). */
+export function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
 type Handlers = { [K in Step["kind"]]: (step: Extract<Step, { kind: K }>, ctx: StepContext) => Promise<void> };
 
 async function awaitHealthy(step: Extract<Step, { kind: "await-healthy" }>, ctx: StepContext): Promise<void> {
@@ -33,7 +46,7 @@ async function awaitHealthy(step: Extract<Step, { kind: "await-healthy" }>, ctx:
       const detail = pending.map(([s, why]) => `${s} (${why})`).join(", ");
       throw new FleetError("E_UNHEALTHY", `deployment ${ctx.deployment}: not healthy within ${step.withinMs} ms: ${detail}`);
     }
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await pause(100, ctx.signal);
   }
 }
 

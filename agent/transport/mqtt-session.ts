@@ -198,10 +198,20 @@ export class MqttSession {
     return this.started;
   }
 
-  /** Publishes the latest doc, retained; at most one publish per reportedMinIntervalMs, the last doc always going out. */
-  publishReported(doc: object): void {
+  /**
+   * Publishes the latest doc, retained; at most one publish per
+   * reportedMinIntervalMs while it changes, the last doc always going out.
+   * `settled` (an apply reached its outcome) goes out at once: the limit is
+   * for the stream of changes during an apply, not for its result.
+   */
+  publishReported(doc: object, opts: { settled?: boolean } = {}): void {
     if (this.closed) return;
     this.pendingReported = doc;
+    if (opts.settled && this.reportedTimer) {
+      clearTimeout(this.reportedTimer);
+      this.reportedTimer = undefined;
+      this.lastReportedAt = 0;
+    } else if (opts.settled) this.lastReportedAt = 0;
     this.flushReported();
   }
 

@@ -170,12 +170,17 @@ class ExitWatch : public Napi::ObjectWrap<ExitWatch> {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     bool was_active = active_;
+    Napi::Function callback = callback_.Value();
     Stop();
-    if (was_active) callback_.MakeCallback(env.Global(), {}, *context_);
+    // The callback usually refers back to this object: drop the strong
+    // reference, or neither is ever collected.
+    callback_.Reset();
+    if (was_active) callback.MakeCallback(env.Global(), {}, *context_);
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Stop();
+    callback_.Reset();
     return info.Env().Undefined();
   }
 

@@ -1,10 +1,12 @@
 /** `npm run bench [-- NAME [options]]`: runs the named benchmark, or all of them. */
+import { agentBench } from "./agent-bench.js";
 import { pullBench } from "./pull-bench.js";
 import { startBench } from "./start-bench.js";
 
 const BENCHES: Record<string, (args: string[]) => Promise<void>> = {
   start: startBench,
   pull: pullBench,
+  agent: agentBench,
 };
 
 const [name, ...args] = process.argv.slice(2);

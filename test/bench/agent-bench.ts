@@ -1,0 +1,312 @@
+/**
+ * `npm run bench -- agent [--quick] [--cycles N]`: `fleetlet agent` end to
+ * end on a real mosquitto, a real TLS registry and real containers, as the
+ * agent integration test drives it:
+ *   1. publish of a desired state → reported `converged`, 1 service changed (image cached)
+ *   2. the same with 20 services, all changed
+ *   3. bring-up of 50 services by `fleetlet apply` (fresh root, image pulled before)
+ *      against a shell loop of `crun run -d` over 50 equivalent OCI bundles
+ *   4. the agent's resident memory, idle with 10 services (and a bare node's)
+ *   5. its growth over N publish→converged cycles (1000; 100 with --quick)
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import mqtt from "mqtt";
+import { buildBusyboxRootfs } from "../helpers/busybox-rootfs.js";
+import { type MosquittoFixture, startMosquitto } from "../helpers/mosquitto.js";
+import { startRegistry } from "../helpers/registry.js";
+import { cleanupRoot } from "../helpers/state-root.js";
+import { printSummaries, type Summary, summarize } from "./stats.js";
+
+// From dist/test/bench/ as from test/bench/: the bin scripts at the top of the project.
+const FLEETLET_BIN = new URL("../../../bin/fleetlet.js", import.meta.url).pathname;
+const FLEETCTL_BIN = new URL("../../../bin/fleetctl.js", import.meta.url).pathname;
+const DEVICE = "bench-agent-1";
+const DONE_PHASES = new Set(["converged", "failed", "rolledBack", "rejected"]);
+/** The seccomp deny-list of start-bench.ts, as EPERM. */
+const DENIED = (
+  "init_module finit_module delete_module kexec_load kexec_file_load reboot swapon swapoff bpf perf_event_open add_key request_key keyctl " +
+  "open_by_handle_at name_to_handle_at userfaultfd ptrace process_vm_readv process_vm_writev kcmp mount umount2 pivot_root fsopen fsconfig " +
+  "fsmount fspick move_mount open_tree mount_setattr setns acct settimeofday clock_settime clock_adjtime adjtimex iopl ioperm quotactl " +
+  "lookup_dcookie uselib syslog io_uring_setup io_uring_enter io_uring_register"
+).split(" ");
+/** Exits at once on SIGTERM (a trapped signal interrupts `wait`), so a swap costs no stop timeout. */
+const SERVICE_CMD = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"];
+/** crun 1.8 refuses a hybrid cgroup host: run it where /sys/fs/cgroup/unified is unmounted (harmless elsewhere). */
+const unshared = (script: string) => ["unshare", "-m", "--propagation", "private", "sh", "-c", `(umount /sys/fs/cgroup/unified 2>/dev/null || true); ${script}`];
+/** Deletes the containers and their cgroups; with unified unmounted, crun also made plain dirs in the tmpfs under it. */
+const crunCleanup = (names: string[]) =>
+  unshared(`for n in ${names.join(" ")}; do crun delete -f $n 2>/dev/null; done; [ "$(stat -fc %T /sys/fs/cgroup/unified 2>/dev/null)" = tmpfs ] && rm -rf /sys/fs/cgroup/unified/fleetlet-bench-agent; rmdir /sys/fs/cgroup/*/fleetlet-bench-agent 2>/dev/null; true`);
+
+type Msg = { topic: "reported" | "events"; doc: Record<string, unknown>; t: number };
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const rssKiB = (pid: number) => Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? Number.NaN);
+const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
+/** Least-squares slope of ys over their index. */
+function slope(ys: number[]): number {
+  const mx = (ys.length - 1) / 2;
+  const my = ys.reduce((a, b) => a + b, 0) / ys.length;
+  const [sxy, sxx] = ys.reduce(([a, b], y, i) => [a + (i - mx) * (y - my), b + (i - mx) ** 2], [0, 0]);
+  return sxx ? sxy / sxx : 0;
+}
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const SETTLE_MS = 10_000; // idle before reading RSS: V8's memory reducer runs a few seconds after activity stops
+
+/** Runs a command to its exit; resolves with the wall time from spawn to exit (and when it began, and its stderr), or rejects with its stderr. */
+function timed(argv: string[]): Promise<{ ms: number; began: number; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const began = Date.now();
+    const t0 = performance.now();
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d) => {
+      stderr = (stderr + d).slice(-100_000);
+    });
+    const killer = setTimeout(() => child.kill("SIGKILL"), 300_000); // nothing here may hang the run
+    child.on("error", reject);
+    child.on("close", (code) => {
+      clearTimeout(killer);
+      const ms = performance.now() - t0;
+      if (code === 0) resolve({ ms, began, stderr });
+      else reject(new Error(`${argv.slice(0, 4).join(" ")} exited ${code}: ${stderr.trim().split("\n").slice(-3).join(" | ")}`));
+    });
+  });
+}
+
+function ociBundle(dir: string, rootfs: string, name: string): void {
+  mkdirSync(dir, { recursive: true });
+  const r = spawnSync("crun", ["spec", "-b", dir], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`crun spec failed: ${r.stderr || r.error}`);
+  const spec = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
+  spec.root = { path: rootfs, readonly: false };
+  spec.process.terminal = false;
+  spec.process.args = ["/bin/sleep", "1000"];
+  spec.linux.namespaces.push({ type: "cgroup" });
+  spec.linux.resources = { ...spec.linux.resources, memory: { limit: 64 << 20, swap: 64 << 20 }, cpu: { quota: 100000, period: 100000, shares: 1024 }, pids: { limit: 64 } };
+  spec.linux.cgroupsPath = `/fleetlet-bench-agent/${name}`;
+  spec.linux.seccomp = { defaultAction: "SCMP_ACT_ALLOW", architectures: ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"], syscalls: [{ names: DENIED, action: "SCMP_ACT_ERRNO", errnoRet: 1 }] };
+  writeFileSync(join(dir, "config.json"), JSON.stringify(spec));
+}
+
+export async function agentBench(args: string[]): Promise<void> {
+  const quick = args.includes("--quick");
+  const cyclesArg = args.includes("--cycles") ? Number(args[args.indexOf("--cycles") + 1]) : undefined;
+  let cycles = cyclesArg ?? (quick ? 100 : 1000);
+  const reg = await startRegistry({ auth: "htpasswd" });
+  const work = mkdtempSync(join(tmpdir(), "fleetlet-agent-bench-"));
+  const agentRoot = join(work, "agent-root");
+  const applyRoot = join(work, "apply-root");
+  const children = new Set<ChildProcess>();
+  const crunNames = Array.from({ length: 50 }, (_, i) => `fleetlet-bench-agent-${i}`);
+  let crunStarted = false;
+  let operator: mqtt.MqttClient | undefined;
+  let broker: MosquittoFixture | undefined;
+  try {
+    broker = await startMosquitto();
+    const rootfs = buildBusyboxRootfs(join(work, "rootfs"));
+    const config = join(work, "config.json");
+    const apiPort = await freePort();
+    writeFileSync(config, JSON.stringify({
+      deviceId: DEVICE,
+      mqtt: { url: broker.url },
+      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock") },
+    }));
+    const image = `${reg.host}/bench/busybox:1`;
+    await timed([process.execPath, FLEETCTL_BIN, "--config", config, "push", rootfs, image]);
+
+    // The operator's side: every reported doc and event, with its arrival time.
+    operator = mqtt.connect(broker.url, { clientId: "bench-operator" });
+    await new Promise((r) => operator!.once("connect", r));
+    await operator.subscribeAsync([`fleet/devices/${DEVICE}/reported`, `fleet/devices/${DEVICE}/events`], { qos: 1 });
+    const log: Msg[] = [];
+    let lastReport: Record<string, unknown> | undefined;
+    const waiters = new Set<{ pred: (m: Msg) => boolean; resolve: (m: Msg) => void; reject: (e: Error) => void }>();
+    operator.on("message", (topic, payload) => {
+      if (!payload.length) return;
+      const m: Msg = { topic: topic.endsWith("/reported") ? "reported" : "events", doc: JSON.parse(payload.toString()), t: performance.now() };
+      if (m.topic === "reported") lastReport = m.doc;
+      log.push(m);
+      for (const w of waiters) if (w.pred(m)) w.resolve(m);
+    });
+    const waitFor = (what: string, pred: (m: Msg) => boolean, ms = 120_000) =>
+      new Promise<Msg>((resolve, reject) => {
+        const settle = (fn: () => void) => {
+          clearTimeout(timer);
+          waiters.delete(w);
+          fn();
+        };
+        const w = { pred, resolve: (m: Msg) => settle(() => resolve(m)), reject: (e: Error) => settle(() => reject(e)) };
+        const timer = setTimeout(() => w.reject(new Error(`timed out waiting for ${what}; last report: ${JSON.stringify(lastReport)}`)), ms);
+        waiters.add(w);
+      });
+
+    let agentErr = "";
+    const agent = spawn(process.execPath, [FLEETLET_BIN, "--root", agentRoot, "--config", config, "agent", "--heartbeat", "600"], { stdio: ["ignore", "ignore", "pipe"] });
+    children.add(agent);
+    agent.stderr!.on("data", (d) => {
+      agentErr = (agentErr + d).slice(-4000);
+    });
+    agent.once("exit", (code, sig) => {
+      children.delete(agent);
+      for (const w of waiters) w.reject(new Error(`the agent exited (${code ?? sig}): ${agentErr.trim().slice(-600)}`));
+    });
+    const first = await waitFor("the agent's first report", (m) => m.topic === "reported", 30_000);
+    const cgroupMode = (first.doc.agent as { cgroupMode?: string } | undefined)?.cgroupMode ?? "?";
+
+    let generation = 0;
+    const svc = (v: string) => ({ image, command: SERVICE_CMD, env: { V: v }, stopTimeoutMs: 200 });
+    const services = (n: number, v: string) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`s${i}`, svc(v)]));
+    const early = new Set<number>(); // generations reported `converged` before the agent had applied them
+    /**
+     * Publishes a desired state and waits until its generation converged: the
+     * agent's `converged` event, then (unless `until` is "event") the first
+     * reported doc saying so. A reported `converged` for the generation that
+     * comes before the event is the previous deployment's phase: not counted.
+     */
+    const converge = async (svcs: Record<string, unknown>, until: "reported" | "event" = "reported") => {
+      const g = ++generation;
+      log.length = 0;
+      let applied = false;
+      const done = waitFor(`converged generation ${g}`, (m) => {
+        if (m.topic === "events") {
+          applied ||= m.doc.type === "converged" && m.doc.generation === g;
+          return until === "event" && applied;
+        }
+        if (m.doc.generation !== g || !DONE_PHASES.has(String(m.doc.phase))) return false;
+        if (m.doc.phase === "converged" && !applied) early.add(g);
+        return m.doc.phase !== "converged" || (applied && until === "reported");
+      });
+      const t0 = performance.now();
+      const doc = { apiVersion: "fleetlet/v1", deployment: `bench-${g}`, generation: g, services: svcs, update: { strategy: "download-then-swap", healthyWithinMs: 60_000 } };
+      operator!.publish(`fleet/devices/${DEVICE}/desired`, JSON.stringify(doc), { qos: 1, retain: true });
+      const r = await done;
+      if (r.topic === "reported" && r.doc.phase !== "converged") throw new Error(`generation ${g}: ${JSON.stringify(r.doc.phase)} ${JSON.stringify(r.doc.lastError ?? r.doc)}; agent stderr: ${agentErr.trim().slice(-600)}`);
+      const started = log.filter((m) => m.topic === "events" && m.doc.type === "started").at(-1);
+      const conv = log.find((m) => m.topic === "events" && m.doc.type === "converged" && m.doc.generation === g);
+      return { total: r.t - t0, swapped: (started?.t ?? Number.NaN) - t0, gate: (conv?.t ?? Number.NaN) - t0 };
+    };
+    const measure = async (label: string, n: number, runs: number): Promise<Summary[]> => {
+      await converge(services(n, "warm"));
+      const s = { total: [] as number[], swapped: [] as number[], gate: [] as number[] };
+      for (let i = 0; i < runs; i++) {
+        await sleep(1500); // spaced out as an operator's updates are, not back to back
+        const r = await converge(services(n, `${label}-${i}`));
+        s.total.push(r.total);
+        s.swapped.push(r.swapped);
+        s.gate.push(r.gate);
+      }
+      return [summarize("last `started` event", s.swapped), summarize("`converged` event", s.gate), summarize("reported `converged`", s.total)];
+    };
+
+    console.log(`agent: fleetlet agent on mosquitto ${broker.url} and a TLS registry ${reg.host}, cgroup mode ${cgroupMode}`);
+    console.log(`services: ${JSON.stringify(SERVICE_CMD)}, stopTimeoutMs 200, download-then-swap, healthyWithinMs 60000; image cached`);
+    const one = await measure("one", 1, 15);
+    printSummaries("1. publish → …, 1 service changed per update", one);
+    const twenty = await measure("twenty", 20, 5);
+    printSummaries("2. publish → …, 20 services changed per update", twenty);
+    if (early.size) console.log(`note: ${early.size} of ${generation} updates were first reported \`converged\` before the agent applied them (the previous deployment's phase under the new generation); timed to the real one`);
+
+    // 4. Idle memory with 10 services.
+    await converge(services(10, "idle"));
+    await sleep(SETTLE_MS);
+    const idleRss = rssKiB(agent.pid!);
+    const bare = spawn(process.execPath, ["-e", "setInterval(()=>{},1000)"], { stdio: "ignore" });
+    children.add(bare);
+    await sleep(1500);
+    const bareRss = rssKiB(bare.pid!);
+    bare.kill("SIGKILL");
+    children.delete(bare);
+    console.log(`\n4. agent VmRSS idle with 10 services (${SETTLE_MS / 1000} s after converging): ${mib(idleRss)}; bare \`node -e "setInterval(()=>{},1000)"\`: ${mib(bareRss)}`);
+
+    // 5. Growth over apply cycles: s0 changes each time, s1..s9 stay.
+    // Back to back, each until the agent's `converged` event (the reported doc trails it by up to its 1 s rate limit).
+    const samples: number[] = [];
+    const cycle = async (i: number) => {
+      await converge({ ...services(10, "idle"), s0: svc(`cycle-${i}`) }, "event");
+      samples.push(rssKiB(agent.pid!));
+    };
+    const t50 = performance.now();
+    for (let i = 1; i <= 50; i++) await cycle(i);
+    const perCycle = (performance.now() - t50) / 50;
+    let note = "";
+    if (cyclesArg === undefined && !quick && perCycle * 1000 > 300_000) {
+      cycles = 300;
+      note = `1000 cycles would take ~${((perCycle * 1000) / 60_000).toFixed(0)} min at ${perCycle.toFixed(0)} ms a cycle: ran 300 instead`;
+    }
+    await sleep(SETTLE_MS);
+    const rss50 = rssKiB(agent.pid!);
+    for (let i = 51; i <= cycles; i++) await cycle(i);
+    await sleep(SETTLE_MS);
+    const rssN = rssKiB(agent.pid!);
+    const trend = slope(samples.slice(50)) * (cycles - 50); // robust to the GC's sawtooth, unlike two samples
+    console.log(`5. agent VmRSS ${SETTLE_MS / 1000} s after cycle 50: ${mib(rss50)}, after cycle ${cycles}: ${mib(rssN)}; sampled after every cycle: min ${mib(Math.min(...samples))}, max ${mib(Math.max(...samples))}, least-squares trend over cycles 50→${cycles} ${(trend / 1024).toFixed(2)} MiB; ${perCycle.toFixed(0)} ms a cycle${note ? `\n   note: ${note}` : ""}`);
+
+    agent.kill("SIGTERM"); // the containers keep running (KillMode=process); cleanupRoot removes them
+    await Promise.race([new Promise((r) => (agent.exitCode !== null || agent.signalCode !== null ? r(null) : agent.once("exit", r))), sleep(15_000)]);
+    await cleanupRoot(agentRoot);
+
+    // 3. Bring-up of 50 services: fleetlet apply against a crun loop, alternating.
+    const desired = join(work, "fifty.json");
+    const fifty = Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`b${i}`, { image, command: ["/bin/sleep", "1000"], stopTimeoutMs: 200, resources: { memory: "64Mi", cpus: 1, pids: 64 } }]));
+    writeFileSync(desired, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "fifty", generation: 1, services: fifty, update: { strategy: "download-then-swap", healthyWithinMs: 60_000 } }));
+    const bundles = join(work, "bundles");
+    for (const [i, name] of crunNames.entries()) ociBundle(join(bundles, `b${i}`), rootfs, name);
+    const loop = `for i in $(seq 0 49); do crun run -d -b ${bundles}/b$i fleetlet-bench-agent-$i </dev/null >/dev/null 2>>${bundles}/crun.err || { cat ${bundles}/crun.err >&2; exit 1; }; done`;
+    const applies: { ms: number; phases: number[] }[] = [];
+    const cruns: number[] = [];
+    const rounds = quick ? 1 : 3;
+    for (let round = 0; round < rounds; round++) {
+      await timed([process.execPath, FLEETLET_BIN, "--root", applyRoot, "--config", config, "pull", "--quiet", image]);
+      const r = await timed([process.execPath, FLEETLET_BIN, "--root", applyRoot, "--config", config, "apply", desired]);
+      const at = (type: string) => r.stderr.split("\n").filter((l) => l.startsWith(`{"type":"${type}"`)).map((l) => Date.parse(JSON.parse(l).ts) - r.began);
+      const [starts, converged] = [at("started"), at("converged")[0] ?? Number.NaN];
+      applies.push({ ms: r.ms, phases: [Math.min(...starts), Math.max(...starts) - Math.min(...starts), converged - Math.max(...starts), r.ms - converged, converged] });
+      await cleanupRoot(applyRoot);
+      crunStarted = true;
+      cruns.push((await timed(unshared(loop))).ms);
+      await timed(crunCleanup(crunNames));
+      crunStarted = false;
+    }
+    const applyMs = median(applies.map((a) => a.ms));
+    const crunMs = median(cruns);
+    const ph = applies.find((a) => a.ms === applyMs)!.phases;
+    const toConverged = ph[4]!;
+    const f = (i: number) => `${ph[i]!.toFixed(0)} ms`;
+    console.log(`\n3. 50 services up (median of ${rounds}): crun run -d loop ${crunMs.toFixed(0)} ms; fleetlet apply ${applyMs.toFixed(0)} ms from process start to exit:`);
+    console.log(`   to the first container started ${f(0)}, 50 starts ${f(1)}, to the \`converged\` event ${f(2)} (${f(4)} in all), then to exit ${f(3)}`);
+
+    const p50 = (s: Summary[]) => s[2]!.p50;
+    const rows: [string, string, string, boolean][] = [
+      ["1 svc publish→reported converged p50", `${p50(one).toFixed(0)} ms`, "<= 50 ms", p50(one) <= 50],
+      ["20 svc publish→reported converged p50", `${p50(twenty).toFixed(0)} ms`, "<= 300 ms", p50(twenty) <= 300],
+      ["50 svc bring-up, apply exit / crun loop", `${(applyMs / crunMs).toFixed(2)}`, "<= 1.0", applyMs / crunMs <= 1],
+      ["  the same, to `converged` / crun loop", `${(toConverged / crunMs).toFixed(2)}`, "<= 1.0", toConverged / crunMs <= 1],
+      ["agent VmRSS idle, 10 services", mib(idleRss), "<= 45 MiB", idleRss <= 45 * 1024],
+      [`VmRSS growth, cycles 50 → ${cycles}`, `${((rssN - rss50) / 1024).toFixed(2)} MiB`, "<= 2 MiB", rssN - rss50 <= 2048],
+      [`  the same, trend of ${cycles - 50} samples`, `${(trend / 1024).toFixed(2)} MiB`, "<= 2 MiB", trend <= 2048],
+    ];
+    console.log(`\n${"measurement".padEnd(40)}${"value".padStart(12)}${"goal".padStart(12)}  met`);
+    for (const [name, value, goal, met] of rows) console.log(`${name.padEnd(40)}${value.padStart(12)}${goal.padStart(12)}  ${met ? "yes" : "NO"}`);
+  } finally {
+    operator?.end(true);
+    for (const c of children) c.kill("SIGKILL");
+    if (crunStarted) await timed(crunCleanup(crunNames)).catch((err: Error) => console.error(`crun cleanup: ${err.message}`));
+    for (const root of [agentRoot, applyRoot]) if (existsSync(root)) await cleanupRoot(root).catch((err: Error) => console.error(`cleanup of ${root}: ${err.message}`));
+    await Promise.all([reg.stop(), broker?.stop()]);
+    rmSync(work, { recursive: true, force: true });
+  }
+}
