@@ -13,7 +13,7 @@ import type { Runtime } from "../runtime/runtime.js";
 import { imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
 import type { LocalStore } from "../store/local-store.js";
-import { pause, runStep, type StepContext } from "./apply-steps.js";
+import { batches, pause, runBatch, type StepContext } from "./apply-steps.js";
 import { type ActualService, plan } from "./plan.js";
 import { serviceContainerSpec } from "./service-container.js";
 import { shouldRestart } from "./restart-policy.js";
@@ -151,6 +151,7 @@ export class Agent {
     this.metrics.appliesTotal++;
     try {
       const changed = await this.applyDoc(doc, signal);
+      if (signal.aborted) return; // superseded: the newer apply owns the phase now
       this.phase = "converged";
       this.lastError = null;
       this.event({ type: "converged", deployment: doc.deployment, generation: doc.generation });
@@ -227,9 +228,9 @@ export class Agent {
       unhealthyReason: (service) => this.unhealthyReason(service),
       event: (e) => this.event(e),
     };
-    for (const step of steps) {
+    for (const batch of batches(steps)) {
       signal.throwIfAborted();
-      await runStep(step, ctx);
+      await runBatch(batch, ctx);
       this.changed();
     }
     return steps.flatMap((s) => (s.kind === "start" ? [s.service] : []));

@@ -69,3 +69,41 @@ export async function runStep(step: Step, ctx: StepContext): Promise<void> {
   const handler = STEP_HANDLERS[step.kind] as (s: Step, c: StepContext) => Promise<void>;
   await handler(step, ctx);
 }
+
+/** How many steps of one batch run at once. */
+export const BATCH_CONCURRENCY = 8;
+
+/**
+ * Consecutive steps of one kind for different services form a batch: they
+ * do not depend on each other, so they run side by side. A service appearing
+ * twice (stop then start of the same name) starts a new batch.
+ */
+export function batches(steps: Step[]): Step[][] {
+  const out: Step[][] = [];
+  for (const step of steps) {
+    const last = out.at(-1);
+    const service = "service" in step ? step.service : undefined;
+    const joins = last && last[0]!.kind === step.kind && step.kind !== "await-healthy" && !last.some((s) => "service" in s && s.service === service);
+    if (joins) last.push(step);
+    else out.push([step]);
+  }
+  return out;
+}
+
+/** Runs a batch, at most BATCH_CONCURRENCY at a time; the first failure fails it once the others settle. */
+export async function runBatch(batch: Step[], ctx: StepContext): Promise<void> {
+  let next = 0;
+  let failed: unknown;
+  const worker = async () => {
+    while (next < batch.length && failed === undefined) {
+      const step = batch[next++]!;
+      try {
+        await runStep(step, ctx);
+      } catch (err) {
+        failed ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(BATCH_CONCURRENCY, batch.length) }, worker));
+  if (failed !== undefined) throw failed;
+}

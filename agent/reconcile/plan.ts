@@ -50,6 +50,7 @@ export function plan(desired: DesiredState, actual: Map<string, ActualService>, 
   const strategy = desired.update.strategy;
   const pulls: Step[] = [];
   const stopOld: Step[] = [];
+  const removeOld: Step[] = [];
   const starts: Step[] = [];
   const removeGone: Step[] = [];
   const changed: string[] = [];
@@ -72,15 +73,19 @@ export function plan(desired: DesiredState, actual: Map<string, ActualService>, 
     }
     if (current) {
       stopOld.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: spec.stopTimeoutMs, signal: spec.stopSignal });
-      stopOld.push({ kind: "remove", service: name, containerId: current.containerId });
+      removeOld.push({ kind: "remove", service: name, containerId: current.containerId });
     }
     starts.push({ kind: "start", service: name, spec, hash, containerId: containerName(name, hash) });
   }
+  const stopGone: Step[] = [];
   for (const [name, current] of [...actual].sort(([a], [b]) => a.localeCompare(b))) {
     if (desired.services[name]) continue;
-    removeGone.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: current.stopTimeoutMs ?? 10_000, signal: current.stopSignal ?? "SIGTERM" });
+    stopGone.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: current.stopTimeoutMs ?? 10_000, signal: current.stopSignal ?? "SIGTERM" });
     removeGone.push({ kind: "remove", service: name, containerId: current.containerId });
   }
+  // Steps of one kind stand together, so the executor can run them side by side.
+  stopOld.push(...removeOld);
+  removeGone.unshift(...stopGone);
   const health: Step[] = changed.length ? [{ kind: "await-healthy", services: changed, withinMs: desired.update.healthyWithinMs }] : [];
   switch (strategy) {
     case "download-then-swap":

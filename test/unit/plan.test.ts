@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { batches } from "../../agent/reconcile/apply-steps.js";
 import { type ActualService, canonicalJson, containerName, plan, specHash } from "../../agent/reconcile/plan.js";
 import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
 
@@ -55,6 +56,14 @@ describe("plan", () => {
     const d = doc({ web });
     const stopped = { ...running("web", d), running: false };
     expect(kinds(plan(d, new Map([["web", stopped]]), new Map([[IMG, D1]])))).toEqual(["pull:web", "stop:web", "remove:web", "start:web", "await-healthy:web"]);
+  });
+
+  it("groups the steps of several services by kind, so they can run side by side", () => {
+    const old = doc({ a: web, b: web });
+    const next = doc({ a: { ...web, env: { X: "1" } }, b: { ...web, env: { X: "1" } } });
+    const steps = plan(next, new Map([["a", running("a", old)], ["b", running("b", old)]]), new Map([[IMG, D1]]));
+    expect(kinds(steps)).toEqual(["pull:a", "pull:b", "stop:a", "stop:b", "remove:a", "remove:b", "start:a", "start:b", "await-healthy:a,b"]);
+    expect(batches(steps).map((b) => b.length)).toEqual([2, 2, 2, 2, 1]);
   });
 
   it("gives two generations of a service distinct container names", () => {
