@@ -7,23 +7,15 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import mqtt from "mqtt";
 import type { ReportedState } from "../schemas/reported.js";
 import { startMosquitto } from "../test/helpers/mosquitto.js";
 import { startRegistry } from "../test/helpers/registry.js";
+import { freePort } from "../test/helpers/free-port.js";
 
 const DEVICE = "demo-device";
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 export async function agentDemo(opts: { work: string; rootfs: string; bins: { fleetlet: string; fleetctl: string }; step: (title: string, run: () => Promise<boolean>) => Promise<void> }): Promise<void> {
   const { work, step } = opts;

@@ -3,6 +3,7 @@
  * kind the planner can emit has one. Handlers act through the context only.
  */
 import type { ServiceSpec } from "../../schemas/desired.js";
+import { runBounded } from "../bounded.js";
 import { FleetError } from "../errors.js";
 import type { ImageRecord } from "../store/image-store.js";
 import type { Step } from "./plan.js";
@@ -90,20 +91,7 @@ export function batches(steps: Step[]): Step[][] {
   return out;
 }
 
-/** Runs a batch, at most BATCH_CONCURRENCY at a time; the first failure fails it once the others settle. */
-export async function runBatch(batch: Step[], ctx: StepContext): Promise<void> {
-  let next = 0;
-  let failed: unknown;
-  const worker = async () => {
-    while (next < batch.length && failed === undefined) {
-      const step = batch[next++]!;
-      try {
-        await runStep(step, ctx);
-      } catch (err) {
-        failed ??= err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(BATCH_CONCURRENCY, batch.length) }, worker));
-  if (failed !== undefined) throw failed;
+/** Runs a batch, at most BATCH_CONCURRENCY at a time. */
+export function runBatch(batch: Step[], ctx: StepContext): Promise<void> {
+  return runBounded(batch, BATCH_CONCURRENCY, (step) => runStep(step, ctx));
 }

@@ -6,6 +6,7 @@
  * image whose layers are present costs one manifest request.
  */
 import { statfsSync } from "node:fs";
+import { runBounded } from "../bounded.js";
 import { FleetError } from "../errors.js";
 import type { NativeCore } from "../runtime/native.js";
 import type { ContentStore } from "../store/content-store.js";
@@ -97,7 +98,7 @@ export async function pullImage(refText: string, deps: PullDeps, opts: PullOptio
     await deps.snapshots.unpack(layer.chainId, layer.diffId, deps.store.createReadStream(layer.digest), layer.mediaType, opts.signal);
     opts.onEvent?.({ type: "unpacked", layer: layer.digest });
   };
-  await runPool(todo, Math.max(1, opts.concurrency ?? 3), work);
+  await runBounded(todo, opts.concurrency ?? 3, work);
 
   const record: ImageRecord = {
     ref: formatReference(ref),
@@ -114,22 +115,4 @@ export async function pullImage(refText: string, deps: PullDeps, opts: PullOptio
   await deps.images.put(record);
   opts.onEvent?.({ type: "done", ref: record.ref, digest: record.digest, fetchedBytes, ms: performance.now() - started });
   return record;
-}
-
-/** Runs `fn` over `items`, at most `limit` at a time; the first failure stops the pool. */
-async function runPool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed: unknown;
-  const worker = async () => {
-    while (next < items.length && failed === undefined) {
-      const item = items[next++]!;
-      try {
-        await fn(item);
-      } catch (err) {
-        failed ??= err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failed !== undefined) throw failed;
 }

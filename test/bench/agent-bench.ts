@@ -11,7 +11,6 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -21,6 +20,7 @@ import { type MosquittoFixture, startMosquitto } from "../helpers/mosquitto.js";
 import { startRegistry } from "../helpers/registry.js";
 import { cleanupRoot } from "../helpers/state-root.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
+import { freePort } from "../helpers/free-port.js";
 
 // From dist/test/bench/ as from test/bench/: the bin scripts at the top of the project.
 const FLEETLET_BIN = new URL("../../../bin/fleetlet.js", import.meta.url).pathname;
@@ -44,14 +44,6 @@ const crunCleanup = (names: string[]) =>
 
 type Msg = { topic: "reported" | "events"; doc: Record<string, unknown>; t: number };
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 const rssKiB = (pid: number) => Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? Number.NaN);
 const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;

@@ -8,10 +8,11 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { connect as tcpConnect, createServer } from "node:net";
+import { connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
+import { freePort } from "./free-port.js";
 
 export const MOSQUITTO_BIN = "/usr/sbin/mosquitto";
 const READY_TIMEOUT_MS = 10_000;
@@ -67,15 +68,6 @@ function issueCert(dir: string, ca: { cert: string; key: string }, cn: string, u
   return { cert: `${base}.crt`, key: `${base}.key` };
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  if (address === null || typeof address === "string") throw new Error("could not find a free TCP port on 127.0.0.1");
-  return address.port;
-}
 
 interface ServerTls {
   ca: string;

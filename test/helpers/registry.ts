@@ -9,11 +9,11 @@ import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { startTokenIssuer, type TokenIssuer } from "./token-issuer.js";
+import { freePort } from "./free-port.js";
 
 export const REGISTRY_BIN = "/usr/bin/docker-registry";
 /** The `service` and `issuer` the token-mode registry expects in a token's aud and iss. */
@@ -72,15 +72,6 @@ async function makeTokenSigner(dir: string): Promise<{ cert: string; key: string
   return { cert, key };
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  if (address === null || typeof address === "string") throw new Error("could not find a free TCP port on 127.0.0.1");
-  return address.port;
-}
 
 interface Layout {
   root: string;

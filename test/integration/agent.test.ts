@@ -7,7 +7,6 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import mqtt from "mqtt";
@@ -17,6 +16,7 @@ import { FLEETLET_BIN, fleetctl, runCli } from "../helpers/fleetlet-cli.js";
 import { startMosquitto } from "../helpers/mosquitto.js";
 import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
 import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { freePort } from "../helpers/free-port.js";
 
 const rootfs = inject("busyboxRootfs");
 const DEVICE = "dev-agent-1";
@@ -32,14 +32,6 @@ let operator: mqtt.MqttClient;
 const reports: ReportedState[] = [];
 const statuses: { online: boolean }[] = [];
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function startAgent(): ChildProcess {
   const p = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent", "--heartbeat", "2"], { stdio: ["ignore", "ignore", "pipe"] });
