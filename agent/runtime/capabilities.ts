@@ -38,7 +38,3 @@ export function capabilitySet(add: string[], drop: string[]): number[] {
   }
   return [...set].map((n) => (CAPABILITIES as readonly string[]).indexOf(n)).sort((a, b) => a - b);
 }
-
-export function capabilityName(n: number): string {
-  return CAPABILITIES[n] ?? String(n);
-}

@@ -7,7 +7,7 @@
  * or a partial in `ingest/` that the next pull resumes.
  */
 import { createHash, type Hash } from "node:crypto";
-import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync } from "node:fs";
+import { createReadStream, existsSync, mkdirSync, readdirSync, renameSync, statSync, unlinkSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -35,10 +35,6 @@ export class ContentStore {
 
   size(digest: string): number {
     return statSync(this.blobPath(digest)).size;
-  }
-
-  read(digest: string): Buffer {
-    return readFileSync(this.blobPath(digest));
   }
 
   createReadStream(digest: string, opts: { highWaterMark?: number } = {}): Readable {

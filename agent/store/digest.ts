@@ -3,10 +3,6 @@ import { FleetError } from "../errors.js";
 
 const DIGEST = /^sha256:[a-f0-9]{64}$/;
 
-export function isDigest(text: string): boolean {
-  return DIGEST.test(text);
-}
-
 /** The hex part of a digest, after checking it; `what` names it in errors. */
 export function digestHex(digest: string, what = "digest"): string {
   if (!DIGEST.test(digest)) {
