@@ -53,7 +53,13 @@ export const desiredState = z.object({
       rollback: z.boolean().default(true),
     })
     .default({ strategy: "download-then-swap", healthyWithinMs: 60_000, rollback: true }),
-  rollout: z.object({ percent: z.number().min(0).max(100).default(100) }).default({ percent: 100 }),
+  /** Read from group documents only: which share of the group takes this deployment, or rolls it back. */
+  rollout: z
+    .object({
+      percent: z.number().min(0).max(100).default(100),
+      rollback: z.boolean().default(false),
+    })
+    .default({ percent: 100, rollback: false }),
   signature: z.string().optional(),
 });
 export type DesiredState = z.output<typeof desiredState>;

@@ -22,6 +22,10 @@ export const reportedState = z.object({
   deployment: z.string().nullable(),
   generation: z.number().int().nullable(),
   phase: z.enum(PHASES),
+  /** The deployment that last passed its health window on this device (a rollout counts a device healthy by it). */
+  lastGood: z.string().nullable().optional(),
+  /** The device's groups, so the operator side can tell a group's devices apart. */
+  groups: z.array(z.string()).optional(),
   services: z.record(z.string(), serviceReport),
   lastError: z.object({ code: z.string(), message: z.string() }).nullable(),
   agent: z.object({ version: z.string(), uptimeSec: z.number(), cgroupMode: z.string() }),

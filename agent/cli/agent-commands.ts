@@ -1,6 +1,7 @@
 /** `fleetlet apply FILE`: the agent's reconcile loop once, locally, with no broker. */
 import { readFileSync } from "node:fs";
 import { FleetError } from "../errors.js";
+import { publicKeyFromBase64 } from "../fleet/signature.js";
 import { Agent } from "../reconcile/agent.js";
 import { parseArgs } from "./args.js";
 import type { CliContext } from "./context.js";
@@ -19,6 +20,8 @@ export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string 
   }, 1000);
   agent = new Agent({
     deviceId: ctx.config.deviceId ?? "local",
+    groups: ctx.config.groups,
+    trustedKeys: ctx.config.trustedKeys.map((k, i) => publicKeyFromBase64(k, `trustedKeys[${i}]`)),
     runtime: ctx.runtime,
     store,
     version: AGENT_VERSION,

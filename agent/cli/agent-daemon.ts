@@ -8,7 +8,7 @@ import { request } from "node:http";
 import type { ReportedState } from "../../schemas/reported.js";
 import { startStatusServer } from "../api/status-server.js";
 import { FleetError } from "../errors.js";
-import { type Agent, inRolloutWave } from "../reconcile/agent.js";
+import type { Agent } from "../reconcile/agent.js";
 import { MqttSession } from "../transport/mqtt-session.js";
 import { AGENT_VERSION, createAgent } from "./agent-commands.js";
 import { parseArgs } from "./args.js";
@@ -31,26 +31,16 @@ class DesiredSources {
   }
 
   /** The document to apply now, if it differs from the last one submitted. */
-  next(): { payload: Buffer; source: string } | undefined {
-    let pick: { payload: Buffer; source: string } | undefined;
-    if (this.device) pick = { payload: this.device, source: "device" };
+  next(): { payload: Buffer; source: string; fromGroup: boolean } | undefined {
+    let pick: { payload: Buffer; source: string; fromGroup: boolean } | undefined;
+    if (this.device) pick = { payload: this.device, source: "device", fromGroup: false };
     else {
       const group = this.groupOrder.find((g) => this.groups.has(g));
-      if (group) pick = { payload: this.groups.get(group)!, source: `group ${group}` };
+      if (group) pick = { payload: this.groups.get(group)!, source: `group ${group}`, fromGroup: true };
     }
     if (!pick || pick.payload.toString() === this.lastSubmitted) return undefined;
     this.lastSubmitted = pick.payload.toString();
     return pick;
-  }
-}
-
-function waveOf(payload: Buffer): { deployment: string; percent: number } | undefined {
-  try {
-    const doc = JSON.parse(payload.toString()) as { deployment?: unknown; rollout?: { percent?: unknown } };
-    const percent = typeof doc.rollout?.percent === "number" ? doc.rollout.percent : 100;
-    return typeof doc.deployment === "string" ? { deployment: doc.deployment, percent } : undefined;
-  } catch {
-    return undefined; // not JSON: the agent's validation rejects it with the reason
   }
 }
 
@@ -78,12 +68,7 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
     sources.set(source.kind, source.name, payload);
     const next = sources.next();
     if (!next) return;
-    const wave = source.kind === "group" ? waveOf(next.payload) : undefined;
-    if (wave && next.source.startsWith("group") && !inRolloutWave(config.deviceId!, wave.deployment, wave.percent)) {
-      session?.publishEvent({ type: "notInWave", deployment: wave.deployment, percent: wave.percent });
-      return;
-    }
-    a.submit(next.payload, `${config.mqtt?.prefix ?? "fleet"} ${next.source} desired`).catch((err: Error) => {
+    a.submit(next.payload, `${config.mqtt?.prefix ?? "fleet"} ${next.source} desired`, { fromGroup: next.fromGroup }).catch((err: Error) => {
       // The document could not even be recorded (db.json unwritable): say so, keep serving.
       a.reject(err instanceof FleetError ? err : new FleetError("E_RUNTIME", err.message));
     });

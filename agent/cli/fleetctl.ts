@@ -4,6 +4,7 @@ import { FleetError } from "../errors.js";
 import { parsePlatform } from "../registry/platform.js";
 import { pushImage } from "../registry/push.js";
 import { parseArgs } from "./args.js";
+import { deployCommand, keygenCommand, rolloutCommand, statusCommand } from "./fleet-commands.js";
 import { printError } from "./output.js";
 
 const HELP = `usage: fleetctl [--config FILE] COMMAND [ARGS]
@@ -17,9 +18,28 @@ Commands:
       --cmd and --entrypoint take one argument each, repeated in order:
       --cmd /bin/httpd --cmd -f
 
-The config file has the device config's format: its "registries" section
-gives the registry credentials and CA. The fleet commands (deploy, rollout,
-status, keygen) are not in this build yet.
+  keygen KEYFILE
+      make an ed25519 signing key: the private key goes to KEYFILE (0600),
+      the public key (for the devices' "trustedKeys") to KEYFILE.pub and stdout
+  deploy --device ID | --group G [--sign-key KEYFILE] FILE
+      publish a desired-state document, retained; without a "generation"
+      in FILE, fleetctl uses one past the generation the topic holds
+  rollout --group G FILE [--waves 5,25,100] [--healthy-within 2m]
+          [--max-failures 10%] [--sign-key KEYFILE]
+      roll FILE out to the group in waves; each wave widens only when the
+      devices in the one before are healthy; too many failures halt the
+      rollout and roll the wave back (exit 1); progress is kept retained
+  rollout abort --group G [--rollback] [--sign-key KEYFILE]
+      stop the group's rollout; with --rollback the wave restores what ran before
+  rollout resume --group G [--sign-key KEYFILE]
+      carry on an interrupted rollout from its retained progress
+  status [--group G] [--watch] [--json] [--share NAME]
+      a table of the devices: online, deployment, phase, last error, age;
+      --share NAME takes live updates through an MQTT 5 shared subscription,
+      so several instances split the stream
+
+The config file has the device config's format: its "mqtt" section names
+the broker, its "registries" section the registry credentials and CA.
 `;
 
 async function push(argv: string[], configPath: string | undefined): Promise<number> {
@@ -69,7 +89,12 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(HELP);
       return name || options.help ? 0 : 2;
     }
-    if (name === "push") return await push(rest, options.config as string | undefined);
+    const configPath = options.config as string | undefined;
+    if (name === "push") return await push(rest, configPath);
+    if (name === "keygen") return await keygenCommand(rest);
+    if (name === "deploy") return await deployCommand(rest, configPath);
+    if (name === "rollout") return await rolloutCommand(rest, configPath);
+    if (name === "status") return await statusCommand(rest, configPath);
     throw new FleetError("E_INVALID_ARGUMENT", `unknown command "${name}" (see fleetctl --help)`, { exitCode: 2 });
   } catch (err) {
     return printError("fleetctl", err);

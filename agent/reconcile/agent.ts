@@ -4,9 +4,8 @@
  * bad one back to the last good deployment. Dependencies come in through the
  * constructor; the transport and the status endpoint only call its methods.
  */
-import { createHash } from "node:crypto";
-import { type DesiredState, desiredState, type ServiceSpec } from "../../schemas/desired.js";
-import { formatIssues } from "../../schemas/format-issues.js";
+import type { KeyObject } from "node:crypto";
+import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
 import type { AgentMetrics, ReportedState, ServiceReport } from "../../schemas/reported.js";
 import { FleetError } from "../errors.js";
 import type { Runtime } from "../runtime/runtime.js";
@@ -14,9 +13,10 @@ import { imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
 import type { LocalStore } from "../store/local-store.js";
 import { batches, pause, runBatch, type StepContext } from "./apply-steps.js";
+import { type Intake, readDesired } from "./desired-intake.js";
 import { type ActualService, plan } from "./plan.js";
-import { serviceContainerSpec } from "./service-container.js";
 import { shouldRestart } from "./restart-policy.js";
+import { serviceContainerSpec } from "./service-container.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
 
 export type Phase = ReportedState["phase"];
@@ -27,6 +27,9 @@ export type AgentEvent = { type: string; [k: string]: unknown };
 
 export interface AgentDeps {
   deviceId: string;
+  groups?: string[];
+  /** Public keys a desired document must be signed with; none: documents need no signature. */
+  trustedKeys?: KeyObject[];
   runtime: Runtime;
   store: LocalStore;
   pull(ref: string, signal: AbortSignal): Promise<ImageRecord>;
@@ -88,24 +91,26 @@ export class Agent {
     if (this.db.data.desired) void this.applyInBackground(this.db.data.desired);
   }
 
-  /** Takes a document from the transport or a file: validates, checks its generation, applies. */
-  async submit(payload: string | Buffer | object, source = "desired"): Promise<"applying" | "ignored" | "rejected"> {
-    let doc: DesiredState;
+  /** Takes a document from the transport or a file: verifies, validates, checks its generation and wave, applies. */
+  async submit(payload: string | Buffer | object, source = "desired", opts: { fromGroup?: boolean } = {}): Promise<"applying" | "ignored" | "rejected"> {
+    let intake: Intake;
     try {
-      const raw = typeof payload === "object" && !Buffer.isBuffer(payload) ? payload : JSON.parse(payload.toString());
-      const parsed = desiredState.safeParse(raw);
-      if (!parsed.success) throw new FleetError("E_INVALID_DESIRED", `${source}: ${formatIssues(parsed.error)}`);
-      doc = parsed.data;
+      intake = readDesired(payload, { deviceId: this.deps.deviceId, source, fromGroup: opts.fromGroup ?? false, trustedKeys: this.deps.trustedKeys ?? [] });
     } catch (err) {
-      const e = err instanceof FleetError ? err : new FleetError("E_INVALID_DESIRED", `${source}: not valid JSON: ${(err as Error).message}`);
-      this.reject(e);
+      this.reject(err instanceof FleetError ? err : new FleetError("E_INVALID_DESIRED", `${source}: ${(err as Error).message}`));
       return "rejected";
+    }
+    const { doc } = intake;
+    if (intake.kind === "notInWave") {
+      this.event({ type: "notInWave", deployment: doc.deployment, generation: doc.generation, percent: doc.rollout.percent });
+      return "ignored";
     }
     const seen = this.db.data.generation;
     if (seen !== null && (doc.generation < seen || (doc.generation === seen && this.db.data.desired?.deployment === doc.deployment))) {
       this.event({ type: "ignored", deployment: doc.deployment, generation: doc.generation, reason: `generation ${doc.generation} is not newer than ${seen}` });
       return "ignored";
     }
+    if (intake.kind === "rollback") return this.rollBackOnRequest(doc);
     // Persisted before anything changes, so a crash mid-apply resumes it.
     this.db.data.desired = doc;
     this.db.data.generation = doc.generation;
@@ -117,6 +122,30 @@ export class Agent {
     return "applying";
   }
 
+  /** An operator's rollback of `doc.deployment`: restores the deployment that was good before it. */
+  private async rollBackOnRequest(doc: DesiredState): Promise<"applying" | "ignored" | "rejected"> {
+    const { desired, lastGood, previousGood } = this.db.data;
+    if (desired?.deployment !== doc.deployment) {
+      this.event({ type: "ignored", deployment: doc.deployment, generation: doc.generation, reason: `rollback of ${doc.deployment}, which this device does not run` });
+      return "ignored";
+    }
+    const target = lastGood && lastGood.deployment !== doc.deployment ? lastGood : previousGood;
+    if (!target || target.deployment === doc.deployment) {
+      this.reject(new FleetError("E_NO_ROLLBACK_TARGET", `rollback of ${doc.deployment} requested, but this device has no earlier good deployment to restore; it keeps running ${doc.deployment}`));
+      return "rejected";
+    }
+    // The restored document takes the rollback's generation, so replaying the rolled-back one is ignored.
+    const restored: DesiredState = { ...target, generation: doc.generation };
+    this.db.data.desired = restored;
+    this.db.data.generation = doc.generation;
+    await this.db.write();
+    this.phase = "pulling";
+    this.lastError = null;
+    this.event({ type: "rollingBack", deployment: doc.deployment, to: target.deployment, reason: "requested by the operator" });
+    void this.applyInBackground(restored, { code: "E_ROLLED_BACK", message: `the operator rolled ${doc.deployment} back; restored ${target.deployment}` });
+    return "applying";
+  }
+
   reject(err: FleetError): void {
     this.phase = "rejected";
     this.lastError = err.toJSON();
@@ -125,13 +154,13 @@ export class Agent {
   }
 
   /** Starts applying `doc`, cancelling an apply in progress; resolves when this apply settles. */
-  applyInBackground(doc: DesiredState): Promise<void> {
+  applyInBackground(doc: DesiredState, rolledBack?: { code: FleetError["code"]; message: string }): Promise<void> {
     const previous = this.current;
     previous?.abort.abort(new FleetError("E_ABORTED", `superseded by generation ${doc.generation}`));
     const abort = new AbortController();
     const done = (async () => {
       await previous?.done;
-      await this.applyWithRollback(doc, abort.signal);
+      await this.applyWithRollback(doc, abort.signal, rolledBack);
     })();
     this.current = { abort, done };
     return done;
@@ -146,20 +175,22 @@ export class Agent {
     }
   }
 
-  private async applyWithRollback(doc: DesiredState, signal: AbortSignal): Promise<void> {
+  /** Applies `doc`; `rolledBack` makes a success report phase rolledBack with that reason (an operator's rollback). */
+  private async applyWithRollback(doc: DesiredState, signal: AbortSignal, rolledBack?: { code: FleetError["code"]; message: string }): Promise<void> {
     const t0 = performance.now();
     this.metrics.appliesTotal++;
     try {
       const changed = await this.applyDoc(doc, signal);
       if (signal.aborted) return; // superseded: the newer apply owns the phase now
-      this.phase = "converged";
-      this.lastError = null;
-      this.event({ type: "converged", deployment: doc.deployment, generation: doc.generation });
+      this.phase = rolledBack ? "rolledBack" : "converged";
+      this.lastError = rolledBack ?? null;
+      this.event(rolledBack ? { type: "rolledBack", to: doc.deployment, reason: rolledBack.message } : { type: "converged", deployment: doc.deployment, generation: doc.generation });
+      if (rolledBack) this.metrics.rollbacksTotal++;
       this.changed();
       // Converged is reported at once; the new services stay on probation for
       // the rest of the health window, and a crash in it still rolls back.
       await this.probation(doc, changed, signal);
-      this.db.data.lastGood = doc;
+      this.markGood(doc);
       await this.db.write();
     } catch (err) {
       if (signal.aborted) return; // a newer document took over
@@ -187,6 +218,12 @@ export class Agent {
       if (this.metrics.applyDurationsMs.length > 100) this.metrics.applyDurationsMs.shift();
       this.changed();
     }
+  }
+
+  private markGood(doc: DesiredState): void {
+    const { lastGood } = this.db.data;
+    if (lastGood && lastGood.deployment !== doc.deployment) this.db.data.previousGood = lastGood;
+    this.db.data.lastGood = doc;
   }
 
   /** Watches the services a deployment changed until its health window closes. */
@@ -364,6 +401,8 @@ export class Agent {
       deployment: desired?.deployment ?? null,
       generation: desired?.generation ?? null,
       phase: this.phase,
+      lastGood: this.db.data.lastGood?.deployment ?? null,
+      groups: this.deps.groups ?? [],
       services,
       lastError: this.lastError,
       agent: { version: this.deps.version, uptimeSec: Math.round((Date.now() - this.startedAt) / 1000), cgroupMode: this.deps.runtime.cgroups.mode },
@@ -377,10 +416,4 @@ export class Agent {
     await this.current?.done;
     for (const sup of this.supervisors.values()) sup.detach();
   }
-}
-
-/** A device is in a rollout wave when a stable hash of (deviceId, deployment) falls below the percent. */
-export function inRolloutWave(deviceId: string, deployment: string, percent: number): boolean {
-  const h = createHash("sha256").update(`${deviceId}\0${deployment}`).digest().readUInt32BE(0);
-  return (h / 0x1_0000_0000) * 100 < percent;
 }

@@ -6,11 +6,12 @@
  * pid is never mistaken for the container.
  */
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, type Stats, statSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { type ContainerSpec, type ContainerSpecInput, type ContainerState, containerSpec, type ExitRecord } from "../../schemas/container.js";
 import { formatIssues } from "../../schemas/format-issues.js";
+import { DEFAULT_ROOT } from "../config/device-config.js";
 import { FleetError, isErrno } from "../errors.js";
 import { capabilitySet } from "./capabilities.js";
 import { Cgroups } from "./cgroup.js";
@@ -43,6 +44,16 @@ export interface RuntimeOptions {
   cgroupParent?: string;
 }
 
+/**
+ * The cgroup parent of a state root's containers: `fleetlet` for the default
+ * root, and one of its own for any other, so that two roots on one host (two
+ * agents under test, `fleetlet run --root`) never share a container's cgroup.
+ */
+export function cgroupParentFor(root: string): string {
+  const r = resolve(root);
+  return r === DEFAULT_ROOT ? "fleetlet" : `fleetlet-${createHash("sha256").update(r).digest("hex").slice(0, 12)}`;
+}
+
 export class Runtime {
   readonly root: string;
   readonly cgroups: Cgroups;
@@ -54,7 +65,7 @@ export class Runtime {
   constructor(opts: RuntimeOptions) {
     this.root = opts.root;
     this.native = opts.native ?? loadNative();
-    this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent);
+    this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
   }
 
   private paths(id: string): ContainerPaths {

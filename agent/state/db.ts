@@ -26,6 +26,8 @@ export interface DbData {
   desired: DesiredState | null;
   /** The last deployment that became healthy: what a rollback restores. */
   lastGood: DesiredState | null;
+  /** The good deployment before lastGood: what an operator's rollback of lastGood restores. */
+  previousGood: DesiredState | null;
   services: Record<string, ServiceRecord>;
   /** The highest generation accepted: older documents are ignored. */
   generation: number | null;
@@ -35,11 +37,12 @@ export type Db = Low<DbData>;
 
 export async function openDb(root: string): Promise<Db> {
   mkdirSync(root, { recursive: true });
-  const db = new Low<DbData>(new JSONFile<DbData>(join(root, "db.json")), { images: {}, desired: null, lastGood: null, services: {}, generation: null });
+  const db = new Low<DbData>(new JSONFile<DbData>(join(root, "db.json")), { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null });
   await db.read();
   db.data.images ??= {};
   db.data.desired ??= null;
   db.data.lastGood ??= null;
+  db.data.previousGood ??= null;
   db.data.services ??= {};
   db.data.generation ??= null;
   return db;

@@ -57,7 +57,7 @@ export function isProgressEvent(type: string): boolean {
 }
 
 /** The URL as it may appear in a log line: without a password. */
-function displayUrl(url: string): string {
+export function displayUrl(url: string): string {
   try {
     const u = new URL(url);
     if (!u.password) return url;
@@ -79,7 +79,7 @@ function readPem(field: "ca" | "cert" | "key", path: string): Buffer {
 }
 
 /** The TLS material of the config, read now (files may be rotated on disk between connects) and checked to be usable. */
-function tlsOptions(m: MqttSessionOptions["mqtt"]): Pick<IClientOptions, "ca" | "cert" | "key"> {
+export function tlsOptions(m: MqttSessionOptions["mqtt"]): Pick<IClientOptions, "ca" | "cert" | "key"> {
   if (!m.ca && !m.cert && !m.key) return {};
   if (!/^(mqtts|wss):/.test(m.url)) throw new FleetError("E_INVALID_CONFIG", `mqtt.url ${displayUrl(m.url)}: mqtt.ca, mqtt.cert or mqtt.key is set but the URL is not TLS; use mqtts:// or wss://`);
   if (Boolean(m.cert) !== Boolean(m.key)) throw new FleetError("E_INVALID_CONFIG", "mqtt.cert and mqtt.key: give both (the client certificate and its private key) or neither");
@@ -93,7 +93,7 @@ function tlsOptions(m: MqttSessionOptions["mqtt"]): Pick<IClientOptions, "ca" | 
 }
 
 /** A sentence for a failed connection, and whether retrying could ever help. */
-function describeFailure(m: MqttSessionOptions["mqtt"], err: Error): { message: string; permanent: boolean } {
+export function describeFailure(m: MqttSessionOptions["mqtt"], err: Error): { message: string; permanent: boolean } {
   const broker = `MQTT broker ${displayUrl(m.url)}`;
   if (err instanceof ErrorWithReasonCode) {
     const permanent = CONFIG_REFUSALS.has(err.code);

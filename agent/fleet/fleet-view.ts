@@ -1,0 +1,88 @@
+/**
+ * The operator's picture of the fleet: every device's retained reported
+ * state and online status, kept current from the broker. `fleetctl status`
+ * prints it; a rollout judges its waves by it.
+ */
+import { type ReportedState, reportedState } from "../../schemas/reported.js";
+import type { FleetClient } from "./fleet-client.js";
+
+export interface DeviceView {
+  deviceId: string;
+  online: boolean | undefined;
+  reported: ReportedState | undefined;
+  /** When the latest reported or status message arrived here (ms since the epoch). */
+  seenAt: number;
+  /** A reported message that did not parse: said in the table, never dropped silently. */
+  unreadable?: string;
+}
+
+export class FleetView {
+  readonly devices = new Map<string, DeviceView>();
+  private readonly listeners = new Set<(d: DeviceView) => void>();
+  messages = 0;
+  bytes = 0;
+
+  private constructor() {}
+
+  /** Subscribes and resolves once the retained state of every device is in. `share` names an MQTT 5 shared subscription group for live updates. */
+  static async open(client: FleetClient, opts: { share?: string } = {}): Promise<FleetView> {
+    const view = new FleetView();
+    const { topics } = client;
+    client.onMessage((topic, payload) => {
+      const t = topics.parse(topic);
+      if (t?.kind !== "device" || (t.channel !== "reported" && t.channel !== "status")) return;
+      view.messages++;
+      view.bytes += payload.length;
+      view.take(t.name, t.channel, payload);
+    });
+    const filters = [topics.anyDevice("reported"), topics.anyDevice("status")];
+    // Retained messages are never sent to a shared subscription, so the snapshot comes
+    // from a plain one first; the live stream is then split between the sharing instances.
+    await client.subscribe(filters);
+    await client.fence();
+    if (opts.share) {
+      await client.unsubscribe(filters);
+      await client.subscribe(filters.map((f) => `$share/${opts.share}/${f}`));
+    }
+    return view;
+  }
+
+  onChange(listener: (d: DeviceView) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private take(deviceId: string, channel: "reported" | "status", payload: Buffer): void {
+    let d = this.devices.get(deviceId);
+    if (!payload.length) {
+      // A cleared retained message: the device was deregistered.
+      if (d && channel === "reported") this.devices.delete(deviceId);
+      return;
+    }
+    if (!d) {
+      d = { deviceId, online: undefined, reported: undefined, seenAt: 0 };
+      this.devices.set(deviceId, d);
+    }
+    d.seenAt = Date.now();
+    try {
+      const doc = JSON.parse(payload.toString()) as unknown;
+      if (channel === "status") d.online = (doc as { online?: unknown }).online === true;
+      else {
+        const parsed = reportedState.safeParse(doc);
+        if (parsed.success) {
+          d.reported = parsed.data;
+          delete d.unreadable;
+        } else d.unreadable = `reported state does not match the schema: ${parsed.error.issues[0]?.path.join(".")}: ${parsed.error.issues[0]?.message}`;
+      }
+    } catch (err) {
+      d.unreadable = `${channel} is not JSON: ${(err as Error).message}`;
+    }
+    for (const l of this.listeners) l(d);
+  }
+
+  /** The devices of `group` (as their reported state names their groups), or all of them. */
+  list(group?: string): DeviceView[] {
+    const all = [...this.devices.values()];
+    return (group ? all.filter((d) => d.reported?.groups?.includes(group)) : all).sort((a, b) => a.deviceId.localeCompare(b.deviceId));
+  }
+}

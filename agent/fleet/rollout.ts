@@ -1,0 +1,195 @@
+/**
+ * A staged rollout to a group: one retained, signed group document per wave
+ * (the broker fans it out), waves widened only once the devices in the current
+ * one are healthy, and the wave rolled back when its failures pass the limit.
+ * Progress is kept retained on `<prefix>/groups/<group>/rollout`.
+ */
+import type { KeyObject } from "node:crypto";
+import { hostname } from "node:os";
+import type { FailureLimit, RolloutFailure, RolloutProgress } from "../../schemas/rollout.js";
+import { rolloutProgress } from "../../schemas/rollout.js";
+import { FleetError } from "../errors.js";
+import { inRolloutWave } from "../reconcile/desired-intake.js";
+import { finishDocument, type RawDocument } from "./desired-document.js";
+import type { FleetClient } from "./fleet-client.js";
+import type { DeviceView, FleetView } from "./fleet-view.js";
+
+export type Standing = "healthy" | "pending" | "failed" | "offline";
+export interface Target {
+  deployment: string;
+  generation: number;
+  /** When the wave's document went out (local clock): a rejection seen after it is this document's. */
+  publishedAt: number;
+}
+
+/** Where one device stands in a wave, with the reason when it failed or is not there yet. */
+export function standing(d: DeviceView, t: Target): { standing: Standing; reason: string } {
+  const r = d.reported;
+  if (r && r.deployment === t.deployment && r.generation !== null && r.generation >= t.generation) {
+    if (r.phase === "failed" || r.phase === "rolledBack") return { standing: "failed", reason: `${r.phase}: ${r.lastError?.message ?? "no reason given"}` };
+    if (r.phase === "converged" && r.lastGood === t.deployment) return { standing: "healthy", reason: "" };
+  }
+  if (r?.phase === "rejected" && d.seenAt >= t.publishedAt) return { standing: "failed", reason: `rejected: ${r.lastError ? `${r.lastError.code}: ${r.lastError.message}` : "no reason given"}` };
+  if (d.online === false) return { standing: "offline", reason: "offline" };
+  if (!r) return { standing: "pending", reason: "has not reported yet" };
+  return { standing: "pending", reason: r.deployment === t.deployment ? `${r.phase}${r.phase === "converged" ? " (in its health window)" : ""}` : `runs ${r.deployment ?? "nothing"} (${r.phase})` };
+}
+
+export function failureAllowance(limit: FailureLimit, devices: number): number {
+  return "count" in limit ? limit.count : Math.floor((devices * limit.percent) / 100);
+}
+
+export interface WaveStatus {
+  percent: number;
+  devices: number;
+  counts: Record<Standing, number>;
+  failures: RolloutFailure[];
+  elapsedMs: number;
+}
+
+/** Judges a wave: done, halted (too many failures) or still going; past the deadline, the pending count as failed. */
+export function judgeWave(devices: DeviceView[], t: Target, percent: number, limit: FailureLimit, elapsedMs: number, healthyWithinMs: number): { verdict: "done" | "halt" | "wait"; status: WaveStatus } {
+  const inWave = devices.filter((d) => inRolloutWave(d.deviceId, t.deployment, percent));
+  const counts: Record<Standing, number> = { healthy: 0, pending: 0, failed: 0, offline: 0 };
+  const failures: RolloutFailure[] = [];
+  const late = elapsedMs > healthyWithinMs;
+  for (const d of inWave) {
+    let s = standing(d, t);
+    if (late && s.standing === "pending") s = { standing: "failed", reason: `not healthy within ${Math.round(healthyWithinMs / 1000)} s: ${s.reason}` };
+    counts[s.standing]++;
+    if (s.standing === "failed") failures.push({ deviceId: d.deviceId, phase: d.reported?.phase ?? "unknown", reason: s.reason });
+  }
+  const status = { percent, devices: inWave.length, counts, failures, elapsedMs };
+  if (counts.failed > failureAllowance(limit, inWave.length)) return { verdict: "halt", status };
+  return { verdict: counts.pending === 0 ? "done" : "wait", status };
+}
+
+export interface RolloutOptions {
+  client: FleetClient;
+  view: FleetView;
+  group: string;
+  /** The document as the operator wrote it (its generation, rollout and signature are set here). */
+  raw: RawDocument;
+  file: string;
+  waves: number[];
+  healthyWithinMs: number;
+  maxFailures: FailureLimit;
+  generation: number;
+  key?: KeyObject;
+  /** Progress of an interrupted rollout of the same deployment: carries on at its wave. */
+  resume?: RolloutProgress;
+  onProgress?: (p: RolloutProgress, wave: WaveStatus) => void;
+  /** How often the wave is judged; default 200 ms. */
+  tickMs?: number;
+}
+
+export class Rollout {
+  progress: RolloutProgress;
+  private lastPublished = 0;
+
+  constructor(private readonly o: RolloutOptions) {
+    const now = new Date().toISOString();
+    const deployment = String(o.raw.deployment);
+    this.progress = o.resume
+      ? { ...o.resume, state: "running", by: hostname(), updatedAt: now }
+      : { apiVersion: "fleetlet/v1", kind: "rollout", group: o.group, deployment, generation: o.generation, waves: o.waves, healthyWithinMs: o.healthyWithinMs, maxFailures: o.maxFailures, state: "running", wave: 0, waveStartedAt: now, waveTimesMs: [], counts: {}, failures: [], by: hostname(), startedAt: now, updatedAt: now };
+  }
+
+  private get topic(): string {
+    return `${this.o.client.topics.prefix}/groups/${this.o.group}/rollout`;
+  }
+
+  private async saveProgress(force: boolean): Promise<void> {
+    if (!force && Date.now() - this.lastPublished < 1000) return;
+    this.lastPublished = Date.now();
+    this.progress.updatedAt = new Date().toISOString();
+    await this.o.client.publish(this.topic, JSON.stringify(this.progress), { retain: true });
+  }
+
+  private publishWave(percent: number, rollback = false, generation = this.progress.generation): Promise<void> {
+    const { payload } = finishDocument(this.o.raw, { generation, rollout: { percent, ...(rollback ? { rollback } : {}) } }, { file: this.o.file, ...(this.o.key ? { key: this.o.key } : {}) });
+    return this.o.client.publish(this.o.client.topics.groupDesired(this.o.group), payload, { retain: true });
+  }
+
+  /** Drives the waves; resolves with the final progress (state done, halted or aborted). */
+  async run(): Promise<RolloutProgress> {
+    const { client, view, group } = this.o;
+    let abortedBy: string | undefined;
+    const off = client.onMessage((topic, payload) => {
+      if (topic !== this.topic || !payload.length) return;
+      const p = rolloutProgress.safeParse(JSON.parse(payload.toString()));
+      if (p.success && p.data.state === "aborted" && p.data.deployment === this.progress.deployment) abortedBy = p.data.by;
+    });
+    await client.subscribe([this.topic]);
+    await client.fence();
+    abortedBy = undefined; // our own retained record, or an earlier abort we are resuming from
+    try {
+      for (let i = this.progress.wave; i < this.progress.waves.length; i++) {
+        const percent = this.progress.waves[i]!;
+        // A resumed wave gets a fresh health window: the devices were not idle while fleetctl was away.
+        this.progress.waveStartedAt = new Date().toISOString();
+        this.progress.wave = i;
+        const target: Target = { deployment: this.progress.deployment, generation: this.progress.generation, publishedAt: Date.now() };
+        await this.publishWave(percent);
+        await this.saveProgress(true);
+        const started = Date.parse(this.progress.waveStartedAt);
+        for (;;) {
+          if (abortedBy !== undefined) {
+            this.progress.state = "aborted";
+            this.progress.reason = `aborted by ${abortedBy}`;
+            return this.progress;
+          }
+          const { verdict, status } = judgeWave(view.list(group), target, percent, this.progress.maxFailures, Date.now() - started, this.progress.healthyWithinMs);
+          this.progress.counts = { ...status.counts };
+          this.progress.failures = status.failures;
+          this.o.onProgress?.(this.progress, status);
+          if (verdict === "halt") return await this.halt(percent, status);
+          if (verdict === "done") break;
+          await this.saveProgress(false);
+          await new Promise((r) => setTimeout(r, this.o.tickMs ?? 200));
+        }
+        this.progress.waveTimesMs[i] = Date.now() - started;
+      }
+      this.progress.state = "done";
+      return this.progress;
+    } finally {
+      off();
+      if (this.progress.state === "running") this.progress.state = "aborted"; // an exception: say the rollout stopped
+      await this.saveProgress(true).catch((err: Error) => process.stderr.write(`fleetctl: could not record the rollout's progress: ${err.message}\n`));
+    }
+  }
+
+  /** Too many failures: the devices in this wave restore what ran before. */
+  private async halt(percent: number, status: WaveStatus): Promise<RolloutProgress> {
+    const limit = failureAllowance(this.progress.maxFailures, status.devices);
+    this.progress.state = "halted";
+    this.progress.reason = `${status.counts.failed} of ${status.devices} device(s) in wave ${this.progress.wave + 1} (${percent}%) failed, more than the ${limit} allowed; the wave was rolled back`;
+    await this.publishWave(percent, true, this.progress.generation + 1);
+    await this.saveProgress(true);
+    return this.progress;
+  }
+}
+
+/** "5,25,100" → [5, 25, 100]: increasing percentages ending at 100 or below. */
+export function parseWaves(text: string): number[] {
+  const waves = text.split(",").map((s) => Number(s.trim()));
+  if (!waves.length || waves.some((w) => !Number.isFinite(w) || w <= 0 || w > 100)) throw new FleetError("E_INVALID_ARGUMENT", `--waves ${text}: expected percentages between 1 and 100, e.g. 5,25,100`, { exitCode: 2 });
+  if (waves.some((w, i) => i > 0 && w <= waves[i - 1]!)) throw new FleetError("E_INVALID_ARGUMENT", `--waves ${text}: each wave must be wider than the one before`, { exitCode: 2 });
+  return waves;
+}
+
+/** "10%" → {percent: 10}; "3" → {count: 3}. */
+export function parseFailureLimit(text: string): FailureLimit {
+  const m = /^(\d+(?:\.\d+)?)(%?)$/.exec(text.trim());
+  if (!m || (m[2] && Number(m[1]) > 100) || (!m[2] && !Number.isInteger(Number(m[1])))) throw new FleetError("E_INVALID_ARGUMENT", `--max-failures ${text}: expected a count (3) or a percentage of the wave (10%)`, { exitCode: 2 });
+  return m[2] ? { percent: Number(m[1]) } : { count: Number(m[1]) };
+}
+
+/** "2m", "90s", "1500ms", "1h" → milliseconds. */
+export function parseDuration(text: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
+  if (!m) throw new FleetError("E_INVALID_ARGUMENT", `${what} ${text}: expected a duration such as 90s, 2m or 1h`, { exitCode: 2 });
+  const ms = Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as "ms"];
+  if (ms <= 0) throw new FleetError("E_INVALID_ARGUMENT", `${what} ${text}: must be longer than zero`, { exitCode: 2 });
+  return Math.round(ms);
+}

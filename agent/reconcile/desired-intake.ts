@@ -1,0 +1,53 @@
+/**
+ * What the agent makes of one desired-state message, before anything runs:
+ * parse, check the signature (when the device trusts keys), validate, and for
+ * group documents decide whether this device is in the rollout wave.
+ *
+ * Wave semantics (README, "Staged rollouts"): a device is in the wave of a
+ * group document when a stable hash of (deviceId, deployment) falls below
+ * `rollout.percent`; outside it, the device keeps what it runs. Raising the
+ * percent only adds devices. `rollout.rollback: true` makes the devices in the
+ * wave that run that deployment restore the deployment that was good before it.
+ */
+import { createHash, type KeyObject } from "node:crypto";
+import { type DesiredState, desiredState } from "../../schemas/desired.js";
+import { formatIssues } from "../../schemas/format-issues.js";
+import { FleetError } from "../errors.js";
+import { verifyDocument } from "../fleet/signature.js";
+
+export type Intake = { kind: "apply"; doc: DesiredState } | { kind: "rollback"; doc: DesiredState } | { kind: "notInWave"; doc: DesiredState };
+
+export interface IntakeOptions {
+  deviceId: string;
+  /** Where the document came from, for messages ("fleet group pilot desired", a file name). */
+  source: string;
+  /** Group documents are subject to the rollout wave; a device's own document is not. */
+  fromGroup: boolean;
+  trustedKeys: KeyObject[];
+}
+
+/** A device is in a rollout wave when a stable hash of (deviceId, deployment) falls below the percent. */
+export function inRolloutWave(deviceId: string, deployment: string, percent: number): boolean {
+  const h = createHash("sha256").update(`${deviceId}\0${deployment}`).digest().readUInt32BE(0);
+  return (h / 0x1_0000_0000) * 100 < percent;
+}
+
+/** Reads a message; throws E_INVALID_DESIRED or E_BAD_SIGNATURE naming the field and the reason. */
+export function readDesired(payload: string | Buffer | object, opts: IntakeOptions): Intake {
+  let raw: unknown;
+  if (typeof payload === "object" && !Buffer.isBuffer(payload)) raw = payload;
+  else {
+    try {
+      raw = JSON.parse(payload.toString());
+    } catch (err) {
+      throw new FleetError("E_INVALID_DESIRED", `${opts.source}: not valid JSON: ${(err as Error).message}`);
+    }
+  }
+  // The signature covers the document as published, before defaults are filled in.
+  verifyDocument(raw, opts.trustedKeys, opts.source);
+  const parsed = desiredState.safeParse(raw);
+  if (!parsed.success) throw new FleetError("E_INVALID_DESIRED", `${opts.source}: ${formatIssues(parsed.error)}`);
+  const doc = parsed.data;
+  if (opts.fromGroup && !inRolloutWave(opts.deviceId, doc.deployment, doc.rollout.percent)) return { kind: "notInWave", doc };
+  return { kind: opts.fromGroup && doc.rollout.rollback ? "rollback" : "apply", doc };
+}

@@ -1,0 +1,35 @@
+/**
+ * A staged rollout's progress, kept retained on `<prefix>/groups/<group>/rollout`
+ * so that a restarted fleetctl picks the rollout up and every operator sees it.
+ */
+import { z } from "zod";
+
+export const failureLimit = z.union([z.object({ percent: z.number().min(0).max(100) }), z.object({ count: z.number().int().nonnegative() })]);
+export type FailureLimit = z.infer<typeof failureLimit>;
+
+export const rolloutFailure = z.object({ deviceId: z.string(), phase: z.string(), reason: z.string() });
+export type RolloutFailure = z.infer<typeof rolloutFailure>;
+
+export const rolloutProgress = z.object({
+  apiVersion: z.literal("fleetlet/v1"),
+  kind: z.literal("rollout"),
+  group: z.string(),
+  deployment: z.string(),
+  generation: z.number().int().nonnegative(),
+  waves: z.array(z.number().min(0).max(100)).min(1),
+  healthyWithinMs: z.number().int().positive(),
+  maxFailures: failureLimit,
+  /** running: a fleetctl drives it; done: every wave healthy; halted: failures passed the limit and the wave was rolled back; aborted: an operator stopped it. */
+  state: z.enum(["running", "done", "halted", "aborted"]),
+  /** Index into `waves` of the wave under way (or the last one, once finished). */
+  wave: z.number().int().nonnegative(),
+  waveStartedAt: z.string(),
+  waveTimesMs: z.array(z.number().nonnegative()),
+  counts: z.record(z.string(), z.number().int().nonnegative()),
+  failures: z.array(rolloutFailure),
+  reason: z.string().optional(),
+  by: z.string(),
+  startedAt: z.string(),
+  updatedAt: z.string(),
+});
+export type RolloutProgress = z.infer<typeof rolloutProgress>;

@@ -1,0 +1,233 @@
+/**
+ * Staged rollouts end to end: three real agents (real containers) in one
+ * group behind a real mosquitto with TLS and client certificates, driven by
+ * the real `fleetctl` as an operator would, with signed documents.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { createPrivateKey } from "node:crypto";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import mqtt from "mqtt";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { signDocument } from "../../agent/fleet/signature.js";
+import { inRolloutWave } from "../../agent/reconcile/desired-intake.js";
+import type { ReportedState } from "../../schemas/reported.js";
+import { FLEETCTL_BIN, FLEETLET_BIN, runCli } from "../helpers/fleetlet-cli.js";
+import { freePort } from "../helpers/free-port.js";
+import { startMosquitto } from "../helpers/mosquitto.js";
+import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
+import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+
+const rootfs = inject("busyboxRootfs");
+const DEVICES = ["dev-f1", "dev-f2", "dev-f3"];
+const GROUP = "pilot";
+let reg: RegistryFixture;
+let broker: Awaited<ReturnType<typeof startMosquitto>>;
+let work: string;
+let opConfig: string;
+let image: string;
+let keyFile: string;
+let watcher: mqtt.MqttClient;
+const roots = new Map<string, string>();
+const configs = new Map<string, string>();
+const agents = new Map<string, ChildProcess>();
+/** Every reported state seen, in arrival order. */
+const seen: ReportedState[] = [];
+const latest = (id: string) => seen.findLast((r) => r.deviceId === id);
+
+function startAgent(id: string): void {
+  const p = spawn(process.execPath, [FLEETLET_BIN, "--root", roots.get(id)!, "--config", configs.get(id)!, "agent", "--heartbeat", "2"], { stdio: ["ignore", "ignore", "pipe"] });
+  p.stderr!.on("data", () => {
+    // drained so the agent never blocks on a full pipe
+  });
+  agents.set(id, p);
+}
+
+async function stopAgent(id: string): Promise<void> {
+  const p = agents.get(id)!;
+  const exit = new Promise((r) => p.once("exit", r));
+  p.kill("SIGTERM");
+  await exit;
+}
+
+async function until<T>(what: string, probe: () => T | undefined, ms = 40_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; latest: ${JSON.stringify(DEVICES.map(latest))}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** A deployment name whose 34% wave holds exactly `inWave` of the three devices. */
+function deploymentFor(base: string, inWave: string): string {
+  for (let i = 0; ; i++) {
+    const name = `${base}.${i}`;
+    if (DEVICES.every((d) => inRolloutWave(d, name, 34) === (d === inWave))) return name;
+  }
+}
+
+function docFile(name: string, deployment: string, command: string): string {
+  const file = join(work, `${name}.json`);
+  writeFileSync(file, JSON.stringify({ apiVersion: "fleetlet/v1", deployment, services: { web: { image, command: ["/bin/sh", "-c", command], restart: "never", stopTimeoutMs: 300 } }, update: { healthyWithinMs: 1500 } }));
+  return file;
+}
+
+const fleetctl = (args: string[]) => runCli("fleetctl", ["--config", opConfig, ...args]);
+const pidOf = (id: string) => latest(id)?.services.web?.pid;
+
+beforeAll(async () => {
+  [reg, broker] = await Promise.all([startRegistry({ auth: "htpasswd" }), startMosquitto({ clientCerts: true })]);
+  work = mkdtempSync(join(tmpdir(), "fleetlet-fleet-"));
+  keyFile = join(work, "ops.key");
+  const keygen = await runCli("fleetctl", ["keygen", keyFile]);
+  expect(keygen.status, keygen.stderr).toBe(0);
+  const pub = keygen.stdout.trim();
+  const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+  const op = broker.clientCert("operator");
+  opConfig = join(work, "operator.json");
+  writeFileSync(opConfig, JSON.stringify({ mqtt: { url: broker.url, ca: broker.caFile, ...op }, registries }));
+  image = `${reg.host}/fleet/busybox:1`;
+  const push = await fleetctl(["push", rootfs, image]);
+  expect(push.status, push.stderr).toBe(0);
+  for (const id of DEVICES) {
+    roots.set(id, freshRoot());
+    const config = join(work, `${id}.json`);
+    const port = await freePort();
+    writeFileSync(config, JSON.stringify({ deviceId: id, groups: [GROUP], mqtt: { url: broker.url, ca: broker.caFile, ...broker.clientCert(id) }, registries, api: { listen: `127.0.0.1:${port}`, socket: join(work, `${id}.sock`) }, trustedKeys: [pub] }));
+    configs.set(id, config);
+  }
+  watcher = mqtt.connect(broker.url, { ca: readFileSync(broker.caFile), ...(() => { const c = broker.clientCert("watcher"); return { cert: readFileSync(c.cert), key: readFileSync(c.key) }; })() });
+  await new Promise((r) => watcher.once("connect", r));
+  await watcher.subscribeAsync("fleet/devices/+/reported", { qos: 1 });
+  watcher.on("message", (_t, payload) => {
+    if (payload.length) seen.push(JSON.parse(payload.toString()));
+  });
+  for (const id of DEVICES) startAgent(id);
+  await until("all agents online", () => (DEVICES.every((d) => latest(d)) ? true : undefined));
+});
+
+afterAll(async () => {
+  for (const p of agents.values()) p.kill("SIGTERM");
+  await Promise.all([...agents.values()].map((p) => (p.exitCode === null && p.signalCode === null ? new Promise((r) => p.once("exit", r)) : undefined)));
+  watcher?.end(true);
+  for (const root of roots.values()) await cleanupRoot(root);
+  await Promise.all([reg?.stop(), broker?.stop()]);
+});
+
+describe("fleetctl rollout", () => {
+  let good1: string;
+
+  it("rolls a deployment out in waves 34,100: the wave goes first, all converge, and fleetctl status shows it", async () => {
+    good1 = deploymentFor("good-1", "dev-f2");
+    const r = await fleetctl(["rollout", "--group", GROUP, docFile("good1", good1, "exec sleep 1000"), "--waves", "34,100", "--healthy-within", "60s", "--max-failures", "0", "--sign-key", keyFile]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`rollout of ${good1} .*: done, wave 2/2`));
+    expect(r.stderr).toMatch(/wave 1\/2 \(34%\): 1 device\(s\): 1 healthy/);
+    expect(r.stderr).toMatch(/wave 2\/2 \(100%\): 3 device\(s\): 3 healthy/);
+    // The device in the first wave was healthy before the others even started pulling.
+    const firstHealthy = seen.findIndex((s) => s.deviceId === "dev-f2" && s.lastGood === good1);
+    const othersStarted = seen.findIndex((s) => s.deviceId !== "dev-f2" && s.deployment === good1);
+    expect(firstHealthy).toBeGreaterThanOrEqual(0);
+    expect(othersStarted).toBeGreaterThan(firstHealthy);
+    for (const id of DEVICES) expect(latest(id)).toMatchObject({ deployment: good1, phase: "converged", lastGood: good1, groups: [GROUP] });
+
+    const status = await fleetctl(["status", "--group", GROUP]);
+    expect(status.status, status.stderr).toBe(0);
+    expect(status.stdout).toMatch(/3 device\(s\) in group pilot, 3 online/);
+    expect(status.stdout).toMatch(new RegExp(`rollout of ${good1} .*: done`));
+    for (const id of DEVICES) expect(status.stdout).toMatch(new RegExp(`^${id}\\s+yes\\s+${good1.replace(/\./g, "\\.")}\\s+\\d+\\s+converged`, "m"));
+    const json = JSON.parse((await fleetctl(["status", "--group", GROUP, "--json"])).stdout) as { deviceId: string; online: boolean }[];
+    expect(json.map((d) => [d.deviceId, d.online])).toEqual(DEVICES.map((d) => [d, true]));
+  });
+
+  it("halts a broken deployment after the first wave: that wave rolls back, the others are untouched", async () => {
+    const broken = deploymentFor("broken", "dev-f1");
+    const before = new Map(DEVICES.map((d) => [d, { pid: pidOf(d), generation: latest(d)!.generation }]));
+    const r = await fleetctl(["rollout", "--group", GROUP, docFile("broken", broken, "exit 3"), "--waves", "34,100", "--healthy-within", "30s", "--max-failures", "10%", "--sign-key", keyFile]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("E_ROLLOUT_HALTED");
+    expect(r.stdout).toMatch(/halted, wave 1\/2 \(34%\)/);
+    expect(r.stdout).toMatch(/dev-f1: (failed|rolledBack): /);
+    // The wave's device restores good1 (its own health gate already had; the operator's rollback confirms it).
+    const back = await until("dev-f1 rolled back by the operator", () => {
+      const s = latest("dev-f1");
+      return s?.phase === "rolledBack" && s.deployment === good1 && s.services.web?.state === "running" ? s : undefined;
+    });
+    expect(back.lastError?.code).toBe("E_ROLLED_BACK");
+    for (const id of ["dev-f2", "dev-f3"]) {
+      expect(latest(id)).toMatchObject({ deployment: good1, phase: "converged", generation: before.get(id)!.generation });
+      expect(pidOf(id), JSON.stringify(latest(id))).toBe(before.get(id)!.pid);
+    }
+  });
+
+  it("resumes an interrupted rollout from its retained progress after fleetctl is killed", async () => {
+    const good2 = deploymentFor("good-2", "dev-f3");
+    const file = join(work, "good2.json");
+    writeFileSync(file, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: good2, services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1001"], stopTimeoutMs: 300 } }, update: { healthyWithinMs: 4000 } }));
+    const first = spawn(process.execPath, [FLEETCTL_BIN, "--config", opConfig, "rollout", "--group", GROUP, file, "--waves", "34,100", "--healthy-within", "60s", "--sign-key", keyFile], { stdio: "ignore" });
+    // Killed while the first wave is still in its health window.
+    await until("dev-f3 pulling good2", () => (latest("dev-f3")?.deployment === good2 ? true : undefined));
+    first.kill("SIGKILL");
+    await new Promise((r) => first.once("exit", r));
+    const mid = await fleetctl(["status", "--group", GROUP]);
+    expect(mid.stdout).toMatch(new RegExp(`rollout of ${good2} .*: running, wave 1/2`));
+    const r = await fleetctl(["rollout", "resume", "--group", GROUP, "--sign-key", keyFile]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`rollout of ${good2} .*: done, wave 2/2`));
+    for (const id of DEVICES) expect(latest(id)).toMatchObject({ deployment: good2, phase: "converged", lastGood: good2 });
+  });
+
+  it("does not wait for an offline device, which converges when it comes back", async () => {
+    const good3 = deploymentFor("good-3", "dev-f1");
+    await stopAgent("dev-f3");
+    const r = await fleetctl(["rollout", "--group", GROUP, docFile("good3", good3, "exec sleep 1002"), "--waves", "34,100", "--healthy-within", "60s", "--sign-key", keyFile]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/wave 2\/2 \(100%\): 3 device\(s\): 2 healthy, 0 pending, 0 failed, 1 offline/);
+    expect(latest("dev-f3")?.deployment).not.toBe(good3);
+    startAgent("dev-f3");
+    await until("dev-f3 converged on good3 after coming back", () => (latest("dev-f3")?.deployment === good3 && latest("dev-f3")?.phase === "converged" ? true : undefined));
+  });
+});
+
+describe("signed desired state", () => {
+  const publish = (id: string, doc: unknown) => watcher.publishAsync(`fleet/devices/${id}/desired`, typeof doc === "string" ? doc : JSON.stringify(doc), { qos: 1, retain: true });
+  const deviceDoc = (generation: number) => ({ apiVersion: "fleetlet/v1", deployment: "device-own", generation, services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1003"] } } });
+
+  it("rejects unsigned, tampered and foreign-signed documents with E_BAD_SIGNATURE and leaves the service running", async () => {
+    const pid = pidOf("dev-f2");
+    const generation = latest("dev-f2")!.generation;
+    const key = createPrivateKey(readFileSync(keyFile));
+    const foreign = (await import("node:crypto")).generateKeyPairSync("ed25519").privateKey;
+    const cases: [string, unknown][] = [
+      ["unsigned", deviceDoc(100)],
+      ["tampered", { ...signDocument(deviceDoc(101), key), deployment: "device-evil" }],
+      ["signed by an unknown key", signDocument(deviceDoc(102), foreign)],
+    ];
+    for (const [what, doc] of cases) {
+      const mark = seen.length;
+      await publish("dev-f2", doc);
+      const r = await until(`${what} document rejected`, () => seen.slice(mark).find((s) => s.deviceId === "dev-f2" && s.phase === "rejected"));
+      expect(r.lastError?.code, what).toBe("E_BAD_SIGNATURE");
+      expect(r.generation, what).toBe(generation);
+      expect(r.services.web?.pid, what).toBe(pid);
+    }
+  });
+
+  it("applies a properly signed device document, and ignores a replay of an older one", async () => {
+    const key = createPrivateKey(readFileSync(keyFile));
+    const old = signDocument(deviceDoc(200), key);
+    await publish("dev-f2", signDocument(deviceDoc(201), key));
+    await until("device-own converged", () => (latest("dev-f2")?.deployment === "device-own" && latest("dev-f2")?.phase === "converged" ? true : undefined));
+    const pid = pidOf("dev-f2");
+    const mark = seen.length;
+    await publish("dev-f2", old);
+    await new Promise((r) => setTimeout(r, 2500)); // a heartbeat (2 s) reports after the replay
+    const after = seen.slice(mark).filter((s) => s.deviceId === "dev-f2");
+    expect(after.length).toBeGreaterThan(0);
+    expect(after.at(-1)).toMatchObject({ deployment: "device-own", generation: 201, phase: "converged" });
+    expect(after.at(-1)!.services.web?.pid).toBe(pid);
+  });
+});
