@@ -24,6 +24,22 @@ export interface MosquittoOptions {
   passwordFile?: { username: string; password: string };
   /** Path of a mosquitto ACL file. */
   aclFile?: string;
+  /**
+   * The whole mosquitto.conf, in place of the one this fixture writes: for
+   * testing a config kept elsewhere (deploy/mosquitto/mosquitto.conf). It gets
+   * the port and the fixture's files; tls/clientCerts still make the CA and
+   * the broker's certificate, and passwordFile still writes `dir`/passwd.
+   */
+  config?: (files: BrokerFiles) => string;
+}
+
+/** What a custom config may point at: the fixture's port, temp dir and TLS files ("" without tls). */
+export interface BrokerFiles {
+  port: number;
+  dir: string;
+  cafile: string;
+  certfile: string;
+  keyfile: string;
 }
 
 export interface MosquittoFixture {
@@ -34,6 +50,8 @@ export interface MosquittoFixture {
   clientCert(cn: string): { cert: string; key: string };
   /** Stops the broker (SIGTERM) and starts it again on the same port with the same config. */
   restart(): Promise<void>;
+  /** Sends SIGHUP: mosquitto rereads its config, ACL and certificates in its next loop; poll for the effect. */
+  reload(): void;
   stop(): Promise<void>; // kills the broker, waits for it, removes the temp dir; idempotent
   kill9(): void; // SIGKILLs the broker at once (stop() still cleans up)
 }
@@ -76,6 +94,7 @@ interface ServerTls {
 }
 
 function configText(root: string, port: number, opts: MosquittoOptions, tls: ServerTls | undefined): string {
+  if (opts.config) return opts.config({ port, dir: root, cafile: tls?.ca ?? "", certfile: tls?.cert ?? "", keyfile: tls?.key ?? "" });
   const lines = [
     // Run as root, mosquitto would switch to the `mosquitto` user, which cannot read our 0700 temp dir.
     "user root",
@@ -209,6 +228,9 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
       restart: async () => {
         await terminate(run!.child);
         run = await serve(root, port, opts, server);
+      },
+      reload: () => {
+        run?.child.kill("SIGHUP");
       },
       stop: () => {
         stopping ??= cleanup();
