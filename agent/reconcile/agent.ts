@@ -8,13 +8,13 @@ import type { KeyObject } from "node:crypto";
 import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
 import type { AgentMetrics, ReportedState, ServiceReport } from "../../schemas/reported.js";
 import { FleetError } from "../errors.js";
-import type { Runtime } from "../runtime/runtime.js";
 import { imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
 import type { LocalStore } from "../store/local-store.js";
 import { batches, pause, runBatch, type StepContext } from "./apply-steps.js";
+import type { ContainerDriver } from "./container-driver.js";
 import { type Intake, readDesired } from "./desired-intake.js";
-import { type ActualService, plan } from "./plan.js";
+import { type ActualService, plan, type Step } from "./plan.js";
 import { shouldRestart } from "./restart-policy.js";
 import { serviceContainerSpec } from "./service-container.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
@@ -25,13 +25,16 @@ export type Phase = ReportedState["phase"];
 export const PROBATION_MAX_MS = 10_000;
 export type AgentEvent = { type: string; [k: string]: unknown };
 
+/** What the agent uses of the local store: db.json, the image records, and an image's layer dirs. */
+export type AgentStore = Pick<LocalStore, "db" | "images" | "layerDirs">;
+
 export interface AgentDeps {
   deviceId: string;
   groups?: string[];
   /** Public keys a desired document must be signed with; none: documents need no signature. */
   trustedKeys?: KeyObject[];
-  runtime: Runtime;
-  store: LocalStore;
+  runtime: ContainerDriver;
+  store: AgentStore;
   pull(ref: string, signal: AbortSignal): Promise<ImageRecord>;
   version: string;
   onEvent?: (e: AgentEvent) => void;
@@ -72,7 +75,7 @@ export class Agent {
       }
     }
     for (const [service, rec] of Object.entries(this.db.data.services)) {
-      let info: ReturnType<Runtime["inspect"]>;
+      let info: ReturnType<ContainerDriver["inspect"]>;
       try {
         info = this.deps.runtime.inspect(rec.containerId);
       } catch (err) {
@@ -244,16 +247,7 @@ export class Agent {
 
   /** Applies `doc`; resolves with the services it started or replaced. */
   private async applyDoc(doc: DesiredState, signal: AbortSignal): Promise<string[]> {
-    this.phase = "pulling";
-    this.changed();
     const images = new Map<string, ImageRecord>();
-    for (const spec of Object.values(doc.services)) {
-      if (!images.has(spec.image)) images.set(spec.image, await this.deps.pull(spec.image, signal));
-    }
-    const digests = new Map([...images].map(([ref, rec]) => [ref, rec.digest]));
-    const steps = plan(doc, this.actualServices(), digests);
-    this.phase = "applying";
-    this.changed();
     const ctx: StepContext = {
       signal,
       deployment: doc.deployment,
@@ -265,11 +259,36 @@ export class Agent {
       unhealthyReason: (service) => this.unhealthyReason(service),
       event: (e) => this.event(e),
     };
-    for (const batch of batches(steps)) {
-      signal.throwIfAborted();
-      await runBatch(batch, ctx);
-      this.changed();
+    const run = async (steps: Step[]) => {
+      for (const batch of batches(steps)) {
+        signal.throwIfAborted();
+        await runBatch(batch, ctx);
+        this.changed();
+      }
+    };
+    if (doc.update.strategy === "stop-then-download") {
+      // Short of disk: whatever will change stops and goes before a byte is
+      // downloaded. Digests come from the local store; an image not there yet
+      // means its service changes.
+      this.phase = "applying";
+      const local = new Map(Object.values(doc.services).flatMap((spec) => {
+        const rec = this.deps.store.images.get(spec.image);
+        return rec ? [[spec.image, rec.digest] as const] : [];
+      }));
+      await run(plan(doc, this.actualServices(), local).filter((s) => s.kind === "stop" || s.kind === "remove"));
     }
+    this.phase = "pulling";
+    this.changed();
+    for (const spec of Object.values(doc.services)) {
+      if (images.has(spec.image)) continue;
+      this.event({ type: "pulling", image: spec.image });
+      images.set(spec.image, await this.deps.pull(spec.image, signal));
+    }
+    const digests = new Map([...images].map(([ref, rec]) => [ref, rec.digest]));
+    const steps = plan(doc, this.actualServices(), digests);
+    this.phase = "applying";
+    this.changed();
+    await run(steps);
     return steps.flatMap((s) => (s.kind === "start" ? [s.service] : []));
   }
 

@@ -7,6 +7,7 @@
  */
 import { createHash } from "node:crypto";
 import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
+import { canonicalJson } from "../canonical-json.js";
 
 export interface ActualService {
   name: string;
@@ -27,16 +28,7 @@ export type Step =
 
 export type StepKind = Step["kind"];
 
-/** Canonical JSON: object keys sorted, so equal specs hash equal. */
-export function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
-  if (value && typeof value === "object") {
-    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
-    return `{${entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
-  }
-  return JSON.stringify(value);
-}
-
+/** The spec and image digest as canonical JSON (RFC 8785), hashed: equal specs hash equal. */
 export function specHash(spec: ServiceSpec, imageDigest: string): string {
   return createHash("sha256").update(canonicalJson({ spec, imageDigest })).digest("hex");
 }
@@ -72,7 +64,8 @@ export function plan(desired: DesiredState, actual: Map<string, ActualService>, 
       continue;
     }
     if (current) {
-      stopOld.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: spec.stopTimeoutMs, signal: spec.stopSignal });
+      // The old container stops the way its own spec says, not the new one's.
+      stopOld.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: current.stopTimeoutMs ?? spec.stopTimeoutMs, signal: current.stopSignal ?? spec.stopSignal });
       removeOld.push({ kind: "remove", service: name, containerId: current.containerId });
     }
     starts.push({ kind: "start", service: name, spec, hash, containerId: containerName(name, hash) });

@@ -146,6 +146,18 @@ describe("fleetlet apply", () => {
     expect(fleetlet(root, ["ps"]).stdout.match(/^web\./gm)?.length).toBe(1);
   });
 
+  it.each([
+    ["download-then-swap", ["pulling", "stopped"]],
+    ["stop-then-download", ["stopped", "pulling"]],
+  ])("under %s, orders the download and the stop of the old container", async (strategy, order) => {
+    const ref = `${reg.host}/apply/busybox:${strategy}`;
+    expect(fleetctl(["--config", config, "push", "--env", `S=${strategy}`, rootfs, ref]).status).toBe(0);
+    const r = await apply(desired({ web: { ...web(strategy), image: ref } }, { update: { strategy, healthyWithinMs: 4000 } }));
+    expect(r.status, r.stderr).toBe(0);
+    const events = r.stderr.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { type: string; image?: string });
+    expect(events.filter((e) => (e.type === "pulling" && e.image === ref) || e.type === "stopped").map((e) => e.type)).toEqual(order);
+  });
+
   it("stops and removes services that are no longer desired", async () => {
     const r = await apply(desired({ other: { image, command: ["sleep", "1000"] } }));
     expect(r.status, r.stderr).toBe(0);

@@ -1,7 +1,7 @@
 /** The pure parts of the fleet side: canonical JSON, signatures, rollout waves and their verdicts. */
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { canonicalJson } from "../../agent/fleet/canonical-json.js";
+import { canonicalJson } from "../../agent/canonical-json.js";
 import type { DeviceView } from "../../agent/fleet/fleet-view.js";
 import { judgeWave, parseDuration, parseFailureLimit, parseWaves, standing } from "../../agent/fleet/rollout.js";
 import { publicKeyFromBase64, publicKeyToBase64, signDocument, verifyDocument } from "../../agent/fleet/signature.js";

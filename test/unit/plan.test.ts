@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
+import { canonicalJson } from "../../agent/canonical-json.js";
 import { batches } from "../../agent/reconcile/apply-steps.js";
-import { type ActualService, canonicalJson, containerName, plan, specHash } from "../../agent/reconcile/plan.js";
+import { type ActualService, containerName, plan, specHash } from "../../agent/reconcile/plan.js";
 import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
 
 const IMG = "reg.local:5000/acme/web:1";
@@ -34,6 +35,14 @@ describe("plan", () => {
     const old = doc({ web });
     const next = doc({ web: { ...web, env: { PORT: "9090" } } });
     expect(kinds(plan(next, new Map([["web", running("web", old)]]), new Map([[IMG, D1]])))).toEqual(["pull:web", "stop:web", "remove:web", "start:web", "await-healthy:web"]);
+  });
+
+  it("stops the old container with its own stop signal and timeout, not the new spec's", () => {
+    const old = doc({ web: { ...web, stopSignal: "SIGINT", stopTimeoutMs: 300 } });
+    const next = doc({ web: { ...web, env: { PORT: "9090" } } });
+    const current = { ...running("web", old), stopSignal: "SIGINT", stopTimeoutMs: 300 };
+    const stop = plan(next, new Map([["web", current]]), new Map([[IMG, D1]])).find((s) => s.kind === "stop");
+    expect(stop).toMatchObject({ signal: "SIGINT", timeoutMs: 300 });
   });
 
   it("replaces the container when the tag now names another digest", () => {
