@@ -3,6 +3,7 @@ import { loadDeviceConfig } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
 import { parsePlatform } from "../registry/platform.js";
 import { pushImage } from "../registry/push.js";
+import { ACL_HELP, aclCommand } from "../fleet/acl.js";
 import { parseArgs } from "./args.js";
 import { deployCommand, keygenCommand, rolloutCommand, statusCommand } from "./fleet-commands.js";
 import { printError } from "./output.js";
@@ -38,6 +39,7 @@ Commands:
       --share NAME takes live updates through an MQTT 5 shared subscription,
       so several instances split the stream
 
+${ACL_HELP}
 The config file has the device config's format: its "mqtt" section names
 the broker, its "registries" section the registry credentials and CA.
 `;
@@ -95,6 +97,7 @@ export async function main(argv: string[]): Promise<number> {
     if (name === "deploy") return await deployCommand(rest, configPath);
     if (name === "rollout") return await rolloutCommand(rest, configPath);
     if (name === "status") return await statusCommand(rest, configPath);
+    if (name === "acl") return await aclCommand(rest);
     throw new FleetError("E_INVALID_ARGUMENT", `unknown command "${name}" (see fleetctl --help)`, { exitCode: 2 });
   } catch (err) {
     return printError("fleetctl", err);

@@ -11,7 +11,8 @@
  *   groups): reads `<prefix>/groups/<g>/desired`.
  * - Operators (a `user` block each): read everything under the prefix, write
  *   the desired topics and the retained rollout progress
- *   (`<prefix>/groups/<g>/rollout`), and nothing under a device of their name.
+ *   (`<prefix>/groups/<g>/rollout`) and their own fence messages
+ *   (`<prefix>/operators/…`), and nothing under a device of their name.
  *
  * mosquitto 2.0's acl_file does not check SUBSCRIBE at all (every filter is
  * granted) and checks `read` when it delivers each message, retained ones
@@ -90,6 +91,8 @@ export function renderAcl(inv: Inventory, prefix: string = DEFAULT_TOPIC_PREFIX)
       // topics.ts builds only concrete group topics; these two are filters over every group.
       `topic write ${p}/groups/+/desired`,
       `topic write ${p}/groups/+/rollout`,
+      // fleetctl's fence: a message to itself that tells it every retained message has arrived.
+      `topic write ${p}/operators/#`,
     ]);
   });
   return `${blocks.map((b) => b.join("\n")).join("\n\n")}\n`;

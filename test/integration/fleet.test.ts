@@ -79,8 +79,14 @@ const fleetctl = (args: string[]) => runCli("fleetctl", ["--config", opConfig, .
 const pidOf = (id: string) => latest(id)?.services.web?.pid;
 
 beforeAll(async () => {
-  [reg, broker] = await Promise.all([startRegistry({ auth: "htpasswd" }), startMosquitto({ clientCerts: true })]);
   work = mkdtempSync(join(tmpdir(), "fleetlet-fleet-"));
+  // The broker enforces the ACL that `fleetctl acl` makes from the inventory.
+  const inventory = join(work, "inventory.json");
+  writeFileSync(inventory, JSON.stringify({ devices: Object.fromEntries(DEVICES.map((d) => [d, [GROUP]])), operators: ["operator", "watcher"] }));
+  const acl = await runCli("fleetctl", ["acl", inventory]);
+  expect(acl.status, acl.stderr).toBe(0);
+  writeFileSync(join(work, "acl"), acl.stdout);
+  [reg, broker] = await Promise.all([startRegistry({ auth: "htpasswd" }), startMosquitto({ clientCerts: true, aclFile: join(work, "acl") })]);
   keyFile = join(work, "ops.key");
   const keygen = await runCli("fleetctl", ["keygen", keyFile]);
   expect(keygen.status, keygen.stderr).toBe(0);

@@ -18,6 +18,7 @@ const operatorBlock = (op: string, p = "fleet") => [
   `topic write ${p}/devices/+/desired`,
   `topic write ${p}/groups/+/desired`,
   `topic write ${p}/groups/+/rollout`,
+  `topic write ${p}/operators/#`,
 ];
 
 describe("renderAcl", () => {
