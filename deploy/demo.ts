@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildBusyboxRootfs } from "../test/helpers/busybox-rootfs.js";
 import { agentDemo } from "./demo-agent.js";
+import { fleetDemo } from "./demo-fleet.js";
 
 const BIN = fileURLToPath(new URL("../../bin/fleetlet.js", import.meta.url));
 const keep = process.argv.includes("--keep");
@@ -108,6 +109,9 @@ async function asyncStep(title: string, run: () => Promise<boolean>): Promise<vo
 
 console.log("\n\n##### The agent: desired state over MQTT, pulled from a registry, rolled out and rolled back");
 await agentDemo({ work, rootfs, bins: { fleetlet: BIN, fleetctl: fileURLToPath(new URL("../../bin/fleetctl.js", import.meta.url)) }, step: asyncStep });
+
+console.log("\n\n##### The fleet: signed deployments rolled out in waves through an mTLS broker with per-device ACLs");
+await fleetDemo({ work, rootfs, bins: { fleetlet: BIN, fleetctl: fileURLToPath(new URL("../../bin/fleetctl.js", import.meta.url)) }, step: asyncStep });
 
 const failed = results.filter((r) => !r.ok);
 console.log(`\n${results.length - failed.length} of ${results.length} steps as expected${failed.length ? `; not: ${failed.map((f) => f.step).join("; ")}` : ""}`);
