@@ -23,6 +23,9 @@ export type Phase = ReportedState["phase"];
 
 /** The longest a converged deployment stays on probation (it never outlasts update.healthyWithinMs). */
 export const PROBATION_MAX_MS = 10_000;
+/** The reported document must stay well inside the broker's packet limit, whatever an error says. */
+const LAST_ERROR_MAX_CHARS = 2000;
+const clip = (text: string, max: number) => (text.length > max ? `${text.slice(0, max - 1)}…` : text);
 export type AgentEvent = { type: string; [k: string]: unknown };
 
 /** What the agent uses of the local store: db.json, the image records, and an image's layer dirs. */
@@ -423,7 +426,7 @@ export class Agent {
       lastGood: this.db.data.lastGood?.deployment ?? null,
       groups: this.deps.groups ?? [],
       services,
-      lastError: this.lastError,
+      lastError: this.lastError && { code: this.lastError.code, message: clip(this.lastError.message, LAST_ERROR_MAX_CHARS) },
       agent: { version: this.deps.version, uptimeSec: Math.round((Date.now() - this.startedAt) / 1000), cgroupMode: this.deps.runtime.cgroups.mode },
       ts: new Date().toISOString(),
     };
