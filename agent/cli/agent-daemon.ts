@@ -9,6 +9,7 @@ import type { ReportedState } from "../../schemas/reported.js";
 import { startStatusServer } from "../api/status-server.js";
 import { FleetError } from "../errors.js";
 import type { Agent } from "../reconcile/agent.js";
+import { loadNative } from "../runtime/native.js";
 import { MqttSession } from "../transport/mqtt-session.js";
 import { AGENT_VERSION, createAgent } from "./agent-commands.js";
 import { parseArgs } from "./args.js";
@@ -41,6 +42,15 @@ class DesiredSources {
     if (!pick || pick.payload.toString() === this.lastSubmitted) return undefined;
     this.lastSubmitted = pick.payload.toString();
     return pick;
+  }
+}
+
+/** Tells systemd (Type=notify) how the agent stands; a no-op elsewhere, a warning if it fails. */
+function notifySystemd(state: string): void {
+  try {
+    loadNative().core.sdNotify(state);
+  } catch (err) {
+    process.stderr.write(`fleetlet: warning: could not notify systemd: ${(err as Error).message}\n`);
   }
 }
 
@@ -89,12 +99,14 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
   }
   session?.publishReported(a.reported());
   const heartbeat = setInterval(() => session?.publishReported(a.reported()), heartbeatMs);
+  notifySystemd(`READY=1\nSTATUS=device ${config.deviceId}: ${Object.keys(a.reported().services).length} service(s) adopted${session ? "" : ", no broker"}`);
   process.stderr.write(`fleetlet agent ${AGENT_VERSION}: device ${config.deviceId}, state in ${ctx.root}, status on ${config.api.listen}${config.mqtt ? `, broker ${config.mqtt.url}` : ", no broker configured"}\n`);
   await new Promise<void>((resolve) => {
     process.once("SIGTERM", () => resolve());
     process.once("SIGINT", () => resolve());
   });
   clearInterval(heartbeat);
+  notifySystemd("STOPPING=1");
   await a.stop();
   await session?.stop();
   await server.close();

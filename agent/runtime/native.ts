@@ -34,6 +34,8 @@ export interface NativeCore {
   /** lsetxattr(2): never follows a final symlink. */
   setXattr(path: string, name: string, value: Buffer): void;
   getXattr(path: string, name: string): Buffer | null;
+  /** Sends `state` to systemd's NOTIFY_SOCKET; false when there is none. */
+  sdNotify(state: string): boolean;
   ExitWatch: new (pid: number, startTime: bigint, onExit: () => void) => ExitWatchHandle;
 }
 

@@ -16,6 +16,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mknod", Napi::Function::New(env, Mknod));
   exports.Set("setXattr", Napi::Function::New(env, SetXattr));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
+  exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
   return InitExitWatch(env, exports);
 }
 

@@ -22,6 +22,7 @@ Napi::Value RemoveTree(const Napi::CallbackInfo& info);
 Napi::Value Mknod(const Napi::CallbackInfo& info);
 Napi::Value SetXattr(const Napi::CallbackInfo& info);
 Napi::Value GetXattr(const Napi::CallbackInfo& info);
+Napi::Value SdNotify(const Napi::CallbackInfo& info);
 Napi::Object InitExitWatch(Napi::Env env, Napi::Object exports);
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what);

@@ -1,10 +1,13 @@
 /** The deploy files: the unit as systemd reads it, the example config against the schema, and install.sh for real. */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { deviceConfig } from "../../schemas/config.js";
+import { FLEETLET_BIN } from "../helpers/fleetlet-cli.js";
+import { freePort } from "../helpers/free-port.js";
+import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
 
 const UNIT = "deploy/fleetlet.service";
 const INSTALL = "deploy/install.sh";
@@ -66,7 +69,8 @@ describe("the systemd unit", () => {
     const keys = parseUnit(text);
     const want = {
       ExecStart: "/usr/bin/node /opt/fleetlet/bin/fleetlet.js agent --config /etc/fleetlet/config.json",
-      Type: "simple",
+      Type: "notify",
+      NotifyAccess: "main",
       KillMode: "process",
       Delegate: "yes",
       Restart: "always",
@@ -86,6 +90,38 @@ describe("the systemd unit", () => {
     expect(keys.has("User")).toBe(false);
     for (const k of ["KillMode", "Delegate", "RuntimeDirectoryPreserve", "ProtectSystem", "OOMScoreAdjust", "TasksMax", "LimitNOFILE", "Type"]) {
       expect(keys.get(k)?.before, `the comment before ${k}`).toMatch(/^# /);
+    }
+  });
+});
+
+describe("readiness", () => {
+  it("tells systemd it is ready, and later that it is stopping, through NOTIFY_SOCKET", async () => {
+    const root = freshRoot();
+    const sock = join(work, "notify.sock");
+    const config = join(work, "notify-config.json");
+    writeFileSync(config, JSON.stringify({ deviceId: "dev-notify", api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "notify-api.sock") } }));
+    // Node has no unix datagram sockets; python3 plays systemd's side.
+    const script = "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint('bound',flush=True)\nwhile True:\n m=s.recv(4096).decode()\n print(repr(m),flush=True)\n if m.startswith('STOPPING'): break\n";
+    const systemd = spawn("python3", ["-c", script, sock], { stdio: ["ignore", "pipe", "inherit"] });
+    let heard = "";
+    systemd.stdout!.on("data", (d) => {
+      heard += d;
+    });
+    const until = async (what: RegExp) => {
+      for (let i = 0; i < 200 && !what.test(heard); i++) await new Promise((r) => setTimeout(r, 100));
+      return heard;
+    };
+    try {
+      expect(await until(/bound/)).toMatch(/bound/);
+      const agent = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent"], { stdio: "ignore", env: { ...process.env, NOTIFY_SOCKET: sock } });
+      expect(await until(/READY=1/)).toMatch(/'READY=1\\nSTATUS=device dev-notify: 0 service\(s\) adopted, no broker'/);
+      expect(heard).not.toMatch(/STOPPING/);
+      agent.kill("SIGTERM");
+      expect(await until(/STOPPING=1/)).toMatch(/'STOPPING=1'/);
+      await new Promise((r) => (agent.exitCode === null ? agent.once("exit", r) : r(null)));
+    } finally {
+      systemd.kill();
+      await cleanupRoot(root);
     }
   });
 });
