@@ -82,6 +82,16 @@ async function downloadRange(client: RegistryClient, repository: string, ingest:
 /** Fetches `digest` into the store unless it is there; verifies before it counts as stored. */
 export async function fetchBlob(client: RegistryClient, repository: string, desc: { digest: string; size: number }, store: ContentStore, opts: BlobFetchOptions): Promise<void> {
   if (store.has(desc.digest)) return;
+  const release = await store.lockIngest(desc.digest, opts.signal);
+  try {
+    // Another process may have finished it while we waited for the lock.
+    if (!store.has(desc.digest)) await fetchLocked(client, repository, desc, store, opts);
+  } finally {
+    release();
+  }
+}
+
+async function fetchLocked(client: RegistryClient, repository: string, desc: { digest: string; size: number }, store: ContentStore, opts: BlobFetchOptions): Promise<void> {
   const ingest = await store.openIngest(desc.digest, desc.size);
   opts.onBytes?.(ingest.offset);
   try {

@@ -7,10 +7,11 @@
  * or a partial in `ingest/` that the next pull resumes.
  */
 import { createHash, type Hash } from "node:crypto";
-import { createReadStream, existsSync, mkdirSync, readdirSync, renameSync, statSync, unlinkSync } from "node:fs";
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import { FleetError, isErrno } from "../errors.js";
 import { digestHex } from "./digest.js";
 
@@ -65,6 +66,56 @@ export class ContentStore {
 
   partialPath(digest: string): string {
     return join(this.ingestDir, `${digestHex(digest)}.partial`);
+  }
+
+  /**
+   * Takes the partial of `digest` for this process: one writer at a time,
+   * across processes (the agent and a `fleetlet pull` may want the same
+   * layer). The lock file names its holder by pid and start time, so a lock
+   * left by a killed process is taken over, never waited on forever.
+   * Resolves with the release function.
+   */
+  async lockIngest(digest: string, signal?: AbortSignal): Promise<() => void> {
+    for (;;) {
+      const release = this.tryLockIngest(digest);
+      if (release) return release;
+      await sleep(LOCK_POLL_MS, undefined, signal ? { signal } : {});
+    }
+  }
+
+  /** The lock of `digest`'s partial if no live process holds it, else undefined. */
+  tryLockIngest(digest: string): (() => void) | undefined {
+    const path = join(this.ingestDir, `${digestHex(digest)}.lock`);
+    const me = `${process.pid} ${processStartTime(process.pid)}`;
+    for (;;) {
+      try {
+        writeFileSync(path, me, { flag: "wx" });
+        return () => {
+          try {
+            if (readFileSync(path, "utf8") === me) unlinkSync(path);
+          } catch (err) {
+            if (!isErrno(err, "ENOENT")) throw err;
+          }
+        };
+      } catch (err) {
+        if (!isErrno(err, "EEXIST")) throw err;
+      }
+      let holder = "";
+      try {
+        holder = readFileSync(path, "utf8");
+      } catch (err) {
+        if (isErrno(err, "ENOENT")) continue; // released meanwhile
+        throw err;
+      }
+      const [pid, start] = holder.split(" ");
+      if (pid && processStartTime(Number(pid)) === start) return undefined;
+      // Its holder is gone (or the file was never whole): take it over.
+      try {
+        unlinkSync(path);
+      } catch (err) {
+        if (!isErrno(err, "ENOENT")) throw err;
+      }
+    }
   }
 
   /**
@@ -145,6 +196,19 @@ interface IngestInit {
   fh: FileHandle;
   hash: Hash;
   offset: number;
+}
+
+const LOCK_POLL_MS = 100;
+
+/** Field 22 of /proc/PID/stat (start time in clock ticks), or "" when there is no such process. */
+function processStartTime(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? "";
+  } catch (err) {
+    if (isErrno(err, "ENOENT") || isErrno(err, "ESRCH")) return "";
+    throw err;
+  }
 }
 
 /** One partial blob being written. */

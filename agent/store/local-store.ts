@@ -66,10 +66,17 @@ export class LocalStore {
       result.blobs++;
     }
     if (opts.partials !== false) {
-      for (const [, path] of this.content.partials()) {
-        result.bytes += statSync(path).size;
-        rmSync(path, { force: true });
-        result.partials++;
+      for (const [digest, path] of this.content.partials()) {
+        // A partial another process is downloading right now stays.
+        const release = this.content.tryLockIngest(digest);
+        if (!release) continue;
+        try {
+          result.bytes += statSync(path).size;
+          rmSync(path, { force: true });
+          result.partials++;
+        } finally {
+          release();
+        }
       }
     }
     result.snapshots += await this.snapshots.sweep();

@@ -160,6 +160,22 @@ describe("interrupted downloads", () => {
     expect(fleetlet(root, ["--config", viaProxy, "images"]).stdout).toContain(ref);
   });
 
+  it("lets two processes pulling the same image at once share one download, and both succeed", async () => {
+    const dir = join(work, "shared");
+    mkdirSync(dir);
+    writeFileSync(join(dir, "blob.bin"), randomBytes(3 * 1024 * 1024));
+    expect(push(dir, `${reg.host}/big/shared:1`).status).toBe(0);
+    const viaProxy = writeConfig("proxy-shared.json", { [proxy.host]: creds(reg) });
+    proxy.reset();
+    const args = ["--root", root, "--config", viaProxy, "pull", "--max-rate", "4M", `${proxy.host}/big/shared:1`];
+    const [a, b] = await Promise.all([runCli("fleetlet", args), runCli("fleetlet", args)]);
+    expect(a.status, a.stderr).toBe(0);
+    expect(b.status, b.stderr).toBe(0);
+    // The layer crossed the wire once: the second process waited for the first's download.
+    expect(proxy.bytesDown()).toBeLessThan(3 * 1024 * 1024 + 512 * 1024);
+    expect(readdirSync(join(root, "ingest")).filter((f) => f.endsWith(".lock") || f.endsWith(".partial"))).toEqual([]);
+  });
+
   it("rides out a dropped link mid-download", async () => {
     const dir = join(work, "big2");
     mkdirSync(dir);
