@@ -96,8 +96,10 @@ export async function statusCommand(argv: string[], configPath: string | undefin
     process.stdout.write(render());
     if (!options.watch) return 0;
     let dirty = false;
-    view.onChange(() => {
-      dirty = true;
+    view.onChange((d) => {
+      // As JSON, each update is a line of its own: the stream an aggregator consumes.
+      if (options.json) process.stdout.write(`${JSON.stringify({ deviceId: d.deviceId, online: d.online ?? null, reported: d.reported ?? null, ...(d.unreadable ? { unreadable: d.unreadable } : {}) })}\n`);
+      else dirty = true;
     });
     const tty = process.stdout.isTTY && !options.json;
     const timer = setInterval(() => {

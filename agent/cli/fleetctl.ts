@@ -36,8 +36,9 @@ Commands:
       carry on an interrupted rollout from its retained progress
   status [--group G] [--watch] [--json] [--share NAME]
       a table of the devices: online, deployment, phase, last error, age;
-      --share NAME takes live updates through an MQTT 5 shared subscription,
-      so several instances split the stream
+      --json prints them as a JSON array, then with --watch one JSON line
+      per update; --share NAME takes the live updates through an MQTT 5
+      shared subscription, so several instances split the stream
 
 ${ACL_HELP}
 The config file has the device config's format: its "mqtt" section names

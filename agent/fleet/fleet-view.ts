@@ -19,6 +19,7 @@ export interface DeviceView {
 export class FleetView {
   readonly devices = new Map<string, DeviceView>();
   private readonly listeners = new Set<(d: DeviceView) => void>();
+  private readonly lastText = new Map<string, { reported: string; status: string }>();
   messages = 0;
   bytes = 0;
 
@@ -36,8 +37,9 @@ export class FleetView {
       view.take(t.name, t.channel, payload);
     });
     const filters = [topics.anyDevice("reported"), topics.anyDevice("status")];
-    // Retained messages are never sent to a shared subscription, so the snapshot comes
-    // from a plain one first; the live stream is then split between the sharing instances.
+    // MQTT 5 sends no retained messages to a shared subscription (mosquitto 2.0 does,
+    // and they are dropped as repeats), so the snapshot comes from a plain one first;
+    // the live stream is then split between the sharing instances.
     await client.subscribe(filters);
     await client.fence();
     if (opts.share) {
@@ -56,16 +58,25 @@ export class FleetView {
     let d = this.devices.get(deviceId);
     if (!payload.length) {
       // A cleared retained message: the device was deregistered.
-      if (d && channel === "reported") this.devices.delete(deviceId);
+      if (d && channel === "reported") {
+        this.devices.delete(deviceId);
+        this.lastText.delete(deviceId);
+      }
       return;
     }
     if (!d) {
       d = { deviceId, online: undefined, reported: undefined, seenAt: 0 };
       this.devices.set(deviceId, d);
     }
+    // The same message again (mosquitto resends retained messages to a new shared subscription): not an update.
+    const text = payload.toString();
+    const last = this.lastText.get(deviceId) ?? { reported: "", status: "" };
+    if (last[channel] === text) return;
+    last[channel] = text;
+    this.lastText.set(deviceId, last);
     d.seenAt = Date.now();
     try {
-      const doc = JSON.parse(payload.toString()) as unknown;
+      const doc = JSON.parse(text) as unknown;
       if (channel === "status") d.online = (doc as { online?: unknown }).online === true;
       else {
         const parsed = reportedState.safeParse(doc);

@@ -198,6 +198,33 @@ describe("fleetctl rollout", () => {
   });
 });
 
+describe("fleetctl status --watch --share", () => {
+  it("splits the live updates between the instances of one shared subscription", async () => {
+    const watch = () => spawn(process.execPath, [FLEETCTL_BIN, "--config", opConfig, "status", "--watch", "--json", "--share", "aggregators"], { stdio: ["ignore", "pipe", "inherit"] });
+    const instances = [watch(), watch()];
+    const outputs = instances.map((p) => {
+      const out = { text: "" };
+      p.stdout!.on("data", (d) => {
+        out.text += d;
+      });
+      return out;
+    });
+    // The agents' heartbeats (every 2 s) are the live updates.
+    await new Promise((r) => setTimeout(r, 7000));
+    for (const p of instances) p.kill("SIGTERM");
+    await Promise.all(instances.map((p) => new Promise((r) => p.once("exit", r))));
+    const updates = outputs.map((o) => {
+      const [snapshot, ...lines] = o.text.trim().split("\n");
+      expect(JSON.parse(snapshot!).map((d: { deviceId: string }) => d.deviceId)).toEqual(DEVICES);
+      return lines.map((l) => JSON.parse(l) as { deviceId: string; reported: ReportedState | null }).filter((u) => u.reported).map((u) => `${u.deviceId} ${u.reported!.ts}`);
+    });
+    expect(updates[0]!.length).toBeGreaterThan(0);
+    expect(updates[1]!.length).toBeGreaterThan(0);
+    // Each report went to exactly one of the two.
+    expect(updates[0]!.filter((u) => updates[1]!.includes(u))).toEqual([]);
+  });
+});
+
 describe("signed desired state", () => {
   const publish = (id: string, doc: unknown) => watcher.publishAsync(`fleet/devices/${id}/desired`, typeof doc === "string" ? doc : JSON.stringify(doc), { qos: 1, retain: true });
   const deviceDoc = (generation: number) => ({ apiVersion: "fleetlet/v1", deployment: "device-own", generation, services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1003"] } } });
