@@ -40,6 +40,7 @@ export async function deployCommand(argv: string[], configPath: string | undefin
   ]);
   if (positionals.length !== 1 || Boolean(options.device) === Boolean(options.group)) throw usage("deploy: expected --device ID or --group G, and one FILE");
   const raw = readDocumentFile(positionals[0]!);
+  finishDocument(raw, { generation: typeof raw.generation === "number" ? raw.generation : 1 }, { file: positionals[0]! }); // refused before the broker is reached
   const key = options["sign-key"] ? loadSigningKey(options["sign-key"] as string) : undefined;
   const client = await connect(configPath);
   try {
@@ -159,6 +160,14 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
   const sub = positionals[0] === "abort" || positionals[0] === "resume" ? positionals[0] : undefined;
   if (!sub && positionals.length !== 1) throw usage("rollout: expected one FILE (or `abort` / `resume`)");
   if (options.rollback && sub !== "abort") throw usage("rollout: --rollback goes with `rollout abort`");
+  // Everything the command line says is checked before the broker is reached.
+  const fromFile = sub ? undefined : readDocumentFile(positionals[0]!);
+  if (fromFile) finishDocument(fromFile, { generation: typeof fromFile.generation === "number" ? fromFile.generation : 1 }, { file: positionals[0]! });
+  const given = {
+    waves: parseWaves((options.waves as string | undefined) ?? "100"),
+    healthyWithinMs: parseDuration((options["healthy-within"] as string | undefined) ?? "2m", "--healthy-within"),
+    maxFailures: parseFailureLimit((options["max-failures"] as string | undefined) ?? "0"),
+  };
   const client = await connect(configPath);
   try {
     const current = await retainedProgress(client, group);
@@ -188,16 +197,14 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
       file = groupTopic;
     } else {
       file = positionals[0]!;
-      raw = readDocumentFile(file);
+      raw = fromFile!;
       if (current?.state === "running") {
         if (current.deployment !== raw.deployment) throw new FleetError("E_CONFLICT", `rollout: group ${group} has a rollout of ${current.deployment} under way (wave ${current.wave + 1}/${current.waves.length}, by ${current.by}); abort it first with \`fleetctl rollout abort --group ${group}\``);
         resume = current;
         process.stderr.write(`resuming the rollout of ${current.deployment} at wave ${current.wave + 1}/${current.waves.length}\n`);
       }
     }
-    const waves = resume ? resume.waves : parseWaves((options.waves as string | undefined) ?? "100");
-    const healthyWithinMs = resume ? resume.healthyWithinMs : parseDuration((options["healthy-within"] as string | undefined) ?? "2m", "--healthy-within");
-    const maxFailures = resume ? resume.maxFailures : parseFailureLimit((options["max-failures"] as string | undefined) ?? "0");
+    const { waves, healthyWithinMs, maxFailures } = resume ?? given;
     const generation = resume ? resume.generation : pickGeneration(raw, await retainedDocument(client, groupTopic), groupTopic);
     finishDocument(raw, { generation }, { file }); // validate before anything is published
     const view = await FleetView.open(client);

@@ -198,6 +198,28 @@ describe("fleetctl rollout", () => {
   });
 });
 
+describe("fleetctl refusals", () => {
+  it.each([
+    ["an invalid document, naming the field", ["rollout", "--group", GROUP, "BAD"], /services\.web\.restart: .*\[E_INVALID_DESIRED\]/],
+    ["waves that narrow", ["rollout", "--group", GROUP, "OK", "--waves", "50,10"], /--waves 50,10: each wave must be wider than the one before/],
+    ["a generation the topic already holds", ["deploy", "--group", GROUP, "STALE"], /generation: 1 is not newer than \d+, which fleet\/groups\/pilot\/desired already holds.*\[E_STALE_GENERATION\]/],
+    ["a signing key that is not one", ["deploy", "--group", GROUP, "--sign-key", "OK", "OK"], /--sign-key .*: not an ed25519 private key/],
+  ])("refuses %s, publishing nothing", async (_what, args, message) => {
+    const bad = join(work, "bad.json");
+    writeFileSync(bad, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "bad", services: { web: { image, restart: "sometimes" } } }));
+    const ok = join(work, "ok.json");
+    writeFileSync(ok, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "ok", services: {} }));
+    const stale = join(work, "stale.json");
+    writeFileSync(stale, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "stale", generation: 1, services: {} }));
+    const before = seen.length;
+    const r = await fleetctl(args.map((a) => ({ BAD: bad, OK: ok, STALE: stale })[a] ?? a));
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(message);
+    await new Promise((res) => setTimeout(res, 300));
+    expect(seen.slice(before).filter((s) => s.deployment === "bad" || s.deployment === "ok" || s.deployment === "stale")).toEqual([]);
+  });
+});
+
 describe("fleetctl status --watch --share", () => {
   it("splits the live updates between the instances of one shared subscription", async () => {
     const watch = () => spawn(process.execPath, [FLEETCTL_BIN, "--config", opConfig, "status", "--watch", "--json", "--share", "aggregators"], { stdio: ["ignore", "pipe", "inherit"] });
