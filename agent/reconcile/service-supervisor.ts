@@ -5,7 +5,7 @@
  */
 import type { ExitRecord } from "../../schemas/container.js";
 import type { ServiceSpec } from "../../schemas/desired.js";
-import type { Runtime } from "../runtime/runtime.js";
+import type { ContainerDriver } from "./container-driver.js";
 import { BACKOFF_RESET_MS, restartDelay, shouldRestart } from "./restart-policy.js";
 
 export type Health = "starting" | "healthy" | "unhealthy" | "none";
@@ -34,7 +34,7 @@ export class ServiceSupervisor {
     readonly service: string,
     readonly containerId: string,
     private readonly spec: ServiceSpec,
-    private readonly runtime: Runtime,
+    private readonly runtime: ContainerDriver,
     private readonly on: SupervisorEvents,
     /** Consecutive failed runs before this one, for the backoff. */
     readonly failures = 0,

@@ -14,7 +14,8 @@ export interface ImageDefaults {
   stopSignal?: string | undefined;
 }
 
-export function imageDefaults(store: LocalStore, record: ImageRecord): ImageDefaults {
+/** `store`: anything that knows an image's layer dirs (the LocalStore, or the fleet simulation's). */
+export function imageDefaults(store: Pick<LocalStore, "layerDirs">, record: ImageRecord): ImageDefaults {
   const c = record.config;
   return {
     ref: record.ref,

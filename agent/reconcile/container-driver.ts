@@ -1,0 +1,31 @@
+/**
+ * What the reconciler needs from a container runtime, and nothing more: the
+ * calls Agent and ServiceSupervisor make. The real Runtime (runtime/runtime.ts)
+ * satisfies it structurally (the daemon passes one, so tsc checks it); the
+ * fleet simulation passes a driver that runs no containers
+ * (fleet/simulated-runtime.ts).
+ */
+import type { ContainerSpecInput, ExitRecord } from "../../schemas/container.js";
+import type { CgroupMode } from "../runtime/cgroup-layout.js";
+import type { CgroupStats } from "../runtime/cgroup-limits.js";
+import type { ContainerInfo } from "../runtime/runtime.js";
+
+export interface ContainerDriver {
+  /** Reported as `agent.cgroupMode`. */
+  readonly cgroups: { readonly mode: CgroupMode };
+  /** Validates the spec (schemas/container) and records the container; throws E_CONFLICT for a taken name. */
+  create(spec: ContainerSpecInput): ContainerInfo;
+  start(id: string): Promise<ContainerInfo>;
+  /** Throws E_NOT_FOUND for an unknown id. */
+  inspect(id: string): ContainerInfo;
+  list(): ContainerInfo[];
+  /** Resolves with the exit record once the container has exited; rejects when `signal` aborts. */
+  wait(id: string, signal?: AbortSignal): Promise<ExitRecord>;
+  /** Runs a command inside the running container (healthchecks). */
+  exec(id: string, command: string[], opts?: { timeoutMs?: number; signal?: AbortSignal }): Promise<{ exitCode: number; output: string }>;
+  /** The stop signal, then SIGKILL after the timeout; E_CONFLICT when never started. */
+  stop(id: string, opts?: { timeoutMs?: number; signal?: string }): Promise<ExitRecord>;
+  delete(id: string, opts?: { force?: boolean }): Promise<void>;
+  stats(id: string): CgroupStats;
+  logs(id: string, opts?: { tail?: number }): string;
+}
