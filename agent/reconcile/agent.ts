@@ -5,19 +5,17 @@
  * constructor; the transport and the status endpoint only call its methods.
  */
 import type { KeyObject } from "node:crypto";
-import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
-import type { AgentMetrics, ReportedState, ServiceReport } from "../../schemas/reported.js";
+import type { DesiredState } from "../../schemas/desired.js";
+import type { AgentMetrics, ReportedState } from "../../schemas/reported.js";
 import { FleetError } from "../errors.js";
-import { imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
 import type { LocalStore } from "../store/local-store.js";
 import { batches, pause, runBatch, type StepContext } from "./apply-steps.js";
 import type { ContainerDriver } from "./container-driver.js";
 import { type Intake, readDesired } from "./desired-intake.js";
-import { type ActualService, plan, type Step } from "./plan.js";
+import { DeviceServices } from "./device-services.js";
+import { plan, type Step } from "./plan.js";
 import { shouldRestart } from "./restart-policy.js";
-import { serviceContainerSpec } from "./service-container.js";
-import { ServiceSupervisor } from "./service-supervisor.js";
 
 export type Phase = ReportedState["phase"];
 
@@ -48,12 +46,14 @@ export interface AgentDeps {
 export class Agent {
   phase: Phase = "idle";
   lastError: { code: string; message: string } | null = null;
-  private readonly supervisors = new Map<string, ServiceSupervisor>();
+  private readonly services: DeviceServices;
   private current: { abort: AbortController; done: Promise<void> } | undefined;
   private readonly startedAt = Date.now();
   readonly metrics: AgentMetrics = { pullBytesTotal: 0, applyDurationsMs: [], appliesTotal: 0, rollbacksTotal: 0 };
 
-  constructor(private readonly deps: AgentDeps) {}
+  constructor(private readonly deps: AgentDeps) {
+    this.services = new DeviceServices({ runtime: deps.runtime, store: deps.store, pull: deps.pull, event: (e) => this.event(e), changed: () => this.changed() });
+  }
 
   private get db() {
     return this.deps.store.db;
@@ -89,8 +89,8 @@ export class Agent {
       // Running: adopted as it is. Exited while we were away: its restart policy
       // decides. Created but never started (a crash mid-start): started now.
       const adopt = info.status === "running" || (info.status === "exited" && !shouldRestart(rec.spec.restart, info.exit?.exitCode ?? 1));
-      if (adopt) this.supervise(service, rec.containerId, rec.spec, 0);
-      else await this.recreate(service, 1).catch((err: Error) => this.event({ type: "error", service, message: err.message }));
+      if (adopt) this.services.supervise(service, rec.containerId, rec.spec, 0);
+      else await this.services.recreate(service, 1).catch((err: Error) => this.event({ type: "error", service, message: err.message }));
     }
     await this.db.write();
     this.changed();
@@ -239,7 +239,7 @@ export class Agent {
     while (services.length && Date.now() < end) {
       // Superseded (or stopping) while healthy: the deployment counts as good.
       if (signal.aborted) return;
-      const failing = services.map((s) => [s, this.unhealthyReason(s)] as const).filter(([, why]) => why !== undefined);
+      const failing = services.map((s) => [s, this.services.unhealthyReason(s)] as const).filter(([, why]) => why !== undefined);
       if (failing.length) {
         const detail = failing.map(([s, why]) => `${s} (${why})`).join(", ");
         throw new FleetError("E_UNHEALTHY", `deployment ${doc.deployment}: unhealthy within ${window} ms of starting: ${detail}`);
@@ -256,10 +256,10 @@ export class Agent {
       deployment: doc.deployment,
       images,
       pull: (ref, s) => this.deps.pull(ref, s),
-      startService: (service, spec, hash, id, image, deployment) => this.startService(service, spec, hash, id, image, deployment, 0),
-      stopContainer: (service, id, timeoutMs, sig) => this.stopContainer(service, id, timeoutMs, sig),
-      removeContainer: (service, id) => this.removeContainer(service, id),
-      unhealthyReason: (service) => this.unhealthyReason(service),
+      startService: (service, spec, hash, id, image, deployment) => this.services.startService(service, spec, hash, id, image, deployment, 0),
+      stopContainer: (service, id, timeoutMs, sig) => this.services.stopContainer(service, id, timeoutMs, sig),
+      removeContainer: (service, id) => this.services.removeContainer(service, id),
+      unhealthyReason: (service) => this.services.unhealthyReason(service),
       event: (e) => this.event(e),
     };
     const run = async (steps: Step[]) => {
@@ -278,7 +278,7 @@ export class Agent {
         const rec = this.deps.store.images.get(spec.image);
         return rec ? [[spec.image, rec.digest] as const] : [];
       }));
-      await run(plan(doc, this.actualServices(), local).filter((s) => s.kind === "stop" || s.kind === "remove"));
+      await run(plan(doc, this.services.actualServices(), local).filter((s) => s.kind === "stop" || s.kind === "remove"));
     }
     this.phase = "pulling";
     this.changed();
@@ -288,135 +288,24 @@ export class Agent {
       images.set(spec.image, await this.deps.pull(spec.image, signal));
     }
     const digests = new Map([...images].map(([ref, rec]) => [ref, rec.digest]));
-    const steps = plan(doc, this.actualServices(), digests);
+    const steps = plan(doc, this.services.actualServices(), digests);
     this.phase = "applying";
     this.changed();
     await run(steps);
     return steps.flatMap((s) => (s.kind === "start" ? [s.service] : []));
   }
 
-  private actualServices(): Map<string, ActualService> {
-    const out = new Map<string, ActualService>();
-    for (const [name, rec] of Object.entries(this.db.data.services)) {
-      const sup = this.supervisors.get(name);
-      const running = sup?.containerId === rec.containerId && sup.state !== "exited" && sup.state !== "failed";
-      out.set(name, { name, containerId: rec.containerId, hash: rec.hash, running, stopTimeoutMs: rec.spec.stopTimeoutMs, stopSignal: rec.spec.stopSignal });
-    }
-    return out;
-  }
-
-  private unhealthyReason(service: string): string | undefined {
-    const sup = this.supervisors.get(service);
-    if (!sup) return "not started";
-    if (sup.isHealthy()) return undefined;
-    if (sup.state !== "running") return sup.lastExit ? `${sup.state}, last exit ${sup.lastExit.exitCode}${sup.lastExit.oomKilled ? " (out of memory)" : ""}` : sup.state;
-    return sup.health === "unhealthy" ? "healthcheck failing" : "starting";
-  }
-
-  private async startService(service: string, spec: ServiceSpec, hash: string, containerId: string, image: ImageRecord, deployment: string, failures: number): Promise<void> {
-    const { runtime } = this.deps;
-    try {
-      await runtime.delete(containerId, { force: true }); // a leftover of a crash mid-start
-    } catch (err) {
-      if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
-    }
-    const cspec = serviceContainerSpec(service, spec, imageDefaults(this.deps.store, image), { containerId, hash, deployment });
-    runtime.create(cspec);
-    const previous = this.db.data.services[service];
-    this.db.data.services[service] = { containerId, hash, image: spec.image, digest: image.digest, restarts: previous?.containerId === containerId || failures > 0 ? (previous?.restarts ?? 0) : 0, deployment, spec };
-    await this.db.write();
-    await runtime.start(containerId);
-    this.supervise(service, containerId, spec, failures);
-  }
-
-  private supervise(service: string, containerId: string, spec: ServiceSpec, failures: number): void {
-    this.supervisors.get(service)?.detach();
-    const sup = new ServiceSupervisor(service, containerId, spec, this.deps.runtime, { event: (e) => this.event(e), changed: () => this.changed(), restart: (s, f) => this.recreate(s, f) }, failures);
-    this.supervisors.set(service, sup);
-    sup.start();
-  }
-
-  /** Restarts a service by its policy: a fresh container of the same spec. */
-  private async recreate(service: string, failures: number): Promise<void> {
-    const rec = this.db.data.services[service];
-    if (!rec) return;
-    const image = this.deps.store.images.get(rec.image) ?? (await this.deps.pull(rec.image, new AbortController().signal));
-    rec.restarts++;
-    await this.startService(service, rec.spec, rec.hash, rec.containerId, image, rec.deployment, failures);
-    this.db.data.services[service]!.restarts = rec.restarts;
-    await this.db.write();
-  }
-
   /** POST /v1/services/<name>/restart. */
-  async restartService(service: string): Promise<void> {
-    const rec = this.db.data.services[service];
-    if (!rec) throw new FleetError("E_NOT_FOUND", `no service named ${service}`);
-    this.supervisors.get(service)?.detach();
-    try {
-      await this.deps.runtime.stop(rec.containerId, { timeoutMs: rec.spec.stopTimeoutMs, signal: rec.spec.stopSignal });
-    } catch (err) {
-      if ((err as FleetError).code !== "E_CONFLICT") throw err; // already stopped: recreate it all the same
-    }
-    await this.recreate(service, 0);
-  }
-
-  private async stopContainer(service: string, containerId: string, timeoutMs: number, signal: string): Promise<void> {
-    const sup = this.supervisors.get(service);
-    if (sup?.containerId === containerId) sup.detach();
-    try {
-      if (this.deps.runtime.inspect(containerId).status === "running") await this.deps.runtime.stop(containerId, { timeoutMs, signal });
-    } catch (err) {
-      if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
-    }
-    this.event({ type: "stopped", service, container: containerId });
-  }
-
-  private async removeContainer(service: string, containerId: string): Promise<void> {
-    try {
-      await this.deps.runtime.delete(containerId, { force: true });
-    } catch (err) {
-      if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
-    }
-    if (this.db.data.services[service]?.containerId === containerId) {
-      delete this.db.data.services[service];
-      this.supervisors.get(service)?.detach();
-      this.supervisors.delete(service);
-      await this.db.write();
-    }
+  restartService(service: string): Promise<void> {
+    return this.services.restartService(service);
   }
 
   logs(service: string, tail?: number): string {
-    const rec = this.db.data.services[service];
-    if (!rec) throw new FleetError("E_NOT_FOUND", `no service named ${service}`);
-    return this.deps.runtime.logs(rec.containerId, tail === undefined ? {} : { tail });
+    return this.services.logs(service, tail);
   }
 
   reported(): ReportedState {
-    const services: Record<string, ServiceReport> = {};
-    for (const [name, rec] of Object.entries(this.db.data.services)) {
-      const sup = this.supervisors.get(name);
-      let pid: number | undefined;
-      let stats = { memoryBytes: 0, cpuNanos: 0 };
-      try {
-        const info = this.deps.runtime.inspect(rec.containerId);
-        pid = info.status === "running" ? info.pid : undefined;
-        if (info.status === "running") stats = this.deps.runtime.stats(rec.containerId);
-      } catch (err) {
-        if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
-      }
-      services[name] = {
-        image: rec.image,
-        digest: rec.digest,
-        state: sup?.state ?? "stopped",
-        ...(pid ? { pid } : {}),
-        restarts: rec.restarts,
-        health: sup?.health ?? "none",
-        memoryBytes: stats.memoryBytes,
-        cpuSeconds: stats.cpuNanos / 1e9,
-        ...(sup?.lastExit ? { exitCode: sup.lastExit.exitCode } : {}),
-        ...(sup ? { startedAt: new Date(sup.startedAt).toISOString() } : {}),
-      };
-    }
+    const services = this.services.reports();
     const desired = this.db.data.desired;
     return {
       deviceId: this.deps.deviceId,
@@ -436,6 +325,6 @@ export class Agent {
   async stop(): Promise<void> {
     this.current?.abort.abort(new FleetError("E_ABORTED", "the agent is stopping"));
     await this.current?.done;
-    for (const sup of this.supervisors.values()) sup.detach();
+    this.services.detachAll();
   }
 }
