@@ -1,5 +1,6 @@
 /** `npm run bench [-- NAME [options]]`: runs the named benchmark, or all of them. */
 import { agentBench } from "./agent-bench.js";
+import { fleetBench } from "./fleet-bench.js";
 import { pullBench } from "./pull-bench.js";
 import { startBench } from "./start-bench.js";
 
@@ -7,6 +8,7 @@ const BENCHES: Record<string, (args: string[]) => Promise<void>> = {
   start: startBench,
   pull: pullBench,
   agent: agentBench,
+  fleet: fleetBench,
 };
 
 const [name, ...args] = process.argv.slice(2);
