@@ -1,9 +1,10 @@
 /**
  * Entry of one SIMULATED fleet shard, forked by ShardedFleet.start
- * (simulated-fleet.ts): runs its share of the simulated devices and answers
+ * (sharded-fleet.ts): runs its share of the simulated devices and answers
  * the parent over the IPC channel. Not a command of its own.
  */
-import { type ShardReply, type ShardRequest, SimulatedFleet } from "./simulated-fleet.js";
+import type { ShardReply, ShardRequest } from "./sharded-fleet.js";
+import { SimulatedFleet } from "./simulated-fleet.js";
 
 const reply = (m: ShardReply) => process.send?.(m);
 let fleet: SimulatedFleet | undefined;
