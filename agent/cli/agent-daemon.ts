@@ -9,41 +9,13 @@ import type { ReportedState } from "../../schemas/reported.js";
 import { startStatusServer } from "../api/status-server.js";
 import { FleetError } from "../errors.js";
 import type { Agent } from "../reconcile/agent.js";
+import { desiredHandler } from "../reconcile/desired-sources.js";
 import { loadNative } from "../runtime/native.js";
 import { MqttSession } from "../transport/mqtt-session.js";
 import { AGENT_VERSION, createAgent } from "./agent-commands.js";
 import { parseArgs } from "./args.js";
 import type { CliContext } from "./context.js";
 import { ago, formatTable } from "./output.js";
-
-/** The documents last received per source; the device's own wins over its groups'. */
-class DesiredSources {
-  private device: Buffer | undefined;
-  private readonly groups = new Map<string, Buffer>();
-  private lastSubmitted: string | undefined;
-
-  constructor(private readonly groupOrder: string[]) {}
-
-  set(kind: "device" | "group", name: string, payload: Buffer): void {
-    const value = payload.length ? payload : undefined;
-    if (kind === "device") this.device = value;
-    else if (value) this.groups.set(name, value);
-    else this.groups.delete(name);
-  }
-
-  /** The document to apply now, if it differs from the last one submitted. */
-  next(): { payload: Buffer; source: string; fromGroup: boolean } | undefined {
-    let pick: { payload: Buffer; source: string; fromGroup: boolean } | undefined;
-    if (this.device) pick = { payload: this.device, source: "device", fromGroup: false };
-    else {
-      const group = this.groupOrder.find((g) => this.groups.has(g));
-      if (group) pick = { payload: this.groups.get(group)!, source: `group ${group}`, fromGroup: true };
-    }
-    if (!pick || pick.payload.toString() === this.lastSubmitted) return undefined;
-    this.lastSubmitted = pick.payload.toString();
-    return pick;
-  }
-}
 
 /** Tells systemd (Type=notify) how the agent stands; a no-op elsewhere, a warning if it fails. */
 function notifySystemd(state: string): void {
@@ -73,16 +45,7 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
     ...(config.api.token ? { token: config.api.token } : {}),
     source: { reported: () => a.reported(), metrics: () => a.metrics, logs: (s, t) => a.logs(s, t), restart: (s) => a.restartService(s) },
   });
-  const sources = new DesiredSources(config.groups);
-  const onDesired = (source: { kind: "device" | "group"; name: string }, payload: Buffer) => {
-    sources.set(source.kind, source.name, payload);
-    const next = sources.next();
-    if (!next) return;
-    a.submit(next.payload, `${config.mqtt?.prefix ?? "fleet"} ${next.source} desired`, { fromGroup: next.fromGroup }).catch((err: Error) => {
-      // The document could not even be recorded (db.json unwritable): say so, keep serving.
-      a.reject(err instanceof FleetError ? err : new FleetError("E_RUNTIME", err.message));
-    });
-  };
+  const onDesired = desiredHandler(a, config.groups, config.mqtt?.prefix ?? "fleet");
   if (config.mqtt) {
     session = new MqttSession({ deviceId: config.deviceId, groups: config.groups, mqtt: config.mqtt, agentVersion: AGENT_VERSION, onDesired });
   }

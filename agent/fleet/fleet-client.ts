@@ -16,6 +16,8 @@ export type MqttSettings = NonNullable<DeviceConfig["mqtt"]>;
 export type MessageHandler = (topic: string, payload: Buffer, packet: IPublishPacket) => void;
 
 const CONNECT_TIMEOUT_MS = 10_000;
+/** Long enough for the retained state of tens of thousands of devices to arrive. */
+const FENCE_TIMEOUT_MS = 60_000;
 
 export class FleetClient {
   readonly topics: TopicNames;
@@ -92,11 +94,22 @@ export class FleetClient {
   }
 
   /** Resolves once every message the broker queued for us before this call has been handled (retained ones included). */
-  async fence(): Promise<void> {
+  async fence(timeoutMs = FENCE_TIMEOUT_MS): Promise<void> {
     const id = randomBytes(8).toString("hex");
-    const seen = new Promise<void>((resolve) => this.fences.set(id, resolve));
-    await this.client.publishAsync(this.fenceTopic, id, { qos: 1 });
-    await seen;
+    let timer: NodeJS.Timeout | undefined;
+    const seen = new Promise<void>((resolve, reject) => {
+      this.fences.set(id, resolve);
+      timer = setTimeout(() => {
+        this.fences.delete(id);
+        reject(new FleetError("E_BROKER", `the broker did not echo fleetctl's own message within ${timeoutMs / 1000} s; it may be dropping messages queued for this client (mosquitto: raise max_queued_messages to at least twice the number of devices)`));
+      }, timeoutMs);
+    });
+    try {
+      await this.client.publishAsync(this.fenceTopic, id, { qos: 1 });
+      await seen;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** The retained message on `topic`, if any. */

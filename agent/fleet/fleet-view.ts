@@ -91,9 +91,13 @@ export class FleetView {
     for (const l of this.listeners) l(d);
   }
 
-  /** The devices of `group` (as their reported state names their groups), or all of them. */
+  /** The devices of `group` (as their reported state names their groups), or all of them, in no particular order. */
+  *members(group?: string): Generator<DeviceView> {
+    for (const d of this.devices.values()) if (!group || d.reported?.groups?.includes(group)) yield d;
+  }
+
+  /** The same, sorted by device id, for a table. */
   list(group?: string): DeviceView[] {
-    const all = [...this.devices.values()];
-    return (group ? all.filter((d) => d.reported?.groups?.includes(group)) : all).sort((a, b) => a.deviceId.localeCompare(b.deviceId));
+    return [...this.members(group)].sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));
   }
 }

@@ -9,7 +9,7 @@ import { hostname } from "node:os";
 import type { FailureLimit, RolloutFailure, RolloutProgress } from "../../schemas/rollout.js";
 import { rolloutProgress } from "../../schemas/rollout.js";
 import { FleetError } from "../errors.js";
-import { inRolloutWave } from "../reconcile/desired-intake.js";
+import { wavePosition } from "../reconcile/desired-intake.js";
 import { finishDocument, type RawDocument } from "./desired-document.js";
 import type { FleetClient } from "./fleet-client.js";
 import type { DeviceView, FleetView } from "./fleet-view.js";
@@ -48,8 +48,16 @@ export interface WaveStatus {
 }
 
 /** Judges a wave: done, halted (too many failures) or still going; past the deadline, the pending count as failed. */
-export function judgeWave(devices: DeviceView[], t: Target, percent: number, limit: FailureLimit, elapsedMs: number, healthyWithinMs: number): { verdict: "done" | "halt" | "wait"; status: WaveStatus } {
-  const inWave = devices.filter((d) => inRolloutWave(d.deviceId, t.deployment, percent));
+export function judgeWave(devices: Iterable<DeviceView>, t: Target, percent: number, limit: FailureLimit, elapsedMs: number, healthyWithinMs: number, positions?: Map<string, number>): { verdict: "done" | "halt" | "wait"; status: WaveStatus } {
+  const position = (id: string) => {
+    let p = positions?.get(id);
+    if (p === undefined) {
+      p = wavePosition(id, t.deployment);
+      positions?.set(id, p);
+    }
+    return p;
+  };
+  const inWave = [...devices].filter((d) => position(d.deviceId) < percent);
   const counts: Record<Standing, number> = { healthy: 0, pending: 0, failed: 0, offline: 0 };
   const failures: RolloutFailure[] = [];
   const late = elapsedMs > healthyWithinMs;
@@ -86,6 +94,8 @@ export interface RolloutOptions {
 export class Rollout {
   progress: RolloutProgress;
   private lastPublished = 0;
+  /** Each device's wave position for this deployment, hashed once rather than every tick. */
+  private readonly positions = new Map<string, number>();
 
   constructor(private readonly o: RolloutOptions) {
     const now = new Date().toISOString();
@@ -139,7 +149,7 @@ export class Rollout {
             this.progress.reason = `aborted by ${abortedBy}`;
             return this.progress;
           }
-          const { verdict, status } = judgeWave(view.list(group), target, percent, this.progress.maxFailures, Date.now() - started, this.progress.healthyWithinMs);
+          const { verdict, status } = judgeWave(view.members(group), target, percent, this.progress.maxFailures, Date.now() - started, this.progress.healthyWithinMs, this.positions);
           this.progress.counts = { ...status.counts };
           this.progress.failures = status.failures;
           this.o.onProgress?.(this.progress, status);

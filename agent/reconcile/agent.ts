@@ -47,6 +47,7 @@ export class Agent {
   phase: Phase = "idle";
   lastError: { code: string; message: string } | null = null;
   private readonly services: DeviceServices;
+  private notInWaveOf: string | undefined;
   private current: { abort: AbortController; done: Promise<void> } | undefined;
   private readonly startedAt = Date.now();
   readonly metrics: AgentMetrics = { pullBytesTotal: 0, applyDurationsMs: [], appliesTotal: 0, rollbacksTotal: 0 };
@@ -108,7 +109,9 @@ export class Agent {
     }
     const { doc } = intake;
     if (intake.kind === "notInWave") {
-      this.event({ type: "notInWave", deployment: doc.deployment, generation: doc.generation, percent: doc.rollout.percent });
+      // Said once per deployment, not at every wave that still leaves this device out.
+      if (this.notInWaveOf !== doc.deployment) this.event({ type: "notInWave", deployment: doc.deployment, generation: doc.generation, percent: doc.rollout.percent });
+      this.notInWaveOf = doc.deployment;
       return "ignored";
     }
     const seen = this.db.data.generation;
