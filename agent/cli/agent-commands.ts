@@ -3,6 +3,8 @@ import { readFileSync } from "node:fs";
 import { FleetError } from "../errors.js";
 import { publicKeyFromBase64 } from "../fleet/signature.js";
 import { Agent } from "../reconcile/agent.js";
+import { loadNative } from "../runtime/native.js";
+import { MemoryReclaimer } from "../runtime/process-memory.js";
 import { parseArgs } from "./args.js";
 import type { CliContext } from "./context.js";
 import { formatTable } from "./output.js";
@@ -13,6 +15,8 @@ export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string 
   const store = await ctx.store();
   const { throttleProgress } = await import("../registry/pull-progress.js");
   let agent: Agent | undefined;
+  // Each burst of work is followed, once quiet, by giving its memory back.
+  const reclaimer = new MemoryReclaimer(loadNative().core);
   // Pull progress goes out as events in percent, at most one a second per layer.
   const progress = throttleProgress((e) => {
     if (e.type === "progress") onEvent?.({ type: "pull.progress", layer: e.layer, percent: Math.floor((100 * e.done) / Math.max(1, e.total)) } as { type: string });
@@ -25,9 +29,16 @@ export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string 
     runtime: ctx.runtime,
     store,
     version: AGENT_VERSION,
-    pull: (ref, signal) => ctx.pull(ref, { quiet: true, onEvent: progress, signal }),
-    ...(onEvent ? { onEvent } : {}),
-    ...(onChange ? { onChange } : {}),
+    // A pinned image already stored needs no registry: an agent that has nothing to pull never loads the HTTP stack.
+    pull: async (ref, signal) => (await ctx.storedPinned(ref)) ?? ctx.pull(ref, { quiet: true, onEvent: progress, signal }),
+    onEvent: (e) => {
+      reclaimer.poke();
+      onEvent?.(e);
+    },
+    onChange: (settled) => {
+      reclaimer.poke();
+      onChange?.(settled);
+    },
   });
   return agent;
 }

@@ -8,9 +8,9 @@ import type { PullEvent } from "../registry/pull.js";
 import { formatReference, parseReference } from "../registry/reference.js";
 import { loadNative } from "../runtime/native.js";
 import { Runtime } from "../runtime/runtime.js";
+import { type ImageDefaults, imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
 import { LocalStore } from "../store/local-store.js";
-import { type ImageDefaults, imageDefaults } from "../store/image-defaults.js";
 
 export class CliContext {
   private runtimeInstance: Runtime | undefined;
@@ -29,6 +29,20 @@ export class CliContext {
   store(): Promise<LocalStore> {
     this.storeInstance ??= LocalStore.open(this.root, loadNative().core);
     return this.storeInstance;
+  }
+
+  /**
+   * The stored image a digest-pinned reference names, with every layer
+   * unpacked: content-addressed, so the registry has nothing newer to say
+   * and is not asked (nor its HTTP stack loaded). Undefined otherwise.
+   */
+  async storedPinned(ref: string): Promise<ImageRecord | undefined> {
+    const parsed = parseReference(ref);
+    if (!parsed.digest) return undefined;
+    const store = await this.store();
+    const image = store.images.get(formatReference(parsed));
+    if (!image || (image.digest !== parsed.digest && image.indexDigest !== parsed.digest)) return undefined;
+    return image.layers.every((l) => store.snapshots.has(l.chainId)) ? image : undefined;
   }
 
   /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */

@@ -1,11 +1,12 @@
 /** `fleetlet`: the device-side command. Parses, calls the runtime, prints. */
 import { loadDeviceConfig, resolveRoot } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
-import { parseArgs } from "./args.js";
+import { loadNative } from "../runtime/native.js";
+import { execWithAgentFlags } from "../runtime/process-memory.js";
 import { applyCommand } from "./agent-commands.js";
-import { agentCommand, statusCommand } from "./agent-daemon.js";
-import { CliContext } from "./context.js";
+import { parseArgs } from "./args.js";
 import { killCommand, logsCommand, psCommand, rmCommand, stopCommand } from "./container-commands.js";
+import { CliContext } from "./context.js";
 import { imagesCommand, pruneCommand, pullCommand, rmiCommand } from "./image-commands.js";
 import { printError } from "./output.js";
 import { runCommand } from "./run-command.js";
@@ -56,8 +57,9 @@ const COMMANDS: Record<string, Command> = {
   rmi: rmiCommand,
   prune: pruneCommand,
   apply: applyCommand,
-  agent: agentCommand,
-  status: statusCommand,
+  // Loaded when run: the daemon's MQTT stack would cost every other command.
+  agent: async (ctx, argv) => (await import("./agent-daemon.js")).agentCommand(ctx, argv),
+  status: async (ctx, argv) => (await import("./agent-daemon.js")).statusCommand(ctx, argv),
 };
 
 export async function main(argv: string[]): Promise<number> {
@@ -81,6 +83,8 @@ export async function main(argv: string[]): Promise<number> {
     if (process.getuid?.() !== 0) throw new FleetError("E_NOT_ROOT", `${name}: fleetlet manages containers and must run as root`, { exitCode: 125 });
     // A broken config is refused before anything runs.
     const config = loadDeviceConfig(options.config as string | undefined);
+    // The daemon runs under its own Node flags, in the same process: see process-memory.ts.
+    if (name === "agent") execWithAgentFlags(loadNative().core);
     return await command(new CliContext(resolveRoot(options.root as string | undefined), config), rest);
   } catch (err) {
     return printError("fleetlet", err);

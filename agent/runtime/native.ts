@@ -36,6 +36,10 @@ export interface NativeCore {
   getXattr(path: string, name: string): Buffer | null;
   /** Sends `state` to systemd's NOTIFY_SOCKET; false when there is none. */
   sdNotify(state: string): boolean;
+  /** V8's low-memory collection, then malloc_trim(0): the heap shrunk to what lives, free pages back to the kernel. */
+  reclaimMemory(): boolean;
+  /** execve(2), the standard streams kept open; returns only by throwing. */
+  execve(path: string, argv: string[], env: string[]): never;
   ExitWatch: new (pid: number, startTime: bigint, onExit: () => void) => ExitWatchHandle;
 }
 

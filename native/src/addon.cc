@@ -17,6 +17,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setXattr", Napi::Function::New(env, SetXattr));
   exports.Set("getXattr", Napi::Function::New(env, GetXattr));
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
+  exports.Set("reclaimMemory", Napi::Function::New(env, ReclaimMemory));
+  exports.Set("execve", Napi::Function::New(env, Execve));
   return InitExitWatch(env, exports);
 }
 

@@ -23,6 +23,8 @@ Napi::Value Mknod(const Napi::CallbackInfo& info);
 Napi::Value SetXattr(const Napi::CallbackInfo& info);
 Napi::Value GetXattr(const Napi::CallbackInfo& info);
 Napi::Value SdNotify(const Napi::CallbackInfo& info);
+Napi::Value ReclaimMemory(const Napi::CallbackInfo& info);
+Napi::Value Execve(const Napi::CallbackInfo& info);
 Napi::Object InitExitWatch(Napi::Env env, Napi::Object exports);
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what);
