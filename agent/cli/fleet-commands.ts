@@ -192,6 +192,7 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
       if (!current || (current.state !== "running" && current.state !== "aborted")) throw new FleetError("E_NOT_FOUND", `rollout resume: group ${group} has no interrupted rollout${current ? ` (the last one ${current.state}; start a new one)` : ""}`);
       const retained = await retainedDocument(client, groupTopic);
       if (!retained || retained.deployment !== current.deployment) throw new FleetError("E_CONFLICT", `rollout resume: ${groupTopic} no longer holds ${current.deployment}`);
+      if ((retained.rollout as { rollback?: unknown } | undefined)?.rollback === true) throw new FleetError("E_CONFLICT", `rollout resume: the rollout of ${current.deployment} was rolled back; start a new rollout`);
       resume = current;
       raw = retained;
       file = groupTopic;

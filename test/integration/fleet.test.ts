@@ -198,6 +198,30 @@ describe("fleetctl rollout", () => {
   });
 });
 
+describe("fleetctl rollout abort", () => {
+  it("stops a running rollout from another fleetctl, and --rollback restores the wave", async () => {
+    const before = latest("dev-f1")!.deployment!;
+    const good4 = deploymentFor("good-4", "dev-f2");
+    const file = join(work, "good4.json");
+    writeFileSync(file, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: good4, services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1004"], stopTimeoutMs: 300 } }, update: { healthyWithinMs: 8000 } }));
+    const running = runCli("fleetctl", ["--config", opConfig, "rollout", "--group", GROUP, file, "--waves", "34,100", "--healthy-within", "60s", "--sign-key", keyFile]);
+    await until("dev-f2 on good4", () => (latest("dev-f2")?.deployment === good4 && latest("dev-f2")?.phase === "converged" ? true : undefined));
+    const abort = await fleetctl(["rollout", "abort", "--group", GROUP, "--rollback", "--sign-key", keyFile]);
+    expect(abort.status, abort.stderr).toBe(0);
+    expect(abort.stdout).toMatch(new RegExp(`rollout of ${good4} .*: aborted`));
+    const r = await running;
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("[E_ABORTED]");
+    const back = await until("dev-f2 restored", () => (latest("dev-f2")?.deployment === before && latest("dev-f2")?.phase === "rolledBack" ? latest("dev-f2") : undefined));
+    expect(back.lastError?.code).toBe("E_ROLLED_BACK");
+    // The devices outside the wave never saw good4.
+    expect(seen.some((x) => x.deviceId !== "dev-f2" && x.deployment === good4)).toBe(false);
+    const again = await fleetctl(["rollout", "resume", "--group", GROUP, "--sign-key", keyFile]);
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/was rolled back; start a new rollout \[E_CONFLICT\]/);
+  });
+});
+
 describe("fleetctl refusals", () => {
   it.each([
     ["an invalid document, naming the field", ["rollout", "--group", GROUP, "BAD"], /services\.web\.restart: .*\[E_INVALID_DESIRED\]/],
