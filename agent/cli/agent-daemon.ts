@@ -27,6 +27,11 @@ function notifySystemd(state: string): void {
 }
 
 export async function agentCommand(ctx: CliContext, argv: string[]): Promise<number> {
+  // Listened for from the start: a stop during start-up must not kill the agent by the signal's default action.
+  const stopRequested = new Promise<void>((resolve) => {
+    process.once("SIGTERM", () => resolve());
+    process.once("SIGINT", () => resolve());
+  });
   const { options } = parseArgs(argv, [{ name: "heartbeat", type: "string" }]);
   const { config } = ctx;
   if (!config.deviceId) throw new FleetError("E_INVALID_CONFIG", "deviceId: the agent needs a device id (in the config file or FLEETLET_DEVICE_ID)");
@@ -64,10 +69,7 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
   const heartbeat = setInterval(() => session?.publishReported(a.reported()), heartbeatMs);
   notifySystemd(`READY=1\nSTATUS=device ${config.deviceId}: ${Object.keys(a.reported().services).length} service(s) adopted${session ? "" : ", no broker"}`);
   process.stderr.write(`fleetlet agent ${AGENT_VERSION}: device ${config.deviceId}, state in ${ctx.root}, status on ${config.api.listen}${config.mqtt ? `, broker ${config.mqtt.url}` : ", no broker configured"}\n`);
-  await new Promise<void>((resolve) => {
-    process.once("SIGTERM", () => resolve());
-    process.once("SIGINT", () => resolve());
-  });
+  await stopRequested;
   clearInterval(heartbeat);
   notifySystemd("STOPPING=1");
   await a.stop();

@@ -216,6 +216,7 @@ export class Agent {
         } catch (again) {
           this.phase = "failed";
           this.lastError = { code: e.code, message: `${e.message}; the rollback to ${good.deployment} failed too: ${(again as Error).message}` };
+          this.event({ type: "failed", deployment: doc.deployment, code: e.code, message: this.lastError.message });
         }
       } else {
         this.phase = "failed";

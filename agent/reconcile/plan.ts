@@ -47,7 +47,7 @@ export function plan(desired: DesiredState, actual: Map<string, ActualService>, 
   const removeGone: Step[] = [];
   const changed: string[] = [];
   const restartSame: Step[] = [];
-  for (const [name, spec] of Object.entries(desired.services).sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [name, spec] of Object.entries(desired.services).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
     const digest = digests.get(spec.image) ?? spec.image;
     const hash = specHash(spec, digest);
     const current = actual.get(name);
@@ -71,7 +71,7 @@ export function plan(desired: DesiredState, actual: Map<string, ActualService>, 
     starts.push({ kind: "start", service: name, spec, hash, containerId: containerName(name, hash) });
   }
   const stopGone: Step[] = [];
-  for (const [name, current] of [...actual].sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [name, current] of [...actual].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
     if (desired.services[name]) continue;
     stopGone.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: current.stopTimeoutMs ?? 10_000, signal: current.stopSignal ?? "SIGTERM" });
     removeGone.push({ kind: "remove", service: name, containerId: current.containerId });

@@ -1,12 +1,12 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseArgs } from "../../agent/cli/args.js";
 import { parseRun, runSpec } from "../../agent/cli/run-command.js";
 import { capabilitySet } from "../../agent/runtime/capabilities.js";
 import { readLog } from "../../agent/runtime/log-tail.js";
 import { formatBytes, parseBytes } from "../../schemas/quantity.js";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 
 describe("parseBytes", () => {
   it.each([

@@ -1,8 +1,8 @@
 import { Readable } from "node:stream";
 import { describe, expect, it } from "vitest";
+import { layerCompression, safeRelativePath } from "../../agent/store/layer-unpack.js";
 import { parsePax, readTar, type TarHeader } from "../../agent/store/tar-reader.js";
 import { buildTar, entryHeader } from "../../agent/store/tar-writer.js";
-import { layerCompression, safeRelativePath } from "../../agent/store/layer-unpack.js";
 
 describe("tar round trip", () => {
   it("reads back names, types, bodies and binary xattrs split across tiny chunks", async () => {
