@@ -60,6 +60,8 @@ export const desiredState = z.object({
       rollback: z.boolean().default(false),
     })
     .default({ percent: 100, rollback: false }),
+  /** Where the document is meant to go ("device/<id>" or "group/<name>"); fleetctl sets it, so a signed document cannot be replayed to another topic. */
+  target: z.string().regex(/^(device|group)\/[^/]+$/, 'expected "device/<id>" or "group/<name>"').optional(),
   signature: z.string().optional(),
 });
 export type DesiredState = z.output<typeof desiredState>;

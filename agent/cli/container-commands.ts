@@ -1,8 +1,8 @@
 /** `fleetlet ps`, `logs`, `stop`, `kill` and `rm`: thin wrappers over the runtime. */
 import { FleetError } from "../errors.js";
 import type { ContainerInfo } from "../runtime/runtime.js";
-import type { CliContext } from "./context.js";
 import { type OptionSpec, parseArgs } from "./args.js";
+import type { CliContext } from "./context.js";
 import { ago, formatTable } from "./output.js";
 
 function one(positionals: string[], what: string): string {

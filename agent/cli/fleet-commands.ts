@@ -1,6 +1,7 @@
 /** `fleetctl keygen`, `deploy`, `status` and `rollout`: the operator's fleet commands over MQTT. */
 import { hostname } from "node:os";
 import { type RolloutProgress, rolloutProgress } from "../../schemas/rollout.js";
+import { canonicalJson } from "../canonical-json.js";
 import { loadDeviceConfig } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
 import { finishDocument, pickGeneration, readDocumentFile, retainedDocument } from "../fleet/desired-document.js";
@@ -40,13 +41,14 @@ export async function deployCommand(argv: string[], configPath: string | undefin
   ]);
   if (positionals.length !== 1 || Boolean(options.device) === Boolean(options.group)) throw usage("deploy: expected --device ID or --group G, and one FILE");
   const raw = readDocumentFile(positionals[0]!);
-  finishDocument(raw, { generation: typeof raw.generation === "number" ? raw.generation : 1 }, { file: positionals[0]! }); // refused before the broker is reached
+  const target = options.device ? `device/${options.device as string}` : `group/${options.group as string}`;
+  finishDocument(raw, { generation: typeof raw.generation === "number" ? raw.generation : 1, target }, { file: positionals[0]! }); // refused before the broker is reached
   const key = options["sign-key"] ? loadSigningKey(options["sign-key"] as string) : undefined;
   const client = await connect(configPath);
   try {
     const topic = options.device ? client.topics.device(options.device as string, "desired") : client.topics.groupDesired(options.group as string);
     const generation = pickGeneration(raw, await retainedDocument(client, topic), topic);
-    const { payload, doc } = finishDocument(raw, { generation }, { file: positionals[0]!, ...(key ? { key } : {}) });
+    const { payload, doc } = finishDocument(raw, { generation, target }, { file: positionals[0]!, ...(key ? { key } : {}) });
     await client.publish(topic, payload, { retain: true });
     process.stdout.write(`published deployment ${doc.deployment} generation ${generation} to ${topic} (${payload.length} bytes, ${key ? "signed" : "unsigned"})\n`);
     return 0;
@@ -68,10 +70,24 @@ function rolloutLine(p: RolloutProgress): string {
 }
 
 async function retainedProgress(client: FleetClient, group: string): Promise<RolloutProgress | undefined> {
-  const payload = await client.retained(`${client.topics.prefix}/groups/${group}/rollout`);
+  const topic = `${client.topics.prefix}/groups/${group}/rollout`;
+  const payload = await client.retained(topic);
   if (!payload) return undefined;
-  const parsed = rolloutProgress.safeParse(JSON.parse(payload.toString()));
+  let parsed: ReturnType<typeof rolloutProgress.safeParse>;
+  try {
+    parsed = rolloutProgress.safeParse(JSON.parse(payload.toString()));
+  } catch (err) {
+    process.stderr.write(`fleetctl: warning: the retained message on ${topic} is not JSON (${(err as Error).message}); taken as no rollout\n`);
+    return undefined;
+  }
+  if (!parsed.success) process.stderr.write(`fleetctl: warning: the retained message on ${topic} is not rollout progress; taken as no rollout\n`);
   return parsed.success ? parsed.data : undefined;
+}
+
+/** A document's content without what fleetctl sets (generation, target, rollout, signature). */
+function sameContent(doc: Record<string, unknown>): string {
+  const { generation: _g, target: _t, rollout: _r, signature: _s, ...rest } = doc;
+  return canonicalJson(rest);
 }
 
 export async function statusCommand(argv: string[], configPath: string | undefined): Promise<number> {
@@ -162,7 +178,7 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
   if (options.rollback && sub !== "abort") throw usage("rollout: --rollback goes with `rollout abort`");
   // Everything the command line says is checked before the broker is reached.
   const fromFile = sub ? undefined : readDocumentFile(positionals[0]!);
-  if (fromFile) finishDocument(fromFile, { generation: typeof fromFile.generation === "number" ? fromFile.generation : 1 }, { file: positionals[0]! });
+  if (fromFile) finishDocument(fromFile, { generation: typeof fromFile.generation === "number" ? fromFile.generation : 1, target: `group/${group}` }, { file: positionals[0]! });
   const given = {
     waves: parseWaves((options.waves as string | undefined) ?? "100"),
     healthyWithinMs: parseDuration((options["healthy-within"] as string | undefined) ?? "2m", "--healthy-within"),
@@ -177,7 +193,8 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
       if (options.rollback) {
         const raw = await retainedDocument(client, groupTopic);
         if (!raw || raw.deployment !== current.deployment) throw new FleetError("E_CONFLICT", `rollout abort --rollback: ${groupTopic} no longer holds ${current.deployment}`);
-        const { payload } = finishDocument(raw, { generation: current.generation + 1, rollout: { percent: current.waves[current.wave]!, rollback: true } }, { file: groupTopic, ...(key ? { key } : {}) });
+        if (raw.signature && !key) throw usage(`rollout abort --rollback: ${groupTopic} holds a signed document; give --sign-key, or the devices would refuse the rollback`);
+        const { payload } = finishDocument(raw, { generation: current.generation + 1, target: `group/${group}`, rollout: { percent: current.waves[current.wave]!, rollback: true } }, { file: groupTopic, ...(key ? { key } : {}) });
         await client.publish(groupTopic, payload, { retain: true });
       }
       const aborted: RolloutProgress = { ...current, state: "aborted", reason: `aborted by ${hostname()}${options.rollback ? "; the wave was rolled back" : "; devices keep what they run"}`, by: hostname(), updatedAt: new Date().toISOString() };
@@ -201,13 +218,16 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
       raw = fromFile!;
       if (current?.state === "running") {
         if (current.deployment !== raw.deployment) throw new FleetError("E_CONFLICT", `rollout: group ${group} has a rollout of ${current.deployment} under way (wave ${current.wave + 1}/${current.waves.length}, by ${current.by}); abort it first with \`fleetctl rollout abort --group ${group}\``);
+        const published = await retainedDocument(client, groupTopic);
+        if (!published || sameContent(published) !== sameContent(raw)) throw new FleetError("E_CONFLICT", `rollout: ${file} differs from the ${current.deployment} being rolled out; give the changed document a new deployment name (or abort the rollout first)`);
         resume = current;
         process.stderr.write(`resuming the rollout of ${current.deployment} at wave ${current.wave + 1}/${current.waves.length}\n`);
       }
     }
     const { waves, healthyWithinMs, maxFailures } = resume ?? given;
     const generation = resume ? resume.generation : pickGeneration(raw, await retainedDocument(client, groupTopic), groupTopic);
-    finishDocument(raw, { generation }, { file }); // validate before anything is published
+    if (resume && raw.signature && !key) throw usage(`rollout: ${groupTopic} holds a signed document; give --sign-key, or the devices would refuse the next wave`);
+    finishDocument(raw, { generation, target: `group/${group}` }, { file }); // validate before anything is published
     const view = await FleetView.open(client);
     const devices = view.list(group).length;
     process.stderr.write(`rollout of ${String(raw.deployment)} (generation ${generation}) to group ${group}: ${devices} device(s) known, waves ${waves.join(",")}%, healthy within ${healthyWithinMs / 1000} s, ${"count" in maxFailures ? maxFailures.count : `${maxFailures.percent}%`} failure(s) allowed per wave\n`);

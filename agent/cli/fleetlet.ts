@@ -84,7 +84,14 @@ export async function main(argv: string[]): Promise<number> {
     // A broken config is refused before anything runs.
     const config = loadDeviceConfig(options.config as string | undefined);
     // The daemon runs under its own Node flags, in the same process: see process-memory.ts.
-    if (name === "agent") execWithAgentFlags(loadNative().core);
+    if (name === "agent") {
+      try {
+        execWithAgentFlags(loadNative().core);
+      } catch (err) {
+        // Only the memory tuning is lost: the agent runs on under the flags it has.
+        process.stderr.write(`fleetlet: warning: could not re-execute with the agent's Node flags (${(err as Error).message}); running without them\n`);
+      }
+    }
     return await command(new CliContext(resolveRoot(options.root as string | undefined), config), rest);
   } catch (err) {
     return printError("fleetlet", err);

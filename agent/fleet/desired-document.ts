@@ -58,9 +58,10 @@ export function pickGeneration(raw: RawDocument, retained: RawDocument | undefin
 }
 
 /** Sets the fields, validates, signs; returns the payload to publish and the parsed document. */
-export function finishDocument(raw: RawDocument, fields: { generation: number; rollout?: { percent: number; rollback?: boolean } }, opts: { file: string; key?: KeyObject }): { payload: string; doc: DesiredState } {
+export function finishDocument(raw: RawDocument, fields: { generation: number; target: string; rollout?: { percent: number; rollback?: boolean } }, opts: { file: string; key?: KeyObject }): { payload: string; doc: DesiredState } {
   const { signature: _old, ...rest } = raw;
-  let out: RawDocument = { ...rest, generation: fields.generation, ...(fields.rollout ? { rollout: fields.rollout } : {}) };
+  // The target is signed with the rest, so the document cannot be replayed to another device or group.
+  let out: RawDocument = { ...rest, generation: fields.generation, target: fields.target, ...(fields.rollout ? { rollout: fields.rollout } : {}) };
   const parsed = desiredState.safeParse(out);
   if (!parsed.success) throw new FleetError("E_INVALID_DESIRED", `${opts.file}: ${formatIssues(parsed.error)}`, { exitCode: 2 });
   if (opts.key) out = signDocument(out, opts.key);

@@ -117,7 +117,7 @@ export class Rollout {
   }
 
   private publishWave(percent: number, rollback = false, generation = this.progress.generation): Promise<void> {
-    const { payload } = finishDocument(this.o.raw, { generation, rollout: { percent, ...(rollback ? { rollback } : {}) } }, { file: this.o.file, ...(this.o.key ? { key: this.o.key } : {}) });
+    const { payload } = finishDocument(this.o.raw, { generation, target: `group/${this.o.group}`, rollout: { percent, ...(rollback ? { rollback } : {}) } }, { file: this.o.file, ...(this.o.key ? { key: this.o.key } : {}) });
     return this.o.client.publish(this.o.client.topics.groupDesired(this.o.group), payload, { retain: true });
   }
 
@@ -127,7 +127,12 @@ export class Rollout {
     let abortedBy: string | undefined;
     const off = client.onMessage((topic, payload) => {
       if (topic !== this.topic || !payload.length) return;
-      const p = rolloutProgress.safeParse(JSON.parse(payload.toString()));
+      let p: ReturnType<typeof rolloutProgress.safeParse>;
+      try {
+        p = rolloutProgress.safeParse(JSON.parse(payload.toString()));
+      } catch {
+        return; // not JSON: not an abort; our next progress record replaces it
+      }
       if (p.success && p.data.state === "aborted" && p.data.deployment === this.progress.deployment) abortedBy = p.data.by;
     });
     await client.subscribe([this.topic]);

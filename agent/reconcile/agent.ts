@@ -99,10 +99,12 @@ export class Agent {
   }
 
   /** Takes a document from the transport or a file: verifies, validates, checks its generation and wave, applies. */
-  async submit(payload: string | Buffer | object, source = "desired", opts: { fromGroup?: boolean } = {}): Promise<"applying" | "ignored" | "rejected"> {
+  async submit(payload: string | Buffer | object, source = "desired", opts: { group?: string; fromTopic?: boolean } = {}): Promise<"applying" | "ignored" | "rejected"> {
     let intake: Intake;
+    const fromGroup = opts.group !== undefined;
+    const target = opts.fromTopic ? (fromGroup ? `group/${opts.group}` : `device/${this.deps.deviceId}`) : undefined;
     try {
-      intake = readDesired(payload, { deviceId: this.deps.deviceId, source, fromGroup: opts.fromGroup ?? false, trustedKeys: this.deps.trustedKeys ?? [] });
+      intake = readDesired(payload, { deviceId: this.deps.deviceId, source, fromGroup, trustedKeys: this.deps.trustedKeys ?? [], ...(target ? { target } : {}) });
     } catch (err) {
       this.reject(err instanceof FleetError ? err : new FleetError("E_INVALID_DESIRED", `${source}: ${(err as Error).message}`));
       return "rejected";
@@ -114,11 +116,15 @@ export class Agent {
       this.notInWaveOf = doc.deployment;
       return "ignored";
     }
-    const seen = this.db.data.generation;
-    if (seen !== null && (doc.generation < seen || (doc.generation === seen && this.db.data.desired?.deployment === doc.deployment))) {
+    // Each topic counts its own generations: a device document is not measured against its groups'.
+    const key = fromGroup ? `group:${opts.group}` : "device";
+    const { generations } = this.db.data;
+    const seen = generations[key] ?? (Object.keys(generations).length ? null : this.db.data.generation);
+    if (seen !== null && doc.generation <= seen) {
       this.event({ type: "ignored", deployment: doc.deployment, generation: doc.generation, reason: `generation ${doc.generation} is not newer than ${seen}` });
       return "ignored";
     }
+    generations[key] = doc.generation;
     if (intake.kind === "rollback") return this.rollBackOnRequest(doc);
     // Persisted before anything changes, so a crash mid-apply resumes it.
     this.db.data.desired = doc;
@@ -165,7 +171,8 @@ export class Agent {
   /** Starts applying `doc`, cancelling an apply in progress; resolves when this apply settles. */
   applyInBackground(doc: DesiredState, rolledBack?: { code: FleetError["code"]; message: string }): Promise<void> {
     const previous = this.current;
-    previous?.abort.abort(new FleetError("E_ABORTED", `superseded by generation ${doc.generation}`));
+    // A rollback says so: the deployment it cuts short must not count as good.
+    previous?.abort.abort(new FleetError(rolledBack ? "E_ROLLED_BACK" : "E_ABORTED", `superseded by generation ${doc.generation}${rolledBack ? " (a rollback)" : ""}`));
     const abort = new AbortController();
     const done = (async () => {
       await previous?.done;
@@ -198,7 +205,10 @@ export class Agent {
       this.changed();
       // Converged is reported at once; the new services stay on probation for
       // the rest of the health window, and a crash in it still rolls back.
-      await this.probation(doc, changed, signal);
+      const healthy = await this.probation(doc, changed, signal);
+      // Cut short by a newer document while healthy, it counts as good; never when
+      // unhealthy at that moment, nor when an operator's rollback cut it short.
+      if (!healthy || (signal.aborted && (signal.reason as FleetError | undefined)?.code === "E_ROLLED_BACK")) return;
       this.markGood(doc);
       await this.db.write();
     } catch (err) {
@@ -236,20 +246,21 @@ export class Agent {
     this.db.data.lastGood = doc;
   }
 
-  /** Watches the services a deployment changed until its health window closes. */
-  private async probation(doc: DesiredState, services: string[], signal: AbortSignal): Promise<void> {
+  /** Watches the services a deployment changed until its health window closes; false when cut short while one was not healthy. */
+  private async probation(doc: DesiredState, services: string[], signal: AbortSignal): Promise<boolean> {
     const window = Math.min(doc.update.healthyWithinMs, PROBATION_MAX_MS);
     const end = Date.now() + window;
     while (services.length && Date.now() < end) {
-      // Superseded (or stopping) while healthy: the deployment counts as good.
-      if (signal.aborted) return;
       const failing = services.map((s) => [s, this.services.unhealthyReason(s)] as const).filter(([, why]) => why !== undefined);
+      // Superseded or stopping: the window is cut short, and its health so far decides.
+      if (signal.aborted) return failing.length === 0;
       if (failing.length) {
         const detail = failing.map(([s, why]) => `${s} (${why})`).join(", ");
         throw new FleetError("E_UNHEALTHY", `deployment ${doc.deployment}: unhealthy within ${window} ms of starting: ${detail}`);
       }
       await pause(100, signal);
     }
+    return true;
   }
 
   /** Applies `doc`; resolves with the services it started or replaced. */

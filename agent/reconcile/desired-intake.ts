@@ -24,6 +24,8 @@ export interface IntakeOptions {
   /** Group documents are subject to the rollout wave; a device's own document is not. */
   fromGroup: boolean;
   trustedKeys: KeyObject[];
+  /** The topic's target ("device/<id>", "group/<name>"); a document naming another is refused. None for a local file. */
+  target?: string;
 }
 
 /** Where a device falls for a deployment, in [0, 100): the first 32 bits of sha256(deviceId NUL deployment) as a percentage. */
@@ -53,6 +55,12 @@ export function readDesired(payload: string | Buffer | object, opts: IntakeOptio
   const parsed = desiredState.safeParse(raw);
   if (!parsed.success) throw new FleetError("E_INVALID_DESIRED", `${opts.source}: ${formatIssues(parsed.error)}`);
   const doc = parsed.data;
+  if (opts.target && doc.target !== undefined && doc.target !== opts.target) {
+    throw new FleetError(opts.trustedKeys.length ? "E_BAD_SIGNATURE" : "E_INVALID_DESIRED", `${opts.source}: target: the document is for ${doc.target}, not ${opts.target}; refused (a document replayed to another topic)`);
+  }
+  if (opts.target && opts.trustedKeys.length && doc.target === undefined) {
+    throw new FleetError("E_BAD_SIGNATURE", `${opts.source}: target: a signed document must name its target (fleetctl deploy and rollout set it)`);
+  }
   if (opts.fromGroup && !inRolloutWave(opts.deviceId, doc.deployment, doc.rollout.percent)) return { kind: "notInWave", doc };
   return { kind: opts.fromGroup && doc.rollout.rollback ? "rollback" : "apply", doc };
 }

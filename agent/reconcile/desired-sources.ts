@@ -23,12 +23,12 @@ export class DesiredSources {
   }
 
   /** The document to apply now, if it differs from the last one submitted. */
-  next(): { payload: Buffer; source: string; fromGroup: boolean } | undefined {
-    let pick: { payload: Buffer; source: string; fromGroup: boolean } | undefined;
-    if (this.device) pick = { payload: this.device, source: "device", fromGroup: false };
+  next(): { payload: Buffer; source: string; group?: string } | undefined {
+    let pick: { payload: Buffer; source: string; group?: string } | undefined;
+    if (this.device) pick = { payload: this.device, source: "device" };
     else {
       const group = this.groupOrder.find((g) => this.groups.has(g));
-      if (group) pick = { payload: this.groups.get(group)!, source: `group ${group}`, fromGroup: true };
+      if (group) pick = { payload: this.groups.get(group)!, source: `group ${group}`, group };
     }
     if (!pick || pick.payload.toString() === this.lastSubmitted) return undefined;
     this.lastSubmitted = pick.payload.toString();
@@ -43,7 +43,7 @@ export function desiredHandler(agent: Pick<Agent, "submit" | "reject">, groups: 
     sources.set(source.kind, source.name, payload);
     const next = sources.next();
     if (!next) return;
-    agent.submit(next.payload, `${prefix} ${next.source} desired`, { fromGroup: next.fromGroup }).catch((err: Error) => {
+    agent.submit(next.payload, `${prefix} ${next.source} desired`, { fromTopic: true, ...(next.group !== undefined ? { group: next.group } : {}) }).catch((err: Error) => {
       // The document could not even be recorded (db.json unwritable): say so, keep serving.
       agent.reject(err instanceof FleetError ? err : new FleetError("E_RUNTIME", err.message));
     });

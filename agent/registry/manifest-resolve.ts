@@ -6,7 +6,7 @@
  */
 import { createHash } from "node:crypto";
 import { formatIssues } from "../../schemas/format-issues.js";
-import { type Descriptor, INDEX_TYPES, imageConfig, type ImageConfig, type ImageManifest, imageIndex, imageManifest, MANIFEST_TYPES, MEDIA } from "../../schemas/oci.js";
+import { type Descriptor, type ImageConfig, type ImageManifest, INDEX_TYPES, imageConfig, imageIndex, imageManifest, MANIFEST_TYPES, MEDIA } from "../../schemas/oci.js";
 import { FleetError } from "../errors.js";
 import { formatPlatform, type Platform, selectPlatform } from "./platform.js";
 import { formatReference, type ImageRef } from "./reference.js";

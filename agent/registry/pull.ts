@@ -17,7 +17,7 @@ import { resolveImage } from "./manifest-resolve.js";
 import { formatPlatform, hostPlatform, type Platform } from "./platform.js";
 import { RateLimiter } from "./rate-limit.js";
 import { formatReference, parseReference } from "./reference.js";
-import { RegistryClient, type RegistryAuthConfig } from "./registry-client.js";
+import { type RegistryAuthConfig, RegistryClient } from "./registry-client.js";
 
 export type PullEvent =
   | { type: "resolved"; ref: string; digest: string; layers: { digest: string; size: number; present: boolean }[] }

@@ -31,13 +31,15 @@ export interface DbData {
   services: Record<string, ServiceRecord>;
   /** The highest generation accepted: older documents are ignored. */
   generation: number | null;
+  /** The highest generation accepted per source ("device", "group:<name>"): each topic counts its own. */
+  generations: Record<string, number>;
 }
 
 export type Db = Low<DbData>;
 
 export async function openDb(root: string): Promise<Db> {
   mkdirSync(root, { recursive: true });
-  const db = new Low<DbData>(new JSONFile<DbData>(join(root, "db.json")), { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null });
+  const db = new Low<DbData>(new JSONFile<DbData>(join(root, "db.json")), { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null, generations: {} });
   await db.read();
   db.data.images ??= {};
   db.data.desired ??= null;
@@ -45,5 +47,6 @@ export async function openDb(root: string): Promise<Db> {
   db.data.previousGood ??= null;
   db.data.services ??= {};
   db.data.generation ??= null;
+  db.data.generations ??= {};
   return db;
 }

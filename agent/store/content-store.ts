@@ -6,8 +6,8 @@
  * so a blob that exists is a verified blob. A power cut leaves either that
  * or a partial in `ingest/` that the next pull resumes.
  */
-import { createHash, type Hash } from "node:crypto";
-import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { createHash, type Hash, randomBytes } from "node:crypto";
+import { createReadStream, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -87,9 +87,13 @@ export class ContentStore {
   tryLockIngest(digest: string): (() => void) | undefined {
     const path = join(this.ingestDir, `${digestHex(digest)}.lock`);
     const me = `${process.pid} ${processStartTime(process.pid)}`;
+    const unique = () => `${path}.${process.pid}.${randomBytes(4).toString("hex")}`;
     for (;;) {
+      // Written whole under a private name, then linked into place: a reader never sees a half-written lock.
+      const mine = unique();
+      writeFileSync(mine, me);
       try {
-        writeFileSync(path, me, { flag: "wx" });
+        linkSync(mine, path);
         return () => {
           try {
             if (readFileSync(path, "utf8") === me) unlinkSync(path);
@@ -99,6 +103,8 @@ export class ContentStore {
         };
       } catch (err) {
         if (!isErrno(err, "EEXIST")) throw err;
+      } finally {
+        unlinkSync(mine);
       }
       let holder = "";
       try {
@@ -109,12 +115,23 @@ export class ContentStore {
       }
       const [pid, start] = holder.split(" ");
       if (pid && processStartTime(Number(pid)) === start) return undefined;
-      // Its holder is gone (or the file was never whole): take it over.
+      // Its holder is gone: move the lock aside, and keep it out only if it is still the dead one's.
+      const aside = unique();
       try {
-        unlinkSync(path);
+        renameSync(path, aside);
       } catch (err) {
-        if (!isErrno(err, "ENOENT")) throw err;
+        if (isErrno(err, "ENOENT")) continue;
+        throw err;
       }
+      if (readFileSync(aside, "utf8") !== holder) {
+        // A live process took it between our read and the rename: put it back unless another lock is already there.
+        try {
+          linkSync(aside, path);
+        } catch (err) {
+          if (!isErrno(err, "EEXIST")) throw err;
+        }
+      }
+      unlinkSync(aside);
     }
   }
 

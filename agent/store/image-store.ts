@@ -1,6 +1,7 @@
 /** Images: a reference names a manifest, which names a config and layers. Kept in db.json. */
-import type { Db } from "../state/db.js";
+
 import { FleetError } from "../errors.js";
+import type { Db } from "../state/db.js";
 
 export interface LayerRecord {
   digest: string;

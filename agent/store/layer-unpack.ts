@@ -12,7 +12,7 @@
  * the caller removes the directory.
  */
 import { createHash } from "node:crypto";
-import { chmodSync, lchownSync, lutimesSync, mkdirSync, rmSync, symlinkSync, linkSync, unlinkSync } from "node:fs";
+import { chmodSync, lchownSync, linkSync, lutimesSync, mkdirSync, rmSync, symlinkSync, unlinkSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline, type Readable, Transform } from "node:stream";

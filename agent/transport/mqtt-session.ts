@@ -266,9 +266,9 @@ export class MqttSession {
       connectTimeout: CONNECT_TIMEOUT_MS,
       reconnectPeriod: 0,
       manualConnect: true,
-      resubscribe: false,
+      resubscribe: false, // we subscribe on every connect ourselves
       // MQTT.js otherwise builds a Buffer for each of the 65536 packet ids at the first publish: ~6 MiB of heap, for good.
-      writeCache: false, // we subscribe on every connect ourselves
+      writeCache: false,
       ...(m.username === undefined ? {} : { username: m.username }),
       ...(m.password === undefined ? {} : { password: m.password }),
       ...tlsOptions(m),

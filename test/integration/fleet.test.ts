@@ -214,6 +214,8 @@ describe("fleetctl rollout abort", () => {
     expect(r.stderr).toContain("[E_ABORTED]");
     const back = await until("dev-f2 restored", () => (latest("dev-f2")?.deployment === before && latest("dev-f2")?.phase === "rolledBack" ? latest("dev-f2") : undefined));
     expect(back.lastError?.code).toBe("E_ROLLED_BACK");
+    // Cut short in its health window, good4 never became a deployment to roll back to.
+    await until("dev-f2 healthy on the restored deployment", () => (latest("dev-f2")?.lastGood === before ? true : undefined));
     // The devices outside the wave never saw good4.
     expect(seen.some((x) => x.deviceId !== "dev-f2" && x.deployment === good4)).toBe(false);
     const again = await fleetctl(["rollout", "resume", "--group", GROUP, "--sign-key", keyFile]);
@@ -273,7 +275,7 @@ describe("fleetctl status --watch --share", () => {
 
 describe("signed desired state", () => {
   const publish = (id: string, doc: unknown) => watcher.publishAsync(`fleet/devices/${id}/desired`, typeof doc === "string" ? doc : JSON.stringify(doc), { qos: 1, retain: true });
-  const deviceDoc = (generation: number) => ({ apiVersion: "fleetlet/v1", deployment: "device-own", generation, services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1003"] } } });
+  const deviceDoc = (generation: number, target = "device/dev-f2") => ({ apiVersion: "fleetlet/v1", deployment: "device-own", generation, target, services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1003"] } } });
 
   it("rejects unsigned, tampered and foreign-signed documents with E_BAD_SIGNATURE and leaves the service running", async () => {
     const pid = pidOf("dev-f2");
@@ -284,6 +286,8 @@ describe("signed desired state", () => {
       ["unsigned", deviceDoc(100)],
       ["tampered", { ...signDocument(deviceDoc(101), key), deployment: "device-evil" }],
       ["signed by an unknown key", signDocument(deviceDoc(102), foreign)],
+      ["signed for another device, replayed to this one", signDocument(deviceDoc(103, "device/dev-f1"), key)],
+      ["signed without naming its target", signDocument({ ...deviceDoc(104), target: undefined }, key)],
     ];
     for (const [what, doc] of cases) {
       const mark = seen.length;
@@ -293,6 +297,17 @@ describe("signed desired state", () => {
       expect(r.generation, what).toBe(generation);
       expect(r.services.web?.pid, what).toBe(pid);
     }
+  });
+
+  it("applies a device document that fleetctl numbers from its own topic, whatever generation the group's documents reached", async () => {
+    const groupGeneration = latest("dev-f3")!.generation!;
+    expect(groupGeneration).toBeGreaterThan(1);
+    const file = join(work, "own-f3.json");
+    writeFileSync(file, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "own-f3", services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1005"], stopTimeoutMs: 300 } } }));
+    const r = await fleetctl(["deploy", "--device", "dev-f3", "--sign-key", keyFile, file]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/published deployment own-f3 generation 1 to fleet\/devices\/dev-f3\/desired .*signed/);
+    await until("dev-f3 on its own document", () => (latest("dev-f3")?.deployment === "own-f3" && latest("dev-f3")?.phase === "converged" ? true : undefined));
   });
 
   it("applies a properly signed device document, and ignores a replay of an older one", async () => {
