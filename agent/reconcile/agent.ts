@@ -127,12 +127,13 @@ export class Agent {
     generations[key] = doc.generation;
     if (intake.kind === "rollback") return this.rollBackOnRequest(doc);
     // Persisted before anything changes, so a crash mid-apply resumes it.
+    // From here the reported generation is the new one: never with the old phase,
+    // so the phase changes with it, before the write lets a report go out.
     this.db.data.desired = doc;
     this.db.data.generation = doc.generation;
-    await this.db.write();
-    // From here the reported generation is the new one: never with the old phase.
     this.phase = "pulling";
     this.lastError = null;
+    await this.db.write();
     void this.applyInBackground(doc);
     return "applying";
   }
@@ -153,9 +154,9 @@ export class Agent {
     const restored: DesiredState = { ...target, generation: doc.generation };
     this.db.data.desired = restored;
     this.db.data.generation = doc.generation;
-    await this.db.write();
     this.phase = "pulling";
     this.lastError = null;
+    await this.db.write();
     this.event({ type: "rollingBack", deployment: doc.deployment, to: target.deployment, reason: "requested by the operator" });
     void this.applyInBackground(restored, { code: "E_ROLLED_BACK", message: `the operator rolled ${doc.deployment} back; restored ${target.deployment}` });
     return "applying";

@@ -2,10 +2,11 @@
  * `db.json`, through lowdb: what must survive a restart. Writes go through
  * lowdb's atomic file replacement. Each module owns its own section.
  */
+import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { Low } from "lowdb";
-import { JSONFile } from "lowdb/node";
+import { open, readFile, rename, unlink } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { type Adapter, Low } from "lowdb";
 import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
 import type { ImageRecord } from "../store/image-store.js";
 
@@ -37,9 +38,55 @@ export interface DbData {
 
 export type Db = Low<DbData>;
 
+/**
+ * db.json written whole or not at all: to a temp file of this process's own
+ * (the agent and a `fleetlet pull` may write at the same moment; lowdb's own
+ * adapter shares one temp name between processes), then renamed over.
+ */
+class AtomicJsonFile<T> implements Adapter<T> {
+  private queue: Promise<void> = Promise.resolve();
+
+  constructor(private readonly file: string) {}
+
+  async read(): Promise<T | null> {
+    try {
+      return JSON.parse(await readFile(this.file, "utf8")) as T;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+      throw err;
+    }
+  }
+
+  /** Writes go out in call order, so the last one called is the one on disk. */
+  write(data: T): Promise<void> {
+    const text = JSON.stringify(data, null, 2);
+    const done = this.queue.then(() => this.replace(text));
+    this.queue = done.catch(() => undefined); // the caller of this write gets its error
+    return done;
+  }
+
+  private async replace(text: string): Promise<void> {
+    const tmp = join(dirname(this.file), `.${basename(this.file)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
+    const fh = await open(tmp, "w", 0o600);
+    try {
+      // No fsync per write, as lowdb's own adapter: ext4 (auto_da_alloc) flushes a
+      // file replaced by rename before the rename, and the agent writes often.
+      await fh.writeFile(text);
+    } finally {
+      await fh.close();
+    }
+    try {
+      await rename(tmp, this.file);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined); // the rename's error is the one that matters
+      throw err;
+    }
+  }
+}
+
 export async function openDb(root: string): Promise<Db> {
   mkdirSync(root, { recursive: true });
-  const db = new Low<DbData>(new JSONFile<DbData>(join(root, "db.json")), { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null, generations: {} });
+  const db = new Low<DbData>(new AtomicJsonFile<DbData>(join(root, "db.json")), { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null, generations: {} });
   await db.read();
   db.data.images ??= {};
   db.data.desired ??= null;

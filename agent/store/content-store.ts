@@ -45,12 +45,19 @@ export class ContentStore {
   /** Stores a small blob held in memory (a manifest, a config), verified first. */
   async put(digest: string, data: Buffer): Promise<void> {
     if (this.has(digest)) return;
-    const ingest = await this.openIngest(digest, data.length, { restart: true });
+    // Another process may be storing the same manifest or config right now: one writer at a time.
+    const release = await this.lockIngest(digest);
     try {
-      await ingest.write(data);
-      await ingest.commit();
+      if (this.has(digest)) return;
+      const ingest = await this.openIngest(digest, data.length, { restart: true });
+      try {
+        await ingest.write(data);
+        await ingest.commit();
+      } finally {
+        await ingest.close();
+      }
     } finally {
-      await ingest.close();
+      release();
     }
   }
 

@@ -8,7 +8,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync } from "node:fs";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { FleetError } from "../errors.js";
+import { FleetError, isErrno } from "../errors.js";
 import type { NativeCore } from "../runtime/native.js";
 import { digestHex } from "./digest.js";
 import { unpackLayer } from "./layer-unpack.js";
@@ -52,8 +52,13 @@ export class Snapshots {
       if (result.diffId !== diffId) {
         throw new FleetError("E_DIGEST_MISMATCH", `layer ${diffId}: its uncompressed content hashes to ${result.diffId}`);
       }
-      if (this.has(chainId)) await this.native.removeTree(tmp); // another pull finished it first
-      else renameSync(tmp, this.path(chainId));
+      try {
+        renameSync(tmp, this.path(chainId));
+      } catch (err) {
+        // Another pull (in this process or another) finished the same snapshot first: keep theirs.
+        if (!(isErrno(err, "ENOTEMPTY") || isErrno(err, "EEXIST")) || !this.has(chainId)) throw err;
+        await this.native.removeTree(tmp);
+      }
       return result;
     } catch (err) {
       await this.native.removeTree(tmp);
