@@ -24,6 +24,8 @@ export const reportedState = z.object({
   phase: z.enum(PHASES),
   /** The deployment that last passed its health window on this device (a rollout counts a device healthy by it). */
   lastGood: z.string().nullable().optional(),
+  /** Which document the device follows: "device" (its own, which wins) or "group:<name>". */
+  source: z.string().nullable().optional(),
   /** The device's groups, so the operator side can tell a group's devices apart. */
   groups: z.array(z.string()).optional(),
   services: z.record(z.string(), serviceReport),

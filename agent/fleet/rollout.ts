@@ -57,7 +57,8 @@ export function judgeWave(devices: Iterable<DeviceView>, t: Target, percent: num
     }
     return p;
   };
-  const inWave = [...devices].filter((d) => position(d.deviceId) < percent);
+  // A device following its own document does not take the group's: it is not part of any wave.
+  const inWave = [...devices].filter((d) => d.reported?.source !== "device" && position(d.deviceId) < percent);
   const counts: Record<Standing, number> = { healthy: 0, pending: 0, failed: 0, offline: 0 };
   const failures: RolloutFailure[] = [];
   const late = elapsedMs > healthyWithinMs;

@@ -23,7 +23,7 @@ export class SimulatedStore implements AgentStore {
   readonly images: ImageStore;
 
   constructor() {
-    const empty: DbData = { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null, generations: {} };
+    const empty: DbData = { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null, generations: {}, desiredSource: null };
     this.db = new Low<DbData>(new Memory<DbData>(), empty);
     this.images = new ImageStore(this.db);
   }

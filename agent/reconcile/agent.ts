@@ -131,6 +131,7 @@ export class Agent {
     // so the phase changes with it, before the write lets a report go out.
     this.db.data.desired = doc;
     this.db.data.generation = doc.generation;
+    this.db.data.desiredSource = key;
     this.phase = "pulling";
     this.lastError = null;
     await this.db.write();
@@ -329,6 +330,7 @@ export class Agent {
       generation: desired?.generation ?? null,
       phase: this.phase,
       lastGood: this.db.data.lastGood?.deployment ?? null,
+      source: this.db.data.desiredSource,
       groups: this.deps.groups ?? [],
       services,
       lastError: this.lastError && { code: this.lastError.code, message: clip(this.lastError.message, LAST_ERROR_MAX_CHARS) },

@@ -34,6 +34,8 @@ export interface DbData {
   generation: number | null;
   /** The highest generation accepted per source ("device", "group:<name>"): each topic counts its own. */
   generations: Record<string, number>;
+  /** Where the accepted desired state came from: "device" or "group:<name>". */
+  desiredSource: string | null;
 }
 
 export type Db = Low<DbData>;
@@ -86,7 +88,7 @@ class AtomicJsonFile<T> implements Adapter<T> {
 
 export async function openDb(root: string): Promise<Db> {
   mkdirSync(root, { recursive: true });
-  const db = new Low<DbData>(new AtomicJsonFile<DbData>(join(root, "db.json")), { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null, generations: {} });
+  const db = new Low<DbData>(new AtomicJsonFile<DbData>(join(root, "db.json")), { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null, generations: {}, desiredSource: null });
   await db.read();
   db.data.images ??= {};
   db.data.desired ??= null;
@@ -95,5 +97,6 @@ export async function openDb(root: string): Promise<Db> {
   db.data.services ??= {};
   db.data.generation ??= null;
   db.data.generations ??= {};
+  db.data.desiredSource ??= null;
   return db;
 }

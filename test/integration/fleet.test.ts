@@ -307,7 +307,9 @@ describe("signed desired state", () => {
     const r = await fleetctl(["deploy", "--device", "dev-f3", "--sign-key", keyFile, file]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/published deployment own-f3 generation 1 to fleet\/devices\/dev-f3\/desired .*signed/);
-    await until("dev-f3 on its own document", () => (latest("dev-f3")?.deployment === "own-f3" && latest("dev-f3")?.phase === "converged" ? true : undefined));
+    const own = await until("dev-f3 on its own document", () => (latest("dev-f3")?.deployment === "own-f3" && latest("dev-f3")?.phase === "converged" ? latest("dev-f3") : undefined));
+    expect(own.source).toBe("device");
+    expect(latest("dev-f1")?.source).toBe("group:pilot");
   });
 
   it("applies a properly signed device document, and ignores a replay of an older one", async () => {

@@ -136,6 +136,15 @@ describe("wave verdicts", () => {
     expect(verdict).toBe(inWave.every((d) => d.reported?.phase === "converged") ? "done" : "wait");
   });
 
+  it("leaves out of every wave a device that follows its own document", () => {
+    const own = all.map((d, i) => (i === 0 ? dev(d.deviceId, rep({ deviceId: d.deviceId, deployment: "mine", generation: 9, source: "device" })) : d));
+    const { verdict, status } = judgeWave(own, t, 100, { count: 0 }, 61_000, 60_000);
+    expect(status.devices).toBe(all.length - 1);
+    expect(verdict).toBe("done");
+    // The same device following the group's document, late, is a failure.
+    expect(judgeWave(own.map((d, i) => (i === 0 ? dev(d.deviceId, rep({ deviceId: d.deviceId, deployment: "mine", generation: 9, source: "group:g" })) : d)), t, 100, { count: 0 }, 61_000, 60_000).verdict).toBe("halt");
+  });
+
   it("halts when failures pass the limit, and counts the late as failed once the window closes", () => {
     const failing = all.map((d, i) => (i < 2 ? dev(d.deviceId, rep({ deviceId: d.deviceId, phase: "failed" })) : d));
     expect(judgeWave(failing, t, 100, { percent: 10 }, 100, 60_000).verdict).toBe("halt");
