@@ -13,13 +13,18 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { FleetError, isErrno } from "../errors.js";
+import type { NativeCore } from "../runtime/native.js";
 import { digestHex } from "./digest.js";
 
 export class ContentStore {
   readonly blobsDir: string;
   readonly ingestDir: string;
 
-  constructor(root: string) {
+  /** `startTime`: the native core's, which names a process for good together with its pid (the ingest locks' holders). */
+  constructor(
+    root: string,
+    private readonly native: Pick<NativeCore, "startTime">,
+  ) {
     this.blobsDir = join(root, "blobs", "sha256");
     this.ingestDir = join(root, "ingest");
     mkdirSync(this.blobsDir, { recursive: true });
@@ -93,7 +98,7 @@ export class ContentStore {
   /** The lock of `digest`'s partial if no live process holds it, else undefined. */
   tryLockIngest(digest: string): (() => void) | undefined {
     const path = join(this.ingestDir, `${digestHex(digest)}.lock`);
-    const me = `${process.pid} ${processStartTime(process.pid)}`;
+    const me = `${process.pid} ${this.native.startTime(process.pid)}`;
     const unique = () => `${path}.${process.pid}.${randomBytes(4).toString("hex")}`;
     for (;;) {
       // Written whole under a private name, then linked into place: a reader never sees a half-written lock.
@@ -121,7 +126,7 @@ export class ContentStore {
         throw err;
       }
       const [pid, start] = holder.split(" ");
-      if (pid && processStartTime(Number(pid)) === start) return undefined;
+      if (pid && String(this.native.startTime(Number(pid)) ?? "") === start) return undefined;
       // Its holder is gone: move the lock aside, and keep it out only if it is still the dead one's.
       const aside = unique();
       try {
@@ -223,17 +228,6 @@ interface IngestInit {
 }
 
 const LOCK_POLL_MS = 100;
-
-/** Field 22 of /proc/PID/stat (start time in clock ticks), or "" when there is no such process. */
-function processStartTime(pid: number): string {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? "";
-  } catch (err) {
-    if (isErrno(err, "ENOENT") || isErrno(err, "ESRCH")) return "";
-    throw err;
-  }
-}
 
 /** One partial blob being written. */
 export class Ingest {

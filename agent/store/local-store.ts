@@ -28,7 +28,7 @@ export class LocalStore {
 
   static async open(root: string, native: NativeCore): Promise<LocalStore> {
     const db = await openDb(root);
-    return new LocalStore(root, db, new ContentStore(root), new Snapshots(root, native), new ImageStore(db));
+    return new LocalStore(root, db, new ContentStore(root, native), new Snapshots(root, native), new ImageStore(db));
   }
 
   /** Overlay lower dirs for an image, topmost first. */

@@ -1,5 +1,5 @@
 /** Runs the real `fleetlet` CLI as a child process, as a user would. */
-import { type SpawnSyncReturns, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, type SpawnSyncReturns, spawn, spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 export const FLEETLET_BIN = fileURLToPath(new URL("../../bin/fleetlet.js", import.meta.url));
@@ -21,6 +21,13 @@ export function fleetlet(root: string, args: string[], opts: { timeoutMs?: numbe
 
 export function fleetletAsync(root: string, args: string[]) {
   return spawn(process.execPath, [FLEETLET_BIN, "--root", root, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+}
+
+/** `fleetlet agent` as a child process, its stderr drained so it never blocks on a full pipe. */
+export function spawnAgent(root: string, config: string, opts: { heartbeatSeconds?: number } = {}): ChildProcess {
+  const child = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent", "--heartbeat", String(opts.heartbeatSeconds ?? 2)], { stdio: ["ignore", "ignore", "pipe"] });
+  child.stderr!.resume();
+  return child;
 }
 
 export const FLEETCTL_BIN = fileURLToPath(new URL("../../bin/fleetctl.js", import.meta.url));

@@ -3,7 +3,7 @@
  * containers. Desired state is published as an operator would; what the
  * agent reports is read back from the broker and the status endpoint.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
@@ -12,11 +12,11 @@ import { join } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import type { ReportedState } from "../../schemas/reported.js";
-import { FLEETLET_BIN, fleetctl, runCli } from "../helpers/fleetlet-cli.js";
+import { fleetctl, runCli, spawnAgent } from "../helpers/fleetlet-cli.js";
+import { freePort } from "../helpers/free-port.js";
 import { startMosquitto } from "../helpers/mosquitto.js";
 import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
 import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
-import { freePort } from "../helpers/free-port.js";
 
 const rootfs = inject("busyboxRootfs");
 const DEVICE = "dev-agent-1";
@@ -33,13 +33,7 @@ const reports: ReportedState[] = [];
 const statuses: { online: boolean }[] = [];
 
 
-function startAgent(): ChildProcess {
-  const p = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent", "--heartbeat", "2"], { stdio: ["ignore", "ignore", "pipe"] });
-  p.stderr!.on("data", () => {
-    // drained so the agent never blocks on a full pipe
-  });
-  return p;
-}
+const startAgent = (): ChildProcess => spawnAgent(root, config);
 
 async function until<T>(what: string, probe: () => T | undefined, ms = 30_000): Promise<T> {
   const end = Date.now() + ms;

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { signDocument } from "../../agent/fleet/signature.js";
 import { inRolloutWave } from "../../agent/reconcile/desired-intake.js";
 import type { ReportedState } from "../../schemas/reported.js";
-import { FLEETCTL_BIN, FLEETLET_BIN, runCli } from "../helpers/fleetlet-cli.js";
+import { FLEETCTL_BIN, runCli, spawnAgent } from "../helpers/fleetlet-cli.js";
 import { freePort } from "../helpers/free-port.js";
 import { startMosquitto } from "../helpers/mosquitto.js";
 import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
@@ -37,11 +37,7 @@ const seen: ReportedState[] = [];
 const latest = (id: string) => seen.findLast((r) => r.deviceId === id);
 
 function startAgent(id: string): void {
-  const p = spawn(process.execPath, [FLEETLET_BIN, "--root", roots.get(id)!, "--config", configs.get(id)!, "agent", "--heartbeat", "2"], { stdio: ["ignore", "ignore", "pipe"] });
-  p.stderr!.on("data", () => {
-    // drained so the agent never blocks on a full pipe
-  });
-  agents.set(id, p);
+  agents.set(id, spawnAgent(roots.get(id)!, configs.get(id)!));
 }
 
 async function stopAgent(id: string): Promise<void> {
