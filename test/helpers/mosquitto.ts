@@ -4,7 +4,7 @@
  * client certificates (the certificate's CN becomes the username), a password
  * file and an ACL file. Its files live in one temp dir that stop() removes.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { freePort } from "./free-port.js";
+import { type LoggedChild, spawnLogged } from "./logged-child.js";
 
 export const MOSQUITTO_BIN = "/usr/sbin/mosquitto";
 const READY_TIMEOUT_MS = 10_000;
@@ -130,26 +131,15 @@ function acceptsConnections(port: number): Promise<boolean> {
   });
 }
 
-interface Running {
-  child: ChildProcess;
-  output: () => string;
-}
+type Running = LoggedChild;
 
 function spawnBroker(configFile: string): Running {
-  const child = spawn(MOSQUITTO_BIN, ["-c", configFile], { stdio: ["ignore", "pipe", "pipe"] });
-  let log = "";
-  const keep = (chunk: Buffer) => {
-    log = (log + chunk.toString()).slice(-16_384);
-  };
-  child.stdout?.on("data", keep);
-  child.stderr?.on("data", keep);
-  // A missing binary shows up as an exit; its error text goes in the log.
-  child.on("error", (err) => keep(Buffer.from(`${MOSQUITTO_BIN}: ${err.message}\n`)));
+  const run = spawnLogged(MOSQUITTO_BIN, ["-c", configFile]);
   // If the test process dies without stop(), the broker must not outlive it.
-  const reap = () => child.kill("SIGKILL");
+  const reap = () => run.child.kill("SIGKILL");
   process.once("exit", reap);
-  child.once("exit", () => process.off("exit", reap));
-  return { child, output: () => log || "(no output)" };
+  run.child.once("exit", () => process.off("exit", reap));
+  return run;
 }
 
 async function waitUntilListening(port: number, run: Running): Promise<void> {

@@ -4,7 +4,7 @@
  * CLI, filesystem storage, and htpasswd, token or no authentication. All its
  * files live in one temp dir that stop() removes.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, execFile, } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -12,8 +12,9 @@ import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
-import { startTokenIssuer, type TokenIssuer } from "./token-issuer.js";
 import { freePort } from "./free-port.js";
+import { type LoggedChild, spawnLogged } from "./logged-child.js";
+import { startTokenIssuer, type TokenIssuer } from "./token-issuer.js";
 
 export const REGISTRY_BIN = "/usr/bin/docker-registry";
 /** The `service` and `issuer` the token-mode registry expects in a token's aud and iss. */
@@ -159,17 +160,8 @@ async function terminate(child: ChildProcess): Promise<void> {
   clearTimeout(killer);
 }
 
-function spawnRegistry(configFile: string): { child: ChildProcess; output: () => string } {
-  const child = spawn(REGISTRY_BIN, ["serve", configFile], { stdio: ["ignore", "pipe", "pipe"] });
-  let log = "";
-  const keep = (chunk: Buffer) => {
-    log = (log + chunk.toString()).slice(-16_384);
-  };
-  child.stdout?.on("data", keep);
-  child.stderr?.on("data", keep);
-  // Spawn errors (a missing binary) show up as an exit; the error text goes in the log.
-  child.on("error", (err) => keep(Buffer.from(`${REGISTRY_BIN}: ${err.message}\n`)));
-  return { child, output: () => log || "(no output)" };
+function spawnRegistry(configFile: string): LoggedChild {
+  return spawnLogged(REGISTRY_BIN, ["serve", configFile]);
 }
 
 /** Starts the registry, retrying with another port when the free one was taken meanwhile. */
