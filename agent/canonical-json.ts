@@ -12,7 +12,8 @@ export function canonicalJson(value: unknown, path = "$"): string {
     if (!Number.isFinite(value)) throw new FleetError("E_INVALID_ARGUMENT", `${path}: ${value} has no JSON form`);
     return JSON.stringify(value);
   }
-  if (Array.isArray(value)) return `[${value.map((v, i) => canonicalJson(v === undefined ? null : v, `${path}[${i}]`)).join(",")}]`;
+  if (Array.isArray(value))
+    return `[${value.map((v, i) => canonicalJson(v === undefined ? null : v, `${path}[${i}]`)).join(",")}]`;
   if (typeof value === "object") {
     // Default sort compares UTF-16 code units, as RFC 8785 section 3.2.3 asks.
     const keys = Object.keys(value as object)

@@ -1,3 +1,4 @@
 #!/usr/bin/env node
 import { runCli } from "./load.js";
+
 await runCli("fleetlet");

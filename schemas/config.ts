@@ -10,8 +10,13 @@ const registry = z.object({
 });
 
 export const deviceConfig = z.object({
-  deviceId: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'").optional(),
-  groups: z.array(z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'")).default([]),
+  deviceId: z
+    .string()
+    .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'")
+    .optional(),
+  groups: z
+    .array(z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'"))
+    .default([]),
   mqtt: z
     .object({
       url: z.string().regex(/^(mqtts?|wss?):\/\//, "expected mqtt://, mqtts://, ws:// or wss://"),

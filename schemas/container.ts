@@ -7,7 +7,9 @@ import { z } from "zod";
 import { byteQuantity } from "./quantity.js";
 
 export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
-const name = z.string().regex(NAME_PATTERN, "expected letters, digits, '_', '.' or '-' (at most 63), starting with a letter or digit");
+const name = z
+  .string()
+  .regex(NAME_PATTERN, "expected letters, digits, '_', '.' or '-' (at most 63), starting with a letter or digit");
 
 /** Absolute, and free of the characters that the overlay options and the shim config use as separators. */
 const hostPath = z

@@ -33,7 +33,15 @@ export const serviceSpec = z.object({
     .default({}),
   restart: z.enum(["always", "on-failure", "never"]).default("always"),
   healthcheck: healthcheck.optional(),
-  volumes: z.array(z.object({ name: serviceName, target: z.string().startsWith("/", "expected an absolute path"), readOnly: z.boolean().default(false) })).default([]),
+  volumes: z
+    .array(
+      z.object({
+        name: serviceName,
+        target: z.string().startsWith("/", "expected an absolute path"),
+        readOnly: z.boolean().default(false),
+      }),
+    )
+    .default([]),
   network: z.enum(["none", "host"]).default("none"),
   readOnlyRootfs: z.boolean().default(false),
   stopSignal: z.string().default("SIGTERM"),
@@ -61,7 +69,10 @@ export const desiredState = z.object({
     })
     .default({ percent: 100, rollback: false }),
   /** Where the document is meant to go ("device/<id>" or "group/<name>"); fleetctl sets it, so a signed document cannot be replayed to another topic. */
-  target: z.string().regex(/^(device|group)\/[^/]+$/, 'expected "device/<id>" or "group/<name>"').optional(),
+  target: z
+    .string()
+    .regex(/^(device|group)\/[^/]+$/, 'expected "device/<id>" or "group/<name>"')
+    .optional(),
   signature: z.string().optional(),
 });
 export type DesiredState = z.output<typeof desiredState>;

@@ -24,7 +24,12 @@ export const inventory = z
   .superRefine((inv, ctx) => {
     // A name that is both would give an operator's certificate a device's rights too, and the other way round.
     inv.operators.forEach((op, i) => {
-      if (Object.hasOwn(inv.devices, op)) ctx.addIssue({ code: "custom", path: ["operators", i], message: `"${op}" is also a device id; operators and devices need distinct names` });
+      if (Object.hasOwn(inv.devices, op))
+        ctx.addIssue({
+          code: "custom",
+          path: ["operators", i],
+          message: `"${op}" is also a device id; operators and devices need distinct names`,
+        });
     });
   });
 

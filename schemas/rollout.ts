@@ -4,7 +4,10 @@
  */
 import { z } from "zod";
 
-export const failureLimit = z.union([z.object({ percent: z.number().min(0).max(100) }), z.object({ count: z.number().int().nonnegative() })]);
+export const failureLimit = z.union([
+  z.object({ percent: z.number().min(0).max(100) }),
+  z.object({ count: z.number().int().nonnegative() }),
+]);
 export type FailureLimit = z.infer<typeof failureLimit>;
 
 export const rolloutFailure = z.object({ deviceId: z.string(), phase: z.string(), reason: z.string() });

@@ -123,15 +123,30 @@ function histogramSamples(valuesSec: number[], bounds: number[]): Sample[] {
 function agentFamilies(state: ReportedState, m: AgentMetrics): Family[] {
   const info = { version: state.agent.version, device: state.deviceId, cgroup_mode: state.agent.cgroupMode };
   return [
-    { name: "fleetlet_info", help: "Agent version, device id and cgroup mode; always 1.", type: "gauge", samples: [{ labels: info, value: 1 }] },
+    {
+      name: "fleetlet_info",
+      help: "Agent version, device id and cgroup mode; always 1.",
+      type: "gauge",
+      samples: [{ labels: info, value: 1 }],
+    },
     {
       name: "fleetlet_phase",
       help: "Phase of the current deployment (1 for the current phase, 0 for the others).",
       type: "gauge",
       samples: stateSet({}, "phase", PHASES, state.phase),
     },
-    { name: "fleetlet_agent_uptime_seconds", help: "Seconds since the agent started.", type: "gauge", samples: [{ value: state.agent.uptimeSec }] },
-    { name: "fleetlet_pull_bytes_total", help: "Bytes of image blobs downloaded.", type: "counter", samples: [{ value: m.pullBytesTotal }] },
+    {
+      name: "fleetlet_agent_uptime_seconds",
+      help: "Seconds since the agent started.",
+      type: "gauge",
+      samples: [{ value: state.agent.uptimeSec }],
+    },
+    {
+      name: "fleetlet_pull_bytes_total",
+      help: "Bytes of image blobs downloaded.",
+      type: "counter",
+      samples: [{ value: m.pullBytesTotal }],
+    },
     {
       name: "fleetlet_apply_duration_seconds",
       help: "Time taken to apply a desired state, from receipt to converged or failed.",
@@ -141,8 +156,18 @@ function agentFamilies(state: ReportedState, m: AgentMetrics): Family[] {
         APPLY_BUCKETS_SEC,
       ),
     },
-    { name: "fleetlet_applies_total", help: "Desired states the agent applied.", type: "counter", samples: [{ value: m.appliesTotal }] },
-    { name: "fleetlet_rollbacks_total", help: "Deployments rolled back to the last good one.", type: "counter", samples: [{ value: m.rollbacksTotal }] },
+    {
+      name: "fleetlet_applies_total",
+      help: "Desired states the agent applied.",
+      type: "counter",
+      samples: [{ value: m.appliesTotal }],
+    },
+    {
+      name: "fleetlet_rollbacks_total",
+      help: "Deployments rolled back to the last good one.",
+      type: "counter",
+      samples: [{ value: m.rollbacksTotal }],
+    },
   ];
 }
 

@@ -63,7 +63,14 @@ export function escapeHtml(text: string): string {
 
 /** The visible cells of one service row: name, state, health, restarts, memory, CPU. */
 export function serviceCells(name: string, s: ServiceReport): string[] {
-  return [name, s.state, s.health, String(s.restarts), `${(s.memoryBytes / 1048576).toFixed(1)} MiB`, `${s.cpuSeconds.toFixed(2)} s`];
+  return [
+    name,
+    s.state,
+    s.health,
+    String(s.restarts),
+    `${(s.memoryBytes / 1048576).toFixed(1)} MiB`,
+    `${s.cpuSeconds.toFixed(2)} s`,
+  ];
 }
 
 function serviceRow(name: string, s: ServiceReport): string {

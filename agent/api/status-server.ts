@@ -81,18 +81,31 @@ interface Route {
   post?: Handler;
 }
 
-const json = (status: number, value: unknown): Reply => ({ status, type: "application/json", body: `${JSON.stringify(value)}\n` });
+const json = (status: number, value: unknown): Reply => ({
+  status,
+  type: "application/json",
+  body: `${JSON.stringify(value)}\n`,
+});
 const text = (body: string, type = "text/plain; charset=utf-8"): Reply => ({ status: 200, type, body });
 
 const ROUTES: Route[] = [
   {
     pattern: /^\/$/,
-    get: (c) => ({ ...text(renderStatusPage(c.opts.source.reported()), "text/html; charset=utf-8"), headers: { "content-security-policy": STATUS_PAGE_CSP } }),
+    get: (c) => ({
+      ...text(renderStatusPage(c.opts.source.reported()), "text/html; charset=utf-8"),
+      headers: { "content-security-policy": STATUS_PAGE_CSP },
+    }),
   },
   { pattern: /^\/healthz$/, get: () => text("ok") },
   { pattern: /^\/v1\/status$/, get: (c) => json(200, c.opts.source.reported()) },
-  { pattern: /^\/metrics$/, get: (c) => text(renderMetrics(c.opts.source.reported(), c.opts.source.metrics()), METRICS_CONTENT_TYPE) },
-  { pattern: /^\/v1\/services\/([^/]+)\/logs$/, get: (c) => text(c.opts.source.logs(c.service, parseTail(c.query.get("tail")))) },
+  {
+    pattern: /^\/metrics$/,
+    get: (c) => text(renderMetrics(c.opts.source.reported(), c.opts.source.metrics()), METRICS_CONTENT_TYPE),
+  },
+  {
+    pattern: /^\/v1\/services\/([^/]+)\/logs$/,
+    get: (c) => text(c.opts.source.logs(c.service, parseTail(c.query.get("tail")))),
+  },
   { pattern: /^\/v1\/services\/([^/]+)\/restart$/, post: restartService },
 ];
 
@@ -106,7 +119,10 @@ function parseTail(raw: string | null): number | undefined {
   if (raw === null) return undefined;
   const n = /^\d{1,7}$/.test(raw) ? Number(raw) : Number.NaN;
   if (!(n <= MAX_TAIL)) {
-    throw new FleetError("E_INVALID_ARGUMENT", `tail must be a whole number of lines from 0 to ${MAX_TAIL}, got '${raw}'`);
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `tail must be a whole number of lines from 0 to ${MAX_TAIL}, got '${raw}'`,
+    );
   }
   return n;
 }
@@ -119,12 +135,23 @@ function tokensEqual(given: string, expected: string): boolean {
 
 function requireToken(req: IncomingMessage, token: string | undefined): void {
   if (!token) {
-    throw new ApiError(403, "E_FORBIDDEN", "state-changing calls are disabled: api.token must be set in the device config (or FLEETLET_API_TOKEN)");
+    throw new ApiError(
+      403,
+      "E_FORBIDDEN",
+      "state-changing calls are disabled: api.token must be set in the device config (or FLEETLET_API_TOKEN)",
+    );
   }
   const challenge = { "www-authenticate": 'Bearer realm="fleetlet"' };
   const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? "");
-  if (!m) throw new ApiError(401, "E_UNAUTHORIZED", "this call needs an 'Authorization: Bearer <api.token>' header", challenge);
-  if (!tokensEqual(m[1]!, token)) throw new ApiError(401, "E_UNAUTHORIZED", "the bearer token does not match api.token", challenge);
+  if (!m)
+    throw new ApiError(
+      401,
+      "E_UNAUTHORIZED",
+      "this call needs an 'Authorization: Bearer <api.token>' header",
+      challenge,
+    );
+  if (!tokensEqual(m[1]!, token))
+    throw new ApiError(401, "E_UNAUTHORIZED", "the bearer token does not match api.token", challenge);
 }
 
 function decodeService(raw: string | undefined): string {
@@ -146,7 +173,9 @@ function route(req: IncomingMessage, opts: StatusServerOptions): Reply | Promise
     const handler = req.method === "GET" || req.method === "HEAD" ? r.get : req.method === "POST" ? r.post : undefined;
     if (!handler) {
       const allow = [...(r.get ? ["GET", "HEAD"] : []), ...(r.post ? ["POST"] : [])].join(", ");
-      throw new ApiError(405, "E_METHOD_NOT_ALLOWED", `${req.method} is not allowed on ${path}; use ${allow}`, { allow });
+      throw new ApiError(405, "E_METHOD_NOT_ALLOWED", `${req.method} is not allowed on ${path}; use ${allow}`, {
+        allow,
+      });
     }
     return handler({ req, opts, service: decodeService(m[1]), query: new URLSearchParams(search) });
   }
@@ -161,7 +190,8 @@ const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
 };
 
 function errorReply(err: unknown): Reply {
-  if (err instanceof ApiError) return { ...json(err.status, { code: err.code, message: err.message }), headers: err.headers };
+  if (err instanceof ApiError)
+    return { ...json(err.status, { code: err.code, message: err.message }), headers: err.headers };
   if (err instanceof FleetError) return json(HTTP_STATUS[err.code] ?? 500, err.toJSON());
   const message = err instanceof Error ? err.message : String(err);
   return json(500, { code: "E_INTERNAL", message: `status endpoint: ${message}` });
@@ -200,7 +230,8 @@ function makeServer(opts: StatusServerOptions): Server {
 function parseListen(listen: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(listen);
   const port = Number(m?.[3]);
-  if (!m || port > 65535) throw new FleetError("E_INVALID_CONFIG", `api.listen '${listen}': expected HOST:PORT such as 127.0.0.1:7780`);
+  if (!m || port > 65535)
+    throw new FleetError("E_INVALID_CONFIG", `api.listen '${listen}': expected HOST:PORT such as 127.0.0.1:7780`);
   return { host: m[1] ?? (m[2] || "127.0.0.1"), port };
 }
 
@@ -240,9 +271,13 @@ async function prepareSocketPath(path: string): Promise<void> {
     if (isErrno(err, "ENOENT")) return;
     throw new FleetError("E_RUNTIME", `api.socket ${path}: ${(err as Error).message}`);
   }
-  if (!isSocket) throw new FleetError("E_CONFLICT", `api.socket ${path} exists and is not a socket; refusing to replace it`);
+  if (!isSocket)
+    throw new FleetError("E_CONFLICT", `api.socket ${path} exists and is not a socket; refusing to replace it`);
   if (await socketAnswers(path)) {
-    throw new FleetError("E_CONFLICT", `api.socket ${path} is in use by another process (is another fleetlet agent running?)`);
+    throw new FleetError(
+      "E_CONFLICT",
+      `api.socket ${path} is in use by another process (is another fleetlet agent running?)`,
+    );
   }
   unlinkSync(path);
 }
@@ -274,7 +309,8 @@ async function listenUnix(path: string, opts: StatusServerOptions): Promise<Serv
 /** Starts the endpoint on TCP and, when `socket` is given, on the unix socket too. */
 export async function startStatusServer(opts: StatusServerOptions): Promise<StatusServer> {
   const listen = opts.listen ?? DEFAULT_LISTEN;
-  if (listen === "" && !opts.socket) throw new FleetError("E_INVALID_CONFIG", "status endpoint: neither api.listen nor api.socket is set");
+  if (listen === "" && !opts.socket)
+    throw new FleetError("E_INVALID_CONFIG", "status endpoint: neither api.listen nor api.socket is set");
   const tcp = listen === "" ? undefined : await listenTcp(listen, opts);
   let unix: Server | undefined;
   try {

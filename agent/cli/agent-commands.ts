@@ -11,7 +11,11 @@ import { formatTable } from "./output.js";
 
 export const AGENT_VERSION = "0.1.0";
 
-export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string }) => void, onChange?: (settled: boolean) => void): Promise<Agent> {
+export async function createAgent(
+  ctx: CliContext,
+  onEvent?: (e: { type: string }) => void,
+  onChange?: (settled: boolean) => void,
+): Promise<Agent> {
   const store = await ctx.store();
   const { throttleProgress } = await import("../registry/pull-progress.js");
   let agent: Agent | undefined;
@@ -19,7 +23,12 @@ export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string 
   const reclaimer = new MemoryReclaimer(loadNative().core);
   // Pull progress goes out as events in percent, at most one a second per layer.
   const progress = throttleProgress((e) => {
-    if (e.type === "progress") onEvent?.({ type: "pull.progress", layer: e.layer, percent: Math.floor((100 * e.done) / Math.max(1, e.total)) } as { type: string });
+    if (e.type === "progress")
+      onEvent?.({
+        type: "pull.progress",
+        layer: e.layer,
+        percent: Math.floor((100 * e.done) / Math.max(1, e.total)),
+      } as { type: string });
     else if (e.type === "done" && agent) agent.metrics.pullBytesTotal += e.fetchedBytes;
   }, 1000);
   agent = new Agent({
@@ -30,7 +39,8 @@ export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string 
     store,
     version: AGENT_VERSION,
     // A pinned image already stored needs no registry: an agent that has nothing to pull never loads the HTTP stack.
-    pull: async (ref, signal) => (await ctx.storedPinned(ref)) ?? ctx.pull(ref, { quiet: true, onEvent: progress, signal }),
+    pull: async (ref, signal) =>
+      (await ctx.storedPinned(ref)) ?? ctx.pull(ref, { quiet: true, onEvent: progress, signal }),
     onEvent: (e) => {
       reclaimer.poke();
       onEvent?.(e);
@@ -45,12 +55,17 @@ export async function createAgent(ctx: CliContext, onEvent?: (e: { type: string 
 
 export async function applyCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const { positionals } = parseArgs(argv, []);
-  if (positionals.length !== 1) throw new FleetError("E_INVALID_ARGUMENT", "apply: name one desired-state file", { exitCode: 2 });
+  if (positionals.length !== 1)
+    throw new FleetError("E_INVALID_ARGUMENT", "apply: name one desired-state file", { exitCode: 2 });
   let text: string;
   try {
     text = readFileSync(positionals[0]!, "utf8");
   } catch (err) {
-    throw new FleetError("E_NOT_FOUND", `apply: ${positionals[0]}: ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (err as Error).message}`, { exitCode: 2 });
+    throw new FleetError(
+      "E_NOT_FOUND",
+      `apply: ${positionals[0]}: ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (err as Error).message}`,
+      { exitCode: 2 },
+    );
   }
   let rejection: { code: string; message: string } | undefined;
   const agent = await createAgent(ctx, (e) => {
@@ -66,9 +81,21 @@ export async function applyCommand(ctx: CliContext, argv: string[]): Promise<num
     throw new FleetError(rejection.code as "E_INVALID_DESIRED", `apply: rejected: ${rejection.message}`);
   }
   const report = agent.reported();
-  const rows = Object.entries(report.services).map(([name, s]) => [name, s.state, s.health, String(s.pid ?? "-"), String(s.restarts), s.image]);
-  process.stdout.write(`deployment ${report.deployment ?? "-"} generation ${report.generation ?? "-"}: ${report.phase}${outcome === "ignored" ? " (document not newer than the applied one)" : ""}\n`);
+  const rows = Object.entries(report.services).map(([name, s]) => [
+    name,
+    s.state,
+    s.health,
+    String(s.pid ?? "-"),
+    String(s.restarts),
+    s.image,
+  ]);
+  process.stdout.write(
+    `deployment ${report.deployment ?? "-"} generation ${report.generation ?? "-"}: ${report.phase}${outcome === "ignored" ? " (document not newer than the applied one)" : ""}\n`,
+  );
   if (rows.length) process.stdout.write(formatTable(["SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "IMAGE"], rows));
   if (report.phase === "converged") return 0;
-  throw new FleetError((report.lastError?.code as "E_RUNTIME") ?? "E_RUNTIME", `apply: ${report.phase}: ${report.lastError?.message ?? "did not converge"}`);
+  throw new FleetError(
+    (report.lastError?.code as "E_RUNTIME") ?? "E_RUNTIME",
+    `apply: ${report.phase}: ${report.lastError?.message ?? "did not converge"}`,
+  );
 }

@@ -34,7 +34,11 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
   });
   const { options } = parseArgs(argv, [{ name: "heartbeat", type: "string" }]);
   const { config } = ctx;
-  if (!config.deviceId) throw new FleetError("E_INVALID_CONFIG", "deviceId: the agent needs a device id (in the config file or FLEETLET_DEVICE_ID)");
+  if (!config.deviceId)
+    throw new FleetError(
+      "E_INVALID_CONFIG",
+      "deviceId: the agent needs a device id (in the config file or FLEETLET_DEVICE_ID)",
+    );
   const heartbeatMs = Number(options.heartbeat ?? 30) * 1000;
   let session: MqttSession | undefined;
   let agent: Agent | undefined;
@@ -48,11 +52,22 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
     listen: config.api.listen,
     socket: config.api.socket,
     ...(config.api.token ? { token: config.api.token } : {}),
-    source: { reported: () => a.reported(), metrics: () => a.metrics, logs: (s, t) => a.logs(s, t), restart: (s) => a.restartService(s) },
+    source: {
+      reported: () => a.reported(),
+      metrics: () => a.metrics,
+      logs: (s, t) => a.logs(s, t),
+      restart: (s) => a.restartService(s),
+    },
   });
   const onDesired = desiredHandler(a, config.groups, config.mqtt?.prefix ?? "fleet");
   if (config.mqtt) {
-    session = new MqttSession({ deviceId: config.deviceId, groups: config.groups, mqtt: config.mqtt, agentVersion: AGENT_VERSION, onDesired });
+    session = new MqttSession({
+      deviceId: config.deviceId,
+      groups: config.groups,
+      mqtt: config.mqtt,
+      agentVersion: AGENT_VERSION,
+      onDesired,
+    });
   }
   await a.reattach();
   try {
@@ -67,8 +82,12 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
   }
   session?.publishReported(a.reported());
   const heartbeat = setInterval(() => session?.publishReported(a.reported()), heartbeatMs);
-  notifySystemd(`READY=1\nSTATUS=device ${config.deviceId}: ${Object.keys(a.reported().services).length} service(s) adopted${session ? "" : ", no broker"}`);
-  process.stderr.write(`fleetlet agent ${AGENT_VERSION}: device ${config.deviceId}, state in ${ctx.root}, status on ${config.api.listen}${config.mqtt ? `, broker ${config.mqtt.url}` : ", no broker configured"}\n`);
+  notifySystemd(
+    `READY=1\nSTATUS=device ${config.deviceId}: ${Object.keys(a.reported().services).length} service(s) adopted${session ? "" : ", no broker"}`,
+  );
+  process.stderr.write(
+    `fleetlet agent ${AGENT_VERSION}: device ${config.deviceId}, state in ${ctx.root}, status on ${config.api.listen}${config.mqtt ? `, broker ${config.mqtt.url}` : ", no broker configured"}\n`,
+  );
   await stopRequested;
   clearInterval(heartbeat);
   notifySystemd("STOPPING=1");
@@ -81,14 +100,28 @@ export async function agentCommand(ctx: CliContext, argv: string[]): Promise<num
 function getStatus(listen: string, socket: string | undefined): Promise<ReportedState> {
   const [host, port] = listen.split(":");
   return new Promise((resolve, reject) => {
-    const req = request(socket ? { socketPath: socket, path: "/v1/status" } : { host, port: Number(port), path: "/v1/status" }, (res) => {
-      let body = "";
-      res.on("data", (d) => {
-        body += d;
-      });
-      res.on("end", () => (res.statusCode === 200 ? resolve(JSON.parse(body)) : reject(new FleetError("E_RUNTIME", `status endpoint answered HTTP ${res.statusCode}: ${body}`))));
-    });
-    req.on("error", (err) => reject(new FleetError("E_RUNTIME", `no agent answers on ${socket ?? listen}: ${err.message} (is \`fleetlet agent\` running?)`)));
+    const req = request(
+      socket ? { socketPath: socket, path: "/v1/status" } : { host, port: Number(port), path: "/v1/status" },
+      (res) => {
+        let body = "";
+        res.on("data", (d) => {
+          body += d;
+        });
+        res.on("end", () =>
+          res.statusCode === 200
+            ? resolve(JSON.parse(body))
+            : reject(new FleetError("E_RUNTIME", `status endpoint answered HTTP ${res.statusCode}: ${body}`)),
+        );
+      },
+    );
+    req.on("error", (err) =>
+      reject(
+        new FleetError(
+          "E_RUNTIME",
+          `no agent answers on ${socket ?? listen}: ${err.message} (is \`fleetlet agent\` running?)`,
+        ),
+      ),
+    );
     req.end();
   });
 }
@@ -100,8 +133,21 @@ export async function statusCommand(ctx: CliContext, argv: string[]): Promise<nu
     process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
     return 0;
   }
-  process.stdout.write(`device ${r.deviceId}: deployment ${r.deployment ?? "-"} generation ${r.generation ?? "-"}, ${r.phase}${r.lastError ? ` (${r.lastError.code}: ${r.lastError.message})` : ""}\n`);
-  const rows = Object.entries(r.services).map(([name, s]) => [name, s.state, s.health, String(s.pid ?? "-"), String(s.restarts), `${(s.memoryBytes / 1048576).toFixed(1)} MiB`, `${s.cpuSeconds.toFixed(1)} s`, ago(s.startedAt)]);
-  process.stdout.write(formatTable(["SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "MEMORY", "CPU", "STARTED"], rows));
+  process.stdout.write(
+    `device ${r.deviceId}: deployment ${r.deployment ?? "-"} generation ${r.generation ?? "-"}, ${r.phase}${r.lastError ? ` (${r.lastError.code}: ${r.lastError.message})` : ""}\n`,
+  );
+  const rows = Object.entries(r.services).map(([name, s]) => [
+    name,
+    s.state,
+    s.health,
+    String(s.pid ?? "-"),
+    String(s.restarts),
+    `${(s.memoryBytes / 1048576).toFixed(1)} MiB`,
+    `${s.cpuSeconds.toFixed(1)} s`,
+    ago(s.startedAt),
+  ]);
+  process.stdout.write(
+    formatTable(["SERVICE", "STATE", "HEALTH", "PID", "RESTARTS", "MEMORY", "CPU", "STARTED"], rows),
+  );
   return 0;
 }

@@ -20,7 +20,11 @@ export interface ParsedArgs {
   sawSeparator: boolean;
 }
 
-export function parseArgs(argv: string[], specs: OptionSpec[], opts: { stopAtPositional?: boolean; exitCode?: number } = {}): ParsedArgs {
+export function parseArgs(
+  argv: string[],
+  specs: OptionSpec[],
+  opts: { stopAtPositional?: boolean; exitCode?: number } = {},
+): ParsedArgs {
   const fail = (msg: string) => new FleetError("E_INVALID_ARGUMENT", msg, { exitCode: opts.exitCode ?? 2 });
   const options: ParsedArgs["options"] = {};
   const positionals: string[] = [];

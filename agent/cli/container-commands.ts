@@ -6,13 +6,17 @@ import type { CliContext } from "./context.js";
 import { ago, formatTable } from "./output.js";
 
 function one(positionals: string[], what: string): string {
-  if (positionals.length !== 1) throw new FleetError("E_INVALID_ARGUMENT", `${what}: expected exactly one container`, { exitCode: 2 });
+  if (positionals.length !== 1)
+    throw new FleetError("E_INVALID_ARGUMENT", `${what}: expected exactly one container`, { exitCode: 2 });
   return positionals[0]!;
 }
 
 function statusText(c: ContainerInfo): string {
   if (c.status === "running") return `Up since ${ago(c.startedAt)}`;
-  if (c.status === "exited") return c.exit ? `Exited (${c.exit.exitCode}${c.exit.oomKilled ? ", OOM" : ""}) ${ago(c.exit.finishedAt)}` : "Exited (unknown)";
+  if (c.status === "exited")
+    return c.exit
+      ? `Exited (${c.exit.exitCode}${c.exit.oomKilled ? ", OOM" : ""}) ${ago(c.exit.finishedAt)}`
+      : "Exited (unknown)";
   return "Created";
 }
 
@@ -24,10 +28,22 @@ export function psCommand(ctx: CliContext, argv: string[]): number {
   const runtime = ctx.runtime;
   const list = runtime.list().filter((c) => options.all || c.status === "running");
   if (options.json) {
-    process.stdout.write(`${JSON.stringify(list.map(({ spec, ...rest }) => ({ ...rest, command: spec.command })), null, 2)}\n`);
+    process.stdout.write(
+      `${JSON.stringify(
+        list.map(({ spec, ...rest }) => ({ ...rest, command: spec.command })),
+        null,
+        2,
+      )}\n`,
+    );
     return 0;
   }
-  const rows = list.map((c) => [c.id, statusText(c), c.pid && c.status === "running" ? String(c.pid) : "-", c.spec.command.join(" ").slice(0, 40), ago(c.createdAt)]);
+  const rows = list.map((c) => [
+    c.id,
+    statusText(c),
+    c.pid && c.status === "running" ? String(c.pid) : "-",
+    c.spec.command.join(" ").slice(0, 40),
+    ago(c.createdAt),
+  ]);
   process.stdout.write(formatTable(["CONTAINER", "STATUS", "PID", "COMMAND", "CREATED"], rows));
   return 0;
 }
@@ -36,7 +52,9 @@ export function logsCommand(ctx: CliContext, argv: string[]): number {
   const { options, positionals } = parseArgs(argv, [{ name: "tail", short: "n", type: "string" }]);
   const tail = options.tail === undefined ? undefined : Number(options.tail);
   if (tail !== undefined && (!Number.isInteger(tail) || tail < 0)) {
-    throw new FleetError("E_INVALID_ARGUMENT", `--tail: expected a whole number, got "${options.tail}"`, { exitCode: 2 });
+    throw new FleetError("E_INVALID_ARGUMENT", `--tail: expected a whole number, got "${options.tail}"`, {
+      exitCode: 2,
+    });
   }
   process.stdout.write(ctx.runtime.logs(containerOf(ctx, one(positionals, "logs")), { tail }));
   return 0;
@@ -46,7 +64,12 @@ export function logsCommand(ctx: CliContext, argv: string[]): number {
 function containerOf(ctx: CliContext, name: string): string {
   const all = ctx.runtime.list();
   if (all.some((c) => c.id === name)) return name;
-  const ofService = all.filter((c) => c.spec.labels["fleetlet.service"] === name).sort((a, b) => Number(b.status === "running") - Number(a.status === "running") || b.createdAt.localeCompare(a.createdAt));
+  const ofService = all
+    .filter((c) => c.spec.labels["fleetlet.service"] === name)
+    .sort(
+      (a, b) =>
+        Number(b.status === "running") - Number(a.status === "running") || b.createdAt.localeCompare(a.createdAt),
+    );
   if (ofService[0]) return ofService[0].id;
   throw new FleetError("E_NOT_FOUND", `no container or service named ${name}`);
 }
@@ -59,9 +82,13 @@ const STOP_OPTIONS: OptionSpec[] = [
 export async function stopCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const { options, positionals } = parseArgs(argv, STOP_OPTIONS);
   const seconds = options.time === undefined ? undefined : Number(options.time);
-  if (seconds !== undefined && !(seconds >= 0)) throw new FleetError("E_INVALID_ARGUMENT", `--time: expected seconds, got "${options.time}"`, { exitCode: 2 });
+  if (seconds !== undefined && !(seconds >= 0))
+    throw new FleetError("E_INVALID_ARGUMENT", `--time: expected seconds, got "${options.time}"`, { exitCode: 2 });
   const id = one(positionals, "stop");
-  const exit = await ctx.runtime.stop(id, { timeoutMs: seconds === undefined ? undefined : seconds * 1000, signal: options.signal as string | undefined });
+  const exit = await ctx.runtime.stop(id, {
+    timeoutMs: seconds === undefined ? undefined : seconds * 1000,
+    signal: options.signal as string | undefined,
+  });
   process.stdout.write(`${id} exited with ${exit.exitCode}\n`);
   return 0;
 }
@@ -77,7 +104,8 @@ export function killCommand(ctx: CliContext, argv: string[]): number {
 
 export async function rmCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const { options, positionals } = parseArgs(argv, [{ name: "force", short: "f", type: "boolean" }]);
-  if (positionals.length === 0) throw new FleetError("E_INVALID_ARGUMENT", "rm: name at least one container", { exitCode: 2 });
+  if (positionals.length === 0)
+    throw new FleetError("E_INVALID_ARGUMENT", "rm: name at least one container", { exitCode: 2 });
   const runtime = ctx.runtime;
   runtime.sweep();
   for (const id of positionals) {

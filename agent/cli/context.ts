@@ -46,26 +46,54 @@ export class CliContext {
   }
 
   /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
-  async pull(ref: string, opts: { maxRate?: number; quiet?: boolean; unpack?: boolean; platform?: import("../registry/platform.js").Platform; onEvent?: (e: PullEvent) => void; signal?: AbortSignal } = {}): Promise<ImageRecord> {
+  async pull(
+    ref: string,
+    opts: {
+      maxRate?: number;
+      quiet?: boolean;
+      unpack?: boolean;
+      platform?: import("../registry/platform.js").Platform;
+      onEvent?: (e: PullEvent) => void;
+      signal?: AbortSignal;
+    } = {},
+  ): Promise<ImageRecord> {
     const store = await this.store();
     // Loaded on demand: the HTTP stack costs a container command that needs no registry.
     const { pullImage } = await import("../registry/pull.js");
     const { ProgressBars, throttleProgress } = await import("../registry/pull-progress.js");
-    const onEvent = opts.onEvent ?? (opts.quiet ? undefined : process.stderr.isTTY ? new ProgressBars(process.stderr).handle : throttleProgress(printEvent, 1000));
+    const onEvent =
+      opts.onEvent ??
+      (opts.quiet
+        ? undefined
+        : process.stderr.isTTY
+          ? new ProgressBars(process.stderr).handle
+          : throttleProgress(printEvent, 1000));
     const abort = new AbortController();
     opts.signal?.addEventListener("abort", () => abort.abort(opts.signal?.reason), { once: true });
-    const onSignal = () => abort.abort(new FleetError("E_ABORTED", `pull of ${ref} interrupted; run it again to resume`));
+    const onSignal = () =>
+      abort.abort(new FleetError("E_ABORTED", `pull of ${ref} interrupted; run it again to resume`));
     process.once("SIGINT", onSignal);
     process.once("SIGTERM", onSignal);
     try {
-      return await pullImage(ref, { root: this.root, store: store.content, snapshots: store.snapshots, images: store.images, native: loadNative().core, registries: this.config.registries }, {
-        maxRateBytesPerSec: opts.maxRate ?? this.config.pull.maxRateBytesPerSec,
-        concurrency: this.config.pull.concurrency,
-        signal: abort.signal,
-        unpack: opts.unpack !== false,
-        ...(opts.platform ? { platform: opts.platform } : {}),
-        ...(onEvent ? { onEvent } : {}),
-      });
+      return await pullImage(
+        ref,
+        {
+          root: this.root,
+          store: store.content,
+          snapshots: store.snapshots,
+          images: store.images,
+          native: loadNative().core,
+          registries: this.config.registries,
+        },
+        {
+          maxRateBytesPerSec: opts.maxRate ?? this.config.pull.maxRateBytesPerSec,
+          concurrency: this.config.pull.concurrency,
+          signal: abort.signal,
+          unpack: opts.unpack !== false,
+          ...(opts.platform ? { platform: opts.platform } : {}),
+          ...(onEvent ? { onEvent } : {}),
+        },
+      );
     } finally {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
@@ -85,8 +113,15 @@ export class CliContext {
 
 function printEvent(e: PullEvent): void {
   const short = (d: string) => d.slice(7, 19);
-  if (e.type === "resolved") process.stderr.write(`pulling ${e.ref} (${e.digest}): ${e.layers.filter((l) => !l.present).length} of ${e.layers.length} layers to fetch\n`);
-  else if (e.type === "progress") process.stderr.write(`  ${short(e.layer)} ${Math.floor((100 * e.done) / Math.max(1, e.total))}% (${e.done}/${e.total} bytes)\n`);
+  if (e.type === "resolved")
+    process.stderr.write(
+      `pulling ${e.ref} (${e.digest}): ${e.layers.filter((l) => !l.present).length} of ${e.layers.length} layers to fetch\n`,
+    );
+  else if (e.type === "progress")
+    process.stderr.write(
+      `  ${short(e.layer)} ${Math.floor((100 * e.done) / Math.max(1, e.total))}% (${e.done}/${e.total} bytes)\n`,
+    );
   else if (e.type === "unpacked") process.stderr.write(`  ${short(e.layer)} unpacked\n`);
-  else if (e.type === "done") process.stderr.write(`pulled ${e.ref}: ${e.fetchedBytes} bytes fetched in ${(e.ms / 1000).toFixed(1)} s\n`);
+  else if (e.type === "done")
+    process.stderr.write(`pulled ${e.ref}: ${e.fetchedBytes} bytes fetched in ${(e.ms / 1000).toFixed(1)} s\n`);
 }

@@ -21,11 +21,16 @@ export async function keygenCommand(argv: string[]): Promise<number> {
   try {
     pub = generateSigningKey(positionals[0]!);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "EEXIST") throw new FleetError("E_CONFLICT", `keygen: ${positionals[0]} already exists; it is not overwritten`, { exitCode: 2 });
+    if ((err as NodeJS.ErrnoException).code === "EEXIST")
+      throw new FleetError("E_CONFLICT", `keygen: ${positionals[0]} already exists; it is not overwritten`, {
+        exitCode: 2,
+      });
     throw err;
   }
   process.stdout.write(`${pub}\n`);
-  process.stderr.write(`private key in ${positionals[0]} (mode 0600), public key in ${positionals[0]}.pub; add the public key to the devices' "trustedKeys"\n`);
+  process.stderr.write(
+    `private key in ${positionals[0]} (mode 0600), public key in ${positionals[0]}.pub; add the public key to the devices' "trustedKeys"\n`,
+  );
   return 0;
 }
 
@@ -39,18 +44,31 @@ export async function deployCommand(argv: string[], configPath: string | undefin
     { name: "group", type: "string" },
     { name: "sign-key", type: "string" },
   ]);
-  if (positionals.length !== 1 || Boolean(options.device) === Boolean(options.group)) throw usage("deploy: expected --device ID or --group G, and one FILE");
+  if (positionals.length !== 1 || Boolean(options.device) === Boolean(options.group))
+    throw usage("deploy: expected --device ID or --group G, and one FILE");
   const raw = readDocumentFile(positionals[0]!);
   const target = options.device ? `device/${options.device as string}` : `group/${options.group as string}`;
-  finishDocument(raw, { generation: typeof raw.generation === "number" ? raw.generation : 1, target }, { file: positionals[0]! }); // refused before the broker is reached
+  finishDocument(
+    raw,
+    { generation: typeof raw.generation === "number" ? raw.generation : 1, target },
+    { file: positionals[0]! },
+  ); // refused before the broker is reached
   const key = options["sign-key"] ? loadSigningKey(options["sign-key"] as string) : undefined;
   const client = await connect(configPath);
   try {
-    const topic = options.device ? client.topics.device(options.device as string, "desired") : client.topics.groupDesired(options.group as string);
+    const topic = options.device
+      ? client.topics.device(options.device as string, "desired")
+      : client.topics.groupDesired(options.group as string);
     const generation = pickGeneration(raw, await retainedDocument(client, topic), topic);
-    const { payload, doc } = finishDocument(raw, { generation, target }, { file: positionals[0]!, ...(key ? { key } : {}) });
+    const { payload, doc } = finishDocument(
+      raw,
+      { generation, target },
+      { file: positionals[0]!, ...(key ? { key } : {}) },
+    );
     await client.publish(topic, payload, { retain: true });
-    process.stdout.write(`published deployment ${doc.deployment} generation ${generation} to ${topic} (${payload.length} bytes, ${key ? "signed" : "unsigned"})\n`);
+    process.stdout.write(
+      `published deployment ${doc.deployment} generation ${generation} to ${topic} (${payload.length} bytes, ${key ? "signed" : "unsigned"})\n`,
+    );
     return 0;
   } finally {
     await client.close();
@@ -60,12 +78,23 @@ export async function deployCommand(argv: string[], configPath: string | undefin
 function deviceRow(d: DeviceView, now: number): string[] {
   const r = d.reported;
   const error = d.unreadable ?? (r?.lastError ? `${r.lastError.code}: ${r.lastError.message}` : "");
-  return [d.deviceId, d.online === undefined ? "?" : d.online ? "yes" : "no", r?.deployment ?? "-", String(r?.generation ?? "-"), r?.phase ?? "-", r ? String(Object.keys(r.services).length) : "-", error.length > 60 ? `${error.slice(0, 59)}…` : error, r ? ago(r.ts, now) : ""];
+  return [
+    d.deviceId,
+    d.online === undefined ? "?" : d.online ? "yes" : "no",
+    r?.deployment ?? "-",
+    String(r?.generation ?? "-"),
+    r?.phase ?? "-",
+    r ? String(Object.keys(r.services).length) : "-",
+    error.length > 60 ? `${error.slice(0, 59)}…` : error,
+    r ? ago(r.ts, now) : "",
+  ];
 }
 
 function rolloutLine(p: RolloutProgress): string {
   const times = p.waveTimesMs.map((ms, i) => `wave ${i + 1} ${(ms / 1000).toFixed(1)} s`).join(", ");
-  const counts = Object.entries(p.counts).map(([k, v]) => `${v} ${k}`).join(", ");
+  const counts = Object.entries(p.counts)
+    .map(([k, v]) => `${v} ${k}`)
+    .join(", ");
   return `rollout of ${p.deployment} (generation ${p.generation}) to group ${p.group}: ${p.state}, wave ${p.wave + 1}/${p.waves.length} (${p.waves[p.wave]}%)${counts ? `: ${counts}` : ""}${times ? `; ${times}` : ""}; by ${p.by}, updated ${ago(p.updatedAt)}${p.reason ? `\n  ${p.reason}` : ""}\n`;
 }
 
@@ -77,10 +106,15 @@ async function retainedProgress(client: FleetClient, group: string): Promise<Rol
   try {
     parsed = rolloutProgress.safeParse(JSON.parse(payload.toString()));
   } catch (err) {
-    process.stderr.write(`fleetctl: warning: the retained message on ${topic} is not JSON (${(err as Error).message}); taken as no rollout\n`);
+    process.stderr.write(
+      `fleetctl: warning: the retained message on ${topic} is not JSON (${(err as Error).message}); taken as no rollout\n`,
+    );
     return undefined;
   }
-  if (!parsed.success) process.stderr.write(`fleetctl: warning: the retained message on ${topic} is not rollout progress; taken as no rollout\n`);
+  if (!parsed.success)
+    process.stderr.write(
+      `fleetctl: warning: the retained message on ${topic} is not rollout progress; taken as no rollout\n`,
+    );
   return parsed.success ? parsed.data : undefined;
 }
 
@@ -97,7 +131,8 @@ export async function statusCommand(argv: string[], configPath: string | undefin
     { name: "json", type: "boolean" },
     { name: "share", type: "string" },
   ]);
-  if (options.share && !options.watch) throw usage("status: --share splits live updates between instances; it needs --watch");
+  if (options.share && !options.watch)
+    throw usage("status: --share splits live updates between instances; it needs --watch");
   const group = options.group as string | undefined;
   const client = await connect(configPath);
   try {
@@ -105,17 +140,24 @@ export async function statusCommand(argv: string[], configPath: string | undefin
     const view = await FleetView.open(client, options.share ? { share: options.share as string } : {});
     const render = () => {
       const devices = view.list(group);
-      if (options.json) return `${JSON.stringify(devices.map((d) => ({ deviceId: d.deviceId, online: d.online ?? null, reported: d.reported ?? null, ...(d.unreadable ? { unreadable: d.unreadable } : {}) })))}\n`;
+      if (options.json)
+        return `${JSON.stringify(devices.map((d) => ({ deviceId: d.deviceId, online: d.online ?? null, reported: d.reported ?? null, ...(d.unreadable ? { unreadable: d.unreadable } : {}) })))}\n`;
       const now = Date.now();
       const online = devices.filter((d) => d.online).length;
-      return `${progress ? rolloutLine(progress) : ""}${devices.length} device(s)${group ? ` in group ${group}` : ""}, ${online} online\n${formatTable(["DEVICE", "ONLINE", "DEPLOYMENT", "GEN", "PHASE", "SERVICES", "LAST ERROR", "AGE"], devices.map((d) => deviceRow(d, now)))}`;
+      return `${progress ? rolloutLine(progress) : ""}${devices.length} device(s)${group ? ` in group ${group}` : ""}, ${online} online\n${formatTable(
+        ["DEVICE", "ONLINE", "DEPLOYMENT", "GEN", "PHASE", "SERVICES", "LAST ERROR", "AGE"],
+        devices.map((d) => deviceRow(d, now)),
+      )}`;
     };
     process.stdout.write(render());
     if (!options.watch) return 0;
     let dirty = false;
     view.onChange((d) => {
       // As JSON, each update is a line of its own: the stream an aggregator consumes.
-      if (options.json) process.stdout.write(`${JSON.stringify({ deviceId: d.deviceId, online: d.online ?? null, reported: d.reported ?? null, ...(d.unreadable ? { unreadable: d.unreadable } : {}) })}\n`);
+      if (options.json)
+        process.stdout.write(
+          `${JSON.stringify({ deviceId: d.deviceId, online: d.online ?? null, reported: d.reported ?? null, ...(d.unreadable ? { unreadable: d.unreadable } : {}) })}\n`,
+        );
       else dirty = true;
     });
     const tty = process.stdout.isTTY && !options.json;
@@ -158,7 +200,10 @@ function finish(p: RolloutProgress): number {
   process.stdout.write(rolloutLine(p));
   if (p.state === "done") return 0;
   for (const f of p.failures) process.stdout.write(`  ${f.deviceId}: ${f.reason}\n`);
-  throw new FleetError(p.state === "halted" ? "E_ROLLOUT_HALTED" : "E_ABORTED", `rollout of ${p.deployment} to group ${p.group} ${p.state}${p.reason ? `: ${p.reason}` : ""}`);
+  throw new FleetError(
+    p.state === "halted" ? "E_ROLLOUT_HALTED" : "E_ABORTED",
+    `rollout of ${p.deployment} to group ${p.group} ${p.state}${p.reason ? `: ${p.reason}` : ""}`,
+  );
 }
 
 export async function rolloutCommand(argv: string[], configPath: string | undefined): Promise<number> {
@@ -178,7 +223,12 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
   if (options.rollback && sub !== "abort") throw usage("rollout: --rollback goes with `rollout abort`");
   // Everything the command line says is checked before the broker is reached.
   const fromFile = sub ? undefined : readDocumentFile(positionals[0]!);
-  if (fromFile) finishDocument(fromFile, { generation: typeof fromFile.generation === "number" ? fromFile.generation : 1, target: `group/${group}` }, { file: positionals[0]! });
+  if (fromFile)
+    finishDocument(
+      fromFile,
+      { generation: typeof fromFile.generation === "number" ? fromFile.generation : 1, target: `group/${group}` },
+      { file: positionals[0]! },
+    );
   const given = {
     waves: parseWaves((options.waves as string | undefined) ?? "100"),
     healthyWithinMs: parseDuration((options["healthy-within"] as string | undefined) ?? "2m", "--healthy-within"),
@@ -189,16 +239,43 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
     const current = await retainedProgress(client, group);
     const groupTopic = client.topics.groupDesired(group);
     if (sub === "abort") {
-      if (!current || current.state !== "running") throw new FleetError("E_NOT_FOUND", `rollout abort: group ${group} has no running rollout${current ? ` (the last one is ${current.state})` : ""}`);
+      if (current?.state !== "running")
+        throw new FleetError(
+          "E_NOT_FOUND",
+          `rollout abort: group ${group} has no running rollout${current ? ` (the last one is ${current.state})` : ""}`,
+        );
       if (options.rollback) {
         const raw = await retainedDocument(client, groupTopic);
-        if (!raw || raw.deployment !== current.deployment) throw new FleetError("E_CONFLICT", `rollout abort --rollback: ${groupTopic} no longer holds ${current.deployment}`);
-        if (raw.signature && !key) throw usage(`rollout abort --rollback: ${groupTopic} holds a signed document; give --sign-key, or the devices would refuse the rollback`);
-        const { payload } = finishDocument(raw, { generation: current.generation + 1, target: `group/${group}`, rollout: { percent: current.waves[current.wave]!, rollback: true } }, { file: groupTopic, ...(key ? { key } : {}) });
+        if (!raw || raw.deployment !== current.deployment)
+          throw new FleetError(
+            "E_CONFLICT",
+            `rollout abort --rollback: ${groupTopic} no longer holds ${current.deployment}`,
+          );
+        if (raw.signature && !key)
+          throw usage(
+            `rollout abort --rollback: ${groupTopic} holds a signed document; give --sign-key, or the devices would refuse the rollback`,
+          );
+        const { payload } = finishDocument(
+          raw,
+          {
+            generation: current.generation + 1,
+            target: `group/${group}`,
+            rollout: { percent: current.waves[current.wave]!, rollback: true },
+          },
+          { file: groupTopic, ...(key ? { key } : {}) },
+        );
         await client.publish(groupTopic, payload, { retain: true });
       }
-      const aborted: RolloutProgress = { ...current, state: "aborted", reason: `aborted by ${hostname()}${options.rollback ? "; the wave was rolled back" : "; devices keep what they run"}`, by: hostname(), updatedAt: new Date().toISOString() };
-      await client.publish(`${client.topics.prefix}/groups/${group}/rollout`, JSON.stringify(aborted), { retain: true });
+      const aborted: RolloutProgress = {
+        ...current,
+        state: "aborted",
+        reason: `aborted by ${hostname()}${options.rollback ? "; the wave was rolled back" : "; devices keep what they run"}`,
+        by: hostname(),
+        updatedAt: new Date().toISOString(),
+      };
+      await client.publish(`${client.topics.prefix}/groups/${group}/rollout`, JSON.stringify(aborted), {
+        retain: true,
+      });
       process.stdout.write(rolloutLine(aborted));
       return 0;
     }
@@ -206,10 +283,19 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
     let raw: Record<string, unknown>;
     let file: string;
     if (sub === "resume") {
-      if (!current || (current.state !== "running" && current.state !== "aborted")) throw new FleetError("E_NOT_FOUND", `rollout resume: group ${group} has no interrupted rollout${current ? ` (the last one ${current.state}; start a new one)` : ""}`);
+      if (!current || (current.state !== "running" && current.state !== "aborted"))
+        throw new FleetError(
+          "E_NOT_FOUND",
+          `rollout resume: group ${group} has no interrupted rollout${current ? ` (the last one ${current.state}; start a new one)` : ""}`,
+        );
       const retained = await retainedDocument(client, groupTopic);
-      if (!retained || retained.deployment !== current.deployment) throw new FleetError("E_CONFLICT", `rollout resume: ${groupTopic} no longer holds ${current.deployment}`);
-      if ((retained.rollout as { rollback?: unknown } | undefined)?.rollback === true) throw new FleetError("E_CONFLICT", `rollout resume: the rollout of ${current.deployment} was rolled back; start a new rollout`);
+      if (!retained || retained.deployment !== current.deployment)
+        throw new FleetError("E_CONFLICT", `rollout resume: ${groupTopic} no longer holds ${current.deployment}`);
+      if ((retained.rollout as { rollback?: unknown } | undefined)?.rollback === true)
+        throw new FleetError(
+          "E_CONFLICT",
+          `rollout resume: the rollout of ${current.deployment} was rolled back; start a new rollout`,
+        );
       resume = current;
       raw = retained;
       file = groupTopic;
@@ -217,21 +303,51 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
       file = positionals[0]!;
       raw = fromFile!;
       if (current?.state === "running") {
-        if (current.deployment !== raw.deployment) throw new FleetError("E_CONFLICT", `rollout: group ${group} has a rollout of ${current.deployment} under way (wave ${current.wave + 1}/${current.waves.length}, by ${current.by}); abort it first with \`fleetctl rollout abort --group ${group}\``);
+        if (current.deployment !== raw.deployment)
+          throw new FleetError(
+            "E_CONFLICT",
+            `rollout: group ${group} has a rollout of ${current.deployment} under way (wave ${current.wave + 1}/${current.waves.length}, by ${current.by}); abort it first with \`fleetctl rollout abort --group ${group}\``,
+          );
         const published = await retainedDocument(client, groupTopic);
-        if (!published || sameContent(published) !== sameContent(raw)) throw new FleetError("E_CONFLICT", `rollout: ${file} differs from the ${current.deployment} being rolled out; give the changed document a new deployment name (or abort the rollout first)`);
+        if (!published || sameContent(published) !== sameContent(raw))
+          throw new FleetError(
+            "E_CONFLICT",
+            `rollout: ${file} differs from the ${current.deployment} being rolled out; give the changed document a new deployment name (or abort the rollout first)`,
+          );
         resume = current;
-        process.stderr.write(`resuming the rollout of ${current.deployment} at wave ${current.wave + 1}/${current.waves.length}\n`);
+        process.stderr.write(
+          `resuming the rollout of ${current.deployment} at wave ${current.wave + 1}/${current.waves.length}\n`,
+        );
       }
     }
     const { waves, healthyWithinMs, maxFailures } = resume ?? given;
-    const generation = resume ? resume.generation : pickGeneration(raw, await retainedDocument(client, groupTopic), groupTopic);
-    if (resume && raw.signature && !key) throw usage(`rollout: ${groupTopic} holds a signed document; give --sign-key, or the devices would refuse the next wave`);
+    const generation = resume
+      ? resume.generation
+      : pickGeneration(raw, await retainedDocument(client, groupTopic), groupTopic);
+    if (resume && raw.signature && !key)
+      throw usage(
+        `rollout: ${groupTopic} holds a signed document; give --sign-key, or the devices would refuse the next wave`,
+      );
     finishDocument(raw, { generation, target: `group/${group}` }, { file }); // validate before anything is published
     const view = await FleetView.open(client);
     const devices = view.list(group).length;
-    process.stderr.write(`rollout of ${String(raw.deployment)} (generation ${generation}) to group ${group}: ${devices} device(s) known, waves ${waves.join(",")}%, healthy within ${healthyWithinMs / 1000} s, ${"count" in maxFailures ? maxFailures.count : `${maxFailures.percent}%`} failure(s) allowed per wave\n`);
-    const rollout = new Rollout({ client, view, group, raw, file, waves, healthyWithinMs, maxFailures, generation, ...(key ? { key } : {}), ...(resume ? { resume } : {}), onProgress: progressPrinter() });
+    process.stderr.write(
+      `rollout of ${String(raw.deployment)} (generation ${generation}) to group ${group}: ${devices} device(s) known, waves ${waves.join(",")}%, healthy within ${healthyWithinMs / 1000} s, ${"count" in maxFailures ? maxFailures.count : `${maxFailures.percent}%`} failure(s) allowed per wave\n`,
+    );
+    const rollout = new Rollout({
+      client,
+      view,
+      group,
+      raw,
+      file,
+      waves,
+      healthyWithinMs,
+      maxFailures,
+      generation,
+      ...(key ? { key } : {}),
+      ...(resume ? { resume } : {}),
+      onProgress: progressPrinter(),
+    });
     return finish(await rollout.run());
   } finally {
     await client.close();

@@ -55,9 +55,15 @@ async function push(argv: string[], configPath: string | undefined): Promise<num
     { name: "mount-from", type: "string", multiple: true },
     { name: "base", type: "string" },
   ]);
-  if (positionals.length !== 2) throw new FleetError("E_INVALID_ARGUMENT", "push: expected DIR|TAR and REF, e.g. fleetctl push ./rootfs registry.local:5000/acme/web:1.2", { exitCode: 2 });
+  if (positionals.length !== 2)
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      "push: expected DIR|TAR and REF, e.g. fleetctl push ./rootfs registry.local:5000/acme/web:1.2",
+      { exitCode: 2 },
+    );
   for (const e of options.env as string[]) {
-    if (!/^[^=]+=/.test(e)) throw new FleetError("E_INVALID_ARGUMENT", `--env: expected KEY=VALUE, got "${e}"`, { exitCode: 2 });
+    if (!/^[^=]+=/.test(e))
+      throw new FleetError("E_INVALID_ARGUMENT", `--env: expected KEY=VALUE, got "${e}"`, { exitCode: 2 });
   }
   const config = loadDeviceConfig(configPath);
   const cmd = options.cmd as string[];
@@ -66,7 +72,9 @@ async function push(argv: string[], configPath: string | undefined): Promise<num
     registries: config.registries,
     cmd: cmd.length ? cmd : undefined,
     entrypoint: entrypoint.length ? entrypoint : undefined,
-    env: (options.env as string[]).length ? ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", ...(options.env as string[])] : undefined,
+    env: (options.env as string[]).length
+      ? ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", ...(options.env as string[])]
+      : undefined,
     workingDir: options.workdir as string | undefined,
     platform: options.platform ? parsePlatform(options.platform as string) : undefined,
     mountFrom: options["mount-from"] as string[],

@@ -79,8 +79,12 @@ export async function main(argv: string[]): Promise<number> {
       return name || options.help ? 0 : 2;
     }
     const command = COMMANDS[name];
-    if (!command) throw new FleetError("E_INVALID_ARGUMENT", `unknown command "${name}" (see fleetlet --help)`, { exitCode: 2 });
-    if (process.getuid?.() !== 0) throw new FleetError("E_NOT_ROOT", `${name}: fleetlet manages containers and must run as root`, { exitCode: 125 });
+    if (!command)
+      throw new FleetError("E_INVALID_ARGUMENT", `unknown command "${name}" (see fleetlet --help)`, { exitCode: 2 });
+    if (process.getuid?.() !== 0)
+      throw new FleetError("E_NOT_ROOT", `${name}: fleetlet manages containers and must run as root`, {
+        exitCode: 125,
+      });
     // A broken config is refused before anything runs.
     const config = loadDeviceConfig(options.config as string | undefined);
     // The daemon runs under its own Node flags, in the same process: see process-memory.ts.
@@ -89,7 +93,9 @@ export async function main(argv: string[]): Promise<number> {
         execWithAgentFlags(loadNative().core);
       } catch (err) {
         // Only the memory tuning is lost: the agent runs on under the flags it has.
-        process.stderr.write(`fleetlet: warning: could not re-execute with the agent's Node flags (${(err as Error).message}); running without them\n`);
+        process.stderr.write(
+          `fleetlet: warning: could not re-execute with the agent's Node flags (${(err as Error).message}); running without them\n`,
+        );
       }
     }
     return await command(new CliContext(resolveRoot(options.root as string | undefined), config), rest);

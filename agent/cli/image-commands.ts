@@ -14,12 +14,25 @@ export async function pullCommand(ctx: CliContext, argv: string[]): Promise<numb
     { name: "quiet", short: "q", type: "boolean" },
     { name: "download-only", type: "boolean" },
   ]);
-  if (positionals.length !== 1) throw new FleetError("E_INVALID_ARGUMENT", "pull: name one image, e.g. registry.local:5000/acme/web:1.2", { exitCode: 2 });
+  if (positionals.length !== 1)
+    throw new FleetError("E_INVALID_ARGUMENT", "pull: name one image, e.g. registry.local:5000/acme/web:1.2", {
+      exitCode: 2,
+    });
   const rateText = options["max-rate"] as string | undefined;
   const maxRate = rateText === undefined ? undefined : parseBytes(rateText);
-  if (rateText !== undefined && maxRate === undefined) throw new FleetError("E_INVALID_ARGUMENT", `--max-rate: expected bytes per second such as 2M or 512k, got "${rateText}"`, { exitCode: 2 });
+  if (rateText !== undefined && maxRate === undefined)
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `--max-rate: expected bytes per second such as 2M or 512k, got "${rateText}"`,
+      { exitCode: 2 },
+    );
   const platform = options.platform ? parsePlatform(options.platform as string) : undefined;
-  const image = await ctx.pull(positionals[0]!, { ...(maxRate !== undefined ? { maxRate } : {}), quiet: options.quiet === true, unpack: options["download-only"] !== true, ...(platform ? { platform } : {}) });
+  const image = await ctx.pull(positionals[0]!, {
+    ...(maxRate !== undefined ? { maxRate } : {}),
+    quiet: options.quiet === true,
+    unpack: options["download-only"] !== true,
+    ...(platform ? { platform } : {}),
+  });
   process.stdout.write(`${image.ref}@${image.digest}\n`);
   return 0;
 }
@@ -31,7 +44,14 @@ export async function imagesCommand(ctx: CliContext, argv: string[]): Promise<nu
     process.stdout.write(`${JSON.stringify(images, null, 2)}\n`);
     return 0;
   }
-  const rows = images.map((i) => [i.ref, i.digest.slice(0, 19), i.platform, formatBytes(i.size), String(i.layers.length), ago(i.pulledAt)]);
+  const rows = images.map((i) => [
+    i.ref,
+    i.digest.slice(0, 19),
+    i.platform,
+    formatBytes(i.size),
+    String(i.layers.length),
+    ago(i.pulledAt),
+  ]);
   process.stdout.write(formatTable(["IMAGE", "DIGEST", "PLATFORM", "SIZE", "LAYERS", "PULLED"], rows));
   return 0;
 }
@@ -43,7 +63,8 @@ function layersInUse(ctx: CliContext): Set<string> {
 
 export async function rmiCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const { options, positionals } = parseArgs(argv, [{ name: "force", short: "f", type: "boolean" }]);
-  if (positionals.length === 0) throw new FleetError("E_INVALID_ARGUMENT", "rmi: name at least one image", { exitCode: 2 });
+  if (positionals.length === 0)
+    throw new FleetError("E_INVALID_ARGUMENT", "rmi: name at least one image", { exitCode: 2 });
   const store = await ctx.store();
   const inUse = layersInUse(ctx);
   for (const name of positionals) {
@@ -52,7 +73,10 @@ export async function rmiCommand(ctx: CliContext, argv: string[]): Promise<numbe
     if (!image) throw new FleetError("E_IMAGE_NOT_FOUND", `no such image: ${name}`);
     const users = ctx.runtime.list().filter((c) => store.layerDirs(image).some((d) => c.spec.layers.includes(d)));
     if (users.length > 0 && !options.force) {
-      throw new FleetError("E_IMAGE_IN_USE", `image ${image.ref} is used by container${users.length > 1 ? "s" : ""} ${users.map((c) => c.id).join(", ")}: remove them first, or use -f to untag it`);
+      throw new FleetError(
+        "E_IMAGE_IN_USE",
+        `image ${image.ref} is used by container${users.length > 1 ? "s" : ""} ${users.map((c) => c.id).join(", ")}: remove them first, or use -f to untag it`,
+      );
     }
     await store.images.remove(image.ref);
     process.stdout.write(`untagged ${image.ref}\n`);
@@ -66,6 +90,8 @@ export async function pruneCommand(ctx: CliContext, argv: string[]): Promise<num
   parseArgs(argv, []);
   const store = await ctx.store();
   const r = await store.prune(layersInUse(ctx));
-  process.stdout.write(`removed ${r.blobs} blobs, ${r.snapshots} layers and ${r.partials} partial downloads: ${formatBytes(r.bytes)} of blobs freed\n`);
+  process.stdout.write(
+    `removed ${r.blobs} blobs, ${r.snapshots} layers and ${r.partials} partial downloads: ${formatBytes(r.bytes)} of blobs freed\n`,
+  );
   return 0;
 }

@@ -41,7 +41,8 @@ const usage = (msg: string) => new FleetError("E_INVALID_ARGUMENT", msg, { exitC
 function num(value: string | undefined, field: string, integer: boolean): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
-  if (!Number.isFinite(n) || (integer && !Number.isInteger(n))) throw usage(`--${field}: expected ${integer ? "a whole number" : "a number"}, got "${value}"`);
+  if (!Number.isFinite(n) || (integer && !Number.isInteger(n)))
+    throw usage(`--${field}: expected ${integer ? "a whole number" : "a number"}, got "${value}"`);
   return n;
 }
 
@@ -50,12 +51,16 @@ export type ParsedRun = ReturnType<typeof parseRun>;
 export function parseRun(argv: string[]) {
   const parsed = parseArgs(argv, RUN_OPTIONS, { stopAtPositional: true, exitCode: 125 });
   const rootfs = (parsed.options.rootfs as string[]).map((r) => resolve(r));
-  if (rootfs.length === 0 && parsed.positionals.length === 0) throw usage("run: give --rootfs DIR or an IMAGE, then -- and the command");
+  if (rootfs.length === 0 && parsed.positionals.length === 0)
+    throw usage("run: give --rootfs DIR or an IMAGE, then -- and the command");
   return { ...parsed, rootfs, image: rootfs.length === 0 ? parsed.positionals[0] : undefined };
 }
 
 /** Builds the container spec from the command line (and the image); throws naming the flag at fault. */
-export function runSpec(parsed: ParsedRun, image?: ImageDefaults): { spec: ContainerSpecInput; rm: boolean; detach: boolean } {
+export function runSpec(
+  parsed: ParsedRun,
+  image?: ImageDefaults,
+): { spec: ContainerSpecInput; rm: boolean; detach: boolean } {
   const { options: o, positionals, rest } = parsed;
   const layers = image ? image.layers : parsed.rootfs;
   let command: string[];
@@ -69,7 +74,8 @@ export function runSpec(parsed: ParsedRun, image?: ImageDefaults): { spec: Conta
   }
   const memoryText = o.memory as string | undefined;
   const memory = memoryText === undefined ? undefined : parseBytes(memoryText);
-  if (memoryText !== undefined && memory === undefined) throw usage(`--memory: expected a size such as 32Mi, 512k or 1G, got "${memoryText}"`);
+  if (memoryText !== undefined && memory === undefined)
+    throw usage(`--memory: expected a size such as 32Mi, 512k or 1G, got "${memoryText}"`);
   const volumes = (o.volume as string[]).map((v) => {
     const [name, target, mode, ...extra] = v.split(":");
     if (!name || !target || extra.length > 0 || (mode !== undefined && mode !== "ro" && mode !== "rw")) {
@@ -80,7 +86,8 @@ export function runSpec(parsed: ParsedRun, image?: ImageDefaults): { spec: Conta
   const network = (o.network as string | undefined) ?? "none";
   if (network !== "none" && network !== "host") throw usage(`--network: expected none or host, got "${network}"`);
   const seccomp = (o.seccomp as string | undefined) ?? "default";
-  if (seccomp !== "default" && seccomp !== "unconfined") throw usage(`--seccomp: expected default or unconfined, got "${seccomp}"`);
+  if (seccomp !== "default" && seccomp !== "unconfined")
+    throw usage(`--seccomp: expected default or unconfined, got "${seccomp}"`);
   const stopTimeout = num(o["stop-timeout"] as string | undefined, "stop-timeout", false);
   const spec: ContainerSpecInput = {
     name: o.name as string | undefined,
@@ -88,7 +95,11 @@ export function runSpec(parsed: ParsedRun, image?: ImageDefaults): { spec: Conta
     command,
     env: mergeEnv(image?.env ?? [], o.env as string[]),
     workingDir: (o.workdir as string | undefined) ?? (image?.workingDir || "/"),
-    user: o.user ? resolveUser(o.user as string, layers, "--user") : image?.user ? resolveUser(image.user, layers, `image ${image.ref} User`) : undefined,
+    user: o.user
+      ? resolveUser(o.user as string, layers, "--user")
+      : image?.user
+        ? resolveUser(image.user, layers, `image ${image.ref} User`)
+        : undefined,
     hostname: o.hostname as string | undefined,
     resources: {
       memory,

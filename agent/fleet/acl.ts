@@ -43,13 +43,20 @@ export function parseInventory(raw: unknown, source = "inventory"): Inventory {
 /** The prefix as topics.ts accepts it, and nothing an ACL line would read differently: no `%` (a pattern substitution), no control character (a new line). */
 function aclPrefix(prefix: string): string {
   if (/[%\u0000-\u001f\u007f]/.test(prefix)) {
-    throw new FleetError("E_INVALID_ARGUMENT", `topic prefix ${JSON.stringify(prefix)} cannot be used in an ACL file: it must hold no '%' and no control characters`);
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `topic prefix ${JSON.stringify(prefix)} cannot be used in an ACL file: it must hold no '%' and no control characters`,
+    );
   }
   try {
     return topicNames(prefix).prefix;
   } catch (err) {
     // topics.ts names the config field (mqtt.prefix); here the prefix is an argument.
-    throw new FleetError("E_INVALID_ARGUMENT", `topic prefix ${JSON.stringify(prefix)}: expected topic levels such as "fleet" or "acme/fleet" (no wildcards, no empty levels)`, { cause: err });
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `topic prefix ${JSON.stringify(prefix)}: expected topic levels such as "fleet" or "acme/fleet" (no wildcards, no empty levels)`,
+      { cause: err },
+    );
   }
 }
 
@@ -81,7 +88,10 @@ export function renderAcl(inv: Inventory, prefix: string = DEFAULT_TOPIC_PREFIX)
     blocks.push([...heading, `user ${id}`, ...sorted(devices[id]!).map((g) => `topic read ${topics.groupDesired(g)}`)]);
   });
   sorted(operators).forEach((op, i) => {
-    const heading = i === 0 ? ["# Operators: read the whole fleet; write desired state and rollout progress; never pose as a device."] : [];
+    const heading =
+      i === 0
+        ? ["# Operators: read the whole fleet; write desired state and rollout progress; never pose as a device."]
+        : [];
     blocks.push([
       ...heading,
       `user ${op}`,
@@ -103,13 +113,19 @@ function readInventory(file: string): Inventory {
   try {
     text = readFileSync(file, "utf8");
   } catch (err) {
-    throw new FleetError("E_INVALID_ARGUMENT", `inventory ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `inventory ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      { cause: err },
+    );
   }
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (err) {
-    throw new FleetError("E_INVALID_ARGUMENT", `inventory ${file}: not valid JSON (${(err as Error).message})`, { cause: err });
+    throw new FleetError("E_INVALID_ARGUMENT", `inventory ${file}: not valid JSON (${(err as Error).message})`, {
+      cause: err,
+    });
   }
   return parseInventory(raw, `inventory ${file}`);
 }
@@ -125,8 +141,15 @@ export async function aclCommand(argv: string[]): Promise<number> {
       process.stdout.write(ACL_HELP);
       return 0;
     }
-    if (positionals.length !== 1) throw new FleetError("E_INVALID_ARGUMENT", "acl: expected one INVENTORY.json, e.g. fleetctl acl inventory.json > /etc/mosquitto/fleetlet/acl", { exitCode: 2 });
-    process.stdout.write(renderAcl(readInventory(positionals[0]!), (options.prefix as string | undefined) ?? DEFAULT_TOPIC_PREFIX));
+    if (positionals.length !== 1)
+      throw new FleetError(
+        "E_INVALID_ARGUMENT",
+        "acl: expected one INVENTORY.json, e.g. fleetctl acl inventory.json > /etc/mosquitto/fleetlet/acl",
+        { exitCode: 2 },
+      );
+    process.stdout.write(
+      renderAcl(readInventory(positionals[0]!), (options.prefix as string | undefined) ?? DEFAULT_TOPIC_PREFIX),
+    );
     return 0;
   } catch (err) {
     return printError("fleetctl", err);

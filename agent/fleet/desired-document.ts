@@ -19,7 +19,11 @@ export function readDocumentFile(file: string): RawDocument {
   try {
     text = readFileSync(file, "utf8");
   } catch (err) {
-    throw new FleetError("E_NOT_FOUND", `${file}: ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (err as Error).message}`, { exitCode: 2 });
+    throw new FleetError(
+      "E_NOT_FOUND",
+      `${file}: ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (err as Error).message}`,
+      { exitCode: 2 },
+    );
   }
   let raw: unknown;
   try {
@@ -27,7 +31,10 @@ export function readDocumentFile(file: string): RawDocument {
   } catch (err) {
     throw new FleetError("E_INVALID_DESIRED", `${file}: not valid JSON: ${(err as Error).message}`, { exitCode: 2 });
   }
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new FleetError("E_INVALID_DESIRED", `${file}: expected a JSON object (a desired-state document)`, { exitCode: 2 });
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw new FleetError("E_INVALID_DESIRED", `${file}: expected a JSON object (a desired-state document)`, {
+      exitCode: 2,
+    });
   return raw as RawDocument;
 }
 
@@ -38,7 +45,9 @@ export async function retainedDocument(client: FleetClient, topic: string): Prom
   try {
     return JSON.parse(payload.toString()) as RawDocument;
   } catch (err) {
-    process.stderr.write(`fleetctl: warning: the retained message on ${topic} is not JSON (${(err as Error).message}); replacing it\n`);
+    process.stderr.write(
+      `fleetctl: warning: the retained message on ${topic} is not JSON (${(err as Error).message}); replacing it\n`,
+    );
     return undefined;
   }
 }
@@ -52,18 +61,32 @@ export function pickGeneration(raw: RawDocument, retained: RawDocument | undefin
   if (raw.generation === undefined) return (previous ?? 0) + 1;
   if (typeof raw.generation !== "number") return raw.generation as number; // validation names the field
   if (previous !== undefined && raw.generation <= previous) {
-    throw new FleetError("E_STALE_GENERATION", `generation: ${raw.generation} is not newer than ${previous}, which ${topic} already holds; devices would ignore it (leave "generation" out and fleetctl picks ${previous + 1})`, { exitCode: 2 });
+    throw new FleetError(
+      "E_STALE_GENERATION",
+      `generation: ${raw.generation} is not newer than ${previous}, which ${topic} already holds; devices would ignore it (leave "generation" out and fleetctl picks ${previous + 1})`,
+      { exitCode: 2 },
+    );
   }
   return raw.generation;
 }
 
 /** Sets the fields, validates, signs; returns the payload to publish and the parsed document. */
-export function finishDocument(raw: RawDocument, fields: { generation: number; target: string; rollout?: { percent: number; rollback?: boolean } }, opts: { file: string; key?: KeyObject }): { payload: string; doc: DesiredState } {
+export function finishDocument(
+  raw: RawDocument,
+  fields: { generation: number; target: string; rollout?: { percent: number; rollback?: boolean } },
+  opts: { file: string; key?: KeyObject },
+): { payload: string; doc: DesiredState } {
   const { signature: _old, ...rest } = raw;
   // The target is signed with the rest, so the document cannot be replayed to another device or group.
-  let out: RawDocument = { ...rest, generation: fields.generation, target: fields.target, ...(fields.rollout ? { rollout: fields.rollout } : {}) };
+  let out: RawDocument = {
+    ...rest,
+    generation: fields.generation,
+    target: fields.target,
+    ...(fields.rollout ? { rollout: fields.rollout } : {}),
+  };
   const parsed = desiredState.safeParse(out);
-  if (!parsed.success) throw new FleetError("E_INVALID_DESIRED", `${opts.file}: ${formatIssues(parsed.error)}`, { exitCode: 2 });
+  if (!parsed.success)
+    throw new FleetError("E_INVALID_DESIRED", `${opts.file}: ${formatIssues(parsed.error)}`, { exitCode: 2 });
   if (opts.key) out = signDocument(out, opts.key);
   return { payload: JSON.stringify(out), doc: parsed.data };
 }

@@ -44,8 +44,14 @@ export class FleetClient {
 
   /** Connects, or throws a FleetError that says what to check. */
   static async connect(mqtt: MqttSettings | undefined, opts: { clientId?: string } = {}): Promise<FleetClient> {
-    if (!mqtt) throw new FleetError("E_INVALID_CONFIG", "mqtt: the config has no mqtt section; fleetctl needs it to reach the broker (see --config)", { exitCode: 2 });
-    const clientId = opts.clientId ?? `fleetctl-${hostname().replace(/[^a-zA-Z0-9_.-]/g, "_")}-${randomBytes(4).toString("hex")}`;
+    if (!mqtt)
+      throw new FleetError(
+        "E_INVALID_CONFIG",
+        "mqtt: the config has no mqtt section; fleetctl needs it to reach the broker (see --config)",
+        { exitCode: 2 },
+      );
+    const clientId =
+      opts.clientId ?? `fleetctl-${hostname().replace(/[^a-zA-Z0-9_.-]/g, "_")}-${randomBytes(4).toString("hex")}`;
     const client = connect(mqtt.url, {
       protocolVersion: 5,
       clientId,
@@ -58,7 +64,10 @@ export class FleetClient {
     });
     try {
       await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no answer within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
+        const timer = setTimeout(
+          () => reject(new Error(`no answer within ${CONNECT_TIMEOUT_MS} ms`)),
+          CONNECT_TIMEOUT_MS,
+        );
         client.once("connect", () => {
           clearTimeout(timer);
           resolve();
@@ -72,7 +81,9 @@ export class FleetClient {
       client.end(true);
       throw new FleetError("E_BROKER", describeFailure(mqtt, err as Error).message);
     }
-    client.on("error", (err) => process.stderr.write(`fleetctl: MQTT broker ${displayUrl(mqtt.url)}: ${err.message}\n`));
+    client.on("error", (err) =>
+      process.stderr.write(`fleetctl: MQTT broker ${displayUrl(mqtt.url)}: ${err.message}\n`),
+    );
     const fc = new FleetClient(client, mqtt.prefix);
     await fc.subscribe([fc.fenceTopic]);
     return fc;
@@ -86,7 +97,11 @@ export class FleetClient {
   async subscribe(filters: string[]): Promise<void> {
     const granted = await this.client.subscribeAsync(filters, { qos: 1 });
     const refused = granted.filter((g) => g.qos > 2);
-    if (refused.length) throw new FleetError("E_FORBIDDEN", `the broker refused the subscription to ${refused.map((g) => g.topic).join(", ")} (reason ${refused[0]!.qos}); check the ACL for this operator`);
+    if (refused.length)
+      throw new FleetError(
+        "E_FORBIDDEN",
+        `the broker refused the subscription to ${refused.map((g) => g.topic).join(", ")} (reason ${refused[0]!.qos}); check the ACL for this operator`,
+      );
   }
 
   async unsubscribe(filters: string[]): Promise<void> {
@@ -101,7 +116,12 @@ export class FleetClient {
       this.fences.set(id, resolve);
       timer = setTimeout(() => {
         this.fences.delete(id);
-        reject(new FleetError("E_BROKER", `the broker did not echo fleetctl's own message within ${timeoutMs / 1000} s; it may be dropping messages queued for this client (mosquitto: raise max_queued_messages to at least twice the number of devices)`));
+        reject(
+          new FleetError(
+            "E_BROKER",
+            `the broker did not echo fleetctl's own message within ${timeoutMs / 1000} s; it may be dropping messages queued for this client (mosquitto: raise max_queued_messages to at least twice the number of devices)`,
+          ),
+        );
       }, timeoutMs);
     });
     try {
@@ -133,7 +153,11 @@ export class FleetClient {
     const packet = await this.client.publishAsync(topic, payload, { qos: 1, retain: opts.retain });
     const reason = (packet as { reasonCode?: number } | undefined)?.reasonCode ?? 0;
     // 16 is "no matching subscribers": accepted all the same.
-    if (reason >= 0x80) throw new FleetError("E_FORBIDDEN", `the broker refused the publish to ${topic} (reason ${reason}${reason === 135 ? ": not authorized" : ""}); check the ACL for this operator`);
+    if (reason >= 0x80)
+      throw new FleetError(
+        "E_FORBIDDEN",
+        `the broker refused the publish to ${topic} (reason ${reason}${reason === 135 ? ": not authorized" : ""}); check the ACL for this operator`,
+      );
   }
 
   async close(): Promise<void> {

@@ -83,7 +83,8 @@ export class FleetView {
         if (parsed.success) {
           d.reported = parsed.data;
           delete d.unreadable;
-        } else d.unreadable = `reported state does not match the schema: ${parsed.error.issues[0]?.path.join(".")}: ${parsed.error.issues[0]?.message}`;
+        } else
+          d.unreadable = `reported state does not match the schema: ${parsed.error.issues[0]?.path.join(".")}: ${parsed.error.issues[0]?.message}`;
       }
     } catch (err) {
       d.unreadable = `${channel} is not JSON: ${(err as Error).message}`;

@@ -26,13 +26,24 @@ export interface Target {
 export function standing(d: DeviceView, t: Target): { standing: Standing; reason: string } {
   const r = d.reported;
   if (r && r.deployment === t.deployment && r.generation !== null && r.generation >= t.generation) {
-    if (r.phase === "failed" || r.phase === "rolledBack") return { standing: "failed", reason: `${r.phase}: ${r.lastError?.message ?? "no reason given"}` };
+    if (r.phase === "failed" || r.phase === "rolledBack")
+      return { standing: "failed", reason: `${r.phase}: ${r.lastError?.message ?? "no reason given"}` };
     if (r.phase === "converged" && r.lastGood === t.deployment) return { standing: "healthy", reason: "" };
   }
-  if (r?.phase === "rejected" && d.seenAt >= t.publishedAt) return { standing: "failed", reason: `rejected: ${r.lastError ? `${r.lastError.code}: ${r.lastError.message}` : "no reason given"}` };
+  if (r?.phase === "rejected" && d.seenAt >= t.publishedAt)
+    return {
+      standing: "failed",
+      reason: `rejected: ${r.lastError ? `${r.lastError.code}: ${r.lastError.message}` : "no reason given"}`,
+    };
   if (d.online === false) return { standing: "offline", reason: "offline" };
   if (!r) return { standing: "pending", reason: "has not reported yet" };
-  return { standing: "pending", reason: r.deployment === t.deployment ? `${r.phase}${r.phase === "converged" ? " (in its health window)" : ""}` : `runs ${r.deployment ?? "nothing"} (${r.phase})` };
+  return {
+    standing: "pending",
+    reason:
+      r.deployment === t.deployment
+        ? `${r.phase}${r.phase === "converged" ? " (in its health window)" : ""}`
+        : `runs ${r.deployment ?? "nothing"} (${r.phase})`,
+  };
 }
 
 export function failureAllowance(limit: FailureLimit, devices: number): number {
@@ -48,7 +59,15 @@ export interface WaveStatus {
 }
 
 /** Judges a wave: done, halted (too many failures) or still going; past the deadline, the pending count as failed. */
-export function judgeWave(devices: Iterable<DeviceView>, t: Target, percent: number, limit: FailureLimit, elapsedMs: number, healthyWithinMs: number, positions?: Map<string, number>): { verdict: "done" | "halt" | "wait"; status: WaveStatus } {
+export function judgeWave(
+  devices: Iterable<DeviceView>,
+  t: Target,
+  percent: number,
+  limit: FailureLimit,
+  elapsedMs: number,
+  healthyWithinMs: number,
+  positions?: Map<string, number>,
+): { verdict: "done" | "halt" | "wait"; status: WaveStatus } {
   const position = (id: string) => {
     let p = positions?.get(id);
     if (p === undefined) {
@@ -64,9 +83,11 @@ export function judgeWave(devices: Iterable<DeviceView>, t: Target, percent: num
   const late = elapsedMs > healthyWithinMs;
   for (const d of inWave) {
     let s = standing(d, t);
-    if (late && s.standing === "pending") s = { standing: "failed", reason: `not healthy within ${Math.round(healthyWithinMs / 1000)} s: ${s.reason}` };
+    if (late && s.standing === "pending")
+      s = { standing: "failed", reason: `not healthy within ${Math.round(healthyWithinMs / 1000)} s: ${s.reason}` };
     counts[s.standing]++;
-    if (s.standing === "failed") failures.push({ deviceId: d.deviceId, phase: d.reported?.phase ?? "unknown", reason: s.reason });
+    if (s.standing === "failed")
+      failures.push({ deviceId: d.deviceId, phase: d.reported?.phase ?? "unknown", reason: s.reason });
   }
   const status = { percent, devices: inWave.length, counts, failures, elapsedMs };
   if (counts.failed > failureAllowance(limit, inWave.length)) return { verdict: "halt", status };
@@ -103,7 +124,25 @@ export class Rollout {
     const deployment = String(o.raw.deployment);
     this.progress = o.resume
       ? { ...o.resume, state: "running", by: hostname(), updatedAt: now }
-      : { apiVersion: "fleetlet/v1", kind: "rollout", group: o.group, deployment, generation: o.generation, waves: o.waves, healthyWithinMs: o.healthyWithinMs, maxFailures: o.maxFailures, state: "running", wave: 0, waveStartedAt: now, waveTimesMs: [], counts: {}, failures: [], by: hostname(), startedAt: now, updatedAt: now };
+      : {
+          apiVersion: "fleetlet/v1",
+          kind: "rollout",
+          group: o.group,
+          deployment,
+          generation: o.generation,
+          waves: o.waves,
+          healthyWithinMs: o.healthyWithinMs,
+          maxFailures: o.maxFailures,
+          state: "running",
+          wave: 0,
+          waveStartedAt: now,
+          waveTimesMs: [],
+          counts: {},
+          failures: [],
+          by: hostname(),
+          startedAt: now,
+          updatedAt: now,
+        };
   }
 
   private get topic(): string {
@@ -118,7 +157,11 @@ export class Rollout {
   }
 
   private publishWave(percent: number, rollback = false, generation = this.progress.generation): Promise<void> {
-    const { payload } = finishDocument(this.o.raw, { generation, target: `group/${this.o.group}`, rollout: { percent, ...(rollback ? { rollback } : {}) } }, { file: this.o.file, ...(this.o.key ? { key: this.o.key } : {}) });
+    const { payload } = finishDocument(
+      this.o.raw,
+      { generation, target: `group/${this.o.group}`, rollout: { percent, ...(rollback ? { rollback } : {}) } },
+      { file: this.o.file, ...(this.o.key ? { key: this.o.key } : {}) },
+    );
     return this.o.client.publish(this.o.client.topics.groupDesired(this.o.group), payload, { retain: true });
   }
 
@@ -134,7 +177,8 @@ export class Rollout {
       } catch {
         return; // not JSON: not an abort; our next progress record replaces it
       }
-      if (p.success && p.data.state === "aborted" && p.data.deployment === this.progress.deployment) abortedBy = p.data.by;
+      if (p.success && p.data.state === "aborted" && p.data.deployment === this.progress.deployment)
+        abortedBy = p.data.by;
     });
     await client.subscribe([this.topic]);
     await client.fence();
@@ -145,7 +189,11 @@ export class Rollout {
         // A resumed wave gets a fresh health window: the devices were not idle while fleetctl was away.
         this.progress.waveStartedAt = new Date().toISOString();
         this.progress.wave = i;
-        const target: Target = { deployment: this.progress.deployment, generation: this.progress.generation, publishedAt: Date.now() };
+        const target: Target = {
+          deployment: this.progress.deployment,
+          generation: this.progress.generation,
+          publishedAt: Date.now(),
+        };
         await this.publishWave(percent);
         await this.saveProgress(true);
         const started = Date.parse(this.progress.waveStartedAt);
@@ -155,7 +203,15 @@ export class Rollout {
             this.progress.reason = `aborted by ${abortedBy}`;
             return this.progress;
           }
-          const { verdict, status } = judgeWave(view.members(group), target, percent, this.progress.maxFailures, Date.now() - started, this.progress.healthyWithinMs, this.positions);
+          const { verdict, status } = judgeWave(
+            view.members(group),
+            target,
+            percent,
+            this.progress.maxFailures,
+            Date.now() - started,
+            this.progress.healthyWithinMs,
+            this.positions,
+          );
           this.progress.counts = { ...status.counts };
           this.progress.failures = status.failures;
           this.o.onProgress?.(this.progress, status);
@@ -171,7 +227,9 @@ export class Rollout {
     } finally {
       off();
       if (this.progress.state === "running") this.progress.state = "aborted"; // an exception: say the rollout stopped
-      await this.saveProgress(true).catch((err: Error) => process.stderr.write(`fleetctl: could not record the rollout's progress: ${err.message}\n`));
+      await this.saveProgress(true).catch((err: Error) =>
+        process.stderr.write(`fleetctl: could not record the rollout's progress: ${err.message}\n`),
+      );
     }
   }
 
@@ -189,22 +247,38 @@ export class Rollout {
 /** "5,25,100" → [5, 25, 100]: increasing percentages ending at 100 or below. */
 export function parseWaves(text: string): number[] {
   const waves = text.split(",").map((s) => Number(s.trim()));
-  if (!waves.length || waves.some((w) => !Number.isFinite(w) || w <= 0 || w > 100)) throw new FleetError("E_INVALID_ARGUMENT", `--waves ${text}: expected percentages between 1 and 100, e.g. 5,25,100`, { exitCode: 2 });
-  if (waves.some((w, i) => i > 0 && w <= waves[i - 1]!)) throw new FleetError("E_INVALID_ARGUMENT", `--waves ${text}: each wave must be wider than the one before`, { exitCode: 2 });
+  if (!waves.length || waves.some((w) => !Number.isFinite(w) || w <= 0 || w > 100))
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `--waves ${text}: expected percentages between 1 and 100, e.g. 5,25,100`,
+      { exitCode: 2 },
+    );
+  if (waves.some((w, i) => i > 0 && w <= waves[i - 1]!))
+    throw new FleetError("E_INVALID_ARGUMENT", `--waves ${text}: each wave must be wider than the one before`, {
+      exitCode: 2,
+    });
   return waves;
 }
 
 /** "10%" → {percent: 10}; "3" → {count: 3}. */
 export function parseFailureLimit(text: string): FailureLimit {
   const m = /^(\d+(?:\.\d+)?)(%?)$/.exec(text.trim());
-  if (!m || (m[2] && Number(m[1]) > 100) || (!m[2] && !Number.isInteger(Number(m[1])))) throw new FleetError("E_INVALID_ARGUMENT", `--max-failures ${text}: expected a count (3) or a percentage of the wave (10%)`, { exitCode: 2 });
+  if (!m || (m[2] && Number(m[1]) > 100) || (!m[2] && !Number.isInteger(Number(m[1]))))
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `--max-failures ${text}: expected a count (3) or a percentage of the wave (10%)`,
+      { exitCode: 2 },
+    );
   return m[2] ? { percent: Number(m[1]) } : { count: Number(m[1]) };
 }
 
 /** "2m", "90s", "1500ms", "1h" → milliseconds. */
 export function parseDuration(text: string, what: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
-  if (!m) throw new FleetError("E_INVALID_ARGUMENT", `${what} ${text}: expected a duration such as 90s, 2m or 1h`, { exitCode: 2 });
+  if (!m)
+    throw new FleetError("E_INVALID_ARGUMENT", `${what} ${text}: expected a duration such as 90s, 2m or 1h`, {
+      exitCode: 2,
+    });
   const ms = Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as "ms"];
   if (ms <= 0) throw new FleetError("E_INVALID_ARGUMENT", `${what} ${text}: must be longer than zero`, { exitCode: 2 });
   return Math.round(ms);

@@ -8,8 +8,16 @@ import { FleetError } from "../errors.js";
 import type { SimulatedFleetOptions, SimulatedFleetStats } from "./simulated-fleet.js";
 
 /** What the parent and a shard say to each other over the IPC channel. */
-export type ShardRequest = { type: "start"; options: SimulatedFleetOptions } | { type: "stats"; id: number } | { type: "stop" };
-export type ShardReply = { type: "progress"; online: number } | { type: "started" } | { type: "stats"; id: number; stats: SimulatedFleetStats } | { type: "stopped" } | { type: "error"; message: string };
+export type ShardRequest =
+  | { type: "start"; options: SimulatedFleetOptions }
+  | { type: "stats"; id: number }
+  | { type: "stop" };
+export type ShardReply =
+  | { type: "progress"; online: number }
+  | { type: "started" }
+  | { type: "stats"; id: number; stats: SimulatedFleetStats }
+  | { type: "stopped" }
+  | { type: "error"; message: string };
 
 /**
  * A simulated fleet spread over child processes (simulated-shard.js), `shards`
@@ -25,10 +33,15 @@ export class ShardedFleet {
     this.online = children.map(() => 0);
   }
 
-  static async start(opts: SimulatedFleetOptions & { shards: number; execArgv?: string[] }, onProgress?: (online: number) => void): Promise<ShardedFleet> {
+  static async start(
+    opts: SimulatedFleetOptions & { shards: number; execArgv?: string[] },
+    onProgress?: (online: number) => void,
+  ): Promise<ShardedFleet> {
     const entry = new URL("./simulated-shard.js", import.meta.url);
     const { shards, execArgv, ...fleetOpts } = opts;
-    const children = Array.from({ length: shards }, () => fork(entry, [], { stdio: ["ignore", "inherit", "inherit", "ipc"], execArgv: execArgv ?? [] }));
+    const children = Array.from({ length: shards }, () =>
+      fork(entry, [], { stdio: ["ignore", "inherit", "inherit", "ipc"], execArgv: execArgv ?? [] }),
+    );
     const fleet = new ShardedFleet(children);
     const started = children.map(
       (child, i) =>
@@ -39,12 +52,18 @@ export class ShardedFleet {
               onProgress?.(fleet.online.reduce((a, b) => a + b, 0));
             } else if (m.type === "started") resolve();
             else if (m.type === "stats") fleet.pending.get(m.id)?.(m.stats);
-            else if (m.type === "error") reject(new FleetError("E_RUNTIME", `simulation shard ${i + 1}/${shards}: ${m.message}`));
+            else if (m.type === "error")
+              reject(new FleetError("E_RUNTIME", `simulation shard ${i + 1}/${shards}: ${m.message}`));
           });
-          child.once("exit", (code, sig) => reject(new FleetError("E_RUNTIME", `simulation shard ${i + 1}/${shards} exited (${code ?? sig})`)));
+          child.once("exit", (code, sig) =>
+            reject(new FleetError("E_RUNTIME", `simulation shard ${i + 1}/${shards} exited (${code ?? sig})`)),
+          );
           const deviceIds = fleetOpts.deviceIds.filter((_, j) => j % shards === i);
           const connectConcurrency = Math.max(1, Math.floor((fleetOpts.connectConcurrency ?? 50) / shards));
-          child.send({ type: "start", options: { ...fleetOpts, deviceIds, connectConcurrency } } satisfies ShardRequest);
+          child.send({
+            type: "start",
+            options: { ...fleetOpts, deviceIds, connectConcurrency },
+          } satisfies ShardRequest);
         }),
     );
     try {

@@ -19,12 +19,18 @@ function signedBytes(doc: Record<string, unknown>): Buffer {
 
 export function publicKeyFromBase64(b64: string, what = "trustedKeys"): KeyObject {
   const raw = Buffer.from(b64, "base64");
-  if (raw.length !== 32 || raw.toString("base64") !== b64.trim()) throw new FleetError("E_INVALID_CONFIG", `${what}: "${b64}" is not an ed25519 public key (expected base64 of 32 bytes)`);
+  if (raw.length !== 32 || raw.toString("base64") !== b64.trim())
+    throw new FleetError(
+      "E_INVALID_CONFIG",
+      `${what}: "${b64}" is not an ed25519 public key (expected base64 of 32 bytes)`,
+    );
   return createPublicKey({ key: Buffer.concat([SPKI_ED25519_PREFIX, raw]), format: "der", type: "spki" });
 }
 
 export function publicKeyToBase64(key: KeyObject): string {
-  return (key.export({ format: "der", type: "spki" }) as Buffer).subarray(SPKI_ED25519_PREFIX.length).toString("base64");
+  return (key.export({ format: "der", type: "spki" }) as Buffer)
+    .subarray(SPKI_ED25519_PREFIX.length)
+    .toString("base64");
 }
 
 /** Writes a new key pair: the private key to `file` (0600), the public key to `file.pub`; returns the public key. */
@@ -49,7 +55,11 @@ export function loadSigningKey(file: string): KeyObject {
     if (key.asymmetricKeyType !== "ed25519") throw new Error(`a ${key.asymmetricKeyType} key, not ed25519`);
     return key;
   } catch (err) {
-    throw new FleetError("E_INVALID_ARGUMENT", `--sign-key ${file}: not an ed25519 private key: ${(err as Error).message}`, { exitCode: 2 });
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `--sign-key ${file}: not an ed25519 private key: ${(err as Error).message}`,
+      { exitCode: 2 },
+    );
   }
 }
 
@@ -65,11 +75,17 @@ export function signDocument<T extends Record<string, unknown>>(doc: T, key: Key
  */
 export function verifyDocument(doc: unknown, trusted: KeyObject[], source: string): void {
   if (!trusted.length) return;
-  if (typeof doc !== "object" || doc === null || Array.isArray(doc)) throw new FleetError("E_BAD_SIGNATURE", `${source}: not a signed document (expected a JSON object)`);
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc))
+    throw new FleetError("E_BAD_SIGNATURE", `${source}: not a signed document (expected a JSON object)`);
   const signature = (doc as Record<string, unknown>).signature;
-  if (typeof signature !== "string" || !signature) throw new FleetError("E_BAD_SIGNATURE", `${source}: signature: the document is not signed, and this device trusts only signed documents`);
+  if (typeof signature !== "string" || !signature)
+    throw new FleetError(
+      "E_BAD_SIGNATURE",
+      `${source}: signature: the document is not signed, and this device trusts only signed documents`,
+    );
   const sig = Buffer.from(signature, "base64");
-  if (sig.length !== 64) throw new FleetError("E_BAD_SIGNATURE", `${source}: signature: expected base64 of a 64-byte ed25519 signature`);
+  if (sig.length !== 64)
+    throw new FleetError("E_BAD_SIGNATURE", `${source}: signature: expected base64 of a 64-byte ed25519 signature`);
   let bytes: Buffer;
   try {
     bytes = signedBytes(doc as Record<string, unknown>);
@@ -77,6 +93,9 @@ export function verifyDocument(doc: unknown, trusted: KeyObject[], source: strin
     throw new FleetError("E_BAD_SIGNATURE", `${source}: ${(err as Error).message}`);
   }
   if (!trusted.some((key) => verify(null, bytes, key, sig))) {
-    throw new FleetError("E_BAD_SIGNATURE", `${source}: signature: does not verify with any of the ${trusted.length} trusted key(s): the document was altered or signed by an unknown key`);
+    throw new FleetError(
+      "E_BAD_SIGNATURE",
+      `${source}: signature: does not verify with any of the ${trusted.length} trusted key(s): the document was altered or signed by an unknown key`,
+    );
   }
 }

@@ -61,7 +61,8 @@ export interface SimulatedFleetStats {
 /** The agent version simulated devices report (in `reported.agent.version` and their status). */
 export const SIMULATED_AGENT_VERSION = "simulated";
 
-export const simulatedDeviceIds = (n: number, prefix = "sim", from = 0): string[] => Array.from({ length: n }, (_, i) => `${prefix}-${String(from + i).padStart(5, "0")}`);
+export const simulatedDeviceIds = (n: number, prefix = "sim", from = 0): string[] =>
+  Array.from({ length: n }, (_, i) => `${prefix}-${String(from + i).padStart(5, "0")}`);
 
 export function rssKiB(pid: number | "self" = "self"): number {
   return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? Number.NaN);
@@ -125,7 +126,8 @@ export class SimulatedDevice {
     await this.agent.reattach();
     await this.session.start({ timeoutMs: connectTimeoutMs });
     this.session.publishReported(this.agent.reported());
-    if (heartbeatMs > 0) this.heartbeat = setInterval(() => this.session.publishReported(this.agent.reported()), heartbeatMs);
+    if (heartbeatMs > 0)
+      this.heartbeat = setInterval(() => this.session.publishReported(this.agent.reported()), heartbeatMs);
   }
 
   async stop(): Promise<void> {
@@ -179,7 +181,11 @@ export class SimulatedFleet {
         const timeoutMs = opts.connectTimeoutMs ?? 30_000;
         await d.start(opts.heartbeatMs ?? 30_000, timeoutMs);
         // The broker is full or gone: the devices not started yet would only wait as long again.
-        if (!d.session.connected) throw new FleetError("E_BROKER", `simulated device ${d.deviceId} got no CONNACK within ${timeoutMs} ms, after ${fleet.online} devices had connected; the sessions said: ${[...new Set(fleet.lastLog)].join(" | ") || "nothing"}`);
+        if (!d.session.connected)
+          throw new FleetError(
+            "E_BROKER",
+            `simulated device ${d.deviceId} got no CONNACK within ${timeoutMs} ms, after ${fleet.online} devices had connected; the sessions said: ${[...new Set(fleet.lastLog)].join(" | ") || "nothing"}`,
+          );
         if (++started % 100 === 0 || started === fleet.devices.length) onProgress?.(fleet.online);
       });
     } catch (err) {
@@ -215,7 +221,20 @@ export class SimulatedFleet {
       bytesIn += s.bytesRead;
       bytesOut += s.bytesWritten;
     }
-    return { devices: this.devices.length, online: this.online, rssKiB: rssKiB(), cpuMs: cpuMs(), bytesIn, bytesOut, desiredIn, desiredBytesIn, phases, deployments, logLines: this.logLines, lastLog: [...this.lastLog] };
+    return {
+      devices: this.devices.length,
+      online: this.online,
+      rssKiB: rssKiB(),
+      cpuMs: cpuMs(),
+      bytesIn,
+      bytesOut,
+      desiredIn,
+      desiredBytesIn,
+      phases,
+      deployments,
+      logLines: this.logLines,
+      lastLog: [...this.lastLog],
+    };
   }
 
   async stop(): Promise<void> {

@@ -37,7 +37,10 @@ export function simulatedExit(command: string[]): { code: number; afterMs: numbe
   const code = Number(command[1] ?? 0);
   const afterMs = command[2] === undefined ? EXIT_AFTER_MS : Number(command[2]);
   if (!Number.isInteger(code) || code < 0 || code > 255 || !Number.isFinite(afterMs) || afterMs < 0) {
-    throw new FleetError("E_INVALID_ARGUMENT", `simulated command ${JSON.stringify(command)}: expected ["exit", N (0-255), MS?]`);
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `simulated command ${JSON.stringify(command)}: expected ["exit", N (0-255), MS?]`,
+    );
   }
   return { code, afterMs };
 }
@@ -65,7 +68,8 @@ export class SimulatedRuntime implements ContainerDriver {
     const spec = parsed.data;
     simulatedExit(spec.command); // refuses a malformed convention now, not at start
     const id = spec.name ?? `sim${(this.nextId++).toString(16).padStart(12, "0")}`;
-    if (this.containers.has(id)) throw new FleetError("E_CONFLICT", `a container named ${id} already exists`, { exitCode: 125 });
+    if (this.containers.has(id))
+      throw new FleetError("E_CONFLICT", `a container named ${id} already exists`, { exitCode: 125 });
     const info: ContainerInfo = { id, status: "created", createdAt: new Date().toISOString(), spec };
     this.containers.set(id, { info, waiters: new Set() });
     return { ...info };
@@ -73,7 +77,8 @@ export class SimulatedRuntime implements ContainerDriver {
 
   async start(id: string): Promise<ContainerInfo> {
     const c = this.get(id);
-    if (c.info.status !== "created") throw new FleetError("E_CONFLICT", `container ${id} has already been started`, { exitCode: 125 });
+    if (c.info.status !== "created")
+      throw new FleetError("E_CONFLICT", `container ${id} has already been started`, { exitCode: 125 });
     c.info.status = "running";
     c.info.startedAt = new Date().toISOString();
     c.info.pid = nextPid++;
@@ -84,7 +89,14 @@ export class SimulatedRuntime implements ContainerDriver {
 
   private exit(c: SimContainer, exitCode: number, signal: number): ExitRecord {
     clearTimeout(c.timer);
-    const exit: ExitRecord = { pid: c.info.pid!, exitCode, signal, oomKilled: false, startedAt: c.info.startedAt!, finishedAt: new Date().toISOString() };
+    const exit: ExitRecord = {
+      pid: c.info.pid!,
+      exitCode,
+      signal,
+      oomKilled: false,
+      startedAt: c.info.startedAt!,
+      finishedAt: new Date().toISOString(),
+    };
     c.info.status = "exited";
     c.info.exit = exit;
     for (const w of c.waiters) w(exit);
@@ -105,7 +117,8 @@ export class SimulatedRuntime implements ContainerDriver {
   wait(id: string, signal?: AbortSignal): Promise<ExitRecord> {
     const c = this.get(id);
     if (c.info.exit) return Promise.resolve(c.info.exit);
-    if (c.info.status === "created") return Promise.reject(new FleetError("E_CONFLICT", `container ${id} has not been started`));
+    if (c.info.status === "created")
+      return Promise.reject(new FleetError("E_CONFLICT", `container ${id} has not been started`));
     return new Promise((resolve, reject) => {
       const onAbort = () => {
         c.waiters.delete(done);
@@ -121,7 +134,11 @@ export class SimulatedRuntime implements ContainerDriver {
     });
   }
 
-  async exec(id: string, command: string[], opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<{ exitCode: number; output: string }> {
+  async exec(
+    id: string,
+    command: string[],
+    opts: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<{ exitCode: number; output: string }> {
     opts.signal?.throwIfAborted();
     if (this.get(id).info.status !== "running") throw new FleetError("E_CONFLICT", `container ${id} is not running`);
     return { exitCode: simulatedExit(command)?.code ?? 0, output: "" };
@@ -138,7 +155,8 @@ export class SimulatedRuntime implements ContainerDriver {
   async delete(id: string, opts: { force?: boolean } = {}): Promise<void> {
     const c = this.get(id);
     if (c.info.status === "running") {
-      if (!opts.force) throw new FleetError("E_CONTAINER_RUNNING", `container ${id} is running: stop it first or force the removal`);
+      if (!opts.force)
+        throw new FleetError("E_CONTAINER_RUNNING", `container ${id} is running: stop it first or force the removal`);
       this.kill(id, "SIGKILL");
     }
     clearTimeout(c.timer);

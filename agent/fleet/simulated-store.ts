@@ -23,7 +23,16 @@ export class SimulatedStore implements AgentStore {
   readonly images: ImageStore;
 
   constructor() {
-    const empty: DbData = { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null, generations: {}, desiredSource: null };
+    const empty: DbData = {
+      images: {},
+      desired: null,
+      lastGood: null,
+      previousGood: null,
+      services: {},
+      generation: null,
+      generations: {},
+      desiredSource: null,
+    };
     this.db = new Low<DbData>(new Memory<DbData>(), empty);
     this.images = new ImageStore(this.db);
   }
@@ -43,7 +52,15 @@ export class SimulatedStore implements AgentStore {
       digest: digestOf(`manifest of ${ref}`),
       mediaType: "application/vnd.oci.image.manifest.v1+json",
       configDigest: digestOf(`config of ${ref}`),
-      layers: [{ digest: layer, size: 0, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", diffId: layer, chainId: layer }],
+      layers: [
+        {
+          digest: layer,
+          size: 0,
+          mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+          diffId: layer,
+          chainId: layer,
+        },
+      ],
       platform: "linux/amd64",
       config: { Cmd: SIMULATED_IMAGE_CMD },
       size: 0,

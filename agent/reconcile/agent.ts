@@ -53,7 +53,13 @@ export class Agent {
   readonly metrics: AgentMetrics = { pullBytesTotal: 0, applyDurationsMs: [], appliesTotal: 0, rollbacksTotal: 0 };
 
   constructor(private readonly deps: AgentDeps) {
-    this.services = new DeviceServices({ runtime: deps.runtime, store: deps.store, pull: deps.pull, event: (e) => this.event(e), changed: () => this.changed() });
+    this.services = new DeviceServices({
+      runtime: deps.runtime,
+      store: deps.store,
+      pull: deps.pull,
+      event: (e) => this.event(e),
+      changed: () => this.changed(),
+    });
   }
 
   private get db() {
@@ -89,9 +95,14 @@ export class Agent {
       }
       // Running: adopted as it is. Exited while we were away: its restart policy
       // decides. Created but never started (a crash mid-start): started now.
-      const adopt = info.status === "running" || (info.status === "exited" && !shouldRestart(rec.spec.restart, info.exit?.exitCode ?? 1));
+      const adopt =
+        info.status === "running" ||
+        (info.status === "exited" && !shouldRestart(rec.spec.restart, info.exit?.exitCode ?? 1));
       if (adopt) this.services.supervise(service, rec.containerId, rec.spec, 0);
-      else await this.services.recreate(service, 1).catch((err: Error) => this.event({ type: "error", service, message: err.message }));
+      else
+        await this.services
+          .recreate(service, 1)
+          .catch((err: Error) => this.event({ type: "error", service, message: err.message }));
     }
     await this.db.write();
     this.changed();
@@ -99,20 +110,38 @@ export class Agent {
   }
 
   /** Takes a document from the transport or a file: verifies, validates, checks its generation and wave, applies. */
-  async submit(payload: string | Buffer | object, source = "desired", opts: { group?: string; fromTopic?: boolean } = {}): Promise<"applying" | "ignored" | "rejected"> {
+  async submit(
+    payload: string | Buffer | object,
+    source = "desired",
+    opts: { group?: string; fromTopic?: boolean } = {},
+  ): Promise<"applying" | "ignored" | "rejected"> {
     let intake: Intake;
     const fromGroup = opts.group !== undefined;
     const target = opts.fromTopic ? (fromGroup ? `group/${opts.group}` : `device/${this.deps.deviceId}`) : undefined;
     try {
-      intake = readDesired(payload, { deviceId: this.deps.deviceId, source, fromGroup, trustedKeys: this.deps.trustedKeys ?? [], ...(target ? { target } : {}) });
+      intake = readDesired(payload, {
+        deviceId: this.deps.deviceId,
+        source,
+        fromGroup,
+        trustedKeys: this.deps.trustedKeys ?? [],
+        ...(target ? { target } : {}),
+      });
     } catch (err) {
-      this.reject(err instanceof FleetError ? err : new FleetError("E_INVALID_DESIRED", `${source}: ${(err as Error).message}`));
+      this.reject(
+        err instanceof FleetError ? err : new FleetError("E_INVALID_DESIRED", `${source}: ${(err as Error).message}`),
+      );
       return "rejected";
     }
     const { doc } = intake;
     if (intake.kind === "notInWave") {
       // Said once per deployment, not at every wave that still leaves this device out.
-      if (this.notInWaveOf !== doc.deployment) this.event({ type: "notInWave", deployment: doc.deployment, generation: doc.generation, percent: doc.rollout.percent });
+      if (this.notInWaveOf !== doc.deployment)
+        this.event({
+          type: "notInWave",
+          deployment: doc.deployment,
+          generation: doc.generation,
+          percent: doc.rollout.percent,
+        });
       this.notInWaveOf = doc.deployment;
       return "ignored";
     }
@@ -121,7 +150,12 @@ export class Agent {
     const { generations } = this.db.data;
     const seen = generations[key] ?? (Object.keys(generations).length ? null : this.db.data.generation);
     if (seen !== null && doc.generation <= seen) {
-      this.event({ type: "ignored", deployment: doc.deployment, generation: doc.generation, reason: `generation ${doc.generation} is not newer than ${seen}` });
+      this.event({
+        type: "ignored",
+        deployment: doc.deployment,
+        generation: doc.generation,
+        reason: `generation ${doc.generation} is not newer than ${seen}`,
+      });
       return "ignored";
     }
     generations[key] = doc.generation;
@@ -143,12 +177,22 @@ export class Agent {
   private async rollBackOnRequest(doc: DesiredState): Promise<"applying" | "ignored" | "rejected"> {
     const { desired, lastGood, previousGood } = this.db.data;
     if (desired?.deployment !== doc.deployment) {
-      this.event({ type: "ignored", deployment: doc.deployment, generation: doc.generation, reason: `rollback of ${doc.deployment}, which this device does not run` });
+      this.event({
+        type: "ignored",
+        deployment: doc.deployment,
+        generation: doc.generation,
+        reason: `rollback of ${doc.deployment}, which this device does not run`,
+      });
       return "ignored";
     }
     const target = lastGood && lastGood.deployment !== doc.deployment ? lastGood : previousGood;
     if (!target || target.deployment === doc.deployment) {
-      this.reject(new FleetError("E_NO_ROLLBACK_TARGET", `rollback of ${doc.deployment} requested, but this device has no earlier good deployment to restore; it keeps running ${doc.deployment}`));
+      this.reject(
+        new FleetError(
+          "E_NO_ROLLBACK_TARGET",
+          `rollback of ${doc.deployment} requested, but this device has no earlier good deployment to restore; it keeps running ${doc.deployment}`,
+        ),
+      );
       return "rejected";
     }
     // The restored document takes the rollback's generation, so replaying the rolled-back one is ignored.
@@ -158,8 +202,16 @@ export class Agent {
     this.phase = "pulling";
     this.lastError = null;
     await this.db.write();
-    this.event({ type: "rollingBack", deployment: doc.deployment, to: target.deployment, reason: "requested by the operator" });
-    void this.applyInBackground(restored, { code: "E_ROLLED_BACK", message: `the operator rolled ${doc.deployment} back; restored ${target.deployment}` });
+    this.event({
+      type: "rollingBack",
+      deployment: doc.deployment,
+      to: target.deployment,
+      reason: "requested by the operator",
+    });
+    void this.applyInBackground(restored, {
+      code: "E_ROLLED_BACK",
+      message: `the operator rolled ${doc.deployment} back; restored ${target.deployment}`,
+    });
     return "applying";
   }
 
@@ -174,7 +226,12 @@ export class Agent {
   applyInBackground(doc: DesiredState, rolledBack?: { code: FleetError["code"]; message: string }): Promise<void> {
     const previous = this.current;
     // A rollback says so: the deployment it cuts short must not count as good.
-    previous?.abort.abort(new FleetError(rolledBack ? "E_ROLLED_BACK" : "E_ABORTED", `superseded by generation ${doc.generation}${rolledBack ? " (a rollback)" : ""}`));
+    previous?.abort.abort(
+      new FleetError(
+        rolledBack ? "E_ROLLED_BACK" : "E_ABORTED",
+        `superseded by generation ${doc.generation}${rolledBack ? " (a rollback)" : ""}`,
+      ),
+    );
     const abort = new AbortController();
     const done = (async () => {
       await previous?.done;
@@ -194,7 +251,11 @@ export class Agent {
   }
 
   /** Applies `doc`; `rolledBack` makes a success report phase rolledBack with that reason (an operator's rollback). */
-  private async applyWithRollback(doc: DesiredState, signal: AbortSignal, rolledBack?: { code: FleetError["code"]; message: string }): Promise<void> {
+  private async applyWithRollback(
+    doc: DesiredState,
+    signal: AbortSignal,
+    rolledBack?: { code: FleetError["code"]; message: string },
+  ): Promise<void> {
     const t0 = performance.now();
     this.metrics.appliesTotal++;
     try {
@@ -202,7 +263,11 @@ export class Agent {
       if (signal.aborted) return; // superseded: the newer apply owns the phase now
       this.phase = rolledBack ? "rolledBack" : "converged";
       this.lastError = rolledBack ?? null;
-      this.event(rolledBack ? { type: "rolledBack", to: doc.deployment, reason: rolledBack.message } : { type: "converged", deployment: doc.deployment, generation: doc.generation });
+      this.event(
+        rolledBack
+          ? { type: "rolledBack", to: doc.deployment, reason: rolledBack.message }
+          : { type: "converged", deployment: doc.deployment, generation: doc.generation },
+      );
       if (rolledBack) this.metrics.rollbacksTotal++;
       this.changed();
       // Converged is reported at once; the new services stay on probation for
@@ -218,7 +283,13 @@ export class Agent {
       const e = err instanceof FleetError ? err : new FleetError("E_RUNTIME", (err as Error).message);
       const good = this.db.data.lastGood;
       if (doc.update.rollback && good && good.deployment !== doc.deployment) {
-        this.event({ type: "rollingBack", deployment: doc.deployment, to: good.deployment, code: e.code, reason: e.message });
+        this.event({
+          type: "rollingBack",
+          deployment: doc.deployment,
+          to: good.deployment,
+          code: e.code,
+          reason: e.message,
+        });
         try {
           await this.applyDoc(good, signal);
           this.metrics.rollbacksTotal++;
@@ -227,7 +298,10 @@ export class Agent {
           this.event({ type: "rolledBack", deployment: doc.deployment, to: good.deployment, reason: e.message });
         } catch (again) {
           this.phase = "failed";
-          this.lastError = { code: e.code, message: `${e.message}; the rollback to ${good.deployment} failed too: ${(again as Error).message}` };
+          this.lastError = {
+            code: e.code,
+            message: `${e.message}; the rollback to ${good.deployment} failed too: ${(again as Error).message}`,
+          };
           this.event({ type: "failed", deployment: doc.deployment, code: e.code, message: this.lastError.message });
         }
       } else {
@@ -253,12 +327,17 @@ export class Agent {
     const window = Math.min(doc.update.healthyWithinMs, PROBATION_MAX_MS);
     const end = Date.now() + window;
     while (services.length && Date.now() < end) {
-      const failing = services.map((s) => [s, this.services.unhealthyReason(s)] as const).filter(([, why]) => why !== undefined);
+      const failing = services
+        .map((s) => [s, this.services.unhealthyReason(s)] as const)
+        .filter(([, why]) => why !== undefined);
       // Superseded or stopping: the window is cut short, and its health so far decides.
       if (signal.aborted) return failing.length === 0;
       if (failing.length) {
         const detail = failing.map(([s, why]) => `${s} (${why})`).join(", ");
-        throw new FleetError("E_UNHEALTHY", `deployment ${doc.deployment}: unhealthy within ${window} ms of starting: ${detail}`);
+        throw new FleetError(
+          "E_UNHEALTHY",
+          `deployment ${doc.deployment}: unhealthy within ${window} ms of starting: ${detail}`,
+        );
       }
       await pause(100, signal);
     }
@@ -273,7 +352,8 @@ export class Agent {
       deployment: doc.deployment,
       images,
       pull: (ref, s) => this.deps.pull(ref, s),
-      startService: (service, spec, hash, id, image, deployment) => this.services.startService(service, spec, hash, id, image, deployment, 0),
+      startService: (service, spec, hash, id, image, deployment) =>
+        this.services.startService(service, spec, hash, id, image, deployment, 0),
       stopContainer: (service, id, timeoutMs, sig) => this.services.stopContainer(service, id, timeoutMs, sig),
       removeContainer: (service, id) => this.services.removeContainer(service, id),
       unhealthyReason: (service) => this.services.unhealthyReason(service),
@@ -291,11 +371,15 @@ export class Agent {
       // downloaded. Digests come from the local store; an image not there yet
       // means its service changes.
       this.phase = "applying";
-      const local = new Map(Object.values(doc.services).flatMap((spec) => {
-        const rec = this.deps.store.images.get(spec.image);
-        return rec ? [[spec.image, rec.digest] as const] : [];
-      }));
-      await run(plan(doc, this.services.actualServices(), local).filter((s) => s.kind === "stop" || s.kind === "remove"));
+      const local = new Map(
+        Object.values(doc.services).flatMap((spec) => {
+          const rec = this.deps.store.images.get(spec.image);
+          return rec ? [[spec.image, rec.digest] as const] : [];
+        }),
+      );
+      await run(
+        plan(doc, this.services.actualServices(), local).filter((s) => s.kind === "stop" || s.kind === "remove"),
+      );
     }
     this.phase = "pulling";
     this.changed();
@@ -333,8 +417,15 @@ export class Agent {
       source: this.db.data.desiredSource,
       groups: this.deps.groups ?? [],
       services,
-      lastError: this.lastError && { code: this.lastError.code, message: clip(this.lastError.message, LAST_ERROR_MAX_CHARS) },
-      agent: { version: this.deps.version, uptimeSec: Math.round((Date.now() - this.startedAt) / 1000), cgroupMode: this.deps.runtime.cgroups.mode },
+      lastError: this.lastError && {
+        code: this.lastError.code,
+        message: clip(this.lastError.message, LAST_ERROR_MAX_CHARS),
+      },
+      agent: {
+        version: this.deps.version,
+        uptimeSec: Math.round((Date.now() - this.startedAt) / 1000),
+        cgroupMode: this.deps.runtime.cgroups.mode,
+      },
       ts: new Date().toISOString(),
     };
   }

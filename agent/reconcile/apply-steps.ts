@@ -14,7 +14,14 @@ export interface StepContext {
   /** Image records by reference, filled by pulls. */
   images: Map<string, ImageRecord>;
   pull(ref: string, signal: AbortSignal): Promise<ImageRecord>;
-  startService(service: string, spec: ServiceSpec, hash: string, containerId: string, image: ImageRecord, deployment: string): Promise<void>;
+  startService(
+    service: string,
+    spec: ServiceSpec,
+    hash: string,
+    containerId: string,
+    image: ImageRecord,
+    deployment: string,
+  ): Promise<void>;
   stopContainer(service: string, containerId: string, timeoutMs: number, signal: string): Promise<void>;
   removeContainer(service: string, containerId: string): Promise<void>;
   /** Why a service is not healthy yet, or undefined once it is. */
@@ -41,11 +48,16 @@ async function awaitHealthy(step: Extract<Step, { kind: "await-healthy" }>, ctx:
   const deadline = Date.now() + step.withinMs;
   for (;;) {
     ctx.signal.throwIfAborted();
-    const pending = step.services.map((s) => [s, ctx.unhealthyReason(s)] as const).filter(([, why]) => why !== undefined);
+    const pending = step.services
+      .map((s) => [s, ctx.unhealthyReason(s)] as const)
+      .filter(([, why]) => why !== undefined);
     if (pending.length === 0) return;
     if (Date.now() >= deadline) {
       const detail = pending.map(([s, why]) => `${s} (${why})`).join(", ");
-      throw new FleetError("E_UNHEALTHY", `deployment ${ctx.deployment}: not healthy within ${step.withinMs} ms: ${detail}`);
+      throw new FleetError(
+        "E_UNHEALTHY",
+        `deployment ${ctx.deployment}: not healthy within ${step.withinMs} ms: ${detail}`,
+      );
     }
     await pause(100, ctx.signal);
   }
@@ -84,7 +96,11 @@ export function batches(steps: Step[]): Step[][] {
   for (const step of steps) {
     const last = out.at(-1);
     const service = "service" in step ? step.service : undefined;
-    const joins = last && last[0]!.kind === step.kind && step.kind !== "await-healthy" && !last.some((s) => "service" in s && s.service === service);
+    const joins =
+      last &&
+      last[0]!.kind === step.kind &&
+      step.kind !== "await-healthy" &&
+      !last.some((s) => "service" in s && s.service === service);
     if (joins) last.push(step);
     else out.push([step]);
   }

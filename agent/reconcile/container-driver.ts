@@ -22,7 +22,11 @@ export interface ContainerDriver {
   /** Resolves with the exit record once the container has exited; rejects when `signal` aborts. */
   wait(id: string, signal?: AbortSignal): Promise<ExitRecord>;
   /** Runs a command inside the running container (healthchecks). */
-  exec(id: string, command: string[], opts?: { timeoutMs?: number; signal?: AbortSignal }): Promise<{ exitCode: number; output: string }>;
+  exec(
+    id: string,
+    command: string[],
+    opts?: { timeoutMs?: number; signal?: AbortSignal },
+  ): Promise<{ exitCode: number; output: string }>;
   /** The stop signal, then SIGKILL after the timeout; E_CONFLICT when never started. */
   stop(id: string, opts?: { timeoutMs?: number; signal?: string }): Promise<ExitRecord>;
   delete(id: string, opts?: { force?: boolean }): Promise<void>;

@@ -15,7 +15,10 @@ import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError } from "../errors.js";
 import { verifyDocument } from "../fleet/signature.js";
 
-export type Intake = { kind: "apply"; doc: DesiredState } | { kind: "rollback"; doc: DesiredState } | { kind: "notInWave"; doc: DesiredState };
+export type Intake =
+  | { kind: "apply"; doc: DesiredState }
+  | { kind: "rollback"; doc: DesiredState }
+  | { kind: "notInWave"; doc: DesiredState };
 
 export interface IntakeOptions {
   deviceId: string;
@@ -56,11 +59,18 @@ export function readDesired(payload: string | Buffer | object, opts: IntakeOptio
   if (!parsed.success) throw new FleetError("E_INVALID_DESIRED", `${opts.source}: ${formatIssues(parsed.error)}`);
   const doc = parsed.data;
   if (opts.target && doc.target !== undefined && doc.target !== opts.target) {
-    throw new FleetError(opts.trustedKeys.length ? "E_BAD_SIGNATURE" : "E_INVALID_DESIRED", `${opts.source}: target: the document is for ${doc.target}, not ${opts.target}; refused (a document replayed to another topic)`);
+    throw new FleetError(
+      opts.trustedKeys.length ? "E_BAD_SIGNATURE" : "E_INVALID_DESIRED",
+      `${opts.source}: target: the document is for ${doc.target}, not ${opts.target}; refused (a document replayed to another topic)`,
+    );
   }
   if (opts.target && opts.trustedKeys.length && doc.target === undefined) {
-    throw new FleetError("E_BAD_SIGNATURE", `${opts.source}: target: a signed document must name its target (fleetctl deploy and rollout set it)`);
+    throw new FleetError(
+      "E_BAD_SIGNATURE",
+      `${opts.source}: target: a signed document must name its target (fleetctl deploy and rollout set it)`,
+    );
   }
-  if (opts.fromGroup && !inRolloutWave(opts.deviceId, doc.deployment, doc.rollout.percent)) return { kind: "notInWave", doc };
+  if (opts.fromGroup && !inRolloutWave(opts.deviceId, doc.deployment, doc.rollout.percent))
+    return { kind: "notInWave", doc };
   return { kind: opts.fromGroup && doc.rollout.rollback ? "rollback" : "apply", doc };
 }

@@ -37,15 +37,24 @@ export class DesiredSources {
 }
 
 /** The MqttSession's `onDesired` for an agent: records the message, submits the winning document when it changed. */
-export function desiredHandler(agent: Pick<Agent, "submit" | "reject">, groups: string[], prefix: string): (source: { kind: "device" | "group"; name: string }, payload: Buffer) => void {
+export function desiredHandler(
+  agent: Pick<Agent, "submit" | "reject">,
+  groups: string[],
+  prefix: string,
+): (source: { kind: "device" | "group"; name: string }, payload: Buffer) => void {
   const sources = new DesiredSources(groups);
   return (source, payload) => {
     sources.set(source.kind, source.name, payload);
     const next = sources.next();
     if (!next) return;
-    agent.submit(next.payload, `${prefix} ${next.source} desired`, { fromTopic: true, ...(next.group !== undefined ? { group: next.group } : {}) }).catch((err: Error) => {
-      // The document could not even be recorded (db.json unwritable): say so, keep serving.
-      agent.reject(err instanceof FleetError ? err : new FleetError("E_RUNTIME", err.message));
-    });
+    agent
+      .submit(next.payload, `${prefix} ${next.source} desired`, {
+        fromTopic: true,
+        ...(next.group !== undefined ? { group: next.group } : {}),
+      })
+      .catch((err: Error) => {
+        // The document could not even be recorded (db.json unwritable): say so, keep serving.
+        agent.reject(err instanceof FleetError ? err : new FleetError("E_RUNTIME", err.message));
+      });
   };
 }

@@ -45,7 +45,14 @@ export class DeviceServices {
     for (const [name, rec] of Object.entries(this.db.data.services)) {
       const sup = this.supervisors.get(name);
       const running = sup?.containerId === rec.containerId && sup.state !== "exited" && sup.state !== "failed";
-      out.set(name, { name, containerId: rec.containerId, hash: rec.hash, running, stopTimeoutMs: rec.spec.stopTimeoutMs, stopSignal: rec.spec.stopSignal });
+      out.set(name, {
+        name,
+        containerId: rec.containerId,
+        hash: rec.hash,
+        running,
+        stopTimeoutMs: rec.spec.stopTimeoutMs,
+        stopSignal: rec.spec.stopSignal,
+      });
     }
     return out;
   }
@@ -54,21 +61,44 @@ export class DeviceServices {
     const sup = this.supervisors.get(service);
     if (!sup) return "not started";
     if (sup.isHealthy()) return undefined;
-    if (sup.state !== "running") return sup.lastExit ? `${sup.state}, last exit ${sup.lastExit.exitCode}${sup.lastExit.oomKilled ? " (out of memory)" : ""}` : sup.state;
+    if (sup.state !== "running")
+      return sup.lastExit
+        ? `${sup.state}, last exit ${sup.lastExit.exitCode}${sup.lastExit.oomKilled ? " (out of memory)" : ""}`
+        : sup.state;
     return sup.health === "unhealthy" ? "healthcheck failing" : "starting";
   }
 
-  async startService(service: string, spec: ServiceSpec, hash: string, containerId: string, image: ImageRecord, deployment: string, failures: number): Promise<void> {
+  async startService(
+    service: string,
+    spec: ServiceSpec,
+    hash: string,
+    containerId: string,
+    image: ImageRecord,
+    deployment: string,
+    failures: number,
+  ): Promise<void> {
     const { runtime } = this.deps;
     try {
       await runtime.delete(containerId, { force: true }); // a leftover of a crash mid-start
     } catch (err) {
       if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
     }
-    const cspec = serviceContainerSpec(service, spec, imageDefaults(this.deps.store, image), { containerId, hash, deployment });
+    const cspec = serviceContainerSpec(service, spec, imageDefaults(this.deps.store, image), {
+      containerId,
+      hash,
+      deployment,
+    });
     runtime.create(cspec);
     const previous = this.db.data.services[service];
-    this.db.data.services[service] = { containerId, hash, image: spec.image, digest: image.digest, restarts: previous?.containerId === containerId || failures > 0 ? (previous?.restarts ?? 0) : 0, deployment, spec };
+    this.db.data.services[service] = {
+      containerId,
+      hash,
+      image: spec.image,
+      digest: image.digest,
+      restarts: previous?.containerId === containerId || failures > 0 ? (previous?.restarts ?? 0) : 0,
+      deployment,
+      spec,
+    };
     await this.db.write();
     await runtime.start(containerId);
     this.supervise(service, containerId, spec, failures);
@@ -76,7 +106,14 @@ export class DeviceServices {
 
   supervise(service: string, containerId: string, spec: ServiceSpec, failures: number): void {
     this.supervisors.get(service)?.detach();
-    const sup = new ServiceSupervisor(service, containerId, spec, this.deps.runtime, { event: (e) => this.event(e), changed: () => this.changed(), restart: (s, f) => this.recreate(s, f) }, failures);
+    const sup = new ServiceSupervisor(
+      service,
+      containerId,
+      spec,
+      this.deps.runtime,
+      { event: (e) => this.event(e), changed: () => this.changed(), restart: (s, f) => this.recreate(s, f) },
+      failures,
+    );
     this.supervisors.set(service, sup);
     sup.start();
   }
@@ -85,7 +122,8 @@ export class DeviceServices {
   async recreate(service: string, failures: number): Promise<void> {
     const rec = this.db.data.services[service];
     if (!rec) return;
-    const image = this.deps.store.images.get(rec.image) ?? (await this.deps.pull(rec.image, new AbortController().signal));
+    const image =
+      this.deps.store.images.get(rec.image) ?? (await this.deps.pull(rec.image, new AbortController().signal));
     rec.restarts++;
     await this.startService(service, rec.spec, rec.hash, rec.containerId, image, rec.deployment, failures);
     this.db.data.services[service]!.restarts = rec.restarts;
@@ -109,7 +147,8 @@ export class DeviceServices {
     const sup = this.supervisors.get(service);
     if (sup?.containerId === containerId) sup.detach();
     try {
-      if (this.deps.runtime.inspect(containerId).status === "running") await this.deps.runtime.stop(containerId, { timeoutMs, signal });
+      if (this.deps.runtime.inspect(containerId).status === "running")
+        await this.deps.runtime.stop(containerId, { timeoutMs, signal });
     } catch (err) {
       if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
     }

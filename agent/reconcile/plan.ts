@@ -57,7 +57,13 @@ export function plan(desired: DesiredState, actual: Map<string, ActualService>, 
     if (current && current.hash === hash) {
       // Same spec, no longer running: the new container takes the old one's name, so the old goes first.
       restartSame.push(
-        { kind: "stop", service: name, containerId: current.containerId, timeoutMs: spec.stopTimeoutMs, signal: spec.stopSignal },
+        {
+          kind: "stop",
+          service: name,
+          containerId: current.containerId,
+          timeoutMs: spec.stopTimeoutMs,
+          signal: spec.stopSignal,
+        },
         { kind: "remove", service: name, containerId: current.containerId },
         { kind: "start", service: name, spec, hash, containerId: containerName(name, hash) },
       );
@@ -65,7 +71,13 @@ export function plan(desired: DesiredState, actual: Map<string, ActualService>, 
     }
     if (current) {
       // The old container stops the way its own spec says, not the new one's.
-      stopOld.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: current.stopTimeoutMs ?? spec.stopTimeoutMs, signal: current.stopSignal ?? spec.stopSignal });
+      stopOld.push({
+        kind: "stop",
+        service: name,
+        containerId: current.containerId,
+        timeoutMs: current.stopTimeoutMs ?? spec.stopTimeoutMs,
+        signal: current.stopSignal ?? spec.stopSignal,
+      });
       removeOld.push({ kind: "remove", service: name, containerId: current.containerId });
     }
     starts.push({ kind: "start", service: name, spec, hash, containerId: containerName(name, hash) });
@@ -73,13 +85,21 @@ export function plan(desired: DesiredState, actual: Map<string, ActualService>, 
   const stopGone: Step[] = [];
   for (const [name, current] of [...actual].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
     if (desired.services[name]) continue;
-    stopGone.push({ kind: "stop", service: name, containerId: current.containerId, timeoutMs: current.stopTimeoutMs ?? 10_000, signal: current.stopSignal ?? "SIGTERM" });
+    stopGone.push({
+      kind: "stop",
+      service: name,
+      containerId: current.containerId,
+      timeoutMs: current.stopTimeoutMs ?? 10_000,
+      signal: current.stopSignal ?? "SIGTERM",
+    });
     removeGone.push({ kind: "remove", service: name, containerId: current.containerId });
   }
   // Steps of one kind stand together, so the executor can run them side by side.
   stopOld.push(...removeOld);
   removeGone.unshift(...stopGone);
-  const health: Step[] = changed.length ? [{ kind: "await-healthy", services: changed, withinMs: desired.update.healthyWithinMs }] : [];
+  const health: Step[] = changed.length
+    ? [{ kind: "await-healthy", services: changed, withinMs: desired.update.healthyWithinMs }]
+    : [];
   switch (strategy) {
     case "download-then-swap":
       return [...pulls, ...stopOld, ...restartSame, ...starts, ...health, ...removeGone];

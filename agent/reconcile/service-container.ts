@@ -5,16 +5,28 @@ import { FleetError } from "../errors.js";
 import { resolveUser } from "../runtime/user-lookup.js";
 import { type ImageDefaults, mergeEnv } from "../store/image-defaults.js";
 
-export function serviceContainerSpec(service: string, spec: ServiceSpec, image: ImageDefaults, opts: { containerId: string; hash: string; deployment: string }): ContainerSpecInput {
+export function serviceContainerSpec(
+  service: string,
+  spec: ServiceSpec,
+  image: ImageDefaults,
+  opts: { containerId: string; hash: string; deployment: string },
+): ContainerSpecInput {
   const entrypoint = spec.entrypoint ?? image.entrypoint;
   const command = [...entrypoint, ...(spec.command ?? (spec.entrypoint ? [] : image.cmd))];
-  if (command.length === 0) throw new FleetError("E_INVALID_ARGUMENT", `services.${service}: image ${image.ref} has no Entrypoint or Cmd, and the service gives no command`);
+  if (command.length === 0)
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `services.${service}: image ${image.ref} has no Entrypoint or Cmd, and the service gives no command`,
+    );
   const user = spec.user ?? image.user;
   return {
     name: opts.containerId,
     layers: image.layers,
     command,
-    env: mergeEnv(image.env, Object.entries(spec.env).map(([k, v]) => `${k}=${v}`)),
+    env: mergeEnv(
+      image.env,
+      Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+    ),
     workingDir: spec.workingDir ?? image.workingDir ?? "/",
     user: user ? resolveUser(user, image.layers, `services.${service}.user`) : undefined,
     hostname: spec.hostname ?? service,
@@ -24,6 +36,11 @@ export function serviceContainerSpec(service: string, spec: ServiceSpec, image: 
     volumes: spec.volumes,
     stopSignal: spec.stopSignal,
     stopTimeoutMs: spec.stopTimeoutMs,
-    labels: { "fleetlet.service": service, "fleetlet.hash": opts.hash, "fleetlet.deployment": opts.deployment, "fleetlet.image": image.ref },
+    labels: {
+      "fleetlet.service": service,
+      "fleetlet.hash": opts.hash,
+      "fleetlet.deployment": opts.deployment,
+      "fleetlet.image": image.ref,
+    },
   };
 }

@@ -74,7 +74,10 @@ export class ServiceSupervisor {
     const hc = this.spec.healthcheck!;
     if (this.abort.signal.aborted || this.state !== "running") return;
     try {
-      const r = await this.runtime.exec(this.containerId, hc.exec, { timeoutMs: hc.timeoutMs, signal: this.abort.signal });
+      const r = await this.runtime.exec(this.containerId, hc.exec, {
+        timeoutMs: hc.timeoutMs,
+        signal: this.abort.signal,
+      });
       if (r.exitCode === 0) {
         this.failuresInRow = 0;
         this.setHealth("healthy");

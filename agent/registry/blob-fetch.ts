@@ -26,12 +26,23 @@ export function rangeBytes(rate: number, parallel = 1): number {
   return Math.min(2 << 20, Math.max(64 << 10, Math.round(rate / 4 / Math.max(1, parallel))));
 }
 
-async function downloadRange(client: RegistryClient, repository: string, ingest: Ingest, opts: BlobFetchOptions): Promise<void> {
+async function downloadRange(
+  client: RegistryClient,
+  repository: string,
+  ingest: Ingest,
+  opts: BlobFetchOptions,
+): Promise<void> {
   const { digest, expectedSize: size } = ingest;
   const offset = ingest.offset;
-  const end = opts.limiter.limited ? Math.min(size, offset + rangeBytes(opts.limiter.rate, opts.parallel)) - 1 : size - 1;
+  const end = opts.limiter.limited
+    ? Math.min(size, offset + rangeBytes(opts.limiter.rate, opts.parallel)) - 1
+    : size - 1;
   const headers: Record<string, string> = offset > 0 || end < size - 1 ? { range: `bytes=${offset}-${end}` } : {};
-  const res = await client.openStream(`/v2/${repository}/blobs/${digest}`, { scope: repoScope(repository, "pull"), headers, signal: opts.signal });
+  const res = await client.openStream(`/v2/${repository}/blobs/${digest}`, {
+    scope: repoScope(repository, "pull"),
+    headers,
+    signal: opts.signal,
+  });
   if (res.status === 404) {
     res.body.destroy();
     throw new FleetError("E_REGISTRY", `${client.registry}/${repository}: blob ${digest} is not in the registry`);
@@ -40,14 +51,20 @@ async function downloadRange(client: RegistryClient, repository: string, ingest:
     const start = Number(/bytes (\d+)-/.exec(String(res.headers["content-range"] ?? ""))?.[1] ?? Number.NaN);
     if (start !== offset) {
       res.body.destroy();
-      throw new FleetError("E_REGISTRY_UNREACHABLE", `${client.registry}: asked for blob ${digest} from byte ${offset}, got a range starting at ${start}`);
+      throw new FleetError(
+        "E_REGISTRY_UNREACHABLE",
+        `${client.registry}: asked for blob ${digest} from byte ${offset}, got a range starting at ${start}`,
+      );
     }
   } else if (res.status === 200) {
     if (offset > 0) await ingest.restart(); // the registry ignored the range and sends it all
   } else {
     res.body.destroy();
     const retryable = res.status >= 500 || res.status === 429;
-    throw new FleetError(retryable ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY", `${client.registry}: GET blob ${digest} answered HTTP ${res.status}`);
+    throw new FleetError(
+      retryable ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY",
+      `${client.registry}: GET blob ${digest} answered HTTP ${res.status}`,
+    );
   }
   let pending: Buffer[] = [];
   let pendingBytes = 0;
@@ -75,12 +92,21 @@ async function downloadRange(client: RegistryClient, repository: string, ingest:
   await flush();
   const expectedEnd = res.status === 206 ? end + 1 : size;
   if (ingest.offset < expectedEnd) {
-    throw new FleetError("E_REGISTRY_UNREACHABLE", `${client.registry}: blob ${digest} ended after ${ingest.offset} of ${size} bytes`);
+    throw new FleetError(
+      "E_REGISTRY_UNREACHABLE",
+      `${client.registry}: blob ${digest} ended after ${ingest.offset} of ${size} bytes`,
+    );
   }
 }
 
 /** Fetches `digest` into the store unless it is there; verifies before it counts as stored. */
-export async function fetchBlob(client: RegistryClient, repository: string, desc: { digest: string; size: number }, store: ContentStore, opts: BlobFetchOptions): Promise<void> {
+export async function fetchBlob(
+  client: RegistryClient,
+  repository: string,
+  desc: { digest: string; size: number },
+  store: ContentStore,
+  opts: BlobFetchOptions,
+): Promise<void> {
   if (store.has(desc.digest)) return;
   const release = await store.lockIngest(desc.digest, opts.signal);
   try {
@@ -91,7 +117,13 @@ export async function fetchBlob(client: RegistryClient, repository: string, desc
   }
 }
 
-async function fetchLocked(client: RegistryClient, repository: string, desc: { digest: string; size: number }, store: ContentStore, opts: BlobFetchOptions): Promise<void> {
+async function fetchLocked(
+  client: RegistryClient,
+  repository: string,
+  desc: { digest: string; size: number },
+  store: ContentStore,
+  opts: BlobFetchOptions,
+): Promise<void> {
   const ingest = await store.openIngest(desc.digest, desc.size);
   opts.onBytes?.(ingest.offset);
   try {

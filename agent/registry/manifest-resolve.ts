@@ -6,7 +6,17 @@
  */
 import { createHash } from "node:crypto";
 import { formatIssues } from "../../schemas/format-issues.js";
-import { type Descriptor, type ImageConfig, type ImageManifest, INDEX_TYPES, imageConfig, imageIndex, imageManifest, MANIFEST_TYPES, MEDIA } from "../../schemas/oci.js";
+import {
+  type Descriptor,
+  type ImageConfig,
+  type ImageManifest,
+  INDEX_TYPES,
+  imageConfig,
+  imageIndex,
+  imageManifest,
+  MANIFEST_TYPES,
+  MEDIA,
+} from "../../schemas/oci.js";
 import { FleetError } from "../errors.js";
 import { formatPlatform, type Platform, selectPlatform } from "./platform.js";
 import { formatReference, type ImageRef } from "./reference.js";
@@ -36,7 +46,12 @@ function parseJson(bytes: Buffer, what: string): unknown {
   }
 }
 
-async function getManifest(client: RegistryClient, ref: ImageRef, reference: string, signal?: AbortSignal): Promise<{ digest: string; mediaType: string; bytes: Buffer }> {
+async function getManifest(
+  client: RegistryClient,
+  ref: ImageRef,
+  reference: string,
+  signal?: AbortSignal,
+): Promise<{ digest: string; mediaType: string; bytes: Buffer }> {
   const name = `${client.registry}/${ref.repository}:${reference}`;
   const res = await client.request("GET", `/v2/${ref.repository}/manifests/${reference}`, {
     scope: repoScope(ref.repository, "pull"),
@@ -44,25 +59,52 @@ async function getManifest(client: RegistryClient, ref: ImageRef, reference: str
     maxBytes: MAX_MANIFEST_BYTES,
     ...(signal ? { signal } : {}),
   });
-  if (res.status === 404) throw new FleetError("E_MANIFEST_UNKNOWN", `${formatReference(ref)}: no such image in the registry (${name} is unknown)`);
-  if (res.status !== 200) throw new FleetError("E_REGISTRY", `${name}: the registry answered HTTP ${res.status} for the manifest`);
+  if (res.status === 404)
+    throw new FleetError(
+      "E_MANIFEST_UNKNOWN",
+      `${formatReference(ref)}: no such image in the registry (${name} is unknown)`,
+    );
+  if (res.status !== 200)
+    throw new FleetError("E_REGISTRY", `${name}: the registry answered HTTP ${res.status} for the manifest`);
   const digest = sha256(res.body);
-  if (reference.startsWith("sha256:") && digest !== reference) throw new FleetError("E_DIGEST_MISMATCH", `manifest ${reference}: its content hashes to ${digest}`);
+  if (reference.startsWith("sha256:") && digest !== reference)
+    throw new FleetError("E_DIGEST_MISMATCH", `manifest ${reference}: its content hashes to ${digest}`);
   const announced = res.headers["docker-content-digest"];
   if (typeof announced === "string" && announced.startsWith("sha256:") && announced !== digest) {
-    throw new FleetError("E_DIGEST_MISMATCH", `${name}: the registry announced ${announced} but the manifest hashes to ${digest}`);
+    throw new FleetError(
+      "E_DIGEST_MISMATCH",
+      `${name}: the registry announced ${announced} but the manifest hashes to ${digest}`,
+    );
   }
   const bodyType = (parseJson(res.body, `manifest ${name}`) as { mediaType?: string }).mediaType;
-  const mediaType = (String(res.headers["content-type"] ?? "").split(";")[0]!.trim() || bodyType) ?? "";
-  return { digest, mediaType: [...MANIFEST_TYPES, ...INDEX_TYPES].includes(mediaType) ? mediaType : (bodyType ?? mediaType), bytes: res.body };
+  const mediaType =
+    (String(res.headers["content-type"] ?? "")
+      .split(";")[0]!
+      .trim() ||
+      bodyType) ??
+    "";
+  return {
+    digest,
+    mediaType: [...MANIFEST_TYPES, ...INDEX_TYPES].includes(mediaType) ? mediaType : (bodyType ?? mediaType),
+    bytes: res.body,
+  };
 }
 
 function unsupported(mediaType: string, name: string): FleetError {
-  if (mediaType.includes("manifest.v1")) return new FleetError("E_UNSUPPORTED", `${name}: Docker schema 1 manifests are not supported; push the image again with a current tool`);
+  if (mediaType.includes("manifest.v1"))
+    return new FleetError(
+      "E_UNSUPPORTED",
+      `${name}: Docker schema 1 manifests are not supported; push the image again with a current tool`,
+    );
   return new FleetError("E_UNSUPPORTED", `${name}: unknown manifest media type "${mediaType}"`);
 }
 
-export async function resolveImage(client: RegistryClient, ref: ImageRef, platform: Platform, signal?: AbortSignal): Promise<ResolvedImage> {
+export async function resolveImage(
+  client: RegistryClient,
+  ref: ImageRef,
+  platform: Platform,
+  signal?: AbortSignal,
+): Promise<ResolvedImage> {
   const name = formatReference(ref);
   let doc = await getManifest(client, ref, ref.digest ?? ref.tag ?? "latest", signal);
   let index: ResolvedImage["index"];
@@ -70,14 +112,21 @@ export async function resolveImage(client: RegistryClient, ref: ImageRef, platfo
     const parsed = imageIndex.safeParse(parseJson(doc.bytes, `index ${name}`));
     if (!parsed.success) throw new FleetError("E_REGISTRY", `index ${name}: ${formatIssues(parsed.error)}`);
     const entries = parsed.data.manifests;
-    const i = selectPlatform(entries.map((m) => m.platform), platform);
+    const i = selectPlatform(
+      entries.map((m) => m.platform),
+      platform,
+    );
     if (i < 0) {
       const offered = entries.map((m) => (m.platform ? formatPlatform(m.platform) : "unknown")).join(", ");
-      throw new FleetError("E_NO_PLATFORM", `${name}: no image for ${formatPlatform(platform)} (the index offers ${offered || "nothing"})`);
+      throw new FleetError(
+        "E_NO_PLATFORM",
+        `${name}: no image for ${formatPlatform(platform)} (the index offers ${offered || "nothing"})`,
+      );
     }
     index = doc;
     doc = await getManifest(client, ref, entries[i]!.digest, signal);
-    if (INDEX_TYPES.includes(doc.mediaType)) throw new FleetError("E_UNSUPPORTED", `${name}: an index inside an index is not supported`);
+    if (INDEX_TYPES.includes(doc.mediaType))
+      throw new FleetError("E_UNSUPPORTED", `${name}: an index inside an index is not supported`);
   }
   if (!MANIFEST_TYPES.includes(doc.mediaType)) throw unsupported(doc.mediaType, name);
   const parsed = imageManifest.safeParse(parseJson(doc.bytes, `manifest ${name}`));
@@ -87,18 +136,50 @@ export async function resolveImage(client: RegistryClient, ref: ImageRef, platfo
   const config = imageConfig.safeParse(parseJson(configBytes, `config of ${name}`));
   if (!config.success) throw new FleetError("E_REGISTRY", `config of ${name}: ${formatIssues(config.error)}`);
   if (config.data.rootfs.diff_ids.length !== manifest.layers.length) {
-    throw new FleetError("E_REGISTRY", `${name}: the config lists ${config.data.rootfs.diff_ids.length} layers, the manifest ${manifest.layers.length}`);
+    throw new FleetError(
+      "E_REGISTRY",
+      `${name}: the config lists ${config.data.rootfs.diff_ids.length} layers, the manifest ${manifest.layers.length}`,
+    );
   }
-  return { manifestDigest: doc.digest, manifestMediaType: doc.mediaType, manifestBytes: doc.bytes, manifest, configBytes, config: config.data, index };
+  return {
+    manifestDigest: doc.digest,
+    manifestMediaType: doc.mediaType,
+    manifestBytes: doc.bytes,
+    manifest,
+    configBytes,
+    config: config.data,
+    index,
+  };
 }
 
-async function getConfig(client: RegistryClient, ref: ImageRef, desc: Descriptor, signal?: AbortSignal): Promise<Buffer> {
+async function getConfig(
+  client: RegistryClient,
+  ref: ImageRef,
+  desc: Descriptor,
+  signal?: AbortSignal,
+): Promise<Buffer> {
   if (![MEDIA.ociConfig, MEDIA.dockerConfig].includes(desc.mediaType as never)) {
-    throw new FleetError("E_UNSUPPORTED", `${formatReference(ref)}: config media type "${desc.mediaType}" is not an image config`);
+    throw new FleetError(
+      "E_UNSUPPORTED",
+      `${formatReference(ref)}: config media type "${desc.mediaType}" is not an image config`,
+    );
   }
-  if (desc.size > MAX_CONFIG_BYTES) throw new FleetError("E_REGISTRY", `${formatReference(ref)}: config of ${desc.size} bytes is more than the ${MAX_CONFIG_BYTES} allowed`);
-  const res = await client.request("GET", `/v2/${ref.repository}/blobs/${desc.digest}`, { scope: repoScope(ref.repository, "pull"), maxBytes: MAX_CONFIG_BYTES, ...(signal ? { signal } : {}) });
-  if (res.status !== 200) throw new FleetError("E_REGISTRY", `${formatReference(ref)}: config blob ${desc.digest} answered HTTP ${res.status}`);
-  if (sha256(res.body) !== desc.digest) throw new FleetError("E_DIGEST_MISMATCH", `config blob ${desc.digest}: its content hashes to ${sha256(res.body)}`);
+  if (desc.size > MAX_CONFIG_BYTES)
+    throw new FleetError(
+      "E_REGISTRY",
+      `${formatReference(ref)}: config of ${desc.size} bytes is more than the ${MAX_CONFIG_BYTES} allowed`,
+    );
+  const res = await client.request("GET", `/v2/${ref.repository}/blobs/${desc.digest}`, {
+    scope: repoScope(ref.repository, "pull"),
+    maxBytes: MAX_CONFIG_BYTES,
+    ...(signal ? { signal } : {}),
+  });
+  if (res.status !== 200)
+    throw new FleetError(
+      "E_REGISTRY",
+      `${formatReference(ref)}: config blob ${desc.digest} answered HTTP ${res.status}`,
+    );
+  if (sha256(res.body) !== desc.digest)
+    throw new FleetError("E_DIGEST_MISMATCH", `config blob ${desc.digest}: its content hashes to ${sha256(res.body)}`);
   return res.body;
 }

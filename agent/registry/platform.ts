@@ -11,7 +11,15 @@ export interface Platform {
   variant?: string | undefined;
 }
 
-const NODE_TO_OCI: Record<string, string> = { x64: "amd64", ia32: "386", arm: "arm", arm64: "arm64", ppc64: "ppc64le", s390x: "s390x", riscv64: "riscv64" };
+const NODE_TO_OCI: Record<string, string> = {
+  x64: "amd64",
+  ia32: "386",
+  arm: "arm",
+  arm64: "arm64",
+  ppc64: "ppc64le",
+  s390x: "s390x",
+  riscv64: "riscv64",
+};
 
 export function hostPlatform(): Platform {
   const architecture = NODE_TO_OCI[arch()] ?? arch();

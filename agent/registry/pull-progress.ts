@@ -31,7 +31,12 @@ export class ProgressBars {
 
   readonly handle = (e: PullEvent): void => {
     if (e.type === "resolved") {
-      this.layers = e.layers.map((l) => ({ digest: l.digest, size: l.size, done: l.present ? l.size : 0, state: l.present ? "present" : "waiting" }));
+      this.layers = e.layers.map((l) => ({
+        digest: l.digest,
+        size: l.size,
+        done: l.present ? l.size : 0,
+        state: l.present ? "present" : "waiting",
+      }));
       this.out.write(`${e.ref} → ${e.digest.slice(0, 19)}\n`);
     } else if (e.type === "progress" || e.type === "downloaded" || e.type === "unpacked") {
       const l = this.layers.find((x) => x.digest === e.layer);
@@ -45,7 +50,8 @@ export class ProgressBars {
     if (e.type === "progress" && now - this.lastDraw < 100) return;
     this.lastDraw = now;
     this.draw();
-    if (e.type === "done") this.out.write(`pulled ${e.ref}: ${mib(e.fetchedBytes)} MiB fetched in ${(e.ms / 1000).toFixed(1)} s\n`);
+    if (e.type === "done")
+      this.out.write(`pulled ${e.ref}: ${mib(e.fetchedBytes)} MiB fetched in ${(e.ms / 1000).toFixed(1)} s\n`);
   };
 
   private draw(): void {

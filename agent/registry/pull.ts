@@ -53,7 +53,10 @@ function checkDiskSpace(root: string, needed: number): void {
   const free = st.bavail * st.bsize;
   if (free < needed + DISK_RESERVE) {
     const mib = (n: number) => `${Math.ceil(n / 1024 / 1024)} MiB`;
-    throw new FleetError("E_NO_SPACE", `not enough disk space in ${root}: the pull needs about ${mib(needed)} (plus ${mib(DISK_RESERVE)} kept free), ${mib(free)} is free`);
+    throw new FleetError(
+      "E_NO_SPACE",
+      `not enough disk space in ${root}: the pull needs about ${mib(needed)} (plus ${mib(DISK_RESERVE)} kept free), ${mib(free)} is free`,
+    );
   }
 }
 
@@ -66,9 +69,20 @@ export async function pullImage(refText: string, deps: PullDeps, opts: PullOptio
   const { manifest } = resolved;
   const diffIds = resolved.config.rootfs.diff_ids;
   const chains = chainIds(diffIds);
-  const layers: LayerRecord[] = manifest.layers.map((l, i) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType, diffId: diffIds[i]!, chainId: chains[i]! }));
+  const layers: LayerRecord[] = manifest.layers.map((l, i) => ({
+    digest: l.digest,
+    size: l.size,
+    mediaType: l.mediaType,
+    diffId: diffIds[i]!,
+    chainId: chains[i]!,
+  }));
   const todo = layers.filter((l) => !deps.snapshots.has(l.chainId));
-  opts.onEvent?.({ type: "resolved", ref: formatReference(ref), digest: resolved.manifestDigest, layers: layers.map((l) => ({ digest: l.digest, size: l.size, present: !todo.includes(l) })) });
+  opts.onEvent?.({
+    type: "resolved",
+    ref: formatReference(ref),
+    digest: resolved.manifestDigest,
+    layers: layers.map((l) => ({ digest: l.digest, size: l.size, present: !todo.includes(l) })),
+  });
 
   const toFetch = todo.filter((l) => !deps.store.has(l.digest));
   const remaining = toFetch.reduce((n, l) => n + l.size - deps.store.partialSize(l.digest), 0);
@@ -95,7 +109,13 @@ export async function pullImage(refText: string, deps: PullDeps, opts: PullOptio
     });
     opts.onEvent?.({ type: "downloaded", layer: layer.digest });
     if (opts.unpack === false) return;
-    await deps.snapshots.unpack(layer.chainId, layer.diffId, deps.store.createReadStream(layer.digest), layer.mediaType, opts.signal);
+    await deps.snapshots.unpack(
+      layer.chainId,
+      layer.diffId,
+      deps.store.createReadStream(layer.digest),
+      layer.mediaType,
+      opts.signal,
+    );
     opts.onEvent?.({ type: "unpacked", layer: layer.digest });
   };
   await runBounded(todo, opts.concurrency ?? 3, work);
@@ -107,12 +127,22 @@ export async function pullImage(refText: string, deps: PullDeps, opts: PullOptio
     indexDigest: resolved.index?.digest,
     configDigest: manifest.config.digest,
     layers,
-    platform: formatPlatform({ os: resolved.config.os ?? platform.os, architecture: resolved.config.architecture ?? platform.architecture, variant: resolved.config.variant ?? undefined }),
+    platform: formatPlatform({
+      os: resolved.config.os ?? platform.os,
+      architecture: resolved.config.architecture ?? platform.architecture,
+      variant: resolved.config.variant ?? undefined,
+    }),
     config: resolved.config.config ?? {},
     size: layers.reduce((n, l) => n + l.size, 0),
     pulledAt: new Date().toISOString(),
   };
   await deps.images.put(record);
-  opts.onEvent?.({ type: "done", ref: record.ref, digest: record.digest, fetchedBytes, ms: performance.now() - started });
+  opts.onEvent?.({
+    type: "done",
+    ref: record.ref,
+    digest: record.digest,
+    fetchedBytes,
+    ms: performance.now() - started,
+  });
   return record;
 }

@@ -31,7 +31,10 @@ export function parseReference(text: string, field = "image"): ImageRef {
   const slash = rest.indexOf("/");
   if (slash < 0) throw fail("name the registry, as in registry.local:5000/acme/web:1.2");
   const registry = rest.slice(0, slash);
-  if (!/^[a-zA-Z0-9.-]+(:\d{1,5})?$/.test(registry) || !(registry.includes(".") || registry.includes(":") || registry.startsWith("localhost"))) {
+  if (
+    !/^[a-zA-Z0-9.-]+(:\d{1,5})?$/.test(registry) ||
+    !(registry.includes(".") || registry.includes(":") || registry.startsWith("localhost"))
+  ) {
     throw fail(`"${registry}" is not a registry host (expected host[:port], e.g. registry.local:5000)`);
   }
   let path = rest.slice(slash + 1);

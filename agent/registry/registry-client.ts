@@ -38,8 +38,29 @@ export interface StreamResponse {
   body: Readable;
 }
 
-const TLS_CODES = new Set(["UNABLE_TO_VERIFY_LEAF_SIGNATURE", "SELF_SIGNED_CERT_IN_CHAIN", "DEPTH_ZERO_SELF_SIGNED_CERT", "CERT_HAS_EXPIRED", "ERR_TLS_CERT_ALTNAME_INVALID", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "CERT_UNTRUSTED", "EPROTO", "ERR_SSL_WRONG_VERSION_NUMBER"]);
-const RETRYABLE_CODES = new Set(["ECONNRESET", "ECONNREFUSED", "ETIMEDOUT", "EPIPE", "EAI_AGAIN", "ENOTFOUND", "ENETUNREACH", "EHOSTUNREACH", "ERR_STREAM_PREMATURE_CLOSE", "ECONNABORTED"]);
+const TLS_CODES = new Set([
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_HAS_EXPIRED",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_UNTRUSTED",
+  "EPROTO",
+  "ERR_SSL_WRONG_VERSION_NUMBER",
+]);
+const RETRYABLE_CODES = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ETIMEDOUT",
+  "EPIPE",
+  "EAI_AGAIN",
+  "ENOTFOUND",
+  "ENETUNREACH",
+  "EHOSTUNREACH",
+  "ERR_STREAM_PREMATURE_CLOSE",
+  "ECONNABORTED",
+]);
 
 export class RegistryClient {
   readonly registry: string;
@@ -58,7 +79,10 @@ export class RegistryClient {
     try {
       this.ca = auth.ca ? readFileSync(auth.ca) : undefined;
     } catch (err) {
-      throw new FleetError("E_INVALID_CONFIG", `registries."${registry}".ca: cannot read ${auth.ca}: ${(err as Error).message}`);
+      throw new FleetError(
+        "E_INVALID_CONFIG",
+        `registries."${registry}".ca: cannot read ${auth.ca}: ${(err as Error).message}`,
+      );
     }
   }
 
@@ -96,16 +120,25 @@ export class RegistryClient {
       if (this.auth.username === undefined) throw this.authError("the registry needs a username and password");
       return;
     }
-    if (challenge.scheme !== "bearer" || !challenge.params.realm) throw this.authError(`unsupported authentication scheme "${challenge.scheme}"`);
+    if (challenge.scheme !== "bearer" || !challenge.params.realm)
+      throw this.authError(`unsupported authentication scheme "${challenge.scheme}"`);
     const url = new URL(challenge.params.realm);
     if (challenge.params.service) url.searchParams.set("service", challenge.params.service);
     url.searchParams.append("scope", scope);
     const headers: Record<string, string> = {};
-    if (this.auth.username !== undefined) headers.authorization = `Basic ${Buffer.from(`${this.auth.username}:${this.auth.password ?? ""}`).toString("base64")}`;
+    if (this.auth.username !== undefined)
+      headers.authorization = `Basic ${Buffer.from(`${this.auth.username}:${this.auth.password ?? ""}`).toString("base64")}`;
     const res = await this.withRetry(`token from ${url.origin}`, () => got(url, this.options(headers, signal)));
-    if (res.statusCode === 401 || res.statusCode === 403) throw this.authError(`the token service at ${url.origin} refused the credentials (HTTP ${res.statusCode})`);
-    if (res.statusCode !== 200) throw new FleetError("E_REGISTRY", `${this.registry}: token service answered HTTP ${res.statusCode}`);
-    const body = JSON.parse(res.body.toString("utf8")) as { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
+    if (res.statusCode === 401 || res.statusCode === 403)
+      throw this.authError(`the token service at ${url.origin} refused the credentials (HTTP ${res.statusCode})`);
+    if (res.statusCode !== 200)
+      throw new FleetError("E_REGISTRY", `${this.registry}: token service answered HTTP ${res.statusCode}`);
+    const body = JSON.parse(res.body.toString("utf8")) as {
+      token?: string;
+      access_token?: string;
+      expires_in?: number;
+      issued_at?: string;
+    };
     const value = body.token ?? body.access_token;
     if (!value) throw new FleetError("E_REGISTRY", `${this.registry}: the token service sent no token`);
     const lifetime = Math.max(60, body.expires_in ?? 60) * 1000;
@@ -119,35 +152,61 @@ export class RegistryClient {
   }
 
   /** A request with auth, redirects and retries; the body is buffered (manifests, configs, small replies). */
-  async request(method: "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE", path: string, opts: { scope: string; headers?: Record<string, string>; body?: Buffer | (() => Readable); signal?: AbortSignal; maxBytes?: number }): Promise<RegistryResponse> {
+  async request(
+    method: "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE",
+    path: string,
+    opts: {
+      scope: string;
+      headers?: Record<string, string>;
+      body?: Buffer | (() => Readable);
+      signal?: AbortSignal;
+      maxBytes?: number;
+    },
+  ): Promise<RegistryResponse> {
     for (let authTries = 0; ; authTries++) {
       const headers: Record<string, string> = { ...opts.headers };
       const authz = this.authorization(opts.scope);
       if (authz) headers.authorization = authz;
       let url = new URL(path, this.origin);
       // A body given as a factory is opened anew for each attempt.
-      const body = () => (opts.body === undefined ? {} : { body: typeof opts.body === "function" ? opts.body() : opts.body });
-      let res = await this.withRetry(`${method} ${url.pathname}`, () => got(url, { ...this.options(headers, opts.signal), method, ...body() }));
-      for (let hops = 0; res.statusCode >= 300 && res.statusCode < 400 && res.headers.location && method !== "PUT" && hops < 5; hops++) {
+      const body = () =>
+        opts.body === undefined ? {} : { body: typeof opts.body === "function" ? opts.body() : opts.body };
+      let res = await this.withRetry(`${method} ${url.pathname}`, () =>
+        got(url, { ...this.options(headers, opts.signal), method, ...body() }),
+      );
+      for (
+        let hops = 0;
+        res.statusCode >= 300 && res.statusCode < 400 && res.headers.location && method !== "PUT" && hops < 5;
+        hops++
+      ) {
         const next = new URL(String(res.headers.location), url);
         if (next.origin !== this.origin) delete headers.authorization; // never send credentials to another host
         url = next;
-        res = await this.withRetry(`${method} ${url.pathname}`, () => got(url, { ...this.options(headers, opts.signal), method }));
+        res = await this.withRetry(`${method} ${url.pathname}`, () =>
+          got(url, { ...this.options(headers, opts.signal), method }),
+        );
       }
       if (res.statusCode === 401 && authTries === 0) {
         await this.authenticate(headerText(res.headers["www-authenticate"]), opts.scope, opts.signal);
         continue;
       }
-      if (res.statusCode === 401 || res.statusCode === 403) throw this.authError(`${method} ${url.pathname} was refused (HTTP ${res.statusCode})`);
+      if (res.statusCode === 401 || res.statusCode === 403)
+        throw this.authError(`${method} ${url.pathname} was refused (HTTP ${res.statusCode})`);
       if (opts.maxBytes !== undefined && res.body.length > opts.maxBytes) {
-        throw new FleetError("E_REGISTRY", `${this.registry}${url.pathname}: ${res.body.length} bytes is more than the ${opts.maxBytes} allowed`);
+        throw new FleetError(
+          "E_REGISTRY",
+          `${this.registry}${url.pathname}: ${res.body.length} bytes is more than the ${opts.maxBytes} allowed`,
+        );
       }
       return { status: res.statusCode, headers: res.headers, body: res.body };
     }
   }
 
   /** Opens a GET as a stream (blob downloads), with the same auth and redirect handling. */
-  async openStream(path: string, opts: { scope: string; headers?: Record<string, string>; signal?: AbortSignal }): Promise<StreamResponse> {
+  async openStream(
+    path: string,
+    opts: { scope: string; headers?: Record<string, string>; signal?: AbortSignal },
+  ): Promise<StreamResponse> {
     for (let authTries = 0; ; authTries++) {
       const headers: Record<string, string> = { ...opts.headers };
       const authz = this.authorization(opts.scope);
@@ -178,13 +237,18 @@ export class RegistryClient {
     return new Promise((resolve, reject) => {
       const { responseType: _buffered, ...options } = this.options(headers, signal);
       const stream = got.stream(url, { ...options, isStream: true } as OptionsInit & { isStream: true });
-      stream.once("response", (res: { statusCode: number; headers: Headers }) => resolve({ status: res.statusCode, headers: res.headers, body: stream }));
+      stream.once("response", (res: { statusCode: number; headers: Headers }) =>
+        resolve({ status: res.statusCode, headers: res.headers, body: stream }),
+      );
       stream.once("error", (err: Error) => reject(this.networkError(`GET ${url.pathname}`, err)));
     });
   }
 
   /** Runs `attempt` until it gives a non-retryable answer, backing off with jitter. */
-  async withRetry<T extends { statusCode: number; headers: Headers }>(what: string, attempt: () => Promise<T>): Promise<T> {
+  async withRetry<T extends { statusCode: number; headers: Headers }>(
+    what: string,
+    attempt: () => Promise<T>,
+  ): Promise<T> {
     for (let n = 1; ; n++) {
       let res: T | undefined;
       let error: FleetError | undefined;
@@ -197,7 +261,10 @@ export class RegistryClient {
       }
       if (n >= this.retry.attempts) {
         if (error) throw error;
-        throw new FleetError("E_REGISTRY", `${this.registry}: ${what} kept failing with HTTP ${res!.statusCode} after ${n} attempts`);
+        throw new FleetError(
+          "E_REGISTRY",
+          `${this.registry}: ${what} kept failing with HTTP ${res!.statusCode} after ${n} attempts`,
+        );
       }
       await sleep(this.backoff(n, res?.headers["retry-after"]));
     }
@@ -218,13 +285,22 @@ export class RegistryClient {
     if (err instanceof FleetError) return err;
     const e = err as RequestError & { code?: string };
     const code = e.code ?? (e.cause as NodeJS.ErrnoException | undefined)?.code ?? "";
-    if (e.name === "AbortError" || code === "ERR_ABORTED") return new FleetError("E_ABORTED", `${this.registry}: ${what} was cancelled`, { cause: err });
+    if (e.name === "AbortError" || code === "ERR_ABORTED")
+      return new FleetError("E_ABORTED", `${this.registry}: ${what} was cancelled`, { cause: err });
     if (TLS_CODES.has(code) || /certificate|self.signed|TLS|SSL/i.test(e.message ?? "")) {
-      return new FleetError("E_REGISTRY_TLS", `${this.registry}: TLS: the registry's certificate is not trusted (${code || e.message}); set registries."${this.registry}".ca to the CA that signed it`, { cause: err });
+      return new FleetError(
+        "E_REGISTRY_TLS",
+        `${this.registry}: TLS: the registry's certificate is not trusted (${code || e.message}); set registries."${this.registry}".ca to the CA that signed it`,
+        { cause: err },
+      );
     }
     // Link-level failures are worth retrying; anything else is an answer.
     const transient = RETRYABLE_CODES.has(code) || code.startsWith("ERR_STREAM") || code === "";
-    return new FleetError(transient ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY", `${this.registry}: ${what} failed: ${code || e.message}`, { cause: err });
+    return new FleetError(
+      transient ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY",
+      `${this.registry}: ${what} failed: ${code || e.message}`,
+      { cause: err },
+    );
   }
 }
 

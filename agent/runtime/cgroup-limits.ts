@@ -57,7 +57,12 @@ export function limitWrites(mode: "v1" | "v2" | "hybrid", limits: Limits): Cgrou
   if (limits.memory) {
     writes.push({ hierarchy: "memory", file: "memory.limit_in_bytes", value: String(limits.memory) });
     // memory+swap equal to memory: no swap on top of the limit.
-    writes.push({ hierarchy: "memory", file: "memory.memsw.limit_in_bytes", value: String(limits.memory), optional: true });
+    writes.push({
+      hierarchy: "memory",
+      file: "memory.memsw.limit_in_bytes",
+      value: String(limits.memory),
+      optional: true,
+    });
   }
   if (quota) {
     writes.push({ hierarchy: "cpu", file: "cpu.cfs_period_us", value: String(CPU_PERIOD_US) });
@@ -70,7 +75,9 @@ export function limitWrites(mode: "v1" | "v2" | "hybrid", limits: Limits): Cgrou
 
 /** Where the OOM-kill counter lives ("oom_kill N" in both). */
 export function oomCounterFile(mode: "v1" | "v2" | "hybrid"): { hierarchy: string; file: string } {
-  return mode === "v2" ? { hierarchy: "unified", file: "memory.events" } : { hierarchy: "memory", file: "memory.oom_control" };
+  return mode === "v2"
+    ? { hierarchy: "unified", file: "memory.events" }
+    : { hierarchy: "memory", file: "memory.oom_control" };
 }
 
 export interface CgroupStats {
@@ -80,7 +87,9 @@ export interface CgroupStats {
 }
 
 /** Which files hold the usage figures, and how to read them. */
-export function statFiles(mode: "v1" | "v2" | "hybrid"): Record<keyof CgroupStats, { hierarchy: string; file: string; key?: string; scale: number }> {
+export function statFiles(
+  mode: "v1" | "v2" | "hybrid",
+): Record<keyof CgroupStats, { hierarchy: string; file: string; key?: string; scale: number }> {
   if (mode === "v2") {
     return {
       memoryBytes: { hierarchy: "unified", file: "memory.current", scale: 1 },

@@ -37,7 +37,8 @@ export class Cgroups {
       if (mount) dirs.set(c, join(mount, this.parent, id));
     }
     // On a hybrid host every limit lives in v1, so the unified tree is left alone.
-    if (this.layout.mode === "v2" && this.layout.unified) dirs.set("unified", join(this.layout.unified, this.parent, id));
+    if (this.layout.mode === "v2" && this.layout.unified)
+      dirs.set("unified", join(this.layout.unified, this.parent, id));
     const oom = oomCounterFile(this.layout.mode);
     const oomDir = dirs.get(oom.hierarchy);
     return { dirs, oomFile: oomDir ? join(oomDir, oom.file) : null };
@@ -48,7 +49,10 @@ export class Cgroups {
    * creates the directories and writes the limits (while the init builds its
    * rootfs), then joins the init; a failure comes back naming the file.
    */
-  plan(id: string, limits: Limits): ContainerCgroups & { writes: { file: string; value: string; optional: boolean }[] } {
+  plan(
+    id: string,
+    limits: Limits,
+  ): ContainerCgroups & { writes: { file: string; value: string; optional: boolean }[] } {
     const groups = this.locate(id);
     if (this.layout.mode === "v2") this.enableControllers();
     const parents = new Set([...groups.dirs.values()].map((d) => dirname(d)));
@@ -61,7 +65,8 @@ export class Cgroups {
     }
     const writes = limitWrites(this.layout.mode, limits).map((w) => {
       const dir = groups.dirs.get(w.hierarchy);
-      if (!dir) throw new FleetError("E_CGROUP", `cannot apply ${w.file}: the ${w.hierarchy} cgroup controller is not mounted`);
+      if (!dir)
+        throw new FleetError("E_CGROUP", `cannot apply ${w.file}: the ${w.hierarchy} cgroup controller is not mounted`);
       return { file: join(dir, w.file), value: w.value, optional: w.optional ?? false };
     });
     return { ...groups, writes };
@@ -83,7 +88,9 @@ export class Cgroups {
       try {
         writeFileSync(file, missing.map((c) => `+${c}`).join(" "));
       } catch (err) {
-        throw new FleetError("E_CGROUP", `enable ${missing.join(", ")} in ${file}: ${(err as Error).message}`, { cause: err });
+        throw new FleetError("E_CGROUP", `enable ${missing.join(", ")} in ${file}: ${(err as Error).message}`, {
+          cause: err,
+        });
       }
     }
     this.controllersEnabled = true;
@@ -92,7 +99,10 @@ export class Cgroups {
   stats(id: string): CgroupStats {
     const { dirs } = this.locate(id);
     const out: CgroupStats = { memoryBytes: 0, cpuNanos: 0, pids: 0 };
-    for (const [key, spec] of Object.entries(statFiles(this.layout.mode)) as [keyof CgroupStats, ReturnType<typeof statFiles>["pids"]][]) {
+    for (const [key, spec] of Object.entries(statFiles(this.layout.mode)) as [
+      keyof CgroupStats,
+      ReturnType<typeof statFiles>["pids"],
+    ][]) {
       const dir = dirs.get(spec.hierarchy);
       if (!dir) continue;
       try {

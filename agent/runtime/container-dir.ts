@@ -10,7 +10,14 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { z } from "zod";
-import { type ContainerState, containerState, type ExitRecord, exitRecord, type RunningRecord, runningRecord } from "../../schemas/container.js";
+import {
+  type ContainerState,
+  containerState,
+  type ExitRecord,
+  exitRecord,
+  type RunningRecord,
+  runningRecord,
+} from "../../schemas/container.js";
 import { FleetError, isErrno } from "../errors.js";
 
 export interface ContainerPaths {

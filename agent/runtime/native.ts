@@ -57,9 +57,13 @@ function findBuildDir(): string {
     if (existsSync(join(candidate, "fleetlet_native.node"))) return candidate;
     dir = dirname(dir);
   }
-  throw new FleetError("E_RUNTIME", "the native core is not built (native/build/Release is missing): run `npm ci` or `npm run build`", {
-    exitCode: 125,
-  });
+  throw new FleetError(
+    "E_RUNTIME",
+    "the native core is not built (native/build/Release is missing): run `npm ci` or `npm run build`",
+    {
+      exitCode: 125,
+    },
+  );
 }
 
 let loaded: NativeBinding | undefined;

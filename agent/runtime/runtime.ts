@@ -9,7 +9,13 @@ import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, type Stats, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { type ContainerSpec, type ContainerSpecInput, type ContainerState, containerSpec, type ExitRecord } from "../../schemas/container.js";
+import {
+  type ContainerSpec,
+  type ContainerSpecInput,
+  type ContainerState,
+  containerSpec,
+  type ExitRecord,
+} from "../../schemas/container.js";
 import { formatIssues } from "../../schemas/format-issues.js";
 import { DEFAULT_ROOT } from "../config/device-config.js";
 import { FleetError, isErrno } from "../errors.js";
@@ -92,7 +98,8 @@ export class Runtime {
     try {
       mkdirSync(paths.dir, { mode: 0o711 });
     } catch (err) {
-      if (isErrno(err, "EEXIST")) throw new FleetError("E_CONFLICT", `a container named ${id} already exists`, { exitCode: 125 });
+      if (isErrno(err, "EEXIST"))
+        throw new FleetError("E_CONFLICT", `a container named ${id} already exists`, { exitCode: 125 });
       throw err;
     }
     const state: ContainerState = { id, createdAt: new Date().toISOString(), spec };
@@ -103,7 +110,8 @@ export class Runtime {
   async start(id: string, opts: { foreground?: boolean } = {}): Promise<ContainerInfo> {
     const paths = this.paths(id);
     const state = this.state(id);
-    if (existsSync(paths.running)) throw new FleetError("E_CONFLICT", `container ${id} has already been started`, { exitCode: 125 });
+    if (existsSync(paths.running))
+      throw new FleetError("E_CONFLICT", `container ${id} has already been started`, { exitCode: 125 });
     const { spec } = state;
     for (const v of spec.volumes) mkdirSync(this.volumeDir(v.name), { recursive: true });
     const groups = this.cgroups.plan(id, spec.resources);
@@ -125,7 +133,14 @@ export class Runtime {
       await this.cgroups.remove(id);
       throw startError(id, err);
     }
-    return { id, status: "running", createdAt: state.createdAt, startedAt: new Date().toISOString(), pid: started.initPid, spec };
+    return {
+      id,
+      status: "running",
+      createdAt: state.createdAt,
+      startedAt: new Date().toISOString(),
+      pid: started.initPid,
+      spec,
+    };
   }
 
   /** Sends a signal to the container's init; false when it has already exited. */
@@ -154,7 +169,10 @@ export class Runtime {
         signal?.removeEventListener("abort", onAbort);
         const exit = readExit(paths);
         if (exit) resolve(exit);
-        else reject(new FleetError("E_RUNTIME", `container ${id}: its shim (pid ${shim.pid}) died without recording the exit`));
+        else
+          reject(
+            new FleetError("E_RUNTIME", `container ${id}: its shim (pid ${shim.pid}) died without recording the exit`),
+          );
       });
       if (signal?.aborted) onAbort();
       else signal?.addEventListener("abort", onAbort, { once: true });
@@ -165,10 +183,15 @@ export class Runtime {
    * Runs a command inside the running container (its namespaces, cgroups and
    * privilege limits) through the shim's exec mode: for healthchecks.
    */
-  exec(id: string, command: string[], opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<{ exitCode: number; output: string }> {
+  exec(
+    id: string,
+    command: string[],
+    opts: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<{ exitCode: number; output: string }> {
     const state = this.state(id);
     const running = readRunning(this.paths(id));
-    if (!running || readExit(this.paths(id))) return Promise.reject(new FleetError("E_CONFLICT", `container ${id} is not running`));
+    if (!running || readExit(this.paths(id)))
+      return Promise.reject(new FleetError("E_CONFLICT", `container ${id} is not running`));
     const { spec } = state;
     const args = ["exec", String(running.init.pid), running.init.startTime];
     for (const dir of new Set(this.cgroups.locate(id).dirs.values())) args.push("--cgroup", dir);
@@ -178,7 +201,12 @@ export class Runtime {
     if (spec.seccomp === "unconfined") args.push("--no-seccomp");
     args.push("--", ...command);
     return new Promise((resolve, reject) => {
-      const child = spawn(this.native.shimPath, args, { stdio: ["ignore", "pipe", "pipe"], timeout: opts.timeoutMs ?? 10_000, killSignal: "SIGKILL", ...(opts.signal ? { signal: opts.signal } : {}) });
+      const child = spawn(this.native.shimPath, args, {
+        stdio: ["ignore", "pipe", "pipe"],
+        timeout: opts.timeoutMs ?? 10_000,
+        killSignal: "SIGKILL",
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
       let output = "";
       const collect = (d: Buffer) => {
         if (output.length < 4096) output += d.toString("utf8");
@@ -213,7 +241,8 @@ export class Runtime {
     const paths = this.paths(id);
     const info = this.inspect(id);
     if (info.status === "running") {
-      if (!opts.force) throw new FleetError("E_CONTAINER_RUNNING", `container ${id} is running: stop it first or force the removal`);
+      if (!opts.force)
+        throw new FleetError("E_CONTAINER_RUNNING", `container ${id} is running: stop it first or force the removal`);
       this.kill(id, "SIGKILL");
       await this.wait(id);
     }
@@ -230,7 +259,9 @@ export class Runtime {
     const erase: Promise<void> = this.native.core
       .removeTree(dir)
       .catch((err: Error) => {
-        this.removalErrors.push(new FleetError("E_RUNTIME", `erase removed container files ${dir}: ${err.message}`, { cause: err }));
+        this.removalErrors.push(
+          new FleetError("E_RUNTIME", `erase removed container files ${dir}: ${err.message}`, { cause: err }),
+        );
       })
       .finally(() => this.removals.delete(erase));
     this.removals.add(erase);
@@ -312,7 +343,15 @@ export class Runtime {
       const alive = this.native.core.startTime(running.shim.pid) === BigInt(running.shim.startTime);
       status = alive ? "running" : "exited";
     }
-    return { id: state.id, status, createdAt: state.createdAt, startedAt: running?.startedAt, pid: running?.init.pid, exit, spec: state.spec };
+    return {
+      id: state.id,
+      status,
+      createdAt: state.createdAt,
+      startedAt: running?.startedAt,
+      pid: running?.init.pid,
+      exit,
+      spec: state.spec,
+    };
   }
 }
 

@@ -37,7 +37,10 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ["net", c.spec.network],
     ["readonly", c.spec.readOnlyRootfs ? 1 : 0],
     ["seccomp", c.spec.seccomp],
-    ...c.spec.volumes.map((v): [string, string] => [v.readOnly ? "bind-ro" : "bind", `${c.volumeDir(v.name)}\t${v.target}`]),
+    ...c.spec.volumes.map((v): [string, string] => [
+      v.readOnly ? "bind-ro" : "bind",
+      `${c.volumeDir(v.name)}\t${v.target}`,
+    ]),
     ...MASKED_PATHS.map((p): [string, string] => ["mask", p]),
     ...READONLY_PATHS.map((p): [string, string] => ["ropath", p]),
     ...[...new Set(c.cgroups.dirs.values())].map((d): [string, string] => ["cgroup", d]),

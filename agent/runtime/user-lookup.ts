@@ -31,14 +31,18 @@ function readInLayers(layers: string[], rel: string): string | undefined {
 }
 
 function table(text: string | undefined): string[][] {
-  return (text ?? "").split("\n").filter((l) => l && !l.startsWith("#")).map((l) => l.split(":"));
+  return (text ?? "")
+    .split("\n")
+    .filter((l) => l && !l.startsWith("#"))
+    .map((l) => l.split(":"));
 }
 
 export function resolveUser(spec: string, layers: string[], field = "user"): ResolvedUser {
   const [user = "", group] = spec.split(":");
   const fail = (what: string) => new FleetError("E_INVALID_ARGUMENT", `${field}: ${what}`, { exitCode: 125 });
   if (!user) throw fail(`expected user[:group], got "${spec}"`);
-  const passwd = /^\d+$/.test(user) && (group === undefined || /^\d+$/.test(group)) ? [] : table(readInLayers(layers, "etc/passwd"));
+  const passwd =
+    /^\d+$/.test(user) && (group === undefined || /^\d+$/.test(group)) ? [] : table(readInLayers(layers, "etc/passwd"));
   let uid: number;
   let gid: number | undefined;
   if (/^\d+$/.test(user)) {

@@ -68,7 +68,10 @@ class AtomicJsonFile<T> implements Adapter<T> {
   }
 
   private async replace(text: string): Promise<void> {
-    const tmp = join(dirname(this.file), `.${basename(this.file)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
+    const tmp = join(
+      dirname(this.file),
+      `.${basename(this.file)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`,
+    );
     const fh = await open(tmp, "w", 0o600);
     try {
       // No fsync per write, as lowdb's own adapter: ext4 (auto_da_alloc) flushes a
@@ -88,7 +91,16 @@ class AtomicJsonFile<T> implements Adapter<T> {
 
 export async function openDb(root: string): Promise<Db> {
   mkdirSync(root, { recursive: true });
-  const db = new Low<DbData>(new AtomicJsonFile<DbData>(join(root, "db.json")), { images: {}, desired: null, lastGood: null, previousGood: null, services: {}, generation: null, generations: {}, desiredSource: null });
+  const db = new Low<DbData>(new AtomicJsonFile<DbData>(join(root, "db.json")), {
+    images: {},
+    desired: null,
+    lastGood: null,
+    previousGood: null,
+    services: {},
+    generation: null,
+    generations: {},
+    desiredSource: null,
+  });
   await db.read();
   db.data.images ??= {};
   db.data.desired ??= null;

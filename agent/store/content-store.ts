@@ -7,7 +7,18 @@
  * or a partial in `ingest/` that the next pull resumes.
  */
 import { createHash, type Hash, randomBytes } from "node:crypto";
-import { createReadStream, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  createReadStream,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -182,7 +193,9 @@ export class ContentStore {
   }
 
   list(): string[] {
-    return readdirSync(this.blobsDir).filter((n) => /^[a-f0-9]{64}$/.test(n)).map((n) => `sha256:${n}`);
+    return readdirSync(this.blobsDir)
+      .filter((n) => /^[a-f0-9]{64}$/.test(n))
+      .map((n) => `sha256:${n}`);
   }
 
   /** Partial downloads as [digest, path]. */
@@ -257,7 +270,10 @@ export class Ingest {
 
   async write(chunk: Uint8Array): Promise<void> {
     if (this.written + chunk.length > this.expectedSize) {
-      throw new FleetError("E_DIGEST_MISMATCH", `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`);
+      throw new FleetError(
+        "E_DIGEST_MISMATCH",
+        `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`,
+      );
     }
     this.hash.update(chunk);
     let done = 0;
@@ -271,7 +287,10 @@ export class Ingest {
   /** Appends several chunks with one write call, without copying them together. */
   async writeMany(chunks: Buffer[], total: number): Promise<void> {
     if (this.written + total > this.expectedSize) {
-      throw new FleetError("E_DIGEST_MISMATCH", `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`);
+      throw new FleetError(
+        "E_DIGEST_MISMATCH",
+        `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`,
+      );
     }
     for (const c of chunks) this.hash.update(c);
     let done = 0;
@@ -292,13 +311,19 @@ export class Ingest {
   /** Verifies size and digest, then moves the blob into the store; a mismatch deletes the partial. */
   async commit(): Promise<void> {
     if (this.written !== this.expectedSize) {
-      throw new FleetError("E_DIGEST_MISMATCH", `blob ${this.digest}: got ${this.written} bytes, the manifest declares ${this.expectedSize}`);
+      throw new FleetError(
+        "E_DIGEST_MISMATCH",
+        `blob ${this.digest}: got ${this.written} bytes, the manifest declares ${this.expectedSize}`,
+      );
     }
     const actual = `sha256:${this.hash.digest("hex")}`;
     if (actual !== this.digest) {
       await this.close();
       unlinkSync(this.path);
-      throw new FleetError("E_DIGEST_MISMATCH", `blob ${this.digest}: its content hashes to ${actual}; the download was discarded`);
+      throw new FleetError(
+        "E_DIGEST_MISMATCH",
+        `blob ${this.digest}: its content hashes to ${actual}; the download was discarded`,
+      );
     }
     await this.fh.sync();
     await this.close();

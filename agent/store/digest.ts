@@ -7,7 +7,10 @@ const DIGEST = /^sha256:[a-f0-9]{64}$/;
 export function digestHex(digest: string, what = "digest"): string {
   if (!DIGEST.test(digest)) {
     const algo = digest.split(":")[0];
-    const reason = digest.includes(":") && algo !== "sha256" ? `algorithm ${algo} is not supported (only sha256)` : "expected sha256:<64 hex digits>";
+    const reason =
+      digest.includes(":") && algo !== "sha256"
+        ? `algorithm ${algo} is not supported (only sha256)`
+        : "expected sha256:<64 hex digits>";
     throw new FleetError("E_INVALID_ARGUMENT", `${what} "${digest}": ${reason}`);
   }
   return digest.slice(7);

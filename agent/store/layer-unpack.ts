@@ -37,7 +37,10 @@ export function layerCompression(mediaType: string): "gzip" | "none" {
   if (/tar\+gzip$|tar\.gzip$|diff\.tar\.gzip$/.test(mediaType) || mediaType.endsWith(".tar.gzip")) return "gzip";
   if (/\.tar$|layer\.v1\.tar$|rootfs\.diff\.tar$/.test(mediaType)) return "none";
   if (mediaType.endsWith("+zstd")) {
-    throw new FleetError("E_UNSUPPORTED", `layer media type ${mediaType}: zstd layers are not supported by this build (Node 20 has no zstd); publish the image with gzip layers`);
+    throw new FleetError(
+      "E_UNSUPPORTED",
+      `layer media type ${mediaType}: zstd layers are not supported by this build (Node 20 has no zstd); publish the image with gzip layers`,
+    );
   }
   throw new FleetError("E_UNSUPPORTED", `layer media type ${mediaType} is not one fleetlet knows how to unpack`);
 }
@@ -107,7 +110,8 @@ class LayerWriter {
       this.native.setXattr(join(this.dest, dir), "trusted.overlay.opaque", Buffer.from("y"));
       return;
     }
-    if (base === "" || base === "." || base === ".." || base.includes("/")) throw unsafe(entry, "the whiteout names no file of its directory");
+    if (base === "" || base === "." || base === ".." || base.includes("/"))
+      throw unsafe(entry, "the whiteout names no file of its directory");
     const target = dir ? `${dir}/${base}` : base;
     this.parents(target, entry);
     this.replace(target, "other");
@@ -123,7 +127,14 @@ class LayerWriter {
     if (base.startsWith(".wh.")) return this.whiteout(rel, h.name);
     this.parents(rel, h.name);
     const full = join(this.dest, rel);
-    const kind: EntryKind = h.type === "dir" ? "dir" : h.type === "file" || h.type === "hardlink" ? "file" : h.type === "symlink" ? "symlink" : "other";
+    const kind: EntryKind =
+      h.type === "dir"
+        ? "dir"
+        : h.type === "file" || h.type === "hardlink"
+          ? "file"
+          : h.type === "symlink"
+            ? "symlink"
+            : "other";
     this.replace(rel, kind);
     switch (h.type) {
       case "dir":
@@ -138,7 +149,8 @@ class LayerWriter {
         break;
       case "hardlink": {
         const target = safeRelativePath(h.linkname, `${h.name} -> ${h.linkname}`);
-        if (this.kinds.get(target) !== "file") throw unsafe(h.name, `a hard link may only point at a regular file of this layer, not "${h.linkname}"`);
+        if (this.kinds.get(target) !== "file")
+          throw unsafe(h.name, `a hard link may only point at a regular file of this layer, not "${h.linkname}"`);
         linkSync(join(this.dest, target), full);
         this.kinds.set(rel, "file");
         return; // a hard link shares its target's inode: no metadata of its own
@@ -196,7 +208,10 @@ class LayerWriter {
  * Unpacks `source` (the blob's bytes) into `dest`, which must exist and be
  * empty. Resolves with the diff id: the sha256 of the uncompressed tar.
  */
-export async function unpackLayer(source: Readable, opts: { dest: string; mediaType: string; native: NativeCore; signal?: AbortSignal }): Promise<UnpackResult> {
+export async function unpackLayer(
+  source: Readable,
+  opts: { dest: string; mediaType: string; native: NativeCore; signal?: AbortSignal },
+): Promise<UnpackResult> {
   const compression = layerCompression(opts.mediaType);
   const hash = createHash("sha256");
   const tap = new Transform({
@@ -206,7 +221,8 @@ export async function unpackLayer(source: Readable, opts: { dest: string; mediaT
     },
   });
   // pipeline() carries an error from any stage to the last, where the reader sees it.
-  const stages: NodeJS.ReadWriteStream[] = compression === "gzip" ? [createGunzip({ chunkSize: 256 * 1024 }), tap] : [tap];
+  const stages: NodeJS.ReadWriteStream[] =
+    compression === "gzip" ? [createGunzip({ chunkSize: 256 * 1024 }), tap] : [tap];
   const decompressed = tap;
   pipeline(source, ...(stages as [NodeJS.ReadWriteStream]), () => {
     // errors surface through the iteration of `decompressed` below
@@ -226,7 +242,10 @@ export async function unpackLayer(source: Readable, opts: { dest: string; mediaT
   } catch (err) {
     await writer.abort();
     decompressed.destroy();
-    if ((err as NodeJS.ErrnoException).code === "Z_DATA_ERROR" || (err as NodeJS.ErrnoException).code === "Z_BUF_ERROR") {
+    if (
+      (err as NodeJS.ErrnoException).code === "Z_DATA_ERROR" ||
+      (err as NodeJS.ErrnoException).code === "Z_BUF_ERROR"
+    ) {
       throw new FleetError("E_UNSAFE_LAYER", `layer is not valid gzip: ${(err as Error).message}`, { cause: err });
     }
     throw err;

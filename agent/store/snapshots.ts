@@ -43,14 +43,28 @@ export class Snapshots {
   }
 
   /** Unpacks a layer as the snapshot `chainId`, checking that its content is `diffId`. */
-  async unpack(chainId: string, diffId: string, source: Readable, mediaType: string, signal?: AbortSignal): Promise<{ entries: number; bytes: number }> {
+  async unpack(
+    chainId: string,
+    diffId: string,
+    source: Readable,
+    mediaType: string,
+    signal?: AbortSignal,
+  ): Promise<{ entries: number; bytes: number }> {
     if (this.has(chainId)) return { entries: 0, bytes: 0 };
     const tmp = join(this.dir, `.tmp-${digestHex(chainId).slice(0, 16)}-${randomBytes(4).toString("hex")}`);
     mkdirSync(tmp, 0o755);
     try {
-      const result = await unpackLayer(source, { dest: tmp, mediaType, native: this.native, ...(signal ? { signal } : {}) });
+      const result = await unpackLayer(source, {
+        dest: tmp,
+        mediaType,
+        native: this.native,
+        ...(signal ? { signal } : {}),
+      });
       if (result.diffId !== diffId) {
-        throw new FleetError("E_DIGEST_MISMATCH", `layer ${diffId}: its uncompressed content hashes to ${result.diffId}`);
+        throw new FleetError(
+          "E_DIGEST_MISMATCH",
+          `layer ${diffId}: its uncompressed content hashes to ${result.diffId}`,
+        );
       }
       try {
         renameSync(tmp, this.path(chainId));
@@ -67,7 +81,9 @@ export class Snapshots {
   }
 
   list(): string[] {
-    return readdirSync(this.dir).filter((n) => /^[a-f0-9]{64}$/.test(n)).map((n) => `sha256:${n}`);
+    return readdirSync(this.dir)
+      .filter((n) => /^[a-f0-9]{64}$/.test(n))
+      .map((n) => `sha256:${n}`);
   }
 
   /** Removes a snapshot: renamed out of sight first, then erased. */

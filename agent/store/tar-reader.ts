@@ -28,7 +28,17 @@ export interface TarHeader {
 export type TarEvent = { kind: "header"; header: TarHeader } | { kind: "data"; chunk: Buffer } | { kind: "end" };
 
 const BLOCK = 512;
-const TYPES: Record<string, TarType> = { "0": "file", "\0": "file", "7": "file", "1": "hardlink", "2": "symlink", "3": "char", "4": "block", "5": "dir", "6": "fifo" };
+const TYPES: Record<string, TarType> = {
+  "0": "file",
+  "\0": "file",
+  "7": "file",
+  "1": "hardlink",
+  "2": "symlink",
+  "3": "char",
+  "4": "block",
+  "5": "dir",
+  "6": "fifo",
+};
 
 function bad(why: string): FleetError {
   return new FleetError("E_UNSAFE_LAYER", `layer is not a valid tar archive: ${why}`);
@@ -160,7 +170,8 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     if (!type) throw bad(`unsupported entry type '${flag}'`);
     const records = new Map([...globalPax, ...(pax ?? [])]);
     const prefix = text(block, 345, 155);
-    const ustarName = prefix && text(block, 257, 5) === "ustar" ? `${prefix}/${text(block, 0, 100)}` : text(block, 0, 100);
+    const ustarName =
+      prefix && text(block, 257, 5) === "ustar" ? `${prefix}/${text(block, 0, 100)}` : text(block, 0, 100);
     const str = (k: string) => records.get(k)?.toString("utf8");
     const header: TarHeader = {
       name: str("path") ?? longName ?? ustarName,

@@ -102,7 +102,14 @@ export function packDirectory(root: string, opts: { mtime?: number } = {}): Read
         const path = rel ? `${rel}/${name}` : name;
         const full = join(root, path);
         const st = lstatSync(full);
-        const base: TarEntry = { name: path, type: "file", mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: opts.mtime ?? Math.floor(st.mtimeMs / 1000) };
+        const base: TarEntry = {
+          name: path,
+          type: "file",
+          mode: st.mode & 0o7777,
+          uid: st.uid,
+          gid: st.gid,
+          mtime: opts.mtime ?? Math.floor(st.mtimeMs / 1000),
+        };
         if (st.isDirectory()) {
           yield entryHeader({ ...base, type: "dir" });
           yield* walk(path);
@@ -127,7 +134,12 @@ export function packDirectory(root: string, opts: { mtime?: number } = {}): Read
         } else if (st.isFIFO()) {
           yield entryHeader({ ...base, type: "fifo" });
         } else if (st.isCharacterDevice() || st.isBlockDevice()) {
-          yield entryHeader({ ...base, type: st.isCharacterDevice() ? "char" : "block", devmajor: Math.floor(st.rdev / 256) & 0xfff, devminor: (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00) });
+          yield entryHeader({
+            ...base,
+            type: st.isCharacterDevice() ? "char" : "block",
+            devmajor: Math.floor(st.rdev / 256) & 0xfff,
+            devminor: (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00),
+          });
         }
       }
     }

@@ -11,7 +11,16 @@
  */
 import { readFileSync } from "node:fs";
 import { createSecureContext } from "node:tls";
-import { type ClientSubscribeCallback, connect, ErrorWithReasonCode, type IClientOptions, type IConnackPacket, type ISubscriptionMap, type MqttClient, ReasonCodes } from "mqtt";
+import {
+  type ClientSubscribeCallback,
+  connect,
+  ErrorWithReasonCode,
+  type IClientOptions,
+  type IConnackPacket,
+  type ISubscriptionMap,
+  type MqttClient,
+  ReasonCodes,
+} from "mqtt";
 import { FleetError } from "../errors.js";
 import { type DeviceChannel, type TopicNames, topicNames } from "./topics.js";
 
@@ -81,13 +90,28 @@ function readPem(field: "ca" | "cert" | "key", path: string): Buffer {
 /** The TLS material of the config, read now (files may be rotated on disk between connects) and checked to be usable. */
 export function tlsOptions(m: MqttSessionOptions["mqtt"]): Pick<IClientOptions, "ca" | "cert" | "key"> {
   if (!m.ca && !m.cert && !m.key) return {};
-  if (!/^(mqtts|wss):/.test(m.url)) throw new FleetError("E_INVALID_CONFIG", `mqtt.url ${displayUrl(m.url)}: mqtt.ca, mqtt.cert or mqtt.key is set but the URL is not TLS; use mqtts:// or wss://`);
-  if (Boolean(m.cert) !== Boolean(m.key)) throw new FleetError("E_INVALID_CONFIG", "mqtt.cert and mqtt.key: give both (the client certificate and its private key) or neither");
-  const files = { ...(m.ca ? { ca: readPem("ca", m.ca) } : {}), ...(m.cert && m.key ? { cert: readPem("cert", m.cert), key: readPem("key", m.key) } : {}) };
+  if (!/^(mqtts|wss):/.test(m.url))
+    throw new FleetError(
+      "E_INVALID_CONFIG",
+      `mqtt.url ${displayUrl(m.url)}: mqtt.ca, mqtt.cert or mqtt.key is set but the URL is not TLS; use mqtts:// or wss://`,
+    );
+  if (Boolean(m.cert) !== Boolean(m.key))
+    throw new FleetError(
+      "E_INVALID_CONFIG",
+      "mqtt.cert and mqtt.key: give both (the client certificate and its private key) or neither",
+    );
+  const files = {
+    ...(m.ca ? { ca: readPem("ca", m.ca) } : {}),
+    ...(m.cert && m.key ? { cert: readPem("cert", m.cert), key: readPem("key", m.key) } : {}),
+  };
   try {
     createSecureContext(files);
   } catch (err) {
-    throw new FleetError("E_INVALID_CONFIG", `mqtt.ca/cert/key (${[m.ca, m.cert, m.key].filter(Boolean).join(", ")}): not usable PEM (${(err as Error).message})`, { cause: err });
+    throw new FleetError(
+      "E_INVALID_CONFIG",
+      `mqtt.ca/cert/key (${[m.ca, m.cert, m.key].filter(Boolean).join(", ")}): not usable PEM (${(err as Error).message})`,
+      { cause: err },
+    );
   }
   return files;
 }
@@ -103,10 +127,16 @@ export function describeFailure(m: MqttSessionOptions["mqtt"], err: Error): { me
   const code = String((err as NodeJS.ErrnoException).code ?? "");
   // An alert from the broker: it refused us (our client certificate), not we it.
   if (/^ERR_SSL_.*ALERT.*(CERTIFICATE|UNKNOWN_CA|ACCESS_DENIED)/.test(code)) {
-    return { message: `${broker}: TLS: the broker refused the handshake (${code}); check mqtt.cert and mqtt.key (now ${m.cert ?? "none"})`, permanent: true };
+    return {
+      message: `${broker}: TLS: the broker refused the handshake (${code}); check mqtt.cert and mqtt.key (now ${m.cert ?? "none"})`,
+      permanent: true,
+    };
   }
   if (/CERT|SELF_SIGNED|UNABLE_TO_|ALTNAME/.test(code) || err.message === "TLS not authorized") {
-    return { message: `${broker}: TLS: the broker's certificate is not trusted (${code || err.message}); set mqtt.ca to the CA that signed it (now ${m.ca ?? "the system CAs"})`, permanent: true };
+    return {
+      message: `${broker}: TLS: the broker's certificate is not trusted (${code || err.message}); set mqtt.ca to the CA that signed it (now ${m.ca ?? "the system CAs"})`,
+      permanent: true,
+    };
   }
   return { message: `${broker}: ${err.message}`, permanent: false };
 }
@@ -175,9 +205,16 @@ export class MqttSession {
    * credentials). Later failures of any kind are logged and retried.
    */
   start(opts: { timeoutMs?: number } = {}): Promise<void> {
-    if (this.stopped && !this.started) return Promise.reject(new FleetError("E_INVALID_ARGUMENT", `MQTT session of ${this.opts.deviceId}: start() after stop(); make a new session`));
+    if (this.stopped && !this.started)
+      return Promise.reject(
+        new FleetError(
+          "E_INVALID_ARGUMENT",
+          `MQTT session of ${this.opts.deviceId}: start() after stop(); make a new session`,
+        ),
+      );
     this.started ??= new Promise<void>((resolve, reject) => {
-      const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => this.firstConnect?.settle(), opts.timeoutMs);
+      const timer =
+        opts.timeoutMs === undefined ? undefined : setTimeout(() => this.firstConnect?.settle(), opts.timeoutMs);
       this.firstConnect = {
         settle: (err) => {
           this.firstConnect = undefined;
@@ -192,7 +229,15 @@ export class MqttSession {
       } catch (err) {
         this.closed = true;
         this.client?.end(true);
-        this.firstConnect.settle(err instanceof FleetError ? err : new FleetError("E_INVALID_CONFIG", `mqtt.url ${displayUrl(this.opts.mqtt.url)}: ${(err as Error).message}`, { cause: err }));
+        this.firstConnect.settle(
+          err instanceof FleetError
+            ? err
+            : new FleetError(
+                "E_INVALID_CONFIG",
+                `mqtt.url ${displayUrl(this.opts.mqtt.url)}: ${(err as Error).message}`,
+                { cause: err },
+              ),
+        );
       }
     });
     return this.started;
@@ -279,7 +324,13 @@ export class MqttSession {
     client.on("error", (err) => this.guard(() => this.onError(err)));
     client.on("close", () => this.guard(() => this.onClose()));
     // MQTT 5 brokers say why they drop us; "Session taken over" means two devices share this deviceId.
-    client.on("disconnect", ({ reasonCode = 0 }) => this.guard(() => this.logFailure(`${this.broker} disconnected ${this.opts.deviceId}: ${(ReasonCodes as Record<number, string>)[reasonCode] || "normal disconnection"} (reason ${reasonCode})`)));
+    client.on("disconnect", ({ reasonCode = 0 }) =>
+      this.guard(() =>
+        this.logFailure(
+          `${this.broker} disconnected ${this.opts.deviceId}: ${(ReasonCodes as Record<number, string>)[reasonCode] || "normal disconnection"} (reason ${reasonCode})`,
+        ),
+      ),
+    );
     return client;
   }
 
@@ -289,10 +340,14 @@ export class MqttSession {
     this.isConnected = true;
     this.connectedAt = Date.now();
     this.lastFailure = "";
-    this.log(`connected to ${this.broker} as ${this.opts.deviceId} (MQTT ${v5 ? "5" : "3.1.1"}${connack.sessionPresent ? ", session resumed" : ""})`);
+    this.log(
+      `connected to ${this.broker} as ${this.opts.deviceId} (MQTT ${v5 ? "5" : "3.1.1"}${connack.sessionPresent ? ", session resumed" : ""})`,
+    );
     this.send("status", this.statusDoc(true), true);
     // With v5, retain handling 1 skips the retained docs when the broker kept the subscription (they were seen already).
-    const subscriptions: ISubscriptionMap = Object.fromEntries(desired.map((t) => [t, v5 ? { qos: 1, rh: 1 } : { qos: 1 }]));
+    const subscriptions: ISubscriptionMap = Object.fromEntries(
+      desired.map((t) => [t, v5 ? { qos: 1, rh: 1 } : { qos: 1 }]),
+    );
     client.subscribe(subscriptions, (err, _subs, suback) =>
       this.guard(() => {
         if (err) this.onSubscribeError(err, desired, suback);
@@ -307,7 +362,10 @@ export class MqttSession {
   private onSubscribeError(err: Error, desired: string[], suback: Parameters<ClientSubscribeCallback>[2]): void {
     // SUBACK codes of 0x80 and up are refusals, one per topic filter in the order asked.
     const refused = desired.filter((_, i) => Number(suback?.granted[i] ?? 0) >= 0x80);
-    if (refused.length > 0) this.log(`${this.broker} refused the subscription to ${refused.join(", ")} (${err.message}); check the broker's ACL for ${this.opts.deviceId}`);
+    if (refused.length > 0)
+      this.log(
+        `${this.broker} refused the subscription to ${refused.join(", ")} (${err.message}); check the broker's ACL for ${this.opts.deviceId}`,
+      );
     else this.logFailure(`${this.broker}: subscribing to ${desired.join(", ")} failed: ${err.message}`);
   }
 
@@ -344,7 +402,10 @@ export class MqttSession {
       const lasted = Date.now() - this.connectedAt;
       if (lasted >= STABLE_CONNECTION_MS) this.attempt = 0;
       if (!this.closed) {
-        const hint = lasted < STABLE_CONNECTION_MS ? `; if this repeats, check that no other client connects as ${this.opts.deviceId}` : "";
+        const hint =
+          lasted < STABLE_CONNECTION_MS
+            ? `; if this repeats, check that no other client connects as ${this.opts.deviceId}`
+            : "";
         this.logFailure(`lost the connection to ${this.broker} after ${(lasted / 1000).toFixed(1)} s${hint}`);
       }
       this.opts.onConnectionChange?.(false);
@@ -404,12 +465,19 @@ export class MqttSession {
 
   private statusDoc(online: boolean): object {
     const ts = new Date().toISOString();
-    return online ? { online, deviceId: this.opts.deviceId, version: this.opts.agentVersion, ts } : { online, deviceId: this.opts.deviceId, ts };
+    return online
+      ? { online, deviceId: this.opts.deviceId, version: this.opts.agentVersion, ts }
+      : { online, deviceId: this.opts.deviceId, ts };
   }
 
   /** The last will, stamped with the time of the connection it belongs to. */
   private will(): NonNullable<IClientOptions["will"]> {
-    return { topic: this.topics!.device(this.opts.deviceId, "status"), payload: Buffer.from(JSON.stringify(this.statusDoc(false))), qos: 1, retain: true };
+    return {
+      topic: this.topics!.device(this.opts.deviceId, "status"),
+      payload: Buffer.from(JSON.stringify(this.statusDoc(false))),
+      qos: 1,
+      retain: true,
+    };
   }
 
   private logFailure(message: string): void {

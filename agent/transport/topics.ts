@@ -12,7 +12,9 @@ export const DEFAULT_TOPIC_PREFIX = "fleet";
 export type DeviceChannel = "desired" | "reported" | "status" | "events";
 
 /** What a concrete topic names, as `parse` reads it back. */
-export type ParsedTopic = { kind: "device"; name: string; channel: DeviceChannel } | { kind: "group"; name: string; channel: "desired" };
+export type ParsedTopic =
+  | { kind: "device"; name: string; channel: DeviceChannel }
+  | { kind: "group"; name: string; channel: "desired" };
 
 export interface TopicNames {
   readonly prefix: string;
@@ -29,15 +31,27 @@ const CHANNELS: readonly DeviceChannel[] = ["desired", "reported", "status", "ev
 /** One topic level: a device id or group name must not add levels or wildcards. */
 function checkLevel(what: string, value: string): string {
   if (value === "" || /[/+#\u0000]/.test(value)) {
-    throw new FleetError("E_INVALID_CONFIG", `${what} ${JSON.stringify(value)} cannot be used in an MQTT topic: it must be non-empty and hold no '/', '+', '#' or NUL`);
+    throw new FleetError(
+      "E_INVALID_CONFIG",
+      `${what} ${JSON.stringify(value)} cannot be used in an MQTT topic: it must be non-empty and hold no '/', '+', '#' or NUL`,
+    );
   }
   return value;
 }
 
 function checkPrefix(prefix: string): string {
   // The prefix may span levels ("acme/fleet") but must be a plain topic name.
-  if (prefix === "" || /[+#\u0000]/.test(prefix) || prefix.startsWith("/") || prefix.endsWith("/") || prefix.includes("//")) {
-    throw new FleetError("E_INVALID_CONFIG", `mqtt.prefix ${JSON.stringify(prefix)}: expected topic levels such as "fleet" or "acme/fleet" (no wildcards, no empty levels)`);
+  if (
+    prefix === "" ||
+    /[+#\u0000]/.test(prefix) ||
+    prefix.startsWith("/") ||
+    prefix.endsWith("/") ||
+    prefix.includes("//")
+  ) {
+    throw new FleetError(
+      "E_INVALID_CONFIG",
+      `mqtt.prefix ${JSON.stringify(prefix)}: expected topic levels such as "fleet" or "acme/fleet" (no wildcards, no empty levels)`,
+    );
   }
   return prefix;
 }
@@ -56,7 +70,8 @@ export function topicNames(prefix: string = DEFAULT_TOPIC_PREFIX): TopicNames {
       if (rest.length !== 3 || !rest[1]) return undefined;
       const [kind, name, channel] = rest as [string, string, string];
       if (kind === "groups" && channel === "desired") return { kind: "group", name, channel };
-      if (kind === "devices" && (CHANNELS as readonly string[]).includes(channel)) return { kind: "device", name, channel: channel as DeviceChannel };
+      if (kind === "devices" && (CHANNELS as readonly string[]).includes(channel))
+        return { kind: "device", name, channel: channel as DeviceChannel };
       return undefined;
     },
   };

@@ -41,15 +41,25 @@ const DENIED = (
 /** Exits at once on SIGTERM (a trapped signal interrupts `wait`), so a swap costs no stop timeout. */
 const SERVICE_CMD = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"];
 /** crun 1.8 refuses a hybrid cgroup host: run it where /sys/fs/cgroup/unified is unmounted (harmless elsewhere). */
-const unshared = (script: string) => ["unshare", "-m", "--propagation", "private", "sh", "-c", `(umount /sys/fs/cgroup/unified 2>/dev/null || true); ${script}`];
+const unshared = (script: string) => [
+  "unshare",
+  "-m",
+  "--propagation",
+  "private",
+  "sh",
+  "-c",
+  `(umount /sys/fs/cgroup/unified 2>/dev/null || true); ${script}`,
+];
 /** Deletes the containers and their cgroups; with unified unmounted, crun also made plain dirs in the tmpfs under it. */
 const crunCleanup = (names: string[]) =>
-  unshared(`for n in ${names.join(" ")}; do crun delete -f $n 2>/dev/null; done; [ "$(stat -fc %T /sys/fs/cgroup/unified 2>/dev/null)" = tmpfs ] && rm -rf /sys/fs/cgroup/unified/fleetlet-bench-agent; rmdir /sys/fs/cgroup/*/fleetlet-bench-agent 2>/dev/null; true`);
+  unshared(
+    `for n in ${names.join(" ")}; do crun delete -f $n 2>/dev/null; done; [ "$(stat -fc %T /sys/fs/cgroup/unified 2>/dev/null)" = tmpfs ] && rm -rf /sys/fs/cgroup/unified/fleetlet-bench-agent; rmdir /sys/fs/cgroup/*/fleetlet-bench-agent 2>/dev/null; true`,
+  );
 
 type Msg = { topic: "reported" | "events"; doc: Record<string, unknown>; t: number };
 
-
-const rssKiB = (pid: number) => Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? Number.NaN);
+const rssKiB = (pid: number) =>
+  Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? Number.NaN);
 const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
 /** Least-squares slope of ys over their index. */
 function slope(ys: number[]): number {
@@ -61,7 +71,10 @@ function slope(ys: number[]): number {
 /** Rows of (measurement, value, goal, met); `met` undefined for a figure shown for information only. */
 function printRows(rows: [string, string, string, boolean | undefined][]): void {
   console.log(`\n${"measurement".padEnd(40)}${"value".padStart(12)}${"goal".padStart(12)}  met`);
-  for (const [name, value, goal, met] of rows) console.log(`${name.padEnd(40)}${value.padStart(12)}${goal.padStart(12)}  ${met === undefined ? "-" : met ? "yes" : "NO"}`);
+  for (const [name, value, goal, met] of rows)
+    console.log(
+      `${name.padEnd(40)}${value.padStart(12)}${goal.padStart(12)}  ${met === undefined ? "-" : met ? "yes" : "NO"}`,
+    );
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 /**
@@ -91,7 +104,10 @@ function timed(argv: string[]): Promise<{ ms: number; began: number; stdout: str
       clearTimeout(killer);
       const ms = performance.now() - t0;
       if (code === 0) resolve({ ms, began, stdout, stderr });
-      else reject(new Error(`${argv.slice(0, 4).join(" ")} exited ${code}: ${stderr.trim().split("\n").slice(-3).join(" | ")}`));
+      else
+        reject(
+          new Error(`${argv.slice(0, 4).join(" ")} exited ${code}: ${stderr.trim().split("\n").slice(-3).join(" | ")}`),
+        );
     });
   });
 }
@@ -105,9 +121,18 @@ function ociBundle(dir: string, rootfs: string, name: string): void {
   spec.process.terminal = false;
   spec.process.args = ["/bin/sleep", "1000"];
   spec.linux.namespaces.push({ type: "cgroup" });
-  spec.linux.resources = { ...spec.linux.resources, memory: { limit: 64 << 20, swap: 64 << 20 }, cpu: { quota: 100000, period: 100000, shares: 1024 }, pids: { limit: 64 } };
+  spec.linux.resources = {
+    ...spec.linux.resources,
+    memory: { limit: 64 << 20, swap: 64 << 20 },
+    cpu: { quota: 100000, period: 100000, shares: 1024 },
+    pids: { limit: 64 },
+  };
   spec.linux.cgroupsPath = `/fleetlet-bench-agent/${name}`;
-  spec.linux.seccomp = { defaultAction: "SCMP_ACT_ALLOW", architectures: ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"], syscalls: [{ names: DENIED, action: "SCMP_ACT_ERRNO", errnoRet: 1 }] };
+  spec.linux.seccomp = {
+    defaultAction: "SCMP_ACT_ALLOW",
+    architectures: ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    syscalls: [{ names: DENIED, action: "SCMP_ACT_ERRNO", errnoRet: 1 }],
+  };
   writeFileSync(join(dir, "config.json"), JSON.stringify(spec));
 }
 
@@ -130,16 +155,24 @@ export async function agentBench(args: string[]): Promise<void> {
     const rootfs = buildBusyboxRootfs(join(work, "rootfs"));
     const config = join(work, "config.json");
     const apiPort = await freePort();
-    writeFileSync(config, JSON.stringify({
-      deviceId: DEVICE,
-      mqtt: { url: broker.url },
-      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
-      api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock") },
-    }));
+    writeFileSync(
+      config,
+      JSON.stringify({
+        deviceId: DEVICE,
+        mqtt: { url: broker.url },
+        registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+        api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock") },
+      }),
+    );
     const image = `${reg.host}/bench/busybox:1`;
     // fleetctl push prints the reference pinned by digest last.
-    const pinned = (await timed([process.execPath, FLEETCTL_BIN, "--config", config, "push", rootfs, image])).stdout.trim().split("\n").at(-1) ?? "";
-    if (!pinned.startsWith(`${image}@sha256:`)) throw new Error(`fleetctl push printed no pinned reference: ${JSON.stringify(pinned)}`);
+    const pinned =
+      (await timed([process.execPath, FLEETCTL_BIN, "--config", config, "push", rootfs, image])).stdout
+        .trim()
+        .split("\n")
+        .at(-1) ?? "";
+    if (!pinned.startsWith(`${image}@sha256:`))
+      throw new Error(`fleetctl push printed no pinned reference: ${JSON.stringify(pinned)}`);
 
     // The operator's side: every reported doc and event, with its arrival time.
     operator = mqtt.connect(broker.url, { clientId: "bench-operator" });
@@ -150,7 +183,11 @@ export async function agentBench(args: string[]): Promise<void> {
     const waiters = new Set<{ pred: (m: Msg) => boolean; resolve: (m: Msg) => void; reject: (e: Error) => void }>();
     operator.on("message", (topic, payload) => {
       if (!payload.length) return;
-      const m: Msg = { topic: topic.endsWith("/reported") ? "reported" : "events", doc: JSON.parse(payload.toString()), t: performance.now() };
+      const m: Msg = {
+        topic: topic.endsWith("/reported") ? "reported" : "events",
+        doc: JSON.parse(payload.toString()),
+        t: performance.now(),
+      };
       if (m.topic === "reported") lastReport = m.doc;
       log.push(m);
       for (const w of waiters) if (w.pred(m)) w.resolve(m);
@@ -162,29 +199,45 @@ export async function agentBench(args: string[]): Promise<void> {
           waiters.delete(w);
           fn();
         };
-        const w = { pred, resolve: (m: Msg) => settle(() => resolve(m)), reject: (e: Error) => settle(() => reject(e)) };
-        const timer = setTimeout(() => w.reject(new Error(`timed out waiting for ${what}; last report: ${JSON.stringify(lastReport)}`)), ms);
+        const w = {
+          pred,
+          resolve: (m: Msg) => settle(() => resolve(m)),
+          reject: (e: Error) => settle(() => reject(e)),
+        };
+        const timer = setTimeout(
+          () => w.reject(new Error(`timed out waiting for ${what}; last report: ${JSON.stringify(lastReport)}`)),
+          ms,
+        );
         waiters.add(w);
       });
 
     let agentErr = "";
     let stopping = false;
     const startAgent = () => {
-      const child = spawn(process.execPath, [FLEETLET_BIN, "--root", agentRoot, "--config", config, "agent", "--heartbeat", "600"], { stdio: ["ignore", "ignore", "pipe"] });
+      const child = spawn(
+        process.execPath,
+        [FLEETLET_BIN, "--root", agentRoot, "--config", config, "agent", "--heartbeat", "600"],
+        { stdio: ["ignore", "ignore", "pipe"] },
+      );
       children.add(child);
       child.stderr!.on("data", (d) => {
         agentErr = (agentErr + d).slice(-4000);
       });
       child.once("exit", (code, sig) => {
         children.delete(child);
-        if (!stopping) for (const w of waiters) w.reject(new Error(`the agent exited (${code ?? sig}): ${agentErr.trim().slice(-600)}`));
+        if (!stopping)
+          for (const w of waiters)
+            w.reject(new Error(`the agent exited (${code ?? sig}): ${agentErr.trim().slice(-600)}`));
       });
       return child;
     };
     const stopAgent = async (child: ChildProcess) => {
       stopping = true;
       child.kill("SIGTERM"); // the containers keep running (KillMode=process)
-      await Promise.race([new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(null) : child.once("exit", r))), sleep(15_000)]);
+      await Promise.race([
+        new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(null) : child.once("exit", r))),
+        sleep(15_000),
+      ]);
       stopping = false;
     };
     let agent = startAgent();
@@ -193,7 +246,8 @@ export async function agentBench(args: string[]): Promise<void> {
 
     let generation = 0;
     const svc = (v: string, ref = image) => ({ image: ref, command: SERVICE_CMD, env: { V: v }, stopTimeoutMs: 200 });
-    const services = (n: number, v: string, ref = image) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`s${i}`, svc(v, ref)]));
+    const services = (n: number, v: string, ref = image) =>
+      Object.fromEntries(Array.from({ length: n }, (_, i) => [`s${i}`, svc(v, ref)]));
     const early = new Set<number>(); // generations reported `converged` before the agent had applied them
     /**
      * Publishes a desired state and waits until its generation converged: the
@@ -215,10 +269,19 @@ export async function agentBench(args: string[]): Promise<void> {
         return m.doc.phase !== "converged" || (applied && until === "reported");
       });
       const t0 = performance.now();
-      const doc = { apiVersion: "fleetlet/v1", deployment: `bench-${g}`, generation: g, services: svcs, update: { strategy: "download-then-swap", healthyWithinMs: 60_000 } };
+      const doc = {
+        apiVersion: "fleetlet/v1",
+        deployment: `bench-${g}`,
+        generation: g,
+        services: svcs,
+        update: { strategy: "download-then-swap", healthyWithinMs: 60_000 },
+      };
       operator!.publish(`fleet/devices/${DEVICE}/desired`, JSON.stringify(doc), { qos: 1, retain: true });
       const r = await done;
-      if (r.topic === "reported" && r.doc.phase !== "converged") throw new Error(`generation ${g}: ${JSON.stringify(r.doc.phase)} ${JSON.stringify(r.doc.lastError ?? r.doc)}; agent stderr: ${agentErr.trim().slice(-600)}`);
+      if (r.topic === "reported" && r.doc.phase !== "converged")
+        throw new Error(
+          `generation ${g}: ${JSON.stringify(r.doc.phase)} ${JSON.stringify(r.doc.lastError ?? r.doc)}; agent stderr: ${agentErr.trim().slice(-600)}`,
+        );
       const started = log.filter((m) => m.topic === "events" && m.doc.type === "started").at(-1);
       const conv = log.find((m) => m.topic === "events" && m.doc.type === "converged" && m.doc.generation === g);
       return { total: r.t - t0, swapped: (started?.t ?? Number.NaN) - t0, gate: (conv?.t ?? Number.NaN) - t0 };
@@ -233,11 +296,19 @@ export async function agentBench(args: string[]): Promise<void> {
         s.swapped.push(r.swapped);
         s.gate.push(r.gate);
       }
-      return [summarize("last `started` event", s.swapped), summarize("`converged` event", s.gate), summarize("reported `converged`", s.total)];
+      return [
+        summarize("last `started` event", s.swapped),
+        summarize("`converged` event", s.gate),
+        summarize("reported `converged`", s.total),
+      ];
     };
 
-    console.log(`agent: fleetlet agent on mosquitto ${broker.url} and a TLS registry ${reg.host}, cgroup mode ${cgroupMode}`);
-    console.log(`services: ${JSON.stringify(SERVICE_CMD)}, stopTimeoutMs 200, download-then-swap, healthyWithinMs 60000; image cached`);
+    console.log(
+      `agent: fleetlet agent on mosquitto ${broker.url} and a TLS registry ${reg.host}, cgroup mode ${cgroupMode}`,
+    );
+    console.log(
+      `services: ${JSON.stringify(SERVICE_CMD)}, stopTimeoutMs 200, download-then-swap, healthyWithinMs 60000; image cached`,
+    );
     let one: Summary[] = [];
     let twenty: Summary[] = [];
     if (!memoryOnly) {
@@ -245,7 +316,10 @@ export async function agentBench(args: string[]): Promise<void> {
       printSummaries("1. publish → …, 1 service changed per update", one);
       twenty = await measure("twenty", 20, 5);
       printSummaries("2. publish → …, 20 services changed per update", twenty);
-      if (early.size) console.log(`note: ${early.size} of ${generation} updates were first reported \`converged\` before the agent applied them (the previous deployment's phase under the new generation); timed to the real one`);
+      if (early.size)
+        console.log(
+          `note: ${early.size} of ${generation} updates were first reported \`converged\` before the agent applied them (the previous deployment's phase under the new generation); timed to the real one`,
+        );
     }
 
     // 4. Idle memory with 10 services: the agent that ran 1 and 2 (it pulled
@@ -256,7 +330,10 @@ export async function agentBench(args: string[]): Promise<void> {
     await sleep(SETTLE_MS);
     const idleRss = rssKiB(agent.pid!);
     await stopAgent(agent);
-    const reapplied = waitFor("the restarted agent's re-apply", (m) => m.topic === "events" && m.doc.type === "converged" && m.doc.generation === generation);
+    const reapplied = waitFor(
+      "the restarted agent's re-apply",
+      (m) => m.topic === "events" && m.doc.type === "converged" && m.doc.generation === generation,
+    );
     agent = startAgent();
     await reapplied;
     await sleep(SETTLE_MS);
@@ -267,7 +344,9 @@ export async function agentBench(args: string[]): Promise<void> {
     const bareRss = rssKiB(bare.pid!);
     bare.kill("SIGKILL");
     children.delete(bare);
-    console.log(`\n4. agent VmRSS idle with 10 services, ${SETTLE_MS / 1000} s after its last work: ${mib(idleRss)} ${memoryOnly ? "after pulling the image" : "after 1 and 2"}, ${mib(restartedRss)} after a restart; bare \`node -e "setInterval(()=>{},1000)"\`: ${mib(bareRss)}`);
+    console.log(
+      `\n4. agent VmRSS idle with 10 services, ${SETTLE_MS / 1000} s after its last work: ${mib(idleRss)} ${memoryOnly ? "after pulling the image" : "after 1 and 2"}, ${mib(restartedRss)} after a restart; bare \`node -e "setInterval(()=>{},1000)"\`: ${mib(bareRss)}`,
+    );
 
     // 5. Growth over apply cycles, on the restarted agent: s0 changes each time, s1..s9 stay.
     // Back to back, each until the agent's `converged` event (the reported doc trails it by up to its 1 s rate limit).
@@ -290,14 +369,26 @@ export async function agentBench(args: string[]): Promise<void> {
     await sleep(SETTLE_MS);
     const rssN = rssKiB(agent.pid!);
     const trend = slope(samples.slice(50)) * (cycles - 50); // robust to the GC's sawtooth, unlike two samples
-    console.log(`5. agent VmRSS ${SETTLE_MS / 1000} s after cycle 50: ${mib(rss50)}, after cycle ${cycles}: ${mib(rssN)}; sampled right after every cycle (mid-work): min ${mib(Math.min(...samples))}, max ${mib(Math.max(...samples))}, least-squares trend over cycles 50→${cycles} ${(trend / 1024).toFixed(2)} MiB; ${perCycle.toFixed(0)} ms a cycle${note ? `\n   note: ${note}` : ""}`);
+    console.log(
+      `5. agent VmRSS ${SETTLE_MS / 1000} s after cycle 50: ${mib(rss50)}, after cycle ${cycles}: ${mib(rssN)}; sampled right after every cycle (mid-work): min ${mib(Math.min(...samples))}, max ${mib(Math.max(...samples))}, least-squares trend over cycles 50→${cycles} ${(trend / 1024).toFixed(2)} MiB; ${perCycle.toFixed(0)} ms a cycle${note ? `\n   note: ${note}` : ""}`,
+    );
 
     await stopAgent(agent);
     await cleanupRoot(agentRoot); // the containers the agent left running
     const memoryRows: [string, string, string, boolean | undefined][] = [
-      [`agent VmRSS idle, 10 services${memoryOnly ? "" : ", after 1-2"}`, mib(idleRss), "<= 45 MiB", idleRss <= 45 * 1024],
+      [
+        `agent VmRSS idle, 10 services${memoryOnly ? "" : ", after 1-2"}`,
+        mib(idleRss),
+        "<= 45 MiB",
+        idleRss <= 45 * 1024,
+      ],
       ["  the same, after a restart", mib(restartedRss), "<= 45 MiB", restartedRss <= 45 * 1024],
-      [`VmRSS growth, cycles 50 → ${cycles}`, `${((rssN - rss50) / 1024).toFixed(2)} MiB`, "<= 2 MiB", rssN - rss50 <= 2048],
+      [
+        `VmRSS growth, cycles 50 → ${cycles}`,
+        `${((rssN - rss50) / 1024).toFixed(2)} MiB`,
+        "<= 2 MiB",
+        rssN - rss50 <= 2048,
+      ],
       // Not the goal's figure (that is idle memory), but a drift there would show a leak early.
       [`  trend of ${cycles - 50} mid-work samples`, `${(trend / 1024).toFixed(2)} MiB`, "-", undefined],
     ];
@@ -308,8 +399,27 @@ export async function agentBench(args: string[]): Promise<void> {
 
     // 3. Bring-up of 50 services: fleetlet apply against a crun loop, alternating.
     const desired = join(work, "fifty.json");
-    const fifty = Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`b${i}`, { image, command: ["/bin/sleep", "1000"], stopTimeoutMs: 200, resources: { memory: "64Mi", cpus: 1, pids: 64 } }]));
-    writeFileSync(desired, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "fifty", generation: 1, services: fifty, update: { strategy: "download-then-swap", healthyWithinMs: 60_000 } }));
+    const fifty = Object.fromEntries(
+      Array.from({ length: 50 }, (_, i) => [
+        `b${i}`,
+        {
+          image,
+          command: ["/bin/sleep", "1000"],
+          stopTimeoutMs: 200,
+          resources: { memory: "64Mi", cpus: 1, pids: 64 },
+        },
+      ]),
+    );
+    writeFileSync(
+      desired,
+      JSON.stringify({
+        apiVersion: "fleetlet/v1",
+        deployment: "fifty",
+        generation: 1,
+        services: fifty,
+        update: { strategy: "download-then-swap", healthyWithinMs: 60_000 },
+      }),
+    );
     const bundles = join(work, "bundles");
     for (const [i, name] of crunNames.entries()) ociBundle(join(bundles, `b${i}`), rootfs, name);
     const loop = `for i in $(seq 0 49); do crun run -d -b ${bundles}/b$i fleetlet-bench-agent-$i </dev/null >/dev/null 2>>${bundles}/crun.err || { cat ${bundles}/crun.err >&2; exit 1; }; done`;
@@ -318,10 +428,32 @@ export async function agentBench(args: string[]): Promise<void> {
     const rounds = quick ? 1 : 3;
     for (let round = 0; round < rounds; round++) {
       await timed([process.execPath, FLEETLET_BIN, "--root", applyRoot, "--config", config, "pull", "--quiet", image]);
-      const r = await timed([process.execPath, FLEETLET_BIN, "--root", applyRoot, "--config", config, "apply", desired]);
-      const at = (type: string) => r.stderr.split("\n").filter((l) => l.startsWith(`{"type":"${type}"`)).map((l) => Date.parse(JSON.parse(l).ts) - r.began);
+      const r = await timed([
+        process.execPath,
+        FLEETLET_BIN,
+        "--root",
+        applyRoot,
+        "--config",
+        config,
+        "apply",
+        desired,
+      ]);
+      const at = (type: string) =>
+        r.stderr
+          .split("\n")
+          .filter((l) => l.startsWith(`{"type":"${type}"`))
+          .map((l) => Date.parse(JSON.parse(l).ts) - r.began);
       const [starts, converged] = [at("started"), at("converged")[0] ?? Number.NaN];
-      applies.push({ ms: r.ms, phases: [Math.min(...starts), Math.max(...starts) - Math.min(...starts), converged - Math.max(...starts), r.ms - converged, converged] });
+      applies.push({
+        ms: r.ms,
+        phases: [
+          Math.min(...starts),
+          Math.max(...starts) - Math.min(...starts),
+          converged - Math.max(...starts),
+          r.ms - converged,
+          converged,
+        ],
+      });
       await cleanupRoot(applyRoot);
       crunStarted = true;
       cruns.push((await timed(unshared(loop))).ms);
@@ -333,22 +465,34 @@ export async function agentBench(args: string[]): Promise<void> {
     const ph = applies.find((a) => a.ms === applyMs)!.phases;
     const toConverged = ph[4]!;
     const f = (i: number) => `${ph[i]!.toFixed(0)} ms`;
-    console.log(`\n3. 50 services up (median of ${rounds}): crun run -d loop ${crunMs.toFixed(0)} ms; fleetlet apply ${applyMs.toFixed(0)} ms from process start to exit:`);
-    console.log(`   to the first container started ${f(0)}, 50 starts ${f(1)}, to the \`converged\` event ${f(2)} (${f(4)} in all), then to exit ${f(3)}`);
+    console.log(
+      `\n3. 50 services up (median of ${rounds}): crun run -d loop ${crunMs.toFixed(0)} ms; fleetlet apply ${applyMs.toFixed(0)} ms from process start to exit:`,
+    );
+    console.log(
+      `   to the first container started ${f(0)}, 50 starts ${f(1)}, to the \`converged\` event ${f(2)} (${f(4)} in all), then to exit ${f(3)}`,
+    );
 
     const p50 = (s: Summary[]) => s[2]!.p50;
     printRows([
       ["1 svc publish→reported converged p50", `${p50(one).toFixed(0)} ms`, "<= 50 ms", p50(one) <= 50],
       ["20 svc publish→reported converged p50", `${p50(twenty).toFixed(0)} ms`, "<= 300 ms", p50(twenty) <= 300],
       ["50 svc bring-up, apply exit / crun loop", `${(applyMs / crunMs).toFixed(2)}`, "<= 1.0", applyMs / crunMs <= 1],
-      ["  the same, to `converged` / crun loop", `${(toConverged / crunMs).toFixed(2)}`, "<= 1.0", toConverged / crunMs <= 1],
+      [
+        "  the same, to `converged` / crun loop",
+        `${(toConverged / crunMs).toFixed(2)}`,
+        "<= 1.0",
+        toConverged / crunMs <= 1,
+      ],
       ...memoryRows,
     ]);
   } finally {
     operator?.end(true);
     for (const c of children) c.kill("SIGKILL");
-    if (crunStarted) await timed(crunCleanup(crunNames)).catch((err: Error) => console.error(`crun cleanup: ${err.message}`));
-    for (const root of [agentRoot, applyRoot]) if (existsSync(root)) await cleanupRoot(root).catch((err: Error) => console.error(`cleanup of ${root}: ${err.message}`));
+    if (crunStarted)
+      await timed(crunCleanup(crunNames)).catch((err: Error) => console.error(`crun cleanup: ${err.message}`));
+    for (const root of [agentRoot, applyRoot])
+      if (existsSync(root))
+        await cleanupRoot(root).catch((err: Error) => console.error(`cleanup of ${root}: ${err.message}`));
     await Promise.all([reg.stop(), broker?.stop()]);
     rmSync(work, { recursive: true, force: true });
   }

@@ -69,7 +69,11 @@ async function startBroker(dir: string): Promise<Broker> {
     "log_type warning",
   ];
   writeFileSync(conf, `${lines.join("\n")}\n`);
-  const child: ChildProcess = spawn("sh", ["-c", 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" -c "$1"', MOSQUITTO_BIN, conf], { stdio: ["ignore", "ignore", "pipe"] });
+  const child: ChildProcess = spawn(
+    "sh",
+    ["-c", 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" -c "$1"', MOSQUITTO_BIN, conf],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
   let log = "";
   child.stderr!.on("data", (d) => {
     log = (log + d).slice(-8000);
@@ -117,7 +121,8 @@ class SysCounters {
     client.on("message", (topic, payload) => {
       const key = topic.slice("$SYS/broker/".length);
       this.latest.set(key, Number.parseFloat(payload.toString()));
-      if (key === "messages/sent") this.samples.push({ at: Date.now(), packets: this.get("messages/received") + this.get("messages/sent") });
+      if (key === "messages/sent")
+        this.samples.push({ at: Date.now(), packets: this.get("messages/received") + this.get("messages/sent") });
       if (key === "uptime") for (const t of this.ticks) t();
     });
   }
@@ -152,7 +157,13 @@ class SysCounters {
 const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
 const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
-const totals = (s: SimulatedFleetStats[]) => ({ cpuMs: sum(s.map((x) => x.cpuMs)), bytesIn: sum(s.map((x) => x.bytesIn)), bytesOut: sum(s.map((x) => x.bytesOut)), desiredIn: sum(s.map((x) => x.desiredIn)), desiredBytesIn: sum(s.map((x) => x.desiredBytesIn)) });
+const totals = (s: SimulatedFleetStats[]) => ({
+  cpuMs: sum(s.map((x) => x.cpuMs)),
+  bytesIn: sum(s.map((x) => x.bytesIn)),
+  bytesOut: sum(s.map((x) => x.bytesOut)),
+  desiredIn: sum(s.map((x) => x.desiredIn)),
+  desiredBytesIn: sum(s.map((x) => x.desiredBytesIn)),
+});
 
 export async function fleetBench(args: string[]): Promise<void> {
   const n = Number(option(args, "devices") ?? 10_000);
@@ -161,7 +172,8 @@ export async function fleetBench(args: string[]): Promise<void> {
   const probationMs = Number(option(args, "probation") ?? 1000);
   const heartbeatMs = Number(option(args, "heartbeat") ?? 0) * 1000;
   const profile = option(args, "profile");
-  if (!Number.isInteger(n) || n < 1 || !Number.isInteger(shards) || shards < 1) throw new Error("fleet: --devices and --shards take positive integers");
+  if (!Number.isInteger(n) || n < 1 || !Number.isInteger(shards) || shards < 1)
+    throw new Error("fleet: --devices and --shards take positive integers");
   const work = mkdtempSync(join(tmpdir(), "fleetlet-fleet-bench-"));
   let broker: Broker | undefined;
   let fleet: ShardedFleet | undefined;
@@ -171,19 +183,36 @@ export async function fleetBench(args: string[]): Promise<void> {
     broker = await startBroker(work);
     sys = await SysCounters.open(broker.url);
     const version = readFileSync(`/proc/${broker.pid}/cmdline`, "utf8").split("\0")[0];
-    console.log(`fleet: ${n} SIMULATED devices (simulated runtime: no containers; real agents, MQTT 5 sessions, schemas and reconcile) in ${shards} process(es)`);
-    console.log(`broker: ${version} on ${broker.url}: plain TCP on loopback, no TLS; fd limit ${broker.fdLimit}; persistence off`);
+    console.log(
+      `fleet: ${n} SIMULATED devices (simulated runtime: no containers; real agents, MQTT 5 sessions, schemas and reconcile) in ${shards} process(es)`,
+    );
+    console.log(
+      `broker: ${version} on ${broker.url}: plain TCP on loopback, no TLS; fd limit ${broker.fdLimit}; persistence off`,
+    );
 
     const t0 = performance.now();
     let shown = 0;
     const b = broker;
-    fleet = await ShardedFleet.start({ url: broker.url, groups: [GROUP], deviceIds: simulatedDeviceIds(n), shards, heartbeatMs, connectTimeoutMs: 10_000, execArgv: ["--max-old-space-size=4096", ...(profile ? ["--cpu-prof", `--cpu-prof-dir=${profile}`] : [])] }, (online) => {
-      if (online - shown >= n / 5) {
-        shown = online;
-        console.log(`  ${online} online after ${sec(performance.now() - t0)}`);
-      }
-    }).catch((err: Error) => {
-      throw new Error(`${err.message}\nmosquitto (fd limit ${b.fdLimit}) said: ${b.output().trim().split("\n").slice(-3).join(" | ") || "nothing"}`);
+    fleet = await ShardedFleet.start(
+      {
+        url: broker.url,
+        groups: [GROUP],
+        deviceIds: simulatedDeviceIds(n),
+        shards,
+        heartbeatMs,
+        connectTimeoutMs: 10_000,
+        execArgv: ["--max-old-space-size=4096", ...(profile ? ["--cpu-prof", `--cpu-prof-dir=${profile}`] : [])],
+      },
+      (online) => {
+        if (online - shown >= n / 5) {
+          shown = online;
+          console.log(`  ${online} online after ${sec(performance.now() - t0)}`);
+        }
+      },
+    ).catch((err: Error) => {
+      throw new Error(
+        `${err.message}\nmosquitto (fd limit ${b.fdLimit}) said: ${b.output().trim().split("\n").slice(-3).join(" | ") || "nothing"}`,
+      );
     });
     const connectMs = performance.now() - t0;
     client = await FleetClient.connect({ url: broker.url, prefix: "fleet" });
@@ -200,15 +229,24 @@ export async function fleetBench(args: string[]): Promise<void> {
     while (view.list(GROUP).filter((d) => d.online).length < n) {
       if (Date.now() > end) {
         const trouble = [...new Set((await fleet.stats()).flatMap((s) => s.lastLog))].join("\n    ");
-        throw new Error(`only ${view.list(GROUP).filter((d) => d.online).length} of ${n} devices online after 60 s; the sessions' last complaints:\n    ${trouble}\nmosquitto: ${broker.output().trim().split("\n").slice(-3).join(" | ")}`);
+        throw new Error(
+          `only ${view.list(GROUP).filter((d) => d.online).length} of ${n} devices online after 60 s; the sessions' last complaints:\n    ${trouble}\nmosquitto: ${broker.output().trim().split("\n").slice(-3).join(" | ")}`,
+        );
       }
       await sleep(100);
     }
-    console.log(`connect: ${n} devices online in ${sec(connectMs)} (${(n / (connectMs / 1000)).toFixed(0)}/s, at most 50 connecting at a time), seen online by the operator ${sec(performance.now() - t0)}`);
+    console.log(
+      `connect: ${n} devices online in ${sec(connectMs)} (${(n / (connectMs / 1000)).toFixed(0)}/s, at most 50 connecting at a time), seen online by the operator ${sec(performance.now() - t0)}`,
+    );
 
     // The rollout, exactly as `fleetctl rollout` drives it.
     const deployment = `bench-${Date.now()}`;
-    const raw = { apiVersion: "fleetlet/v1", deployment, services: { app: { image: "registry.local:5000/sim/app:1", restart: "always", stopTimeoutMs: 1000 } }, update: { healthyWithinMs: probationMs } };
+    const raw = {
+      apiVersion: "fleetlet/v1",
+      deployment,
+      services: { app: { image: "registry.local:5000/sim/app:1", restart: "always", stopTimeoutMs: 1000 } },
+      update: { healthyWithinMs: probationMs },
+    };
     const waveStart: number[] = [];
     const convergedAt = new Map<string, number>();
     const healthyAt = new Map<string, number>();
@@ -243,47 +281,84 @@ export async function fleetBench(args: string[]): Promise<void> {
     const shardStats = await fleet.stats();
     const statsAfter = totals(shardStats);
     const after = await sys.fresh();
-    if (progress.state !== "done") throw new Error(`the rollout ${progress.state}: ${progress.reason}; ${JSON.stringify(progress.failures.slice(0, 5))}`);
+    if (progress.state !== "done")
+      throw new Error(
+        `the rollout ${progress.state}: ${progress.reason}; ${JSON.stringify(progress.failures.slice(0, 5))}`,
+      );
 
-    console.log(`\nrollout of ${deployment} to group ${GROUP}, waves ${waves.join(",")}%, one retained group publish per wave; update.healthyWithinMs ${probationMs} (each device's probation)`);
-    console.log(`${"wave".padEnd(12)}${"devices".padStart(8)}${"all converged".padStart(15)}${"all healthy".padStart(13)}${"rollout's wave time".padStart(21)}`);
+    console.log(
+      `\nrollout of ${deployment} to group ${GROUP}, waves ${waves.join(",")}%, one retained group publish per wave; update.healthyWithinMs ${probationMs} (each device's probation)`,
+    );
+    console.log(
+      `${"wave".padEnd(12)}${"devices".padStart(8)}${"all converged".padStart(15)}${"all healthy".padStart(13)}${"rollout's wave time".padStart(21)}`,
+    );
     const rows: Summary[] = [];
     let previous: number | undefined;
     for (const [i, percent] of waves.entries()) {
-      const ids = simulatedDeviceIds(n).filter((id) => inRolloutWave(id, deployment, percent) && !(previous !== undefined && inRolloutWave(id, deployment, previous)));
+      const ids = simulatedDeviceIds(n).filter(
+        (id) =>
+          inRolloutWave(id, deployment, percent) &&
+          !(previous !== undefined && inRolloutWave(id, deployment, previous)),
+      );
       previous = percent;
       const lat = (m: Map<string, number>) => ids.map((id) => (m.get(id) ?? Number.NaN) - waveStart[i]!);
       const conv = lat(convergedAt);
       const healthy = lat(healthyAt);
-      console.log(`${`${i + 1} (${percent}%)`.padEnd(12)}${String(ids.length).padStart(8)}${sec(Math.max(...conv)).padStart(15)}${sec(Math.max(...healthy)).padStart(13)}${sec(progress.waveTimesMs[i]!).padStart(21)}`);
-      rows.push(summarize(`wave ${i + 1}: publish → converged`, conv), summarize(`wave ${i + 1}: publish → healthy`, healthy));
+      console.log(
+        `${`${i + 1} (${percent}%)`.padEnd(12)}${String(ids.length).padStart(8)}${sec(Math.max(...conv)).padStart(15)}${sec(Math.max(...healthy)).padStart(13)}${sec(progress.waveTimesMs[i]!).padStart(21)}`,
+      );
+      rows.push(
+        summarize(`wave ${i + 1}: publish → converged`, conv),
+        summarize(`wave ${i + 1}: publish → healthy`, healthy),
+      );
     }
-    printSummaries("per device, from the wave's publish (healthy = probation passed, what the rollout waits for)", rows);
+    printSummaries(
+      "per device, from the wave's publish (healthy = probation passed, what the rollout waits for)",
+      rows,
+    );
 
     const d = (k: string) => (after.get(k) ?? 0) - (before.get(k) ?? 0);
     // The $SYS samples from the last one before the first publish to the first one after the end.
     const first = sys.samples.findLastIndex((s) => s.at <= waveStart[0]!);
     const last = sys.samples.findIndex((s) => s.at >= rolloutEnd);
     const window = sys.samples.slice(Math.max(0, first), last < 0 ? undefined : last + 1);
-    const rate = (a: { at: number; packets: number }, b: { at: number; packets: number }) => (b.packets - a.packets) / Math.max(0.001, (b.at - a.at) / 1000);
+    const rate = (a: { at: number; packets: number }, b: { at: number; packets: number }) =>
+      (b.packets - a.packets) / Math.max(0.001, (b.at - a.at) / 1000);
     const average = window.length > 1 ? rate(window[0]!, window.at(-1)!) : Number.NaN;
     const peak = Math.max(0, ...window.slice(1).map((s, i) => rate(window[i]!, s)));
-    const out = (k: keyof typeof channels) => ({ msgs: (channels[k].msgs - chBefore[k].msgs) / n, bytes: (channels[k].bytes - chBefore[k].bytes) / n });
+    const out = (k: keyof typeof channels) => ({
+      msgs: (channels[k].msgs - chBefore[k].msgs) / n,
+      bytes: (channels[k].bytes - chBefore[k].bytes) / n,
+    });
     const [rep, stat, ev] = [out("reported"), out("status"), out("events")];
     const per = (x: number) => (x / n).toFixed(1);
     console.log(`\nper device over the rollout (${sec(totalMs)}):`);
-    console.log(`  in:  ${per(statsAfter.desiredIn - statsBefore.desiredIn)} desired docs (${per(statsAfter.desiredBytesIn - statsBefore.desiredBytesIn)} payload bytes); ${per(statsAfter.bytesIn - statsBefore.bytesIn)} TCP bytes in all`);
-    console.log(`  out: ${rep.msgs.toFixed(1)} reported (${rep.bytes.toFixed(0)} B), ${ev.msgs.toFixed(1)} events (${ev.bytes.toFixed(0)} B), ${stat.msgs.toFixed(1)} status (${stat.bytes.toFixed(0)} B); ${per(statsAfter.bytesOut - statsBefore.bytesOut)} TCP bytes in all`);
-    console.log(`broker over the rollout: ${d("messages/received")} MQTT packets in, ${d("messages/sent")} out (PUBACKs and the bench's own $SYS and events subscriptions included), ${mib(d("bytes/received") / 1024)} in, ${mib(d("bytes/sent") / 1024)} out; publishes dropped: ${d("publish/messages/dropped")}`);
-    console.log(`  throughput: ${average.toFixed(0)} packets/s (in + out) on average over the rollout, ${peak.toFixed(0)} packets/s in its busiest second`);
+    console.log(
+      `  in:  ${per(statsAfter.desiredIn - statsBefore.desiredIn)} desired docs (${per(statsAfter.desiredBytesIn - statsBefore.desiredBytesIn)} payload bytes); ${per(statsAfter.bytesIn - statsBefore.bytesIn)} TCP bytes in all`,
+    );
+    console.log(
+      `  out: ${rep.msgs.toFixed(1)} reported (${rep.bytes.toFixed(0)} B), ${ev.msgs.toFixed(1)} events (${ev.bytes.toFixed(0)} B), ${stat.msgs.toFixed(1)} status (${stat.bytes.toFixed(0)} B); ${per(statsAfter.bytesOut - statsBefore.bytesOut)} TCP bytes in all`,
+    );
+    console.log(
+      `broker over the rollout: ${d("messages/received")} MQTT packets in, ${d("messages/sent")} out (PUBACKs and the bench's own $SYS and events subscriptions included), ${mib(d("bytes/received") / 1024)} in, ${mib(d("bytes/sent") / 1024)} out; publishes dropped: ${d("publish/messages/dropped")}`,
+    );
+    console.log(
+      `  throughput: ${average.toFixed(0)} packets/s (in + out) on average over the rollout, ${peak.toFixed(0)} packets/s in its busiest second`,
+    );
     const cores = (ms: number) => `${sec(ms)} (${((100 * ms) / totalMs).toFixed(0)}% of a core)`;
-    console.log(`CPU time over the rollout (${sec(totalMs)} on ${availableParallelism()} cores): simulation ${cores(statsAfter.cpuMs - statsBefore.cpuMs)}, mosquitto ${cores(cpu.broker)}, operator ${cores(cpu.operator)}`);
+    console.log(
+      `CPU time over the rollout (${sec(totalMs)} on ${availableParallelism()} cores): simulation ${cores(statsAfter.cpuMs - statsBefore.cpuMs)}, mosquitto ${cores(cpu.broker)}, operator ${cores(cpu.operator)}`,
+    );
     const simRss = shardStats.map((s) => s.rssKiB);
-    console.log(`memory (VmRSS): simulation ${mib(sum(simRss))} in ${shards} process(es) (${simRss.map(mib).join(" + ")}; ${(sum(simRss) / n).toFixed(1)} KiB per device), mosquitto ${mib(rssKiB(broker.pid))}, operator (this process) ${mib(rssKiB())}`);
+    console.log(
+      `memory (VmRSS): simulation ${mib(sum(simRss))} in ${shards} process(es) (${simRss.map(mib).join(" + ")}; ${(sum(simRss) / n).toFixed(1)} KiB per device), mosquitto ${mib(rssKiB(broker.pid))}, operator (this process) ${mib(rssKiB())}`,
+    );
 
     const met = totalMs <= GOAL_MS;
     console.log(`\n${"measurement".padEnd(40)}${"value".padStart(12)}${"goal".padStart(12)}  met`);
-    console.log(`${`${n} devices: first publish → all healthy`.padEnd(40)}${sec(totalMs).padStart(12)}${`<= ${GOAL_MS / 1000} s`.padStart(12)}  ${met ? "yes" : "NO"}`);
+    console.log(
+      `${`${n} devices: first publish → all healthy`.padEnd(40)}${sec(totalMs).padStart(12)}${`<= ${GOAL_MS / 1000} s`.padStart(12)}  ${met ? "yes" : "NO"}`,
+    );
   } finally {
     const closing: Promise<unknown>[] = [];
     if (fleet) closing.push(fleet.stop().catch((err: Error) => console.error(`fleet stop: ${err.message}`)));

@@ -9,8 +9,17 @@
  *   resume               bytes on the wire after kill -9 at ~50% and a second pull, vs the image size
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { createReadStream, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
+import {
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -26,7 +35,10 @@ function timed(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv } = 
   const t0 = performance.now();
   const r = spawnSync(cmd, args, { encoding: "utf8", env: { ...process.env, ...opts.env } });
   const ms = performance.now() - t0;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.slice(0, 3).join(" ")} failed: ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`);
+  if (r.status !== 0)
+    throw new Error(
+      `${cmd} ${args.slice(0, 3).join(" ")} failed: ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`,
+    );
   return ms;
 }
 
@@ -35,7 +47,9 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 function row(name: string, ours: number[], theirs: number[], anchor: string, goal: string): void {
   const a = median(ours);
   const b = median(theirs);
-  console.log(`${name.padEnd(22)} fleetlet ${(a / 1000).toFixed(2).padStart(6)} s   ${anchor.padEnd(26)} ${(b / 1000).toFixed(2).padStart(6)} s   ratio ${(a / b).toFixed(2)} (goal ${goal})`);
+  console.log(
+    `${name.padEnd(22)} fleetlet ${(a / 1000).toFixed(2).padStart(6)} s   ${anchor.padEnd(26)} ${(b / 1000).toFixed(2).padStart(6)} s   ratio ${(a / b).toFixed(2)} (goal ${goal})`,
+  );
 }
 
 export async function pullBench(args: string[]): Promise<void> {
@@ -47,10 +61,15 @@ export async function pullBench(args: string[]): Promise<void> {
   const reg = await startRegistry({ auth: "htpasswd" });
   const proxy = await startCountingProxy({ host: "127.0.0.1", port: reg.port });
   try {
-    const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile }, [proxy.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+    const registries = {
+      [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile },
+      [proxy.host]: { username: reg.username, password: reg.password, ca: reg.caFile },
+    };
     const config = join(work, "config.json");
     writeFileSync(config, JSON.stringify({ registries }));
-    console.log(`pull: ${totalMiB} MiB of incompressible data in ${layers} layers, local TLS registry ${reg.host}, ${runs} runs each, medians`);
+    console.log(
+      `pull: ${totalMiB} MiB of incompressible data in ${layers} layers, local TLS registry ${reg.host}, ${runs} runs each, medians`,
+    );
     let base: string | undefined;
     for (let i = 0; i < layers; i++) {
       const dir = join(work, `layer${i}`);
@@ -63,7 +82,16 @@ export async function pullBench(args: string[]): Promise<void> {
     }
     const image = `${reg.host}/bench/big:${layers - 1}`;
     const creds = `${reg.username}:${reg.password}`;
-    const skopeo = (dest: string) => ["copy", "--quiet", "--src-creds", creds, "--src-cert-dir", reg.certDir, `docker://${image}`, `oci:${dest}:img`];
+    const skopeo = (dest: string) => [
+      "copy",
+      "--quiet",
+      "--src-creds",
+      creds,
+      "--src-cert-dir",
+      reg.certDir,
+      `docker://${image}`,
+      `oci:${dest}:img`,
+    ];
 
     const dl: number[] = [];
     const dlSkopeo: number[] = [];
@@ -71,7 +99,19 @@ export async function pullBench(args: string[]): Promise<void> {
     const fullSkopeo: number[] = [];
     for (let r = 0; r < runs; r++) {
       const roots = [join(work, `r${r}a`), join(work, `r${r}b`), join(work, `o${r}a`), join(work, `o${r}b`)];
-      dl.push(timed(process.execPath, [FLEETLET, "--root", roots[0]!, "--config", config, "pull", "--quiet", "--download-only", image]));
+      dl.push(
+        timed(process.execPath, [
+          FLEETLET,
+          "--root",
+          roots[0]!,
+          "--config",
+          config,
+          "pull",
+          "--quiet",
+          "--download-only",
+          image,
+        ]),
+      );
       dlSkopeo.push(timed("skopeo", skopeo(roots[2]!)));
       full.push(timed(process.execPath, [FLEETLET, "--root", roots[1]!, "--config", config, "pull", "--quiet", image]));
       const t0 = performance.now();
@@ -86,9 +126,21 @@ export async function pullBench(args: string[]): Promise<void> {
 
     // Unpack alone: one layer blob, from disk, into an empty directory.
     const store = join(work, "unpack-store");
-    execFileSync(process.execPath, [FLEETLET, "--root", store, "--config", config, "pull", "--quiet", "--download-only", image]);
+    execFileSync(process.execPath, [
+      FLEETLET,
+      "--root",
+      store,
+      "--config",
+      config,
+      "pull",
+      "--quiet",
+      "--download-only",
+      image,
+    ]);
     const blobDir = join(store, "blobs", "sha256");
-    const blob = readdirSync(blobDir).map((n) => join(blobDir, n)).sort((a, b) => statSync(b).size - statSync(a).size)[0]!;
+    const blob = readdirSync(blobDir)
+      .map((n) => join(blobDir, n))
+      .sort((a, b) => statSync(b).size - statSync(a).size)[0]!;
     const native = loadNative().core;
     const ours: number[] = [];
     const tar: number[] = [];
@@ -98,7 +150,11 @@ export async function pullBench(args: string[]): Promise<void> {
       mkdirSync(a);
       mkdirSync(b);
       const t0 = performance.now();
-      await unpackLayer(createReadStream(blob, { highWaterMark: 1 << 20 }), { dest: a, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", native });
+      await unpackLayer(createReadStream(blob, { highWaterMark: 1 << 20 }), {
+        dest: a,
+        mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+        native,
+      });
       ours.push(performance.now() - t0);
       tar.push(timed("tar", ["-xzf", blob, "-C", b]));
       rmSync(a, { recursive: true });
@@ -111,22 +167,41 @@ export async function pullBench(args: string[]): Promise<void> {
     const viaProxy = `${proxy.host}/bench/big:${layers - 1}`;
     const imageBytes = totalMiB * 1024 * 1024;
     proxy.reset();
-    const child = spawn(process.execPath, [FLEETLET, "--root", resumeRoot, "--config", config, "pull", "--quiet", "--max-rate", "100M", viaProxy], { stdio: "ignore" });
+    const child = spawn(
+      process.execPath,
+      [FLEETLET, "--root", resumeRoot, "--config", config, "pull", "--quiet", "--max-rate", "100M", viaProxy],
+      { stdio: "ignore" },
+    );
     const ingest = join(resumeRoot, "ingest");
     for (;;) {
       await sleep(20);
-      const partial = existsSync(ingest) ? readdirSync(ingest).reduce((n, f) => n + statSync(join(ingest, f)).size, 0) : 0;
-      const blobs = existsSync(join(resumeRoot, "blobs", "sha256")) ? readdirSync(join(resumeRoot, "blobs", "sha256")).reduce((n, f) => n + statSync(join(resumeRoot, "blobs", "sha256", f)).size, 0) : 0;
+      const partial = existsSync(ingest)
+        ? readdirSync(ingest).reduce((n, f) => n + statSync(join(ingest, f)).size, 0)
+        : 0;
+      const blobs = existsSync(join(resumeRoot, "blobs", "sha256"))
+        ? readdirSync(join(resumeRoot, "blobs", "sha256")).reduce(
+            (n, f) => n + statSync(join(resumeRoot, "blobs", "sha256", f)).size,
+            0,
+          )
+        : 0;
       if (partial + blobs >= imageBytes / 2 || child.exitCode !== null) break;
     }
     child.kill("SIGKILL");
     await new Promise((resolve) => child.on("exit", resolve));
     const first = proxy.bytesDown();
     const second = await new Promise<number>((resolve, reject) => {
-      const again = spawn(process.execPath, [FLEETLET, "--root", resumeRoot, "--config", config, "pull", "--quiet", viaProxy], { stdio: "ignore" });
-      again.on("exit", (code) => (code === 0 ? resolve(proxy.bytesDown() - first) : reject(new Error(`resumed pull exited ${code}`))));
+      const again = spawn(
+        process.execPath,
+        [FLEETLET, "--root", resumeRoot, "--config", config, "pull", "--quiet", viaProxy],
+        { stdio: "ignore" },
+      );
+      again.on("exit", (code) =>
+        code === 0 ? resolve(proxy.bytesDown() - first) : reject(new Error(`resumed pull exited ${code}`)),
+      );
     });
-    console.log(`resume after kill -9   first run ${(first / 1048576).toFixed(1)} MiB, second ${(second / 1048576).toFixed(1)} MiB on the wire: ${((first + second) / imageBytes).toFixed(3)}× the image (goal <= 1.02)`);
+    console.log(
+      `resume after kill -9   first run ${(first / 1048576).toFixed(1)} MiB, second ${(second / 1048576).toFixed(1)} MiB on the wire: ${((first + second) / imageBytes).toFixed(3)}× the image (goal <= 1.02)`,
+    );
   } finally {
     await proxy.stop();
     await reg.stop();

@@ -16,11 +16,50 @@ import { printSummaries, type Summary, summarize } from "./stats.js";
 
 const LIMITS = { memory: "64Mi", cpus: 1, pids: 64 };
 const DENIED = [
-  "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "bpf",
-  "perf_event_open", "add_key", "request_key", "keyctl", "open_by_handle_at", "name_to_handle_at", "userfaultfd", "ptrace",
-  "process_vm_readv", "process_vm_writev", "kcmp", "mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount",
-  "fspick", "move_mount", "open_tree", "mount_setattr", "setns", "acct", "settimeofday", "clock_settime", "clock_adjtime",
-  "adjtimex", "iopl", "ioperm", "quotactl", "lookup_dcookie", "uselib", "syslog", "io_uring_setup", "io_uring_enter",
+  "init_module",
+  "finit_module",
+  "delete_module",
+  "kexec_load",
+  "kexec_file_load",
+  "reboot",
+  "swapon",
+  "swapoff",
+  "bpf",
+  "perf_event_open",
+  "add_key",
+  "request_key",
+  "keyctl",
+  "open_by_handle_at",
+  "name_to_handle_at",
+  "userfaultfd",
+  "ptrace",
+  "process_vm_readv",
+  "process_vm_writev",
+  "kcmp",
+  "mount",
+  "umount2",
+  "pivot_root",
+  "fsopen",
+  "fsconfig",
+  "fsmount",
+  "fspick",
+  "move_mount",
+  "open_tree",
+  "mount_setattr",
+  "setns",
+  "acct",
+  "settimeofday",
+  "clock_settime",
+  "clock_adjtime",
+  "adjtimex",
+  "iopl",
+  "ioperm",
+  "quotactl",
+  "lookup_dcookie",
+  "uselib",
+  "syslog",
+  "io_uring_setup",
+  "io_uring_enter",
   "io_uring_register",
 ];
 
@@ -54,7 +93,17 @@ function ociRuntime(name: string, bundle: string, runs: number, hybridWorkaround
   const cmd = `${name} run -b ${bundle} bench-${name}`;
   const hyperfine = ["hyperfine", "-N", "--warmup", "3", "--runs", String(runs), "--export-json", out, cmd];
   const argv = hybridWorkaround
-    ? ["unshare", "-m", "--propagation", "private", "sh", "-c", `(umount /sys/fs/cgroup/unified 2>/dev/null || true) && exec "$@"`, "sh", ...hyperfine]
+    ? [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        `(umount /sys/fs/cgroup/unified 2>/dev/null || true) && exec "$@"`,
+        "sh",
+        ...hyperfine,
+      ]
     : hyperfine;
   const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
   if (r.status !== 0) return `${name} failed: ${(r.stderr || r.stdout).trim().split("\n").slice(-3).join(" | ")}`;
@@ -104,17 +153,25 @@ export async function startBench(args: string[]): Promise<void> {
   try {
     const rootfs = buildBusyboxRootfs(join(work, "rootfs"));
     const runtime = new Runtime({ root: join(work, "state"), cgroupParent: "fleetlet-bench" });
-    console.log(`start: ${runs} containers of /bin/true, one after another, limits memory=64Mi cpus=1 pids=64 (cgroup mode: ${runtime.cgroups.mode})`);
+    console.log(
+      `start: ${runs} containers of /bin/true, one after another, limits memory=64Mi cpus=1 pids=64 (cgroup mode: ${runtime.cgroups.mode})`,
+    );
     // Rounds alternate between the runtimes, so that a noisy neighbour on a
     // shared machine weighs on all of them alike.
     const rounds = 5;
     const per = Math.max(1, Math.round(runs / rounds));
     const samples: Record<string, number[]> = { fleetlet: [], crun: [], runc: [] };
-    const bundles = { crun: ociBundle(join(work, "bundle-crun"), rootfs), runc: ociBundle(join(work, "bundle-runc"), rootfs) };
+    const bundles = {
+      crun: ociBundle(join(work, "bundle-crun"), rootfs),
+      runc: ociBundle(join(work, "bundle-runc"), rootfs),
+    };
     const notes = new Set<string>();
     for (let r = 0; r < rounds; r++) {
       samples.fleetlet!.push(...(await fleetletRuns(runtime, rootfs, per)));
-      for (const [name, workaround] of [["crun", runtime.cgroups.mode === "hybrid"], ["runc", false]] as const) {
+      for (const [name, workaround] of [
+        ["crun", runtime.cgroups.mode === "hybrid"],
+        ["runc", false],
+      ] as const) {
         const got = ociRuntime(name, bundles[name], per, workaround);
         if (typeof got === "string") notes.add(got);
         else samples[name]!.push(...got);
@@ -122,14 +179,19 @@ export async function startBench(args: string[]): Promise<void> {
     }
     const ours = summarize("fleetlet (create+start+wait+rm)", samples.fleetlet!);
     const rows: Summary[] = [ours];
-    for (const name of ["crun", "runc"]) if (samples[name]!.length) rows.push(summarize(`${name} run (hyperfine)`, samples[name]!));
+    for (const name of ["crun", "runc"])
+      if (samples[name]!.length) rows.push(summarize(`${name} run (hyperfine)`, samples[name]!));
     printSummaries("per-container time", rows);
     for (const r of rows.slice(1)) {
-      console.log(`ratio fleetlet/${r.name.split(" ")[0]}: p50 ${(ours.p50 / r.p50).toFixed(2)}, p99 ${(ours.p99 / r.p99).toFixed(2)} (goal for crun: <= 0.50)`);
+      console.log(
+        `ratio fleetlet/${r.name.split(" ")[0]}: p50 ${(ours.p50 / r.p50).toFixed(2)}, p99 ${(ours.p99 / r.p99).toFixed(2)} (goal for crun: <= 0.50)`,
+      );
     }
     for (const n of notes) console.log(`note: ${n}`);
     const rss = await shimFootprint(runtime, rootfs, 10);
-    console.log(`\nshim resident memory over ${rss.length} running containers: max ${Math.max(...rss)} kB, mean ${(rss.reduce((a, b) => a + b, 0) / rss.length).toFixed(0)} kB (goal: <= 1024 kB)`);
+    console.log(
+      `\nshim resident memory over ${rss.length} running containers: max ${Math.max(...rss)} kB, mean ${(rss.reduce((a, b) => a + b, 0) / rss.length).toFixed(0)} kB (goal: <= 1024 kB)`,
+    );
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -21,8 +21,12 @@ export function summarize(name: string, samplesMs: number[]): Summary {
 
 export function printSummaries(title: string, rows: Summary[], unit = "ms"): void {
   console.log(`\n${title}`);
-  console.log(`${"".padEnd(34)}${"runs".padStart(6)}${`p50 ${unit}`.padStart(11)}${`p99 ${unit}`.padStart(11)}${`mean ${unit}`.padStart(11)}`);
+  console.log(
+    `${"".padEnd(34)}${"runs".padStart(6)}${`p50 ${unit}`.padStart(11)}${`p99 ${unit}`.padStart(11)}${`mean ${unit}`.padStart(11)}`,
+  );
   for (const r of rows) {
-    console.log(`${r.name.padEnd(34)}${String(r.runs).padStart(6)}${r.p50.toFixed(2).padStart(11)}${r.p99.toFixed(2).padStart(11)}${r.mean.toFixed(2).padStart(11)}`);
+    console.log(
+      `${r.name.padEnd(34)}${String(r.runs).padStart(6)}${r.p50.toFixed(2).padStart(11)}${r.p99.toFixed(2).padStart(11)}${r.mean.toFixed(2).padStart(11)}`,
+    );
   }
 }

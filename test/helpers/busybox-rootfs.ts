@@ -22,7 +22,10 @@ export function buildBusyboxRootfs(dir: string): string {
     if (applet === "busybox") continue;
     symlinkSync("busybox", join(tmp, "bin", applet));
   }
-  writeFileSync(join(tmp, "etc", "passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\napp:x:1000:1000:app:/home:/bin/sh\n");
+  writeFileSync(
+    join(tmp, "etc", "passwd"),
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\napp:x:1000:1000:app:/home:/bin/sh\n",
+  );
   writeFileSync(join(tmp, "etc", "group"), "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n");
   writeFileSync(join(tmp, ".complete"), "");
   rmSync(dir, { recursive: true, force: true });

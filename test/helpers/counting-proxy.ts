@@ -17,7 +17,12 @@ export interface CountingProxy {
   stop(): Promise<void>;
 }
 
-function pair(client: Socket, target: { host: string; port: number }, live: Set<Socket>, countDown: (n: number) => void): void {
+function pair(
+  client: Socket,
+  target: { host: string; port: number },
+  live: Set<Socket>,
+  countDown: (n: number) => void,
+): void {
   const upstream = connect(target.port, target.host);
   for (const s of [client, upstream]) {
     live.add(s);
@@ -50,7 +55,8 @@ export async function startCountingProxy(target: { host: string; port: number })
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   const address = server.address();
-  if (address === null || typeof address === "string") throw new Error("counting proxy: could not read its listening port");
+  if (address === null || typeof address === "string")
+    throw new Error("counting proxy: could not read its listening port");
   const dropConnections = () => {
     for (const s of live) s.destroy();
   };

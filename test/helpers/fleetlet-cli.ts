@@ -25,7 +25,11 @@ export function fleetletAsync(root: string, args: string[]) {
 
 /** `fleetlet agent` as a child process, its stderr drained so it never blocks on a full pipe. */
 export function spawnAgent(root: string, config: string, opts: { heartbeatSeconds?: number } = {}): ChildProcess {
-  const child = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent", "--heartbeat", String(opts.heartbeatSeconds ?? 2)], { stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(
+    process.execPath,
+    [FLEETLET_BIN, "--root", root, "--config", config, "agent", "--heartbeat", String(opts.heartbeatSeconds ?? 2)],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
   child.stderr!.resume();
   return child;
 }
@@ -33,7 +37,10 @@ export function spawnAgent(root: string, config: string, opts: { heartbeatSecond
 export const FLEETCTL_BIN = fileURLToPath(new URL("../../bin/fleetctl.js", import.meta.url));
 
 export function fleetctl(args: string[], opts: { timeoutMs?: number } = {}): CliResult {
-  const r = spawnSync(process.execPath, [FLEETCTL_BIN, ...args], { encoding: "utf8", timeout: opts.timeoutMs ?? 120_000 });
+  const r = spawnSync(process.execPath, [FLEETCTL_BIN, ...args], {
+    encoding: "utf8",
+    timeout: opts.timeoutMs ?? 120_000,
+  });
   if (r.error) throw r.error;
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
@@ -43,9 +50,15 @@ export function fleetctl(args: string[], opts: { timeoutMs?: number } = {}): Cli
  * whenever a server the command talks to (a token issuer, a proxy) runs in
  * the test process itself.
  */
-export function runCli(bin: "fleetlet" | "fleetctl", args: string[], opts: { timeoutMs?: number } = {}): Promise<CliResult> {
+export function runCli(
+  bin: "fleetlet" | "fleetctl",
+  args: string[],
+  opts: { timeoutMs?: number } = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin === "fleetlet" ? FLEETLET_BIN : FLEETCTL_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [bin === "fleetlet" ? FLEETLET_BIN : FLEETCTL_BIN, ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d) => {

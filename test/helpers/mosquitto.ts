@@ -72,21 +72,57 @@ const EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-n
 export function createTestCa(dir: string, name = "ca"): { cert: string; key: string } {
   const cert = join(dir, `${name}.crt`);
   const key = join(dir, `${name}.key`);
-  openssl(["req", "-x509", ...EC_KEY, "-keyout", key, "-out", cert, "-days", "2", "-subj", `/CN=fleetlet test ${name}`]);
+  openssl([
+    "req",
+    "-x509",
+    ...EC_KEY,
+    "-keyout",
+    key,
+    "-out",
+    cert,
+    "-days",
+    "2",
+    "-subj",
+    `/CN=fleetlet test ${name}`,
+  ]);
   return { cert, key };
 }
 
 /** A leaf certificate for `cn` signed by `ca`, for a server (SAN 127.0.0.1/localhost) or a client. */
-function issueCert(dir: string, ca: { cert: string; key: string }, cn: string, use: "server" | "client"): { cert: string; key: string } {
+function issueCert(
+  dir: string,
+  ca: { cert: string; key: string },
+  cn: string,
+  use: "server" | "client",
+): { cert: string; key: string } {
   const base = join(dir, `${use}-${cn.replace(/[^a-zA-Z0-9_.-]/g, "_")}`);
-  const ext = use === "server" ? "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n" : "extendedKeyUsage=clientAuth\n";
+  const ext =
+    use === "server"
+      ? "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+      : "extendedKeyUsage=clientAuth\n";
   writeFileSync(`${base}.ext`, `${ext}basicConstraints=critical,CA:FALSE\n`);
   openssl(["req", "-new", ...EC_KEY, "-keyout", `${base}.key`, "-out", `${base}.csr`, "-subj", `/CN=${cn}`]);
   const serial = `0x${randomBytes(8).toString("hex")}`;
-  openssl(["x509", "-req", "-in", `${base}.csr`, "-CA", ca.cert, "-CAkey", ca.key, "-set_serial", serial, "-days", "2", "-extfile", `${base}.ext`, "-out", `${base}.crt`]);
+  openssl([
+    "x509",
+    "-req",
+    "-in",
+    `${base}.csr`,
+    "-CA",
+    ca.cert,
+    "-CAkey",
+    ca.key,
+    "-set_serial",
+    serial,
+    "-days",
+    "2",
+    "-extfile",
+    `${base}.ext`,
+    "-out",
+    `${base}.crt`,
+  ]);
   return { cert: `${base}.crt`, key: `${base}.key` };
 }
-
 
 interface ServerTls {
   ca: string;
@@ -95,7 +131,8 @@ interface ServerTls {
 }
 
 function configText(root: string, port: number, opts: MosquittoOptions, tls: ServerTls | undefined): string {
-  if (opts.config) return opts.config({ port, dir: root, cafile: tls?.ca ?? "", certfile: tls?.cert ?? "", keyfile: tls?.key ?? "" });
+  if (opts.config)
+    return opts.config({ port, dir: root, cafile: tls?.ca ?? "", certfile: tls?.cert ?? "", keyfile: tls?.key ?? "" });
   const lines = [
     // Run as root, mosquitto would switch to the `mosquitto` user, which cannot read our 0700 temp dir.
     "user root",
@@ -145,11 +182,16 @@ function spawnBroker(configFile: string): Running {
 async function waitUntilListening(port: number, run: Running): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    if (exited(run.child)) throw new Error(`mosquitto exited (${run.child.exitCode ?? run.child.signalCode}) before listening on 127.0.0.1:${port}:\n${run.output()}`);
+    if (exited(run.child))
+      throw new Error(
+        `mosquitto exited (${run.child.exitCode ?? run.child.signalCode}) before listening on 127.0.0.1:${port}:\n${run.output()}`,
+      );
     if (await acceptsConnections(port)) return;
     await delay(50);
   }
-  throw new Error(`mosquitto did not listen on 127.0.0.1:${port} within ${READY_TIMEOUT_MS / 1000} s:\n${run.output()}`);
+  throw new Error(
+    `mosquitto did not listen on 127.0.0.1:${port} within ${READY_TIMEOUT_MS / 1000} s:\n${run.output()}`,
+  );
 }
 
 async function terminate(child: ChildProcess): Promise<void> {
@@ -177,7 +219,9 @@ async function serve(root: string, port: number, opts: MosquittoOptions, tls: Se
 
 function makePasswordFile(file: string, user: { username: string; password: string }): void {
   try {
-    execFileSync("mosquitto_passwd", ["-b", "-c", file, user.username, user.password], { stdio: ["ignore", "ignore", "pipe"] });
+    execFileSync("mosquitto_passwd", ["-b", "-c", file, user.username, user.password], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
   } catch (err) {
     const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
     throw new Error(`mosquitto_passwd -b -c ${file} failed: ${stderr || (err as Error).message}`);

@@ -4,7 +4,7 @@
  * CLI, filesystem storage, and htpasswd, token or no authentication. All its
  * files live in one temp dir that stop() removes.
  */
-import { type ChildProcess, execFile, } from "node:child_process";
+import { type ChildProcess, execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -57,11 +57,53 @@ const EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-n
 
 async function makeTls(dir: string): Promise<TlsFiles> {
   const f = (name: string) => join(dir, name);
-  await runTool("openssl", ["req", "-x509", ...EC_KEY, "-keyout", f("ca.key"), "-out", f("ca.crt"), "-days", "2", "-subj", "/CN=fleetlet test CA"]);
-  await runTool("openssl", ["req", "-new", ...EC_KEY, "-keyout", f("server.key"), "-out", f("server.csr"), "-subj", "/CN=localhost"]);
-  writeFileSync(f("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=critical,CA:FALSE\n");
+  await runTool("openssl", [
+    "req",
+    "-x509",
+    ...EC_KEY,
+    "-keyout",
+    f("ca.key"),
+    "-out",
+    f("ca.crt"),
+    "-days",
+    "2",
+    "-subj",
+    "/CN=fleetlet test CA",
+  ]);
+  await runTool("openssl", [
+    "req",
+    "-new",
+    ...EC_KEY,
+    "-keyout",
+    f("server.key"),
+    "-out",
+    f("server.csr"),
+    "-subj",
+    "/CN=localhost",
+  ]);
+  writeFileSync(
+    f("server.ext"),
+    "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=critical,CA:FALSE\n",
+  );
   const serial = `0x${randomBytes(8).toString("hex")}`;
-  await runTool("openssl", ["x509", "-req", "-in", f("server.csr"), "-CA", f("ca.crt"), "-CAkey", f("ca.key"), "-set_serial", serial, "-days", "2", "-extfile", f("server.ext"), "-out", f("server.crt")]);
+  await runTool("openssl", [
+    "x509",
+    "-req",
+    "-in",
+    f("server.csr"),
+    "-CA",
+    f("ca.crt"),
+    "-CAkey",
+    f("ca.key"),
+    "-set_serial",
+    serial,
+    "-days",
+    "2",
+    "-extfile",
+    f("server.ext"),
+    "-out",
+    f("server.crt"),
+  ]);
   return { caCert: f("ca.crt"), serverCert: f("server.crt"), serverKey: f("server.key") };
 }
 
@@ -69,10 +111,23 @@ async function makeTls(dir: string): Promise<TlsFiles> {
 async function makeTokenSigner(dir: string): Promise<{ cert: string; key: string }> {
   const cert = join(dir, "token-signer.crt");
   const key = join(dir, "token-signer.key");
-  await runTool("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=fleetlet test token signer"]);
+  await runTool("openssl", [
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    key,
+    "-out",
+    cert,
+    "-days",
+    "2",
+    "-subj",
+    "/CN=fleetlet test token signer",
+  ]);
   return { cert, key };
 }
-
 
 interface Layout {
   root: string;
@@ -81,7 +136,12 @@ interface Layout {
   certDir: string;
 }
 
-async function authSection(auth: RegistryAuth, layout: Layout, username: string, password: string): Promise<{ yaml: string; issuer?: TokenIssuer }> {
+async function authSection(
+  auth: RegistryAuth,
+  layout: Layout,
+  username: string,
+  password: string,
+): Promise<{ yaml: string; issuer?: TokenIssuer }> {
   if (auth === "none") return { yaml: "" };
   if (auth === "htpasswd") {
     const file = join(layout.root, "htpasswd");
@@ -143,7 +203,10 @@ function exited(child: ChildProcess): boolean {
 async function waitUntilServing(url: string, ca: string, child: ChildProcess, output: () => string): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    if (exited(child)) throw new Error(`docker-registry exited (${child.exitCode ?? child.signalCode}) before answering ${url}:\n${output()}`);
+    if (exited(child))
+      throw new Error(
+        `docker-registry exited (${child.exitCode ?? child.signalCode}) before answering ${url}:\n${output()}`,
+      );
     const status = await probe(url, ca);
     if (status === 200 || status === 401) return;
     await delay(100);

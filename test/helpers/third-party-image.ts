@@ -35,7 +35,12 @@ async function buildLayout(work: string, rootfsDir: string, tag: string, cmd?: s
 }
 
 /** Builds an image from rootfsDir with umoci and pushes it to reg as ref ("repo/name:tag") with skopeo. */
-export async function pushWithSkopeo(reg: RegistryFixture, rootfsDir: string, ref: string, opts: { cmd?: string[] } = {}): Promise<void> {
+export async function pushWithSkopeo(
+  reg: RegistryFixture,
+  rootfsDir: string,
+  ref: string,
+  opts: { cmd?: string[] } = {},
+): Promise<void> {
   const tag = tagOf(ref);
   const work = mkdtempSync(join(tmpdir(), "fleetlet-oci-layout-"));
   try {

@@ -8,8 +8,8 @@
  */
 import { randomUUID, sign, X509Certificate } from "node:crypto";
 import { once } from "node:events";
-import { createServer, type Server } from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer, type Server } from "node:https";
 
 export const TOKEN_TTL_SECONDS = 300;
 
@@ -46,18 +46,39 @@ export function parseScopes(params: URLSearchParams): Access[] {
   return scopes.map((scope) => {
     const first = scope.indexOf(":");
     const last = scope.lastIndexOf(":");
-    if (first < 1 || last === first) throw new Error(`malformed scope ${JSON.stringify(scope)}: expected TYPE:NAME:ACTIONS`);
-    return { type: scope.slice(0, first), name: scope.slice(first + 1, last), actions: scope.slice(last + 1).split(",").filter(Boolean) };
+    if (first < 1 || last === first)
+      throw new Error(`malformed scope ${JSON.stringify(scope)}: expected TYPE:NAME:ACTIONS`);
+    return {
+      type: scope.slice(0, first),
+      name: scope.slice(first + 1, last),
+      actions: scope
+        .slice(last + 1)
+        .split(",")
+        .filter(Boolean),
+    };
   });
 }
 
 const b64url = (data: string | Buffer) => Buffer.from(data).toString("base64url");
 
 /** An RS256 JWT whose x5c header carries the signing certificate. */
-export function signToken(opts: Pick<TokenIssuerOptions, "signing" | "service" | "issuer">, subject: string, access: Access[]): string {
+export function signToken(
+  opts: Pick<TokenIssuerOptions, "signing" | "service" | "issuer">,
+  subject: string,
+  access: Access[],
+): string {
   const now = Math.floor(Date.now() / 1000);
   const header = { typ: "JWT", alg: "RS256", x5c: [new X509Certificate(opts.signing.cert).raw.toString("base64")] };
-  const claims = { iss: opts.issuer, sub: subject, aud: opts.service, exp: now + TOKEN_TTL_SECONDS, nbf: now, iat: now, jti: randomUUID(), access };
+  const claims = {
+    iss: opts.issuer,
+    sub: subject,
+    aud: opts.service,
+    exp: now + TOKEN_TTL_SECONDS,
+    nbf: now,
+    iat: now,
+    jti: randomUUID(),
+    access,
+  };
   const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
   return `${input}.${b64url(sign("sha256", Buffer.from(input), opts.signing.key))}`;
 }
@@ -79,11 +100,18 @@ function reply(res: ServerResponse, status: number, body: object, headers: Recor
 function handler(opts: TokenIssuerOptions, onIssued: () => void) {
   return (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? "/", "https://127.0.0.1");
-    if (url.pathname !== "/token") return reply(res, 404, { error: "not_found", details: `no ${url.pathname} here; tokens are at /token` });
-    if (req.method !== "GET") return reply(res, 405, { error: "unsupported", details: "only GET /token with basic credentials" });
+    if (url.pathname !== "/token")
+      return reply(res, 404, { error: "not_found", details: `no ${url.pathname} here; tokens are at /token` });
+    if (req.method !== "GET")
+      return reply(res, 405, { error: "unsupported", details: "only GET /token with basic credentials" });
     const creds = basicCredentials(req);
     if (creds?.user !== opts.username || creds.password !== opts.password) {
-      return reply(res, 401, { error: "unauthorized", details: creds ? "wrong username or password" : "credentials required" }, { "www-authenticate": `Basic realm="${opts.issuer}"` });
+      return reply(
+        res,
+        401,
+        { error: "unauthorized", details: creds ? "wrong username or password" : "credentials required" },
+        { "www-authenticate": `Basic realm="${opts.issuer}"` },
+      );
     }
     let access: Access[];
     try {
@@ -107,11 +135,15 @@ async function close(server: Server): Promise<void> {
 
 export async function startTokenIssuer(opts: TokenIssuerOptions): Promise<TokenIssuer> {
   let issued = 0;
-  const server = createServer({ cert: opts.tls.cert, key: opts.tls.key }, handler(opts, () => issued++));
+  const server = createServer(
+    { cert: opts.tls.cert, key: opts.tls.key },
+    handler(opts, () => issued++),
+  );
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   const address = server.address();
-  if (address === null || typeof address === "string") throw new Error("token issuer: could not read its listening port");
+  if (address === null || typeof address === "string")
+    throw new Error("token issuer: could not read its listening port");
   let stopping: Promise<void> | undefined;
   return {
     port: address.port,

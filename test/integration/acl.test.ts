@@ -70,15 +70,27 @@ function clientFor(broker: MosquittoFixture) {
       tls = { cert: readFileSync(files.cert), key: readFileSync(files.key) };
       certs.set(cn, tls);
     }
-    const mqtt = connect(broker.url, { protocolVersion: 5, clientId: unique(cn ?? "nobody"), reconnectPeriod: 0, connectTimeout: 10_000, ca, ...tls, ...opts });
+    const mqtt = connect(broker.url, {
+      protocolVersion: 5,
+      clientId: unique(cn ?? "nobody"),
+      reconnectPeriod: 0,
+      connectTimeout: 10_000,
+      ca,
+      ...tls,
+      ...opts,
+    });
     open.push(mqtt);
     const connack = await new Promise<IConnackPacket>((resolve, reject) => {
       mqtt.once("connect", resolve);
       mqtt.once("error", reject);
-      mqtt.once("close", () => reject(new Error(`the broker closed the connection of ${cn ?? "a client without a certificate"}`)));
+      mqtt.once("close", () =>
+        reject(new Error(`the broker closed the connection of ${cn ?? "a client without a certificate"}`)),
+      );
     });
     const received: Received[] = [];
-    mqtt.on("message", (topic, payload, packet) => received.push({ topic, text: payload.toString(), retain: packet.retain }));
+    mqtt.on("message", (topic, payload, packet) =>
+      received.push({ topic, text: payload.toString(), retain: packet.retain }),
+    );
     return { mqtt, connack, received, texts: (topic) => received.filter((m) => m.topic === topic).map((m) => m.text) };
   };
 }
@@ -169,17 +181,28 @@ describe("the rendered ACL on mosquitto with client certificates", () => {
   it("delivers dev-a its own desired state and its group's, retained and live, but not dev-b's nor group other's", async () => {
     const op = await as("operator");
     const docs = Object.fromEntries(
-      ["fleet/devices/dev-a/desired", "fleet/groups/pilot/desired", "fleet/devices/dev-b/desired", "fleet/groups/other/desired"].map((t) => [t, unique("desired")]),
+      [
+        "fleet/devices/dev-a/desired",
+        "fleet/groups/pilot/desired",
+        "fleet/devices/dev-b/desired",
+        "fleet/groups/other/desired",
+      ].map((t) => [t, unique("desired")]),
     );
     for (const [topic, text] of Object.entries(docs)) expect(await pubackCode(op, topic, text, true)).toBe(0);
 
     const a = await as("dev-a");
     // mosquitto 2.0's acl_file grants every SUBSCRIBE, wildcards included; it filters each message at delivery.
-    const foreign = await a.mqtt.subscribeAsync(["fleet/devices/dev-b/desired", "fleet/groups/other/desired", "fleet/#"], { qos: 1 });
+    const foreign = await a.mqtt.subscribeAsync(
+      ["fleet/devices/dev-b/desired", "fleet/groups/other/desired", "fleet/#"],
+      { qos: 1 },
+    );
     expect(foreign.map((g) => g.qos)).toEqual([1, 1, 1]);
     const own = await a.mqtt.subscribeAsync(["fleet/devices/dev-a/desired", "fleet/groups/pilot/desired"], { qos: 1 });
     expect(own.map((g) => g.qos)).toEqual([1, 1]);
-    await waitFor("dev-a's retained desired documents", () => a.texts("fleet/devices/dev-a/desired").length > 0 && a.texts("fleet/groups/pilot/desired").length > 0);
+    await waitFor(
+      "dev-a's retained desired documents",
+      () => a.texts("fleet/devices/dev-a/desired").length > 0 && a.texts("fleet/groups/pilot/desired").length > 0,
+    );
     expect(a.texts("fleet/devices/dev-a/desired")).toContain(docs["fleet/devices/dev-a/desired"]);
     expect(a.texts("fleet/groups/pilot/desired")).toContain(docs["fleet/groups/pilot/desired"]);
     expect(a.received.every((m) => m.retain)).toBe(true);
@@ -189,8 +212,15 @@ describe("the rendered ACL on mosquitto with client certificates", () => {
     expect(await pubackCode(op, "fleet/groups/other/desired", live.other)).toBe(0);
     expect(await pubackCode(op, "fleet/devices/dev-a/desired", live.dev)).toBe(0);
     expect(await pubackCode(op, "fleet/groups/pilot/desired", live.pilot)).toBe(0);
-    await waitFor("the live documents for dev-a and pilot", () => a.texts("fleet/devices/dev-a/desired").includes(live.dev) && a.texts("fleet/groups/pilot/desired").includes(live.pilot));
-    expect(new Set(a.received.map((m) => m.topic))).toEqual(new Set(["fleet/devices/dev-a/desired", "fleet/groups/pilot/desired"]));
+    await waitFor(
+      "the live documents for dev-a and pilot",
+      () =>
+        a.texts("fleet/devices/dev-a/desired").includes(live.dev) &&
+        a.texts("fleet/groups/pilot/desired").includes(live.pilot),
+    );
+    expect(new Set(a.received.map((m) => m.topic))).toEqual(
+      new Set(["fleet/devices/dev-a/desired", "fleet/groups/pilot/desired"]),
+    );
   });
 
   it("publishes a device's last will on its own status topic, and drops a will aimed at another device's", async () => {
@@ -198,9 +228,14 @@ describe("the rendered ACL on mosquitto with client certificates", () => {
     await op.mqtt.subscribeAsync("fleet/devices/+/status", { qos: 1 });
     const forgedWill = unique("forged-will");
     const forgerId = unique("dev-a-forger");
-    const forger = await as("dev-a", { clientId: forgerId, will: { topic: "fleet/devices/dev-b/status", payload: Buffer.from(forgedWill), qos: 1, retain: true } });
+    const forger = await as("dev-a", {
+      clientId: forgerId,
+      will: { topic: "fleet/devices/dev-b/status", payload: Buffer.from(forgedWill), qos: 1, retain: true },
+    });
     const ownWill = unique("own-will");
-    const a = await as("dev-a", { will: { topic: "fleet/devices/dev-a/status", payload: Buffer.from(ownWill), qos: 1, retain: true } });
+    const a = await as("dev-a", {
+      will: { topic: "fleet/devices/dev-a/status", payload: Buffer.from(ownWill), qos: 1, retain: true },
+    });
 
     forger.mqtt.stream.destroy();
     // Its CONNACK means the broker is done with the old connection of that client id, will included.
@@ -231,39 +266,62 @@ describe("the rendered ACL on mosquitto with client certificates", () => {
     expect(await pubackCode(impostor, "fleet/devices/dev-a/reported", unique("forged"))).toBe(NOT_AUTHORIZED);
     await impostor.mqtt.subscribeAsync("fleet/devices/dev-a/desired", { qos: 1 });
     await impostor.mqtt.subscribeAsync("fleet/devices/dev-b/desired", { qos: 1 });
-    await waitFor("dev-b's own retained desired state", () => impostor.texts("fleet/devices/dev-b/desired").includes(desiredForB));
+    await waitFor("dev-b's own retained desired state", () =>
+      impostor.texts("fleet/devices/dev-b/desired").includes(desiredForB),
+    );
     expect(impostor.texts("fleet/devices/dev-a/desired")).toEqual([]);
   });
 
   it("lets the operator publish desired state and rollout progress", async () => {
     const op = await as("operator");
-    const writes = ["fleet/devices/dev-a/desired", "fleet/devices/dev-b/desired", "fleet/groups/pilot/desired", "fleet/groups/other/desired", "fleet/groups/pilot/rollout"];
+    const writes = [
+      "fleet/devices/dev-a/desired",
+      "fleet/devices/dev-b/desired",
+      "fleet/groups/pilot/desired",
+      "fleet/groups/other/desired",
+      "fleet/groups/pilot/rollout",
+    ];
     const texts = writes.map(() => unique("op"));
     for (const [i, topic] of writes.entries()) expect(await pubackCode(op, topic, texts[i]!, true)).toBe(0);
     const reader = await as("operator");
     await reader.mqtt.subscribeAsync(writes, { qos: 1 });
-    for (const [i, topic] of writes.entries()) await waitFor(`the retained message on ${topic}`, () => reader.texts(topic).includes(texts[i]!));
+    for (const [i, topic] of writes.entries())
+      await waitFor(`the retained message on ${topic}`, () => reader.texts(topic).includes(texts[i]!));
   });
 
   it("refuses the operator's publish of reported state, status or events, for a device or under its own name", async () => {
     const op = await as("operator");
-    for (const topic of ["fleet/devices/dev-a/reported", "fleet/devices/dev-a/status", "fleet/devices/dev-b/events", "fleet/devices/operator/reported", "fleet/devices/operator/status"]) {
+    for (const topic of [
+      "fleet/devices/dev-a/reported",
+      "fleet/devices/dev-a/status",
+      "fleet/devices/dev-b/events",
+      "fleet/devices/operator/reported",
+      "fleet/devices/operator/status",
+    ]) {
       expect([topic, await pubackCode(op, topic, unique("forged"), true)]).toEqual([topic, NOT_AUTHORIZED]);
     }
   });
 
   it("lets operators read reported state through an MQTT 5 shared subscription, each message to one of them; a device's shared subscription gets nothing", async () => {
     const ops = [await as("operator"), await as("operator")];
-    for (const op of ops) expect((await op.mqtt.subscribeAsync("$share/status/fleet/devices/+/reported", { qos: 1 })).map((g) => g.qos)).toEqual([1]);
+    for (const op of ops)
+      expect(
+        (await op.mqtt.subscribeAsync("$share/status/fleet/devices/+/reported", { qos: 1 })).map((g) => g.qos),
+      ).toEqual([1]);
     const spy = await as("dev-a");
-    expect((await spy.mqtt.subscribeAsync("$share/spy/fleet/devices/+/reported", { qos: 1 })).map((g) => g.qos)).toEqual([1]);
+    expect(
+      (await spy.mqtt.subscribeAsync("$share/spy/fleet/devices/+/reported", { qos: 1 })).map((g) => g.qos),
+    ).toEqual([1]);
     await spy.mqtt.subscribeAsync("fleet/devices/dev-a/desired", { qos: 1 }); // for the fence
 
     const a = await as("dev-a");
     const b = await as("dev-b");
     const sent: string[] = [];
     for (let i = 0; i < 10; i++) {
-      for (const [c, id] of [[a, "dev-a"], [b, "dev-b"]] as const) {
+      for (const [c, id] of [
+        [a, "dev-a"],
+        [b, "dev-b"],
+      ] as const) {
         const text = unique(`shared-${id}`);
         sent.push(text);
         expect(await pubackCode(c, `fleet/devices/${id}/reported`, text)).toBe(0);
@@ -304,7 +362,9 @@ describe("the rendered ACL on mosquitto with client certificates", () => {
     // The same connection gains the group: mosquitto reapplies the ACL to connected clients. Resubscribe until the retained doc comes.
     await waitFor("the pilot group's retained desired state after the reload", () => {
       if (c.texts("fleet/groups/pilot/desired").includes(pilotDoc)) return true;
-      c.mqtt.unsubscribe("fleet/groups/pilot/desired", () => c.mqtt.subscribe("fleet/groups/pilot/desired", { qos: 1 }));
+      c.mqtt.unsubscribe("fleet/groups/pilot/desired", () =>
+        c.mqtt.subscribe("fleet/groups/pilot/desired", { qos: 1 }),
+      );
       return false;
     });
     expect(await pubackCode(c, "fleet/groups/pilot/desired", unique("forged"))).toBe(NOT_AUTHORIZED);
@@ -388,6 +448,8 @@ describe("deploy/mosquitto/mosquitto.conf with the ACL of inventory.example.json
     await broker.restart();
     const dev = await as("dev-003");
     await dev.mqtt.subscribeAsync("fleet/devices/dev-003/desired", { qos: 1 });
-    await waitFor("the desired state published before the restart", () => dev.texts("fleet/devices/dev-003/desired").includes(doc));
+    await waitFor("the desired state published before the restart", () =>
+      dev.texts("fleet/devices/dev-003/desired").includes(doc),
+    );
   });
 });

@@ -28,8 +28,16 @@ afterAll(() => {
 /** Starts `fleetlet agent` with no broker; resolves once it says it runs. */
 async function startAgent(root: string, nodeFlags: string[] = []): Promise<{ agent: ChildProcess; cmdline: string[] }> {
   const config = join(work, `config-${Date.now()}.json`);
-  writeFileSync(config, JSON.stringify({ deviceId: "dev-process", api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, `api-${Date.now()}.sock`) } }));
-  const agent = spawn(process.execPath, [...nodeFlags, FLEETLET_BIN, "--root", root, "--config", config, "agent"], { stdio: ["ignore", "ignore", "pipe"] });
+  writeFileSync(
+    config,
+    JSON.stringify({
+      deviceId: "dev-process",
+      api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, `api-${Date.now()}.sock`) },
+    }),
+  );
+  const agent = spawn(process.execPath, [...nodeFlags, FLEETLET_BIN, "--root", root, "--config", config, "agent"], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
   let stderr = "";
   await new Promise<void>((resolve, reject) => {
     agent.stderr!.on("data", (d) => {
@@ -59,7 +67,14 @@ describe("the agent process", () => {
     try {
       const { agent, cmdline } = await startAgent(root);
       expect(cmdline.slice(1, 1 + AGENT_NODE_FLAGS.length)).toEqual([...AGENT_NODE_FLAGS]);
-      expect(cmdline.slice(1 + AGENT_NODE_FLAGS.length)).toEqual([FLEETLET_BIN, "--root", root, "--config", expect.any(String), "agent"]);
+      expect(cmdline.slice(1 + AGENT_NODE_FLAGS.length)).toEqual([
+        FLEETLET_BIN,
+        "--root",
+        root,
+        "--config",
+        expect.any(String),
+        "agent",
+      ]);
       await stop(agent);
     } finally {
       await cleanupRoot(root);
@@ -81,7 +96,10 @@ describe("the agent process", () => {
 });
 
 describe("the native core's process operations", () => {
-  const run = (script: string) => spawnSync(process.execPath, ["-e", `const core = require(${JSON.stringify(NATIVE)});\n${script}`], { encoding: "utf8" });
+  const run = (script: string) =>
+    spawnSync(process.execPath, ["-e", `const core = require(${JSON.stringify(NATIVE)});\n${script}`], {
+      encoding: "utf8",
+    });
 
   it("gives back a heap that garbage grew", () => {
     const r = run(`
@@ -97,11 +115,15 @@ describe("the native core's process operations", () => {
   });
 
   it("replaces the process, keeping its pid and standard streams, and says why it could not", () => {
-    const ok = run(`console.log(process.pid); core.execve("/bin/sh", ["sh", "-c", "echo $$ $WHO; echo err >&2"], ["WHO=shell"]);`);
+    const ok = run(
+      `console.log(process.pid); core.execve("/bin/sh", ["sh", "-c", "echo $$ $WHO; echo err >&2"], ["WHO=shell"]);`,
+    );
     const [nodePid, shell] = ok.stdout.trim().split("\n");
     expect(shell).toBe(`${nodePid} shell`);
     expect(ok.stderr).toBe("err\n");
-    const bad = run(`try { core.execve("/nonexistent/node", ["node"], []); } catch (e) { console.log(e.message, e.errno); }`);
+    const bad = run(
+      `try { core.execve("/nonexistent/node", ["node"], []); } catch (e) { console.log(e.message, e.errno); }`,
+    );
     expect(bad.stdout.trim()).toBe("execve /nonexistent/node: No such file or directory 2");
   });
 });
@@ -117,7 +139,13 @@ describe("a pinned image", () => {
   it("is applied from the store with the registry gone", async () => {
     const reg = await startRegistry({ auth: "htpasswd" });
     const config = join(work, "pinned-config.json");
-    writeFileSync(config, JSON.stringify({ deviceId: "dev-pinned", registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } } }));
+    writeFileSync(
+      config,
+      JSON.stringify({
+        deviceId: "dev-pinned",
+        registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      }),
+    );
     let pinned: string;
     try {
       const push = fleetctl(["--config", config, "push", rootfs, `${reg.host}/pinned/busybox:1`]);
@@ -129,7 +157,16 @@ describe("a pinned image", () => {
       await reg.stop();
     }
     const file = join(work, "pinned.json");
-    writeFileSync(file, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "pinned-1", generation: 1, services: { web: { image: pinned, command: ["/bin/sleep", "1000"], stopTimeoutMs: 200 } }, update: { healthyWithinMs: 1000 } }));
+    writeFileSync(
+      file,
+      JSON.stringify({
+        apiVersion: "fleetlet/v1",
+        deployment: "pinned-1",
+        generation: 1,
+        services: { web: { image: pinned, command: ["/bin/sleep", "1000"], stopTimeoutMs: 200 } },
+        update: { healthyWithinMs: 1000 },
+      }),
+    );
     const r = await runCli("fleetlet", ["--root", root, "--config", config, "apply", file]);
     expect(r.stdout, r.stderr).toMatch(/generation 1: converged/);
     expect(r.status).toBe(0);

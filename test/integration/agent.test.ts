@@ -32,7 +32,6 @@ let operator: mqtt.MqttClient;
 const reports: ReportedState[] = [];
 const statuses: { online: boolean }[] = [];
 
-
 const startAgent = (): ChildProcess => spawnAgent(root, config);
 
 async function until<T>(what: string, probe: () => T | undefined, ms = 30_000): Promise<T> {
@@ -40,16 +39,26 @@ async function until<T>(what: string, probe: () => T | undefined, ms = 30_000): 
   for (;;) {
     const v = probe();
     if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; last report: ${JSON.stringify(reports.at(-1))}`);
+    if (Date.now() > end)
+      throw new Error(`timed out waiting for ${what}; last report: ${JSON.stringify(reports.at(-1))}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
 
 const latest = () => reports.at(-1);
 function publishDesired(doc: unknown): void {
-  operator.publish(`fleet/devices/${DEVICE}/desired`, typeof doc === "string" ? doc : JSON.stringify(doc), { qos: 1, retain: true });
+  operator.publish(`fleet/devices/${DEVICE}/desired`, typeof doc === "string" ? doc : JSON.stringify(doc), {
+    qos: 1,
+    retain: true,
+  });
 }
-const svc = (greeting: string, extra: Record<string, unknown> = {}) => ({ image, command: ["/bin/sh", "-c", "echo hi $GREETING; exec sleep 1000"], env: { GREETING: greeting }, stopTimeoutMs: 300, ...extra });
+const svc = (greeting: string, extra: Record<string, unknown> = {}) => ({
+  image,
+  command: ["/bin/sh", "-c", "echo hi $GREETING; exec sleep 1000"],
+  env: { GREETING: greeting },
+  stopTimeoutMs: 300,
+  ...extra,
+});
 
 beforeAll(async () => {
   [reg, broker] = await Promise.all([startRegistry({ auth: "htpasswd" }), startMosquitto()]);
@@ -57,13 +66,16 @@ beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "fleetlet-agent-"));
   apiPort = await freePort();
   config = join(work, "config.json");
-  writeFileSync(config, JSON.stringify({
-    deviceId: DEVICE,
-    groups: ["pilot"],
-    mqtt: { url: broker.url },
-    registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
-    api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock"), token: "s3cret" },
-  }));
+  writeFileSync(
+    config,
+    JSON.stringify({
+      deviceId: DEVICE,
+      groups: ["pilot"],
+      mqtt: { url: broker.url },
+      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock"), token: "s3cret" },
+    }),
+  );
   image = `${reg.host}/agent/busybox:1`;
   expect(fleetctl(["--config", config, "push", rootfs, image]).status).toBe(0);
   operator = mqtt.connect(broker.url, { clientId: "operator-test" });
@@ -87,7 +99,9 @@ afterAll(async () => {
 describe("fleetlet agent", () => {
   it("converges on a published desired state and reports it field by field", async () => {
     publishDesired({ apiVersion: "fleetlet/v1", deployment: "web-1", generation: 1, services: { web: svc("one") } });
-    const r = await until("converged generation 1", () => (latest()?.phase === "converged" && latest()?.generation === 1 ? latest() : undefined));
+    const r = await until("converged generation 1", () =>
+      latest()?.phase === "converged" && latest()?.generation === 1 ? latest() : undefined,
+    );
     expect(r.deviceId).toBe(DEVICE);
     expect(r.deployment).toBe("web-1");
     expect(r.lastError).toBeNull();
@@ -123,7 +137,12 @@ describe("fleetlet agent", () => {
 
   it("rejects an invalid document with the field named and leaves the service running", async () => {
     const pid = latest()!.services.web!.pid;
-    publishDesired({ apiVersion: "fleetlet/v1", deployment: "bad", generation: 2, services: { web: { ...svc("x"), restart: "sometimes" } } });
+    publishDesired({
+      apiVersion: "fleetlet/v1",
+      deployment: "bad",
+      generation: 2,
+      services: { web: { ...svc("x"), restart: "sometimes" } },
+    });
     const r = await until("rejected", () => (latest()?.phase === "rejected" ? latest() : undefined));
     expect(r.lastError?.code).toBe("E_INVALID_DESIRED");
     expect(r.lastError?.message).toContain("services.web.restart");
@@ -134,10 +153,24 @@ describe("fleetlet agent", () => {
     const pid = latest()!.services.web!.pid;
     agentProc!.kill("SIGKILL");
     await until("the last will: offline", () => (statuses.at(-1)?.online === false ? true : undefined));
-    expect(JSON.parse(readFileSync(join(root, "containers", JSON.parse(readFileSync(join(root, "db.json"), "utf8")).services.web.containerId, "running.json"), "utf8")).init.pid).toBe(pid);
+    expect(
+      JSON.parse(
+        readFileSync(
+          join(
+            root,
+            "containers",
+            JSON.parse(readFileSync(join(root, "db.json"), "utf8")).services.web.containerId,
+            "running.json",
+          ),
+          "utf8",
+        ),
+      ).init.pid,
+    ).toBe(pid);
     reports.length = 0;
     agentProc = startAgent();
-    const r = await until("a report from the new agent", () => (latest()?.services.web?.state === "running" ? latest() : undefined));
+    const r = await until("a report from the new agent", () =>
+      latest()?.services.web?.state === "running" ? latest() : undefined,
+    );
     expect(r.services.web!.pid).toBe(pid);
     expect(r.services.web!.restarts).toBe(0);
     await until("online again", () => (statuses.at(-1)?.online === true ? true : undefined));
@@ -146,9 +179,17 @@ describe("fleetlet agent", () => {
   it("swaps the container for an updated env, then rolls a broken update back", async () => {
     const pid = latest()!.services.web!.pid;
     publishDesired({ apiVersion: "fleetlet/v1", deployment: "web-3", generation: 3, services: { web: svc("three") } });
-    const swapped = await until("converged generation 3", () => (latest()?.phase === "converged" && latest()?.generation === 3 ? latest() : undefined));
+    const swapped = await until("converged generation 3", () =>
+      latest()?.phase === "converged" && latest()?.generation === 3 ? latest() : undefined,
+    );
     expect(swapped.services.web!.pid).not.toBe(pid);
-    publishDesired({ apiVersion: "fleetlet/v1", deployment: "web-4", generation: 4, services: { web: svc("four", { command: ["/bin/false"] }) }, update: { healthyWithinMs: 3000 } });
+    publishDesired({
+      apiVersion: "fleetlet/v1",
+      deployment: "web-4",
+      generation: 4,
+      services: { web: svc("four", { command: ["/bin/false"] }) },
+      update: { healthyWithinMs: 3000 },
+    });
     const back = await until("rolled back", () => (latest()?.phase === "rolledBack" ? latest() : undefined), 40_000);
     expect(back.lastError?.code).toBe("E_UNHEALTHY");
     expect(back.lastError?.message).toContain("rolled back to web-3");
@@ -163,35 +204,64 @@ describe("fleetlet agent under trouble", () => {
       apiVersion: "fleetlet/v1",
       deployment: "crashy",
       generation: 10,
-      services: { web: svc("crash", { command: ["/bin/sh", "-c", "cut -d' ' -f1 /proc/uptime >> /data/starts; exit 1"], volumes: [{ name: "crashdata", target: "/data" }] }) },
+      services: {
+        web: svc("crash", {
+          command: ["/bin/sh", "-c", "cut -d' ' -f1 /proc/uptime >> /data/starts; exit 1"],
+          volumes: [{ name: "crashdata", target: "/data" }],
+        }),
+      },
       update: { healthyWithinMs: 60_000, rollback: false },
     });
     const starts = join(root, "volumes", "crashdata", "starts");
-    await until("four starts", () => {
-      try {
-        return readFileSync(starts, "utf8").trim().split("\n").length >= 4 ? true : undefined;
-      } catch {
-        return undefined; // not written yet
-      }
-    }, 20_000);
-    const t = readFileSync(starts, "utf8").trim().split("\n").map((n) => Number(n) * 1000);
+    await until(
+      "four starts",
+      () => {
+        try {
+          return readFileSync(starts, "utf8").trim().split("\n").length >= 4 ? true : undefined;
+        } catch {
+          return undefined; // not written yet
+        }
+      },
+      20_000,
+    );
+    const t = readFileSync(starts, "utf8")
+      .trim()
+      .split("\n")
+      .map((n) => Number(n) * 1000);
     const gaps = t.slice(1).map((v, i) => v - t[i]!);
     // 1 s, 2 s, 4 s apart (plus start-up time each)
     expect(gaps[0]).toBeGreaterThanOrEqual(900);
     expect(gaps[1]).toBeGreaterThanOrEqual(1800);
     expect(gaps[2]).toBeGreaterThanOrEqual(3600);
-    await until("three restarts reported", () => ((latest()?.services.web?.restarts ?? 0) >= 3 ? true : undefined), 10_000);
+    await until(
+      "three restarts reported",
+      () => ((latest()?.services.web?.restarts ?? 0) >= 3 ? true : undefined),
+      10_000,
+    );
   });
 
   it("converges after a kill -9 in the middle of a swap, with no duplicate or orphaned container", async () => {
-    publishDesired({ apiVersion: "fleetlet/v1", deployment: "swap", generation: 11, services: { web: svc("swap"), extra: svc("extra") } });
+    publishDesired({
+      apiVersion: "fleetlet/v1",
+      deployment: "swap",
+      generation: 11,
+      services: { web: svc("swap"), extra: svc("extra") },
+    });
     // A swap takes a few hundred milliseconds here: kill as soon as the new containers appear.
     const containers = join(root, "containers");
-    await until("a container of generation 11", () => (readdirSync(containers).some((n) => n.startsWith("extra.")) ? true : undefined), 10_000);
+    await until(
+      "a container of generation 11",
+      () => (readdirSync(containers).some((n) => n.startsWith("extra.")) ? true : undefined),
+      10_000,
+    );
     agentProc!.kill("SIGKILL");
     await new Promise((r) => agentProc!.once("exit", r));
     agentProc = startAgent();
-    await until("converged generation 11", () => (latest()?.generation === 11 && latest()?.phase === "converged" ? true : undefined), 40_000);
+    await until(
+      "converged generation 11",
+      () => (latest()?.generation === 11 && latest()?.phase === "converged" ? true : undefined),
+      40_000,
+    );
     const ps = await runCli("fleetlet", ["--root", root, "ps", "-a", "--json"]);
     const ids = (JSON.parse(ps.stdout) as { id: string; status: string }[]).map((c) => `${c.id}:${c.status}`).sort();
     expect(ids.length).toBe(2);
@@ -214,14 +284,29 @@ describe("fleetlet agent interrupted mid-pull", () => {
     capped.pull = { maxRateBytesPerSec: 1024 * 1024, concurrency: 1 };
     writeFileSync(config, JSON.stringify(capped));
     agentProc = startAgent();
-    publishDesired({ apiVersion: "fleetlet/v1", deployment: "big", generation: 20, services: { web: { ...svc("big"), image: big } } });
-    await until("pulling generation 20", () => (latest()?.generation === 20 && latest()?.phase === "pulling" ? true : undefined));
+    publishDesired({
+      apiVersion: "fleetlet/v1",
+      deployment: "big",
+      generation: 20,
+      services: { web: { ...svc("big"), image: big } },
+    });
+    await until("pulling generation 20", () =>
+      latest()?.generation === 20 && latest()?.phase === "pulling" ? true : undefined,
+    );
     const ingest = join(root, "ingest");
-    await until("a partial download", () => (readdirSync(ingest).some((f) => statSync(join(ingest, f)).size > 512 * 1024) ? true : undefined), 10_000);
+    await until(
+      "a partial download",
+      () => (readdirSync(ingest).some((f) => statSync(join(ingest, f)).size > 512 * 1024) ? true : undefined),
+      10_000,
+    );
     agentProc!.kill("SIGKILL");
     await new Promise((r) => agentProc!.once("exit", r));
     agentProc = startAgent();
-    const r = await until("converged generation 20", () => (latest()?.generation === 20 && latest()?.phase === "converged" ? latest() : undefined), 40_000);
+    const r = await until(
+      "converged generation 20",
+      () => (latest()?.generation === 20 && latest()?.phase === "converged" ? latest() : undefined),
+      40_000,
+    );
     expect(r.services.web!.image).toBe(big);
     expect(readdirSync(ingest)).toEqual([]);
   });

@@ -21,12 +21,24 @@ let generation = 0;
 function desired(services: Record<string, unknown>, extra: Record<string, unknown> = {}): string {
   generation++;
   const path = join(work, `desired-${generation}.json`);
-  writeFileSync(path, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: `dep-${generation}`, generation, services, update: { healthyWithinMs: 4000 }, ...extra }));
+  writeFileSync(
+    path,
+    JSON.stringify({
+      apiVersion: "fleetlet/v1",
+      deployment: `dep-${generation}`,
+      generation,
+      services,
+      update: { healthyWithinMs: 4000 },
+      ...extra,
+    }),
+  );
   return path;
 }
-const apply = (file: string): Promise<CliResult> => runCli("fleetlet", ["--root", root, "--config", config, "apply", file]);
+const apply = (file: string): Promise<CliResult> =>
+  runCli("fleetlet", ["--root", root, "--config", config, "apply", file]);
 const db = () => JSON.parse(readFileSync(join(root, "db.json"), "utf8"));
-const pidOf = (container: string) => JSON.parse(readFileSync(join(root, "containers", container, "running.json"), "utf8")).init.pid as number;
+const pidOf = (container: string) =>
+  JSON.parse(readFileSync(join(root, "containers", container, "running.json"), "utf8")).init.pid as number;
 const webContainer = () => db().services.web.containerId as string;
 
 const web = (greeting: string, extra: Record<string, unknown> = {}) => ({
@@ -44,7 +56,13 @@ beforeAll(async () => {
   root = freshRoot();
   work = mkdtempSync(join(tmpdir(), "fleetlet-apply-"));
   config = join(work, "config.json");
-  writeFileSync(config, JSON.stringify({ deviceId: "dev-apply", registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } } }));
+  writeFileSync(
+    config,
+    JSON.stringify({
+      deviceId: "dev-apply",
+      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+    }),
+  );
   image = `${reg.host}/apply/busybox:1`;
   expect(fleetctl(["--config", config, "push", rootfs, image]).status).toBe(0);
 });
@@ -86,7 +104,9 @@ describe("fleetlet apply", () => {
   });
 
   it("rolls a deployment whose command exits back to the last good one", async () => {
-    const r = await apply(desired({ web: { ...web("broken"), image, command: ["/bin/sh", "-c", "echo dying; exit 3"] } }));
+    const r = await apply(
+      desired({ web: { ...web("broken"), image, command: ["/bin/sh", "-c", "echo dying; exit 3"] } }),
+    );
     expect(r.status).not.toBe(0);
     expect(r.stdout).toMatch(/rolledBack/);
     expect(r.stderr).toMatch(/(not healthy within 4000 ms|unhealthy within 4000 ms of starting): web/);
@@ -96,22 +116,52 @@ describe("fleetlet apply", () => {
   });
 
   it("rolls back a deployment whose healthcheck fails", async () => {
-    const r = await apply(desired({ web: { ...web("sick"), image, healthcheck: { exec: ["/bin/sh", "-c", "test -e /healthy"], intervalMs: 200, retries: 2 } } }));
+    const r = await apply(
+      desired({
+        web: {
+          ...web("sick"),
+          image,
+          healthcheck: { exec: ["/bin/sh", "-c", "test -e /healthy"], intervalMs: 200, retries: 2 },
+        },
+      }),
+    );
     expect(r.status).not.toBe(0);
     expect(r.stdout).toMatch(/rolledBack/);
     expect(r.stderr).toContain("healthcheck failing");
   });
 
   it("passes a deployment whose healthcheck succeeds inside the container", async () => {
-    const r = await apply(desired({ web: { ...web("well"), image, healthcheck: { exec: ["/bin/sh", "-c", "test -d /data && hostname"], intervalMs: 200, retries: 2 } } }));
+    const r = await apply(
+      desired({
+        web: {
+          ...web("well"),
+          image,
+          healthcheck: { exec: ["/bin/sh", "-c", "test -d /data && hostname"], intervalMs: 200, retries: 2 },
+        },
+      }),
+    );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/web\s+running\s+healthy/);
   });
 
   it.each([
     ["invalid JSON", "{ not json", /not valid JSON/],
-    ["a wrong field type", JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "x", generation: "99", services: {} }), /generation:/],
-    ["an unknown strategy", JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "x", generation: 99, services: {}, update: { strategy: "yolo" } }), /update\.strategy:/],
+    [
+      "a wrong field type",
+      JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "x", generation: "99", services: {} }),
+      /generation:/,
+    ],
+    [
+      "an unknown strategy",
+      JSON.stringify({
+        apiVersion: "fleetlet/v1",
+        deployment: "x",
+        generation: 99,
+        services: {},
+        update: { strategy: "yolo" },
+      }),
+      /update\.strategy:/,
+    ],
   ])("rejects %s, naming the field, and leaves the running containers alone", async (_label, text, why) => {
     const container = webContainer();
     const pid = pidOf(container);
@@ -138,9 +188,15 @@ describe("fleetlet apply", () => {
     ["start-then-stop", ["started", "stopped"]],
     ["stop-then-download", ["stopped", "started"]],
   ])("orders the swap for %s", async (strategy, order) => {
-    const r = await apply(desired({ web: { ...web(strategy), image } }, { update: { strategy, healthyWithinMs: 4000 } }));
+    const r = await apply(
+      desired({ web: { ...web(strategy), image } }, { update: { strategy, healthyWithinMs: 4000 } }),
+    );
     expect(r.status, r.stderr).toBe(0);
-    const events = r.stderr.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l).type as string).filter((t) => t === "started" || t === "stopped");
+    const events = r.stderr
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l).type as string)
+      .filter((t) => t === "started" || t === "stopped");
     expect(events).toEqual(order);
     expect(fleetlet(root, ["logs", "web"]).stdout).toBe(`GREETING=${strategy}\n`);
     expect(fleetlet(root, ["ps"]).stdout.match(/^web\./gm)?.length).toBe(1);
@@ -152,10 +208,17 @@ describe("fleetlet apply", () => {
   ])("under %s, orders the download and the stop of the old container", async (strategy, order) => {
     const ref = `${reg.host}/apply/busybox:${strategy}`;
     expect(fleetctl(["--config", config, "push", "--env", `S=${strategy}`, rootfs, ref]).status).toBe(0);
-    const r = await apply(desired({ web: { ...web(strategy), image: ref } }, { update: { strategy, healthyWithinMs: 4000 } }));
+    const r = await apply(
+      desired({ web: { ...web(strategy), image: ref } }, { update: { strategy, healthyWithinMs: 4000 } }),
+    );
     expect(r.status, r.stderr).toBe(0);
-    const events = r.stderr.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { type: string; image?: string });
-    expect(events.filter((e) => (e.type === "pulling" && e.image === ref) || e.type === "stopped").map((e) => e.type)).toEqual(order);
+    const events = r.stderr
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as { type: string; image?: string });
+    expect(
+      events.filter((e) => (e.type === "pulling" && e.image === ref) || e.type === "stopped").map((e) => e.type),
+    ).toEqual(order);
   });
 
   it("stops and removes services that are no longer desired", async () => {

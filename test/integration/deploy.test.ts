@@ -32,13 +32,16 @@ function sh(cmd: string, args: string[], timeout = 120_000) {
  */
 function verifyUnit(unitText: string, dir: string): { status: number | null; complaints: string[] } {
   const analyze = "/usr/bin/systemd-analyze";
-  if (!existsSync(analyze)) throw new Error(`${analyze} is missing, so the unit cannot be verified: apt-get install systemd`);
+  if (!existsSync(analyze))
+    throw new Error(`${analyze} is missing, so the unit cannot be verified: apt-get install systemd`);
   mkdirSync(dir, { recursive: true });
   // verify checks that ExecStart's binary exists: point it at the node running this test when /usr/bin/node is absent.
   const path = join(dir, "fleetlet.service");
   writeFileSync(path, existsSync("/usr/bin/node") ? unitText : unitText.replaceAll("/usr/bin/node", process.execPath));
   const r = sh(analyze, ["verify", path]);
-  const complaints = `${r.stdout}\n${r.stderr}`.split("\n").filter((l) => l.includes("fleetlet.service") || l.includes(dir));
+  const complaints = `${r.stdout}\n${r.stderr}`
+    .split("\n")
+    .filter((l) => l.includes("fleetlet.service") || l.includes(dir));
   return { status: r.status, complaints };
 }
 
@@ -88,7 +91,16 @@ describe("the systemd unit", () => {
     expect(Object.fromEntries(Object.keys(want).map((k) => [k, keys.get(k)?.value]))).toEqual(want);
     expect(keys.has("NoNewPrivileges")).toBe(false);
     expect(keys.has("User")).toBe(false);
-    for (const k of ["KillMode", "Delegate", "RuntimeDirectoryPreserve", "ProtectSystem", "OOMScoreAdjust", "TasksMax", "LimitNOFILE", "Type"]) {
+    for (const k of [
+      "KillMode",
+      "Delegate",
+      "RuntimeDirectoryPreserve",
+      "ProtectSystem",
+      "OOMScoreAdjust",
+      "TasksMax",
+      "LimitNOFILE",
+      "Type",
+    ]) {
       expect(keys.get(k)?.before, `the comment before ${k}`).toMatch(/^# /);
     }
   });
@@ -99,9 +111,16 @@ describe("readiness", () => {
     const root = freshRoot();
     const sock = join(work, "notify.sock");
     const config = join(work, "notify-config.json");
-    writeFileSync(config, JSON.stringify({ deviceId: "dev-notify", api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "notify-api.sock") } }));
+    writeFileSync(
+      config,
+      JSON.stringify({
+        deviceId: "dev-notify",
+        api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "notify-api.sock") },
+      }),
+    );
     // Node has no unix datagram sockets; python3 plays systemd's side.
-    const script = "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint('bound',flush=True)\nwhile True:\n m=s.recv(4096).decode()\n print(repr(m),flush=True)\n if m.startswith('STOPPING'): break\n";
+    const script =
+      "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint('bound',flush=True)\nwhile True:\n m=s.recv(4096).decode()\n print(repr(m),flush=True)\n if m.startswith('STOPPING'): break\n";
     const systemd = spawn("python3", ["-c", script, sock], { stdio: ["ignore", "pipe", "inherit"] });
     let heard = "";
     systemd.stdout!.on("data", (d) => {
@@ -113,7 +132,10 @@ describe("readiness", () => {
     };
     try {
       expect(await until(/bound/)).toMatch(/bound/);
-      const agent = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent"], { stdio: "ignore", env: { ...process.env, NOTIFY_SOCKET: sock } });
+      const agent = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent"], {
+        stdio: "ignore",
+        env: { ...process.env, NOTIFY_SOCKET: sock },
+      });
       expect(await until(/READY=1/)).toMatch(/'READY=1\\nSTATUS=device dev-notify: 0 service\(s\) adopted, no broker'/);
       expect(heard).not.toMatch(/STOPPING/);
       agent.kill("SIGTERM");
@@ -163,7 +185,9 @@ describe("install.sh", () => {
       `would run: cp -R bin node_modules package.json package-lock.json README.md ${prefix}.new/`,
       "npm prune --omit=dev",
       `would run: mv ${prefix}.new ${prefix}`,
-      existsSync("/etc/fleetlet/config.json") ? "keeping the existing /etc/fleetlet/config.json" : "would write /etc/fleetlet/config.json (mode 0600)",
+      existsSync("/etc/fleetlet/config.json")
+        ? "keeping the existing /etc/fleetlet/config.json"
+        : "would write /etc/fleetlet/config.json (mode 0600)",
       "/etc/systemd/system/fleetlet.service",
       "systemctl daemon-reload && systemctl enable --now fleetlet",
       "dry run done: nothing was changed",
@@ -175,7 +199,11 @@ describe("install.sh", () => {
   });
 
   it("installs a pruned, runnable tree, a 0600 config with its own token, and keeps that config on a second run", () => {
-    for (const built of ["dist/agent/cli/fleetlet.js", "native/build/Release/fleetlet_native.node", "native/build/Release/fleetlet-shim"]) {
+    for (const built of [
+      "dist/agent/cli/fleetlet.js",
+      "native/build/Release/fleetlet_native.node",
+      "native/build/Release/fleetlet-shim",
+    ]) {
       // Without a build install.sh would run `npm ci`, replacing the node_modules this test runs from.
       if (!existsSync(built)) throw new Error(`${built} is missing: run \`npm run build\` before this test`);
     }
@@ -189,7 +217,9 @@ describe("install.sh", () => {
     expect(config.api.token).toMatch(/^[A-Za-z0-9_-]{32}$/);
     expect(deviceConfig.safeParse(config).success).toBe(true);
     expect(existsSync(join(prefix, "node_modules/got"))).toBe(true);
-    expect(["typescript", "vitest", "@biomejs"].filter((dev) => existsSync(join(prefix, "node_modules", dev)))).toEqual([]);
+    expect(["typescript", "vitest", "@biomejs"].filter((dev) => existsSync(join(prefix, "node_modules", dev)))).toEqual(
+      [],
+    );
     const unit = readFileSync(join(units, "fleetlet.service"), "utf8");
     expect(unit).toContain(`ExecStart=/usr/bin/node ${prefix}/bin/fleetlet.js agent --config ${etc}/config.json`);
     expect(verifyUnit(unit, join(work, "installed-unit"))).toEqual({ status: 0, complaints: [] });

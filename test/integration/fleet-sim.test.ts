@@ -44,9 +44,31 @@ function deploymentNamed(base: string): string {
   }
 }
 
-function rollout(deployment: string, generation: number, command: string[] | undefined, onProgress?: (p: RolloutProgress, wave: { percent: number; counts: Record<string, number> }) => void): Promise<RolloutProgress> {
-  const raw = { apiVersion: "fleetlet/v1", deployment, services: { app: { image: IMAGE, ...(command ? { command } : {}), stopTimeoutMs: 1000 } }, update: { healthyWithinMs: 800 } };
-  return new Rollout({ client, view, group: GROUP, raw, file: "fleet-sim.test", waves: [10, 100], healthyWithinMs: 20_000, maxFailures: { count: 0 }, generation, tickMs: 100, ...(onProgress ? { onProgress } : {}) }).run();
+function rollout(
+  deployment: string,
+  generation: number,
+  command: string[] | undefined,
+  onProgress?: (p: RolloutProgress, wave: { percent: number; counts: Record<string, number> }) => void,
+): Promise<RolloutProgress> {
+  const raw = {
+    apiVersion: "fleetlet/v1",
+    deployment,
+    services: { app: { image: IMAGE, ...(command ? { command } : {}), stopTimeoutMs: 1000 } },
+    update: { healthyWithinMs: 800 },
+  };
+  return new Rollout({
+    client,
+    view,
+    group: GROUP,
+    raw,
+    file: "fleet-sim.test",
+    waves: [10, 100],
+    healthyWithinMs: 20_000,
+    maxFailures: { count: 0 },
+    generation,
+    tickMs: 100,
+    ...(onProgress ? { onProgress } : {}),
+  }).run();
 }
 
 beforeAll(async () => {
@@ -54,7 +76,9 @@ beforeAll(async () => {
   fleet = await SimulatedFleet.start({ url: broker.url, groups: [GROUP], deviceIds: IDS, heartbeatMs: 0 });
   client = await FleetClient.connect({ url: broker.url, prefix: "fleet" });
   view = await FleetView.open(client);
-  await until("every device online and reporting", () => (view.list(GROUP).filter((d) => d.online && d.reported).length === N ? true : undefined));
+  await until("every device online and reporting", () =>
+    view.list(GROUP).filter((d) => d.online && d.reported).length === N ? true : undefined,
+  );
 });
 
 afterAll(async () => {
@@ -73,7 +97,9 @@ describe("a rollout to 200 simulated devices", () => {
     const progress = await rollout(good, 1, undefined, (_p, w) => {
       // Called on every judgement; the one with nothing pending and nothing failed ends wave 1, before wave 2 is published.
       if (w.percent === 10 && w.counts.pending === 0 && w.counts.failed === 0 && !atWaveEnd) {
-        atWaveEnd = new Set(fleet.devices.filter((d) => d.store.db.data.desired?.deployment === good).map((d) => d.deviceId));
+        atWaveEnd = new Set(
+          fleet.devices.filter((d) => d.store.db.data.desired?.deployment === good).map((d) => d.deviceId),
+        );
       }
     });
     expect(progress.state, progress.reason).toBe("done");
@@ -82,14 +108,25 @@ describe("a rollout to 200 simulated devices", () => {
       const r = device(id).agent.reported();
       expect(r, id).toMatchObject({ deployment: good, generation: 1, phase: "converged", lastGood: good });
       expect(r.services.app?.state, id).toBe("running");
-      expect(view.devices.get(id)?.reported, id).toMatchObject({ deployment: good, phase: "converged", lastGood: good });
+      expect(view.devices.get(id)?.reported, id).toMatchObject({
+        deployment: good,
+        phase: "converged",
+        lastGood: good,
+      });
     }
   });
 
   it("halts a broken deployment after wave 1: that wave rolls back, the others keep the old deployment untouched", async () => {
     const broken = deploymentNamed("sim-broken");
     const firstWave = new Set(inWave(broken, 10));
-    const containersBefore = new Map(IDS.map((id) => [id, device(id).runtime.list().map((c) => `${c.id} ${c.startedAt}`)]));
+    const containersBefore = new Map(
+      IDS.map((id) => [
+        id,
+        device(id)
+          .runtime.list()
+          .map((c) => `${c.id} ${c.startedAt}`),
+      ]),
+    );
     // The simulated runtime's convention: a container whose command is ["exit", "3"] exits with 3 soon after its start.
     const progress = await rollout(broken, 2, ["exit", "3"]);
     expect(progress.state).toBe("halted");
@@ -97,7 +134,15 @@ describe("a rollout to 200 simulated devices", () => {
     expect(progress.failures.length).toBeGreaterThan(0);
     for (const f of progress.failures) expect(firstWave.has(f.deviceId), f.deviceId).toBe(true);
 
-    await until("the first wave rolled back", () => ([...firstWave].every((id) => device(id).agent.reported().phase === "rolledBack" && device(id).agent.reported().services.app?.state === "running") ? true : undefined));
+    await until("the first wave rolled back", () =>
+      [...firstWave].every(
+        (id) =>
+          device(id).agent.reported().phase === "rolledBack" &&
+          device(id).agent.reported().services.app?.state === "running",
+      )
+        ? true
+        : undefined,
+    );
     for (const id of IDS) {
       const d = device(id);
       const r = d.agent.reported();
@@ -107,7 +152,10 @@ describe("a rollout to 200 simulated devices", () => {
         expect(d.store.db.data.services.app?.deployment, id).toBe(good);
       } else {
         expect(r, id).toMatchObject({ deployment: good, generation: 1, phase: "converged", lastGood: good });
-        expect(d.runtime.list().map((c) => `${c.id} ${c.startedAt}`), id).toEqual(containersBefore.get(id));
+        expect(
+          d.runtime.list().map((c) => `${c.id} ${c.startedAt}`),
+          id,
+        ).toEqual(containersBefore.get(id));
       }
     }
   });

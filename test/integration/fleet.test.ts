@@ -52,7 +52,8 @@ async function until<T>(what: string, probe: () => T | undefined, ms = 40_000): 
   for (;;) {
     const v = probe();
     if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; latest: ${JSON.stringify(DEVICES.map(latest))}`);
+    if (Date.now() > end)
+      throw new Error(`timed out waiting for ${what}; latest: ${JSON.stringify(DEVICES.map(latest))}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -67,7 +68,15 @@ function deploymentFor(base: string, inWave: string): string {
 
 function docFile(name: string, deployment: string, command: string): string {
   const file = join(work, `${name}.json`);
-  writeFileSync(file, JSON.stringify({ apiVersion: "fleetlet/v1", deployment, services: { web: { image, command: ["/bin/sh", "-c", command], restart: "never", stopTimeoutMs: 300 } }, update: { healthyWithinMs: 1500 } }));
+  writeFileSync(
+    file,
+    JSON.stringify({
+      apiVersion: "fleetlet/v1",
+      deployment,
+      services: { web: { image, command: ["/bin/sh", "-c", command], restart: "never", stopTimeoutMs: 300 } },
+      update: { healthyWithinMs: 1500 },
+    }),
+  );
   return file;
 }
 
@@ -78,11 +87,20 @@ beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "fleetlet-fleet-"));
   // The broker enforces the ACL that `fleetctl acl` makes from the inventory.
   const inventory = join(work, "inventory.json");
-  writeFileSync(inventory, JSON.stringify({ devices: Object.fromEntries(DEVICES.map((d) => [d, [GROUP]])), operators: ["operator", "watcher"] }));
+  writeFileSync(
+    inventory,
+    JSON.stringify({
+      devices: Object.fromEntries(DEVICES.map((d) => [d, [GROUP]])),
+      operators: ["operator", "watcher"],
+    }),
+  );
   const acl = await runCli("fleetctl", ["acl", inventory]);
   expect(acl.status, acl.stderr).toBe(0);
   writeFileSync(join(work, "acl"), acl.stdout);
-  [reg, broker] = await Promise.all([startRegistry({ auth: "htpasswd" }), startMosquitto({ clientCerts: true, aclFile: join(work, "acl") })]);
+  [reg, broker] = await Promise.all([
+    startRegistry({ auth: "htpasswd" }),
+    startMosquitto({ clientCerts: true, aclFile: join(work, "acl") }),
+  ]);
   keyFile = join(work, "ops.key");
   const keygen = await runCli("fleetctl", ["keygen", keyFile]);
   expect(keygen.status, keygen.stderr).toBe(0);
@@ -98,10 +116,26 @@ beforeAll(async () => {
     roots.set(id, freshRoot());
     const config = join(work, `${id}.json`);
     const port = await freePort();
-    writeFileSync(config, JSON.stringify({ deviceId: id, groups: [GROUP], mqtt: { url: broker.url, ca: broker.caFile, ...broker.clientCert(id) }, registries, api: { listen: `127.0.0.1:${port}`, socket: join(work, `${id}.sock`) }, trustedKeys: [pub] }));
+    writeFileSync(
+      config,
+      JSON.stringify({
+        deviceId: id,
+        groups: [GROUP],
+        mqtt: { url: broker.url, ca: broker.caFile, ...broker.clientCert(id) },
+        registries,
+        api: { listen: `127.0.0.1:${port}`, socket: join(work, `${id}.sock`) },
+        trustedKeys: [pub],
+      }),
+    );
     configs.set(id, config);
   }
-  watcher = mqtt.connect(broker.url, { ca: readFileSync(broker.caFile), ...(() => { const c = broker.clientCert("watcher"); return { cert: readFileSync(c.cert), key: readFileSync(c.key) }; })() });
+  watcher = mqtt.connect(broker.url, {
+    ca: readFileSync(broker.caFile),
+    ...(() => {
+      const c = broker.clientCert("watcher");
+      return { cert: readFileSync(c.cert), key: readFileSync(c.key) };
+    })(),
+  });
   await new Promise((r) => watcher.once("connect", r));
   await watcher.subscribeAsync("fleet/devices/+/reported", { qos: 1 });
   watcher.on("message", (_t, payload) => {
@@ -113,7 +147,11 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const p of agents.values()) p.kill("SIGTERM");
-  await Promise.all([...agents.values()].map((p) => (p.exitCode === null && p.signalCode === null ? new Promise((r) => p.once("exit", r)) : undefined)));
+  await Promise.all(
+    [...agents.values()].map((p) =>
+      p.exitCode === null && p.signalCode === null ? new Promise((r) => p.once("exit", r)) : undefined,
+    ),
+  );
   watcher?.end(true);
   for (const root of roots.values()) await cleanupRoot(root);
   await Promise.all([reg?.stop(), broker?.stop()]);
@@ -124,7 +162,20 @@ describe("fleetctl rollout", () => {
 
   it("rolls a deployment out in waves 34,100: the wave goes first, all converge, and fleetctl status shows it", async () => {
     good1 = deploymentFor("good-1", "dev-f2");
-    const r = await fleetctl(["rollout", "--group", GROUP, docFile("good1", good1, "exec sleep 1000"), "--waves", "34,100", "--healthy-within", "60s", "--max-failures", "0", "--sign-key", keyFile]);
+    const r = await fleetctl([
+      "rollout",
+      "--group",
+      GROUP,
+      docFile("good1", good1, "exec sleep 1000"),
+      "--waves",
+      "34,100",
+      "--healthy-within",
+      "60s",
+      "--max-failures",
+      "0",
+      "--sign-key",
+      keyFile,
+    ]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`rollout of ${good1} .*: done, wave 2/2`));
     expect(r.stderr).toMatch(/wave 1\/2 \(34%\): 1 device\(s\): 1 healthy/);
@@ -134,21 +185,41 @@ describe("fleetctl rollout", () => {
     const othersStarted = seen.findIndex((s) => s.deviceId !== "dev-f2" && s.deployment === good1);
     expect(firstHealthy).toBeGreaterThanOrEqual(0);
     expect(othersStarted).toBeGreaterThan(firstHealthy);
-    for (const id of DEVICES) expect(latest(id)).toMatchObject({ deployment: good1, phase: "converged", lastGood: good1, groups: [GROUP] });
+    for (const id of DEVICES)
+      expect(latest(id)).toMatchObject({ deployment: good1, phase: "converged", lastGood: good1, groups: [GROUP] });
 
     const status = await fleetctl(["status", "--group", GROUP]);
     expect(status.status, status.stderr).toBe(0);
     expect(status.stdout).toMatch(/3 device\(s\) in group pilot, 3 online/);
     expect(status.stdout).toMatch(new RegExp(`rollout of ${good1} .*: done`));
-    for (const id of DEVICES) expect(status.stdout).toMatch(new RegExp(`^${id}\\s+yes\\s+${good1.replace(/\./g, "\\.")}\\s+\\d+\\s+converged`, "m"));
-    const json = JSON.parse((await fleetctl(["status", "--group", GROUP, "--json"])).stdout) as { deviceId: string; online: boolean }[];
+    for (const id of DEVICES)
+      expect(status.stdout).toMatch(
+        new RegExp(`^${id}\\s+yes\\s+${good1.replace(/\./g, "\\.")}\\s+\\d+\\s+converged`, "m"),
+      );
+    const json = JSON.parse((await fleetctl(["status", "--group", GROUP, "--json"])).stdout) as {
+      deviceId: string;
+      online: boolean;
+    }[];
     expect(json.map((d) => [d.deviceId, d.online])).toEqual(DEVICES.map((d) => [d, true]));
   });
 
   it("halts a broken deployment after the first wave: that wave rolls back, the others are untouched", async () => {
     const broken = deploymentFor("broken", "dev-f1");
     const before = new Map(DEVICES.map((d) => [d, { pid: pidOf(d), generation: latest(d)!.generation }]));
-    const r = await fleetctl(["rollout", "--group", GROUP, docFile("broken", broken, "exit 3"), "--waves", "34,100", "--healthy-within", "30s", "--max-failures", "10%", "--sign-key", keyFile]);
+    const r = await fleetctl([
+      "rollout",
+      "--group",
+      GROUP,
+      docFile("broken", broken, "exit 3"),
+      "--waves",
+      "34,100",
+      "--healthy-within",
+      "30s",
+      "--max-failures",
+      "10%",
+      "--sign-key",
+      keyFile,
+    ]);
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("E_ROLLOUT_HALTED");
     expect(r.stdout).toMatch(/halted, wave 1\/2 \(34%\)/);
@@ -160,7 +231,11 @@ describe("fleetctl rollout", () => {
     });
     expect(back.lastError?.code).toBe("E_ROLLED_BACK");
     for (const id of ["dev-f2", "dev-f3"]) {
-      expect(latest(id)).toMatchObject({ deployment: good1, phase: "converged", generation: before.get(id)!.generation });
+      expect(latest(id)).toMatchObject({
+        deployment: good1,
+        phase: "converged",
+        generation: before.get(id)!.generation,
+      });
       expect(pidOf(id), JSON.stringify(latest(id))).toBe(before.get(id)!.pid);
     }
   });
@@ -168,8 +243,34 @@ describe("fleetctl rollout", () => {
   it("resumes an interrupted rollout from its retained progress after fleetctl is killed", async () => {
     const good2 = deploymentFor("good-2", "dev-f3");
     const file = join(work, "good2.json");
-    writeFileSync(file, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: good2, services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1001"], stopTimeoutMs: 300 } }, update: { healthyWithinMs: 4000 } }));
-    const first = spawn(process.execPath, [FLEETCTL_BIN, "--config", opConfig, "rollout", "--group", GROUP, file, "--waves", "34,100", "--healthy-within", "60s", "--sign-key", keyFile], { stdio: "ignore" });
+    writeFileSync(
+      file,
+      JSON.stringify({
+        apiVersion: "fleetlet/v1",
+        deployment: good2,
+        services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1001"], stopTimeoutMs: 300 } },
+        update: { healthyWithinMs: 4000 },
+      }),
+    );
+    const first = spawn(
+      process.execPath,
+      [
+        FLEETCTL_BIN,
+        "--config",
+        opConfig,
+        "rollout",
+        "--group",
+        GROUP,
+        file,
+        "--waves",
+        "34,100",
+        "--healthy-within",
+        "60s",
+        "--sign-key",
+        keyFile,
+      ],
+      { stdio: "ignore" },
+    );
     // Killed while the first wave is still in its health window.
     await until("dev-f3 pulling good2", () => (latest("dev-f3")?.deployment === good2 ? true : undefined));
     first.kill("SIGKILL");
@@ -179,18 +280,32 @@ describe("fleetctl rollout", () => {
     const r = await fleetctl(["rollout", "resume", "--group", GROUP, "--sign-key", keyFile]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`rollout of ${good2} .*: done, wave 2/2`));
-    for (const id of DEVICES) expect(latest(id)).toMatchObject({ deployment: good2, phase: "converged", lastGood: good2 });
+    for (const id of DEVICES)
+      expect(latest(id)).toMatchObject({ deployment: good2, phase: "converged", lastGood: good2 });
   });
 
   it("does not wait for an offline device, which converges when it comes back", async () => {
     const good3 = deploymentFor("good-3", "dev-f1");
     await stopAgent("dev-f3");
-    const r = await fleetctl(["rollout", "--group", GROUP, docFile("good3", good3, "exec sleep 1002"), "--waves", "34,100", "--healthy-within", "60s", "--sign-key", keyFile]);
+    const r = await fleetctl([
+      "rollout",
+      "--group",
+      GROUP,
+      docFile("good3", good3, "exec sleep 1002"),
+      "--waves",
+      "34,100",
+      "--healthy-within",
+      "60s",
+      "--sign-key",
+      keyFile,
+    ]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/wave 2\/2 \(100%\): 3 device\(s\): 2 healthy, 0 pending, 0 failed, 1 offline/);
     expect(latest("dev-f3")?.deployment).not.toBe(good3);
     startAgent("dev-f3");
-    await until("dev-f3 converged on good3 after coming back", () => (latest("dev-f3")?.deployment === good3 && latest("dev-f3")?.phase === "converged" ? true : undefined));
+    await until("dev-f3 converged on good3 after coming back", () =>
+      latest("dev-f3")?.deployment === good3 && latest("dev-f3")?.phase === "converged" ? true : undefined,
+    );
   });
 });
 
@@ -199,19 +314,48 @@ describe("fleetctl rollout abort", () => {
     const before = latest("dev-f1")!.deployment!;
     const good4 = deploymentFor("good-4", "dev-f2");
     const file = join(work, "good4.json");
-    writeFileSync(file, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: good4, services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1004"], stopTimeoutMs: 300 } }, update: { healthyWithinMs: 8000 } }));
-    const running = runCli("fleetctl", ["--config", opConfig, "rollout", "--group", GROUP, file, "--waves", "34,100", "--healthy-within", "60s", "--sign-key", keyFile]);
-    await until("dev-f2 on good4", () => (latest("dev-f2")?.deployment === good4 && latest("dev-f2")?.phase === "converged" ? true : undefined));
+    writeFileSync(
+      file,
+      JSON.stringify({
+        apiVersion: "fleetlet/v1",
+        deployment: good4,
+        services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1004"], stopTimeoutMs: 300 } },
+        update: { healthyWithinMs: 8000 },
+      }),
+    );
+    const running = runCli("fleetctl", [
+      "--config",
+      opConfig,
+      "rollout",
+      "--group",
+      GROUP,
+      file,
+      "--waves",
+      "34,100",
+      "--healthy-within",
+      "60s",
+      "--sign-key",
+      keyFile,
+    ]);
+    await until("dev-f2 on good4", () =>
+      latest("dev-f2")?.deployment === good4 && latest("dev-f2")?.phase === "converged" ? true : undefined,
+    );
     const abort = await fleetctl(["rollout", "abort", "--group", GROUP, "--rollback", "--sign-key", keyFile]);
     expect(abort.status, abort.stderr).toBe(0);
     expect(abort.stdout).toMatch(new RegExp(`rollout of ${good4} .*: aborted`));
     const r = await running;
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("[E_ABORTED]");
-    const back = await until("dev-f2 restored", () => (latest("dev-f2")?.deployment === before && latest("dev-f2")?.phase === "rolledBack" ? latest("dev-f2") : undefined));
+    const back = await until("dev-f2 restored", () =>
+      latest("dev-f2")?.deployment === before && latest("dev-f2")?.phase === "rolledBack"
+        ? latest("dev-f2")
+        : undefined,
+    );
     expect(back.lastError?.code).toBe("E_ROLLED_BACK");
     // Cut short in its health window, good4 never became a deployment to roll back to.
-    await until("dev-f2 healthy on the restored deployment", () => (latest("dev-f2")?.lastGood === before ? true : undefined));
+    await until("dev-f2 healthy on the restored deployment", () =>
+      latest("dev-f2")?.lastGood === before ? true : undefined,
+    );
     // The devices outside the wave never saw good4.
     expect(seen.some((x) => x.deviceId !== "dev-f2" && x.deployment === good4)).toBe(false);
     const again = await fleetctl(["rollout", "resume", "--group", GROUP, "--sign-key", keyFile]);
@@ -222,29 +366,62 @@ describe("fleetctl rollout abort", () => {
 
 describe("fleetctl refusals", () => {
   it.each([
-    ["an invalid document, naming the field", ["rollout", "--group", GROUP, "BAD"], /services\.web\.restart: .*\[E_INVALID_DESIRED\]/],
-    ["waves that narrow", ["rollout", "--group", GROUP, "OK", "--waves", "50,10"], /--waves 50,10: each wave must be wider than the one before/],
-    ["a generation the topic already holds", ["deploy", "--group", GROUP, "STALE"], /generation: 1 is not newer than \d+, which fleet\/groups\/pilot\/desired already holds.*\[E_STALE_GENERATION\]/],
-    ["a signing key that is not one", ["deploy", "--group", GROUP, "--sign-key", "OK", "OK"], /--sign-key .*: not an ed25519 private key/],
+    [
+      "an invalid document, naming the field",
+      ["rollout", "--group", GROUP, "BAD"],
+      /services\.web\.restart: .*\[E_INVALID_DESIRED\]/,
+    ],
+    [
+      "waves that narrow",
+      ["rollout", "--group", GROUP, "OK", "--waves", "50,10"],
+      /--waves 50,10: each wave must be wider than the one before/,
+    ],
+    [
+      "a generation the topic already holds",
+      ["deploy", "--group", GROUP, "STALE"],
+      /generation: 1 is not newer than \d+, which fleet\/groups\/pilot\/desired already holds.*\[E_STALE_GENERATION\]/,
+    ],
+    [
+      "a signing key that is not one",
+      ["deploy", "--group", GROUP, "--sign-key", "OK", "OK"],
+      /--sign-key .*: not an ed25519 private key/,
+    ],
   ])("refuses %s, publishing nothing", async (_what, args, message) => {
     const bad = join(work, "bad.json");
-    writeFileSync(bad, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "bad", services: { web: { image, restart: "sometimes" } } }));
+    writeFileSync(
+      bad,
+      JSON.stringify({
+        apiVersion: "fleetlet/v1",
+        deployment: "bad",
+        services: { web: { image, restart: "sometimes" } },
+      }),
+    );
     const ok = join(work, "ok.json");
     writeFileSync(ok, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "ok", services: {} }));
     const stale = join(work, "stale.json");
-    writeFileSync(stale, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "stale", generation: 1, services: {} }));
+    writeFileSync(
+      stale,
+      JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "stale", generation: 1, services: {} }),
+    );
     const before = seen.length;
     const r = await fleetctl(args.map((a) => ({ BAD: bad, OK: ok, STALE: stale })[a] ?? a));
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(message);
     await new Promise((res) => setTimeout(res, 300));
-    expect(seen.slice(before).filter((s) => s.deployment === "bad" || s.deployment === "ok" || s.deployment === "stale")).toEqual([]);
+    expect(
+      seen.slice(before).filter((s) => s.deployment === "bad" || s.deployment === "ok" || s.deployment === "stale"),
+    ).toEqual([]);
   });
 });
 
 describe("fleetctl status --watch --share", () => {
   it("splits the live updates between the instances of one shared subscription", async () => {
-    const watch = () => spawn(process.execPath, [FLEETCTL_BIN, "--config", opConfig, "status", "--watch", "--json", "--share", "aggregators"], { stdio: ["ignore", "pipe", "inherit"] });
+    const watch = () =>
+      spawn(
+        process.execPath,
+        [FLEETCTL_BIN, "--config", opConfig, "status", "--watch", "--json", "--share", "aggregators"],
+        { stdio: ["ignore", "pipe", "inherit"] },
+      );
     const instances = [watch(), watch()];
     const outputs = instances.map((p) => {
       const out = { text: "" };
@@ -260,7 +437,10 @@ describe("fleetctl status --watch --share", () => {
     const updates = outputs.map((o) => {
       const [snapshot, ...lines] = o.text.trim().split("\n");
       expect(JSON.parse(snapshot!).map((d: { deviceId: string }) => d.deviceId)).toEqual(DEVICES);
-      return lines.map((l) => JSON.parse(l) as { deviceId: string; reported: ReportedState | null }).filter((u) => u.reported).map((u) => `${u.deviceId} ${u.reported!.ts}`);
+      return lines
+        .map((l) => JSON.parse(l) as { deviceId: string; reported: ReportedState | null })
+        .filter((u) => u.reported)
+        .map((u) => `${u.deviceId} ${u.reported!.ts}`);
     });
     expect(updates[0]!.length).toBeGreaterThan(0);
     expect(updates[1]!.length).toBeGreaterThan(0);
@@ -270,8 +450,18 @@ describe("fleetctl status --watch --share", () => {
 });
 
 describe("signed desired state", () => {
-  const publish = (id: string, doc: unknown) => watcher.publishAsync(`fleet/devices/${id}/desired`, typeof doc === "string" ? doc : JSON.stringify(doc), { qos: 1, retain: true });
-  const deviceDoc = (generation: number, target = "device/dev-f2") => ({ apiVersion: "fleetlet/v1", deployment: "device-own", generation, target, services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1003"] } } });
+  const publish = (id: string, doc: unknown) =>
+    watcher.publishAsync(`fleet/devices/${id}/desired`, typeof doc === "string" ? doc : JSON.stringify(doc), {
+      qos: 1,
+      retain: true,
+    });
+  const deviceDoc = (generation: number, target = "device/dev-f2") => ({
+    apiVersion: "fleetlet/v1",
+    deployment: "device-own",
+    generation,
+    target,
+    services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1003"] } },
+  });
 
   it("rejects unsigned, tampered and foreign-signed documents with E_BAD_SIGNATURE and leaves the service running", async () => {
     const pid = pidOf("dev-f2");
@@ -288,7 +478,9 @@ describe("signed desired state", () => {
     for (const [what, doc] of cases) {
       const mark = seen.length;
       await publish("dev-f2", doc);
-      const r = await until(`${what} document rejected`, () => seen.slice(mark).find((s) => s.deviceId === "dev-f2" && s.phase === "rejected"));
+      const r = await until(`${what} document rejected`, () =>
+        seen.slice(mark).find((s) => s.deviceId === "dev-f2" && s.phase === "rejected"),
+      );
       expect(r.lastError?.code, what).toBe("E_BAD_SIGNATURE");
       expect(r.generation, what).toBe(generation);
       expect(r.services.web?.pid, what).toBe(pid);
@@ -299,11 +491,22 @@ describe("signed desired state", () => {
     const groupGeneration = latest("dev-f3")!.generation!;
     expect(groupGeneration).toBeGreaterThan(1);
     const file = join(work, "own-f3.json");
-    writeFileSync(file, JSON.stringify({ apiVersion: "fleetlet/v1", deployment: "own-f3", services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1005"], stopTimeoutMs: 300 } } }));
+    writeFileSync(
+      file,
+      JSON.stringify({
+        apiVersion: "fleetlet/v1",
+        deployment: "own-f3",
+        services: { web: { image, command: ["/bin/sh", "-c", "exec sleep 1005"], stopTimeoutMs: 300 } },
+      }),
+    );
     const r = await fleetctl(["deploy", "--device", "dev-f3", "--sign-key", keyFile, file]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/published deployment own-f3 generation 1 to fleet\/devices\/dev-f3\/desired .*signed/);
-    const own = await until("dev-f3 on its own document", () => (latest("dev-f3")?.deployment === "own-f3" && latest("dev-f3")?.phase === "converged" ? latest("dev-f3") : undefined));
+    const own = await until("dev-f3 on its own document", () =>
+      latest("dev-f3")?.deployment === "own-f3" && latest("dev-f3")?.phase === "converged"
+        ? latest("dev-f3")
+        : undefined,
+    );
     expect(own.source).toBe("device");
     expect(latest("dev-f1")?.source).toBe("group:pilot");
   });
@@ -312,7 +515,9 @@ describe("signed desired state", () => {
     const key = createPrivateKey(readFileSync(keyFile));
     const old = signDocument(deviceDoc(200), key);
     await publish("dev-f2", signDocument(deviceDoc(201), key));
-    await until("device-own converged", () => (latest("dev-f2")?.deployment === "device-own" && latest("dev-f2")?.phase === "converged" ? true : undefined));
+    await until("device-own converged", () =>
+      latest("dev-f2")?.deployment === "device-own" && latest("dev-f2")?.phase === "converged" ? true : undefined,
+    );
     const pid = pidOf("dev-f2");
     const mark = seen.length;
     await publish("dev-f2", old);

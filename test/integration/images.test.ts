@@ -26,8 +26,24 @@ beforeAll(async () => {
   reg = await startRegistry({ auth: "htpasswd" });
   root = freshRoot();
   work = mkdtempSync(join(tmpdir(), "fleetlet-images-"));
-  config = writeConfig(join(work, "config.json"), { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } });
-  const pushed = fleetctl(["--config", config, "push", "--cmd", "/bin/sh", "--cmd", "-c", "--cmd", "echo default-cmd $GREETING", "--env", "GREETING=hello", rootfs, `${reg.host}/test/busybox:1`]);
+  config = writeConfig(join(work, "config.json"), {
+    [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile },
+  });
+  const pushed = fleetctl([
+    "--config",
+    config,
+    "push",
+    "--cmd",
+    "/bin/sh",
+    "--cmd",
+    "-c",
+    "--cmd",
+    "echo default-cmd $GREETING",
+    "--env",
+    "GREETING=hello",
+    rootfs,
+    `${reg.host}/test/busybox:1`,
+  ]);
   expect(pushed.status, pushed.stderr).toBe(0);
 });
 
@@ -50,7 +66,16 @@ describe("pull and run", () => {
   });
 
   it("merges the command line with the image as Docker does: args replace Cmd, -e overrides Env", () => {
-    const r = run("run", "--rm", "-e", "GREETING=bye", `${reg.host}/test/busybox:1`, "/bin/sh", "-c", "echo $GREETING; pwd");
+    const r = run(
+      "run",
+      "--rm",
+      "-e",
+      "GREETING=bye",
+      `${reg.host}/test/busybox:1`,
+      "/bin/sh",
+      "-c",
+      "echo $GREETING; pwd",
+    );
     expect(r.stdout).toBe("bye\n/\n");
   });
 
@@ -71,7 +96,9 @@ describe("pull and run", () => {
 
 describe("errors", () => {
   it("names the registry and the cause when the password is wrong", () => {
-    const bad = writeConfig(join(work, "bad-pass.json"), { [reg.host]: { username: reg.username, password: "wrong", ca: reg.caFile } });
+    const bad = writeConfig(join(work, "bad-pass.json"), {
+      [reg.host]: { username: reg.username, password: "wrong", ca: reg.caFile },
+    });
     const r = fleetlet(root, ["--config", bad, "pull", `${reg.host}/test/busybox:1`]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toContain(`${reg.host}: authentication failed`);
@@ -79,7 +106,9 @@ describe("errors", () => {
   });
 
   it("gives a clear TLS error when the registry's CA is unknown", () => {
-    const noCa = writeConfig(join(work, "no-ca.json"), { [reg.host]: { username: reg.username, password: reg.password } });
+    const noCa = writeConfig(join(work, "no-ca.json"), {
+      [reg.host]: { username: reg.username, password: reg.password },
+    });
     const r = fleetlet(root, ["--config", noCa, "pull", `${reg.host}/test/busybox:1`]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toContain("certificate is not trusted");

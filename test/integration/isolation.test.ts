@@ -9,7 +9,8 @@ import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
 
 let root: string;
 const rootfs = inject("busyboxRootfs");
-const sh = (script: string, ...flags: string[]) => fleetlet(root, ["run", "--rm", "--rootfs", rootfs, ...flags, "--", "/bin/sh", "-c", script]);
+const sh = (script: string, ...flags: string[]) =>
+  fleetlet(root, ["run", "--rm", "--rootfs", rootfs, ...flags, "--", "/bin/sh", "-c", script]);
 
 beforeAll(() => {
   root = freshRoot();
@@ -26,7 +27,26 @@ function statusField(status: string, name: string): string {
 
 describe("fleetlet run isolation", () => {
   it("runs the issue's example: pid 1, the environment and the hostname", () => {
-    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--hostname", "box1", "--memory", "32Mi", "--cpus", "0.25", "--pids", "64", "-e", "FOO=bar", "--", "/bin/sh", "-c", "echo $$ $FOO; hostname"]);
+    const r = fleetlet(root, [
+      "run",
+      "--rm",
+      "--rootfs",
+      rootfs,
+      "--hostname",
+      "box1",
+      "--memory",
+      "32Mi",
+      "--cpus",
+      "0.25",
+      "--pids",
+      "64",
+      "-e",
+      "FOO=bar",
+      "--",
+      "/bin/sh",
+      "-c",
+      "echo $$ $FOO; hostname",
+    ]);
     expect(r.stderr).toBe("");
     expect(r.stdout).toBe("1 bar\nbox1\n");
     expect(r.status).toBe(0);
@@ -45,9 +65,23 @@ describe("fleetlet run isolation", () => {
 
   it("sees its own root filesystem and no host paths", () => {
     const r = sh(`ls -A /; test -e ${root} && echo HOST-ROOT-VISIBLE`);
-    expect(r.stdout.split("\n").filter(Boolean).sort()).toEqual([".complete", "bin", "dev", "etc", "home", "proc", "root", "sys", "tmp", "var"]);
+    expect(r.stdout.split("\n").filter(Boolean).sort()).toEqual([
+      ".complete",
+      "bin",
+      "dev",
+      "etc",
+      "home",
+      "proc",
+      "root",
+      "sys",
+      "tmp",
+      "var",
+    ]);
     // Field 5 of mountinfo is the mount point: all of them are the container's own.
-    const mountPoints = sh("cat /proc/self/mountinfo").stdout.split("\n").filter(Boolean).map((l) => l.split(" ")[4]!);
+    const mountPoints = sh("cat /proc/self/mountinfo")
+      .stdout.split("\n")
+      .filter(Boolean)
+      .map((l) => l.split(" ")[4]!);
     expect(mountPoints[0]).toBe("/");
     for (const m of mountPoints) expect(m).toMatch(/^\/(proc|dev|sys)?(\/|$)/);
   });
@@ -86,7 +120,13 @@ describe("fleetlet run isolation", () => {
     expect(readFileSync("/proc/timer_list").length).toBeGreaterThan(0);
     // Masked paths that this kernel lacks (kcore, acpi here) are simply absent.
     const absent = sh("for p in /proc/kcore /proc/acpi /proc/sched_debug; do if [ -e $p ]; then wc -c < $p; fi; done");
-    expect(absent.stdout.split("\n").filter(Boolean).map(Number).every((n) => n === 0)).toBe(true);
+    expect(
+      absent.stdout
+        .split("\n")
+        .filter(Boolean)
+        .map(Number)
+        .every((n) => n === 0),
+    ).toBe(true);
   });
 
   it("mounts /sys read-only", () => {
@@ -97,7 +137,22 @@ describe("fleetlet run isolation", () => {
   it("has only the listed nodes and links in /dev", () => {
     const r = sh("ls -A /dev; ls -l /dev/null /dev/ptmx /dev/fd");
     const names = r.stdout.split("\n").slice(0, 14);
-    expect(names).toEqual(["core", "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"]);
+    expect(names).toEqual([
+      "core",
+      "fd",
+      "full",
+      "null",
+      "ptmx",
+      "pts",
+      "random",
+      "shm",
+      "stderr",
+      "stdin",
+      "stdout",
+      "tty",
+      "urandom",
+      "zero",
+    ]);
     expect(r.stdout).toMatch(/crw-rw-rw-\s+1 root\s+root\s+1,\s+3 .* \/dev\/null/);
     expect(r.stdout).toMatch(/\/dev\/ptmx -> pts\/ptmx/);
     expect(r.stdout).toMatch(/\/dev\/fd -> \/proc\/self\/fd/);
@@ -109,7 +164,9 @@ describe("fleetlet run isolation", () => {
   });
 
   it("runs as the --user given, by number or by the image's names, without capabilities", () => {
-    expect(sh("id -u; id -g; grep CapEff /proc/self/status", "--user", "1000:1000").stdout).toBe("1000\n1000\nCapEff:\t0000000000000000\n");
+    expect(sh("id -u; id -g; grep CapEff /proc/self/status", "--user", "1000:1000").stdout).toBe(
+      "1000\n1000\nCapEff:\t0000000000000000\n",
+    );
     expect(sh("id -u; id -g", "--user", "nobody").stdout).toBe("65534\n65534\n");
     const bad = sh("true", "--user", "ghost");
     expect(bad.status).toBe(125);
@@ -164,7 +221,9 @@ describe("fleetlet run exit codes and errors", () => {
     const before = fleetlet(root, ["ps", "-a", "--json"]).stdout;
     const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--memory", "32 bananas", "--", "/bin/true"]);
     expect(r.status).toBe(125);
-    expect(r.stderr).toBe('fleetlet: --memory: expected a size such as 32Mi, 512k or 1G, got "32 bananas" [E_INVALID_ARGUMENT]\n');
+    expect(r.stderr).toBe(
+      'fleetlet: --memory: expected a size such as 32Mi, 512k or 1G, got "32 bananas" [E_INVALID_ARGUMENT]\n',
+    );
     expect(fleetlet(root, ["ps", "-a", "--json"]).stdout).toBe(before);
   });
 

@@ -51,7 +51,20 @@ function shimProcesses(): string[] {
 describe("container lifecycle", () => {
   it("leaves the rootfs unmodified and nothing behind after --rm", () => {
     const before = treeDigest(rootfs);
-    const r = fleetlet(root, ["run", "--rm", "--name", "scratch", "--memory", "64Mi", "--rootfs", rootfs, "--", "/bin/sh", "-c", "rm /bin/ls; echo new > /etc/new; chmod 777 /etc/passwd; mkdir -p /var/x"]);
+    const r = fleetlet(root, [
+      "run",
+      "--rm",
+      "--name",
+      "scratch",
+      "--memory",
+      "64Mi",
+      "--rootfs",
+      rootfs,
+      "--",
+      "/bin/sh",
+      "-c",
+      "rm /bin/ls; echo new > /etc/new; chmod 777 /etc/passwd; mkdir -p /var/x",
+    ]);
     expect(r.status).toBe(0);
     expect(treeDigest(rootfs)).toBe(before);
     expect(existsSync(join(root, "containers", "scratch"))).toBe(false);
@@ -62,7 +75,18 @@ describe("container lifecycle", () => {
   });
 
   it("stops the container when fleetlet run gets SIGTERM", async () => {
-    const child = fleetletAsync(root, ["run", "--rm", "--name", "sigterm", "--rootfs", rootfs, "--", "/bin/sh", "-c", "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"]);
+    const child = fleetletAsync(root, [
+      "run",
+      "--rm",
+      "--name",
+      "sigterm",
+      "--rootfs",
+      rootfs,
+      "--",
+      "/bin/sh",
+      "-c",
+      "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
+    ]);
     let out = "";
     child.stdout.on("data", (d) => {
       out += d;
@@ -76,7 +100,9 @@ describe("container lifecycle", () => {
   });
 
   it("kills a container that ignores the stop signal once the timeout passes", () => {
-    expect(fleetlet(root, ["run", "-d", "--name", "stubborn", "--rootfs", rootfs, "--", "/bin/sleep", "600"]).status).toBe(0);
+    expect(
+      fleetlet(root, ["run", "-d", "--name", "stubborn", "--rootfs", rootfs, "--", "/bin/sleep", "600"]).status,
+    ).toBe(0);
     const t0 = Date.now();
     const r = fleetlet(root, ["stop", "-t", "1", "stubborn"]);
     expect(r.stdout).toBe("stubborn exited with 137\n");
@@ -85,7 +111,18 @@ describe("container lifecycle", () => {
   });
 
   it("keeps a detached container running after its launcher exits, and a new process finds and waits for it", async () => {
-    const r = fleetlet(root, ["run", "-d", "--name", "bg", "--rootfs", rootfs, "--", "/bin/sh", "-c", "echo started; sleep 600"]);
+    const r = fleetlet(root, [
+      "run",
+      "-d",
+      "--name",
+      "bg",
+      "--rootfs",
+      rootfs,
+      "--",
+      "/bin/sh",
+      "-c",
+      "echo started; sleep 600",
+    ]);
     expect(r.status).toBe(0);
     expect(r.stdout).toBe("bg\n");
     const ps = fleetlet(root, ["ps"]);
@@ -103,7 +140,9 @@ describe("container lifecycle", () => {
   });
 
   it("refuses to remove a running container unless forced", () => {
-    expect(fleetlet(root, ["run", "-d", "--name", "busy", "--rootfs", rootfs, "--", "/bin/sleep", "600"]).status).toBe(0);
+    expect(fleetlet(root, ["run", "-d", "--name", "busy", "--rootfs", rootfs, "--", "/bin/sleep", "600"]).status).toBe(
+      0,
+    );
     const r = fleetlet(root, ["rm", "busy"]);
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("container busy is running");
@@ -112,7 +151,17 @@ describe("container lifecycle", () => {
   });
 
   it("tails logs by lines", () => {
-    const r = fleetlet(root, ["run", "--name", "chatty", "--rootfs", rootfs, "--", "/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done"]);
+    const r = fleetlet(root, [
+      "run",
+      "--name",
+      "chatty",
+      "--rootfs",
+      rootfs,
+      "--",
+      "/bin/sh",
+      "-c",
+      "for i in 1 2 3 4 5; do echo line$i; done",
+    ]);
     expect(r.stdout).toBe("line1\nline2\nline3\nline4\nline5\n");
     expect(fleetlet(root, ["logs", "--tail", "2", "chatty"]).stdout).toBe("line4\nline5\n");
     expect(fleetlet(root, ["rm", "chatty"]).status).toBe(0);
@@ -122,7 +171,11 @@ describe("container lifecycle", () => {
     const runtime = new Runtime({ root });
     const { id } = runtime.create({
       layers: [rootfs],
-      command: ["/bin/sh", "-c", "i=0; while [ $i -lt 400 ]; do echo line-$i-0123456789012345678901234567890123456789; i=$((i+1)); done"],
+      command: [
+        "/bin/sh",
+        "-c",
+        "i=0; while [ $i -lt 400 ]; do echo line-$i-0123456789012345678901234567890123456789; i=$((i+1)); done",
+      ],
       log: { maxBytes: 4096, keep: 1 },
     });
     await runtime.start(id);

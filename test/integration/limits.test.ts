@@ -21,25 +21,66 @@ afterAll(async () => {
 
 describe("resource limits", () => {
   it("OOM-kills a container over --memory 32Mi, exits 137 and says so", () => {
-    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--memory", "32Mi", "--", "/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    const r = fleetlet(root, [
+      "run",
+      "--rm",
+      "--rootfs",
+      rootfs,
+      "--memory",
+      "32Mi",
+      "--",
+      "/bin/dd",
+      "if=/dev/zero",
+      "of=/dev/null",
+      "bs=64M",
+      "count=1",
+    ]);
     expect(r.status).toBe(137);
     expect(r.stderr).toContain("killed: out of memory (limit 32 MiB)");
   });
 
   it("lets the same work finish under a larger limit", () => {
-    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--memory", "256Mi", "--", "/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    const r = fleetlet(root, [
+      "run",
+      "--rm",
+      "--rootfs",
+      rootfs,
+      "--memory",
+      "256Mi",
+      "--",
+      "/bin/dd",
+      "if=/dev/zero",
+      "of=/dev/null",
+      "bs=64M",
+      "count=1",
+    ]);
     expect(r.status).toBe(0);
   });
 
   it("stops a fork loop at --pids", () => {
-    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--pids", "16", "--", "/bin/sh", "-c", "i=0; while [ $i -lt 64 ]; do sleep 5 & i=$((i+1)); done; echo all-forked"]);
+    const r = fleetlet(root, [
+      "run",
+      "--rm",
+      "--rootfs",
+      rootfs,
+      "--pids",
+      "16",
+      "--",
+      "/bin/sh",
+      "-c",
+      "i=0; while [ $i -lt 64 ]; do sleep 5 & i=$((i+1)); done; echo all-forked",
+    ]);
     expect(r.stdout).not.toContain("all-forked");
     expect(r.stderr).toMatch(/can't fork|Resource temporarily unavailable/);
     expect(r.status).not.toBe(0);
   });
 
   it("holds a busy loop to about a quarter of a core with --cpus 0.25", async () => {
-    const { id } = runtime.create({ layers: [rootfs], command: ["/bin/sh", "-c", "while :; do :; done"], resources: { cpus: 0.25 } });
+    const { id } = runtime.create({
+      layers: [rootfs],
+      command: ["/bin/sh", "-c", "while :; do :; done"],
+      resources: { cpus: 0.25 },
+    });
     await runtime.start(id);
     try {
       const before = runtime.stats(id).cpuNanos;
@@ -56,7 +97,11 @@ describe("resource limits", () => {
   });
 
   it("places the init in the container's cgroups with the limits written before exec", async () => {
-    const { id } = runtime.create({ layers: [rootfs], command: ["/bin/sleep", "30"], resources: { memory: "48Mi", pids: 20 } });
+    const { id } = runtime.create({
+      layers: [rootfs],
+      command: ["/bin/sleep", "30"],
+      resources: { memory: "48Mi", pids: 20 },
+    });
     const info = await runtime.start(id);
     try {
       const { dirs } = runtime.cgroups.locate(id);
@@ -67,7 +112,9 @@ describe("resource limits", () => {
       if (runtime.cgroups.mode === "v2") {
         expect(readFileSync(join(dirs.get("unified")!, "memory.max"), "utf8").trim()).toBe(String(48 * 1024 * 1024));
       } else {
-        expect(readFileSync(join(dirs.get("memory")!, "memory.limit_in_bytes"), "utf8").trim()).toBe(String(48 * 1024 * 1024));
+        expect(readFileSync(join(dirs.get("memory")!, "memory.limit_in_bytes"), "utf8").trim()).toBe(
+          String(48 * 1024 * 1024),
+        );
         expect(readFileSync(join(dirs.get("pids")!, "pids.max"), "utf8").trim()).toBe("20");
       }
       // Inside, the cgroup namespace makes the container's cgroup its root.
@@ -83,8 +130,21 @@ describe("resource limits", () => {
   });
 
   it("shows the container its own cgroup as the root", () => {
-    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--memory", "64Mi", "--", "/bin/cat", "/proc/self/cgroup"]);
-    const paths = r.stdout.split("\n").filter(Boolean).map((l) => l.split(":")[2]);
+    const r = fleetlet(root, [
+      "run",
+      "--rm",
+      "--rootfs",
+      rootfs,
+      "--memory",
+      "64Mi",
+      "--",
+      "/bin/cat",
+      "/proc/self/cgroup",
+    ]);
+    const paths = r.stdout
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => l.split(":")[2]);
     expect(paths.length).toBeGreaterThan(0);
     expect(new Set(paths)).toEqual(new Set(["/"]));
   });

@@ -38,12 +38,20 @@ async function waitFor<T>(what: string, probe: () => T | undefined, timeoutMs = 
 
 /** An operator-side client that records what it receives. */
 async function operator(url: string, opts: { ca?: string; subscribe?: string[] } = {}) {
-  const client: MqttClient = await connectAsync(url, { clientId: newId("op"), protocolVersion: 5, reconnectPeriod: 0, ...(opts.ca ? { ca: opts.ca } : {}) });
+  const client: MqttClient = await connectAsync(url, {
+    clientId: newId("op"),
+    protocolVersion: 5,
+    reconnectPeriod: 0,
+    ...(opts.ca ? { ca: opts.ca } : {}),
+  });
   cleanups.push(() => client.endAsync(true));
   const received: { topic: string; text: string; retain: boolean }[] = [];
-  client.on("message", (topic, payload, packet) => received.push({ topic, text: payload.toString(), retain: packet.retain }));
+  client.on("message", (topic, payload, packet) =>
+    received.push({ topic, text: payload.toString(), retain: packet.retain }),
+  );
   if (opts.subscribe) await client.subscribeAsync(opts.subscribe, { qos: 1 });
-  const docs = (topic: string) => received.filter((m) => m.topic === topic).map((m) => JSON.parse(m.text) as Record<string, unknown>);
+  const docs = (topic: string) =>
+    received.filter((m) => m.topic === topic).map((m) => JSON.parse(m.text) as Record<string, unknown>);
   return { client, received, docs };
 }
 
@@ -59,12 +67,18 @@ async function retained(url: string, topic: string, ca?: string): Promise<Record
 function spawnSessionChild(opts: ChildSessionOptions) {
   const viteNode = fileURLToPath(new URL("../../node_modules/vite-node/vite-node.mjs", import.meta.url));
   const script = fileURLToPath(new URL("../helpers/mqtt-child.ts", import.meta.url));
-  return spawn(process.execPath, [viteNode, script], { env: { ...process.env, FLEETLET_TEST_SESSION: JSON.stringify(opts) }, stdio: ["ignore", "pipe", "pipe"] });
+  return spawn(process.execPath, [viteNode, script], {
+    env: { ...process.env, FLEETLET_TEST_SESSION: JSON.stringify(opts) },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
 }
 
 type Desired = { source: string; text: string };
 
-function session(url: string, overrides: Omit<Partial<MqttSessionOptions>, "mqtt"> & { mqtt?: Partial<MqttSessionOptions["mqtt"]> } = {}) {
+function session(
+  url: string,
+  overrides: Omit<Partial<MqttSessionOptions>, "mqtt"> & { mqtt?: Partial<MqttSessionOptions["mqtt"]> } = {},
+) {
   const desired: Desired[] = [];
   const changes: boolean[] = [];
   const logs: string[] = [];
@@ -116,7 +130,11 @@ describe("MqttSession against mosquitto", () => {
     const id = newId();
     const { s, changes } = session(broker.url, { deviceId: id, reportedMinIntervalMs: 60_000 });
     await s.start();
-    expect(await retained(broker.url, `fleet/devices/${id}/status`)).toMatchObject({ online: true, deviceId: id, version: "9.9.9-test" });
+    expect(await retained(broker.url, `fleet/devices/${id}/status`)).toMatchObject({
+      online: true,
+      deviceId: id,
+      version: "9.9.9-test",
+    });
     s.publishReported({ n: 1 });
     s.publishReported({ n: 2 }); // held back by the minimum gap: stop() must flush it
     await s.stop();
@@ -176,8 +194,14 @@ describe("MqttSession against mosquitto", () => {
     await first.s.start();
     const twin = session(broker.url, { deviceId });
     await twin.s.start();
-    const line = await waitFor("the takeover in the log", () => first.logs.find((l) => l.includes("lost the connection")));
-    expect(line).toMatch(new RegExp(`^lost the connection to MQTT broker ${broker.url} after [0-9.]+ s; if this repeats, check that no other client connects as ${deviceId}$`));
+    const line = await waitFor("the takeover in the log", () =>
+      first.logs.find((l) => l.includes("lost the connection")),
+    );
+    expect(line).toMatch(
+      new RegExp(
+        `^lost the connection to MQTT broker ${broker.url} after [0-9.]+ s; if this repeats, check that no other client connects as ${deviceId}$`,
+      ),
+    );
     await twin.s.stop();
   });
 
@@ -189,9 +213,11 @@ describe("MqttSession against mosquitto", () => {
     let stderr = "";
     child.stderr?.on("data", (c: Buffer) => (stderr += c.toString()));
     cleanups.push(() => child.kill("SIGKILL"));
-    await waitFor("the child's online status", () => watcher.docs(topic).some((d) => d.online === true), 20_000).catch((err: Error) => {
-      throw new Error(`${err.message}; child stderr: ${stderr || "(none)"}`);
-    });
+    await waitFor("the child's online status", () => watcher.docs(topic).some((d) => d.online === true), 20_000).catch(
+      (err: Error) => {
+        throw new Error(`${err.message}; child stderr: ${stderr || "(none)"}`);
+      },
+    );
     const exited = once(child, "exit");
     child.kill("SIGKILL");
     await exited;
@@ -203,7 +229,10 @@ describe("MqttSession against mosquitto", () => {
     const { s } = session("mqtts://127.0.0.1:1", { mqtt: { ca: "/nonexistent/ca.pem" } });
     const err = await s.start().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(FleetError);
-    expect(err).toMatchObject({ code: "E_INVALID_CONFIG", message: expect.stringContaining("mqtt.ca /nonexistent/ca.pem: cannot read it (ENOENT)") });
+    expect(err).toMatchObject({
+      code: "E_INVALID_CONFIG",
+      message: expect.stringContaining("mqtt.ca /nonexistent/ca.pem: cannot read it (ENOENT)"),
+    });
   });
 });
 
@@ -237,19 +266,29 @@ describe("MqttSession with broker authentication", () => {
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const deviceId = newId();
     const aclFile = join(dir, "acl");
-    writeFileSync(aclFile, `user agent\ntopic read fleet/devices/${deviceId}/desired\ntopic write fleet/devices/${deviceId}/status\n`);
+    writeFileSync(
+      aclFile,
+      `user agent\ntopic read fleet/devices/${deviceId}/desired\ntopic write fleet/devices/${deviceId}/status\n`,
+    );
     const broker = await startMosquitto({ passwordFile: { username: "agent", password: "s3cret" }, aclFile });
     cleanups.push(() => broker.stop());
 
     const wrong = session(broker.url, { deviceId, mqtt: { username: "agent", password: "guess" } });
-    await expect(wrong.s.start({ timeoutMs: 10_000 })).rejects.toMatchObject({ code: "E_INVALID_CONFIG", message: expect.stringMatching(/refused the connection: .*(Bad User Name or Password|Not authorized).*check deviceId, mqtt.username, mqtt.password/) });
+    await expect(wrong.s.start({ timeoutMs: 10_000 })).rejects.toMatchObject({
+      code: "E_INVALID_CONFIG",
+      message: expect.stringMatching(
+        /refused the connection: .*(Bad User Name or Password|Not authorized).*check deviceId, mqtt.username, mqtt.password/,
+      ),
+    });
 
     const ok = session(broker.url, { deviceId, mqtt: { username: "agent", password: "s3cret" } });
     await ok.s.start();
     expect(ok.s.connected).toBe(true);
     ok.s.publishReported({ n: 1 }); // the ACL lets this device write its status only
     const line = await waitFor("the refusal in the log", () => ok.logs.find((l) => l.includes("failed")));
-    expect(line).toBe(`MQTT broker ${broker.url}: publishing to fleet/devices/${deviceId}/reported failed: Publish error: Not authorized`);
+    expect(line).toBe(
+      `MQTT broker ${broker.url}: publishing to fleet/devices/${deviceId}/reported failed: Publish error: Not authorized`,
+    );
     expect(ok.s.connected).toBe(true);
   });
 });
@@ -267,7 +306,10 @@ describe("MqttSession over TLS", () => {
     const other = createTestCa(dir, "other-ca");
     const bad = session(broker.url, { mqtt: { ca: other.cert } });
     const err = await bad.s.start({ timeoutMs: 10_000 }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: "E_INVALID_CONFIG", message: expect.stringContaining(`MQTT broker ${broker.url}: TLS: the broker's certificate is not trusted`) });
+    expect(err).toMatchObject({
+      code: "E_INVALID_CONFIG",
+      message: expect.stringContaining(`MQTT broker ${broker.url}: TLS: the broker's certificate is not trusted`),
+    });
     expect((err as Error).message).toContain(other.cert);
     expect(bad.s.connected).toBe(false);
   });
@@ -283,7 +325,9 @@ describe("MqttSession over TLS", () => {
     await s.start();
     copyFileSync(createTestCa(dir, "other-ca").cert, caFile);
     await broker.restart();
-    await waitFor("the refusal of the broker's certificate", () => logs.some((l) => l.includes("certificate is not trusted")));
+    await waitFor("the refusal of the broker's certificate", () =>
+      logs.some((l) => l.includes("certificate is not trusted")),
+    );
     expect(s.connected).toBe(false);
     copyFileSync(broker.caFile, caFile);
     await waitFor("the reconnection with the right CA", () => s.connected);
@@ -298,7 +342,10 @@ describe("MqttSession over TLS", () => {
     expect(ok.s.connected).toBe(true);
 
     const anonymous = session(broker.url, { mqtt: { ca: broker.caFile } });
-    await expect(anonymous.s.start({ timeoutMs: 10_000 })).rejects.toMatchObject({ code: "E_INVALID_CONFIG", message: expect.stringContaining("check mqtt.cert and mqtt.key") });
+    await expect(anonymous.s.start({ timeoutMs: 10_000 })).rejects.toMatchObject({
+      code: "E_INVALID_CONFIG",
+      message: expect.stringContaining("check mqtt.cert and mqtt.key"),
+    });
   });
 });
 

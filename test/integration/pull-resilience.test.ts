@@ -72,24 +72,49 @@ describe("integrity", () => {
 });
 
 describe("platforms", () => {
-  async function putIndex(tag: string, platforms: { os: string; architecture: string; variant?: string }[]): Promise<void> {
+  async function putIndex(
+    tag: string,
+    platforms: { os: string; architecture: string; variant?: string }[],
+  ): Promise<void> {
     const client = new RegistryClient(reg.host, creds(reg));
-    const m = await client.request("GET", "/v2/base/busybox/manifests/1", { scope: "repository:base/busybox:pull,push", headers: { accept: "application/vnd.oci.image.manifest.v1+json" } });
+    const m = await client.request("GET", "/v2/base/busybox/manifests/1", {
+      scope: "repository:base/busybox:pull,push",
+      headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+    });
     const digest = `sha256:${(await import("node:crypto")).createHash("sha256").update(m.body).digest("hex")}`;
-    const index = { schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json", manifests: platforms.map((platform) => ({ mediaType: "application/vnd.oci.image.manifest.v1+json", digest, size: m.body.length, platform })) };
-    const res = await client.request("PUT", `/v2/base/busybox/manifests/${tag}`, { scope: "repository:base/busybox:pull,push", headers: { "content-type": "application/vnd.oci.image.index.v1+json" }, body: Buffer.from(JSON.stringify(index)) });
+    const index = {
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.index.v1+json",
+      manifests: platforms.map((platform) => ({
+        mediaType: "application/vnd.oci.image.manifest.v1+json",
+        digest,
+        size: m.body.length,
+        platform,
+      })),
+    };
+    const res = await client.request("PUT", `/v2/base/busybox/manifests/${tag}`, {
+      scope: "repository:base/busybox:pull,push",
+      headers: { "content-type": "application/vnd.oci.image.index.v1+json" },
+      body: Buffer.from(JSON.stringify(index)),
+    });
     expect(res.status).toBe(201);
   }
 
   it("says which platforms an index offers when none is this device's", async () => {
-    await putIndex("arm-only", [{ os: "linux", architecture: "arm64", variant: "v8" }, { os: "linux", architecture: "arm", variant: "v7" }]);
+    await putIndex("arm-only", [
+      { os: "linux", architecture: "arm64", variant: "v8" },
+      { os: "linux", architecture: "arm", variant: "v7" },
+    ]);
     const r = pull("--platform", "linux/amd64", `${reg.host}/base/busybox:arm-only`);
     expect(r.stderr).toContain("no image for linux/amd64 (the index offers linux/arm64/v8, linux/arm/v7)");
     expect(r.stderr).toContain("[E_NO_PLATFORM]");
   });
 
   it("picks this platform's entry from an index, with the arm v7 → v6 fallback", async () => {
-    await putIndex("multi", [{ os: "linux", architecture: "arm", variant: "v6" }, { os: "linux", architecture: "amd64" }]);
+    await putIndex("multi", [
+      { os: "linux", architecture: "arm", variant: "v6" },
+      { os: "linux", architecture: "amd64" },
+    ]);
     expect(pull("--platform", "linux/amd64", `${reg.host}/base/busybox:multi`).status).toBe(0);
     expect(pull("--platform", "linux/arm/v7", `${reg.host}/base/busybox:multi`).status).toBe(0);
     expect(pull("--platform", "linux/arm/v5", `${reg.host}/base/busybox:multi`).stderr).toContain("[E_NO_PLATFORM]");
@@ -101,15 +126,40 @@ describe("bearer tokens", () => {
     const tokenReg = await startRegistry({ auth: "token" });
     try {
       const cfg = writeConfig("token.json", { [tokenReg.host]: creds(tokenReg) });
-      const pushed = await runCli("fleetctl", ["--config", cfg, "push", "--cmd", "/bin/echo", "--cmd", "token-ok", rootfs, `${tokenReg.host}/tok/image:1`]);
+      const pushed = await runCli("fleetctl", [
+        "--config",
+        cfg,
+        "push",
+        "--cmd",
+        "/bin/echo",
+        "--cmd",
+        "token-ok",
+        rootfs,
+        `${tokenReg.host}/tok/image:1`,
+      ]);
       expect(pushed.status, pushed.stderr).toBe(0);
       const before = tokenReg.tokenRequests!();
-      const r = await runCli("fleetlet", ["--root", root, "--config", cfg, "run", "--rm", `${tokenReg.host}/tok/image:1`]);
+      const r = await runCli("fleetlet", [
+        "--root",
+        root,
+        "--config",
+        cfg,
+        "run",
+        "--rm",
+        `${tokenReg.host}/tok/image:1`,
+      ]);
       expect(r.stdout).toBe("token-ok\n");
       // One pull: one token for the repository's pull scope, reused for every request.
       expect(tokenReg.tokenRequests!() - before).toBe(1);
       const anonymous = writeConfig("token-anon.json", { [tokenReg.host]: { ca: tokenReg.caFile } });
-      const refused = await runCli("fleetlet", ["--root", root, "--config", anonymous, "pull", `${tokenReg.host}/tok/image:1`]);
+      const refused = await runCli("fleetlet", [
+        "--root",
+        root,
+        "--config",
+        anonymous,
+        "pull",
+        `${tokenReg.host}/tok/image:1`,
+      ]);
       expect(refused.stderr).toContain("[E_REGISTRY_AUTH]");
     } finally {
       await tokenReg.stop();
@@ -134,7 +184,11 @@ describe("interrupted downloads", () => {
     const viaProxy = writeConfig("proxy.json", { [proxy.host]: creds(reg) });
     const ref = `${proxy.host}/big/data:1`;
     proxy.reset();
-    const child = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", viaProxy, "pull", "--max-rate", "1M", ref], { stdio: "ignore" });
+    const child = spawn(
+      process.execPath,
+      [FLEETLET_BIN, "--root", root, "--config", viaProxy, "pull", "--max-rate", "1M", ref],
+      { stdio: "ignore" },
+    );
     const ingest = join(root, "ingest");
     let partial = 0;
     for (let i = 0; i < 200 && partial < 2 * 1024 * 1024; i++) {
@@ -182,7 +236,11 @@ describe("interrupted downloads", () => {
     writeFileSync(join(dir, "blob.bin"), randomBytes(4 * 1024 * 1024));
     expect(push(dir, `${reg.host}/big/drop:1`).status).toBe(0);
     const viaProxy = writeConfig("proxy2.json", { [proxy.host]: creds(reg) });
-    const child = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", viaProxy, "pull", "--max-rate", "2M", `${proxy.host}/big/drop:1`], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(
+      process.execPath,
+      [FLEETLET_BIN, "--root", root, "--config", viaProxy, "pull", "--max-rate", "2M", `${proxy.host}/big/drop:1`],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
     let stderr = "";
     child.stderr.on("data", (d) => {
       stderr += d;
@@ -198,8 +256,19 @@ describe("hostile layers", () => {
   const canary = mkdtempSync(join(tmpdir(), "fleetlet-canary-"));
   const cases: [string, Parameters<typeof buildTar>[0], string][] = [
     ["a ../ escape", [{ name: "../../escaped", type: "file", body: Buffer.from("x") }], "'..' would leave the layer"],
-    ["a symlink, then a file through it", [{ name: "link", type: "symlink", linkname: canary }, { name: "link/pwned", type: "file", body: Buffer.from("x") }], 'its parent "link" is a symlink'],
-    ["an absolute hard link", [{ name: "passwd", type: "hardlink", linkname: "/etc/passwd" }], "absolute paths are not allowed"],
+    [
+      "a symlink, then a file through it",
+      [
+        { name: "link", type: "symlink", linkname: canary },
+        { name: "link/pwned", type: "file", body: Buffer.from("x") },
+      ],
+      'its parent "link" is a symlink',
+    ],
+    [
+      "an absolute hard link",
+      [{ name: "passwd", type: "hardlink", linkname: "/etc/passwd" }],
+      "absolute paths are not allowed",
+    ],
     ["a whiteout escape", [{ name: "etc/.wh..", type: "file" }], "the whiteout names no file"],
   ];
   it.each(cases)("refuses %s, writing nothing outside the store", (_label, entries, why) => {
@@ -219,15 +288,27 @@ describe("hostile layers", () => {
 describe("layers", () => {
   it("observes whiteouts and opaque directories from inside a container", () => {
     const tar = join(work, "whiteouts.tar");
-    writeFileSync(tar, buildTar([
-      { name: "bin/", type: "dir", mode: 0o755 },
-      { name: "bin/.wh.ls", type: "file" },
-      { name: "etc/", type: "dir", mode: 0o755 },
-      { name: "etc/.wh..wh..opq", type: "file" },
-      { name: "etc/motd", type: "file", body: Buffer.from("only me\n") },
-    ]));
+    writeFileSync(
+      tar,
+      buildTar([
+        { name: "bin/", type: "dir", mode: 0o755 },
+        { name: "bin/.wh.ls", type: "file" },
+        { name: "etc/", type: "dir", mode: 0o755 },
+        { name: "etc/.wh..wh..opq", type: "file" },
+        { name: "etc/motd", type: "file", body: Buffer.from("only me\n") },
+      ]),
+    );
     expect(push("--base", `${reg.host}/base/busybox:1`, tar, `${reg.host}/layered/wh:1`).status).toBe(0);
-    const r = fleetlet(root, ["--config", config, "run", "--rm", `${reg.host}/layered/wh:1`, "/bin/sh", "-c", "test -e /bin/ls && echo ls-present; ls /etc; test -e /bin/cat && echo cat-present"]);
+    const r = fleetlet(root, [
+      "--config",
+      config,
+      "run",
+      "--rm",
+      `${reg.host}/layered/wh:1`,
+      "/bin/sh",
+      "-c",
+      "test -e /bin/ls && echo ls-present; ls /etc; test -e /bin/cat && echo cat-present",
+    ]);
     expect(r.stdout).toBe("motd\ncat-present\n");
   });
 
@@ -243,6 +324,8 @@ describe("layers", () => {
     const fetched = Number(/(\d+) bytes fetched/.exec(r.stderr)?.[1]);
     expect(fetched).toBeLessThan(10_000);
     expect(layersLeft().length).toBe(layersBefore + 1);
-    expect(fleetlet(root, ["--config", config, "run", "--rm", `${reg.host}/layered/app:1`, "/bin/cat", "/app.txt"]).stdout).toBe("app v1\n");
+    expect(
+      fleetlet(root, ["--config", config, "run", "--rm", `${reg.host}/layered/app:1`, "/bin/cat", "/app.txt"]).stdout,
+    ).toBe("app v1\n");
   });
 });

@@ -36,11 +36,21 @@ function get(url: string, ca: string, headers: Record<string, string> = {}): Pro
   });
 }
 
-const basic = (user: string, password: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}` });
+const basic = (user: string, password: string) => ({
+  authorization: `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`,
+});
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 
 function skopeoInspect(reg: RegistryFixture, ref: string, ...flags: string[]) {
-  return run("skopeo", ["inspect", ...flags, "--cert-dir", reg.certDir, "--creds", `${reg.username}:${reg.password}`, `docker://${reg.host}/${ref}`]);
+  return run("skopeo", [
+    "inspect",
+    ...flags,
+    "--cert-dir",
+    reg.certDir,
+    "--creds",
+    `${reg.username}:${reg.password}`,
+    `docker://${reg.host}/${ref}`,
+  ]);
 }
 
 describe("htpasswd registry", () => {
@@ -69,7 +79,9 @@ describe("htpasswd registry", () => {
     const config = JSON.parse((await skopeoInspect(reg, "third-party/busybox:1.0", "--config")).stdout);
     expect(config.config.Cmd).toEqual(["/bin/sh", "-c", "echo hi"]);
     const layer = manifest.layers[0].digest.replace("sha256:", "");
-    expect(existsSync(join(reg.storageDir, "docker/registry/v2/blobs/sha256", layer.slice(0, 2), layer, "data"))).toBe(true);
+    expect(existsSync(join(reg.storageDir, "docker/registry/v2/blobs/sha256", layer.slice(0, 2), layer, "data"))).toBe(
+      true,
+    );
   });
 });
 
@@ -81,7 +93,8 @@ describe("token registry", () => {
     const query = new URLSearchParams([["service", TOKEN_SERVICE], ...scopes.map((s) => ["scope", s])]);
     return get(`${realm}?${query}`, ca, basic(user, password));
   };
-  const tokenFor = async (...scopes: string[]) => JSON.parse((await token(reg.username, reg.password, ...scopes)).body).token as string;
+  const tokenFor = async (...scopes: string[]) =>
+    JSON.parse((await token(reg.username, reg.password, ...scopes)).body).token as string;
 
   beforeAll(async () => {
     reg = await startRegistry({ auth: "token" });
@@ -94,7 +107,9 @@ describe("token registry", () => {
   it("challenges /v2/ with a Bearer realm and service", async () => {
     const res = await get(`https://${reg.host}/v2/`, ca);
     expect(res.status).toBe(401);
-    expect(res.headers["www-authenticate"]).toMatch(new RegExp(`^Bearer realm="https://127\\.0\\.0\\.1:\\d+/token",service="${TOKEN_SERVICE}"`));
+    expect(res.headers["www-authenticate"]).toMatch(
+      new RegExp(`^Bearer realm="https://127\\.0\\.0\\.1:\\d+/token",service="${TOKEN_SERVICE}"`),
+    );
   });
 
   it("refuses anonymous and wrong credentials at the issuer", async () => {

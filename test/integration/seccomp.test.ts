@@ -31,15 +31,48 @@ afterAll(async () => {
 
 function probe(...flags: string[]): Map<string, number> {
   // Two layers: the probe on top of the busybox image.
-  const r = fleetlet(root, ["run", "--rm", "--rootfs", probeLayer, "--rootfs", rootfs, "--cap-add", "ALL", ...flags, "--", "/usr/bin/seccomp-probe"]);
+  const r = fleetlet(root, [
+    "run",
+    "--rm",
+    "--rootfs",
+    probeLayer,
+    "--rootfs",
+    rootfs,
+    "--cap-add",
+    "ALL",
+    ...flags,
+    "--",
+    "/usr/bin/seccomp-probe",
+  ]);
   expect(r.status, r.stderr).toBe(0);
-  return new Map(r.stdout.trim().split("\n").map((l) => [l.split(" ")[0]!, Number(l.split(" ")[1])]));
+  return new Map(
+    r.stdout
+      .trim()
+      .split("\n")
+      .map((l) => [l.split(" ")[0]!, Number(l.split(" ")[1])]),
+  );
 }
 
 describe("the default seccomp filter", () => {
   it("refuses module, kexec, reboot, swap, bpf, perf, key, handle, userfaultfd, ptrace and user-namespace calls with EPERM", () => {
     const results = probe();
-    const denied = ["init_module", "finit_module", "delete_module", "kexec_load", "reboot", "swapon", "swapoff", "bpf", "perf_event_open", "add_key", "keyctl", "open_by_handle_at", "userfaultfd", "ptrace", "unshare_user"];
+    const denied = [
+      "init_module",
+      "finit_module",
+      "delete_module",
+      "kexec_load",
+      "reboot",
+      "swapon",
+      "swapoff",
+      "bpf",
+      "perf_event_open",
+      "add_key",
+      "keyctl",
+      "open_by_handle_at",
+      "userfaultfd",
+      "ptrace",
+      "unshare_user",
+    ];
     for (const name of denied) expect([name, results.get(name)]).toEqual([name, EPERM]);
     expect(results.get("clone3")).toBe(ENOSYS);
   });

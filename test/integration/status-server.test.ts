@@ -16,20 +16,34 @@ const CHROMIUM = "/usr/bin/chromium";
 const TOKEN = "tok-8f2c4e";
 
 function makeState(): ReportedState {
-  const svc = { image: "registry.local:5000/acme/web@sha256:abc", restarts: 0, health: "healthy", memoryBytes: 64 * 1048576, cpuSeconds: 1.25 } as const;
+  const svc = {
+    image: "registry.local:5000/acme/web@sha256:abc",
+    restarts: 0,
+    health: "healthy",
+    memoryBytes: 64 * 1048576,
+    cpuSeconds: 1.25,
+  } as const;
   return {
     deviceId: "dev-001",
     deployment: "web-2026-11-28.1",
     generation: 12,
     phase: "converged",
-    services: { web: { ...svc, state: "running", pid: 4242 }, "mqtt-bridge": { ...svc, state: "exited", health: "none", exitCode: 1 } },
+    services: {
+      web: { ...svc, state: "running", pid: 4242 },
+      "mqtt-bridge": { ...svc, state: "exited", health: "none", exitCode: 1 },
+    },
     lastError: { code: "E_REGISTRY", message: "registry.local:5000 said <b>503</b>" },
     agent: { version: "0.1.0", uptimeSec: 93.5, cgroupMode: "unified" },
     ts: "2026-11-28T10:00:00.000Z",
   };
 }
 
-const METRICS: AgentMetrics = { pullBytesTotal: 123456, applyDurationsMs: [800, 4200, 70000], appliesTotal: 3, rollbacksTotal: 1 };
+const METRICS: AgentMetrics = {
+  pullBytesTotal: 123456,
+  applyDurationsMs: [800, 4200, 70000],
+  appliesTotal: 3,
+  rollbacksTotal: 1,
+};
 
 /** A plain-object source that records what the server asked of it. */
 function makeSource(state = makeState()) {
@@ -108,7 +122,8 @@ function parseExposition(text: string): { types: Map<string, string>; samples: S
     const base = s[1]!.replace(/_(bucket|sum|count)$/, "");
     const family = types.get(s[1]!) ? s[1]! : base;
     if (!types.has(family) || !help.has(family)) throw new Error(`sample ${s[1]} has no HELP and TYPE before it`);
-    if (family !== s[1] && !["histogram", "summary"].includes(types.get(family)!)) throw new Error(`${s[1]}: a suffix on a ${types.get(family)}`);
+    if (family !== s[1] && !["histogram", "summary"].includes(types.get(family)!))
+      throw new Error(`${s[1]}: a suffix on a ${types.get(family)}`);
     samples.push({ name: s[1]!, labels, value: Number(s[3]!.replace("Inf", "Infinity")) });
   }
   return { types, samples };
@@ -116,12 +131,29 @@ function parseExposition(text: string): { types: Map<string, string>; samples: S
 
 async function dumpDom(url: string): Promise<string> {
   if (!existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} is missing, so the status page cannot be checked in a browser: apt-get install chromium (scripts/bootstrap.sh does)`);
+    throw new Error(
+      `${CHROMIUM} is missing, so the status page cannot be checked in a browser: apt-get install chromium (scripts/bootstrap.sh does)`,
+    );
   }
   const profile = mkdtempSync(join(tmpdir(), "fleetlet-chromium-"));
-  const flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+  const flags = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ];
   // The virtual time budget fast-forwards the page's 2 s refresh timer and waits for its fetch.
-  const args = [...flags, "--no-first-run", "--disable-dev-shm-usage", `--user-data-dir=${profile}`, "--virtual-time-budget=5000", "--dump-dom", url];
+  const args = [
+    ...flags,
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    `--user-data-dir=${profile}`,
+    "--virtual-time-budget=5000",
+    "--dump-dom",
+    url,
+  ];
   try {
     const { stdout } = await promisify(execFile)(CHROMIUM, args, { timeout: 60_000, maxBuffer: 16 << 20 });
     return stdout;
@@ -141,7 +173,12 @@ let unix: Target;
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "fleetlet-api-"));
-  server = await startStatusServer({ listen: "127.0.0.1:0", socket: join(work, "run", "api.sock"), token: TOKEN, source: main.source });
+  server = await startStatusServer({
+    listen: "127.0.0.1:0",
+    socket: join(work, "run", "api.sock"),
+    token: TOKEN,
+    source: main.source,
+  });
   tcp = { port: server.port! };
   unix = { socketPath: server.socketPath! };
 });
@@ -174,7 +211,9 @@ describe("the unix socket", () => {
   it("replaces a stale socket file but refuses one that a live process answers on, or a regular file", async () => {
     const path = join(work, "stale", "api.sock");
     const live = await startStatusServer({ listen: "", socket: path, source: main.source });
-    await expect(startStatusServer({ listen: "", socket: path, source: main.source })).rejects.toThrow(/in use by another process/);
+    await expect(startStatusServer({ listen: "", socket: path, source: main.source })).rejects.toThrow(
+      /in use by another process/,
+    );
     // Moving the bound file away before close leaves a socket file nobody listens on: what a killed agent leaves.
     const dead = createServer().listen(join(work, "stale", "tmp.sock"));
     await new Promise((r) => dead.once("listening", r));
@@ -185,7 +224,9 @@ describe("the unix socket", () => {
     expect((await call({ socketPath: path }, "GET", "/healthz")).body).toBe("ok");
     await again.close();
     writeFileSync(path, "not a socket");
-    await expect(startStatusServer({ listen: "", socket: path, source: main.source })).rejects.toThrow(/exists and is not a socket/);
+    await expect(startStatusServer({ listen: "", socket: path, source: main.source })).rejects.toThrow(
+      /exists and is not a socket/,
+    );
   });
 });
 
@@ -204,7 +245,11 @@ describe("logs", () => {
     expect(JSON.parse(r.body)).toEqual({ code: "E_NOT_FOUND", message: expect.stringContaining("nosuch") });
     for (const bad of ["-1", "abc", "1.5", "99999999"]) {
       const b = await call(tcp, "GET", `/v1/services/web/logs?tail=${bad}`);
-      expect([b.status, JSON.parse(b.body).code, JSON.parse(b.body).message]).toEqual([400, "E_INVALID_ARGUMENT", expect.stringContaining(bad)]);
+      expect([b.status, JSON.parse(b.body).code, JSON.parse(b.body).message]).toEqual([
+        400,
+        "E_INVALID_ARGUMENT",
+        expect.stringContaining(bad),
+      ]);
     }
   });
 });
@@ -217,17 +262,26 @@ describe("metrics", () => {
     const value = (name: string, labels: Record<string, string> = {}) =>
       samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value;
     expect(value("fleetlet_info", { version: "0.1.0", device: "dev-001", cgroup_mode: "unified" })).toBe(1);
-    expect(samples.filter((s) => s.name === "fleetlet_service_state" && s.labels.service === "web" && s.value === 1)).toEqual([
-      expect.objectContaining({ labels: { service: "web", state: "running" } }),
-    ]);
+    expect(
+      samples.filter((s) => s.name === "fleetlet_service_state" && s.labels.service === "web" && s.value === 1),
+    ).toEqual([expect.objectContaining({ labels: { service: "web", state: "running" } })]);
     expect(value("fleetlet_service_memory_bytes", { service: "web" })).toBe(64 * 1048576);
     expect(value("fleetlet_service_cpu_seconds_total", { service: "web" })).toBe(1.25);
     expect(value("fleetlet_service_health", { service: "mqtt-bridge", health: "none" })).toBe(1);
-    expect([value("fleetlet_pull_bytes_total"), value("fleetlet_applies_total"), value("fleetlet_rollbacks_total")]).toEqual([123456, 3, 1]);
+    expect([
+      value("fleetlet_pull_bytes_total"),
+      value("fleetlet_applies_total"),
+      value("fleetlet_rollbacks_total"),
+    ]).toEqual([123456, 3, 1]);
     expect(value("fleetlet_agent_uptime_seconds")).toBe(93.5);
     expect(types.get("fleetlet_apply_duration_seconds")).toBe("histogram");
-    expect([value("fleetlet_apply_duration_seconds_bucket", { le: "5" }), value("fleetlet_apply_duration_seconds_bucket", { le: "+Inf" })]).toEqual([2, 3]);
-    expect([value("fleetlet_apply_duration_seconds_sum"), value("fleetlet_apply_duration_seconds_count")]).toEqual([75, 3]);
+    expect([
+      value("fleetlet_apply_duration_seconds_bucket", { le: "5" }),
+      value("fleetlet_apply_duration_seconds_bucket", { le: "+Inf" }),
+    ]).toEqual([2, 3]);
+    expect([value("fleetlet_apply_duration_seconds_sum"), value("fleetlet_apply_duration_seconds_count")]).toEqual([
+      75, 3,
+    ]);
     expect(types.get("fleetlet_service_restarts_total")).toBe("counter");
   });
 
@@ -245,7 +299,11 @@ describe("metrics", () => {
 describe("restart", () => {
   it("needs the bearer token: 401 without it or with a wrong one, 200 with it", async () => {
     const none = await call(tcp, "POST", "/v1/services/web/restart");
-    expect([none.status, JSON.parse(none.body).code, none.headers["www-authenticate"]]).toEqual([401, "E_UNAUTHORIZED", 'Bearer realm="fleetlet"']);
+    expect([none.status, JSON.parse(none.body).code, none.headers["www-authenticate"]]).toEqual([
+      401,
+      "E_UNAUTHORIZED",
+      'Bearer realm="fleetlet"',
+    ]);
     const wrong = await call(tcp, "POST", "/v1/services/web/restart", { authorization: `Bearer ${TOKEN}x` });
     expect(wrong.status).toBe(401);
     expect(main.calls.restarts).toEqual([]);
@@ -261,7 +319,11 @@ describe("restart", () => {
     const s = await startStatusServer({ listen: "127.0.0.1:0", source: open.source });
     try {
       const r = await call({ port: s.port! }, "POST", "/v1/services/web/restart", { authorization: "Bearer anything" });
-      expect([r.status, JSON.parse(r.body).code, JSON.parse(r.body).message]).toEqual([403, "E_FORBIDDEN", expect.stringContaining("api.token must be set")]);
+      expect([r.status, JSON.parse(r.body).code, JSON.parse(r.body).message]).toEqual([
+        403,
+        "E_FORBIDDEN",
+        expect.stringContaining("api.token must be set"),
+      ]);
       expect(open.calls.restarts).toEqual([]);
     } finally {
       await s.close();
@@ -276,7 +338,10 @@ describe("errors", () => {
     const d = await call(tcp, "DELETE", "/v1/services/web/restart");
     expect([d.status, d.headers.allow]).toEqual([405, "POST"]);
     const n = await call(tcp, "GET", "/v2/nothing");
-    expect([n.status, JSON.parse(n.body)]).toEqual([404, { code: "E_NOT_FOUND", message: "no such endpoint: /v2/nothing" }]);
+    expect([n.status, JSON.parse(n.body)]).toEqual([
+      404,
+      { code: "E_NOT_FOUND", message: "no such endpoint: /v2/nothing" },
+    ]);
   });
 
   it("turns a failing source into 500 with the error's code and message and keeps serving", async () => {
@@ -294,7 +359,11 @@ describe("errors", () => {
       const r = await call({ port: s.port! }, "GET", "/v1/status");
       expect([r.status, JSON.parse(r.body)]).toEqual([500, { code: "E_RUNTIME", message: "db.json is unreadable" }]);
       const l = await call({ port: s.port! }, "GET", "/v1/services/web/logs");
-      expect([l.status, JSON.parse(l.body).code, JSON.parse(l.body).message]).toEqual([500, "E_INTERNAL", expect.stringContaining("cannot read the log")]);
+      expect([l.status, JSON.parse(l.body).code, JSON.parse(l.body).message]).toEqual([
+        500,
+        "E_INTERNAL",
+        expect.stringContaining("cannot read the log"),
+      ]);
       expect((await call({ port: s.port! }, "GET", "/healthz")).status).toBe(200);
     } finally {
       await s.close();
@@ -307,7 +376,13 @@ describe("the status page", () => {
     const page = makeSource();
     let served = 0;
     // Each read bumps the restart count, so a value above the first proves the page's script redrew the table.
-    const source: StatusSource = { ...page.source, reported: () => ({ ...page.state, services: { ...page.state.services, web: { ...page.state.services.web!, restarts: ++served } } }) };
+    const source: StatusSource = {
+      ...page.source,
+      reported: () => ({
+        ...page.state,
+        services: { ...page.state.services, web: { ...page.state.services.web!, restarts: ++served } },
+      }),
+    };
     const s = await startStatusServer({ listen: "127.0.0.1:0", source });
     try {
       const first = await call({ port: s.port! }, "GET", "/");
@@ -317,7 +392,13 @@ describe("the status page", () => {
       expect(dom).toContain("mqtt-bridge");
       expect(dom).toMatch(/data-refreshed="2026-11-28T10:00:00.000Z"/);
       const row = /<tr><td>web<\/td>(.*?)<\/tr>/.exec(dom)?.[1];
-      expect(row?.match(/<td[^>]*>([^<]*)<\/td>/g)?.map((c) => c.replace(/<[^>]+>/g, ""))).toEqual(["running", "healthy", expect.any(String), "64.0 MiB", "1.25 s"]);
+      expect(row?.match(/<td[^>]*>([^<]*)<\/td>/g)?.map((c) => c.replace(/<[^>]+>/g, ""))).toEqual([
+        "running",
+        "healthy",
+        expect.any(String),
+        "64.0 MiB",
+        "1.25 s",
+      ]);
       expect(Number(/<td class="num">(\d+)<\/td>/.exec(row!)?.[1])).toBeGreaterThan(2);
       expect(dom).toContain("registry.local:5000 said &lt;b&gt;503&lt;/b&gt;");
     } finally {

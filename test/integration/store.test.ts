@@ -1,7 +1,18 @@
 /** The store on the real filesystem: file properties after unpack, disk space, cancellation. */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -30,7 +41,13 @@ describe("layer unpack", () => {
     const tar = buildTar([
       { name: "bin/", type: "dir", mode: 0o755, mtime: 1_000_000 },
       { name: "bin/su", type: "file", mode: 0o4755, uid: 0, gid: 0, body: Buffer.from("suid"), mtime: 1_234_567 },
-      { name: "bin/ping", type: "file", mode: 0o755, body: Buffer.from("ping"), xattrs: new Map([["security.capability", cap]]) },
+      {
+        name: "bin/ping",
+        type: "file",
+        mode: 0o755,
+        body: Buffer.from("ping"),
+        xattrs: new Map([["security.capability", cap]]),
+      },
       { name: "bin/su2", type: "hardlink", linkname: "bin/su" },
       { name: "home/app/", type: "dir", mode: 0o700, uid: 1000, gid: 1000 },
       { name: "home/app/data", type: "file", mode: 0o640, uid: 1000, gid: 1000, body: Buffer.from("mine") },
@@ -40,7 +57,11 @@ describe("layer unpack", () => {
     ]);
     const dest = join(work, "props");
     mkdirSync(dest);
-    const r = await unpackLayer(Readable.from([tar]), { dest, mediaType: "application/vnd.oci.image.layer.v1.tar", native });
+    const r = await unpackLayer(Readable.from([tar]), {
+      dest,
+      mediaType: "application/vnd.oci.image.layer.v1.tar",
+      native,
+    });
     expect(r.entries).toBe(9);
     const su = statSync(join(dest, "bin/su"));
     expect(su.mode & 0o7777).toBe(0o4755);
@@ -66,8 +87,16 @@ describe("layer unpack", () => {
     execFileSync("tar", ["-C", src, "-czf", tgz, "."]);
     const dest = join(work, "gnu-dest");
     mkdirSync(dest);
-    const r = await unpackLayer(Readable.from([readFileSync(tgz)]), { dest, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", native });
-    const expected = `sha256:${execFileSync("sh", ["-c", `gzip -dc ${tgz} | sha256sum`]).toString().split(" ")[0]}`;
+    const r = await unpackLayer(Readable.from([readFileSync(tgz)]), {
+      dest,
+      mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+      native,
+    });
+    const expected = `sha256:${
+      execFileSync("sh", ["-c", `gzip -dc ${tgz} | sha256sum`])
+        .toString()
+        .split(" ")[0]
+    }`;
     expect(r.diffId).toBe(expected);
     expect(readFileSync(join(dest, "a/b/file"))).toEqual(readFileSync(join(src, "a/b/file")));
     expect(readlinkSync(join(dest, "a/link"))).toBe("b/file");
@@ -93,7 +122,10 @@ describe("pulls and the device's resources", () => {
 
   async function storeAt(root: string) {
     const store = await LocalStore.open(root, native);
-    return { store, deps: { root, store: store.content, snapshots: store.snapshots, images: store.images, native, registries } };
+    return {
+      store,
+      deps: { root, store: store.content, snapshots: store.snapshots, images: store.images, native, registries },
+    };
   }
 
   it("refuses a pull that would fill the disk, before downloading anything", async () => {
@@ -102,7 +134,9 @@ describe("pulls and the device's resources", () => {
     execFileSync("mount", ["-t", "tmpfs", "-o", "size=40m", "tmpfs", small]);
     try {
       const { deps } = await storeAt(small);
-      await expect(pullImage(ref, deps)).rejects.toThrow(/not enough disk space in .*small-fs: the pull needs about \d+ MiB/);
+      await expect(pullImage(ref, deps)).rejects.toThrow(
+        /not enough disk space in .*small-fs: the pull needs about \d+ MiB/,
+      );
       expect(readdirSync(join(small, "ingest"))).toEqual([]);
     } finally {
       execFileSync("umount", [small]);

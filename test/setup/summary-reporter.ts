@@ -15,6 +15,8 @@ export default class SummaryReporter implements Reporter {
     const totals = { passed: 0, failed: 0, skipped: 0 };
     count(files, totals);
     const failed = totals.failed + errors.length;
-    process.stdout.write(`\ntests: ${totals.passed} passed, ${failed} failed${totals.skipped ? `, ${totals.skipped} skipped` : ""}\n`);
+    process.stdout.write(
+      `\ntests: ${totals.passed} passed, ${failed} failed${totals.skipped ? `, ${totals.skipped} skipped` : ""}\n`,
+    );
   }
 }

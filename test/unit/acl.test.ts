@@ -10,7 +10,12 @@ import type { Inventory } from "../../schemas/inventory.js";
 /** The lines that grant or deny (comments and blank lines dropped). */
 const rules = (acl: string) => acl.split("\n").filter((l) => l !== "" && !l.startsWith("#"));
 
-const DEVICE_PATTERNS = ["pattern read fleet/devices/%u/desired", "pattern write fleet/devices/%u/reported", "pattern write fleet/devices/%u/status", "pattern write fleet/devices/%u/events"];
+const DEVICE_PATTERNS = [
+  "pattern read fleet/devices/%u/desired",
+  "pattern write fleet/devices/%u/reported",
+  "pattern write fleet/devices/%u/status",
+  "pattern write fleet/devices/%u/events",
+];
 const operatorBlock = (op: string, p = "fleet") => [
   `user ${op}`,
   `topic deny ${p}/devices/${op}/#`,
@@ -37,7 +42,10 @@ describe("renderAcl", () => {
     ],
     [
       "devices, groups and operators sorted; a group listed twice read once",
-      { devices: { "dev-b": ["other"], "dev-a": ["pilot", "eu", "pilot"] }, operators: ["ops-ci", "operator", "ops-ci"] },
+      {
+        devices: { "dev-b": ["other"], "dev-a": ["pilot", "eu", "pilot"] },
+        operators: ["ops-ci", "operator", "ops-ci"],
+      },
       undefined,
       [
         ...DEVICE_PATTERNS,
@@ -54,7 +62,12 @@ describe("renderAcl", () => {
       "a prefix of several levels",
       { devices: { "dev-a": ["pilot"] }, operators: ["operator"] },
       "acme/fleet",
-      [...DEVICE_PATTERNS.map((l) => l.replace(" fleet/", " acme/fleet/")), "user dev-a", "topic read acme/fleet/groups/pilot/desired", ...operatorBlock("operator", "acme/fleet")],
+      [
+        ...DEVICE_PATTERNS.map((l) => l.replace(" fleet/", " acme/fleet/")),
+        "user dev-a",
+        "topic read acme/fleet/groups/pilot/desired",
+        ...operatorBlock("operator", "acme/fleet"),
+      ],
     ],
     [
       "no devices at all",
@@ -105,20 +118,72 @@ describe("renderAcl", () => {
 describe("inventory validation", () => {
   const RULE = "expected 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit";
   it.each<[string, unknown, string]>([
-    ["a device id with a topic separator", { devices: { "dev/a": [] }, operators: ["operator"] }, `inventory: devices.dev/a: not a valid device id: ${RULE}`],
-    ["a device id that is a wildcard", { devices: { "+": [] }, operators: ["operator"] }, `inventory: devices.+: not a valid device id: ${RULE}`],
-    ["a device id with a pattern substitution", { devices: { "%u": [] }, operators: ["operator"] }, `inventory: devices.%u: not a valid device id: ${RULE}`],
-    ["a device id starting with a dot", { devices: { ".hidden": [] }, operators: ["operator"] }, `inventory: devices..hidden: not a valid device id: ${RULE}`],
-    ["a device id of 129 characters", { devices: { ["d".repeat(129)]: [] }, operators: ["operator"] }, `inventory: devices.${"d".repeat(129)}: not a valid device id: ${RULE}`],
-    ["a group with a wildcard", { devices: { "dev-a": ["pilot", "#"] }, operators: ["operator"] }, `inventory: devices.dev-a.1: ${RULE}`],
-    ["a group with a space", { devices: { "dev-a": ["pi lot"] }, operators: ["operator"] }, `inventory: devices.dev-a.0: ${RULE}`],
-    ["groups that are not a list", { devices: { "dev-a": "pilot" }, operators: ["operator"] }, "inventory: devices.dev-a: Invalid input: expected array, received string"],
+    [
+      "a device id with a topic separator",
+      { devices: { "dev/a": [] }, operators: ["operator"] },
+      `inventory: devices.dev/a: not a valid device id: ${RULE}`,
+    ],
+    [
+      "a device id that is a wildcard",
+      { devices: { "+": [] }, operators: ["operator"] },
+      `inventory: devices.+: not a valid device id: ${RULE}`,
+    ],
+    [
+      "a device id with a pattern substitution",
+      { devices: { "%u": [] }, operators: ["operator"] },
+      `inventory: devices.%u: not a valid device id: ${RULE}`,
+    ],
+    [
+      "a device id starting with a dot",
+      { devices: { ".hidden": [] }, operators: ["operator"] },
+      `inventory: devices..hidden: not a valid device id: ${RULE}`,
+    ],
+    [
+      "a device id of 129 characters",
+      { devices: { ["d".repeat(129)]: [] }, operators: ["operator"] },
+      `inventory: devices.${"d".repeat(129)}: not a valid device id: ${RULE}`,
+    ],
+    [
+      "a group with a wildcard",
+      { devices: { "dev-a": ["pilot", "#"] }, operators: ["operator"] },
+      `inventory: devices.dev-a.1: ${RULE}`,
+    ],
+    [
+      "a group with a space",
+      { devices: { "dev-a": ["pi lot"] }, operators: ["operator"] },
+      `inventory: devices.dev-a.0: ${RULE}`,
+    ],
+    [
+      "groups that are not a list",
+      { devices: { "dev-a": "pilot" }, operators: ["operator"] },
+      "inventory: devices.dev-a: Invalid input: expected array, received string",
+    ],
     ["an operator with a new line", { devices: {}, operators: ["op\nuser x"] }, `inventory: operators.0: ${RULE}`],
-    ["no operator", { devices: {}, operators: [] }, "inventory: operators: list at least one operator: without one nobody may publish desired state"],
-    ["an operator that is also a device", { devices: { "dev-a": [], ops: [] }, operators: ["operator", "ops"] }, 'inventory: operators.1: "ops" is also a device id; operators and devices need distinct names'],
-    ["a misspelt key", { devices: {}, operators: ["operator"], operater: ["x"] }, 'inventory: Unrecognized key: "operater"'],
-    ["devices as a list", { devices: ["dev-a"], operators: ["operator"] }, "inventory: devices: Invalid input: expected record, received array"],
-    ["no devices", { operators: ["operator"] }, "inventory: devices: Invalid input: expected record, received undefined"],
+    [
+      "no operator",
+      { devices: {}, operators: [] },
+      "inventory: operators: list at least one operator: without one nobody may publish desired state",
+    ],
+    [
+      "an operator that is also a device",
+      { devices: { "dev-a": [], ops: [] }, operators: ["operator", "ops"] },
+      'inventory: operators.1: "ops" is also a device id; operators and devices need distinct names',
+    ],
+    [
+      "a misspelt key",
+      { devices: {}, operators: ["operator"], operater: ["x"] },
+      'inventory: Unrecognized key: "operater"',
+    ],
+    [
+      "devices as a list",
+      { devices: ["dev-a"], operators: ["operator"] },
+      "inventory: devices: Invalid input: expected record, received array",
+    ],
+    [
+      "no devices",
+      { operators: ["operator"] },
+      "inventory: devices: Invalid input: expected record, received undefined",
+    ],
     ["not an object", [], "inventory: Invalid input: expected object, received array"],
   ])("refuses %s, naming the field", (_what, raw, message) => {
     const err = (() => {
@@ -139,7 +204,9 @@ describe("inventory validation", () => {
   });
 
   it("renderAcl validates too, whatever the caller's types said", () => {
-    expect(() => renderAcl({ devices: { "dev/a": [] }, operators: ["operator"] })).toThrow(/devices\.dev\/a: not a valid device id/);
+    expect(() => renderAcl({ devices: { "dev/a": [] }, operators: ["operator"] })).toThrow(
+      /devices\.dev\/a: not a valid device id/,
+    );
   });
 
   it("accepts deploy/mosquitto/inventory.example.json", () => {
@@ -179,7 +246,11 @@ describe("fleetctl acl", () => {
 
   it("takes --prefix", async () => {
     const file = write("ok.json", JSON.stringify(inventory));
-    expect(await run(["--prefix", "acme/fleet", file])).toEqual({ status: 0, stdout: renderAcl(inventory, "acme/fleet"), stderr: "" });
+    expect(await run(["--prefix", "acme/fleet", file])).toEqual({
+      status: 0,
+      stdout: renderAcl(inventory, "acme/fleet"),
+      stderr: "",
+    });
   });
 
   it("prints its help", async () => {
@@ -188,13 +259,43 @@ describe("fleetctl acl", () => {
   });
 
   it.each<[string, (file: (n: string, t: string) => string) => string[], number, RegExp]>([
-    ["no file", () => [], 2, /^fleetctl: acl: expected one INVENTORY.json, e.g. fleetctl acl inventory.json > \/etc\/mosquitto\/fleetlet\/acl \[E_INVALID_ARGUMENT\]\n$/],
+    [
+      "no file",
+      () => [],
+      2,
+      /^fleetctl: acl: expected one INVENTORY.json, e.g. fleetctl acl inventory.json > \/etc\/mosquitto\/fleetlet\/acl \[E_INVALID_ARGUMENT\]\n$/,
+    ],
     ["two files", (w) => [w("a.json", "{}"), w("b.json", "{}")], 2, /acl: expected one INVENTORY.json/],
-    ["an unknown option", () => ["--prefx", "x", "inv.json"], 2, /^fleetctl: unknown option --prefx \[E_INVALID_ARGUMENT\]\n$/],
-    ["a missing file", () => [join(dir, "missing.json")], 1, /^fleetctl: inventory .*missing\.json: cannot read it \(ENOENT\) \[E_INVALID_ARGUMENT\]\n$/],
-    ["a file that is not JSON", (w) => [w("bad.json", "{devices:")], 1, /^fleetctl: inventory .*bad\.json: not valid JSON \(.+\) \[E_INVALID_ARGUMENT\]\n$/],
-    ["an invalid inventory", (w) => [w("invalid.json", '{"devices":{"dev-a":["#"]},"operators":["operator"]}')], 1, /^fleetctl: inventory .*invalid\.json: devices\.dev-a\.0: expected 1 to 128 letters.* \[E_INVALID_ARGUMENT\]\n$/],
-    ["a prefix with a wildcard", (w) => ["--prefix", "fleet/+", w("ok2.json", JSON.stringify(inventory))], 1, /^fleetctl: topic prefix "fleet\/\+": expected topic levels .* \[E_INVALID_ARGUMENT\]\n$/],
+    [
+      "an unknown option",
+      () => ["--prefx", "x", "inv.json"],
+      2,
+      /^fleetctl: unknown option --prefx \[E_INVALID_ARGUMENT\]\n$/,
+    ],
+    [
+      "a missing file",
+      () => [join(dir, "missing.json")],
+      1,
+      /^fleetctl: inventory .*missing\.json: cannot read it \(ENOENT\) \[E_INVALID_ARGUMENT\]\n$/,
+    ],
+    [
+      "a file that is not JSON",
+      (w) => [w("bad.json", "{devices:")],
+      1,
+      /^fleetctl: inventory .*bad\.json: not valid JSON \(.+\) \[E_INVALID_ARGUMENT\]\n$/,
+    ],
+    [
+      "an invalid inventory",
+      (w) => [w("invalid.json", '{"devices":{"dev-a":["#"]},"operators":["operator"]}')],
+      1,
+      /^fleetctl: inventory .*invalid\.json: devices\.dev-a\.0: expected 1 to 128 letters.* \[E_INVALID_ARGUMENT\]\n$/,
+    ],
+    [
+      "a prefix with a wildcard",
+      (w) => ["--prefix", "fleet/+", w("ok2.json", JSON.stringify(inventory))],
+      1,
+      /^fleetctl: topic prefix "fleet\/\+": expected topic levels .* \[E_INVALID_ARGUMENT\]\n$/,
+    ],
   ])("refuses %s on stderr, with nothing on stdout", async (_what, args, status, stderr) => {
     const result = await run(args(write));
     expect(result.status).toBe(status);

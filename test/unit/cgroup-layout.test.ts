@@ -1,5 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { CGROUP2_SUPER_MAGIC, classifyLayout, detectCgroupLayout, parseV1Mounts, TMPFS_MAGIC } from "../../agent/runtime/cgroup-layout.js";
+import {
+  CGROUP2_SUPER_MAGIC,
+  classifyLayout,
+  detectCgroupLayout,
+  parseV1Mounts,
+  TMPFS_MAGIC,
+} from "../../agent/runtime/cgroup-layout.js";
 
 describe("classifyLayout", () => {
   it.each([

@@ -1,5 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { type Limits, limitWrites, oomCounterFile, sharesToWeight, statFiles } from "../../agent/runtime/cgroup-limits.js";
+import {
+  type Limits,
+  limitWrites,
+  oomCounterFile,
+  sharesToWeight,
+  statFiles,
+} from "../../agent/runtime/cgroup-limits.js";
 
 describe("sharesToWeight", () => {
   it.each([
@@ -92,7 +98,12 @@ describe("usage and OOM files", () => {
 
   it("reads CPU time from cpuacct on v1 and cpu.stat usage_usec on v2", () => {
     expect(statFiles("v1").cpuNanos).toMatchObject({ hierarchy: "cpuacct", file: "cpuacct.usage", scale: 1 });
-    expect(statFiles("v2").cpuNanos).toMatchObject({ hierarchy: "unified", file: "cpu.stat", key: "usage_usec", scale: 1000 });
+    expect(statFiles("v2").cpuNanos).toMatchObject({
+      hierarchy: "unified",
+      file: "cpu.stat",
+      key: "usage_usec",
+      scale: 1000,
+    });
     expect(statFiles("v2").memoryBytes.file).toBe("memory.current");
     expect(statFiles("hybrid").memoryBytes.file).toBe("memory.usage_in_bytes");
   });

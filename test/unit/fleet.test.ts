@@ -10,12 +10,24 @@ import type { ReportedState } from "../../schemas/reported.js";
 
 describe("canonical JSON (RFC 8785)", () => {
   it("serialises the RFC's own example byte for byte", () => {
-    const input = JSON.parse('{"numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001], "string": "\\u20ac$\\u000F\\u000aA\'\\u0042\\u0022\\u005c\\\\\\"\\/", "literals": [null, true, false]}');
-    expect(canonicalJson(input)).toBe('{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}');
+    const input = JSON.parse(
+      '{"numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001], "string": "\\u20ac$\\u000F\\u000aA\'\\u0042\\u0022\\u005c\\\\\\"\\/", "literals": [null, true, false]}',
+    );
+    expect(canonicalJson(input)).toBe(
+      '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}',
+    );
   });
 
   it("sorts members by UTF-16 code units, as the RFC's sorting example does", () => {
-    const input = { "\u20ac": "Euro Sign", "\r": "Carriage Return", "\ufb33": "Hebrew Letter Dalet With Dagesh", "1": "One", "\ud83d\ude00": "Emoji: Grinning Face", "\u0080": "Control", "\u00f6": "Latin Small Letter O With Diaeresis" };
+    const input = {
+      "\u20ac": "Euro Sign",
+      "\r": "Carriage Return",
+      "\ufb33": "Hebrew Letter Dalet With Dagesh",
+      "1": "One",
+      "\ud83d\ude00": "Emoji: Grinning Face",
+      "\u0080": "Control",
+      "\u00f6": "Latin Small Letter O With Diaeresis",
+    };
     // Read the names off the text: JSON.parse would put the integer-like "1" first again.
     const keys = [...canonicalJson(input).matchAll(/"((?:[^"\\]|\\.)*)":/g)].map((m) => JSON.parse(`"${m[1]}"`));
     expect(keys).toEqual(["\r", "1", "\u0080", "\u00f6", "\u20ac", "\ud83d\ude00", "\ufb33"]);
@@ -40,21 +52,40 @@ describe("desired-state signatures", () => {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
   const other = generateKeyPairSync("ed25519");
   const trusted = [publicKeyFromBase64(publicKeyToBase64(publicKey))];
-  const doc = { apiVersion: "fleetlet/v1", deployment: "d", generation: 3, services: { web: { image: "r/x:1", env: { A: "1" } } } };
+  const doc = {
+    apiVersion: "fleetlet/v1",
+    deployment: "d",
+    generation: 3,
+    services: { web: { image: "r/x:1", env: { A: "1" } } },
+  };
 
   it("verifies a signed document however its members are ordered", () => {
     const signed = signDocument(doc, privateKey);
-    const reordered = JSON.parse(JSON.stringify({ signature: signed.signature, services: signed.services, generation: 3, deployment: "d", apiVersion: "fleetlet/v1" }));
+    const reordered = JSON.parse(
+      JSON.stringify({
+        signature: signed.signature,
+        services: signed.services,
+        generation: 3,
+        deployment: "d",
+        apiVersion: "fleetlet/v1",
+      }),
+    );
     expect(() => verifyDocument(reordered, trusted, "t")).not.toThrow();
   });
 
   it.each([
     ["unsigned", () => doc, "the document is not signed"],
-    ["tampered", () => ({ ...signDocument(doc, privateKey), generation: 4 }), "does not verify with any of the 1 trusted key(s)"],
+    [
+      "tampered",
+      () => ({ ...signDocument(doc, privateKey), generation: 4 }),
+      "does not verify with any of the 1 trusted key(s)",
+    ],
     ["signed by another key", () => signDocument(doc, other.privateKey), "does not verify"],
     ["a malformed signature", () => ({ ...doc, signature: "AAAA" }), "expected base64 of a 64-byte ed25519 signature"],
   ])("rejects a document %s with E_BAD_SIGNATURE", (_what, make, message) => {
-    expect(() => verifyDocument(make(), trusted, "src")).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE", message: expect.stringContaining(message) }));
+    expect(() => verifyDocument(make(), trusted, "src")).toThrow(
+      expect.objectContaining({ code: "E_BAD_SIGNATURE", message: expect.stringContaining(message) }),
+    );
   });
 
   it("accepts anything when the device trusts no keys", () => {
@@ -62,12 +93,16 @@ describe("desired-state signatures", () => {
   });
 
   it("refuses a trusted key that is not a raw ed25519 key, naming the config field", () => {
-    expect(() => publicKeyFromBase64("bm90IGEga2V5", "trustedKeys[1]")).toThrow(/trustedKeys\[1\]: "bm90IGEga2V5" is not an ed25519 public key/);
+    expect(() => publicKeyFromBase64("bm90IGEga2V5", "trustedKeys[1]")).toThrow(
+      /trustedKeys\[1\]: "bm90IGEga2V5" is not an ed25519 public key/,
+    );
   });
 
   it("checks the signature before the schema, so a tampered valid-looking document never reaches validation", () => {
     const tampered = { ...signDocument(doc, privateKey), services: { web: { image: "evil/x:1" } } };
-    expect(() => readDesired(tampered, { deviceId: "d1", source: "s", fromGroup: false, trustedKeys: trusted })).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE" }));
+    expect(() =>
+      readDesired(tampered, { deviceId: "d1", source: "s", fromGroup: false, trustedKeys: trusted }),
+    ).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE" }));
   });
 });
 
@@ -93,7 +128,13 @@ describe("rollout waves", () => {
     expect(a).not.toEqual(b);
   });
 
-  const doc = (percent: number, rollback = false) => ({ apiVersion: "fleetlet/v1", deployment: "web-7", generation: 1, services: {}, rollout: { percent, rollback } });
+  const doc = (percent: number, rollback = false) => ({
+    apiVersion: "fleetlet/v1",
+    deployment: "web-7",
+    generation: 1,
+    services: {},
+    rollout: { percent, rollback },
+  });
   it.each([
     ["a group document, in the wave", "apply", true, 100, false],
     ["a group document, outside the wave", "notInWave", true, 0, false],
@@ -101,30 +142,67 @@ describe("rollout waves", () => {
     ["a group rollback, outside the wave", "notInWave", true, 0, true],
     ["a device's own document, whatever its percent", "apply", false, 0, true],
   ])("reads %s as %s", (_what, kind, fromGroup, percent, rollback) => {
-    expect(readDesired(doc(percent, rollback), { deviceId: "dev-1", source: "s", fromGroup, trustedKeys: [] }).kind).toBe(kind);
+    expect(
+      readDesired(doc(percent, rollback), { deviceId: "dev-1", source: "s", fromGroup, trustedKeys: [] }).kind,
+    ).toBe(kind);
   });
 });
 
 describe("wave verdicts", () => {
   const t = { deployment: "web-2", generation: 5, publishedAt: 1000 };
-  const rep = (over: Partial<ReportedState>): ReportedState => ({ deviceId: "x", deployment: "web-2", generation: 5, phase: "converged", lastGood: "web-2", services: {}, lastError: null, agent: { version: "0", uptimeSec: 1, cgroupMode: "v2" }, ts: "", ...over });
-  const dev = (deviceId: string, reported: ReportedState | undefined, online: boolean | undefined = true, seenAt = 2000): DeviceView => ({ deviceId, reported, online, seenAt });
+  const rep = (over: Partial<ReportedState>): ReportedState => ({
+    deviceId: "x",
+    deployment: "web-2",
+    generation: 5,
+    phase: "converged",
+    lastGood: "web-2",
+    services: {},
+    lastError: null,
+    agent: { version: "0", uptimeSec: 1, cgroupMode: "v2" },
+    ts: "",
+    ...over,
+  });
+  const dev = (
+    deviceId: string,
+    reported: ReportedState | undefined,
+    online: boolean | undefined = true,
+    seenAt = 2000,
+  ): DeviceView => ({ deviceId, reported, online, seenAt });
 
   it.each([
     ["converged and past its health window", "healthy", rep({}), true],
     ["converged but still in its health window", "pending", rep({ lastGood: "web-1" }), true],
     ["pulling", "pending", rep({ phase: "pulling" }), true],
-    ["rolled back by its own health gate", "failed", rep({ phase: "rolledBack", lastError: { code: "E_UNHEALTHY", message: "web exited" } }), true],
+    [
+      "rolled back by its own health gate",
+      "failed",
+      rep({ phase: "rolledBack", lastError: { code: "E_UNHEALTHY", message: "web exited" } }),
+      true,
+    ],
     ["failed", "failed", rep({ phase: "failed" }), true],
     ["on the old deployment and offline", "offline", rep({ deployment: "web-1", generation: 4 }), false],
-    ["rejecting the document", "failed", rep({ deployment: "web-1", generation: 4, phase: "rejected", lastError: { code: "E_BAD_SIGNATURE", message: "m" } }), true],
+    [
+      "rejecting the document",
+      "failed",
+      rep({
+        deployment: "web-1",
+        generation: 4,
+        phase: "rejected",
+        lastError: { code: "E_BAD_SIGNATURE", message: "m" },
+      }),
+      true,
+    ],
     ["never reported", "pending", undefined, undefined],
   ])("counts a device %s as %s", (_what, expected, reported, online) => {
-    expect(standing(dev("d", reported as ReportedState | undefined, online as boolean | undefined), t).standing).toBe(expected);
+    expect(standing(dev("d", reported as ReportedState | undefined, online as boolean | undefined), t).standing).toBe(
+      expected,
+    );
   });
 
   it("does not blame a rejection that came before the wave's document", () => {
-    expect(standing(dev("d", rep({ deployment: "web-1", generation: 4, phase: "rejected" }), true, 500), t).standing).toBe("pending");
+    expect(
+      standing(dev("d", rep({ deployment: "web-1", generation: 4, phase: "rejected" }), true, 500), t).standing,
+    ).toBe("pending");
   });
 
   const all = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"].map((id) => dev(id, rep({ deviceId: id })));
@@ -137,12 +215,27 @@ describe("wave verdicts", () => {
   });
 
   it("leaves out of every wave a device that follows its own document", () => {
-    const own = all.map((d, i) => (i === 0 ? dev(d.deviceId, rep({ deviceId: d.deviceId, deployment: "mine", generation: 9, source: "device" })) : d));
+    const own = all.map((d, i) =>
+      i === 0 ? dev(d.deviceId, rep({ deviceId: d.deviceId, deployment: "mine", generation: 9, source: "device" })) : d,
+    );
     const { verdict, status } = judgeWave(own, t, 100, { count: 0 }, 61_000, 60_000);
     expect(status.devices).toBe(all.length - 1);
     expect(verdict).toBe("done");
     // The same device following the group's document, late, is a failure.
-    expect(judgeWave(own.map((d, i) => (i === 0 ? dev(d.deviceId, rep({ deviceId: d.deviceId, deployment: "mine", generation: 9, source: "group:g" })) : d)), t, 100, { count: 0 }, 61_000, 60_000).verdict).toBe("halt");
+    expect(
+      judgeWave(
+        own.map((d, i) =>
+          i === 0
+            ? dev(d.deviceId, rep({ deviceId: d.deviceId, deployment: "mine", generation: 9, source: "group:g" }))
+            : d,
+        ),
+        t,
+        100,
+        { count: 0 },
+        61_000,
+        60_000,
+      ).verdict,
+    ).toBe("halt");
   });
 
   it("halts when failures pass the limit, and counts the late as failed once the window closes", () => {
@@ -162,7 +255,9 @@ describe("rollout options", () => {
     ["5,25,100", [5, 25, 100]],
     ["100", [100]],
   ])("reads --waves %s", (text, waves) => expect(parseWaves(text)).toEqual(waves));
-  it.each(["", "0,50", "50,25", "10,abc", "150"])("refuses --waves %j", (text) => expect(() => parseWaves(text)).toThrow(/--waves/));
+  it.each(["", "0,50", "50,25", "10,abc", "150"])("refuses --waves %j", (text) =>
+    expect(() => parseWaves(text)).toThrow(/--waves/),
+  );
   it("reads --max-failures as a count or a percentage", () => {
     expect(parseFailureLimit("10%")).toEqual({ percent: 10 });
     expect(parseFailureLimit("3")).toEqual({ count: 3 });
@@ -173,6 +268,8 @@ describe("rollout options", () => {
     expect(parseDuration("2m", "--healthy-within")).toBe(120_000);
     expect(parseDuration("90s", "x")).toBe(90_000);
     expect(parseDuration("1500ms", "x")).toBe(1500);
-    expect(() => parseDuration("2 minutes", "--healthy-within")).toThrow("--healthy-within 2 minutes: expected a duration such as 90s, 2m or 1h");
+    expect(() => parseDuration("2 minutes", "--healthy-within")).toThrow(
+      "--healthy-within 2 minutes: expected a duration such as 90s, 2m or 1h",
+    );
   });
 });

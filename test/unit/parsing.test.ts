@@ -38,7 +38,9 @@ describe("parseArgs", () => {
     { name: "name", type: "string" as const },
   ];
   it("stops at the first positional so the command keeps its own flags", () => {
-    const r = parseArgs(["--rm", "-e", "A=1", "-eB=2", "--name=x", "img", "sh", "-c", "echo"], specs, { stopAtPositional: true });
+    const r = parseArgs(["--rm", "-e", "A=1", "-eB=2", "--name=x", "img", "sh", "-c", "echo"], specs, {
+      stopAtPositional: true,
+    });
     expect(r.options).toEqual({ env: ["A=1", "B=2"], rm: true, name: "x" });
     expect(r.positionals).toEqual(["img"]);
     expect(r.rest).toEqual(["sh", "-c", "echo"]);
@@ -56,7 +58,27 @@ describe("parseArgs", () => {
 
 describe("runSpec", () => {
   it("builds a spec from the issue's example command line", () => {
-    const { spec, rm } = runSpec(parseRun(["--rm", "--rootfs", "/r", "--hostname", "box1", "--memory", "32Mi", "--cpus", "0.25", "--pids", "64", "-e", "FOO=bar", "--", "/bin/sh", "-c", "echo"]));
+    const { spec, rm } = runSpec(
+      parseRun([
+        "--rm",
+        "--rootfs",
+        "/r",
+        "--hostname",
+        "box1",
+        "--memory",
+        "32Mi",
+        "--cpus",
+        "0.25",
+        "--pids",
+        "64",
+        "-e",
+        "FOO=bar",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo",
+      ]),
+    );
     expect(rm).toBe(true);
     expect(spec).toMatchObject({
       layers: ["/r"],

@@ -34,7 +34,9 @@ describe("parseReference", () => {
 
 describe("parseChallenge", () => {
   it("reads a bearer challenge with quoted, comma-holding values", () => {
-    expect(parseChallenge('Bearer realm="https://auth.local/token",service="reg",scope="repository:a/b:pull,push"')).toEqual({
+    expect(
+      parseChallenge('Bearer realm="https://auth.local/token",service="reg",scope="repository:a/b:pull,push"'),
+    ).toEqual({
       scheme: "bearer",
       params: { realm: "https://auth.local/token", service: "reg", scope: "repository:a/b:pull,push" },
     });
@@ -66,7 +68,9 @@ describe("selectPlatform", () => {
     expect(selectPlatform(entries, wanted)).toBe(index);
   });
   it("takes an entry without a variant when no variant matches", () => {
-    expect(selectPlatform([{ os: "linux", architecture: "arm" }], { os: "linux", architecture: "arm", variant: "v7" })).toBe(0);
+    expect(
+      selectPlatform([{ os: "linux", architecture: "arm" }], { os: "linux", architecture: "arm", variant: "v7" }),
+    ).toBe(0);
   });
 });
 
@@ -87,7 +91,12 @@ describe("retry timing", () => {
     expect(client.backoff(1, "3600")).toBe(60_000);
   });
   it("backs off exponentially with jitter below the cap", () => {
-    for (const [attempt, ceiling] of [[1, 100], [2, 200], [4, 800], [9, 1000]] as const) {
+    for (const [attempt, ceiling] of [
+      [1, 100],
+      [2, 200],
+      [4, 800],
+      [9, 1000],
+    ] as const) {
       const ms = client.backoff(attempt);
       expect(ms).toBeGreaterThanOrEqual(ceiling / 2);
       expect(ms).toBeLessThanOrEqual(ceiling);

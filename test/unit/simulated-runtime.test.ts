@@ -69,6 +69,8 @@ describe("SimulatedStore", () => {
     const image = await store.pull("registry.local:5000/a/b:1");
     expect(store.images.get("registry.local:5000/a/b:1")).toEqual(image);
     expect(await store.pull("registry.local:5000/a/b:1")).toBe(image);
-    expect(store.layerDirs(image)).toEqual([expect.stringMatching(/^\/nonexistent\/fleetlet-simulated\/layers\/[0-9a-f]{64}$/)]);
+    expect(store.layerDirs(image)).toEqual([
+      expect.stringMatching(/^\/nonexistent\/fleetlet-simulated\/layers\/[0-9a-f]{64}$/),
+    ]);
   });
 });

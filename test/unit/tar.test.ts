@@ -10,7 +10,13 @@ describe("tar round trip", () => {
     const long = `${"d/".repeat(60)}file`;
     const tar = buildTar([
       { name: "dir/", type: "dir", mode: 0o750, uid: 10, gid: 20 },
-      { name: "dir/ping", type: "file", mode: 0o4755, body: Buffer.from("binary"), xattrs: new Map([["security.capability", cap]]) },
+      {
+        name: "dir/ping",
+        type: "file",
+        mode: 0o4755,
+        body: Buffer.from("binary"),
+        xattrs: new Map([["security.capability", cap]]),
+      },
       { name: long, type: "file", body: Buffer.alloc(1000, 7) },
       { name: "link", type: "symlink", linkname: "/etc/passwd" },
       { name: "hard", type: "hardlink", linkname: "dir/ping" },
@@ -27,7 +33,13 @@ describe("tar round trip", () => {
       } else if (ev.kind === "data") current.push(Buffer.from(ev.chunk));
       else bodies.push(Buffer.concat(current));
     }
-    expect(seen.map((h) => [h.name, h.type])).toEqual([["dir/", "dir"], ["dir/ping", "file"], [long, "file"], ["link", "symlink"], ["hard", "hardlink"]]);
+    expect(seen.map((h) => [h.name, h.type])).toEqual([
+      ["dir/", "dir"],
+      ["dir/ping", "file"],
+      [long, "file"],
+      ["link", "symlink"],
+      ["hard", "hardlink"],
+    ]);
     expect(seen[0]).toMatchObject({ mode: 0o750, uid: 10, gid: 20 });
     expect(seen[1]!.mode).toBe(0o4755);
     expect(seen[1]!.xattrs.get("security.capability")).toEqual(cap);
@@ -47,7 +59,12 @@ describe("tar round trip", () => {
   });
 
   it("keeps pax values as bytes", () => {
-    const rec = entryHeader({ name: "x", type: "file", size: 0, xattrs: new Map([["user.bin", Buffer.from([0, 255, 10])]]) });
+    const rec = entryHeader({
+      name: "x",
+      type: "file",
+      size: 0,
+      xattrs: new Map([["user.bin", Buffer.from([0, 255, 10])]]),
+    });
     const pax = parsePax(rec.subarray(512, 512 + 30));
     expect(pax.get("SCHILY.xattr.user.bin")).toEqual(Buffer.from([0, 255, 10]));
   });
@@ -72,6 +89,8 @@ describe("layer names and media types", () => {
     expect(layerCompression(mediaType)).toBe(kind);
   });
   it("says plainly that zstd layers are not supported", () => {
-    expect(() => layerCompression("application/vnd.oci.image.layer.v1.tar+zstd")).toThrow(/zstd layers are not supported/);
+    expect(() => layerCompression("application/vnd.oci.image.layer.v1.tar+zstd")).toThrow(
+      /zstd layers are not supported/,
+    );
   });
 });
