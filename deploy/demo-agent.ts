@@ -10,9 +10,9 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import mqtt from "mqtt";
 import type { ReportedState } from "../schemas/reported.js";
-import { freePort } from "../test/helpers/free-port.js";
-import { startMosquitto } from "../test/helpers/mosquitto.js";
-import { startRegistry } from "../test/helpers/registry.js";
+import { freePort } from "../test/support/free-port.js";
+import { startMosquitto } from "../test/support/mosquitto.js";
+import { startRegistry } from "../test/support/registry.js";
 
 const DEVICE = "demo-device";
 

@@ -9,10 +9,10 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import mqtt from "mqtt";
-import { inRolloutWave } from "../agent/reconcile/desired-intake.js";
-import { freePort } from "../test/helpers/free-port.js";
-import { startMosquitto } from "../test/helpers/mosquitto.js";
-import { startRegistry } from "../test/helpers/registry.js";
+import { inRolloutWave } from "../agent/protocol/waves.js";
+import { freePort } from "../test/support/free-port.js";
+import { startMosquitto } from "../test/support/mosquitto.js";
+import { startRegistry } from "../test/support/registry.js";
 
 const DEVICES = ["pilot-a", "pilot-b", "pilot-c"];
 

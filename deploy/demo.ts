@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { buildBusyboxRootfs } from "../test/helpers/busybox-rootfs.js";
+import { buildBusyboxRootfs } from "../test/support/busybox-rootfs.js";
 import { agentDemo } from "./demo-agent.js";
 import { fleetDemo } from "./demo-fleet.js";
 

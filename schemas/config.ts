@@ -2,6 +2,11 @@
 import { z } from "zod";
 import { byteQuantity } from "./quantity.js";
 
+/** The device state directory unless `--root` or FLEETLET_ROOT says otherwise. */
+export const DEFAULT_ROOT = "/var/lib/fleetlet";
+/** The device config file unless `--config` or FLEETLET_CONFIG says otherwise. */
+export const DEFAULT_CONFIG_PATH = "/etc/fleetlet/config.json";
+
 const registry = z.object({
   username: z.string().optional(),
   password: z.string().optional(),

@@ -106,3 +106,30 @@ export const runningRecord = z.object({
   startedAt: z.string(),
 });
 export type RunningRecord = z.infer<typeof runningRecord>;
+
+/** How the host's cgroups are laid out: pure v2, v1, or v1 controllers beside a v2 mount. */
+export const cgroupMode = z.enum(["v1", "v2", "hybrid"]);
+export type CgroupMode = z.infer<typeof cgroupMode>;
+
+/** A container's usage figures, read from its cgroups. */
+export const containerStats = z.object({
+  memoryBytes: z.number(),
+  cpuNanos: z.number(),
+  pids: z.number(),
+});
+export type ContainerStats = z.infer<typeof containerStats>;
+
+export const containerStatus = z.enum(["created", "running", "exited"]);
+export type ContainerStatus = z.infer<typeof containerStatus>;
+
+/** A container as a runtime describes it: its spec, and how it stands now. */
+export const containerInfo = z.object({
+  id: z.string(),
+  status: containerStatus,
+  createdAt: z.string(),
+  startedAt: z.string().optional(),
+  pid: z.number().int().optional(),
+  exit: exitRecord.optional(),
+  spec: containerSpec,
+});
+export type ContainerInfo = z.infer<typeof containerInfo>;

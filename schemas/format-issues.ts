@@ -9,3 +9,6 @@ export function formatIssues(error: z.ZodError, prefix = ""): string {
     })
     .join("; ");
 }
+
+/** A schema that checks a value of type T, for code outside schemas/ that reads files through one. */
+export type Schema<T> = z.ZodType<T>;

@@ -40,3 +40,4 @@ if stale_native; then
   npm run --silent build:native
 fi
 npx tsc -p tsconfig.build.json
+npx tsc -p tsconfig.tools.json

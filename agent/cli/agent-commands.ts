@@ -1,10 +1,10 @@
 /** `fleetlet apply FILE`: the agent's reconcile loop once, locally, with no broker. */
 import { readFileSync } from "node:fs";
 import { FleetError } from "../errors.js";
-import { publicKeyFromBase64 } from "../fleet/signature.js";
+import { publicKeyFromBase64 } from "../protocol/signature.js";
 import { Agent } from "../reconcile/agent.js";
-import { loadNative } from "../runtime/native.js";
-import { MemoryReclaimer } from "../runtime/process-memory.js";
+import { loadNative } from "../system/native.js";
+import { MemoryReclaimer } from "../system/process-memory.js";
 import { parseArgs } from "./args.js";
 import type { CliContext } from "./context.js";
 import { formatTable } from "./output.js";

@@ -10,7 +10,7 @@ import { startStatusServer } from "../api/status-server.js";
 import { FleetError } from "../errors.js";
 import type { Agent } from "../reconcile/agent.js";
 import { desiredHandler } from "../reconcile/desired-sources.js";
-import { loadNative } from "../runtime/native.js";
+import { loadNative } from "../system/native.js";
 import { MqttSession } from "../transport/mqtt-session.js";
 import { AGENT_VERSION, createAgent } from "./agent-commands.js";
 import { parseArgs } from "./args.js";

@@ -1,6 +1,7 @@
 /** `fleetlet ps`, `logs`, `stop`, `kill` and `rm`: thin wrappers over the runtime. */
+
+import type { ContainerInfo } from "../../schemas/container.js";
 import { FleetError } from "../errors.js";
-import type { ContainerInfo } from "../runtime/runtime.js";
 import { type OptionSpec, parseArgs } from "./args.js";
 import type { CliContext } from "./context.js";
 import { ago, formatTable } from "./output.js";

@@ -6,11 +6,11 @@ import type { DeviceConfig } from "../../schemas/config.js";
 import { FleetError } from "../errors.js";
 import type { PullEvent } from "../registry/pull.js";
 import { formatReference, parseReference } from "../registry/reference.js";
-import { loadNative } from "../runtime/native.js";
 import { Runtime } from "../runtime/runtime.js";
 import { type ImageDefaults, imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
 import { LocalStore } from "../store/local-store.js";
+import { loadNative } from "../system/native.js";
 
 export class CliContext {
   private runtimeInstance: Runtime | undefined;

@@ -1,14 +1,14 @@
 /** `fleetctl keygen`, `deploy`, `status` and `rollout`: the operator's fleet commands over MQTT. */
 import { hostname } from "node:os";
 import { type RolloutProgress, rolloutProgress } from "../../schemas/rollout.js";
-import { canonicalJson } from "../canonical-json.js";
 import { loadDeviceConfig } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
 import { finishDocument, pickGeneration, readDocumentFile, retainedDocument } from "../fleet/desired-document.js";
 import { FleetClient } from "../fleet/fleet-client.js";
 import { type DeviceView, FleetView } from "../fleet/fleet-view.js";
 import { parseDuration, parseFailureLimit, parseWaves, Rollout, type WaveStatus } from "../fleet/rollout.js";
-import { generateSigningKey, loadSigningKey } from "../fleet/signature.js";
+import { canonicalJson } from "../protocol/canonical-json.js";
+import { generateSigningKey, loadSigningKey } from "../protocol/signature.js";
 import { parseArgs } from "./args.js";
 import { ago, formatTable } from "./output.js";
 
@@ -99,7 +99,7 @@ function rolloutLine(p: RolloutProgress): string {
 }
 
 async function retainedProgress(client: FleetClient, group: string): Promise<RolloutProgress | undefined> {
-  const topic = `${client.topics.prefix}/groups/${group}/rollout`;
+  const topic = client.topics.groupRollout(group);
   const payload = await client.retained(topic);
   if (!payload) return undefined;
   let parsed: ReturnType<typeof rolloutProgress.safeParse>;
@@ -273,7 +273,7 @@ export async function rolloutCommand(argv: string[], configPath: string | undefi
         by: hostname(),
         updatedAt: new Date().toISOString(),
       };
-      await client.publish(`${client.topics.prefix}/groups/${group}/rollout`, JSON.stringify(aborted), {
+      await client.publish(client.topics.groupRollout(group), JSON.stringify(aborted), {
         retain: true,
       });
       process.stdout.write(rolloutLine(aborted));

@@ -1,9 +1,9 @@
 /** `fleetctl`: the operator-side command. */
 import { loadDeviceConfig } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
-import { ACL_HELP, aclCommand } from "../fleet/acl.js";
 import { parsePlatform } from "../registry/platform.js";
 import { pushImage } from "../registry/push.js";
+import { ACL_HELP, aclCommand } from "./acl-command.js";
 import { parseArgs } from "./args.js";
 import { deployCommand, keygenCommand, rolloutCommand, statusCommand } from "./fleet-commands.js";
 import { printError } from "./output.js";

@@ -1,8 +1,8 @@
 /** `fleetlet`: the device-side command. Parses, calls the runtime, prints. */
 import { loadDeviceConfig, resolveRoot } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
-import { loadNative } from "../runtime/native.js";
-import { execWithAgentFlags } from "../runtime/process-memory.js";
+import { loadNative } from "../system/native.js";
+import { execWithAgentFlags } from "../system/process-memory.js";
 import { applyCommand } from "./agent-commands.js";
 import { parseArgs } from "./args.js";
 import { killCommand, logsCommand, psCommand, rmCommand, stopCommand } from "./container-commands.js";

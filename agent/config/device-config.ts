@@ -3,12 +3,11 @@
  * validation. Errors name the field, e.g. "mqtt.url: expected mqtt://, …".
  */
 import { readFileSync } from "node:fs";
-import { type DeviceConfig, deviceConfig } from "../../schemas/config.js";
+import { DEFAULT_CONFIG_PATH, DEFAULT_ROOT, type DeviceConfig, deviceConfig } from "../../schemas/config.js";
 import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError, isErrno } from "../errors.js";
 
-export const DEFAULT_CONFIG_PATH = "/etc/fleetlet/config.json";
-export const DEFAULT_ROOT = "/var/lib/fleetlet";
+export { DEFAULT_CONFIG_PATH, DEFAULT_ROOT };
 
 /** FLEETLET_DEVICE_ID, FLEETLET_MQTT_URL, …: env name → config path. */
 const ENV_OVERRIDES: Record<string, string[]> = {

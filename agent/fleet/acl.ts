@@ -20,18 +20,10 @@
  * (`$share/NAME/<prefix>/devices/+/reported`) needs no line of its own: the
  * operator's `read <prefix>/#` covers what it delivers.
  */
-import { readFileSync } from "node:fs";
 import { formatIssues } from "../../schemas/format-issues.js";
 import { type Inventory, inventory as inventorySchema } from "../../schemas/inventory.js";
-import { parseArgs } from "../cli/args.js";
-import { printError } from "../cli/output.js";
 import { FleetError } from "../errors.js";
-import { DEFAULT_TOPIC_PREFIX, topicNames } from "../transport/topics.js";
-
-export const ACL_HELP = `  acl [--prefix PREFIX] INVENTORY.json
-      print the mosquitto ACL for the devices, groups and operators listed in
-      INVENTORY.json (see deploy/mosquitto/README.md); PREFIX defaults to "fleet"
-`;
+import { DEFAULT_TOPIC_PREFIX, topicNames } from "../protocol/topics.js";
 
 /** Validates an inventory; errors name the field ("devices.dev-a.0: expected …"), after `source`. */
 export function parseInventory(raw: unknown, source = "inventory"): Inventory {
@@ -98,60 +90,11 @@ export function renderAcl(inv: Inventory, prefix: string = DEFAULT_TOPIC_PREFIX)
       `topic deny ${p}/devices/${op}/#`,
       `topic read ${p}/#`,
       `topic write ${topics.anyDevice("desired")}`,
-      // topics.ts builds only concrete group topics; these two are filters over every group.
-      `topic write ${p}/groups/+/desired`,
-      `topic write ${p}/groups/+/rollout`,
+      `topic write ${topics.anyGroup("desired")}`,
+      `topic write ${topics.anyGroup("rollout")}`,
       // fleetctl's fence: a message to itself that tells it every retained message has arrived.
-      `topic write ${p}/operators/#`,
+      `topic write ${topics.anyOperator()}`,
     ]);
   });
   return `${blocks.map((b) => b.join("\n")).join("\n\n")}\n`;
-}
-
-function readInventory(file: string): Inventory {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    throw new FleetError(
-      "E_INVALID_ARGUMENT",
-      `inventory ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
-      { cause: err },
-    );
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new FleetError("E_INVALID_ARGUMENT", `inventory ${file}: not valid JSON (${(err as Error).message})`, {
-      cause: err,
-    });
-  }
-  return parseInventory(raw, `inventory ${file}`);
-}
-
-/** `fleetctl acl [--prefix PREFIX] INVENTORY.json`: prints the ACL file to stdout; returns the exit status. */
-export async function aclCommand(argv: string[]): Promise<number> {
-  try {
-    const { options, positionals } = parseArgs(argv, [
-      { name: "prefix", type: "string" },
-      { name: "help", short: "h", type: "boolean" },
-    ]);
-    if (options.help) {
-      process.stdout.write(ACL_HELP);
-      return 0;
-    }
-    if (positionals.length !== 1)
-      throw new FleetError(
-        "E_INVALID_ARGUMENT",
-        "acl: expected one INVENTORY.json, e.g. fleetctl acl inventory.json > /etc/mosquitto/fleetlet/acl",
-        { exitCode: 2 },
-      );
-    process.stdout.write(
-      renderAcl(readInventory(positionals[0]!), (options.prefix as string | undefined) ?? DEFAULT_TOPIC_PREFIX),
-    );
-    return 0;
-  } catch (err) {
-    return printError("fleetctl", err);
-  }
 }

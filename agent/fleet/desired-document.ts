@@ -9,8 +9,8 @@ import { readFileSync } from "node:fs";
 import { type DesiredState, desiredState } from "../../schemas/desired.js";
 import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError } from "../errors.js";
+import { signDocument } from "../protocol/signature.js";
 import type { FleetClient } from "./fleet-client.js";
-import { signDocument } from "./signature.js";
 
 export type RawDocument = Record<string, unknown>;
 

@@ -9,8 +9,8 @@ import { hostname } from "node:os";
 import { connect, type IPublishPacket, type MqttClient } from "mqtt";
 import type { DeviceConfig } from "../../schemas/config.js";
 import { FleetError } from "../errors.js";
+import { type TopicNames, topicNames } from "../protocol/topics.js";
 import { describeFailure, displayUrl, tlsOptions } from "../transport/mqtt-session.js";
-import { type TopicNames, topicNames } from "../transport/topics.js";
 
 export type MqttSettings = NonNullable<DeviceConfig["mqtt"]>;
 export type MessageHandler = (topic: string, payload: Buffer, packet: IPublishPacket) => void;
@@ -30,7 +30,7 @@ export class FleetClient {
     prefix: string,
   ) {
     this.topics = topicNames(prefix);
-    this.fenceTopic = `${prefix}/operators/${client.options.clientId}/fence`;
+    this.fenceTopic = this.topics.operatorFence(client.options.clientId ?? "");
     client.on("message", (topic, payload, packet) => {
       if (topic === this.fenceTopic) {
         const id = payload.toString();

@@ -9,7 +9,7 @@ import { hostname } from "node:os";
 import type { FailureLimit, RolloutFailure, RolloutProgress } from "../../schemas/rollout.js";
 import { rolloutProgress } from "../../schemas/rollout.js";
 import { FleetError } from "../errors.js";
-import { wavePosition } from "../reconcile/desired-intake.js";
+import { wavePosition } from "../protocol/waves.js";
 import { finishDocument, type RawDocument } from "./desired-document.js";
 import type { FleetClient } from "./fleet-client.js";
 import type { DeviceView, FleetView } from "./fleet-view.js";
@@ -146,7 +146,7 @@ export class Rollout {
   }
 
   private get topic(): string {
-    return `${this.o.client.topics.prefix}/groups/${this.o.group}/rollout`;
+    return this.o.client.topics.groupRollout(this.o.group);
   }
 
   private async saveProgress(force: boolean): Promise<void> {

@@ -5,10 +5,13 @@
  * fleet simulation passes a driver that runs no containers
  * (fleet/simulated-runtime.ts).
  */
-import type { ContainerSpecInput, ExitRecord } from "../../schemas/container.js";
-import type { CgroupMode } from "../runtime/cgroup-layout.js";
-import type { CgroupStats } from "../runtime/cgroup-limits.js";
-import type { ContainerInfo } from "../runtime/runtime.js";
+import type {
+  CgroupMode,
+  ContainerInfo,
+  ContainerSpecInput,
+  ContainerStats,
+  ExitRecord,
+} from "../../schemas/container.js";
 
 export interface ContainerDriver {
   /** Reported as `agent.cgroupMode`. */
@@ -30,6 +33,6 @@ export interface ContainerDriver {
   /** The stop signal, then SIGKILL after the timeout; E_CONFLICT when never started. */
   stop(id: string, opts?: { timeoutMs?: number; signal?: string }): Promise<ExitRecord>;
   delete(id: string, opts?: { force?: boolean }): Promise<void>;
-  stats(id: string): CgroupStats;
+  stats(id: string): ContainerStats;
   logs(id: string, opts?: { tail?: number }): string;
 }

@@ -9,11 +9,12 @@
  * percent only adds devices. `rollout.rollback: true` makes the devices in the
  * wave that run that deployment restore the deployment that was good before it.
  */
-import { createHash, type KeyObject } from "node:crypto";
+import type { KeyObject } from "node:crypto";
 import { type DesiredState, desiredState } from "../../schemas/desired.js";
 import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError } from "../errors.js";
-import { verifyDocument } from "../fleet/signature.js";
+import { verifyDocument } from "../protocol/signature.js";
+import { inRolloutWave } from "../protocol/waves.js";
 
 export type Intake =
   | { kind: "apply"; doc: DesiredState }
@@ -29,17 +30,6 @@ export interface IntakeOptions {
   trustedKeys: KeyObject[];
   /** The topic's target ("device/<id>", "group/<name>"); a document naming another is refused. None for a local file. */
   target?: string;
-}
-
-/** Where a device falls for a deployment, in [0, 100): the first 32 bits of sha256(deviceId NUL deployment) as a percentage. */
-export function wavePosition(deviceId: string, deployment: string): number {
-  const h = createHash("sha256").update(`${deviceId}\0${deployment}`).digest().readUInt32BE(0);
-  return (h / 0x1_0000_0000) * 100;
-}
-
-/** A device is in a rollout wave when its position falls below the percent. */
-export function inRolloutWave(deviceId: string, deployment: string, percent: number): boolean {
-  return wavePosition(deviceId, deployment) < percent;
 }
 
 /** Reads a message; throws E_INVALID_DESIRED or E_BAD_SIGNATURE naming the field and the reason. */

@@ -7,7 +7,7 @@
  */
 import { createHash } from "node:crypto";
 import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
-import { canonicalJson } from "../canonical-json.js";
+import { canonicalJson } from "../protocol/canonical-json.js";
 
 export interface ActualService {
   name: string;

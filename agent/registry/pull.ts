@@ -8,10 +8,10 @@
 import { statfsSync } from "node:fs";
 import { runBounded } from "../bounded.js";
 import { FleetError } from "../errors.js";
-import type { NativeCore } from "../runtime/native.js";
 import type { ContentStore } from "../store/content-store.js";
 import type { ImageRecord, ImageStore, LayerRecord } from "../store/image-store.js";
 import { chainIds, type Snapshots } from "../store/snapshots.js";
+import type { NativeCore } from "../system/native.js";
 import { fetchBlob } from "./blob-fetch.js";
 import { resolveImage } from "./manifest-resolve.js";
 import { formatPlatform, hostPlatform, type Platform } from "./platform.js";

@@ -6,11 +6,10 @@
  */
 import { readFileSync, statfsSync } from "node:fs";
 import { join } from "node:path";
+import type { CgroupMode } from "../../schemas/container.js";
 
 export const CGROUP2_SUPER_MAGIC = 0x63677270;
 export const TMPFS_MAGIC = 0x01021994;
-
-export type CgroupMode = "v1" | "v2" | "hybrid";
 
 export interface CgroupLayout {
   mode: CgroupMode;

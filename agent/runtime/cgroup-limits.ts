@@ -3,6 +3,8 @@
  * limits give the same writes, so the mapping is tested without a kernel.
  * On a hybrid host the limits go to the v1 controllers.
  */
+import type { CgroupMode, ContainerStats } from "../../schemas/container.js";
+
 export interface Limits {
   memory?: number | undefined; // bytes; 0 or undefined: no limit
   cpus?: number | undefined; // cores
@@ -39,7 +41,7 @@ export function sharesToWeight(shares: number): number {
   return Math.ceil(10 ** exponent);
 }
 
-export function limitWrites(mode: "v1" | "v2" | "hybrid", limits: Limits): CgroupWrite[] {
+export function limitWrites(mode: CgroupMode, limits: Limits): CgroupWrite[] {
   const writes: CgroupWrite[] = [];
   const quota = limits.cpus ? Math.max(1000, Math.round(limits.cpus * CPU_PERIOD_US)) : undefined;
   const shares = limits.cpuShares ?? (limits.cpus ? sharesForCpus(limits.cpus) : undefined);
@@ -74,22 +76,16 @@ export function limitWrites(mode: "v1" | "v2" | "hybrid", limits: Limits): Cgrou
 }
 
 /** Where the OOM-kill counter lives ("oom_kill N" in both). */
-export function oomCounterFile(mode: "v1" | "v2" | "hybrid"): { hierarchy: string; file: string } {
+export function oomCounterFile(mode: CgroupMode): { hierarchy: string; file: string } {
   return mode === "v2"
     ? { hierarchy: "unified", file: "memory.events" }
     : { hierarchy: "memory", file: "memory.oom_control" };
 }
 
-export interface CgroupStats {
-  memoryBytes: number;
-  cpuNanos: number;
-  pids: number;
-}
-
 /** Which files hold the usage figures, and how to read them. */
 export function statFiles(
-  mode: "v1" | "v2" | "hybrid",
-): Record<keyof CgroupStats, { hierarchy: string; file: string; key?: string; scale: number }> {
+  mode: CgroupMode,
+): Record<keyof ContainerStats, { hierarchy: string; file: string; key?: string; scale: number }> {
   if (mode === "v2") {
     return {
       memoryBytes: { hierarchy: "unified", file: "memory.current", scale: 1 },

@@ -7,9 +7,10 @@
 import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { ContainerStats } from "../../schemas/container.js";
 import { FleetError, isErrno } from "../errors.js";
 import { type CgroupLayout, V1_CONTROLLERS } from "./cgroup-layout.js";
-import { type CgroupStats, type Limits, limitWrites, oomCounterFile, statFiles } from "./cgroup-limits.js";
+import { type Limits, limitWrites, oomCounterFile, statFiles } from "./cgroup-limits.js";
 
 export interface ContainerCgroups {
   /** hierarchy ("memory", "cpu", …, "unified") → directory */
@@ -96,11 +97,11 @@ export class Cgroups {
     this.controllersEnabled = true;
   }
 
-  stats(id: string): CgroupStats {
+  stats(id: string): ContainerStats {
     const { dirs } = this.locate(id);
-    const out: CgroupStats = { memoryBytes: 0, cpuNanos: 0, pids: 0 };
+    const out: ContainerStats = { memoryBytes: 0, cpuNanos: 0, pids: 0 };
     for (const [key, spec] of Object.entries(statFiles(this.layout.mode)) as [
-      keyof CgroupStats,
+      keyof ContainerStats,
       ReturnType<typeof statFiles>["pids"],
     ][]) {
       const dir = dirs.get(spec.hierarchy);

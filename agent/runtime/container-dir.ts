@@ -9,7 +9,6 @@
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { z } from "zod";
 import {
   type ContainerState,
   containerState,
@@ -18,6 +17,7 @@ import {
   type RunningRecord,
   runningRecord,
 } from "../../schemas/container.js";
+import type { Schema } from "../../schemas/format-issues.js";
 import { FleetError, isErrno } from "../errors.js";
 
 export interface ContainerPaths {
@@ -79,7 +79,7 @@ export function writeState(paths: ContainerPaths, state: ContainerState): void {
 }
 
 /** A record the shim writes; undefined while it does not exist (or is not whole yet). */
-function readShimRecord<T>(path: string, schema: z.ZodType<T>): T | undefined {
+function readShimRecord<T>(path: string, schema: Schema<T>): T | undefined {
   let text: string;
   try {
     text = readFileSync(path, "utf8");

@@ -9,38 +9,28 @@ import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, type Stats, statSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { DEFAULT_ROOT } from "../../schemas/config.js";
 import {
+  type ContainerInfo,
   type ContainerSpec,
   type ContainerSpecInput,
   type ContainerState,
+  type ContainerStats,
+  type ContainerStatus,
   containerSpec,
   type ExitRecord,
 } from "../../schemas/container.js";
 import { formatIssues } from "../../schemas/format-issues.js";
-import { DEFAULT_ROOT } from "../config/device-config.js";
 import { FleetError, isErrno } from "../errors.js";
+import { loadNative, type NativeBinding, type SpawnResult } from "../system/native.js";
 import { capabilitySet } from "./capabilities.js";
 import { Cgroups } from "./cgroup.js";
 import { detectCgroupLayout } from "./cgroup-layout.js";
-import type { CgroupStats } from "./cgroup-limits.js";
 import { type ContainerPaths, containerPaths, readExit, readRunning, readState, writeState } from "./container-dir.js";
 import { readLog } from "./log-tail.js";
-import { loadNative, type NativeBinding, type SpawnResult } from "./native.js";
 import { DEFAULT_PATH } from "./proc-defaults.js";
 import { encodeShimConfig } from "./shim-config.js";
 import { signalNumber } from "./signals.js";
-
-export type ContainerStatus = "created" | "running" | "exited";
-
-export interface ContainerInfo {
-  id: string;
-  status: ContainerStatus;
-  createdAt: string;
-  startedAt?: string | undefined;
-  pid?: number | undefined;
-  exit?: ExitRecord | undefined;
-  spec: ContainerSpec;
-}
 
 export interface RuntimeOptions {
   /** The state directory (default /var/lib/fleetlet). */
@@ -304,7 +294,7 @@ export class Runtime {
     return out;
   }
 
-  stats(id: string): CgroupStats {
+  stats(id: string): ContainerStats {
     this.state(id);
     return this.cgroups.stats(id);
   }

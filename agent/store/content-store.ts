@@ -24,7 +24,7 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { FleetError, isErrno } from "../errors.js";
-import type { NativeCore } from "../runtime/native.js";
+import type { NativeCore } from "../system/native.js";
 import { digestHex } from "./digest.js";
 
 export class ContentStore {

@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { pipeline, type Readable, Transform } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { FleetError } from "../errors.js";
-import type { NativeCore } from "../runtime/native.js";
+import type { NativeCore } from "../system/native.js";
 import { readTar, type TarHeader } from "./tar-reader.js";
 
 export type EntryKind = "dir" | "file" | "symlink" | "other";

@@ -4,8 +4,8 @@
  * manifests, in db.json), and garbage collection over all three.
  */
 import { rmSync, statSync } from "node:fs";
-import type { NativeCore } from "../runtime/native.js";
 import { type Db, openDb } from "../state/db.js";
+import type { NativeCore } from "../system/native.js";
 import { ContentStore } from "./content-store.js";
 import { type ImageRecord, ImageStore } from "./image-store.js";
 import { Snapshots } from "./snapshots.js";

@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync } from "node:fs";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { FleetError, isErrno } from "../errors.js";
-import type { NativeCore } from "../runtime/native.js";
+import type { NativeCore } from "../system/native.js";
 import { digestHex } from "./digest.js";
 import { unpackLayer } from "./layer-unpack.js";
 

@@ -22,7 +22,7 @@ import {
   ReasonCodes,
 } from "mqtt";
 import { FleetError } from "../errors.js";
-import { type DeviceChannel, type TopicNames, topicNames } from "./topics.js";
+import { type DeviceChannel, type TopicNames, topicNames } from "../protocol/topics.js";
 
 export interface MqttSessionOptions {
   deviceId: string;

@@ -19,14 +19,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import mqtt from "mqtt";
-import { buildBusyboxRootfs } from "../helpers/busybox-rootfs.js";
-import { freePort } from "../helpers/free-port.js";
-import { type MosquittoFixture, startMosquitto } from "../helpers/mosquitto.js";
-import { startRegistry } from "../helpers/registry.js";
-import { cleanupRoot } from "../helpers/state-root.js";
+import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
+import { freePort } from "../support/free-port.js";
+import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
+import { startRegistry } from "../support/registry.js";
+import { cleanupRoot } from "../support/state-root.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
 
-// From dist/test/bench/ as from test/bench/: the bin scripts at the top of the project.
+// From build/test/bench/ as from test/bench/: the bin scripts at the top of the project.
 const FLEETLET_BIN = new URL("../../../bin/fleetlet.js", import.meta.url).pathname;
 const FLEETCTL_BIN = new URL("../../../bin/fleetctl.js", import.meta.url).pathname;
 const DEVICE = "bench-agent-1";

@@ -10,7 +10,7 @@
  * FleetView as `fleetctl rollout`: one retained group publish per wave.
  *
  * --profile DIR writes a V8 CPU profile of each simulation process to DIR
- * (profile the operator with `node --cpu-prof dist/test/bench/run.js fleet`).
+ * (profile the operator with `node --cpu-prof build/test/bench/run.js fleet`).
  *
  * Reported: time to converge per wave and in all, MQTT messages and bytes per
  * device, broker throughput ($SYS, every second), and resident memory.
@@ -25,11 +25,11 @@ import mqtt from "mqtt";
 import { FleetClient } from "../../agent/fleet/fleet-client.js";
 import { FleetView } from "../../agent/fleet/fleet-view.js";
 import { parseWaves, Rollout } from "../../agent/fleet/rollout.js";
-import { ShardedFleet } from "../../agent/fleet/sharded-fleet.js";
-import { cpuMs, rssKiB, type SimulatedFleetStats, simulatedDeviceIds } from "../../agent/fleet/simulated-fleet.js";
-import { inRolloutWave } from "../../agent/reconcile/desired-intake.js";
-import { freePort } from "../helpers/free-port.js";
-import { MOSQUITTO_BIN } from "../helpers/mosquitto.js";
+import { inRolloutWave } from "../../agent/protocol/waves.js";
+import { freePort } from "../support/free-port.js";
+import { MOSQUITTO_BIN } from "../support/mosquitto.js";
+import { ShardedFleet } from "../support/sim/sharded-fleet.js";
+import { cpuMs, rssKiB, type SimulatedFleetStats, simulatedDeviceIds } from "../support/sim/simulated-fleet.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
 
 const GROUP = "sim";

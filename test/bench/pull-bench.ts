@@ -24,10 +24,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pushImage } from "../../agent/registry/push.js";
-import { loadNative } from "../../agent/runtime/native.js";
 import { unpackLayer } from "../../agent/store/layer-unpack.js";
-import { startCountingProxy } from "../helpers/counting-proxy.js";
-import { startRegistry } from "../helpers/registry.js";
+import { loadNative } from "../../agent/system/native.js";
+import { startCountingProxy } from "../support/counting-proxy.js";
+import { startRegistry } from "../support/registry.js";
 
 const FLEETLET = new URL("../../../bin/fleetlet.js", import.meta.url).pathname;
 

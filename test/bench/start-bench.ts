@@ -11,7 +11,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Runtime } from "../../agent/runtime/runtime.js";
-import { buildBusyboxRootfs } from "../helpers/busybox-rootfs.js";
+import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
 
 const LIMITS = { memory: "64Mi", cpus: 1, pids: 64 };

@@ -20,7 +20,7 @@ import { connect, type IClientOptions, type IConnackPacket, type IDisconnectPack
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { parseInventory, renderAcl } from "../../agent/fleet/acl.js";
 import type { Inventory } from "../../schemas/inventory.js";
-import { type BrokerFiles, type MosquittoFixture, startMosquitto } from "../helpers/mosquitto.js";
+import { type BrokerFiles, type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
 
 const INVENTORY: Inventory = { devices: { "dev-a": ["pilot"], "dev-b": ["other"] }, operators: ["operator"] };
 const NOT_AUTHORIZED = 135;

@@ -8,11 +8,11 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { AGENT_NODE_FLAGS } from "../../agent/runtime/process-memory.js";
-import { FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../helpers/fleetlet-cli.js";
-import { freePort } from "../helpers/free-port.js";
-import { startRegistry } from "../helpers/registry.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { AGENT_NODE_FLAGS } from "../../agent/system/process-memory.js";
+import { FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
+import { freePort } from "../support/free-port.js";
+import { startRegistry } from "../support/registry.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const NATIVE = new URL("../../native/build/Release/fleetlet_native.node", import.meta.url).pathname;
 let work: string;

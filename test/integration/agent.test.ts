@@ -12,11 +12,11 @@ import { join } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import type { ReportedState } from "../../schemas/reported.js";
-import { fleetctl, runCli, spawnAgent } from "../helpers/fleetlet-cli.js";
-import { freePort } from "../helpers/free-port.js";
-import { startMosquitto } from "../helpers/mosquitto.js";
-import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { fleetctl, runCli, spawnAgent } from "../support/fleetlet-cli.js";
+import { freePort } from "../support/free-port.js";
+import { startMosquitto } from "../support/mosquitto.js";
+import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
 const DEVICE = "dev-agent-1";

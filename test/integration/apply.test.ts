@@ -6,9 +6,9 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { type CliResult, fleetctl, fleetlet, runCli } from "../helpers/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { type CliResult, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
+import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
 let reg: RegistryFixture;

@@ -5,9 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { deviceConfig } from "../../schemas/config.js";
-import { FLEETLET_BIN } from "../helpers/fleetlet-cli.js";
-import { freePort } from "../helpers/free-port.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { FLEETLET_BIN } from "../support/fleetlet-cli.js";
+import { freePort } from "../support/free-port.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const UNIT = "deploy/fleetlet.service";
 const INSTALL = "deploy/install.sh";

@@ -8,10 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FleetClient } from "../../agent/fleet/fleet-client.js";
 import { FleetView } from "../../agent/fleet/fleet-view.js";
 import { Rollout } from "../../agent/fleet/rollout.js";
-import { SimulatedFleet, simulatedDeviceIds } from "../../agent/fleet/simulated-fleet.js";
-import { inRolloutWave } from "../../agent/reconcile/desired-intake.js";
+import { inRolloutWave } from "../../agent/protocol/waves.js";
 import type { RolloutProgress } from "../../schemas/rollout.js";
-import { type MosquittoFixture, startMosquitto } from "../helpers/mosquitto.js";
+import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
+import { SimulatedFleet, simulatedDeviceIds } from "../support/sim/simulated-fleet.js";
 
 const N = 200;
 const GROUP = "sim";

@@ -6,10 +6,10 @@ import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { fleetctl, fleetlet } from "../helpers/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
-import { pushWithSkopeo } from "../helpers/third-party-image.js";
+import { fleetctl, fleetlet } from "../support/fleetlet-cli.js";
+import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
+import { pushWithSkopeo } from "../support/third-party-image.js";
 
 const rootfs = inject("busyboxRootfs");
 let reg: RegistryFixture;

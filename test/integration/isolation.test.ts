@@ -4,8 +4,8 @@
  */
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { fleetlet } from "../helpers/fleetlet-cli.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { fleetlet } from "../support/fleetlet-cli.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 let root: string;
 const rootfs = inject("busyboxRootfs");

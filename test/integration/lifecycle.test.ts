@@ -4,10 +4,10 @@ import { createHash } from "node:crypto";
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { loadNative } from "../../agent/runtime/native.js";
 import { Runtime } from "../../agent/runtime/runtime.js";
-import { fleetlet, fleetletAsync } from "../helpers/fleetlet-cli.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { loadNative } from "../../agent/system/native.js";
+import { fleetlet, fleetletAsync } from "../support/fleetlet-cli.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 let root: string;
 const rootfs = inject("busyboxRootfs");

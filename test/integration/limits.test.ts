@@ -4,8 +4,8 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { Runtime } from "../../agent/runtime/runtime.js";
-import { fleetlet } from "../helpers/fleetlet-cli.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { fleetlet } from "../support/fleetlet-cli.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 let root: string;
 let runtime: Runtime;

@@ -16,8 +16,8 @@ import { connectAsync, type MqttClient } from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { FleetError } from "../../agent/errors.js";
 import { MqttSession, type MqttSessionOptions } from "../../agent/transport/mqtt-session.js";
-import { createTestCa, type MosquittoFixture, startMosquitto } from "../helpers/mosquitto.js";
-import type { ChildSessionOptions } from "../helpers/mqtt-child.js";
+import { createTestCa, type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
+import type { ChildSessionOptions } from "../support/mqtt-child.js";
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {
@@ -63,10 +63,10 @@ async function retained(url: string, topic: string, ca?: string): Promise<Record
   return JSON.parse(msg.text);
 }
 
-/** test/helpers/mqtt-child.ts in its own node process (through vite-node, which compiles it). */
+/** test/support/mqtt-child.ts in its own node process (through vite-node, which compiles it). */
 function spawnSessionChild(opts: ChildSessionOptions) {
   const viteNode = fileURLToPath(new URL("../../node_modules/vite-node/vite-node.mjs", import.meta.url));
-  const script = fileURLToPath(new URL("../helpers/mqtt-child.ts", import.meta.url));
+  const script = fileURLToPath(new URL("../support/mqtt-child.ts", import.meta.url));
   return spawn(process.execPath, [viteNode, script], {
     env: { ...process.env, FLEETLET_TEST_SESSION: JSON.stringify(opts) },
     stdio: ["ignore", "pipe", "pipe"],

@@ -11,10 +11,10 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { buildTar } from "../../agent/store/tar-writer.js";
-import { type CountingProxy, startCountingProxy } from "../helpers/counting-proxy.js";
-import { FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../helpers/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { type CountingProxy, startCountingProxy } from "../support/counting-proxy.js";
+import { FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
+import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
 let reg: RegistryFixture;

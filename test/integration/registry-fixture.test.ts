@@ -10,9 +10,9 @@ import { join } from "node:path";
 import { connect } from "node:tls";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { type CountingProxy, startCountingProxy } from "../helpers/counting-proxy.js";
-import { type RegistryFixture, startRegistry, TOKEN_SERVICE } from "../helpers/registry.js";
-import { pushWithSkopeo } from "../helpers/third-party-image.js";
+import { type CountingProxy, startCountingProxy } from "../support/counting-proxy.js";
+import { type RegistryFixture, startRegistry, TOKEN_SERVICE } from "../support/registry.js";
+import { pushWithSkopeo } from "../support/third-party-image.js";
 
 const rootfs = inject("busyboxRootfs");
 const run = promisify(execFile);

@@ -8,8 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { fleetlet } from "../helpers/fleetlet-cli.js";
-import { cleanupRoot, freshRoot } from "../helpers/state-root.js";
+import { fleetlet } from "../support/fleetlet-cli.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const EPERM = 1;
 const ENOSYS = 38;
@@ -21,7 +21,7 @@ beforeAll(() => {
   root = freshRoot();
   probeLayer = mkdtempSync(join(tmpdir(), "fleetlet-probe-"));
   mkdirSync(join(probeLayer, "usr", "bin"), { recursive: true });
-  const source = fileURLToPath(new URL("../helpers/seccomp-probe.c", import.meta.url));
+  const source = fileURLToPath(new URL("../support/seccomp-probe.c", import.meta.url));
   execFileSync("gcc", ["-static", "-O1", "-o", join(probeLayer, "usr", "bin", "seccomp-probe"), source]);
 });
 afterAll(async () => {

@@ -19,11 +19,11 @@ import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pullImage } from "../../agent/registry/pull.js";
 import { pushImage } from "../../agent/registry/push.js";
-import { loadNative } from "../../agent/runtime/native.js";
 import { unpackLayer } from "../../agent/store/layer-unpack.js";
 import { LocalStore } from "../../agent/store/local-store.js";
 import { buildTar } from "../../agent/store/tar-writer.js";
-import { type RegistryFixture, startRegistry } from "../helpers/registry.js";
+import { loadNative } from "../../agent/system/native.js";
+import { type RegistryFixture, startRegistry } from "../support/registry.js";
 
 const native = loadNative().core;
 let work: string;

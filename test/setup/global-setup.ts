@@ -2,7 +2,7 @@
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestProject } from "vitest/node";
-import { buildBusyboxRootfs } from "../helpers/busybox-rootfs.js";
+import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
 
 declare module "vitest" {
   export interface ProvidedContext {

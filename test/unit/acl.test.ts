@@ -3,8 +3,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, describe, expect, it, vi } from "vitest";
+import { ACL_HELP, aclCommand } from "../../agent/cli/acl-command.js";
 import { FleetError } from "../../agent/errors.js";
-import { ACL_HELP, aclCommand, parseInventory, renderAcl } from "../../agent/fleet/acl.js";
+import { parseInventory, renderAcl } from "../../agent/fleet/acl.js";
 import type { Inventory } from "../../schemas/inventory.js";
 
 /** The lines that grant or deny (comments and blank lines dropped). */

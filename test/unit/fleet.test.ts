@@ -1,11 +1,17 @@
 /** The pure parts of the fleet side: canonical JSON, signatures, rollout waves and their verdicts. */
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { canonicalJson } from "../../agent/canonical-json.js";
 import type { DeviceView } from "../../agent/fleet/fleet-view.js";
 import { judgeWave, parseDuration, parseFailureLimit, parseWaves, standing } from "../../agent/fleet/rollout.js";
-import { publicKeyFromBase64, publicKeyToBase64, signDocument, verifyDocument } from "../../agent/fleet/signature.js";
-import { inRolloutWave, readDesired } from "../../agent/reconcile/desired-intake.js";
+import { canonicalJson } from "../../agent/protocol/canonical-json.js";
+import {
+  publicKeyFromBase64,
+  publicKeyToBase64,
+  signDocument,
+  verifyDocument,
+} from "../../agent/protocol/signature.js";
+import { inRolloutWave } from "../../agent/protocol/waves.js";
+import { readDesired } from "../../agent/reconcile/desired-intake.js";
 import type { ReportedState } from "../../schemas/reported.js";
 
 describe("canonical JSON (RFC 8785)", () => {

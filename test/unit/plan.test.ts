@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { canonicalJson } from "../../agent/canonical-json.js";
+import { canonicalJson } from "../../agent/protocol/canonical-json.js";
 import { batches } from "../../agent/reconcile/apply-steps.js";
 import { type ActualService, containerName, plan, specHash } from "../../agent/reconcile/plan.js";
 import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";

@@ -1,7 +1,7 @@
 /** The SIMULATED container driver of the fleet simulation: its conventions, and the Runtime contract it keeps. */
 import { describe, expect, it } from "vitest";
-import { EXIT_AFTER_MS, SimulatedRuntime, simulatedExit } from "../../agent/fleet/simulated-runtime.js";
-import { SIMULATED_IMAGE_CMD, SimulatedStore } from "../../agent/fleet/simulated-store.js";
+import { EXIT_AFTER_MS, SimulatedRuntime, simulatedExit } from "../support/sim/simulated-runtime.js";
+import { SIMULATED_IMAGE_CMD, SimulatedStore } from "../support/sim/simulated-store.js";
 
 const spec = (command: string[], name = "c1") => ({ name, layers: ["/nonexistent/layer"], command });
 

@@ -6,8 +6,8 @@
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, sign, verify } from "node:crypto";
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
-import { canonicalJson } from "../canonical-json.js";
 import { FleetError } from "../errors.js";
+import { canonicalJson } from "./canonical-json.js";
 
 /** The DER prefix of an ed25519 SubjectPublicKeyInfo; the raw key follows it. */
 const SPKI_ED25519_PREFIX = Buffer.from("302a300506032b6570032100", "hex");

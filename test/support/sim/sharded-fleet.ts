@@ -4,7 +4,7 @@
  * share of the devices, and answers over the IPC channel.
  */
 import { type ChildProcess, fork } from "node:child_process";
-import { FleetError } from "../errors.js";
+import { FleetError } from "../../../agent/errors.js";
 import type { SimulatedFleetOptions, SimulatedFleetStats } from "./simulated-fleet.js";
 
 /** What the parent and a shard say to each other over the IPC channel. */

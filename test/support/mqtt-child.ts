@@ -3,7 +3,7 @@
  * the options in FLEETLET_TEST_SESSION (JSON: deviceId, url), says
  * "connected" on stdout, then waits to be killed without stop().
  * Run it with vite-node, which compiles it on the fly:
- *   node node_modules/vite-node/vite-node.mjs test/helpers/mqtt-child.ts
+ *   node node_modules/vite-node/vite-node.mjs test/support/mqtt-child.ts
  */
 import { MqttSession } from "../../agent/transport/mqtt-session.js";
 

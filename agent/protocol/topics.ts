@@ -1,9 +1,11 @@
 /**
- * The MQTT topic names of DESIGN.md, built from one prefix (default `fleet`):
+ * The MQTT topic names (docs/contract.md), built from one prefix (default `fleet`):
  *   <prefix>/devices/<id>/{desired,reported,status,events}
  *   <prefix>/groups/<group>/desired
- * The agent and the operator side (fleetctl) both build their topics here, so
- * the two can never disagree on a spelling.
+ *   <prefix>/groups/<group>/rollout      a rollout's retained progress (operators)
+ *   <prefix>/operators/<client id>/fence an operator's echo to itself
+ * The agent, fleetctl and the ACL generator all build their topics here, so
+ * they can never disagree on a spelling.
  */
 import { FleetError } from "../errors.js";
 
@@ -20,6 +22,14 @@ export interface TopicNames {
   readonly prefix: string;
   device(deviceId: string, channel: DeviceChannel): string;
   groupDesired(group: string): string;
+  /** A group rollout's retained progress, written by fleetctl. */
+  groupRollout(group: string): string;
+  /** A filter over every group's `channel`, for the ACL. */
+  anyGroup(channel: "desired" | "rollout"): string;
+  /** An operator's fence: fleetctl publishes to it and waits for the echo. */
+  operatorFence(clientId: string): string;
+  /** A filter over every operator's topics, for the ACL. */
+  anyOperator(): string;
   /** A filter over every device's `channel` (`<prefix>/devices/+/<channel>`), for the operator side. */
   anyDevice(channel: DeviceChannel): string;
   /** The device or group a topic belongs to, or undefined for a topic outside this prefix's scheme. */
@@ -63,6 +73,10 @@ export function topicNames(prefix: string = DEFAULT_TOPIC_PREFIX): TopicNames {
     prefix: p,
     device: (deviceId, channel) => `${p}/devices/${checkLevel("device id", deviceId)}/${channel}`,
     groupDesired: (group) => `${p}/groups/${checkLevel("group", group)}/desired`,
+    groupRollout: (group) => `${p}/groups/${checkLevel("group", group)}/rollout`,
+    anyGroup: (channel) => `${p}/groups/+/${channel}`,
+    operatorFence: (clientId) => `${p}/operators/${checkLevel("client id", clientId)}/fence`,
+    anyOperator: () => `${p}/operators/#`,
     anyDevice: (channel) => `${p}/devices/+/${channel}`,
     parse(topic) {
       if (!topic.startsWith(`${p}/`)) return undefined;

@@ -13,14 +13,19 @@
  * An exec (a healthcheck) of ["exit", "N"] returns N at once; any other exec returns 0.
  * A stop or kill ends the process at once with 128 + the signal's number.
  */
-import { type ContainerSpecInput, containerSpec, type ExitRecord } from "../../schemas/container.js";
-import { formatIssues } from "../../schemas/format-issues.js";
-import { FleetError } from "../errors.js";
-import type { ContainerDriver } from "../reconcile/container-driver.js";
-import type { CgroupMode } from "../runtime/cgroup-layout.js";
-import type { CgroupStats } from "../runtime/cgroup-limits.js";
-import type { ContainerInfo } from "../runtime/runtime.js";
-import { signalNumber } from "../runtime/signals.js";
+
+import { FleetError } from "../../../agent/errors.js";
+import type { ContainerDriver } from "../../../agent/reconcile/container-driver.js";
+import { signalNumber } from "../../../agent/runtime/signals.js";
+import {
+  type CgroupMode,
+  type ContainerInfo,
+  type ContainerSpecInput,
+  type ContainerStats,
+  containerSpec,
+  type ExitRecord,
+} from "../../../schemas/container.js";
+import { formatIssues } from "../../../schemas/format-issues.js";
 
 /** How long after its start a simulated ["exit", "N"] container exits. */
 export const EXIT_AFTER_MS = 50;
@@ -172,7 +177,7 @@ export class SimulatedRuntime implements ContainerDriver {
   }
 
   /** Nothing runs, so nothing is used: zeros, and the one simulated process. */
-  stats(id: string): CgroupStats {
+  stats(id: string): ContainerStats {
     return { memoryBytes: 0, cpuNanos: 0, pids: this.get(id).info.status === "running" ? 1 : 0 };
   }
 

@@ -4,7 +4,7 @@
  * whitespace is written, and strings and numbers are serialised as
  * ECMAScript's JSON.stringify does (which is what the RFC specifies).
  */
-import { FleetError } from "./errors.js";
+import { FleetError } from "../errors.js";
 
 export function canonicalJson(value: unknown, path = "$"): string {
   if (value === null || typeof value === "boolean" || typeof value === "string") return JSON.stringify(value);

@@ -15,12 +15,12 @@
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
-import { runBounded } from "../bounded.js";
-import { FleetError } from "../errors.js";
-import { Agent } from "../reconcile/agent.js";
-import { desiredHandler } from "../reconcile/desired-sources.js";
-import { MqttSession } from "../transport/mqtt-session.js";
-import { DEFAULT_TOPIC_PREFIX } from "../transport/topics.js";
+import { runBounded } from "../../../agent/bounded.js";
+import { FleetError } from "../../../agent/errors.js";
+import { DEFAULT_TOPIC_PREFIX } from "../../../agent/protocol/topics.js";
+import { Agent } from "../../../agent/reconcile/agent.js";
+import { desiredHandler } from "../../../agent/reconcile/desired-sources.js";
+import { MqttSession } from "../../../agent/transport/mqtt-session.js";
 import { SimulatedRuntime } from "./simulated-runtime.js";
 import { SimulatedStore } from "./simulated-store.js";
 

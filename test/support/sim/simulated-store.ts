@@ -7,9 +7,9 @@
  */
 import { createHash } from "node:crypto";
 import { Low, Memory } from "lowdb";
-import type { AgentStore } from "../reconcile/agent.js";
-import type { Db, DbData } from "../state/db.js";
-import { type ImageRecord, ImageStore } from "../store/image-store.js";
+import type { AgentStore } from "../../../agent/reconcile/agent.js";
+import type { Db, DbData } from "../../../agent/state/db.js";
+import { type ImageRecord, ImageStore } from "../../../agent/store/image-store.js";
 
 /** Where simulated layers "are": a path that is never created. */
 export const SIMULATED_LAYER_ROOT = "/nonexistent/fleetlet-simulated/layers";
