@@ -38,6 +38,7 @@ export type ErrorCode =
   | "E_BROKER"
   | "E_TIMEOUT"
   | "E_UNAUTHORIZED"
+  | "E_CORRUPT_STATE"
   | "E_FORBIDDEN"
   | "E_METHOD_NOT_ALLOWED"
   | "E_INTERNAL";

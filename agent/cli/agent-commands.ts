@@ -38,9 +38,9 @@ export async function createAgent(
     runtime: ctx.runtime,
     store,
     version: AGENT_VERSION,
-    // A pinned image already stored needs no registry: an agent that has nothing to pull never loads the HTTP stack.
-    pull: async (ref, signal) =>
-      (await ctx.storedPinned(ref)) ?? ctx.pull(ref, { quiet: true, onEvent: progress, signal }),
+    // Asked only for what the store lacks (a pinned image already stored needs no registry):
+    // an agent that has nothing to pull never loads the HTTP stack.
+    pull: (ref, { signal, lease }) => ctx.pull(ref, { quiet: true, onEvent: progress, signal, lease }),
     onEvent: (e) => {
       reclaimer.poke();
       onEvent?.(e);

@@ -9,7 +9,8 @@ import { formatReference, parseReference } from "../registry/reference.js";
 import { Runtime } from "../runtime/runtime.js";
 import { type ImageDefaults, imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
-import { LocalStore } from "../store/local-store.js";
+import type { Lease } from "../store/leases.js";
+import { imageContent, LocalStore } from "../store/local-store.js";
 import { loadNative } from "../system/native.js";
 
 export class CliContext {
@@ -31,20 +32,6 @@ export class CliContext {
     return this.storeInstance;
   }
 
-  /**
-   * The stored image a digest-pinned reference names, with every layer
-   * unpacked: content-addressed, so the registry has nothing newer to say
-   * and is not asked (nor its HTTP stack loaded). Undefined otherwise.
-   */
-  async storedPinned(ref: string): Promise<ImageRecord | undefined> {
-    const parsed = parseReference(ref);
-    if (!parsed.digest) return undefined;
-    const store = await this.store();
-    const image = store.images.get(formatReference(parsed));
-    if (!image || (image.digest !== parsed.digest && image.indexDigest !== parsed.digest)) return undefined;
-    return image.layers.every((l) => store.snapshots.has(l.chainId)) ? image : undefined;
-  }
-
   /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
   async pull(
     ref: string,
@@ -55,6 +42,7 @@ export class CliContext {
       platform?: import("../registry/platform.js").Platform;
       onEvent?: (e: PullEvent) => void;
       signal?: AbortSignal;
+      lease?: Lease;
     } = {},
   ): Promise<ImageRecord> {
     const store = await this.store();
@@ -82,7 +70,7 @@ export class CliContext {
           store: store.content,
           snapshots: store.snapshots,
           images: store.images,
-          native: loadNative().core,
+          leases: store.leases,
           registries: this.config.registries,
         },
         {
@@ -92,6 +80,7 @@ export class CliContext {
           unpack: opts.unpack !== false,
           ...(opts.platform ? { platform: opts.platform } : {}),
           ...(onEvent ? { onEvent } : {}),
+          ...(opts.lease ? { lease: opts.lease } : {}),
         },
       );
     } finally {
@@ -100,13 +89,17 @@ export class CliContext {
     }
   }
 
-  /** The image's defaults for `run`, pulling it first when the store lacks it. */
-  async imageDefaults(name: string): Promise<ImageDefaults> {
+  /**
+   * The image's defaults for `run`, pulling it first when the store lacks it.
+   * Its content is added to `lease` before anything checks that it is there.
+   */
+  async imageDefaults(name: string, lease: Lease): Promise<ImageDefaults> {
     const store = await this.store();
     const ref = /^(sha256:)?[a-f0-9]{12,64}$/.test(name) ? name : formatReference(parseReference(name));
-    const image = store.images.find(ref) ?? (await this.pull(ref));
-    const missing = image.layers.find((l) => !store.snapshots.has(l.chainId));
-    const record = missing ? await this.pull(image.ref) : image;
+    const stored = store.images.find(ref);
+    if (stored) await lease.add(imageContent(stored));
+    const image = stored ?? (await this.pull(ref, { lease }));
+    const record = store.isWhole(image) ? image : await this.pull(image.ref, { lease });
     return imageDefaults(store, record);
   }
 }

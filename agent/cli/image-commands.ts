@@ -66,7 +66,6 @@ export async function rmiCommand(ctx: CliContext, argv: string[]): Promise<numbe
   if (positionals.length === 0)
     throw new FleetError("E_INVALID_ARGUMENT", "rmi: name at least one image", { exitCode: 2 });
   const store = await ctx.store();
-  const inUse = layersInUse(ctx);
   for (const name of positionals) {
     const ref = /^(sha256:)?[a-f0-9]{12,64}$/.test(name) ? name : formatReference(parseReference(name, "rmi"));
     const image = store.images.find(ref);
@@ -81,7 +80,7 @@ export async function rmiCommand(ctx: CliContext, argv: string[]): Promise<numbe
     await store.images.remove(image.ref);
     process.stdout.write(`untagged ${image.ref}\n`);
   }
-  const freed = await store.prune(inUse, { partials: false });
+  const freed = await store.prune({ inUse: () => layersInUse(ctx), partials: false });
   process.stdout.write(`deleted ${freed.blobs} blobs and ${freed.snapshots} layers (${formatBytes(freed.bytes)})\n`);
   return 0;
 }
@@ -89,7 +88,7 @@ export async function rmiCommand(ctx: CliContext, argv: string[]): Promise<numbe
 export async function pruneCommand(ctx: CliContext, argv: string[]): Promise<number> {
   parseArgs(argv, []);
   const store = await ctx.store();
-  const r = await store.prune(layersInUse(ctx));
+  const r = await store.prune({ inUse: () => layersInUse(ctx) });
   process.stdout.write(
     `removed ${r.blobs} blobs, ${r.snapshots} layers and ${r.partials} partial downloads: ${formatBytes(r.bytes)} of blobs freed\n`,
   );

@@ -122,11 +122,19 @@ export function runSpec(
 
 export async function runCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const parsed = parseRun(argv);
-  const image = parsed.image ? await ctx.imageDefaults(parsed.image) : undefined;
-  const { spec, rm, detach } = runSpec(parsed, image);
   const runtime = ctx.runtime;
-  if (rm && detach) throw usage("run: --rm and -d cannot be combined: nothing would be left to remove the container");
-  const { id } = runtime.create(spec);
+  // The image's layers are leased until the container's spec names them, so a prune cannot take them meanwhile.
+  const lease = parsed.image ? await (await ctx.store()).leases.take(`run ${parsed.image}`) : undefined;
+  let created: { id: string; rm: boolean; detach: boolean };
+  try {
+    const image = parsed.image && lease ? await ctx.imageDefaults(parsed.image, lease) : undefined;
+    const { spec, rm, detach } = runSpec(parsed, image);
+    if (rm && detach) throw usage("run: --rm and -d cannot be combined: nothing would be left to remove the container");
+    created = { id: runtime.create(spec).id, rm, detach };
+  } finally {
+    await lease?.release();
+  }
+  const { id, rm, detach } = created;
   // Handlers go in before the start: the container may be up, and the user
   // pressing Ctrl-C, before start() returns.
   let started = false;

@@ -4,78 +4,46 @@
  */
 import type { ServiceSpec } from "../../schemas/desired.js";
 import { runBounded } from "../bounded.js";
-import { FleetError } from "../errors.js";
 import type { ImageRecord } from "../store/image-store.js";
+import type { HealthGate } from "./health-gate.js";
 import type { Step } from "./plan.js";
 
 export interface StepContext {
   signal: AbortSignal;
   deployment: string;
-  /** Image records by reference, filled by pulls. */
-  images: Map<string, ImageRecord>;
-  pull(ref: string, signal: AbortSignal): Promise<ImageRecord>;
-  startService(
-    service: string,
-    spec: ServiceSpec,
-    hash: string,
-    containerId: string,
-    image: ImageRecord,
-    deployment: string,
-  ): Promise<void>;
+  gate: HealthGate;
+  /** Fetches an image (or resolves its tag again) and makes it ready for this apply. */
+  pull(ref: string): Promise<void>;
+  /** An image made ready for this apply; throws when the store no longer has it whole. */
+  readyImage(ref: string): ImageRecord;
+  startService(start: {
+    service: string;
+    spec: ServiceSpec;
+    hash: string;
+    containerId: string;
+    image: ImageRecord;
+    deployment: string;
+  }): Promise<void>;
   stopContainer(service: string, containerId: string, timeoutMs: number, signal: string): Promise<void>;
   removeContainer(service: string, containerId: string): Promise<void>;
-  /** Why a service is not healthy yet, or undefined once it is. */
-  unhealthyReason(service: string): string | undefined;
   event(e: { type: string; [k: string]: unknown }): void;
-}
-
-/** Waits `ms`, or less when `signal` aborts (never rejects). */
-export function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
 
 type Handlers = { [K in Step["kind"]]: (step: Extract<Step, { kind: K }>, ctx: StepContext) => Promise<void> };
 
-async function awaitHealthy(step: Extract<Step, { kind: "await-healthy" }>, ctx: StepContext): Promise<void> {
-  const deadline = Date.now() + step.withinMs;
-  for (;;) {
-    ctx.signal.throwIfAborted();
-    const pending = step.services
-      .map((s) => [s, ctx.unhealthyReason(s)] as const)
-      .filter(([, why]) => why !== undefined);
-    if (pending.length === 0) return;
-    if (Date.now() >= deadline) {
-      const detail = pending.map(([s, why]) => `${s} (${why})`).join(", ");
-      throw new FleetError(
-        "E_UNHEALTHY",
-        `deployment ${ctx.deployment}: not healthy within ${step.withinMs} ms: ${detail}`,
-      );
-    }
-    await pause(100, ctx.signal);
-  }
-}
-
 export const STEP_HANDLERS: Handlers = {
   pull: async (step, ctx) => {
-    if (ctx.images.has(step.image)) return;
-    ctx.images.set(step.image, await ctx.pull(step.image, ctx.signal));
+    ctx.event({ type: "pulling", image: step.image });
+    await ctx.pull(step.image);
   },
   start: async (step, ctx) => {
-    const image = ctx.images.get(step.spec.image) ?? (await ctx.pull(step.spec.image, ctx.signal));
-    await ctx.startService(step.service, step.spec, step.hash, step.containerId, image, ctx.deployment);
+    const image = ctx.readyImage(step.spec.image);
+    await ctx.startService({ ...step, image, deployment: ctx.deployment });
     ctx.event({ type: "started", service: step.service, container: step.containerId });
   },
   stop: (step, ctx) => ctx.stopContainer(step.service, step.containerId, step.timeoutMs, step.signal),
   remove: (step, ctx) => ctx.removeContainer(step.service, step.containerId),
-  "await-healthy": awaitHealthy,
+  "await-healthy": (step, ctx) => ctx.gate.healthy(step.services, step.withinMs, ctx.signal),
 };
 
 export async function runStep(step: Step, ctx: StepContext): Promise<void> {
@@ -83,7 +51,7 @@ export async function runStep(step: Step, ctx: StepContext): Promise<void> {
   await handler(step, ctx);
 }
 
-/** How many steps of one batch run at once. */
+/** How many steps of one batch run at once. Pulls go one at a time: they share the bandwidth cap. */
 export const BATCH_CONCURRENCY = 8;
 
 /**
@@ -107,7 +75,8 @@ export function batches(steps: Step[]): Step[][] {
   return out;
 }
 
-/** Runs a batch, at most BATCH_CONCURRENCY at a time. */
+/** Runs a batch, at most BATCH_CONCURRENCY at a time (pulls one by one). */
 export function runBatch(batch: Step[], ctx: StepContext): Promise<void> {
-  return runBounded(batch, BATCH_CONCURRENCY, (step) => runStep(step, ctx));
+  const limit = batch[0]?.kind === "pull" ? 1 : BATCH_CONCURRENCY;
+  return runBounded(batch, limit, (step) => runStep(step, ctx));
 }

@@ -9,19 +9,33 @@ import type { ServiceReport } from "../../schemas/reported.js";
 import { FleetError } from "../errors.js";
 import { imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
-import type { AgentStore } from "./agent.js";
+import { imageContent } from "../store/local-store.js";
+import type { AgentStore, PullImage } from "./agent-store.js";
 import type { ContainerDriver } from "./container-driver.js";
-import type { ActualService } from "./plan.js";
+import type { ActualService, ActualState } from "./plan.js";
 import { serviceContainerSpec } from "./service-container.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
 
 export interface DeviceServicesDeps {
   runtime: ContainerDriver;
   store: AgentStore;
-  pull(ref: string, signal: AbortSignal): Promise<ImageRecord>;
+  pull: PullImage;
   event(e: { type: string; [k: string]: unknown }): void;
   changed(): void;
 }
+
+export interface ServiceStart {
+  service: string;
+  spec: ServiceSpec;
+  hash: string;
+  containerId: string;
+  image: ImageRecord;
+  deployment: string;
+  /** Consecutive failed runs before this start, for the restart backoff. */
+  failures: number;
+}
+
+const isNotFound = (err: unknown) => (err as FleetError).code === "E_NOT_FOUND";
 
 export class DeviceServices {
   private readonly supervisors = new Map<string, ServiceSupervisor>();
@@ -32,27 +46,24 @@ export class DeviceServices {
     return this.deps.store.db;
   }
 
-  private event(e: { type: string; [k: string]: unknown }): void {
-    this.deps.event(e);
-  }
-
-  private changed(): void {
-    this.deps.changed();
+  private stateOf(name: string, containerId: string): ActualState {
+    const sup = this.supervisors.get(name);
+    if (sup?.containerId === containerId) return sup.state;
+    try {
+      this.deps.runtime.inspect(containerId);
+    } catch (err) {
+      if (isNotFound(err)) return "missing";
+      throw err;
+    }
+    return "failed"; // a container of ours that nothing supervises: not to be relied on
   }
 
   actualServices(): Map<string, ActualService> {
     const out = new Map<string, ActualService>();
     for (const [name, rec] of Object.entries(this.db.data.services)) {
-      const sup = this.supervisors.get(name);
-      const running = sup?.containerId === rec.containerId && sup.state !== "exited" && sup.state !== "failed";
-      out.set(name, {
-        name,
-        containerId: rec.containerId,
-        hash: rec.hash,
-        running,
-        stopTimeoutMs: rec.spec.stopTimeoutMs,
-        stopSignal: rec.spec.stopSignal,
-      });
+      const { containerId, hash, spec } = rec;
+      const state = this.stateOf(name, containerId);
+      out.set(name, { name, containerId, hash, state, stopTimeoutMs: spec.stopTimeoutMs, stopSignal: spec.stopSignal });
     }
     return out;
   }
@@ -61,73 +72,70 @@ export class DeviceServices {
     const sup = this.supervisors.get(service);
     if (!sup) return "not started";
     if (sup.isHealthy()) return undefined;
-    if (sup.state !== "running")
-      return sup.lastExit
-        ? `${sup.state}, last exit ${sup.lastExit.exitCode}${sup.lastExit.oomKilled ? " (out of memory)" : ""}`
-        : sup.state;
+    if (sup.state !== "running") {
+      const oom = sup.lastExit?.oomKilled ? " (out of memory)" : "";
+      return sup.lastExit ? `${sup.state}, last exit ${sup.lastExit.exitCode}${oom}` : sup.state;
+    }
     return sup.health === "unhealthy" ? "healthcheck failing" : "starting";
   }
 
-  async startService(
-    service: string,
-    spec: ServiceSpec,
-    hash: string,
-    containerId: string,
-    image: ImageRecord,
-    deployment: string,
-    failures: number,
-  ): Promise<void> {
+  async startService(s: ServiceStart): Promise<void> {
     const { runtime } = this.deps;
     try {
-      await runtime.delete(containerId, { force: true }); // a leftover of a crash mid-start
+      await runtime.delete(s.containerId, { force: true }); // a leftover of a crash mid-start
     } catch (err) {
-      if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
+      if (!isNotFound(err)) throw err;
     }
-    const cspec = serviceContainerSpec(service, spec, imageDefaults(this.deps.store, image), {
-      containerId,
-      hash,
-      deployment,
+    const defaults = imageDefaults(this.deps.store, s.image);
+    const ids = { containerId: s.containerId, hash: s.hash, deployment: s.deployment };
+    runtime.create(serviceContainerSpec(s.service, s.spec, defaults, ids));
+    await this.db.update((d) => {
+      const previous = d.services[s.service];
+      const sameRun = previous?.containerId === s.containerId || s.failures > 0;
+      d.services[s.service] = {
+        containerId: s.containerId,
+        hash: s.hash,
+        image: s.spec.image,
+        digest: s.image.digest,
+        restarts: sameRun ? (previous?.restarts ?? 0) : 0,
+        deployment: s.deployment,
+        spec: s.spec,
+      };
     });
-    runtime.create(cspec);
-    const previous = this.db.data.services[service];
-    this.db.data.services[service] = {
-      containerId,
-      hash,
-      image: spec.image,
-      digest: image.digest,
-      restarts: previous?.containerId === containerId || failures > 0 ? (previous?.restarts ?? 0) : 0,
-      deployment,
-      spec,
-    };
-    await this.db.write();
-    await runtime.start(containerId);
-    this.supervise(service, containerId, spec, failures);
+    await runtime.start(s.containerId);
+    this.supervise(s.service, s.containerId, s.spec, s.failures);
   }
 
   supervise(service: string, containerId: string, spec: ServiceSpec, failures: number): void {
     this.supervisors.get(service)?.detach();
-    const sup = new ServiceSupervisor(
-      service,
-      containerId,
-      spec,
-      this.deps.runtime,
-      { event: (e) => this.event(e), changed: () => this.changed(), restart: (s, f) => this.recreate(s, f) },
-      failures,
-    );
+    const events = { event: this.deps.event, changed: this.deps.changed, restart: this.recreate.bind(this) };
+    const sup = new ServiceSupervisor(service, containerId, spec, this.deps.runtime, events, failures);
     this.supervisors.set(service, sup);
     sup.start();
   }
 
-  /** Restarts a service by its policy: a fresh container of the same spec. */
+  /** Restarts a service by its policy: a fresh container of the same spec, its image leased meanwhile. */
   async recreate(service: string, failures: number): Promise<void> {
     const rec = this.db.data.services[service];
     if (!rec) return;
-    const image =
-      this.deps.store.images.get(rec.image) ?? (await this.deps.pull(rec.image, new AbortController().signal));
-    rec.restarts++;
-    await this.startService(service, rec.spec, rec.hash, rec.containerId, image, rec.deployment, failures);
-    this.db.data.services[service]!.restarts = rec.restarts;
-    await this.db.write();
+    const { store } = this.deps;
+    const lease = await store.leases.take(`restart ${service}`);
+    try {
+      const stored = store.images.get(rec.image);
+      if (stored) await lease.add(imageContent(stored));
+      const image =
+        stored && store.isWhole(stored)
+          ? stored
+          : await this.deps.pull(rec.image, { signal: new AbortController().signal, lease });
+      const { containerId, hash, spec, deployment } = rec;
+      await this.startService({ service, spec, hash, containerId, image, deployment, failures });
+    } finally {
+      await lease.release();
+    }
+    await this.db.update((d) => {
+      const now = d.services[service];
+      if (now) now.restarts = rec.restarts + 1;
+    });
   }
 
   /** POST /v1/services/<name>/restart. */
@@ -147,26 +155,34 @@ export class DeviceServices {
     const sup = this.supervisors.get(service);
     if (sup?.containerId === containerId) sup.detach();
     try {
-      if (this.deps.runtime.inspect(containerId).status === "running")
+      if (this.deps.runtime.inspect(containerId).status === "running") {
         await this.deps.runtime.stop(containerId, { timeoutMs, signal });
+      }
     } catch (err) {
-      if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
+      if (!isNotFound(err)) throw err;
     }
-    this.event({ type: "stopped", service, container: containerId });
+    this.deps.event({ type: "stopped", service, container: containerId });
   }
 
   async removeContainer(service: string, containerId: string): Promise<void> {
     try {
       await this.deps.runtime.delete(containerId, { force: true });
     } catch (err) {
-      if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
+      if (!isNotFound(err)) throw err;
     }
-    if (this.db.data.services[service]?.containerId === containerId) {
-      delete this.db.data.services[service];
-      this.supervisors.get(service)?.detach();
-      this.supervisors.delete(service);
-      await this.db.write();
-    }
+    if (this.db.data.services[service]?.containerId !== containerId) return;
+    await this.db.update((d) => {
+      if (d.services[service]?.containerId === containerId) delete d.services[service];
+    });
+    this.supervisors.get(service)?.detach();
+    this.supervisors.delete(service);
+  }
+
+  /** Forgets a service whose container vanished while no agent watched. */
+  async forget(service: string): Promise<void> {
+    await this.db.update((d) => {
+      delete d.services[service];
+    });
   }
 
   logs(service: string, tail?: number): string {
@@ -178,31 +194,35 @@ export class DeviceServices {
   /** Each service as the reported document shows it. */
   reports(): Record<string, ServiceReport> {
     const services: Record<string, ServiceReport> = {};
-    for (const [name, rec] of Object.entries(this.db.data.services)) {
-      const sup = this.supervisors.get(name);
-      let pid: number | undefined;
-      let stats = { memoryBytes: 0, cpuNanos: 0 };
-      try {
-        const info = this.deps.runtime.inspect(rec.containerId);
-        pid = info.status === "running" ? info.pid : undefined;
-        if (info.status === "running") stats = this.deps.runtime.stats(rec.containerId);
-      } catch (err) {
-        if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
-      }
-      services[name] = {
-        image: rec.image,
-        digest: rec.digest,
-        state: sup?.state ?? "stopped",
-        ...(pid ? { pid } : {}),
-        restarts: rec.restarts,
-        health: sup?.health ?? "none",
-        memoryBytes: stats.memoryBytes,
-        cpuSeconds: stats.cpuNanos / 1e9,
-        ...(sup?.lastExit ? { exitCode: sup.lastExit.exitCode } : {}),
-        ...(sup ? { startedAt: new Date(sup.startedAt).toISOString() } : {}),
-      };
-    }
+    for (const [name, rec] of Object.entries(this.db.data.services))
+      services[name] = this.report(name, rec.containerId);
     return services;
+  }
+
+  private report(name: string, containerId: string): ServiceReport {
+    const rec = this.db.data.services[name]!;
+    const sup = this.supervisors.get(name);
+    let pid: number | undefined;
+    let stats = { memoryBytes: 0, cpuNanos: 0 };
+    try {
+      const info = this.deps.runtime.inspect(containerId);
+      pid = info.status === "running" ? info.pid : undefined;
+      if (info.status === "running") stats = this.deps.runtime.stats(containerId);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    return {
+      image: rec.image,
+      digest: rec.digest,
+      state: sup?.state ?? "stopped",
+      ...(pid ? { pid } : {}),
+      restarts: rec.restarts,
+      health: sup?.health ?? "none",
+      memoryBytes: stats.memoryBytes,
+      cpuSeconds: stats.cpuNanos / 1e9,
+      ...(sup?.lastExit ? { exitCode: sup.lastExit.exitCode } : {}),
+      ...(sup ? { startedAt: new Date(sup.startedAt).toISOString() } : {}),
+    };
   }
 
   /** Stops watching; the containers keep running. */

@@ -1,26 +1,39 @@
 /**
- * The planner: a pure function from (desired, actual) to the steps that
- * converge them. No I/O: the executor carries the steps out, one handler
- * per kind. A service's container is replaced when its spec hash (the
- * service spec plus the image's manifest digest) changes; an unchanged
- * service is left alone, running.
+ * The planner: a pure function from (desired state, actual state, the
+ * store's images) to the steps that bring them together, pulls included, in
+ * the order the update strategy needs. No I/O: the executor carries the steps
+ * out, one handler per kind, and the agent plans again until nothing is left
+ * to do. A service's container is replaced when its spec hash (the service
+ * spec plus the image's manifest digest) changes; an unchanged service is
+ * left alone, running.
  */
 import { createHash } from "node:crypto";
 import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
 import { canonicalJson } from "../protocol/canonical-json.js";
 
+/** How a service's current container stands, as the supervisors see it. */
+export type ActualState = "running" | "restarting" | "exited" | "failed" | "missing";
+
 export interface ActualService {
   name: string;
   containerId: string;
   hash: string;
-  running: boolean;
+  state: ActualState;
   /** How the running container wants to be stopped (its own spec's choice). */
   stopTimeoutMs?: number;
   stopSignal?: string;
 }
 
+/** What the store knows of an image reference. */
+export interface StoredImage {
+  /** The manifest digest, as far as the store knows. */
+  digest: string;
+  /** Resolved for this apply and every layer unpacked: a container can start from it now. */
+  ready: boolean;
+}
+
 export type Step =
-  | { kind: "pull"; service: string; image: string }
+  | { kind: "pull"; image: string }
   | { kind: "start"; service: string; spec: ServiceSpec; hash: string; containerId: string }
   | { kind: "stop"; service: string; containerId: string; timeoutMs: number; signal: string }
   | { kind: "remove"; service: string; containerId: string }
@@ -38,76 +51,93 @@ export function containerName(service: string, hash: string): string {
   return `${service}.${hash.slice(0, 12)}`;
 }
 
-export function plan(desired: DesiredState, actual: Map<string, ActualService>, digests: Map<string, string>): Step[] {
-  const strategy = desired.update.strategy;
-  const pulls: Step[] = [];
-  const stopOld: Step[] = [];
-  const removeOld: Step[] = [];
-  const starts: Step[] = [];
-  const removeGone: Step[] = [];
-  const changed: string[] = [];
-  const restartSame: Step[] = [];
-  for (const [name, spec] of Object.entries(desired.services).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    const digest = digests.get(spec.image) ?? spec.image;
-    const hash = specHash(spec, digest);
+const byName = <T>([a]: [string, T], [b]: [string, T]) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** Left alone: its container is the desired one and either runs, or its restart policy is in charge of it. */
+function settled(current: ActualService | undefined, hash: string | undefined, spec: ServiceSpec): boolean {
+  if (!current || current.hash !== hash) return false;
+  if (current.state === "missing") return false;
+  return current.state !== "failed" || spec.restart === "never";
+}
+
+/** The steps of each kind, gathered service by service; the strategy puts them in order. */
+interface Parts {
+  pulls: Step[];
+  stopOld: Step[];
+  starts: Step[];
+  goneStops: Step[];
+}
+
+function stopAndRemove(current: ActualService, fallback: { timeoutMs: number; signal: string }): Step[] {
+  // The old container stops the way its own spec says, not the new one's.
+  const timeoutMs = current.stopTimeoutMs ?? fallback.timeoutMs;
+  const signal = current.stopSignal ?? fallback.signal;
+  return [
+    { kind: "stop", service: current.name, containerId: current.containerId, timeoutMs, signal },
+    { kind: "remove", service: current.name, containerId: current.containerId },
+  ];
+}
+
+function gather(desired: DesiredState, actual: Map<string, ActualService>, images: Map<string, StoredImage>): Parts {
+  const parts: Parts = { pulls: [], stopOld: [], starts: [], goneStops: [] };
+  const pulled = new Set<string>();
+  for (const [name, spec] of Object.entries(desired.services).sort(byName)) {
+    const image = images.get(spec.image);
+    if (!image?.ready && !pulled.has(spec.image)) {
+      pulled.add(spec.image);
+      parts.pulls.push({ kind: "pull", image: spec.image });
+    }
+    const hash = image ? specHash(spec, image.digest) : undefined;
     const current = actual.get(name);
-    if (current && current.hash === hash && current.running) continue;
-    changed.push(name);
-    pulls.push({ kind: "pull", service: name, image: spec.image });
-    if (current && current.hash === hash) {
-      // Same spec, no longer running: the new container takes the old one's name, so the old goes first.
-      restartSame.push(
-        {
-          kind: "stop",
-          service: name,
-          containerId: current.containerId,
-          timeoutMs: spec.stopTimeoutMs,
-          signal: spec.stopSignal,
-        },
-        { kind: "remove", service: name, containerId: current.containerId },
-        { kind: "start", service: name, spec, hash, containerId: containerName(name, hash) },
-      );
-      continue;
+    if (settled(current, hash, spec)) continue;
+    if (current)
+      parts.stopOld.push(...stopAndRemove(current, { timeoutMs: spec.stopTimeoutMs, signal: spec.stopSignal }));
+    if (image?.ready && hash) {
+      parts.starts.push({ kind: "start", service: name, spec, hash, containerId: containerName(name, hash) });
     }
-    if (current) {
-      // The old container stops the way its own spec says, not the new one's.
-      stopOld.push({
-        kind: "stop",
-        service: name,
-        containerId: current.containerId,
-        timeoutMs: current.stopTimeoutMs ?? spec.stopTimeoutMs,
-        signal: current.stopSignal ?? spec.stopSignal,
-      });
-      removeOld.push({ kind: "remove", service: name, containerId: current.containerId });
-    }
-    starts.push({ kind: "start", service: name, spec, hash, containerId: containerName(name, hash) });
   }
-  const stopGone: Step[] = [];
-  for (const [name, current] of [...actual].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    if (desired.services[name]) continue;
-    stopGone.push({
-      kind: "stop",
-      service: name,
-      containerId: current.containerId,
-      timeoutMs: current.stopTimeoutMs ?? 10_000,
-      signal: current.stopSignal ?? "SIGTERM",
-    });
-    removeGone.push({ kind: "remove", service: name, containerId: current.containerId });
+  for (const [name, current] of [...actual].sort(byName)) {
+    if (!desired.services[name])
+      parts.goneStops.push(...stopAndRemove(current, { timeoutMs: 10_000, signal: "SIGTERM" }));
   }
-  // Steps of one kind stand together, so the executor can run them side by side.
-  stopOld.push(...removeOld);
-  removeGone.unshift(...stopGone);
-  const health: Step[] = changed.length
-    ? [{ kind: "await-healthy", services: changed, withinMs: desired.update.healthyWithinMs }]
+  return parts;
+}
+
+/** Steps of one kind stand together, so the executor can run them side by side. */
+const grouped = (steps: Step[]) => [
+  ...steps.filter((s) => s.kind === "stop"),
+  ...steps.filter((s) => s.kind === "remove"),
+];
+
+/**
+ * The next steps. While images are missing, a pass is about them: under
+ * `stop-then-download` what will change (judged from the digests the store
+ * knows) stops first, so the device never holds both; otherwise the old keeps
+ * running while the new downloads. Once every image is ready, the swap:
+ * `download-then-swap` stops the old and starts the new; `start-then-stop`
+ * starts the new beside the old and stops the old only once the new is
+ * healthy. An empty plan means converged.
+ */
+export function plan(
+  desired: DesiredState,
+  actual: Map<string, ActualService>,
+  images: Map<string, StoredImage>,
+): Step[] {
+  const p = gather(desired, actual, images);
+  const strategy = desired.update.strategy;
+  if (p.pulls.length > 0) {
+    return strategy === "stop-then-download" ? [...grouped([...p.stopOld, ...p.goneStops]), ...p.pulls] : p.pulls;
+  }
+  const started = p.starts.map((s) => (s as { service: string }).service);
+  const health: Step[] = started.length
+    ? [{ kind: "await-healthy", services: started, withinMs: desired.update.healthyWithinMs }]
     : [];
-  switch (strategy) {
-    case "download-then-swap":
-      return [...pulls, ...stopOld, ...restartSame, ...starts, ...health, ...removeGone];
-    case "stop-then-download":
-      // For devices short of disk: nothing old runs (or is kept) while the new downloads.
-      return [...stopOld, ...removeGone, ...pulls, ...restartSame, ...starts, ...health];
-    case "start-then-stop":
-      // Zero downtime: the new generation proves itself before the old one goes.
-      return [...pulls, ...restartSame, ...starts, ...health, ...stopOld, ...removeGone];
+  if (strategy === "start-then-stop") {
+    // A service whose container must give way to one of the same name (a failed one) cannot overlap.
+    const sameName = new Set(p.starts.map((s) => (s as { containerId: string }).containerId));
+    const first = p.stopOld.filter((s) => sameName.has((s as { containerId: string }).containerId));
+    const later = p.stopOld.filter((s) => !first.includes(s));
+    return [...grouped(first), ...p.starts, ...health, ...grouped([...later, ...p.goneStops])];
   }
+  return [...grouped(p.stopOld), ...p.starts, ...health, ...grouped(p.goneStops)];
 }

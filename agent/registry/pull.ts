@@ -10,13 +10,13 @@ import { runBounded } from "../bounded.js";
 import { FleetError } from "../errors.js";
 import type { ContentStore } from "../store/content-store.js";
 import type { ImageRecord, ImageStore, LayerRecord } from "../store/image-store.js";
+import type { Lease, Leases } from "../store/leases.js";
 import { chainIds, type Snapshots } from "../store/snapshots.js";
-import type { NativeCore } from "../system/native.js";
 import { fetchBlob } from "./blob-fetch.js";
-import { resolveImage } from "./manifest-resolve.js";
+import { type ResolvedImage, resolveImage } from "./manifest-resolve.js";
 import { formatPlatform, hostPlatform, type Platform } from "./platform.js";
 import { RateLimiter } from "./rate-limit.js";
-import { formatReference, parseReference } from "./reference.js";
+import { formatReference, type ImageRef, parseReference } from "./reference.js";
 import { type RegistryAuthConfig, RegistryClient } from "./registry-client.js";
 
 export type PullEvent =
@@ -31,7 +31,7 @@ export interface PullDeps {
   store: ContentStore;
   snapshots: Snapshots;
   images: ImageStore;
-  native: NativeCore;
+  leases: Leases;
   registries: Record<string, RegistryAuthConfig>;
 }
 
@@ -43,6 +43,8 @@ export interface PullOptions {
   onEvent?: (e: PullEvent) => void;
   /** false: fetch and verify the blobs only, and unpack at the first run. */
   unpack?: boolean;
+  /** The caller's lease, which then outlives the pull (an apply's); otherwise the pull takes its own. */
+  lease?: Lease;
 }
 
 /** Room left after the pull, so a device never runs its disk to the last block. */
@@ -60,72 +62,26 @@ function checkDiskSpace(root: string, needed: number): void {
   }
 }
 
-export async function pullImage(refText: string, deps: PullDeps, opts: PullOptions = {}): Promise<ImageRecord> {
-  const started = performance.now();
-  const ref = parseReference(refText);
-  const client = new RegistryClient(ref.registry, deps.registries[ref.registry] ?? {});
-  const platform = opts.platform ?? hostPlatform();
-  const resolved = await resolveImage(client, ref, platform, opts.signal);
-  const { manifest } = resolved;
+/** The layers a resolved manifest names, with their diff and chain ids from the config. */
+function layerRecords(resolved: ResolvedImage): LayerRecord[] {
   const diffIds = resolved.config.rootfs.diff_ids;
   const chains = chainIds(diffIds);
-  const layers: LayerRecord[] = manifest.layers.map((l, i) => ({
+  return resolved.manifest.layers.map((l, i) => ({
     digest: l.digest,
     size: l.size,
     mediaType: l.mediaType,
     diffId: diffIds[i]!,
     chainId: chains[i]!,
   }));
-  const todo = layers.filter((l) => !deps.snapshots.has(l.chainId));
-  opts.onEvent?.({
-    type: "resolved",
-    ref: formatReference(ref),
-    digest: resolved.manifestDigest,
-    layers: layers.map((l) => ({ digest: l.digest, size: l.size, present: !todo.includes(l) })),
-  });
+}
 
-  const toFetch = todo.filter((l) => !deps.store.has(l.digest));
-  const remaining = toFetch.reduce((n, l) => n + l.size - deps.store.partialSize(l.digest), 0);
-  // Unpacked layers take more room than their compressed blobs: count twice.
-  checkDiskSpace(deps.root, remaining + 2 * todo.reduce((n, l) => n + l.size, 0));
-
-  await deps.store.put(resolved.manifestDigest, resolved.manifestBytes);
-  await deps.store.put(manifest.config.digest, resolved.configBytes);
-  if (resolved.index) await deps.store.put(resolved.index.digest, resolved.index.bytes);
-
-  const limiter = new RateLimiter(opts.maxRateBytesPerSec ?? 0);
-  let fetchedBytes = 0;
-  const work = async (layer: LayerRecord) => {
-    let done = deps.store.has(layer.digest) ? layer.size : 0;
-    await fetchBlob(client, ref.repository, layer, deps.store, {
-      limiter,
-      parallel: Math.min(opts.concurrency ?? 3, todo.length),
-      ...(opts.signal ? { signal: opts.signal } : {}),
-      onBytes: (n) => {
-        done += n;
-        fetchedBytes += n;
-        opts.onEvent?.({ type: "progress", layer: layer.digest, done, total: layer.size });
-      },
-    });
-    opts.onEvent?.({ type: "downloaded", layer: layer.digest });
-    if (opts.unpack === false) return;
-    await deps.snapshots.unpack(
-      layer.chainId,
-      layer.diffId,
-      deps.store.createReadStream(layer.digest),
-      layer.mediaType,
-      opts.signal,
-    );
-    opts.onEvent?.({ type: "unpacked", layer: layer.digest });
-  };
-  await runBounded(todo, opts.concurrency ?? 3, work);
-
-  const record: ImageRecord = {
-    ref: formatReference(ref),
+function imageRecord(ref: string, resolved: ResolvedImage, layers: LayerRecord[], platform: Platform): ImageRecord {
+  return {
+    ref,
     digest: resolved.manifestDigest,
     mediaType: resolved.manifestMediaType,
     indexDigest: resolved.index?.digest,
-    configDigest: manifest.config.digest,
+    configDigest: resolved.manifest.config.digest,
     layers,
     platform: formatPlatform({
       os: resolved.config.os ?? platform.os,
@@ -136,13 +92,99 @@ export async function pullImage(refText: string, deps: PullDeps, opts: PullOptio
     size: layers.reduce((n, l) => n + l.size, 0),
     pulledAt: new Date().toISOString(),
   };
-  await deps.images.put(record);
-  opts.onEvent?.({
-    type: "done",
-    ref: record.ref,
-    digest: record.digest,
-    fetchedBytes,
-    ms: performance.now() - started,
+}
+
+interface LayerFetch {
+  client: RegistryClient;
+  repository: string;
+  deps: PullDeps;
+  opts: PullOptions;
+  /** Layers being fetched at once. */
+  parallel: number;
+  limiter: RateLimiter;
+  onFetched(n: number): void;
+}
+
+/** Fetches one layer's blob (resuming a partial) and unpacks it as soon as it is verified. */
+async function fetchLayer(layer: LayerRecord, f: LayerFetch): Promise<void> {
+  const { deps, opts } = f;
+  let done = deps.store.has(layer.digest) ? layer.size : 0;
+  await fetchBlob(f.client, f.repository, layer, deps.store, {
+    limiter: f.limiter,
+    parallel: f.parallel,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    onBytes: (n) => {
+      done += n;
+      f.onFetched(n);
+      opts.onEvent?.({ type: "progress", layer: layer.digest, done, total: layer.size });
+    },
   });
+  opts.onEvent?.({ type: "downloaded", layer: layer.digest });
+  if (opts.unpack === false) return;
+  const blob = deps.store.createReadStream(layer.digest);
+  await deps.snapshots.unpack(layer.chainId, layer.diffId, blob, layer.mediaType, opts.signal);
+  opts.onEvent?.({ type: "unpacked", layer: layer.digest });
+}
+
+/**
+ * Pulls an image under a lease (the caller's, or one of its own released at
+ * the end): everything the manifest names is leased before the store is
+ * asked what it already has, so a concurrent prune never takes it away.
+ */
+export async function pullImage(refText: string, deps: PullDeps, opts: PullOptions = {}): Promise<ImageRecord> {
+  const ref = parseReference(refText);
+  const lease = opts.lease ?? (await deps.leases.take(`pull ${formatReference(ref)}`));
+  try {
+    return await pullLeased(ref, lease, deps, opts);
+  } finally {
+    if (!opts.lease) await lease.release();
+  }
+}
+
+async function pullLeased(ref: ImageRef, lease: Lease, deps: PullDeps, opts: PullOptions): Promise<ImageRecord> {
+  const started = performance.now();
+  const client = new RegistryClient(ref.registry, deps.registries[ref.registry] ?? {});
+  const platform = opts.platform ?? hostPlatform();
+  const resolved = await resolveImage(client, ref, platform, opts.signal);
+  const layers = layerRecords(resolved);
+  const configDigest = resolved.manifest.config.digest;
+  await lease.add({
+    blobs: [resolved.manifestDigest, configDigest, ...(resolved.index ? [resolved.index.digest] : [])],
+    snapshots: layers.map((l) => l.chainId),
+  });
+  await lease.add({ blobs: layers.map((l) => l.digest) });
+  const todo = layers.filter((l) => !deps.snapshots.has(l.chainId));
+  const present = (l: LayerRecord) => !todo.includes(l);
+  const layerList = layers.map((l) => ({ digest: l.digest, size: l.size, present: present(l) }));
+  opts.onEvent?.({ type: "resolved", ref: formatReference(ref), digest: resolved.manifestDigest, layers: layerList });
+
+  const remaining = todo.filter((l) => !deps.store.has(l.digest));
+  const toDownload = remaining.reduce((n, l) => n + l.size - deps.store.partialSize(l.digest), 0);
+  // Unpacked layers take more room than their compressed blobs: count twice.
+  checkDiskSpace(deps.root, toDownload + 2 * todo.reduce((n, l) => n + l.size, 0));
+
+  await deps.store.put(resolved.manifestDigest, resolved.manifestBytes);
+  await deps.store.put(configDigest, resolved.configBytes);
+  if (resolved.index) await deps.store.put(resolved.index.digest, resolved.index.bytes);
+
+  let fetchedBytes = 0;
+  const concurrency = opts.concurrency ?? 3;
+  const fetch: LayerFetch = {
+    client,
+    repository: ref.repository,
+    deps,
+    opts,
+    parallel: Math.min(concurrency, todo.length),
+    limiter: new RateLimiter(opts.maxRateBytesPerSec ?? 0),
+    onFetched: (n) => {
+      fetchedBytes += n;
+    },
+  };
+  await runBounded(todo, concurrency, (layer) => fetchLayer(layer, fetch));
+
+  const record = imageRecord(formatReference(ref), resolved, layers, platform);
+  await deps.images.put(record);
+  const ms = performance.now() - started;
+  opts.onEvent?.({ type: "done", ref: record.ref, digest: record.digest, fetchedBytes, ms });
   return record;
 }

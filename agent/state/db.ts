@@ -1,82 +1,76 @@
 /**
- * `db.json`, through lowdb: what must survive a restart. Writes go through
- * lowdb's atomic file replacement. Each module owns its own section.
+ * `db.json`, through lowdb: what must survive a restart. The agent and any
+ * number of `fleetlet` commands share it, so every change is a
+ * read-modify-write under one lock: `update()` takes an exclusive flock on
+ * `db.json.lock`, re-reads the file (unless this process wrote it last),
+ * applies the change and replaces the file whole. A process killed while it
+ * holds the lock loses it with its last descriptor, so nothing waits on a
+ * dead writer. `data` is the last state read or written: callers that need
+ * another process's latest changes call `refresh()` first.
  */
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
-import { open, readFile, rename, unlink } from "node:fs/promises";
+import { type FileHandle, open, readFile, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { type Adapter, Low } from "lowdb";
-import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
-import type { ImageRecord } from "../store/image-store.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { type Adapter, Low, Memory } from "lowdb";
+import { type DbData, dbData } from "../../schemas/db.js";
+import { formatIssues } from "../../schemas/format-issues.js";
+import { FleetError } from "../errors.js";
+import type { NativeCore } from "../system/native.js";
 
-/** One service's current container, as the agent last left it. */
-export interface ServiceRecord {
-  containerId: string;
-  hash: string;
-  image: string;
-  digest: string;
-  restarts: number;
-  deployment: string;
-  spec: ServiceSpec;
+export type { DbData, ImageRecord, LayerRecord, LeaseRecord, ServiceRecord } from "../../schemas/db.js";
+
+/** How writers take turns: an exclusive lock across processes, released by the returned function. */
+export interface WriterLock {
+  acquire(): Promise<() => Promise<void>>;
 }
 
-export interface DbData {
-  images: Record<string, ImageRecord>;
-  /** The accepted desired state, persisted before anything changes. */
-  desired: DesiredState | null;
-  /** The last deployment that became healthy: what a rollback restores. */
-  lastGood: DesiredState | null;
-  /** The good deployment before lastGood: what an operator's rollback of lastGood restores. */
-  previousGood: DesiredState | null;
-  services: Record<string, ServiceRecord>;
-  /** The highest generation accepted: older documents are ignored. */
-  generation: number | null;
-  /** The highest generation accepted per source ("device", "group:<name>"): each topic counts its own. */
-  generations: Record<string, number>;
-  /** Where the accepted desired state came from: "device" or "group:<name>". */
-  desiredSource: string | null;
+/** Identifies a version of the file on disk, so a writer can tell whether anyone else wrote since. */
+type FileVersion = string | null;
+
+export function emptyDbData(): DbData {
+  return {
+    images: {},
+    desired: null,
+    lastGood: null,
+    previousGood: null,
+    services: {},
+    generation: null,
+    generations: {},
+    desiredSource: null,
+    leases: {},
+  };
 }
 
-export type Db = Low<DbData>;
+/** Sections a file written by an older agent may lack, filled in. */
+function complete(data: Partial<DbData> | null): DbData {
+  return { ...emptyDbData(), ...(data ?? {}) };
+}
 
-/**
- * db.json written whole or not at all: to a temp file of this process's own
- * (the agent and a `fleetlet pull` may write at the same moment; lowdb's own
- * adapter shares one temp name between processes), then renamed over.
- */
-class AtomicJsonFile<T> implements Adapter<T> {
-  private queue: Promise<void> = Promise.resolve();
+/** db.json written whole or not at all: to a temp file of this process's own, then renamed over. */
+class JsonFile implements Adapter<DbData> {
+  constructor(readonly file: string) {}
 
-  constructor(private readonly file: string) {}
-
-  async read(): Promise<T | null> {
+  async read(): Promise<DbData | null> {
     try {
-      return JSON.parse(await readFile(this.file, "utf8")) as T;
+      return JSON.parse(await readFile(this.file, "utf8")) as DbData;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
       throw err;
     }
   }
 
-  /** Writes go out in call order, so the last one called is the one on disk. */
-  write(data: T): Promise<void> {
-    const text = JSON.stringify(data, null, 2);
-    const done = this.queue.then(() => this.replace(text));
-    this.queue = done.catch(() => undefined); // the caller of this write gets its error
-    return done;
-  }
-
-  private async replace(text: string): Promise<void> {
+  async write(data: DbData): Promise<void> {
     const tmp = join(
       dirname(this.file),
       `.${basename(this.file)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`,
     );
     const fh = await open(tmp, "w", 0o600);
     try {
-      // No fsync per write, as lowdb's own adapter: ext4 (auto_da_alloc) flushes a
-      // file replaced by rename before the rename, and the agent writes often.
-      await fh.writeFile(text);
+      // No fsync per write: ext4 (auto_da_alloc) flushes a file replaced by
+      // rename before the rename, and the agent writes often.
+      await fh.writeFile(JSON.stringify(data, null, 1));
     } finally {
       await fh.close();
     }
@@ -87,28 +81,104 @@ class AtomicJsonFile<T> implements Adapter<T> {
       throw err;
     }
   }
+
+  async version(): Promise<FileVersion> {
+    try {
+      const st = await stat(this.file, { bigint: true });
+      return `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+      throw err;
+    }
+  }
 }
 
-export async function openDb(root: string): Promise<Db> {
-  mkdirSync(root, { recursive: true });
-  const db = new Low<DbData>(new AtomicJsonFile<DbData>(join(root, "db.json")), {
-    images: {},
-    desired: null,
-    lastGood: null,
-    previousGood: null,
-    services: {},
-    generation: null,
-    generations: {},
-    desiredSource: null,
-  });
-  await db.read();
-  db.data.images ??= {};
-  db.data.desired ??= null;
-  db.data.lastGood ??= null;
-  db.data.previousGood ??= null;
-  db.data.services ??= {};
-  db.data.generation ??= null;
-  db.data.generations ??= {};
-  db.data.desiredSource ??= null;
-  return db;
+/** flock on a lock file beside db.json, polled: the event loop never blocks in the kernel. */
+export class FlockLock implements WriterLock {
+  constructor(
+    private readonly path: string,
+    private readonly native: Pick<NativeCore, "tryLock">,
+  ) {}
+
+  async acquire(): Promise<() => Promise<void>> {
+    const fh: FileHandle = await open(this.path, "a", 0o600);
+    try {
+      for (let wait = 1; !this.native.tryLock(fh.fd, true); wait = Math.min(wait * 2, 20)) await sleep(wait);
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+    return () => fh.close(); // closing the last descriptor drops the lock
+  }
+}
+
+export class StateDb {
+  private readonly low: Low<DbData>;
+  private seen: FileVersion | undefined;
+  /** Updates of this process run one at a time, in call order. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly adapter: Adapter<DbData> & { version?(): Promise<FileVersion> },
+    private readonly lock: WriterLock | undefined,
+  ) {
+    this.low = new Low<DbData>(adapter, emptyDbData());
+  }
+
+  /** db.json under `root`, shared with other processes through `db.json.lock`. */
+  static async open(root: string, native: Pick<NativeCore, "tryLock">): Promise<StateDb> {
+    mkdirSync(root, { recursive: true, mode: 0o700 });
+    const db = new StateDb(new JsonFile(join(root, "db.json")), new FlockLock(join(root, "db.json.lock"), native));
+    await db.refresh();
+    return db;
+  }
+
+  /** A db that lives in memory only, for one process (the fleet simulation, unit tests). */
+  static memory(): StateDb {
+    return new StateDb(new Memory<DbData>(), undefined);
+  }
+
+  /** The state as this process last read or wrote it. Change it only through `update()`. */
+  get data(): DbData {
+    return this.low.data;
+  }
+
+  /** Reads the file again if another process has written it since. */
+  async refresh(): Promise<void> {
+    const version = await this.adapter.version?.();
+    if (version !== undefined && version === this.seen) return;
+    await this.low.read();
+    const parsed = dbData.safeParse(complete(this.low.data));
+    if (!parsed.success) {
+      throw new FleetError("E_CORRUPT_STATE", `db.json: ${formatIssues(parsed.error)}; move it aside to start afresh`);
+    }
+    this.low.data = parsed.data;
+    this.seen = version;
+  }
+
+  /**
+   * Applies `change` to the latest state and writes it, under the lock: no
+   * other process's change is lost, and none lands half-way through this one.
+   * Resolves with what `change` returns; a throwing change writes nothing.
+   */
+  update<R>(change: (data: DbData) => R | Promise<R>): Promise<R> {
+    const run = async () => {
+      const release = await this.lock?.acquire();
+      try {
+        await this.refresh();
+        const result = await change(this.low.data);
+        await this.low.write();
+        this.seen = await this.adapter.version?.();
+        return result;
+      } catch (err) {
+        this.seen = undefined; // the change may have half-happened in memory: read the file afresh next time
+        throw err;
+      } finally {
+        await release?.();
+      }
+    };
+    const done = this.queue.then(run, run);
+    this.queue = done.catch(() => undefined); // the caller of this update gets its error
+    return done;
+  }
 }

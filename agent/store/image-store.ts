@@ -1,39 +1,11 @@
 /** Images: a reference names a manifest, which names a config and layers. Kept in db.json. */
-
 import { FleetError } from "../errors.js";
-import type { Db } from "../state/db.js";
+import type { ImageRecord, StateDb } from "../state/db.js";
 
-export interface LayerRecord {
-  digest: string;
-  size: number;
-  mediaType: string;
-  diffId: string;
-  chainId: string;
-}
-
-export interface ImageRecord {
-  ref: string;
-  digest: string; // the manifest's
-  mediaType: string;
-  /** The index (or manifest list) the manifest was picked from. */
-  indexDigest?: string | undefined;
-  configDigest: string;
-  layers: LayerRecord[];
-  platform: string;
-  config: {
-    Entrypoint?: string[] | null | undefined;
-    Cmd?: string[] | null | undefined;
-    Env?: string[] | null | undefined;
-    WorkingDir?: string | null | undefined;
-    User?: string | null | undefined;
-    StopSignal?: string | null | undefined;
-  };
-  size: number;
-  pulledAt: string;
-}
+export type { ImageRecord, LayerRecord } from "../state/db.js";
 
 export class ImageStore {
-  constructor(private readonly db: Db) {}
+  constructor(private readonly db: StateDb) {}
 
   get(ref: string): ImageRecord | undefined {
     return this.db.data.images[ref];
@@ -49,19 +21,23 @@ export class ImageStore {
   }
 
   list(): ImageRecord[] {
-    return Object.values(this.db.data.images).sort((a, b) => a.ref.localeCompare(b.ref));
+    return Object.values(this.db.data.images).sort((a, b) => (a.ref < b.ref ? -1 : a.ref > b.ref ? 1 : 0));
   }
 
   async put(record: ImageRecord): Promise<void> {
-    this.db.data.images[record.ref] = record;
-    await this.db.write();
+    await this.db.update((d) => {
+      d.images[record.ref] = record;
+    });
   }
 
+  /** Untags an image; its content goes at the next collection unless something else names it. */
   async remove(name: string): Promise<ImageRecord> {
+    await this.db.refresh();
     const image = this.find(name);
     if (!image) throw new FleetError("E_IMAGE_NOT_FOUND", `no such image: ${name}`);
-    delete this.db.data.images[image.ref];
-    await this.db.write();
+    await this.db.update((d) => {
+      delete d.images[image.ref];
+    });
     return image;
   }
 }

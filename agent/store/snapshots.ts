@@ -1,8 +1,11 @@
 /**
  * Unpacked layers, one directory per chain id under `layers/`: the overlay
- * lower dirs. A snapshot is unpacked into `layers/.tmp-…` and renamed into
- * place only when it is complete and its diff id checked, so a directory
- * named by a chain id is always whole; leftovers of a crash are swept.
+ * lower dirs. A snapshot is unpacked into `layers/.tmp-<holder>-…` and
+ * renamed into place only when it is complete and its diff id checked, so a
+ * directory named by a chain id is always whole. A removed snapshot is first
+ * renamed to `.removed-<holder>-…`, then erased. The holder (pid and start
+ * time) in those names tells a sweep what a live process is still working on
+ * from what a crash left behind.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync } from "node:fs";
@@ -12,6 +15,9 @@ import { FleetError, isErrno } from "../errors.js";
 import type { NativeCore } from "../system/native.js";
 import { digestHex } from "./digest.js";
 import { unpackLayer } from "./layer-unpack.js";
+import { currentHolder, holderAlive, holderInName, holderTag } from "./process-holder.js";
+
+const TEMP_PREFIXES = [".tmp-", ".removed-"];
 
 /** chain[0] = diff[0]; chain[i] = sha256(chain[i-1] + " " + diff[i]), per the OCI image spec. */
 export function chainIds(diffIds: string[]): string[] {
@@ -51,7 +57,7 @@ export class Snapshots {
     signal?: AbortSignal,
   ): Promise<{ entries: number; bytes: number }> {
     if (this.has(chainId)) return { entries: 0, bytes: 0 };
-    const tmp = join(this.dir, `.tmp-${digestHex(chainId).slice(0, 16)}-${randomBytes(4).toString("hex")}`);
+    const tmp = this.privateName(".tmp-", chainId);
     mkdirSync(tmp, 0o755);
     try {
       const result = await unpackLayer(source, {
@@ -86,18 +92,43 @@ export class Snapshots {
       .map((n) => `sha256:${n}`);
   }
 
-  /** Removes a snapshot: renamed out of sight first, then erased. */
-  async remove(chainId: string): Promise<void> {
-    if (!this.has(chainId)) return;
-    const gone = join(this.dir, `.removed-${digestHex(chainId).slice(0, 16)}-${randomBytes(4).toString("hex")}`);
-    renameSync(this.path(chainId), gone);
-    await this.native.removeTree(gone);
+  /** A name of this process's own under layers/: `<prefix><holder>-<chain>-<random>`. */
+  private privateName(prefix: string, chainId: string): string {
+    const tag = holderTag(currentHolder(this.native));
+    return join(this.dir, `${prefix}${tag}-${digestHex(chainId).slice(0, 16)}-${randomBytes(4).toString("hex")}`);
   }
 
-  /** Erases what interrupted unpacks and removals left. */
-  async sweep(): Promise<number> {
-    const stale = readdirSync(this.dir).filter((n) => n.startsWith(".tmp-") || n.startsWith(".removed-"));
-    for (const n of stale) await this.native.removeTree(join(this.dir, n));
-    return stale.length;
+  /** Takes a snapshot out of sight at once (a rename); returns the dir for `erase`, or undefined if absent. */
+  hide(chainId: string): string | undefined {
+    const gone = this.privateName(".removed-", chainId);
+    try {
+      renameSync(this.path(chainId), gone);
+    } catch (err) {
+      if (isErrno(err, "ENOENT")) return undefined;
+      throw err;
+    }
+    return gone;
+  }
+
+  erase(dir: string): Promise<void> {
+    return this.native.removeTree(dir);
+  }
+
+  /** Removes a snapshot: renamed out of sight first, then erased. */
+  async remove(chainId: string): Promise<void> {
+    const gone = this.hide(chainId);
+    if (gone) await this.erase(gone);
+  }
+
+  /** Unpacks and removals that a dead process left half done (a live one's are its own business). */
+  abandoned(): string[] {
+    return readdirSync(this.dir)
+      .filter((n) => {
+        const prefix = TEMP_PREFIXES.find((p) => n.startsWith(p));
+        if (!prefix) return false;
+        const holder = holderInName(n, prefix);
+        return holder === undefined || !holderAlive(this.native, holder);
+      })
+      .map((n) => join(this.dir, n));
   }
 }

@@ -34,6 +34,8 @@ export interface NativeCore {
   /** lsetxattr(2): never follows a final symlink. */
   setXattr(path: string, name: string, value: Buffer): void;
   getXattr(path: string, name: string): Buffer | null;
+  /** flock(2) with LOCK_NB: true when taken, false when another descriptor holds it; close the fd to release. */
+  tryLock(fd: number, exclusive: boolean): boolean;
   /** Sends `state` to systemd's NOTIFY_SOCKET; false when there is none. */
   sdNotify(state: string): boolean;
   /** V8's low-memory collection, then malloc_trim(0): the heap shrunk to what lives, free pages back to the kernel. */

@@ -19,6 +19,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
   exports.Set("reclaimMemory", Napi::Function::New(env, ReclaimMemory));
   exports.Set("execve", Napi::Function::New(env, Execve));
+  exports.Set("tryLock", Napi::Function::New(env, TryLock));
   return InitExitWatch(env, exports);
 }
 

@@ -1,4 +1,4 @@
-// The addon's few coarse operations, exposed to agent/runtime/native.ts.
+// The addon's few coarse operations, exposed to agent/system/native.ts.
 #pragma once
 #include <napi.h>
 #include <sys/types.h>
@@ -25,6 +25,7 @@ Napi::Value GetXattr(const Napi::CallbackInfo& info);
 Napi::Value SdNotify(const Napi::CallbackInfo& info);
 Napi::Value ReclaimMemory(const Napi::CallbackInfo& info);
 Napi::Value Execve(const Napi::CallbackInfo& info);
+Napi::Value TryLock(const Napi::CallbackInfo& info);
 Napi::Object InitExitWatch(Napi::Env env, Napi::Object exports);
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what);

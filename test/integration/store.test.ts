@@ -124,7 +124,14 @@ describe("pulls and the device's resources", () => {
     const store = await LocalStore.open(root, native);
     return {
       store,
-      deps: { root, store: store.content, snapshots: store.snapshots, images: store.images, native, registries },
+      deps: {
+        root,
+        store: store.content,
+        snapshots: store.snapshots,
+        images: store.images,
+        leases: store.leases,
+        registries,
+      },
     };
   }
 

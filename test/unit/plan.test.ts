@@ -1,7 +1,14 @@
 import { describe, expect, it } from "vitest";
 import { canonicalJson } from "../../agent/protocol/canonical-json.js";
 import { batches } from "../../agent/reconcile/apply-steps.js";
-import { type ActualService, containerName, plan, specHash } from "../../agent/reconcile/plan.js";
+import {
+  type ActualService,
+  type ActualState,
+  containerName,
+  plan,
+  type StoredImage,
+  specHash,
+} from "../../agent/reconcile/plan.js";
 import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
 
 const IMG = "reg.local:5000/acme/web:1";
@@ -21,35 +28,46 @@ function doc(
   } as DesiredStateInput);
 }
 
-function running(name: string, d: ReturnType<typeof doc>, digest = D1): ActualService {
+function running(name: string, d: ReturnType<typeof doc>, digest = D1, state: ActualState = "running"): ActualService {
   const hash = specHash(d.services[name]!, digest);
-  return { name, containerId: containerName(name, hash), hash, running: true };
+  return { name, containerId: containerName(name, hash), hash, state };
 }
 
 const kinds = (steps: ReturnType<typeof plan>) =>
-  steps.map((s) => `${s.kind}:${"service" in s ? s.service : (s as { services: string[] }).services.join(",")}`);
+  steps.map((s) => `${s.kind}:${"service" in s ? s.service : "image" in s ? s.image : s.services.join(",")}`);
+
+/** The store's view: a reference, its digest, and whether it is ready for this apply. */
+const ready = (digest = D1) => new Map<string, StoredImage>([[IMG, { digest, ready: true }]]);
+const known = (digest = D1) => new Map<string, StoredImage>([[IMG, { digest, ready: false }]]);
+const absent = () => new Map<string, StoredImage>();
 
 describe("plan", () => {
   const web = { image: IMG, env: { PORT: "8080" } };
 
-  it("starts a new service after pulling its image, then waits for health", () => {
-    expect(kinds(plan(doc({ web }), new Map(), new Map([[IMG, D1]])))).toEqual([
-      "pull:web",
-      "start:web",
-      "await-healthy:web",
-    ]);
+  it("pulls a missing image before anything else, then starts the service and waits for health", () => {
+    const d = doc({ web });
+    expect(kinds(plan(d, new Map(), absent()))).toEqual([`pull:${IMG}`]);
+    expect(kinds(plan(d, new Map(), ready()))).toEqual(["start:web", "await-healthy:web"]);
+  });
+
+  it("pulls each image once, however many services use it", () => {
+    expect(kinds(plan(doc({ a: web, b: web }), new Map(), absent()))).toEqual([`pull:${IMG}`]);
   });
 
   it("changes nothing when the spec and the image digest are unchanged", () => {
     const d = doc({ web });
-    expect(plan(d, new Map([["web", running("web", d)]]), new Map([[IMG, D1]]))).toEqual([]);
+    expect(plan(d, new Map([["web", running("web", d)]]), ready())).toEqual([]);
+  });
+
+  it("asks the registry again about a tag it knows but has not resolved in this apply, and touches nothing meanwhile", () => {
+    const d = doc({ web });
+    expect(kinds(plan(d, new Map([["web", running("web", d)]]), known()))).toEqual([`pull:${IMG}`]);
   });
 
   it("replaces the container when the env changes", () => {
     const old = doc({ web });
     const next = doc({ web: { ...web, env: { PORT: "9090" } } });
-    expect(kinds(plan(next, new Map([["web", running("web", old)]]), new Map([[IMG, D1]])))).toEqual([
-      "pull:web",
+    expect(kinds(plan(next, new Map([["web", running("web", old)]]), ready()))).toEqual([
       "stop:web",
       "remove:web",
       "start:web",
@@ -61,43 +79,73 @@ describe("plan", () => {
     const old = doc({ web: { ...web, stopSignal: "SIGINT", stopTimeoutMs: 300 } });
     const next = doc({ web: { ...web, env: { PORT: "9090" } } });
     const current = { ...running("web", old), stopSignal: "SIGINT", stopTimeoutMs: 300 };
-    const stop = plan(next, new Map([["web", current]]), new Map([[IMG, D1]])).find((s) => s.kind === "stop");
+    const stop = plan(next, new Map([["web", current]]), ready()).find((s) => s.kind === "stop");
     expect(stop).toMatchObject({ signal: "SIGINT", timeoutMs: 300 });
   });
 
   it("replaces the container when the tag now names another digest", () => {
     const d = doc({ web });
-    expect(kinds(plan(d, new Map([["web", running("web", d, D1)]]), new Map([[IMG, D2]])))).toContain("start:web");
+    expect(kinds(plan(d, new Map([["web", running("web", d, D1)]]), ready(D2)))).toContain("start:web");
   });
 
   it.each([
     [
       "download-then-swap",
-      ["pull:web", "stop:web", "remove:web", "start:web", "await-healthy:web", "stop:gone", "remove:gone"],
+      [`pull:${IMG}`],
+      ["stop:web", "remove:web", "start:web", "await-healthy:web", "stop:gone", "remove:gone"],
     ],
     [
       "stop-then-download",
-      ["stop:web", "remove:web", "stop:gone", "remove:gone", "pull:web", "start:web", "await-healthy:web"],
+      ["stop:web", "stop:gone", "remove:web", "remove:gone", `pull:${IMG}`],
+      ["start:web", "await-healthy:web"],
     ],
     [
       "start-then-stop",
-      ["pull:web", "start:web", "await-healthy:web", "stop:web", "remove:web", "stop:gone", "remove:gone"],
+      [`pull:${IMG}`],
+      ["start:web", "await-healthy:web", "stop:web", "stop:gone", "remove:web", "remove:gone"],
     ],
-  ])("orders the steps for %s", (strategy, expected) => {
+  ])("orders the passes for %s: first the download, then the swap", (strategy, first, second) => {
     const old = doc({ web, gone: { image: IMG } });
     const next = doc({ web: { ...web, env: { PORT: "1" } } }, strategy);
-    const actual = new Map([
+    const before = new Map([
       ["web", running("web", old)],
       ["gone", running("gone", old)],
     ]);
-    expect(kinds(plan(next, actual, new Map([[IMG, D1]])))).toEqual(expected);
+    expect(kinds(plan(next, before, known()))).toEqual(first);
+    // The first pass done: under stop-then-download the old containers are gone already.
+    const after = strategy === "stop-then-download" ? new Map() : before;
+    expect(kinds(plan(next, after, ready()))).toEqual(second);
   });
 
-  it("restarts a stopped service with an unchanged spec by removing the old container first", () => {
+  it("under stop-then-download, stops a service whose image the store has never seen before downloading it", () => {
+    const old = doc({ web }, "stop-then-download");
+    const next = doc({ web: { ...web, image: "reg.local:5000/acme/other:2" } }, "stop-then-download");
+    expect(kinds(plan(next, new Map([["web", running("web", old)]]), ready()))).toEqual([
+      "stop:web",
+      "remove:web",
+      "pull:reg.local:5000/acme/other:2",
+    ]);
+  });
+
+  it.each<[ActualState, string[]]>([
+    ["running", []],
+    ["restarting", []],
+    ["exited", []],
+    ["failed", ["stop:web", "remove:web", "start:web", "await-healthy:web"]],
+    ["missing", ["stop:web", "remove:web", "start:web", "await-healthy:web"]],
+  ])("with an unchanged spec and a container %s, plans %j", (state, expected) => {
     const d = doc({ web });
-    const stopped = { ...running("web", d), running: false };
-    expect(kinds(plan(d, new Map([["web", stopped]]), new Map([[IMG, D1]])))).toEqual([
-      "pull:web",
+    expect(kinds(plan(d, new Map([["web", running("web", d, D1, state)]]), ready()))).toEqual(expected);
+  });
+
+  it("leaves a failed service alone when its restart policy is never", () => {
+    const d = doc({ web: { ...web, restart: "never" } });
+    expect(plan(d, new Map([["web", running("web", d, D1, "failed")]]), ready())).toEqual([]);
+  });
+
+  it("under start-then-stop, removes a failed container before starting one of the same name", () => {
+    const d = doc({ web }, "start-then-stop");
+    expect(kinds(plan(d, new Map([["web", running("web", d, D1, "failed")]]), ready()))).toEqual([
       "stop:web",
       "remove:web",
       "start:web",
@@ -114,11 +162,9 @@ describe("plan", () => {
         ["a", running("a", old)],
         ["b", running("b", old)],
       ]),
-      new Map([[IMG, D1]]),
+      ready(),
     );
     expect(kinds(steps)).toEqual([
-      "pull:a",
-      "pull:b",
       "stop:a",
       "stop:b",
       "remove:a",
@@ -127,7 +173,7 @@ describe("plan", () => {
       "start:b",
       "await-healthy:a,b",
     ]);
-    expect(batches(steps).map((b) => b.length)).toEqual([2, 2, 2, 2, 1]);
+    expect(batches(steps).map((b) => b.length)).toEqual([2, 2, 2, 1]);
   });
 
   it("gives two generations of a service distinct container names", () => {

@@ -98,7 +98,7 @@ export class SimulatedDevice {
       groups: opts.groups,
       runtime: this.runtime,
       store: this.store,
-      pull: (ref, signal) => this.store.pull(ref, signal),
+      pull: (ref, { signal }) => this.store.pull(ref, signal),
       version: SIMULATED_AGENT_VERSION,
       onEvent: (e) => session?.publishEvent(e),
       onChange: (settled) => session?.publishReported(agent.reported(), { settled }),

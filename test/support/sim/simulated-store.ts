@@ -1,15 +1,15 @@
 /**
  * SIMULATED local store and registry, for fleet-scale simulation only (see
- * simulated-runtime.ts): db.json is a lowdb in memory (lowdb's Memory adapter,
+ * simulated-runtime.ts): db.json is a StateDb in memory (lowdb's Memory adapter,
  * same data shape as state/db.ts), image records live in the real ImageStore
  * on top of it, and a "pull" of any reference succeeds at once with a
  * one-layer image whose layer directory does not exist (nothing mounts it).
  */
 import { createHash } from "node:crypto";
-import { Low, Memory } from "lowdb";
-import type { AgentStore } from "../../../agent/reconcile/agent.js";
-import type { Db, DbData } from "../../../agent/state/db.js";
+import type { AgentStore } from "../../../agent/reconcile/agent-store.js";
+import { StateDb } from "../../../agent/state/db.js";
 import { type ImageRecord, ImageStore } from "../../../agent/store/image-store.js";
+import { Leases } from "../../../agent/store/leases.js";
 
 /** Where simulated layers "are": a path that is never created. */
 export const SIMULATED_LAYER_ROOT = "/nonexistent/fleetlet-simulated/layers";
@@ -19,22 +19,13 @@ export const SIMULATED_IMAGE_CMD = ["simulated-service"];
 const digestOf = (text: string) => `sha256:${createHash("sha256").update(text).digest("hex")}`;
 
 export class SimulatedStore implements AgentStore {
-  readonly db: Db;
-  readonly images: ImageStore;
+  readonly db = StateDb.memory();
+  readonly images = new ImageStore(this.db);
+  /** Every holder counts as alive: the simulation's leases end only when released. */
+  readonly leases = new Leases(this.db, { startTime: () => 1n });
 
-  constructor() {
-    const empty: DbData = {
-      images: {},
-      desired: null,
-      lastGood: null,
-      previousGood: null,
-      services: {},
-      generation: null,
-      generations: {},
-      desiredSource: null,
-    };
-    this.db = new Low<DbData>(new Memory<DbData>(), empty);
-    this.images = new ImageStore(this.db);
+  isWhole(): boolean {
+    return true;
   }
 
   layerDirs(image: ImageRecord): string[] {

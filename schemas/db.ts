@@ -1,0 +1,94 @@
+/**
+ * `db.json`, the device's state that must survive a restart: image records,
+ * the accepted and the last good desired state, each service's container,
+ * the generations seen per topic, and the leases that keep content from
+ * garbage collection while a pull or an apply uses it.
+ */
+import { z } from "zod";
+import type { DesiredState, ServiceSpec } from "./desired.js";
+
+const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, "expected sha256:<64 hex digits>");
+
+export const layerRecord = z.object({
+  digest,
+  size: z.number().int().nonnegative(),
+  mediaType: z.string(),
+  diffId: digest,
+  chainId: digest,
+});
+export type LayerRecord = z.infer<typeof layerRecord>;
+
+/** An image: a reference naming a manifest, which names a config and layers. */
+export const imageRecord = z.object({
+  ref: z.string(),
+  /** The manifest's digest. */
+  digest,
+  mediaType: z.string(),
+  /** The index (or manifest list) the manifest was picked from. */
+  indexDigest: digest.optional(),
+  configDigest: digest,
+  layers: z.array(layerRecord),
+  platform: z.string(),
+  config: z.object({
+    Entrypoint: z.array(z.string()).nullish(),
+    Cmd: z.array(z.string()).nullish(),
+    Env: z.array(z.string()).nullish(),
+    WorkingDir: z.string().nullish(),
+    User: z.string().nullish(),
+    StopSignal: z.string().nullish(),
+  }),
+  size: z.number().int().nonnegative(),
+  pulledAt: z.string(),
+});
+export type ImageRecord = z.infer<typeof imageRecord>;
+
+/** One service's current container, as the agent last left it. */
+export const serviceRecord = z.object({
+  containerId: z.string(),
+  hash: z.string(),
+  image: z.string(),
+  digest: z.string(),
+  restarts: z.number().int().nonnegative(),
+  deployment: z.string(),
+  spec: z.custom<ServiceSpec>((v) => typeof v === "object" && v !== null, "expected a service spec"),
+});
+export type ServiceRecord = z.infer<typeof serviceRecord>;
+
+/**
+ * A lease: content a live process is fetching, unpacking or about to use,
+ * which garbage collection must leave alone. Its holder is named by pid and
+ * start time, so a lease whose process died is recognised and dropped.
+ */
+export const leaseRecord = z.object({
+  purpose: z.string(),
+  holder: z.object({ pid: z.number().int().positive(), startTime: z.string().regex(/^\d+$/) }),
+  createdAt: z.string(),
+  blobs: z.array(digest),
+  snapshots: z.array(digest),
+});
+export type LeaseRecord = z.infer<typeof leaseRecord>;
+
+const document = z.custom<DesiredState>(
+  (v) => typeof v === "object" && v !== null,
+  "expected a desired-state document",
+);
+
+export const dbData = z.looseObject({
+  images: z.record(z.string(), imageRecord),
+  /** The accepted desired state, persisted before anything changes. */
+  desired: document.nullable(),
+  /** The last deployment that became healthy: what a rollback restores. */
+  lastGood: document.nullable(),
+  /** The good deployment before lastGood: what an operator's rollback of lastGood restores. */
+  previousGood: document.nullable(),
+  services: z.record(z.string(), serviceRecord),
+  /** The highest generation accepted: older documents are ignored. */
+  generation: z.number().int().nullable(),
+  /** The highest generation accepted per source ("device", "group:<name>"): each topic counts its own. */
+  generations: z.record(z.string(), z.number().int()),
+  /** Where the accepted desired state came from: "device" or "group:<name>". */
+  desiredSource: z.string().nullable(),
+  /** Leases by id. */
+  leases: z.record(z.string(), leaseRecord),
+});
+export type DbData = z.infer<typeof dbData>;
