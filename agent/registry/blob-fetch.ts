@@ -7,7 +7,8 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { FleetError } from "../errors.js";
-import type { ContentStore, Ingest } from "../store/content-store.js";
+import type { ContentStore } from "../store/content-store.js";
+import type { Ingest } from "../store/ingest.js";
 import type { RateLimiter } from "./rate-limit.js";
 import { type RegistryClient, repoScope } from "./registry-client.js";
 

@@ -6,40 +6,29 @@
  * so a blob that exists is a verified blob. A power cut leaves either that
  * or a partial in `ingest/` that the next pull resumes.
  */
-import { createHash, type Hash, randomBytes } from "node:crypto";
-import {
-  createReadStream,
-  existsSync,
-  linkSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  renameSync,
-  statSync,
-  unlinkSync,
-  writeFileSync,
-} from "node:fs";
-import { type FileHandle, open } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { createReadStream, existsSync, mkdirSync, readdirSync, renameSync, statSync, unlinkSync } from "node:fs";
+import { open } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { setTimeout as sleep } from "node:timers/promises";
-import { FleetError, isErrno } from "../errors.js";
+import { isErrno } from "../errors.js";
 import type { NativeCore } from "../system/native.js";
 import { digestHex } from "./digest.js";
+import { Ingest } from "./ingest.js";
+import { IngestLocks } from "./ingest-lock.js";
 
 export class ContentStore {
   readonly blobsDir: string;
   readonly ingestDir: string;
+  private readonly locks: IngestLocks;
 
   /** `startTime`: the native core's, which names a process for good together with its pid (the ingest locks' holders). */
-  constructor(
-    root: string,
-    private readonly native: Pick<NativeCore, "startTime">,
-  ) {
+  constructor(root: string, native: Pick<NativeCore, "startTime">) {
     this.blobsDir = join(root, "blobs", "sha256");
     this.ingestDir = join(root, "ingest");
     mkdirSync(this.blobsDir, { recursive: true });
     mkdirSync(this.ingestDir, { recursive: true });
+    this.locks = new IngestLocks(this.ingestDir, native);
   }
 
   blobPath(digest: string): string {
@@ -93,69 +82,15 @@ export class ContentStore {
 
   /**
    * Takes the partial of `digest` for this process: one writer at a time,
-   * across processes (the agent and a `fleetlet pull` may want the same
-   * layer). The lock file names its holder by pid and start time, so a lock
-   * left by a killed process is taken over, never waited on forever.
-   * Resolves with the release function.
+   * across processes; resolves with the release function.
    */
-  async lockIngest(digest: string, signal?: AbortSignal): Promise<() => void> {
-    for (;;) {
-      const release = this.tryLockIngest(digest);
-      if (release) return release;
-      await sleep(LOCK_POLL_MS, undefined, signal ? { signal } : {});
-    }
+  lockIngest(digest: string, signal?: AbortSignal): Promise<() => void> {
+    return this.locks.lock(digest, signal);
   }
 
   /** The lock of `digest`'s partial if no live process holds it, else undefined. */
   tryLockIngest(digest: string): (() => void) | undefined {
-    const path = join(this.ingestDir, `${digestHex(digest)}.lock`);
-    const me = `${process.pid} ${this.native.startTime(process.pid)}`;
-    const unique = () => `${path}.${process.pid}.${randomBytes(4).toString("hex")}`;
-    for (;;) {
-      // Written whole under a private name, then linked into place: a reader never sees a half-written lock.
-      const mine = unique();
-      writeFileSync(mine, me);
-      try {
-        linkSync(mine, path);
-        return () => {
-          try {
-            if (readFileSync(path, "utf8") === me) unlinkSync(path);
-          } catch (err) {
-            if (!isErrno(err, "ENOENT")) throw err;
-          }
-        };
-      } catch (err) {
-        if (!isErrno(err, "EEXIST")) throw err;
-      } finally {
-        unlinkSync(mine);
-      }
-      let holder = "";
-      try {
-        holder = readFileSync(path, "utf8");
-      } catch (err) {
-        if (isErrno(err, "ENOENT")) continue; // released meanwhile
-        throw err;
-      }
-      const [pid, start] = holder.split(" ");
-      if (pid && String(this.native.startTime(Number(pid)) ?? "") === start) return undefined;
-      // Its holder is gone: move the lock aside, and keep it out only if it is still the dead one's.
-      const aside = unique();
-      try {
-        renameSync(path, aside);
-      } catch (err) {
-        if (isErrno(err, "ENOENT")) continue;
-        throw err;
-      }
-      if (readFileSync(aside, "utf8") !== holder) {
-        // A live process took it between our read and the rename: put it back unless another lock is already there.
-        try {
-          linkSync(aside, path);
-        } catch (err) {
-          if (!isErrno(err, "EEXIST")) throw err;
-        }
-      }
-      unlinkSync(aside);
-    }
+    return this.locks.tryLock(digest);
   }
 
   /**
@@ -214,125 +149,5 @@ export class ContentStore {
     } finally {
       await dir.close();
     }
-  }
-}
-
-/** The chunks after the first `skip` bytes, for a short writev. */
-function remainder(chunks: Buffer[], skip: number): Buffer[] {
-  const out: Buffer[] = [];
-  for (const c of chunks) {
-    if (skip >= c.length) skip -= c.length;
-    else {
-      out.push(skip ? c.subarray(skip) : c);
-      skip = 0;
-    }
-  }
-  return out;
-}
-
-interface IngestInit {
-  store: ContentStore;
-  digest: string;
-  expectedSize: number;
-  path: string;
-  fh: FileHandle;
-  hash: Hash;
-  offset: number;
-}
-
-const LOCK_POLL_MS = 100;
-
-/** One partial blob being written. */
-export class Ingest {
-  readonly digest: string;
-  readonly expectedSize: number;
-  private readonly store: ContentStore;
-  private readonly path: string;
-  private readonly fh: FileHandle;
-  private hash: Hash;
-  private written: number;
-  private closed = false;
-
-  constructor(init: IngestInit) {
-    this.store = init.store;
-    this.digest = init.digest;
-    this.expectedSize = init.expectedSize;
-    this.path = init.path;
-    this.fh = init.fh;
-    this.hash = init.hash;
-    this.written = init.offset;
-  }
-
-  /** Bytes on disk and hashed so far: where a download resumes. */
-  get offset(): number {
-    return this.written;
-  }
-
-  async write(chunk: Uint8Array): Promise<void> {
-    if (this.written + chunk.length > this.expectedSize) {
-      throw new FleetError(
-        "E_DIGEST_MISMATCH",
-        `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`,
-      );
-    }
-    this.hash.update(chunk);
-    let done = 0;
-    while (done < chunk.length) {
-      const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.written + done);
-      done += bytesWritten;
-    }
-    this.written += chunk.length;
-  }
-
-  /** Appends several chunks with one write call, without copying them together. */
-  async writeMany(chunks: Buffer[], total: number): Promise<void> {
-    if (this.written + total > this.expectedSize) {
-      throw new FleetError(
-        "E_DIGEST_MISMATCH",
-        `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`,
-      );
-    }
-    for (const c of chunks) this.hash.update(c);
-    let done = 0;
-    while (done < total) {
-      const { bytesWritten } = await this.fh.writev(done === 0 ? chunks : remainder(chunks, done), this.written + done);
-      done += bytesWritten;
-    }
-    this.written += total;
-  }
-
-  /** Drops what was written, for a server that ignored the range and resent from the start. */
-  async restart(): Promise<void> {
-    await this.fh.truncate(0);
-    this.hash = createHash("sha256");
-    this.written = 0;
-  }
-
-  /** Verifies size and digest, then moves the blob into the store; a mismatch deletes the partial. */
-  async commit(): Promise<void> {
-    if (this.written !== this.expectedSize) {
-      throw new FleetError(
-        "E_DIGEST_MISMATCH",
-        `blob ${this.digest}: got ${this.written} bytes, the manifest declares ${this.expectedSize}`,
-      );
-    }
-    const actual = `sha256:${this.hash.digest("hex")}`;
-    if (actual !== this.digest) {
-      await this.close();
-      unlinkSync(this.path);
-      throw new FleetError(
-        "E_DIGEST_MISMATCH",
-        `blob ${this.digest}: its content hashes to ${actual}; the download was discarded`,
-      );
-    }
-    await this.fh.sync();
-    await this.close();
-    await this.store.adopt(this.path, this.digest);
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.fh.close();
   }
 }

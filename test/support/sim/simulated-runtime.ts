@@ -1,6 +1,6 @@
 /**
  * SIMULATED container driver: it runs NO containers and touches no kernel
- * state. It exists for fleet-scale simulation only (agent/fleet/simulated-fleet.ts,
+ * state. It exists for fleet-scale simulation and fast agent tests only (simulated-fleet.ts,
  * `npm run bench -- fleet`), where thousands of real agents share one process
  * and each needs a runtime. Containers are in-memory records; a started one
  * "runs" until it is stopped, killed or deleted. Specs are validated with the
