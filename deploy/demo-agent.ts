@@ -13,6 +13,7 @@ import type { ReportedState } from "../schemas/reported.js";
 import { freePort } from "../test/support/free-port.js";
 import { startMosquitto } from "../test/support/mosquitto.js";
 import { startRegistry } from "../test/support/registry.js";
+import { waitFor } from "../test/support/wait-for.js";
 
 const DEVICE = "demo-device";
 
@@ -52,15 +53,16 @@ export async function agentDemo(opts: {
     await new Promise((r) => operator.once("connect", r));
     operator.subscribe(`fleet/devices/${DEVICE}/reported`, { qos: 1 });
     operator.on("message", (_t, p) => p.length && reports.push(JSON.parse(p.toString())));
-    const waitFor = async (pred: (r: ReportedState) => boolean, ms = 45_000) => {
-      const end = Date.now() + ms;
-      while (Date.now() < end) {
-        const r = reports.at(-1);
-        if (r && pred(r)) return r;
-        await new Promise((res) => setTimeout(res, 200));
-      }
-      return undefined;
-    };
+    /** The agent's latest report once it shows `what`; a timeout fails the step and shows that report. */
+    const reportShowing = (what: string, pred: (r: ReportedState) => boolean, timeoutMs = 45_000) =>
+      waitFor(
+        what,
+        () => {
+          const r = reports.at(-1);
+          return r && pred(r) && r;
+        },
+        { timeoutMs, intervalMs: 200, context: () => `last report: ${JSON.stringify(reports.at(-1))}` },
+      );
     const statusTable = () => {
       const r = spawnSync(process.execPath, [opts.bins.fleetlet, "--root", root, "--config", config, "status"], {
         encoding: "utf8",
@@ -97,20 +99,21 @@ export async function agentDemo(opts: {
         [opts.bins.fleetlet, "--root", root, "--config", config, "agent", "--heartbeat", "5"],
         { stdio: ["ignore", "ignore", "inherit"] },
       );
-      return (await waitFor((r) => r.deviceId === DEVICE, 15_000)) !== undefined;
+      await reportShowing("the agent's first report", (r) => r.deviceId === DEVICE, 15_000);
+      return true;
     });
     await step("Publish a desired state and watch it converge", async () => {
       publish({ apiVersion: "fleetlet/v1", deployment: "web-1", generation: 1, services: { web: web("v1") } });
-      const r = await waitFor((x) => x.generation === 1 && x.phase === "converged");
+      const r = await reportShowing("generation 1 converged", (x) => x.generation === 1 && x.phase === "converged");
       statusTable();
-      return r?.services.web?.state === "running";
+      return r.services.web?.state === "running";
     });
     await step("Publish an update and watch it swap the container", async () => {
       const pid = reports.at(-1)?.services.web?.pid;
       publish({ apiVersion: "fleetlet/v1", deployment: "web-2", generation: 2, services: { web: web("v2") } });
-      const r = await waitFor((x) => x.generation === 2 && x.phase === "converged");
+      const r = await reportShowing("generation 2 converged", (x) => x.generation === 2 && x.phase === "converged");
       statusTable();
-      return r !== undefined && r.services.web?.pid !== pid;
+      return r.services.web?.pid !== pid;
     });
     await step("Publish a broken update and watch it roll back", async () => {
       publish({
@@ -120,10 +123,10 @@ export async function agentDemo(opts: {
         services: { web: web("v3", ["/bin/sh", "-c", "echo crashing; exit 1"]) },
         update: { healthyWithinMs: 5000 },
       });
-      const r = await waitFor((x) => x.generation === 3 && x.phase === "rolledBack");
+      const r = await reportShowing("generation 3 rolled back", (x) => x.generation === 3 && x.phase === "rolledBack");
       statusTable();
-      console.log(`    lastError: ${r?.lastError?.message}`);
-      return r?.services.web?.state === "running";
+      console.log(`    lastError: ${r.lastError?.message}`);
+      return r.services.web?.state === "running";
     });
   } finally {
     agent?.kill("SIGTERM");

@@ -13,6 +13,7 @@ import { inRolloutWave } from "../agent/protocol/waves.js";
 import { freePort } from "../test/support/free-port.js";
 import { startMosquitto } from "../test/support/mosquitto.js";
 import { startRegistry } from "../test/support/registry.js";
+import { waitFor } from "../test/support/wait-for.js";
 
 const DEVICES = ["pilot-a", "pilot-b", "pilot-c"];
 
@@ -97,10 +98,12 @@ export async function fleetDemo(opts: {
           ),
         );
       }
-      for (let i = 0; i < 50; i++) {
-        await new Promise((r) => setTimeout(r, 200));
-        if (/3 online/.test(fleetctl(["--config", ops, "status", "--group", "pilot"], false).stdout)) break;
-      }
+      // A timeout is said here, and the step still shows the table and fails on it.
+      await waitFor(
+        "the three agents online",
+        () => /3 online/.test(fleetctl(["--config", ops, "status", "--group", "pilot"], false).stdout),
+        { timeoutMs: 10_000, intervalMs: 200 },
+      ).catch((err: Error) => console.log(`    ${err.message}`));
       return fleetctl(["--config", ops, "status", "--group", "pilot"]).stdout.includes("3 online");
     });
     await step("Roll a signed deployment out in waves 34,100: the broker fans each wave out", async () => {

@@ -1,4 +1,7 @@
-/** The device config file (`/etc/fleetlet/config.json`), per DESIGN.md. */
+/**
+ * The device config file (`/etc/fleetlet/config.json`). docs/contract.md
+ * describes every field; test/unit/docs.test.ts holds it to this schema.
+ */
 import { z } from "zod";
 import { byteQuantity } from "./quantity.js";
 

@@ -1,5 +1,5 @@
 /**
- * The desired-state document an operator publishes (DESIGN.md): which
+ * The desired-state document an operator publishes (docs/contract.md): which
  * services run, from which images, with which limits, and how updates roll.
  * Parse errors name the field path, e.g. "services.web.restart: …".
  */

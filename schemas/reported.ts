@@ -1,4 +1,4 @@
-/** The reported-state document an agent publishes and serves (DESIGN.md). */
+/** The reported-state document an agent publishes and serves (docs/contract.md). */
 import { z } from "zod";
 
 export const PHASES = ["idle", "pulling", "applying", "converged", "failed", "rolledBack", "rejected"] as const;

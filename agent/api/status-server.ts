@@ -1,5 +1,5 @@
 /**
- * The local status endpoint (DESIGN.md "Local status endpoint"): plain
+ * The local status endpoint (docs/contract.md, "Local status endpoint"): plain
  * node:http on loopback TCP and on a unix socket, the same routes on both.
  * Reads are open to anyone who can reach it; anything that changes state
  * needs `Authorization: Bearer <api.token>`, and with no token configured

@@ -1,5 +1,5 @@
 /**
- * The agent's MQTT session (DESIGN.md, "MQTT topics"): one persistent session
+ * The agent's MQTT session (docs/contract.md, "MQTT topics"): one persistent session
  * per device (clientId = deviceId, clean: false), QoS 1 throughout, a retained
  * status with a last will, the desired-state subscriptions, and reported and
  * event publishing that cannot flood the broker or the agent's memory.

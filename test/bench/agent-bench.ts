@@ -10,7 +10,7 @@
  *      the agent of 1 and 2, then a restarted one that reattached to them
  *   5. the restarted agent's growth over N publish→converged cycles (1000; 100 with --quick)
  * --memory runs 4 and 5 only. Sections 1 to 3 name the image by tag, as
- * pushed; 4 and 5 pin it by digest, as DESIGN.md's desired documents do.
+ * pushed; 4 and 5 pin it by digest, as docs/contract.md advises for desired documents.
  * Every VmRSS is read the same way: SETTLE_MS after the agent's last work.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";

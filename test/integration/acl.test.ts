@@ -14,13 +14,13 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { connect, type IClientOptions, type IConnackPacket, type IDisconnectPacket, type MqttClient } from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { parseInventory, renderAcl } from "../../agent/fleet/acl.js";
 import type { Inventory } from "../../schemas/inventory.js";
 import { type BrokerFiles, type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
+import { waitFor } from "../support/wait-for.js";
 
 const INVENTORY: Inventory = { devices: { "dev-a": ["pilot"], "dev-b": ["other"] }, operators: ["operator"] };
 const NOT_AUTHORIZED = 135;
@@ -46,16 +46,6 @@ const open: MqttClient[] = [];
 afterEach(async () => {
   await Promise.all(open.splice(0).map((c) => c.endAsync(true)));
 });
-
-async function waitFor<T>(what: string, probe: () => T | undefined | false, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await delay(20);
-  }
-}
 
 const unique = (what: string) => `${what}-${randomBytes(4).toString("hex")}`;
 

@@ -17,6 +17,7 @@ import { freePort } from "../support/free-port.js";
 import { startMosquitto } from "../support/mosquitto.js";
 import { type RegistryFixture, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
+import { type WaitForOptions, waitFor } from "../support/wait-for.js";
 
 const rootfs = inject("busyboxRootfs");
 const DEVICE = "dev-agent-1";
@@ -34,16 +35,12 @@ const statuses: { online: boolean }[] = [];
 
 const startAgent = (): ChildProcess => spawnAgent(root, config);
 
-async function until<T>(what: string, probe: () => T | undefined, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end)
-      throw new Error(`timed out waiting for ${what}; last report: ${JSON.stringify(reports.at(-1))}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** How the tests wait on the agent: a timeout shows its last report. */
+const reportWait = (timeoutMs = 30_000): WaitForOptions => ({
+  timeoutMs,
+  intervalMs: 100,
+  context: () => `last report: ${JSON.stringify(reports.at(-1))}`,
+});
 
 const latest = () => reports.at(-1);
 function publishDesired(doc: unknown): void {
@@ -99,8 +96,10 @@ afterAll(async () => {
 describe("fleetlet agent", () => {
   it("converges on a published desired state and reports it field by field", async () => {
     publishDesired({ apiVersion: "fleetlet/v1", deployment: "web-1", generation: 1, services: { web: svc("one") } });
-    const r = await until("converged generation 1", () =>
-      latest()?.phase === "converged" && latest()?.generation === 1 ? latest() : undefined,
+    const r = await waitFor(
+      "converged generation 1",
+      () => (latest()?.phase === "converged" && latest()?.generation === 1 ? latest() : undefined),
+      reportWait(),
     );
     expect(r.deviceId).toBe(DEVICE);
     expect(r.deployment).toBe("web-1");
@@ -143,7 +142,7 @@ describe("fleetlet agent", () => {
       generation: 2,
       services: { web: { ...svc("x"), restart: "sometimes" } },
     });
-    const r = await until("rejected", () => (latest()?.phase === "rejected" ? latest() : undefined));
+    const r = await waitFor("rejected", () => (latest()?.phase === "rejected" ? latest() : undefined), reportWait());
     expect(r.lastError?.code).toBe("E_INVALID_DESIRED");
     expect(r.lastError?.message).toContain("services.web.restart");
     expect(r.services.web!.pid).toBe(pid);
@@ -152,7 +151,7 @@ describe("fleetlet agent", () => {
   it("keeps services running through a kill -9 of the agent, and the new agent adopts them", async () => {
     const pid = latest()!.services.web!.pid;
     agentProc!.kill("SIGKILL");
-    await until("the last will: offline", () => (statuses.at(-1)?.online === false ? true : undefined));
+    await waitFor("the last will: offline", () => (statuses.at(-1)?.online === false ? true : undefined), reportWait());
     expect(
       JSON.parse(
         readFileSync(
@@ -168,19 +167,23 @@ describe("fleetlet agent", () => {
     ).toBe(pid);
     reports.length = 0;
     agentProc = startAgent();
-    const r = await until("a report from the new agent", () =>
-      latest()?.services.web?.state === "running" ? latest() : undefined,
+    const r = await waitFor(
+      "a report from the new agent",
+      () => (latest()?.services.web?.state === "running" ? latest() : undefined),
+      reportWait(),
     );
     expect(r.services.web!.pid).toBe(pid);
     expect(r.services.web!.restarts).toBe(0);
-    await until("online again", () => (statuses.at(-1)?.online === true ? true : undefined));
+    await waitFor("online again", () => (statuses.at(-1)?.online === true ? true : undefined), reportWait());
   });
 
   it("swaps the container for an updated env, then rolls a broken update back", async () => {
     const pid = latest()!.services.web!.pid;
     publishDesired({ apiVersion: "fleetlet/v1", deployment: "web-3", generation: 3, services: { web: svc("three") } });
-    const swapped = await until("converged generation 3", () =>
-      latest()?.phase === "converged" && latest()?.generation === 3 ? latest() : undefined,
+    const swapped = await waitFor(
+      "converged generation 3",
+      () => (latest()?.phase === "converged" && latest()?.generation === 3 ? latest() : undefined),
+      reportWait(),
     );
     expect(swapped.services.web!.pid).not.toBe(pid);
     publishDesired({
@@ -190,7 +193,11 @@ describe("fleetlet agent", () => {
       services: { web: svc("four", { command: ["/bin/false"] }) },
       update: { healthyWithinMs: 3000 },
     });
-    const back = await until("rolled back", () => (latest()?.phase === "rolledBack" ? latest() : undefined), 40_000);
+    const back = await waitFor(
+      "rolled back",
+      () => (latest()?.phase === "rolledBack" ? latest() : undefined),
+      reportWait(40_000),
+    );
     expect(back.lastError?.code).toBe("E_UNHEALTHY");
     expect(back.lastError?.message).toContain("rolled back to web-3");
     const logs = await fetch(`http://127.0.0.1:${apiPort}/v1/services/web/logs?tail=1`);
@@ -213,17 +220,8 @@ describe("fleetlet agent under trouble", () => {
       update: { healthyWithinMs: 60_000, rollback: false },
     });
     const starts = join(root, "volumes", "crashdata", "starts");
-    await until(
-      "four starts",
-      () => {
-        try {
-          return readFileSync(starts, "utf8").trim().split("\n").length >= 4 ? true : undefined;
-        } catch {
-          return undefined; // not written yet
-        }
-      },
-      20_000,
-    );
+    // The probe throws until the first start writes the file; waitFor asks again.
+    await waitFor("four starts", () => readFileSync(starts, "utf8").trim().split("\n").length >= 4, reportWait(20_000));
     const t = readFileSync(starts, "utf8")
       .trim()
       .split("\n")
@@ -233,10 +231,10 @@ describe("fleetlet agent under trouble", () => {
     expect(gaps[0]).toBeGreaterThanOrEqual(900);
     expect(gaps[1]).toBeGreaterThanOrEqual(1800);
     expect(gaps[2]).toBeGreaterThanOrEqual(3600);
-    await until(
+    await waitFor(
       "three restarts reported",
       () => ((latest()?.services.web?.restarts ?? 0) >= 3 ? true : undefined),
-      10_000,
+      reportWait(10_000),
     );
   });
 
@@ -249,18 +247,18 @@ describe("fleetlet agent under trouble", () => {
     });
     // A swap takes a few hundred milliseconds here: kill as soon as the new containers appear.
     const containers = join(root, "containers");
-    await until(
+    await waitFor(
       "a container of generation 11",
       () => (readdirSync(containers).some((n) => n.startsWith("extra.")) ? true : undefined),
-      10_000,
+      reportWait(10_000),
     );
     agentProc!.kill("SIGKILL");
     await new Promise((r) => agentProc!.once("exit", r));
     agentProc = startAgent();
-    await until(
+    await waitFor(
       "converged generation 11",
       () => (latest()?.generation === 11 && latest()?.phase === "converged" ? true : undefined),
-      40_000,
+      reportWait(40_000),
     );
     const ps = await runCli("fleetlet", ["--root", root, "ps", "-a", "--json"]);
     const ids = (JSON.parse(ps.stdout) as { id: string; status: string }[]).map((c) => `${c.id}:${c.status}`).sort();
@@ -290,22 +288,24 @@ describe("fleetlet agent interrupted mid-pull", () => {
       generation: 20,
       services: { web: { ...svc("big"), image: big } },
     });
-    await until("pulling generation 20", () =>
-      latest()?.generation === 20 && latest()?.phase === "pulling" ? true : undefined,
+    await waitFor(
+      "pulling generation 20",
+      () => (latest()?.generation === 20 && latest()?.phase === "pulling" ? true : undefined),
+      reportWait(),
     );
     const ingest = join(root, "ingest");
-    await until(
+    await waitFor(
       "a partial download",
       () => (readdirSync(ingest).some((f) => statSync(join(ingest, f)).size > 512 * 1024) ? true : undefined),
-      10_000,
+      reportWait(10_000),
     );
     agentProc!.kill("SIGKILL");
     await new Promise((r) => agentProc!.once("exit", r));
     agentProc = startAgent();
-    const r = await until(
+    const r = await waitFor(
       "converged generation 20",
       () => (latest()?.generation === 20 && latest()?.phase === "converged" ? latest() : undefined),
-      40_000,
+      reportWait(40_000),
     );
     expect(r.services.web!.image).toBe(big);
     expect(readdirSync(ingest)).toEqual([]);

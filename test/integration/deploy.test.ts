@@ -8,6 +8,7 @@ import { deviceConfig } from "../../schemas/config.js";
 import { FLEETLET_BIN } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
+import { waitFor } from "../support/wait-for.js";
 
 const UNIT = "deploy/fleetlet.service";
 const INSTALL = "deploy/install.sh";
@@ -126,20 +127,19 @@ describe("readiness", () => {
     systemd.stdout!.on("data", (d) => {
       heard += d;
     });
-    const until = async (what: RegExp) => {
-      for (let i = 0; i < 200 && !what.test(heard); i++) await new Promise((r) => setTimeout(r, 100));
-      return heard;
-    };
+    const notifyWait = { timeoutMs: 20_000, intervalMs: 100, context: () => `heard so far: ${JSON.stringify(heard)}` };
     try {
-      expect(await until(/bound/)).toMatch(/bound/);
+      await waitFor("the notify socket bound", () => /bound/.test(heard), notifyWait);
       const agent = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent"], {
         stdio: "ignore",
         env: { ...process.env, NOTIFY_SOCKET: sock },
       });
-      expect(await until(/READY=1/)).toMatch(/'READY=1\\nSTATUS=device dev-notify: 0 service\(s\) adopted, no broker'/);
+      await waitFor("READY=1 from the agent", () => /READY=1/.test(heard), notifyWait);
+      expect(heard).toMatch(/'READY=1\\nSTATUS=device dev-notify: 0 service\(s\) adopted, no broker'/);
       expect(heard).not.toMatch(/STOPPING/);
       agent.kill("SIGTERM");
-      expect(await until(/STOPPING=1/)).toMatch(/'STOPPING=1'/);
+      await waitFor("STOPPING=1 from the agent", () => /STOPPING=1/.test(heard), notifyWait);
+      expect(heard).toMatch(/'STOPPING=1'/);
       await new Promise((r) => (agent.exitCode === null ? agent.once("exit", r) : r(null)));
     } finally {
       systemd.kill();

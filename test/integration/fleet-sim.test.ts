@@ -12,6 +12,7 @@ import { inRolloutWave } from "../../agent/protocol/waves.js";
 import type { RolloutProgress } from "../../schemas/rollout.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
 import { SimulatedFleet, simulatedDeviceIds } from "../support/sim/simulated-fleet.js";
+import { type WaitForOptions, waitFor } from "../support/wait-for.js";
 
 const N = 200;
 const GROUP = "sim";
@@ -25,15 +26,11 @@ let view: FleetView;
 const device = (id: string) => fleet.devices.find((d) => d.deviceId === id)!;
 const inWave = (deployment: string, percent: number) => IDS.filter((id) => inRolloutWave(id, deployment, percent));
 
-async function until<T>(what: string, probe: () => T | undefined, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(fleet.stats().phases)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** How the tests wait on the fleet: a timeout shows how many devices are in each phase. */
+const fleetWait = (timeoutMs = 20_000): WaitForOptions => ({
+  timeoutMs,
+  context: () => `phases: ${JSON.stringify(fleet.stats().phases)}`,
+});
 
 /** A deployment name whose 10% wave holds between 5% and 15% of the devices (so the wave is neither empty nor all). */
 function deploymentNamed(base: string): string {
@@ -76,8 +73,10 @@ beforeAll(async () => {
   fleet = await SimulatedFleet.start({ url: broker.url, groups: [GROUP], deviceIds: IDS, heartbeatMs: 0 });
   client = await FleetClient.connect({ url: broker.url, prefix: "fleet" });
   view = await FleetView.open(client);
-  await until("every device online and reporting", () =>
-    view.list(GROUP).filter((d) => d.online && d.reported).length === N ? true : undefined,
+  await waitFor(
+    "every device online and reporting",
+    () => (view.list(GROUP).filter((d) => d.online && d.reported).length === N ? true : undefined),
+    fleetWait(),
   );
 });
 
@@ -134,14 +133,17 @@ describe("a rollout to 200 simulated devices", () => {
     expect(progress.failures.length).toBeGreaterThan(0);
     for (const f of progress.failures) expect(firstWave.has(f.deviceId), f.deviceId).toBe(true);
 
-    await until("the first wave rolled back", () =>
-      [...firstWave].every(
-        (id) =>
-          device(id).agent.reported().phase === "rolledBack" &&
-          device(id).agent.reported().services.app?.state === "running",
-      )
-        ? true
-        : undefined,
+    await waitFor(
+      "the first wave rolled back",
+      () =>
+        [...firstWave].every(
+          (id) =>
+            device(id).agent.reported().phase === "rolledBack" &&
+            device(id).agent.reported().services.app?.state === "running",
+        )
+          ? true
+          : undefined,
+      fleetWait(),
     );
     for (const id of IDS) {
       const d = device(id);

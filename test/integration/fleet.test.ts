@@ -18,6 +18,7 @@ import { freePort } from "../support/free-port.js";
 import { startMosquitto } from "../support/mosquitto.js";
 import { type RegistryFixture, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
+import { type WaitForOptions, waitFor } from "../support/wait-for.js";
 
 const rootfs = inject("busyboxRootfs");
 const DEVICES = ["dev-f1", "dev-f2", "dev-f3"];
@@ -47,16 +48,12 @@ async function stopAgent(id: string): Promise<void> {
   await exit;
 }
 
-async function until<T>(what: string, probe: () => T | undefined, ms = 40_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end)
-      throw new Error(`timed out waiting for ${what}; latest: ${JSON.stringify(DEVICES.map(latest))}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** How the tests wait on the devices: a timeout shows each one's latest report. */
+const reportWait = (timeoutMs = 40_000): WaitForOptions => ({
+  timeoutMs,
+  intervalMs: 100,
+  context: () => `latest: ${JSON.stringify(DEVICES.map(latest))}`,
+});
 
 /** A deployment name whose 34% wave holds exactly `inWave` of the three devices. */
 function deploymentFor(base: string, inWave: string): string {
@@ -142,7 +139,7 @@ beforeAll(async () => {
     if (payload.length) seen.push(JSON.parse(payload.toString()));
   });
   for (const id of DEVICES) startAgent(id);
-  await until("all agents online", () => (DEVICES.every((d) => latest(d)) ? true : undefined));
+  await waitFor("all agents online", () => (DEVICES.every((d) => latest(d)) ? true : undefined), reportWait());
 });
 
 afterAll(async () => {
@@ -225,10 +222,16 @@ describe("fleetctl rollout", () => {
     expect(r.stdout).toMatch(/halted, wave 1\/2 \(34%\)/);
     expect(r.stdout).toMatch(/dev-f1: (failed|rolledBack): /);
     // The wave's device restores good1 (its own health gate already had; the operator's rollback confirms it).
-    const back = await until("dev-f1 rolled back by the operator", () => {
-      const s = latest("dev-f1");
-      return s?.phase === "rolledBack" && s.deployment === good1 && s.services.web?.state === "running" ? s : undefined;
-    });
+    const back = await waitFor(
+      "dev-f1 rolled back by the operator",
+      () => {
+        const s = latest("dev-f1");
+        return s?.phase === "rolledBack" && s.deployment === good1 && s.services.web?.state === "running"
+          ? s
+          : undefined;
+      },
+      reportWait(),
+    );
     expect(back.lastError?.code).toBe("E_ROLLED_BACK");
     for (const id of ["dev-f2", "dev-f3"]) {
       expect(latest(id)).toMatchObject({
@@ -272,7 +275,11 @@ describe("fleetctl rollout", () => {
       { stdio: "ignore" },
     );
     // Killed while the first wave is still in its health window.
-    await until("dev-f3 pulling good2", () => (latest("dev-f3")?.deployment === good2 ? true : undefined));
+    await waitFor(
+      "dev-f3 pulling good2",
+      () => (latest("dev-f3")?.deployment === good2 ? true : undefined),
+      reportWait(),
+    );
     first.kill("SIGKILL");
     await new Promise((r) => first.once("exit", r));
     const mid = await fleetctl(["status", "--group", GROUP]);
@@ -303,8 +310,10 @@ describe("fleetctl rollout", () => {
     expect(r.stderr).toMatch(/wave 2\/2 \(100%\): 3 device\(s\): 2 healthy, 0 pending, 0 failed, 1 offline/);
     expect(latest("dev-f3")?.deployment).not.toBe(good3);
     startAgent("dev-f3");
-    await until("dev-f3 converged on good3 after coming back", () =>
-      latest("dev-f3")?.deployment === good3 && latest("dev-f3")?.phase === "converged" ? true : undefined,
+    await waitFor(
+      "dev-f3 converged on good3 after coming back",
+      () => (latest("dev-f3")?.deployment === good3 && latest("dev-f3")?.phase === "converged" ? true : undefined),
+      reportWait(),
     );
   });
 });
@@ -337,8 +346,10 @@ describe("fleetctl rollout abort", () => {
       "--sign-key",
       keyFile,
     ]);
-    await until("dev-f2 on good4", () =>
-      latest("dev-f2")?.deployment === good4 && latest("dev-f2")?.phase === "converged" ? true : undefined,
+    await waitFor(
+      "dev-f2 on good4",
+      () => (latest("dev-f2")?.deployment === good4 && latest("dev-f2")?.phase === "converged" ? true : undefined),
+      reportWait(),
     );
     const abort = await fleetctl(["rollout", "abort", "--group", GROUP, "--rollback", "--sign-key", keyFile]);
     expect(abort.status, abort.stderr).toBe(0);
@@ -346,15 +357,20 @@ describe("fleetctl rollout abort", () => {
     const r = await running;
     expect(r.status).toBe(1);
     expect(r.stderr).toContain("[E_ABORTED]");
-    const back = await until("dev-f2 restored", () =>
-      latest("dev-f2")?.deployment === before && latest("dev-f2")?.phase === "rolledBack"
-        ? latest("dev-f2")
-        : undefined,
+    const back = await waitFor(
+      "dev-f2 restored",
+      () =>
+        latest("dev-f2")?.deployment === before && latest("dev-f2")?.phase === "rolledBack"
+          ? latest("dev-f2")
+          : undefined,
+      reportWait(),
     );
     expect(back.lastError?.code).toBe("E_ROLLED_BACK");
     // Cut short in its health window, good4 never became a deployment to roll back to.
-    await until("dev-f2 healthy on the restored deployment", () =>
-      latest("dev-f2")?.lastGood === before ? true : undefined,
+    await waitFor(
+      "dev-f2 healthy on the restored deployment",
+      () => (latest("dev-f2")?.lastGood === before ? true : undefined),
+      reportWait(),
     );
     // The devices outside the wave never saw good4.
     expect(seen.some((x) => x.deviceId !== "dev-f2" && x.deployment === good4)).toBe(false);
@@ -478,8 +494,10 @@ describe("signed desired state", () => {
     for (const [what, doc] of cases) {
       const mark = seen.length;
       await publish("dev-f2", doc);
-      const r = await until(`${what} document rejected`, () =>
-        seen.slice(mark).find((s) => s.deviceId === "dev-f2" && s.phase === "rejected"),
+      const r = await waitFor(
+        `${what} document rejected`,
+        () => seen.slice(mark).find((s) => s.deviceId === "dev-f2" && s.phase === "rejected"),
+        reportWait(),
       );
       expect(r.lastError?.code, what).toBe("E_BAD_SIGNATURE");
       expect(r.generation, what).toBe(generation);
@@ -502,10 +520,13 @@ describe("signed desired state", () => {
     const r = await fleetctl(["deploy", "--device", "dev-f3", "--sign-key", keyFile, file]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/published deployment own-f3 generation 1 to fleet\/devices\/dev-f3\/desired .*signed/);
-    const own = await until("dev-f3 on its own document", () =>
-      latest("dev-f3")?.deployment === "own-f3" && latest("dev-f3")?.phase === "converged"
-        ? latest("dev-f3")
-        : undefined,
+    const own = await waitFor(
+      "dev-f3 on its own document",
+      () =>
+        latest("dev-f3")?.deployment === "own-f3" && latest("dev-f3")?.phase === "converged"
+          ? latest("dev-f3")
+          : undefined,
+      reportWait(),
     );
     expect(own.source).toBe("device");
     expect(latest("dev-f1")?.source).toBe("group:pilot");
@@ -515,8 +536,11 @@ describe("signed desired state", () => {
     const key = createPrivateKey(readFileSync(keyFile));
     const old = signDocument(deviceDoc(200), key);
     await publish("dev-f2", signDocument(deviceDoc(201), key));
-    await until("device-own converged", () =>
-      latest("dev-f2")?.deployment === "device-own" && latest("dev-f2")?.phase === "converged" ? true : undefined,
+    await waitFor(
+      "device-own converged",
+      () =>
+        latest("dev-f2")?.deployment === "device-own" && latest("dev-f2")?.phase === "converged" ? true : undefined,
+      reportWait(),
     );
     const pid = pidOf("dev-f2");
     const mark = seen.length;

@@ -18,6 +18,7 @@ import { FleetError } from "../../agent/errors.js";
 import { MqttSession, type MqttSessionOptions } from "../../agent/transport/mqtt-session.js";
 import { createTestCa, type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
 import type { ChildSessionOptions } from "../support/mqtt-child.js";
+import { waitFor } from "../support/wait-for.js";
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {
@@ -25,16 +26,6 @@ afterEach(async () => {
 });
 
 const newId = (what = "dev") => `${what}-${randomBytes(4).toString("hex")}`;
-
-async function waitFor<T>(what: string, probe: () => T | undefined, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await delay(20);
-  }
-}
 
 /** An operator-side client that records what it receives. */
 async function operator(url: string, opts: { ca?: string; subscribe?: string[] } = {}) {
@@ -213,11 +204,10 @@ describe("MqttSession against mosquitto", () => {
     let stderr = "";
     child.stderr?.on("data", (c: Buffer) => (stderr += c.toString()));
     cleanups.push(() => child.kill("SIGKILL"));
-    await waitFor("the child's online status", () => watcher.docs(topic).some((d) => d.online === true), 20_000).catch(
-      (err: Error) => {
-        throw new Error(`${err.message}; child stderr: ${stderr || "(none)"}`);
-      },
-    );
+    await waitFor("the child's online status", () => watcher.docs(topic).some((d) => d.online === true), {
+      timeoutMs: 20_000,
+      context: () => `child stderr: ${stderr || "(none)"}`,
+    });
     const exited = once(child, "exit");
     child.kill("SIGKILL");
     await exited;

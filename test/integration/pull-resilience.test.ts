@@ -15,6 +15,7 @@ import { type CountingProxy, startCountingProxy } from "../support/counting-prox
 import { FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
 import { type RegistryFixture, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
+import { waitFor } from "../support/wait-for.js";
 
 const rootfs = inject("busyboxRootfs");
 let reg: RegistryFixture;
@@ -190,15 +191,17 @@ describe("interrupted downloads", () => {
       { stdio: "ignore" },
     );
     const ingest = join(root, "ingest");
-    let partial = 0;
-    for (let i = 0; i < 200 && partial < 2 * 1024 * 1024; i++) {
-      await sleep(50);
-      const files = existsSync(ingest) ? readdirSync(ingest).filter((f) => f.endsWith(".partial")) : [];
-      partial = files.length ? statSync(join(ingest, files[0]!)).size : 0;
+    try {
+      // readdirSync throws until the pull has made ingest/; waitFor asks again.
+      await waitFor("2 MiB of the layer in ingest/", () => {
+        const files = readdirSync(ingest).filter((f) => f.endsWith(".partial"));
+        return files.length > 0 && statSync(join(ingest, files[0]!)).size >= 2 * 1024 * 1024;
+      });
+    } finally {
+      const exited = child.exitCode !== null || child.signalCode !== null;
+      child.kill("SIGKILL");
+      if (!exited) await new Promise((resolve) => child.once("exit", resolve));
     }
-    child.kill("SIGKILL");
-    await new Promise((resolve) => child.on("exit", resolve));
-    expect(partial).toBeGreaterThanOrEqual(2 * 1024 * 1024);
     const firstRun = proxy.bytesDown();
     proxy.reset();
     const r = await runCli("fleetlet", ["--root", root, "--config", viaProxy, "pull", ref]);
