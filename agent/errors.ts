@@ -35,6 +35,7 @@ export type ErrorCode =
   | "E_NO_ROLLBACK_TARGET"
   | "E_STALE_GENERATION"
   | "E_ROLLOUT_HALTED"
+  | "E_EMPTY_GROUP"
   | "E_BROKER"
   | "E_TIMEOUT"
   | "E_UNAUTHORIZED"

@@ -4,8 +4,8 @@ import type { Inventory } from "../../schemas/inventory.js";
 import { FleetError } from "../errors.js";
 import { parseInventory, renderAcl } from "../fleet/acl.js";
 import { DEFAULT_TOPIC_PREFIX } from "../protocol/topics.js";
-import { parseArgs } from "./args.js";
-import { printError } from "./output.js";
+import type { ParsedArgs } from "./args.js";
+import type { Command } from "./command-line.js";
 
 export const ACL_HELP = `  acl [--prefix PREFIX] INVENTORY.json
       print the mosquitto ACL for the devices, groups and operators listed in
@@ -34,28 +34,29 @@ function readInventory(file: string): Inventory {
   return parseInventory(raw, `inventory ${file}`);
 }
 
-/** `fleetctl acl [--prefix PREFIX] INVENTORY.json`: prints the ACL file to stdout; returns the exit status. */
-export async function aclCommand(argv: string[]): Promise<number> {
-  try {
-    const { options, positionals } = parseArgs(argv, [
-      { name: "prefix", type: "string" },
-      { name: "help", short: "h", type: "boolean" },
-    ]);
-    if (options.help) {
-      process.stdout.write(ACL_HELP);
-      return 0;
-    }
-    if (positionals.length !== 1)
-      throw new FleetError(
-        "E_INVALID_ARGUMENT",
-        "acl: expected one INVENTORY.json, e.g. fleetctl acl inventory.json > /etc/mosquitto/fleetlet/acl",
-        { exitCode: 2 },
-      );
-    process.stdout.write(
-      renderAcl(readInventory(positionals[0]!), (options.prefix as string | undefined) ?? DEFAULT_TOPIC_PREFIX),
-    );
+/** `fleetctl acl [--prefix PREFIX] INVENTORY.json`: prints the ACL file to stdout. */
+function printAcl(_ctx: unknown, { options, positionals }: ParsedArgs): number {
+  if (options.help) {
+    process.stdout.write(ACL_HELP);
     return 0;
-  } catch (err) {
-    return printError("fleetctl", err);
   }
+  if (positionals.length !== 1)
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      "acl: expected one INVENTORY.json, e.g. fleetctl acl inventory.json > /etc/mosquitto/fleetlet/acl",
+      { exitCode: 2 },
+    );
+  process.stdout.write(
+    renderAcl(readInventory(positionals[0]!), (options.prefix as string | undefined) ?? DEFAULT_TOPIC_PREFIX),
+  );
+  return 0;
 }
+
+/** Its own --help (and -h) prints only the acl command's text. */
+export const aclCommand: Command<unknown> = {
+  options: [
+    { name: "prefix", type: "string" },
+    { name: "help", short: "h", type: "boolean" },
+  ],
+  run: printAcl,
+};

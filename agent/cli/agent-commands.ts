@@ -5,11 +5,11 @@ import { publicKeyFromBase64 } from "../protocol/signature.js";
 import { Agent } from "../reconcile/agent.js";
 import { loadNative } from "../system/native.js";
 import { MemoryReclaimer } from "../system/process-memory.js";
-import { parseArgs } from "./args.js";
+import type { ParsedArgs } from "./args.js";
+import type { Command } from "./command-line.js";
 import type { CliContext } from "./context.js";
 import { formatTable } from "./output.js";
-
-export const AGENT_VERSION = "0.1.0";
+import { fleetletVersion } from "./version.js";
 
 export async function createAgent(
   ctx: CliContext,
@@ -37,7 +37,7 @@ export async function createAgent(
     trustedKeys: ctx.config.trustedKeys.map((k, i) => publicKeyFromBase64(k, `trustedKeys[${i}]`)),
     runtime: ctx.runtime,
     store,
-    version: AGENT_VERSION,
+    version: fleetletVersion(),
     // Asked only for what the store lacks (a pinned image already stored needs no registry):
     // an agent that has nothing to pull never loads the HTTP stack.
     pull: (ref, { signal, lease }) => ctx.pull(ref, { quiet: true, onEvent: progress, signal, lease }),
@@ -53,20 +53,22 @@ export async function createAgent(
   return agent;
 }
 
-export async function applyCommand(ctx: CliContext, argv: string[]): Promise<number> {
-  const { positionals } = parseArgs(argv, []);
-  if (positionals.length !== 1)
-    throw new FleetError("E_INVALID_ARGUMENT", "apply: name one desired-state file", { exitCode: 2 });
-  let text: string;
+function readDesiredFile(file: string): string {
   try {
-    text = readFileSync(positionals[0]!, "utf8");
+    return readFileSync(file, "utf8");
   } catch (err) {
     throw new FleetError(
       "E_NOT_FOUND",
-      `apply: ${positionals[0]}: ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (err as Error).message}`,
+      `apply: ${file}: ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (err as Error).message}`,
       { exitCode: 2 },
     );
   }
+}
+
+async function apply(ctx: CliContext, { positionals }: ParsedArgs): Promise<number> {
+  if (positionals.length !== 1)
+    throw new FleetError("E_INVALID_ARGUMENT", "apply: name one desired-state file", { exitCode: 2 });
+  const text = readDesiredFile(positionals[0]!);
   let rejection: { code: string; message: string } | undefined;
   const agent = await createAgent(ctx, (e) => {
     if (e.type !== "progress") process.stderr.write(`${JSON.stringify(e)}\n`);
@@ -99,3 +101,5 @@ export async function applyCommand(ctx: CliContext, argv: string[]): Promise<num
     `apply: ${report.phase}: ${report.lastError?.message ?? "did not converge"}`,
   );
 }
+
+export const applyCommand: Command<CliContext> = { options: [], run: apply };

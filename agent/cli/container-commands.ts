@@ -2,7 +2,8 @@
 
 import type { ContainerInfo } from "../../schemas/container.js";
 import { FleetError } from "../errors.js";
-import { type OptionSpec, parseArgs } from "./args.js";
+import type { ParsedArgs } from "./args.js";
+import type { Command } from "./command-line.js";
 import type { CliContext } from "./context.js";
 import { ago, formatTable } from "./output.js";
 
@@ -21,11 +22,7 @@ function statusText(c: ContainerInfo): string {
   return "Created";
 }
 
-export function psCommand(ctx: CliContext, argv: string[]): number {
-  const { options } = parseArgs(argv, [
-    { name: "all", short: "a", type: "boolean" },
-    { name: "json", type: "boolean" },
-  ]);
+function listContainers(ctx: CliContext, { options }: ParsedArgs): number {
   const runtime = ctx.runtime;
   const list = runtime.list().filter((c) => options.all || c.status === "running");
   if (options.json) {
@@ -49,8 +46,7 @@ export function psCommand(ctx: CliContext, argv: string[]): number {
   return 0;
 }
 
-export function logsCommand(ctx: CliContext, argv: string[]): number {
-  const { options, positionals } = parseArgs(argv, [{ name: "tail", short: "n", type: "string" }]);
+function printLogs(ctx: CliContext, { options, positionals }: ParsedArgs): number {
   const tail = options.tail === undefined ? undefined : Number(options.tail);
   if (tail !== undefined && (!Number.isInteger(tail) || tail < 0)) {
     throw new FleetError("E_INVALID_ARGUMENT", `--tail: expected a whole number, got "${options.tail}"`, {
@@ -75,13 +71,7 @@ function containerOf(ctx: CliContext, name: string): string {
   throw new FleetError("E_NOT_FOUND", `no container or service named ${name}`);
 }
 
-const STOP_OPTIONS: OptionSpec[] = [
-  { name: "time", short: "t", type: "string" },
-  { name: "signal", short: "s", type: "string" },
-];
-
-export async function stopCommand(ctx: CliContext, argv: string[]): Promise<number> {
-  const { options, positionals } = parseArgs(argv, STOP_OPTIONS);
+async function stopContainer(ctx: CliContext, { options, positionals }: ParsedArgs): Promise<number> {
   const seconds = options.time === undefined ? undefined : Number(options.time);
   if (seconds !== undefined && !(seconds >= 0))
     throw new FleetError("E_INVALID_ARGUMENT", `--time: expected seconds, got "${options.time}"`, { exitCode: 2 });
@@ -94,8 +84,7 @@ export async function stopCommand(ctx: CliContext, argv: string[]): Promise<numb
   return 0;
 }
 
-export function killCommand(ctx: CliContext, argv: string[]): number {
-  const { options, positionals } = parseArgs(argv, [{ name: "signal", short: "s", type: "string" }]);
+function killContainer(ctx: CliContext, { options, positionals }: ParsedArgs): number {
   const id = one(positionals, "kill");
   if (!ctx.runtime.kill(id, (options.signal as string | undefined) ?? "SIGKILL")) {
     throw new FleetError("E_CONFLICT", `container ${id} is not running`);
@@ -103,8 +92,7 @@ export function killCommand(ctx: CliContext, argv: string[]): number {
   return 0;
 }
 
-export async function rmCommand(ctx: CliContext, argv: string[]): Promise<number> {
-  const { options, positionals } = parseArgs(argv, [{ name: "force", short: "f", type: "boolean" }]);
+async function removeContainers(ctx: CliContext, { options, positionals }: ParsedArgs): Promise<number> {
   if (positionals.length === 0)
     throw new FleetError("E_INVALID_ARGUMENT", "rm: name at least one container", { exitCode: 2 });
   const runtime = ctx.runtime;
@@ -116,3 +104,30 @@ export async function rmCommand(ctx: CliContext, argv: string[]): Promise<number
   await runtime.settled();
   return 0;
 }
+
+export const psCommand: Command<CliContext> = {
+  options: [
+    { name: "all", short: "a", type: "boolean" },
+    { name: "json", type: "boolean" },
+  ],
+  run: listContainers,
+};
+export const logsCommand: Command<CliContext> = {
+  options: [{ name: "tail", short: "n", type: "string" }],
+  run: printLogs,
+};
+export const stopCommand: Command<CliContext> = {
+  options: [
+    { name: "time", short: "t", type: "string" },
+    { name: "signal", short: "s", type: "string" },
+  ],
+  run: stopContainer,
+};
+export const killCommand: Command<CliContext> = {
+  options: [{ name: "signal", short: "s", type: "string" }],
+  run: killContainer,
+};
+export const rmCommand: Command<CliContext> = {
+  options: [{ name: "force", short: "f", type: "boolean" }],
+  run: removeContainers,
+};

@@ -4,11 +4,16 @@ import { FleetError } from "../errors.js";
 import { parsePlatform } from "../registry/platform.js";
 import { pushImage } from "../registry/push.js";
 import { ACL_HELP, aclCommand } from "./acl-command.js";
-import { parseArgs } from "./args.js";
-import { deployCommand, keygenCommand, rolloutCommand, statusCommand } from "./fleet-commands.js";
+import type { OptionSpec, ParsedArgs } from "./args.js";
+import { type Command, parseCommandLine } from "./command-line.js";
+import { deployCommand, keygenCommand, type OperatorContext } from "./fleet-commands.js";
+import { statusCommand } from "./fleet-status.js";
 import { printError } from "./output.js";
+import { rolloutCommand } from "./rollout-command.js";
+import { fleetletVersion } from "./version.js";
 
 const HELP = `usage: fleetctl [--config FILE] COMMAND [ARGS]
+       fleetctl --version
 
 Commands:
   push [--cmd CMD]... [--entrypoint CMD]... [--env K=V]... [--workdir DIR]
@@ -26,10 +31,12 @@ Commands:
       publish a desired-state document, retained; without a "generation"
       in FILE, fleetctl uses one past the generation the topic holds
   rollout --group G FILE [--waves 5,25,100] [--healthy-within 2m]
-          [--max-failures 10%] [--sign-key KEYFILE]
+          [--max-failures 10%] [--sign-key KEYFILE] [--allow-empty]
       roll FILE out to the group in waves; each wave widens only when the
       devices in the one before are healthy; too many failures halt the
-      rollout and roll the wave back (exit 1); progress is kept retained
+      rollout and roll the wave back (exit 1); progress is kept retained;
+      a group no device reports being in is refused (E_EMPTY_GROUP, exit 2)
+      unless --allow-empty: its waves would pass at once with nobody updated
   rollout abort --group G [--rollback] [--sign-key KEYFILE]
       stop the group's rollout; with --rollback the wave restores what ran before
   rollout resume --group G [--sign-key KEYFILE]
@@ -41,20 +48,17 @@ Commands:
       shared subscription, so several instances split the stream
 
 ${ACL_HELP}
+Global options, before or after the command word (not after --), as
+--config FILE or --config=FILE:
+  --config FILE  the config (default /etc/fleetlet/config.json, or $FLEETLET_CONFIG)
+  --help         this text
+  --version      print fleetctl's version
+
 The config file has the device config's format: its "mqtt" section names
 the broker, its "registries" section the registry credentials and CA.
 `;
 
-async function push(argv: string[], configPath: string | undefined): Promise<number> {
-  const { options, positionals } = parseArgs(argv, [
-    { name: "cmd", type: "string", multiple: true },
-    { name: "entrypoint", type: "string", multiple: true },
-    { name: "env", short: "e", type: "string", multiple: true },
-    { name: "workdir", short: "w", type: "string" },
-    { name: "platform", type: "string" },
-    { name: "mount-from", type: "string", multiple: true },
-    { name: "base", type: "string" },
-  ]);
+async function push(ctx: OperatorContext, { options, positionals }: ParsedArgs): Promise<number> {
   if (positionals.length !== 2)
     throw new FleetError(
       "E_INVALID_ARGUMENT",
@@ -65,7 +69,7 @@ async function push(argv: string[], configPath: string | undefined): Promise<num
     if (!/^[^=]+=/.test(e))
       throw new FleetError("E_INVALID_ARGUMENT", `--env: expected KEY=VALUE, got "${e}"`, { exitCode: 2 });
   }
-  const config = loadDeviceConfig(configPath);
+  const config = loadDeviceConfig(ctx.configPath);
   const cmd = options.cmd as string[];
   const entrypoint = options.entrypoint as string[];
   const result = await pushImage(positionals[0]!, positionals[1]!, {
@@ -85,29 +89,47 @@ async function push(argv: string[], configPath: string | undefined): Promise<num
   return 0;
 }
 
+/** Taken before the command word and anywhere among a command's options (not after `--`). */
+export const FLEETCTL_GLOBALS: OptionSpec[] = [
+  { name: "config", type: "string" },
+  { name: "help", type: "boolean" },
+  { name: "version", type: "boolean" },
+];
+
+export const FLEETCTL_COMMANDS: Record<string, Command<OperatorContext>> = {
+  push: {
+    options: [
+      { name: "cmd", type: "string", multiple: true },
+      { name: "entrypoint", type: "string", multiple: true },
+      { name: "env", short: "e", type: "string", multiple: true },
+      { name: "workdir", short: "w", type: "string" },
+      { name: "platform", type: "string" },
+      { name: "mount-from", type: "string", multiple: true },
+      { name: "base", type: "string" },
+    ],
+    run: push,
+  },
+  keygen: keygenCommand,
+  deploy: deployCommand,
+  rollout: rolloutCommand,
+  status: statusCommand,
+  acl: aclCommand,
+};
+
 export async function main(argv: string[]): Promise<number> {
   try {
-    const { options, positionals, rest } = parseArgs(
-      argv,
-      [
-        { name: "config", type: "string" },
-        { name: "help", type: "boolean" },
-      ],
-      { stopAtPositional: true },
-    );
-    const name = positionals[0];
-    if (options.help || !name || name === "help") {
-      process.stdout.write(HELP);
-      return name || options.help ? 0 : 2;
+    const { name, command, globals, args } = parseCommandLine(argv, FLEETCTL_GLOBALS, FLEETCTL_COMMANDS);
+    if (globals.version) {
+      process.stdout.write(`fleetctl ${fleetletVersion()}\n`);
+      return 0;
     }
-    const configPath = options.config as string | undefined;
-    if (name === "push") return await push(rest, configPath);
-    if (name === "keygen") return await keygenCommand(rest);
-    if (name === "deploy") return await deployCommand(rest, configPath);
-    if (name === "rollout") return await rolloutCommand(rest, configPath);
-    if (name === "status") return await statusCommand(rest, configPath);
-    if (name === "acl") return await aclCommand(rest);
-    throw new FleetError("E_INVALID_ARGUMENT", `unknown command "${name}" (see fleetctl --help)`, { exitCode: 2 });
+    if (globals.help || !name || name === "help") {
+      process.stdout.write(HELP);
+      return name || globals.help ? 0 : 2;
+    }
+    if (!command)
+      throw new FleetError("E_INVALID_ARGUMENT", `unknown command "${name}" (see fleetctl --help)`, { exitCode: 2 });
+    return await command.run({ configPath: globals.config as string | undefined }, args);
   } catch (err) {
     return printError("fleetctl", err);
   }

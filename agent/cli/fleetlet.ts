@@ -4,19 +4,24 @@ import { FleetError } from "../errors.js";
 import { loadNative } from "../system/native.js";
 import { execWithAgentFlags } from "../system/process-memory.js";
 import { applyCommand } from "./agent-commands.js";
-import { parseArgs } from "./args.js";
+import type { OptionSpec } from "./args.js";
+import { type Command, parseCommandLine } from "./command-line.js";
 import { killCommand, logsCommand, psCommand, rmCommand, stopCommand } from "./container-commands.js";
 import { CliContext } from "./context.js";
 import { imagesCommand, pruneCommand, pullCommand, rmiCommand } from "./image-commands.js";
 import { printError } from "./output.js";
 import { runCommand } from "./run-command.js";
+import { fleetletVersion } from "./version.js";
 
 const HELP = `usage: fleetlet [--root DIR] [--config FILE] COMMAND [ARGS]
+       fleetlet --version
 
 Containers:
   run [--rm] [-d] [--name N] (--rootfs DIR | IMAGE) [--memory 32Mi] [--cpus 0.5] [--pids N]
       [--hostname H] [-e K=V] [-v NAME:/path[:ro]] [--network none|host] [--read-only]
-      [--user UID[:GID]] [-w DIR] [--entrypoint CMD] [--cap-add CAP] [--cap-drop CAP] [-- CMD...]
+      [--user UID[:GID]] [-w DIR] [--entrypoint CMD] [--cap-add CAP] [--cap-drop CAP] [--] [CMD...]
+                            run's options go before IMAGE (or --): every word after
+                            IMAGE, or after --, is the container's command
   ps [-a] [--json]          list containers (running ones, or all with -a)
   logs [--tail N] NAME      print a container's output (or an agent service's, by its name)
   stop [-t SECONDS] NAME    stop signal, then SIGKILL after the timeout
@@ -38,14 +43,23 @@ Agent:
   apply FILE                converge on a desired-state document locally, with no broker;
                             exits 0 when converged, non-zero with the reason otherwise
 
-Global options:
+Global options, before or after the command word (not after -- or run's IMAGE),
+as --root DIR or --root=DIR:
   --root DIR     state directory (default /var/lib/fleetlet, or $FLEETLET_ROOT)
   --config FILE  device config (default /etc/fleetlet/config.json, or $FLEETLET_CONFIG)
+  --help         this text
+  --version      print fleetlet's version
 `;
 
-type Command = (ctx: CliContext, argv: string[]) => number | Promise<number>;
+/** Taken before the command word and anywhere among a command's options (not after `--` or `run`'s IMAGE). */
+export const FLEETLET_GLOBALS: OptionSpec[] = [
+  { name: "root", type: "string" },
+  { name: "config", type: "string" },
+  { name: "help", type: "boolean" },
+  { name: "version", type: "boolean" },
+];
 
-const COMMANDS: Record<string, Command> = {
+export const FLEETLET_COMMANDS: Record<string, Command<CliContext>> = {
   run: runCommand,
   ps: psCommand,
   logs: logsCommand,
@@ -58,27 +72,39 @@ const COMMANDS: Record<string, Command> = {
   prune: pruneCommand,
   apply: applyCommand,
   // Loaded when run: the daemon's MQTT stack would cost every other command.
-  agent: async (ctx, argv) => (await import("./agent-daemon.js")).agentCommand(ctx, argv),
-  status: async (ctx, argv) => (await import("./agent-daemon.js")).statusCommand(ctx, argv),
+  agent: {
+    options: [{ name: "heartbeat", type: "string" }],
+    run: async (ctx, args) => (await import("./agent-daemon.js")).agentCommand(ctx, args),
+  },
+  status: {
+    options: [{ name: "json", type: "boolean" }],
+    run: async (ctx, args) => (await import("./agent-status.js")).statusCommand(ctx, args),
+  },
 };
+
+/** The daemon runs under its own Node flags, in the same process: see process-memory.ts. */
+function reexecForAgent(): void {
+  try {
+    execWithAgentFlags(loadNative().core);
+  } catch (err) {
+    // Only the memory tuning is lost: the agent runs on under the flags it has.
+    process.stderr.write(
+      `fleetlet: warning: could not re-execute with the agent's Node flags (${(err as Error).message}); running without them\n`,
+    );
+  }
+}
 
 export async function main(argv: string[]): Promise<number> {
   try {
-    const { options, positionals, rest } = parseArgs(
-      argv,
-      [
-        { name: "root", type: "string" },
-        { name: "config", type: "string" },
-        { name: "help", type: "boolean" },
-      ],
-      { stopAtPositional: true },
-    );
-    const name = positionals[0];
-    if (options.help || !name || name === "help") {
-      process.stdout.write(HELP);
-      return name || options.help ? 0 : 2;
+    const { name, command, globals, args } = parseCommandLine(argv, FLEETLET_GLOBALS, FLEETLET_COMMANDS);
+    if (globals.version) {
+      process.stdout.write(`fleetlet ${fleetletVersion()}\n`);
+      return 0;
     }
-    const command = COMMANDS[name];
+    if (globals.help || !name || name === "help") {
+      process.stdout.write(HELP);
+      return name || globals.help ? 0 : 2;
+    }
     if (!command)
       throw new FleetError("E_INVALID_ARGUMENT", `unknown command "${name}" (see fleetlet --help)`, { exitCode: 2 });
     if (process.getuid?.() !== 0)
@@ -86,19 +112,9 @@ export async function main(argv: string[]): Promise<number> {
         exitCode: 125,
       });
     // A broken config is refused before anything runs.
-    const config = loadDeviceConfig(options.config as string | undefined);
-    // The daemon runs under its own Node flags, in the same process: see process-memory.ts.
-    if (name === "agent") {
-      try {
-        execWithAgentFlags(loadNative().core);
-      } catch (err) {
-        // Only the memory tuning is lost: the agent runs on under the flags it has.
-        process.stderr.write(
-          `fleetlet: warning: could not re-execute with the agent's Node flags (${(err as Error).message}); running without them\n`,
-        );
-      }
-    }
-    return await command(new CliContext(resolveRoot(options.root as string | undefined), config), rest);
+    const config = loadDeviceConfig(globals.config as string | undefined);
+    if (name === "agent") reexecForAgent();
+    return await command.run(new CliContext(resolveRoot(globals.root as string | undefined), config), args);
   } catch (err) {
     return printError("fleetlet", err);
   }

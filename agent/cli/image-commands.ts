@@ -3,17 +3,12 @@ import { formatBytes, parseBytes } from "../../schemas/quantity.js";
 import { FleetError } from "../errors.js";
 import { parsePlatform } from "../registry/platform.js";
 import { formatReference, parseReference } from "../registry/reference.js";
-import { parseArgs } from "./args.js";
+import type { ParsedArgs } from "./args.js";
+import type { Command } from "./command-line.js";
 import type { CliContext } from "./context.js";
 import { ago, formatTable } from "./output.js";
 
-export async function pullCommand(ctx: CliContext, argv: string[]): Promise<number> {
-  const { options, positionals } = parseArgs(argv, [
-    { name: "max-rate", type: "string" },
-    { name: "platform", type: "string" },
-    { name: "quiet", short: "q", type: "boolean" },
-    { name: "download-only", type: "boolean" },
-  ]);
+async function pull(ctx: CliContext, { options, positionals }: ParsedArgs): Promise<number> {
   if (positionals.length !== 1)
     throw new FleetError("E_INVALID_ARGUMENT", "pull: name one image, e.g. registry.local:5000/acme/web:1.2", {
       exitCode: 2,
@@ -37,8 +32,7 @@ export async function pullCommand(ctx: CliContext, argv: string[]): Promise<numb
   return 0;
 }
 
-export async function imagesCommand(ctx: CliContext, argv: string[]): Promise<number> {
-  const { options } = parseArgs(argv, [{ name: "json", type: "boolean" }]);
+async function listImages(ctx: CliContext, { options }: ParsedArgs): Promise<number> {
   const images = (await ctx.store()).images.list();
   if (options.json) {
     process.stdout.write(`${JSON.stringify(images, null, 2)}\n`);
@@ -61,8 +55,7 @@ function layersInUse(ctx: CliContext): Set<string> {
   return new Set(ctx.runtime.list().flatMap((c) => c.spec.layers));
 }
 
-export async function rmiCommand(ctx: CliContext, argv: string[]): Promise<number> {
-  const { options, positionals } = parseArgs(argv, [{ name: "force", short: "f", type: "boolean" }]);
+async function removeImages(ctx: CliContext, { options, positionals }: ParsedArgs): Promise<number> {
   if (positionals.length === 0)
     throw new FleetError("E_INVALID_ARGUMENT", "rmi: name at least one image", { exitCode: 2 });
   const store = await ctx.store();
@@ -85,8 +78,7 @@ export async function rmiCommand(ctx: CliContext, argv: string[]): Promise<numbe
   return 0;
 }
 
-export async function pruneCommand(ctx: CliContext, argv: string[]): Promise<number> {
-  parseArgs(argv, []);
+async function prune(ctx: CliContext): Promise<number> {
   const store = await ctx.store();
   const r = await store.prune({ inUse: () => layersInUse(ctx) });
   process.stdout.write(
@@ -94,3 +86,19 @@ export async function pruneCommand(ctx: CliContext, argv: string[]): Promise<num
   );
   return 0;
 }
+
+export const pullCommand: Command<CliContext> = {
+  options: [
+    { name: "max-rate", type: "string" },
+    { name: "platform", type: "string" },
+    { name: "quiet", short: "q", type: "boolean" },
+    { name: "download-only", type: "boolean" },
+  ],
+  run: pull,
+};
+export const imagesCommand: Command<CliContext> = { options: [{ name: "json", type: "boolean" }], run: listImages };
+export const rmiCommand: Command<CliContext> = {
+  options: [{ name: "force", short: "f", type: "boolean" }],
+  run: removeImages,
+};
+export const pruneCommand: Command<CliContext> = { options: [], run: prune };

@@ -1,16 +1,17 @@
 /**
- * `fleetlet run [--rm] [-d] [--name N] [--rootfs DIR | IMAGE] [limits…] -- CMD…`
+ * `fleetlet run [--rm] [-d] [--name N] (--rootfs DIR | IMAGE) [limits…] [--] [CMD…]`
  * Runs in the foreground and exits with the container's status (137 when
  * killed; an OOM kill is said plainly), or prints the id with -d.
  */
 import { resolve } from "node:path";
-import type { ContainerSpecInput } from "../../schemas/container.js";
+import type { ContainerSpecInput, ExitRecord } from "../../schemas/container.js";
 import { formatBytes, parseBytes } from "../../schemas/quantity.js";
 import { FleetError } from "../errors.js";
 import { signalName } from "../runtime/signals.js";
 import { resolveUser } from "../runtime/user-lookup.js";
 import { type ImageDefaults, mergeEnv } from "../store/image-defaults.js";
-import { type OptionSpec, parseArgs } from "./args.js";
+import type { OptionSpec, ParsedArgs } from "./args.js";
+import type { Command, CommandSyntax } from "./command-line.js";
 import type { CliContext } from "./context.js";
 
 export const RUN_OPTIONS: OptionSpec[] = [
@@ -36,6 +37,8 @@ export const RUN_OPTIONS: OptionSpec[] = [
   { name: "entrypoint", type: "string" },
 ];
 
+export const RUN_SYNTAX: CommandSyntax = { options: RUN_OPTIONS, stopAtPositional: true, exitCode: 125 };
+
 const usage = (msg: string) => new FleetError("E_INVALID_ARGUMENT", msg, { exitCode: 125 });
 
 function num(value: string | undefined, field: string, integer: boolean): number | undefined {
@@ -46,48 +49,86 @@ function num(value: string | undefined, field: string, integer: boolean): number
   return n;
 }
 
-export type ParsedRun = ReturnType<typeof parseRun>;
-
-export function parseRun(argv: string[]) {
-  const parsed = parseArgs(argv, RUN_OPTIONS, { stopAtPositional: true, exitCode: 125 });
-  const rootfs = (parsed.options.rootfs as string[]).map((r) => resolve(r));
-  if (rootfs.length === 0 && parsed.positionals.length === 0)
-    throw usage("run: give --rootfs DIR or an IMAGE, then -- and the command");
-  return { ...parsed, rootfs, image: rootfs.length === 0 ? parsed.positionals[0] : undefined };
+/** `run`'s command line: the options, the root filesystem or the image, and the command as given. */
+export interface RunArguments {
+  options: ParsedArgs["options"];
+  rootfs: string[];
+  image: string | undefined;
+  /** The words after IMAGE (or `--`), with a `--` right after IMAGE dropped; empty when none were given. */
+  command: string[];
 }
 
-/** Builds the container spec from the command line (and the image); throws naming the flag at fault. */
-export function runSpec(
-  parsed: ParsedRun,
-  image?: ImageDefaults,
-): { spec: ContainerSpecInput; rm: boolean; detach: boolean } {
-  const { options: o, positionals, rest } = parsed;
-  const layers = image ? image.layers : parsed.rootfs;
-  let command: string[];
-  if (image) {
-    const entrypoint = o.entrypoint !== undefined ? [o.entrypoint as string].filter(Boolean) : image.entrypoint;
-    command = [...entrypoint, ...(rest.length > 0 || o.entrypoint !== undefined ? rest : image.cmd)];
-    if (command.length === 0) throw usage(`run: image ${image.ref} has no Entrypoint or Cmd: give a command after --`);
-  } else {
-    command = [...positionals, ...rest];
-    if (command.length === 0) throw usage("run: no command given (put it after --)");
+/**
+ * `run --rootfs DIR [--] CMD…`, `run IMAGE [--] [CMD…]` and `run -- IMAGE
+ * [CMD…]`: the first positional ended our options, so a `--` right after
+ * IMAGE is the separator, not the command.
+ */
+export function parseRun(args: ParsedArgs): RunArguments {
+  const rootfs = (args.options.rootfs as string[]).map((r) => resolve(r));
+  const words = [...args.positionals, ...args.rest];
+  if (rootfs.length > 0) return { options: args.options, rootfs, image: undefined, command: words };
+  const [image, ...rest] = words;
+  if (image === undefined) throw usage("run: give --rootfs DIR or an IMAGE, then -- and the command");
+  const command = args.positionals.length > 0 && rest[0] === "--" ? rest.slice(1) : rest;
+  return { options: args.options, rootfs, image, command };
+}
+
+/** The command the container runs: the image's entrypoint and cmd merged as Docker does, or the one given. */
+function containerCommand(run: RunArguments, image: ImageDefaults | undefined): string[] {
+  const o = run.options;
+  if (!image) {
+    if (run.command.length === 0) throw usage("run: no command given (put it after --)");
+    return run.command;
   }
-  const memoryText = o.memory as string | undefined;
-  const memory = memoryText === undefined ? undefined : parseBytes(memoryText);
-  if (memoryText !== undefined && memory === undefined)
-    throw usage(`--memory: expected a size such as 32Mi, 512k or 1G, got "${memoryText}"`);
-  const volumes = (o.volume as string[]).map((v) => {
+  const entrypoint = o.entrypoint !== undefined ? [o.entrypoint as string].filter(Boolean) : image.entrypoint;
+  const command = [...entrypoint, ...(run.command.length > 0 || o.entrypoint !== undefined ? run.command : image.cmd)];
+  if (command.length === 0) throw usage(`run: image ${image.ref} has no Entrypoint or Cmd: give a command after --`);
+  return command;
+}
+
+function volumes(given: string[]): ContainerSpecInput["volumes"] {
+  return given.map((v) => {
     const [name, target, mode, ...extra] = v.split(":");
     if (!name || !target || extra.length > 0 || (mode !== undefined && mode !== "ro" && mode !== "rw")) {
       throw usage(`--volume: expected NAME:/path[:ro], got "${v}"`);
     }
     return { name, target, readOnly: mode === "ro" };
   });
-  const network = (o.network as string | undefined) ?? "none";
-  if (network !== "none" && network !== "host") throw usage(`--network: expected none or host, got "${network}"`);
-  const seccomp = (o.seccomp as string | undefined) ?? "default";
-  if (seccomp !== "default" && seccomp !== "unconfined")
-    throw usage(`--seccomp: expected default or unconfined, got "${seccomp}"`);
+}
+
+/** The value of option `name`, one of `allowed` (the first is the default). */
+function choice<T extends string>(options: ParsedArgs["options"], name: string, allowed: readonly T[]): T {
+  const value = (options[name] as string | undefined) ?? allowed[0]!;
+  if (!allowed.includes(value as T)) throw usage(`--${name}: expected ${allowed.join(" or ")}, got "${value}"`);
+  return value as T;
+}
+
+function resources(o: ParsedArgs["options"]): ContainerSpecInput["resources"] {
+  const memoryText = o.memory as string | undefined;
+  const memory = memoryText === undefined ? undefined : parseBytes(memoryText);
+  if (memoryText !== undefined && memory === undefined)
+    throw usage(`--memory: expected a size such as 32Mi, 512k or 1G, got "${memoryText}"`);
+  return {
+    memory,
+    cpus: num(o.cpus as string | undefined, "cpus", false),
+    cpuShares: num(o["cpu-shares"] as string | undefined, "cpu-shares", true),
+    pids: num(o.pids as string | undefined, "pids", true),
+  };
+}
+
+function user(o: ParsedArgs["options"], layers: string[], image: ImageDefaults | undefined) {
+  if (o.user) return resolveUser(o.user as string, layers, "--user");
+  return image?.user ? resolveUser(image.user, layers, `image ${image.ref} User`) : undefined;
+}
+
+/** Builds the container spec from the command line (and the image); throws naming the flag at fault. */
+export function runSpec(
+  run: RunArguments,
+  image?: ImageDefaults,
+): { spec: ContainerSpecInput; rm: boolean; detach: boolean } {
+  const o = run.options;
+  const layers = image ? image.layers : run.rootfs;
+  const command = containerCommand(run, image);
   const stopTimeout = num(o["stop-timeout"] as string | undefined, "stop-timeout", false);
   const spec: ContainerSpecInput = {
     name: o.name as string | undefined,
@@ -95,24 +136,15 @@ export function runSpec(
     command,
     env: mergeEnv(image?.env ?? [], o.env as string[]),
     workingDir: (o.workdir as string | undefined) ?? (image?.workingDir || "/"),
-    user: o.user
-      ? resolveUser(o.user as string, layers, "--user")
-      : image?.user
-        ? resolveUser(image.user, layers, `image ${image.ref} User`)
-        : undefined,
+    user: user(o, layers, image),
     hostname: o.hostname as string | undefined,
-    resources: {
-      memory,
-      cpus: num(o.cpus as string | undefined, "cpus", false),
-      cpuShares: num(o["cpu-shares"] as string | undefined, "cpu-shares", true),
-      pids: num(o.pids as string | undefined, "pids", true),
-    },
-    network,
+    resources: resources(o),
+    network: choice(o, "network", ["none", "host"] as const),
     readOnlyRootfs: o["read-only"] === true,
-    volumes,
+    volumes: volumes(o.volume as string[]),
     capAdd: o["cap-add"] as string[],
     capDrop: o["cap-drop"] as string[],
-    seccomp,
+    seccomp: choice(o, "seccomp", ["default", "unconfined"] as const),
     stopTimeoutMs: stopTimeout === undefined ? undefined : Math.round(stopTimeout * 1000),
     ...(image?.stopSignal ? { stopSignal: image.stopSignal } : {}),
     ...(image ? { labels: { "fleetlet.image": image.ref } } : {}),
@@ -120,21 +152,36 @@ export function runSpec(
   return { spec, rm: o.rm === true, detach: o.detach === true };
 }
 
-export async function runCommand(ctx: CliContext, argv: string[]): Promise<number> {
-  const parsed = parseRun(argv);
-  const runtime = ctx.runtime;
-  // The image's layers are leased until the container's spec names them, so a prune cannot take them meanwhile.
-  const lease = parsed.image ? await (await ctx.store()).leases.take(`run ${parsed.image}`) : undefined;
-  let created: { id: string; rm: boolean; detach: boolean };
+/** An OOM kill or a signal other than SIGKILL, said plainly on stderr. */
+function sayHowItEnded(exit: ExitRecord, memoryLimit: number | undefined): void {
+  if (exit.oomKilled) {
+    const what = memoryLimit ? ` (limit ${formatBytes(memoryLimit)})` : "";
+    if (exit.signal === 9 || exit.exitCode === 137) process.stderr.write(`fleetlet: killed: out of memory${what}\n`);
+    else process.stderr.write(`fleetlet: a process in the container was killed: out of memory${what}\n`);
+  } else if (exit.signal && exit.signal !== 9) {
+    process.stderr.write(`fleetlet: container killed by ${signalName(exit.signal)}\n`);
+  }
+}
+
+/**
+ * Creates the container. The image's layers are leased until the
+ * container's spec names them, so a prune cannot take them meanwhile.
+ */
+async function createContainer(ctx: CliContext, run: ReturnType<typeof parseRun>) {
+  const lease = run.image ? await (await ctx.store()).leases.take(`run ${run.image}`) : undefined;
   try {
-    const image = parsed.image && lease ? await ctx.imageDefaults(parsed.image, lease) : undefined;
-    const { spec, rm, detach } = runSpec(parsed, image);
+    const image = run.image && lease ? await ctx.imageDefaults(run.image, lease) : undefined;
+    const { spec, rm, detach } = runSpec(run, image);
     if (rm && detach) throw usage("run: --rm and -d cannot be combined: nothing would be left to remove the container");
-    created = { id: runtime.create(spec).id, rm, detach };
+    return { id: ctx.runtime.create(spec).id, rm, detach };
   } finally {
     await lease?.release();
   }
-  const { id, rm, detach } = created;
+}
+
+async function runContainer(ctx: CliContext, args: ParsedArgs): Promise<number> {
+  const runtime = ctx.runtime;
+  const { id, rm, detach } = await createContainer(ctx, parseRun(args));
   // Handlers go in before the start: the container may be up, and the user
   // pressing Ctrl-C, before start() returns.
   let started = false;
@@ -166,14 +213,7 @@ export async function runCommand(ctx: CliContext, argv: string[]): Promise<numbe
   if (pending) forward(pending);
   try {
     const exit = await runtime.wait(id);
-    if (exit.oomKilled) {
-      const limit = runtime.inspect(id).spec.resources.memory;
-      const what = limit ? ` (limit ${formatBytes(limit)})` : "";
-      if (exit.signal === 9 || exit.exitCode === 137) process.stderr.write(`fleetlet: killed: out of memory${what}\n`);
-      else process.stderr.write(`fleetlet: a process in the container was killed: out of memory${what}\n`);
-    } else if (exit.signal && exit.signal !== 9) {
-      process.stderr.write(`fleetlet: container killed by ${signalName(exit.signal)}\n`);
-    }
+    sayHowItEnded(exit, runtime.inspect(id).spec.resources.memory);
     return exit.exitCode;
   } finally {
     for (const s of handled) process.off(s, onSignal);
@@ -183,3 +223,5 @@ export async function runCommand(ctx: CliContext, argv: string[]): Promise<numbe
     }
   }
 }
+
+export const runCommand: Command<CliContext> = { ...RUN_SYNTAX, run: runContainer };

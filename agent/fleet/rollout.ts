@@ -6,93 +6,13 @@
  */
 import type { KeyObject } from "node:crypto";
 import { hostname } from "node:os";
-import type { FailureLimit, RolloutFailure, RolloutProgress } from "../../schemas/rollout.js";
+import type { FailureLimit, RolloutProgress } from "../../schemas/rollout.js";
 import { rolloutProgress } from "../../schemas/rollout.js";
 import { FleetError } from "../errors.js";
-import { wavePosition } from "../protocol/waves.js";
 import { finishDocument, type RawDocument } from "./desired-document.js";
 import type { FleetClient } from "./fleet-client.js";
-import type { DeviceView, FleetView } from "./fleet-view.js";
-
-export type Standing = "healthy" | "pending" | "failed" | "offline";
-export interface Target {
-  deployment: string;
-  generation: number;
-  /** When the wave's document went out (local clock): a rejection seen after it is this document's. */
-  publishedAt: number;
-}
-
-/** Where one device stands in a wave, with the reason when it failed or is not there yet. */
-export function standing(d: DeviceView, t: Target): { standing: Standing; reason: string } {
-  const r = d.reported;
-  if (r && r.deployment === t.deployment && r.generation !== null && r.generation >= t.generation) {
-    if (r.phase === "failed" || r.phase === "rolledBack")
-      return { standing: "failed", reason: `${r.phase}: ${r.lastError?.message ?? "no reason given"}` };
-    if (r.phase === "converged" && r.lastGood === t.deployment) return { standing: "healthy", reason: "" };
-  }
-  if (r?.phase === "rejected" && d.seenAt >= t.publishedAt)
-    return {
-      standing: "failed",
-      reason: `rejected: ${r.lastError ? `${r.lastError.code}: ${r.lastError.message}` : "no reason given"}`,
-    };
-  if (d.online === false) return { standing: "offline", reason: "offline" };
-  if (!r) return { standing: "pending", reason: "has not reported yet" };
-  return {
-    standing: "pending",
-    reason:
-      r.deployment === t.deployment
-        ? `${r.phase}${r.phase === "converged" ? " (in its health window)" : ""}`
-        : `runs ${r.deployment ?? "nothing"} (${r.phase})`,
-  };
-}
-
-export function failureAllowance(limit: FailureLimit, devices: number): number {
-  return "count" in limit ? limit.count : Math.floor((devices * limit.percent) / 100);
-}
-
-export interface WaveStatus {
-  percent: number;
-  devices: number;
-  counts: Record<Standing, number>;
-  failures: RolloutFailure[];
-  elapsedMs: number;
-}
-
-/** Judges a wave: done, halted (too many failures) or still going; past the deadline, the pending count as failed. */
-export function judgeWave(
-  devices: Iterable<DeviceView>,
-  t: Target,
-  percent: number,
-  limit: FailureLimit,
-  elapsedMs: number,
-  healthyWithinMs: number,
-  positions?: Map<string, number>,
-): { verdict: "done" | "halt" | "wait"; status: WaveStatus } {
-  const position = (id: string) => {
-    let p = positions?.get(id);
-    if (p === undefined) {
-      p = wavePosition(id, t.deployment);
-      positions?.set(id, p);
-    }
-    return p;
-  };
-  // A device following its own document does not take the group's: it is not part of any wave.
-  const inWave = [...devices].filter((d) => d.reported?.source !== "device" && position(d.deviceId) < percent);
-  const counts: Record<Standing, number> = { healthy: 0, pending: 0, failed: 0, offline: 0 };
-  const failures: RolloutFailure[] = [];
-  const late = elapsedMs > healthyWithinMs;
-  for (const d of inWave) {
-    let s = standing(d, t);
-    if (late && s.standing === "pending")
-      s = { standing: "failed", reason: `not healthy within ${Math.round(healthyWithinMs / 1000)} s: ${s.reason}` };
-    counts[s.standing]++;
-    if (s.standing === "failed")
-      failures.push({ deviceId: d.deviceId, phase: d.reported?.phase ?? "unknown", reason: s.reason });
-  }
-  const status = { percent, devices: inWave.length, counts, failures, elapsedMs };
-  if (counts.failed > failureAllowance(limit, inWave.length)) return { verdict: "halt", status };
-  return { verdict: counts.pending === 0 ? "done" : "wait", status };
-}
+import type { FleetView } from "./fleet-view.js";
+import { failureAllowance, judgeWave, type Target, type WaveStatus } from "./wave-judge.js";
 
 export interface RolloutOptions {
   client: FleetClient;
@@ -111,6 +31,24 @@ export interface RolloutOptions {
   onProgress?: (p: RolloutProgress, wave: WaveStatus) => void;
   /** How often the wave is judged; default 200 ms. */
   tickMs?: number;
+  /** Rolls out to a group no known device belongs to (for devices that join later); refused otherwise. */
+  allowEmpty?: boolean;
+}
+
+/** Refuses a group that no device's reported state names: most likely a misspelling, and every wave would pass at once. */
+export function refuseEmptyGroup(view: FleetView, group: string): void {
+  if (!view.members(group).next().done) return;
+  throw new FleetError(
+    "E_EMPTY_GROUP",
+    `group ${group} has no known device: no device reports being in it, so every wave would pass at once with nobody updated; check the group's name (\`fleetctl status\` lists the devices), or give --allow-empty to roll out to devices that join it later`,
+    { exitCode: 2 },
+  );
+}
+
+/** Another fleetctl's abort of this deployment, heard on the progress topic. */
+interface AbortListener {
+  abortedBy(): string | undefined;
+  stop(): void;
 }
 
 export class Rollout {
@@ -119,7 +57,9 @@ export class Rollout {
   /** Each device's wave position for this deployment, hashed once rather than every tick. */
   private readonly positions = new Map<string, number>();
 
+  /** Throws E_EMPTY_GROUP (unless `allowEmpty`) when the view knows no device of the group. */
   constructor(private readonly o: RolloutOptions) {
+    if (!o.allowEmpty) refuseEmptyGroup(o.view, o.group);
     const now = new Date().toISOString();
     const deployment = String(o.raw.deployment);
     this.progress = o.resume
@@ -167,7 +107,26 @@ export class Rollout {
 
   /** Drives the waves; resolves with the final progress (state done, halted or aborted). */
   async run(): Promise<RolloutProgress> {
-    const { client, view, group } = this.o;
+    const abort = await this.listenForAbort();
+    try {
+      for (let i = this.progress.wave; i < this.progress.waves.length; i++) {
+        const ended = await this.runWave(i, abort);
+        if (ended) return ended;
+      }
+      this.progress.state = "done";
+      return this.progress;
+    } finally {
+      abort.stop();
+      if (this.progress.state === "running") this.progress.state = "aborted"; // an exception: say the rollout stopped
+      await this.saveProgress(true).catch((err: Error) =>
+        process.stderr.write(`fleetctl: could not record the rollout's progress: ${err.message}\n`),
+      );
+    }
+  }
+
+  /** Subscribes to the progress topic; an abort retained before now (our own record, or one being resumed from) does not count. */
+  private async listenForAbort(): Promise<AbortListener> {
+    const { client } = this.o;
     let abortedBy: string | undefined;
     const off = client.onMessage((topic, payload) => {
       if (topic !== this.topic || !payload.length) return;
@@ -180,57 +139,63 @@ export class Rollout {
       if (p.success && p.data.state === "aborted" && p.data.deployment === this.progress.deployment)
         abortedBy = p.data.by;
     });
-    await client.subscribe([this.topic]);
-    await client.fence();
-    abortedBy = undefined; // our own retained record, or an earlier abort we are resuming from
     try {
-      for (let i = this.progress.wave; i < this.progress.waves.length; i++) {
-        const percent = this.progress.waves[i]!;
-        // A resumed wave gets a fresh health window: the devices were not idle while fleetctl was away.
-        this.progress.waveStartedAt = new Date().toISOString();
-        this.progress.wave = i;
-        const target: Target = {
-          deployment: this.progress.deployment,
-          generation: this.progress.generation,
-          publishedAt: Date.now(),
-        };
-        await this.publishWave(percent);
-        await this.saveProgress(true);
-        const started = Date.parse(this.progress.waveStartedAt);
-        for (;;) {
-          if (abortedBy !== undefined) {
-            this.progress.state = "aborted";
-            this.progress.reason = `aborted by ${abortedBy}`;
-            return this.progress;
-          }
-          const { verdict, status } = judgeWave(
-            view.members(group),
-            target,
-            percent,
-            this.progress.maxFailures,
-            Date.now() - started,
-            this.progress.healthyWithinMs,
-            this.positions,
-          );
-          this.progress.counts = { ...status.counts };
-          this.progress.failures = status.failures;
-          this.o.onProgress?.(this.progress, status);
-          if (verdict === "halt") return await this.halt(percent, status);
-          if (verdict === "done") break;
-          await this.saveProgress(false);
-          await new Promise((r) => setTimeout(r, this.o.tickMs ?? 200));
-        }
-        this.progress.waveTimesMs[i] = Date.now() - started;
-      }
-      this.progress.state = "done";
-      return this.progress;
-    } finally {
+      await client.subscribe([this.topic]);
+      await client.fence();
+    } catch (err) {
       off();
-      if (this.progress.state === "running") this.progress.state = "aborted"; // an exception: say the rollout stopped
-      await this.saveProgress(true).catch((err: Error) =>
-        process.stderr.write(`fleetctl: could not record the rollout's progress: ${err.message}\n`),
-      );
+      throw err;
     }
+    abortedBy = undefined;
+    return { abortedBy: () => abortedBy, stop: off };
+  }
+
+  /** Publishes wave `i` and judges it until it is done (undefined) or the rollout ends (its final progress). */
+  private async runWave(i: number, abort: AbortListener): Promise<RolloutProgress | undefined> {
+    const percent = this.progress.waves[i]!;
+    // A resumed wave gets a fresh health window: the devices were not idle while fleetctl was away.
+    this.progress.waveStartedAt = new Date().toISOString();
+    this.progress.wave = i;
+    const target: Target = {
+      deployment: this.progress.deployment,
+      generation: this.progress.generation,
+      publishedAt: Date.now(),
+    };
+    await this.publishWave(percent);
+    await this.saveProgress(true);
+    const started = Date.parse(this.progress.waveStartedAt);
+    for (;;) {
+      const by = abort.abortedBy();
+      if (by !== undefined) {
+        this.progress.state = "aborted";
+        this.progress.reason = `aborted by ${by}`;
+        return this.progress;
+      }
+      const { verdict, status } = this.judge(target, percent, Date.now() - started);
+      if (verdict === "halt") return await this.halt(percent, status);
+      if (verdict === "done") break;
+      await this.saveProgress(false);
+      await new Promise((r) => setTimeout(r, this.o.tickMs ?? 200));
+    }
+    this.progress.waveTimesMs[i] = Date.now() - started;
+    return undefined;
+  }
+
+  /** Judges the wave from the view as it stands, and records and reports the counts. */
+  private judge(target: Target, percent: number, elapsedMs: number): ReturnType<typeof judgeWave> {
+    const judged = judgeWave(
+      this.o.view.members(this.o.group),
+      target,
+      percent,
+      this.progress.maxFailures,
+      elapsedMs,
+      this.progress.healthyWithinMs,
+      this.positions,
+    );
+    this.progress.counts = { ...judged.status.counts };
+    this.progress.failures = judged.status.failures;
+    this.o.onProgress?.(this.progress, judged.status);
+    return judged;
   }
 
   /** Too many failures: the devices in this wave restore what ran before. */

@@ -116,7 +116,8 @@ export class ContentStore {
         }
       }
     }
-    return new Ingest({ store: this, digest, expectedSize, path, fh, hash, offset });
+    const adopt = (file: string, d: string) => this.adopt(file, d);
+    return new Ingest({ adopt, digest, expectedSize, path, fh, hash, offset });
   }
 
   delete(digest: string): void {

@@ -7,7 +7,6 @@ import { createHash, type Hash } from "node:crypto";
 import { unlinkSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { FleetError } from "../errors.js";
-import type { ContentStore } from "./content-store.js";
 
 /** The chunks after the first `skip` bytes, for a short writev. */
 function remainder(chunks: Buffer[], skip: number): Buffer[] {
@@ -23,7 +22,8 @@ function remainder(chunks: Buffer[], skip: number): Buffer[] {
 }
 
 interface IngestInit {
-  store: ContentStore;
+  /** Moves the verified file into the store as the blob `digest`. */
+  adopt(path: string, digest: string): Promise<void>;
   digest: string;
   expectedSize: number;
   path: string;
@@ -36,7 +36,7 @@ interface IngestInit {
 export class Ingest {
   readonly digest: string;
   readonly expectedSize: number;
-  private readonly store: ContentStore;
+  private readonly adopt: IngestInit["adopt"];
   private readonly path: string;
   private readonly fh: FileHandle;
   private hash: Hash;
@@ -44,7 +44,7 @@ export class Ingest {
   private closed = false;
 
   constructor(init: IngestInit) {
-    this.store = init.store;
+    this.adopt = init.adopt;
     this.digest = init.digest;
     this.expectedSize = init.expectedSize;
     this.path = init.path;
@@ -117,7 +117,7 @@ export class Ingest {
     }
     await this.fh.sync();
     await this.close();
-    await this.store.adopt(this.path, this.digest);
+    await this.adopt(this.path, this.digest);
   }
 
   async close(): Promise<void> {

@@ -107,6 +107,50 @@ describe("the systemd unit", () => {
   });
 });
 
+describe("the unit's ExecStart", () => {
+  it("starts the agent with exactly its arguments, which then exits 0 on SIGTERM", async () => {
+    const [node, script, ...args] = parseUnit(readFileSync(UNIT, "utf8")).get("ExecStart")!.value.split(/\s+/);
+    expect([node, script]).toEqual(["/usr/bin/node", "/opt/fleetlet/bin/fleetlet.js"]);
+    // The installed paths become this checkout's; the arguments stay as the unit gives them.
+    const config = join(work, "exec-start-config.json");
+    writeFileSync(
+      config,
+      JSON.stringify({
+        deviceId: "dev-unit",
+        api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "exec-start-api.sock") },
+      }),
+    );
+    expect(args).toContain("/etc/fleetlet/config.json");
+    const argv = args.map((a) => (a === "/etc/fleetlet/config.json" ? config : a));
+    const root = freshRoot();
+    const { NOTIFY_SOCKET: _n, FLEETLET_CONFIG: _c, ...env } = process.env;
+    const agent = spawn(process.execPath, [FLEETLET_BIN, ...argv], {
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { ...env, FLEETLET_ROOT: root },
+    });
+    try {
+      let stderr = "";
+      const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+        agent.once("exit", (code, signal) => resolve([code, signal])),
+      );
+      const started = await new Promise<boolean>((resolve) => {
+        agent.stderr!.on("data", (d) => {
+          stderr += d;
+          if (/^fleetlet agent /m.test(stderr)) resolve(true);
+        });
+        void exited.then(() => resolve(false));
+      });
+      expect(started, stderr).toBe(true);
+      expect(stderr).toMatch(new RegExp(`^fleetlet agent .*: device dev-unit, state in ${root}`, "m"));
+      agent.kill("SIGTERM");
+      expect(await exited, stderr).toEqual([0, null]);
+    } finally {
+      if (agent.exitCode === null && agent.signalCode === null) agent.kill("SIGKILL");
+      await cleanupRoot(root);
+    }
+  });
+});
+
 describe("readiness", () => {
   it("tells systemd it is ready, and later that it is stopping, through NOTIFY_SOCKET", async () => {
     const root = freshRoot();

@@ -24,7 +24,15 @@ afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-const record = (n: string) => ({ containerId: n, hash: "h", image: "i", digest: "d", restarts: 0, deployment: "x", spec: {} });
+const record = (n: string) => ({
+  containerId: n,
+  hash: "h",
+  image: "i",
+  digest: "d",
+  restarts: 0,
+  deployment: "x",
+  spec: {},
+});
 
 describe("db.json between writers", () => {
   it("keeps every writer's change when two of them interleave their updates", async () => {

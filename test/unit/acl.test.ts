@@ -3,7 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, describe, expect, it, vi } from "vitest";
-import { ACL_HELP, aclCommand } from "../../agent/cli/acl-command.js";
+import { ACL_HELP } from "../../agent/cli/acl-command.js";
+import { main } from "../../agent/cli/fleetctl.js";
 import { FleetError } from "../../agent/errors.js";
 import { parseInventory, renderAcl } from "../../agent/fleet/acl.js";
 import type { Inventory } from "../../schemas/inventory.js";
@@ -228,7 +229,7 @@ describe("fleetctl acl", () => {
     const err: string[] = [];
     vi.spyOn(process.stdout, "write").mockImplementation((chunk) => out.push(String(chunk)) > 0);
     vi.spyOn(process.stderr, "write").mockImplementation((chunk) => err.push(String(chunk)) > 0);
-    return aclCommand(argv).then((status) => {
+    return main(["acl", ...argv]).then((status) => {
       vi.restoreAllMocks();
       return { status, stdout: out.join(""), stderr: err.join("") };
     });

@@ -2,7 +2,8 @@
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import type { DeviceView } from "../../agent/fleet/fleet-view.js";
-import { judgeWave, parseDuration, parseFailureLimit, parseWaves, standing } from "../../agent/fleet/rollout.js";
+import { parseDuration, parseFailureLimit, parseWaves } from "../../agent/fleet/rollout.js";
+import { judgeWave, standing } from "../../agent/fleet/wave-judge.js";
 import { canonicalJson } from "../../agent/protocol/canonical-json.js";
 import {
   publicKeyFromBase64,

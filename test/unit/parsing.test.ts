@@ -3,10 +3,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseArgs } from "../../agent/cli/args.js";
+import { parseCommandLine } from "../../agent/cli/command-line.js";
+import { FLEETCTL_COMMANDS, FLEETCTL_GLOBALS } from "../../agent/cli/fleetctl.js";
+import { FLEETLET_COMMANDS, FLEETLET_GLOBALS } from "../../agent/cli/fleetlet.js";
 import { parseRun, runSpec } from "../../agent/cli/run-command.js";
 import { capabilitySet } from "../../agent/runtime/capabilities.js";
 import { readLog } from "../../agent/runtime/log-tail.js";
 import { formatBytes, parseBytes } from "../../schemas/quantity.js";
+
+/** A command line as `fleetlet` reads it: the global options, the command, its own arguments. */
+const fleetletLine = (...argv: string[]) => parseCommandLine(argv, FLEETLET_GLOBALS, FLEETLET_COMMANDS);
+const fleetctlLine = (...argv: string[]) => parseCommandLine(argv, FLEETCTL_GLOBALS, FLEETCTL_COMMANDS);
+/** `fleetlet run ARGV` as runSpec gets it. */
+const runLine = (argv: string[]) => parseRun(fleetletLine("run", ...argv).args);
 
 describe("parseBytes", () => {
   it.each([
@@ -56,10 +65,76 @@ describe("parseArgs", () => {
   });
 });
 
+describe("global options", () => {
+  it.each<[string, string[], Record<string, unknown>]>([
+    ["before the command word", ["--root", "/s", "ps", "-a"], { root: "/s" }],
+    ["after the command word", ["ps", "--root", "/s", "-a"], { root: "/s" }],
+    ["as --root=DIR", ["images", "--json", "--root=/s"], { root: "/s" }],
+    [
+      "after agent, as the systemd unit gives --config",
+      ["agent", "--config", "/etc/f.json"],
+      { config: "/etc/f.json" },
+    ],
+    ["among run's options", ["run", "--rm", "--root", "/s", "--rootfs", "/r", "--", "true"], { root: "/s" }],
+    ["just before run's IMAGE", ["run", "--rm", "--config=/c", "img"], { config: "/c" }],
+    ["on both sides, the later one winning", ["--root", "/a", "ps", "--root", "/b"], { root: "/b" }],
+    ["for --version after a command", ["logs", "--version"], { version: true }],
+  ])("are taken %s", (_what, argv, globals) => {
+    expect(fleetletLine(...argv).globals).toEqual(globals);
+  });
+
+  it("are taken out of the command's own options", () => {
+    const { name, args } = fleetletLine("ps", "--root", "/s", "-a");
+    expect(name).toBe("ps");
+    expect(args.options).toEqual({ all: true });
+    expect(args.positionals).toEqual([]);
+  });
+
+  it.each<[string, string[], string[]]>([
+    ["after --", ["--rootfs", "/r", "--", "sh", "--root", "/x"], ["sh", "--root", "/x"]],
+    ["after run's IMAGE", ["img", "--root", "/x"], ["--root", "/x"]],
+    ["after IMAGE --", ["img", "--", "env", "--config=/x"], ["env", "--config=/x"]],
+    ["after the command of run --rootfs", ["--rootfs", "/r", "sh", "--root", "/x"], ["sh", "--root", "/x"]],
+  ])("are left to the container's command %s", (_what, argv, command) => {
+    const line = fleetletLine("run", ...argv);
+    expect(line.globals).toEqual({});
+    expect(parseRun(line.args).command).toEqual(command);
+  });
+
+  it.each<[string[], Record<string, unknown>]>([
+    [["status", "--group", "g", "--config", "/c"], { config: "/c" }],
+    [["deploy", "--config=/c", "--group", "g", "f.json"], { config: "/c" }],
+    [["rollout", "abort", "--group", "g", "--config", "/c"], { config: "/c" }],
+    [["--config", "/a", "push", "--config", "/b", "dir", "ref"], { config: "/b" }],
+  ])("are taken by fleetctl in %j", (argv, globals) => {
+    expect(fleetctlLine(...argv).globals).toEqual(globals);
+  });
+
+  it("still name an unknown option among the command's", () => {
+    expect(() => fleetletLine("ps", "--roots", "/s")).toThrow(/unknown option --roots/);
+  });
+});
+
+describe("run's image and command", () => {
+  it.each<[string[], string | undefined, string[]]>([
+    [["img", "--", "echo", "hi"], "img", ["echo", "hi"]],
+    [["img", "echo", "hi"], "img", ["echo", "hi"]],
+    [["img"], "img", []],
+    [["img", "--"], "img", []],
+    [["--", "img", "echo"], "img", ["echo"]],
+    [["img", "sh", "--", "x"], "img", ["sh", "--", "x"]],
+    [["--rootfs", "/r", "--", "echo", "hi"], undefined, ["echo", "hi"]],
+    [["--rootfs", "/r", "echo", "hi"], undefined, ["echo", "hi"]],
+    [["--rootfs", "/r", "echo", "--", "hi"], undefined, ["echo", "--", "hi"]],
+  ])("reads run %j as image %s running %j", (argv, image, command) => {
+    expect(runLine(argv)).toMatchObject({ image, command });
+  });
+});
+
 describe("runSpec", () => {
   it("builds a spec from the issue's example command line", () => {
     const { spec, rm } = runSpec(
-      parseRun([
+      runLine([
         "--rm",
         "--rootfs",
         "/r",
@@ -96,7 +171,7 @@ describe("runSpec", () => {
     [["--rootfs", "/r", "--network", "bridge", "--", "true"], /--network: expected none or host/],
     [["--rootfs", "/r"], /no command given/],
   ])("refuses %j, naming the flag", (argv, message) => {
-    expect(() => runSpec(parseRun(argv))).toThrow(message);
+    expect(() => runSpec(runLine(argv))).toThrow(message);
   });
 });
 
