@@ -3,7 +3,7 @@
  * calls Agent and ServiceSupervisor make. The real Runtime (runtime/runtime.ts)
  * satisfies it structurally (the daemon passes one, so tsc checks it); the
  * fleet simulation passes a driver that runs no containers
- * (fleet/simulated-runtime.ts).
+ * (test/support/sim/simulated-runtime.ts) and the fast agent tests.
  */
 import type {
   CgroupMode,

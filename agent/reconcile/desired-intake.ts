@@ -3,7 +3,7 @@
  * parse, check the signature (when the device trusts keys), validate, and for
  * group documents decide whether this device is in the rollout wave.
  *
- * Wave semantics (README, "Staged rollouts"): a device is in the wave of a
+ * Wave semantics (README, "Rollout waves, exactly"; agent/protocol/waves.ts): a device is in the wave of a
  * group document when a stable hash of (deviceId, deployment) falls below
  * `rollout.percent`; outside it, the device keeps what it runs. Raising the
  * percent only adds devices. `rollout.rollback: true` makes the devices in the

@@ -10,7 +10,7 @@ import { FleetError } from "../errors.js";
 import type { ContentStore } from "../store/content-store.js";
 import type { Ingest } from "../store/ingest.js";
 import type { RateLimiter } from "./rate-limit.js";
-import { type RegistryClient, repoScope } from "./registry-client.js";
+import { type RegistryClient, repoScope, type StreamResponse } from "./registry-client.js";
 
 export interface BlobFetchOptions {
   limiter: RateLimiter;
@@ -27,22 +27,31 @@ export function rangeBytes(rate: number, parallel = 1): number {
   return Math.min(2 << 20, Math.max(64 << 10, Math.round(rate / 4 / Math.max(1, parallel))));
 }
 
-async function downloadRange(
-  client: RegistryClient,
-  repository: string,
-  ingest: Ingest,
-  opts: BlobFetchOptions,
-): Promise<void> {
-  const { digest, expectedSize: size } = ingest;
+/** The next range of the blob to ask for: the rest of it, or one rate-sized piece when the download is rate-limited. */
+function nextRange(ingest: Ingest, opts: BlobFetchOptions): { offset: number; end: number } {
+  const size = ingest.expectedSize;
   const offset = ingest.offset;
   const end = opts.limiter.limited
     ? Math.min(size, offset + rangeBytes(opts.limiter.rate, opts.parallel)) - 1
     : size - 1;
+  return { offset, end };
+}
+
+/** Opens the GET for the range and checks the answer: a 206 at the offset, or a 200 that restarts the ingest. */
+async function openRange(
+  client: RegistryClient,
+  repository: string,
+  ingest: Ingest,
+  range: { offset: number; end: number },
+  signal: AbortSignal | undefined,
+): Promise<StreamResponse> {
+  const { digest, expectedSize: size } = ingest;
+  const { offset, end } = range;
   const headers: Record<string, string> = offset > 0 || end < size - 1 ? { range: `bytes=${offset}-${end}` } : {};
   const res = await client.openStream(`/v2/${repository}/blobs/${digest}`, {
     scope: repoScope(repository, "pull"),
     headers,
-    signal: opts.signal,
+    signal,
   });
   if (res.status === 404) {
     res.body.destroy();
@@ -67,6 +76,16 @@ async function downloadRange(
       `${client.registry}: GET blob ${digest} answered HTTP ${res.status}`,
     );
   }
+  return res;
+}
+
+/** Writes the body into the ingest, in batches of FLUSH_BYTES (each chunk at once when rate-limited). */
+async function copyToIngest(
+  client: RegistryClient,
+  body: AsyncIterable<Buffer>,
+  ingest: Ingest,
+  opts: BlobFetchOptions,
+): Promise<void> {
   let pending: Buffer[] = [];
   let pendingBytes = 0;
   const flush = async () => {
@@ -79,7 +98,7 @@ async function downloadRange(
   };
   const limited = opts.limiter.limited;
   try {
-    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    for await (const chunk of body) {
       if (limited) await opts.limiter.take(chunk.length, opts.signal);
       pending.push(chunk);
       pendingBytes += chunk.length;
@@ -88,14 +107,26 @@ async function downloadRange(
     }
   } catch (err) {
     await flush(); // keep every byte that arrived: the next attempt resumes after it
-    throw client.networkError(`GET blob ${digest}`, err);
+    throw client.networkError(`GET blob ${ingest.digest}`, err);
   }
   await flush();
-  const expectedEnd = res.status === 206 ? end + 1 : size;
+}
+
+async function downloadRange(
+  client: RegistryClient,
+  repository: string,
+  ingest: Ingest,
+  opts: BlobFetchOptions,
+): Promise<void> {
+  const range = nextRange(ingest, opts);
+  const res = await openRange(client, repository, ingest, range, opts.signal);
+  await copyToIngest(client, res.body as AsyncIterable<Buffer>, ingest, opts);
+  const size = ingest.expectedSize;
+  const expectedEnd = res.status === 206 ? range.end + 1 : size;
   if (ingest.offset < expectedEnd) {
     throw new FleetError(
       "E_REGISTRY_UNREACHABLE",
-      `${client.registry}: blob ${digest} ended after ${ingest.offset} of ${size} bytes`,
+      `${client.registry}: blob ${ingest.digest} ended after ${ingest.offset} of ${size} bytes`,
     );
   }
 }

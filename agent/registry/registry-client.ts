@@ -1,29 +1,21 @@
 /**
  * One registry, over got: TLS with the configured CA (plain HTTP only when
  * the registry is configured `insecure`), anonymous, basic or bearer-token
- * auth (tokens cached per scope until they expire), redirects followed by
- * hand so that Authorization never goes to another host, and retries with
- * exponential backoff and jitter on network errors, 5xx and 429.
+ * auth (registry-auth.ts), redirects followed by hand so that Authorization
+ * never goes to another host, and retries with exponential backoff and
+ * jitter on network errors, 5xx and 429 (registry-retry.ts).
  */
 import { readFileSync } from "node:fs";
 import type { Readable } from "node:stream";
-import { setTimeout as sleep } from "node:timers/promises";
-import got, { type Headers, type OptionsInit, type OptionsOfBufferResponseBody, type RequestError } from "got";
+import got, { type Headers, type OptionsInit, type OptionsOfBufferResponseBody } from "got";
 import { FleetError } from "../errors.js";
-import { type Challenge, parseChallenge } from "./www-authenticate.js";
+import { RegistryAuth, type RegistryCredentials } from "./registry-auth.js";
+import { RegistryRetry, type RetryPolicy } from "./registry-retry.js";
 
-export interface RegistryAuthConfig {
-  username?: string | undefined;
-  password?: string | undefined;
+export interface RegistryAuthConfig extends RegistryCredentials {
   /** Path of a PEM CA bundle that signs the registry's certificate. */
   ca?: string | undefined;
   insecure?: boolean | undefined;
-}
-
-export interface RetryPolicy {
-  attempts: number;
-  baseMs: number;
-  maxMs: number;
 }
 
 export interface RegistryResponse {
@@ -38,44 +30,22 @@ export interface StreamResponse {
   body: Readable;
 }
 
-const TLS_CODES = new Set([
-  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
-  "SELF_SIGNED_CERT_IN_CHAIN",
-  "DEPTH_ZERO_SELF_SIGNED_CERT",
-  "CERT_HAS_EXPIRED",
-  "ERR_TLS_CERT_ALTNAME_INVALID",
-  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
-  "CERT_UNTRUSTED",
-  "EPROTO",
-  "ERR_SSL_WRONG_VERSION_NUMBER",
-]);
-const RETRYABLE_CODES = new Set([
-  "ECONNRESET",
-  "ECONNREFUSED",
-  "ETIMEDOUT",
-  "EPIPE",
-  "EAI_AGAIN",
-  "ENOTFOUND",
-  "ENETUNREACH",
-  "EHOSTUNREACH",
-  "ERR_STREAM_PREMATURE_CLOSE",
-  "ECONNABORTED",
-]);
-
 export class RegistryClient {
   readonly registry: string;
   readonly origin: string;
-  private readonly auth: RegistryAuthConfig;
   private readonly ca: Buffer | undefined;
-  private readonly tokens = new Map<string, { value: string; expires: number }>();
-  private challenge: Challenge | undefined;
+  private readonly auth: RegistryAuth;
+  private readonly retrier: RegistryRetry;
   readonly retry: RetryPolicy;
 
   constructor(registry: string, auth: RegistryAuthConfig = {}, retry: Partial<RetryPolicy> = {}) {
     this.registry = registry;
-    this.auth = auth;
     this.origin = `${auth.insecure ? "http" : "https"}://${registry}`;
-    this.retry = { attempts: 5, baseMs: 250, maxMs: 8000, ...retry };
+    this.retrier = new RegistryRetry(registry, retry);
+    this.retry = this.retrier.policy;
+    this.auth = new RegistryAuth(registry, auth, (url, headers, signal) =>
+      this.withRetry(`token from ${url.origin}`, () => got(url, this.options(headers, signal))),
+    );
     try {
       this.ca = auth.ca ? readFileSync(auth.ca) : undefined;
     } catch (err) {
@@ -99,58 +69,6 @@ export class RegistryClient {
     };
   }
 
-  /** The Authorization header for a repository scope, when one is known. */
-  private authorization(scope: string): string | undefined {
-    if (this.challenge?.scheme === "bearer") {
-      const t = this.tokens.get(scope);
-      return t && t.expires > Date.now() ? `Bearer ${t.value}` : undefined;
-    }
-    if (this.challenge?.scheme === "basic" && this.auth.username !== undefined) {
-      return `Basic ${Buffer.from(`${this.auth.username}:${this.auth.password ?? ""}`).toString("base64")}`;
-    }
-    return undefined;
-  }
-
-  /** Answers a 401: learns the scheme and, for bearer, fetches a token for the scope. */
-  private async authenticate(header: string | undefined, scope: string, signal?: AbortSignal): Promise<void> {
-    const challenge = parseChallenge(header);
-    if (!challenge) throw this.authError("the registry asked for authentication without saying how");
-    this.challenge = challenge;
-    if (challenge.scheme === "basic") {
-      if (this.auth.username === undefined) throw this.authError("the registry needs a username and password");
-      return;
-    }
-    if (challenge.scheme !== "bearer" || !challenge.params.realm)
-      throw this.authError(`unsupported authentication scheme "${challenge.scheme}"`);
-    const url = new URL(challenge.params.realm);
-    if (challenge.params.service) url.searchParams.set("service", challenge.params.service);
-    url.searchParams.append("scope", scope);
-    const headers: Record<string, string> = {};
-    if (this.auth.username !== undefined)
-      headers.authorization = `Basic ${Buffer.from(`${this.auth.username}:${this.auth.password ?? ""}`).toString("base64")}`;
-    const res = await this.withRetry(`token from ${url.origin}`, () => got(url, this.options(headers, signal)));
-    if (res.statusCode === 401 || res.statusCode === 403)
-      throw this.authError(`the token service at ${url.origin} refused the credentials (HTTP ${res.statusCode})`);
-    if (res.statusCode !== 200)
-      throw new FleetError("E_REGISTRY", `${this.registry}: token service answered HTTP ${res.statusCode}`);
-    const body = JSON.parse(res.body.toString("utf8")) as {
-      token?: string;
-      access_token?: string;
-      expires_in?: number;
-      issued_at?: string;
-    };
-    const value = body.token ?? body.access_token;
-    if (!value) throw new FleetError("E_REGISTRY", `${this.registry}: the token service sent no token`);
-    const lifetime = Math.max(60, body.expires_in ?? 60) * 1000;
-    // Refresh a little early, so a token never expires mid-request.
-    this.tokens.set(scope, { value, expires: Date.now() + lifetime - 10_000 });
-  }
-
-  private authError(why: string): FleetError {
-    const hint = this.auth.username === undefined ? `; set registries."${this.registry}".username and password` : "";
-    return new FleetError("E_REGISTRY_AUTH", `${this.registry}: authentication failed: ${why}${hint}`);
-  }
-
   /** A request with auth, redirects and retries; the body is buffered (manifests, configs, small replies). */
   async request(
     method: "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE",
@@ -165,7 +83,7 @@ export class RegistryClient {
   ): Promise<RegistryResponse> {
     for (let authTries = 0; ; authTries++) {
       const headers: Record<string, string> = { ...opts.headers };
-      const authz = this.authorization(opts.scope);
+      const authz = this.auth.authorization(opts.scope);
       if (authz) headers.authorization = authz;
       let url = new URL(path, this.origin);
       // A body given as a factory is opened anew for each attempt.
@@ -187,11 +105,11 @@ export class RegistryClient {
         );
       }
       if (res.statusCode === 401 && authTries === 0) {
-        await this.authenticate(headerText(res.headers["www-authenticate"]), opts.scope, opts.signal);
+        await this.auth.authenticate(headerText(res.headers["www-authenticate"]), opts.scope, opts.signal);
         continue;
       }
       if (res.statusCode === 401 || res.statusCode === 403)
-        throw this.authError(`${method} ${url.pathname} was refused (HTTP ${res.statusCode})`);
+        throw this.auth.error(`${method} ${url.pathname} was refused (HTTP ${res.statusCode})`);
       if (opts.maxBytes !== undefined && res.body.length > opts.maxBytes) {
         throw new FleetError(
           "E_REGISTRY",
@@ -209,7 +127,7 @@ export class RegistryClient {
   ): Promise<StreamResponse> {
     for (let authTries = 0; ; authTries++) {
       const headers: Record<string, string> = { ...opts.headers };
-      const authz = this.authorization(opts.scope);
+      const authz = this.auth.authorization(opts.scope);
       if (authz) headers.authorization = authz;
       let url = new URL(path, this.origin);
       let res = await this.streamOnce(url, headers, opts.signal);
@@ -222,12 +140,12 @@ export class RegistryClient {
       }
       if (res.status === 401 && authTries === 0) {
         res.body.destroy();
-        await this.authenticate(headerText(res.headers["www-authenticate"]), opts.scope, opts.signal);
+        await this.auth.authenticate(headerText(res.headers["www-authenticate"]), opts.scope, opts.signal);
         continue;
       }
       if (res.status === 401 || res.status === 403) {
         res.body.destroy();
-        throw this.authError(`GET ${url.pathname} was refused (HTTP ${res.status})`);
+        throw this.auth.error(`GET ${url.pathname} was refused (HTTP ${res.status})`);
       }
       return res;
     }
@@ -245,62 +163,18 @@ export class RegistryClient {
   }
 
   /** Runs `attempt` until it gives a non-retryable answer, backing off with jitter. */
-  async withRetry<T extends { statusCode: number; headers: Headers }>(
-    what: string,
-    attempt: () => Promise<T>,
-  ): Promise<T> {
-    for (let n = 1; ; n++) {
-      let res: T | undefined;
-      let error: FleetError | undefined;
-      try {
-        res = await attempt();
-        if (res.statusCode < 500 && res.statusCode !== 429) return res;
-      } catch (err) {
-        error = this.networkError(what, err);
-        if (error.code !== "E_REGISTRY_UNREACHABLE") throw error;
-      }
-      if (n >= this.retry.attempts) {
-        if (error) throw error;
-        throw new FleetError(
-          "E_REGISTRY",
-          `${this.registry}: ${what} kept failing with HTTP ${res!.statusCode} after ${n} attempts`,
-        );
-      }
-      await sleep(this.backoff(n, res?.headers["retry-after"]));
-    }
+  withRetry<T extends { statusCode: number; headers: Headers }>(what: string, attempt: () => Promise<T>): Promise<T> {
+    return this.retrier.run(what, attempt);
   }
 
+  /** The wait before retry `attempt` (1-based), or what the registry's Retry-After asked for. */
   backoff(attempt: number, retryAfter?: string | string[]): number {
-    const header = Array.isArray(retryAfter) ? retryAfter[0] : retryAfter;
-    if (header) {
-      const seconds = Number(header);
-      const when = Number.isFinite(seconds) ? seconds * 1000 : Date.parse(header) - Date.now();
-      if (Number.isFinite(when) && when >= 0) return Math.min(when, 60_000);
-    }
-    const ceiling = Math.min(this.retry.maxMs, this.retry.baseMs * 2 ** (attempt - 1));
-    return ceiling / 2 + Math.random() * (ceiling / 2);
+    return this.retrier.backoff(attempt, retryAfter);
   }
 
+  /** The FleetError for a request that failed without an answer. */
   networkError(what: string, err: unknown): FleetError {
-    if (err instanceof FleetError) return err;
-    const e = err as RequestError & { code?: string };
-    const code = e.code ?? (e.cause as NodeJS.ErrnoException | undefined)?.code ?? "";
-    if (e.name === "AbortError" || code === "ERR_ABORTED")
-      return new FleetError("E_ABORTED", `${this.registry}: ${what} was cancelled`, { cause: err });
-    if (TLS_CODES.has(code) || /certificate|self.signed|TLS|SSL/i.test(e.message ?? "")) {
-      return new FleetError(
-        "E_REGISTRY_TLS",
-        `${this.registry}: TLS: the registry's certificate is not trusted (${code || e.message}); set registries."${this.registry}".ca to the CA that signed it`,
-        { cause: err },
-      );
-    }
-    // Link-level failures are worth retrying; anything else is an answer.
-    const transient = RETRYABLE_CODES.has(code) || code.startsWith("ERR_STREAM") || code === "";
-    return new FleetError(
-      transient ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY",
-      `${this.registry}: ${what} failed: ${code || e.message}`,
-      { cause: err },
-    );
+    return this.retrier.networkError(what, err);
   }
 }
 

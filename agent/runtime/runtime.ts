@@ -1,22 +1,20 @@
 /**
  * The container lifecycle over the native core: create, start, kill, stop,
- * wait, delete, list, stats and logs. Everything about a container lives in
- * its directory, so a new process (the CLI, a restarted agent) finds running
- * containers again; processes are named by (pid, start time), so a reused
- * pid is never mistaken for the container.
+ * wait, exec and delete; inspect, list, stats and logs read what the
+ * catalog (container-catalog.ts) finds on disk. Everything about a container
+ * lives in its directory, so a new process (the CLI, a restarted agent)
+ * finds running containers again; processes are named by (pid, start time),
+ * so a reused pid is never mistaken for the container.
  */
-import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, renameSync, type Stats, statSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { DEFAULT_ROOT } from "../../schemas/config.js";
 import {
   type ContainerInfo,
-  type ContainerSpec,
   type ContainerSpecInput,
   type ContainerState,
   type ContainerStats,
-  type ContainerStatus,
   containerSpec,
   type ExitRecord,
 } from "../../schemas/container.js";
@@ -26,9 +24,11 @@ import { loadNative, type NativeBinding, type SpawnResult } from "../system/nati
 import { capabilitySet } from "./capabilities.js";
 import { Cgroups } from "./cgroup.js";
 import { detectCgroupLayout } from "./cgroup-layout.js";
-import { type ContainerPaths, containerPaths, readExit, readRunning, readState, writeState } from "./container-dir.js";
+import { ContainerCatalog } from "./container-catalog.js";
+import { type ContainerPaths, readExit, readRunning, writeState } from "./container-dir.js";
+import { type ExecResult, execInContainer } from "./container-exec.js";
 import { readLog } from "./log-tail.js";
-import { DEFAULT_PATH } from "./proc-defaults.js";
+import { withDefaults } from "./proc-defaults.js";
 import { encodeShimConfig } from "./shim-config.js";
 import { signalNumber } from "./signals.js";
 
@@ -54,18 +54,23 @@ export class Runtime {
   readonly root: string;
   readonly cgroups: Cgroups;
   private readonly native: NativeBinding;
+  private readonly catalog: ContainerCatalog;
   private readonly removals = new Set<Promise<void>>();
-  private readonly states = new Map<string, { state: ContainerState; ino: number; mtimeMs: number }>();
   private readonly removalErrors: FleetError[] = [];
 
   constructor(opts: RuntimeOptions) {
     this.root = opts.root;
     this.native = opts.native ?? loadNative();
     this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
+    this.catalog = new ContainerCatalog(this.root, this.native);
   }
 
   private paths(id: string): ContainerPaths {
-    return containerPaths(this.root, id);
+    return this.catalog.paths(id);
+  }
+
+  private state(id: string): ContainerState {
+    return this.catalog.state(id);
   }
 
   volumeDir(name: string): string {
@@ -173,39 +178,17 @@ export class Runtime {
    * Runs a command inside the running container (its namespaces, cgroups and
    * privilege limits) through the shim's exec mode: for healthchecks.
    */
-  exec(
-    id: string,
-    command: string[],
-    opts: { timeoutMs?: number; signal?: AbortSignal } = {},
-  ): Promise<{ exitCode: number; output: string }> {
+  exec(id: string, command: string[], opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ExecResult> {
     const state = this.state(id);
     const running = readRunning(this.paths(id));
     if (!running || readExit(this.paths(id)))
       return Promise.reject(new FleetError("E_CONFLICT", `container ${id} is not running`));
-    const { spec } = state;
-    const args = ["exec", String(running.init.pid), running.init.startTime];
-    for (const dir of new Set(this.cgroups.locate(id).dirs.values())) args.push("--cgroup", dir);
-    for (const cap of capabilitySet(spec.capAdd, spec.capDrop)) args.push("--cap", String(cap));
-    for (const e of withDefaults(spec, spec.hostname ?? id)) args.push("--env", e);
-    args.push("--uid", String(spec.user.uid), "--gid", String(spec.user.gid));
-    if (spec.seccomp === "unconfined") args.push("--no-seccomp");
-    args.push("--", ...command);
-    return new Promise((resolve, reject) => {
-      const child = spawn(this.native.shimPath, args, {
-        stdio: ["ignore", "pipe", "pipe"],
-        timeout: opts.timeoutMs ?? 10_000,
-        killSignal: "SIGKILL",
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      });
-      let output = "";
-      const collect = (d: Buffer) => {
-        if (output.length < 4096) output += d.toString("utf8");
-      };
-      child.stdout.on("data", collect);
-      child.stderr.on("data", collect);
-      child.on("error", (err) => reject(new FleetError("E_RUNTIME", `exec in ${id}: ${err.message}`, { cause: err })));
-      child.on("close", (code, sig) => resolve({ exitCode: code ?? 128 + (sig ? signalNumber(sig) : 9), output }));
-    });
+    const cgroupDirs = this.cgroups.locate(id).dirs.values();
+    return execInContainer(
+      { shimPath: this.native.shimPath, id, spec: state.spec, init: running.init, cgroupDirs },
+      command,
+      opts,
+    );
   }
 
   /** The stop signal, then SIGKILL once the timeout has passed. */
@@ -237,7 +220,7 @@ export class Runtime {
       await this.wait(id);
     }
     await this.cgroups.remove(id);
-    this.states.delete(id);
+    this.catalog.forget(id);
     // One rename takes the container out of sight at once; its writable layer
     // is then erased in the background (see settled()).
     const retired = join(this.root, "containers", `.removed-${id}-${randomBytes(4).toString("hex")}`);
@@ -266,32 +249,17 @@ export class Runtime {
 
   /** Erases what a removal interrupted by a crash left behind. */
   sweep(): void {
-    for (const name of this.containerDirNames(true)) {
+    for (const name of this.catalog.dirNames(true)) {
       if (name.startsWith(".removed-")) this.eraseInBackground(join(this.root, "containers", name));
     }
   }
 
-  private containerDirNames(includeRetired = false): string[] {
-    try {
-      return readdirSync(join(this.root, "containers")).filter((n) => includeRetired || !n.startsWith("."));
-    } catch (err) {
-      if (isErrno(err, "ENOENT")) return [];
-      throw err;
-    }
-  }
-
   inspect(id: string): ContainerInfo {
-    return this.describe(this.state(id), this.paths(id));
+    return this.catalog.inspect(id);
   }
 
   list(): ContainerInfo[] {
-    const out: ContainerInfo[] = [];
-    for (const id of this.containerDirNames().sort()) {
-      const paths = this.paths(id);
-      if (!existsSync(paths.state)) continue; // a create that was interrupted before its state was written
-      out.push(this.describe(this.state(id), paths));
-    }
-    return out;
+    return this.catalog.list();
   }
 
   stats(id: string): ContainerStats {
@@ -302,56 +270,6 @@ export class Runtime {
   logs(id: string, opts: { tail?: number } = {}): string {
     return readLog(this.paths(id).log, this.state(id).spec.log.keep, opts.tail);
   }
-
-  /**
-   * The container's state.json, parsed once: it never changes after create,
-   * and its inode and mtime tell a cached copy from a newer container of the
-   * same name.
-   */
-  private state(id: string): ContainerState {
-    const paths = this.paths(id);
-    let st: Stats;
-    try {
-      st = statSync(paths.state);
-    } catch (err) {
-      if (isErrno(err, "ENOENT")) throw new FleetError("E_NOT_FOUND", `no such container: ${id}`);
-      throw err;
-    }
-    const cached = this.states.get(id);
-    if (cached && cached.ino === st.ino && cached.mtimeMs === st.mtimeMs) return cached.state;
-    const state = readState(paths, id);
-    this.states.set(id, { state, ino: st.ino, mtimeMs: st.mtimeMs });
-    return state;
-  }
-
-  private describe(state: ContainerState, paths: ContainerPaths): ContainerInfo {
-    const exit = readExit(paths);
-    const running = readRunning(paths);
-    let status: ContainerStatus = "created";
-    if (exit) status = "exited";
-    else if (running) {
-      const alive = this.native.core.startTime(running.shim.pid) === BigInt(running.shim.startTime);
-      status = alive ? "running" : "exited";
-    }
-    return {
-      id: state.id,
-      status,
-      createdAt: state.createdAt,
-      startedAt: running?.startedAt,
-      pid: running?.init.pid,
-      exit,
-      spec: state.spec,
-    };
-  }
-}
-
-function withDefaults(spec: ContainerSpec, hostname: string): string[] {
-  const env = [...spec.env];
-  const has = (k: string) => env.some((e) => e.startsWith(`${k}=`));
-  if (!has("PATH")) env.unshift(`PATH=${DEFAULT_PATH}`);
-  if (!has("HOSTNAME")) env.push(`HOSTNAME=${hostname}`);
-  if (!has("HOME")) env.push(`HOME=${spec.user.uid === 0 ? "/root" : "/"}`);
-  return env;
 }
 
 function startError(id: string, err: unknown): FleetError {

@@ -88,12 +88,40 @@ export function parsePax(buf: Buffer): Map<string, Buffer> {
   return out;
 }
 
-/** Reads exactly n bytes from the chunk queue. */
+/**
+ * The archive's bytes as the reader asks for them: pulled from the source
+ * until n are buffered, then taken exactly (headers) or as they arrived
+ * (data, without copying).
+ */
 class ByteQueue {
   private chunks: Buffer[] = [];
+  private readonly it: AsyncIterator<Buffer>;
+  private done = false;
   length = 0;
 
-  push(b: Buffer): void {
+  constructor(source: AsyncIterable<Buffer>) {
+    this.it = source[Symbol.asyncIterator]();
+  }
+
+  /** True once n bytes are buffered; false when the source ended first. */
+  async fill(n: number): Promise<boolean> {
+    while (this.length < n && !this.done) {
+      const r = await this.it.next();
+      if (r.done) this.done = true;
+      else this.push(r.value);
+    }
+    return this.length >= n;
+  }
+
+  /** Reads the source to its end, discarding what comes. */
+  async drain(): Promise<void> {
+    while (!this.done) {
+      const r = await this.it.next();
+      if (r.done) this.done = true;
+    }
+  }
+
+  private push(b: Buffer): void {
     if (b.length) {
       this.chunks.push(b);
       this.length += b.length;
@@ -129,24 +157,78 @@ class ByteQueue {
   }
 }
 
-export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarEvent> {
-  const q = new ByteQueue();
-  const it = source[Symbol.asyncIterator]();
-  let done = false;
-  const fill = async (n: number): Promise<boolean> => {
-    while (q.length < n && !done) {
-      const r = await it.next();
-      if (r.done) done = true;
-      else q.push(r.value);
-    }
-    return q.length >= n;
+/** What extended headers (pax, GNU long names) say about the entries after them. */
+interface Extensions {
+  /** The next entry's pax records. */
+  pax: Map<string, Buffer> | undefined;
+  /** Pax records for every entry that follows. */
+  globalPax: Map<string, Buffer>;
+  longName: string | undefined;
+  longLink: string | undefined;
+}
+
+const EXTENDED_FLAGS = new Set(["x", "g", "L", "K"]);
+
+async function readExtension(q: ByteQueue, ext: Extensions, flag: string, size: number): Promise<void> {
+  const padded = Math.ceil(size / BLOCK) * BLOCK;
+  if (size > 1 << 20) throw bad(`extended header of ${size} bytes`);
+  if (!(await q.fill(padded))) throw bad("truncated extended header");
+  const body = Buffer.from(q.take(padded).subarray(0, size));
+  if (flag === "x") ext.pax = parsePax(body);
+  else if (flag === "g") ext.globalPax = new Map([...ext.globalPax, ...parsePax(body)]);
+  else if (flag === "L") ext.longName = text(body, 0, size);
+  else ext.longLink = text(body, 0, size);
+}
+
+/** The entry's header: the ustar fields, overridden by what the extended headers said (which then no longer apply). */
+function entryHeader(block: Buffer, type: TarType, size: number, ext: Extensions): TarHeader {
+  const records = new Map([...ext.globalPax, ...(ext.pax ?? [])]);
+  const prefix = text(block, 345, 155);
+  const ustarName =
+    prefix && text(block, 257, 5) === "ustar" ? `${prefix}/${text(block, 0, 100)}` : text(block, 0, 100);
+  const str = (k: string) => records.get(k)?.toString("utf8");
+  const header: TarHeader = {
+    name: str("path") ?? ext.longName ?? ustarName,
+    type,
+    mode: num(block, 100, 8) & 0o7777,
+    uid: Number(str("uid") ?? num(block, 108, 8)),
+    gid: Number(str("gid") ?? num(block, 116, 8)),
+    size: Number(str("size") ?? size),
+    mtime: Math.floor(Number(str("mtime") ?? num(block, 136, 12))),
+    linkname: str("linkpath") ?? ext.longLink ?? text(block, 157, 100),
+    devmajor: num(block, 329, 8),
+    devminor: num(block, 337, 8),
+    xattrs: new Map([...records].filter(([k]) => k.startsWith("SCHILY.xattr.")).map(([k, v]) => [k.slice(13), v])),
   };
-  let pax: Map<string, Buffer> | undefined;
-  let globalPax = new Map<string, Buffer>();
-  let longName: string | undefined;
-  let longLink: string | undefined;
+  ext.pax = undefined;
+  ext.longName = undefined;
+  ext.longLink = undefined;
+  return header;
+}
+
+/** The entry's data in the chunks that arrive, then past its padding (and past the body of a non-file that has one). */
+async function* entryData(q: ByteQueue, header: TarHeader, size: number): AsyncGenerator<TarEvent> {
+  const dataSize = header.type === "file" ? header.size : 0;
+  let left = dataSize;
+  while (left > 0) {
+    if (!(await q.fill(1))) throw bad(`truncated data of ${header.name}`);
+    const chunk = q.takeSome(left);
+    left -= chunk.length;
+    yield { kind: "data", chunk };
+  }
+  const padded = Math.ceil(size / BLOCK) * BLOCK;
+  const skip = Math.ceil(dataSize / BLOCK) * BLOCK - dataSize + (header.type === "file" ? 0 : padded);
+  if (skip > 0) {
+    if (!(await q.fill(skip))) throw bad(`truncated padding after ${header.name}`);
+    q.take(skip);
+  }
+}
+
+export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarEvent> {
+  const q = new ByteQueue(source);
+  const ext: Extensions = { pax: undefined, globalPax: new Map(), longName: undefined, longLink: undefined };
   for (;;) {
-    if (!(await fill(BLOCK))) {
+    if (!(await q.fill(BLOCK))) {
       if (q.length > 0) throw bad("truncated header");
       break; // end without the zero blocks: accepted, as GNU tar does
     }
@@ -155,60 +237,18 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     if (!checksumOk(block)) throw bad("header checksum mismatch");
     const flag = String.fromCharCode(block[156]!);
     const size = num(block, 124, 12);
-    const padded = Math.ceil(size / BLOCK) * BLOCK;
-    if (flag === "x" || flag === "g" || flag === "L" || flag === "K") {
-      if (size > 1 << 20) throw bad(`extended header of ${size} bytes`);
-      if (!(await fill(padded))) throw bad("truncated extended header");
-      const body = Buffer.from(q.take(padded).subarray(0, size));
-      if (flag === "x") pax = parsePax(body);
-      else if (flag === "g") globalPax = new Map([...globalPax, ...parsePax(body)]);
-      else if (flag === "L") longName = text(body, 0, size);
-      else longLink = text(body, 0, size);
+    if (EXTENDED_FLAGS.has(flag)) {
+      await readExtension(q, ext, flag, size);
       continue;
     }
     const type = TYPES[flag];
     if (!type) throw bad(`unsupported entry type '${flag}'`);
-    const records = new Map([...globalPax, ...(pax ?? [])]);
-    const prefix = text(block, 345, 155);
-    const ustarName =
-      prefix && text(block, 257, 5) === "ustar" ? `${prefix}/${text(block, 0, 100)}` : text(block, 0, 100);
-    const str = (k: string) => records.get(k)?.toString("utf8");
-    const header: TarHeader = {
-      name: str("path") ?? longName ?? ustarName,
-      type,
-      mode: num(block, 100, 8) & 0o7777,
-      uid: Number(str("uid") ?? num(block, 108, 8)),
-      gid: Number(str("gid") ?? num(block, 116, 8)),
-      size: Number(str("size") ?? size),
-      mtime: Math.floor(Number(str("mtime") ?? num(block, 136, 12))),
-      linkname: str("linkpath") ?? longLink ?? text(block, 157, 100),
-      devmajor: num(block, 329, 8),
-      devminor: num(block, 337, 8),
-      xattrs: new Map([...records].filter(([k]) => k.startsWith("SCHILY.xattr.")).map(([k, v]) => [k.slice(13), v])),
-    };
-    pax = undefined;
-    longName = undefined;
-    longLink = undefined;
+    const header = entryHeader(block, type, size, ext);
     yield { kind: "header", header };
-    const dataSize = type === "file" ? header.size : 0;
-    let left = dataSize;
-    while (left > 0) {
-      if (!(await fill(1))) throw bad(`truncated data of ${header.name}`);
-      const chunk = q.takeSome(left);
-      left -= chunk.length;
-      yield { kind: "data", chunk };
-    }
-    const skip = Math.ceil(dataSize / BLOCK) * BLOCK - dataSize + (type === "file" ? 0 : padded);
-    if (skip > 0) {
-      if (!(await fill(skip))) throw bad(`truncated padding after ${header.name}`);
-      q.take(skip);
-    }
+    yield* entryData(q, header, size);
     yield { kind: "end" };
   }
   // Whatever follows the end-of-archive blocks is read too, so that a
   // digest computed upstream covers every byte.
-  while (!done) {
-    const r = await it.next();
-    if (r.done) done = true;
-  }
+  await q.drain();
 }

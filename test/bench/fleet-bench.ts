@@ -5,7 +5,7 @@
  * The devices are real agents (schemas, signature and wave checks, planner,
  * executors, health gate) on real MQTT 5 sessions, wired as `fleetlet agent`
  * wires them, spread over K child processes; only their container runtime is
- * simulated (agent/fleet/simulated-runtime.ts: no container runs). The
+ * simulated (test/support/sim/simulated-runtime.ts: no container runs). The
  * operator is this process, driving the same Rollout, FleetClient and
  * FleetView as `fleetctl rollout`: one retained group publish per wave.
  *
