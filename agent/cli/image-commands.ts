@@ -82,7 +82,7 @@ async function prune(ctx: CliContext): Promise<number> {
   const store = await ctx.store();
   const r = await store.prune({ inUse: () => layersInUse(ctx) });
   process.stdout.write(
-    `removed ${r.blobs} blobs, ${r.snapshots} layers and ${r.partials} partial downloads: ${formatBytes(r.bytes)} of blobs freed\n`,
+    `removed ${r.blobs} blobs, ${r.snapshots} layers and ${r.partials} partial downloads: ${formatBytes(r.bytes)} of blobs freed${r.expiredLeases ? `; ${r.expiredLeases} leases of processes that died expired` : ""}\n`,
   );
   return 0;
 }

@@ -160,6 +160,21 @@ describe("the architecture", () => {
   });
 });
 
+describe("docs/architecture.md", () => {
+  it("shows the same import directions as the rules the test checks", () => {
+    const doc = readFileSync(join(ROOT, "docs/architecture.md"), "utf8");
+    const rows = [...doc.matchAll(/^\| ([a-z]+) \| `[^`]+` \| ([^|]+) \|$/gm)];
+    const documented = Object.fromEntries(rows.map(([, layer, allowed]) => [layer, allowed!.trim()]));
+    const expected = Object.fromEntries(
+      Object.entries(LAYERS).map(([layer, allowed]) => [
+        layer,
+        layer === "cli" ? "every layer below" : layer === "schemas" ? "nothing but zod" : allowed.join(", "),
+      ]),
+    );
+    expect(documented).toEqual(expected);
+  });
+});
+
 describe("the architecture check itself", () => {
   it("finds a cycle through several files, and a file importing itself, but not a chain", () => {
     const g = (edges: Record<string, string[]>) => new Map(Object.entries(edges).map(([f, local]) => [f, { local }]));
