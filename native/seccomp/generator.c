@@ -116,6 +116,32 @@ static void validate(void) {
   }
 }
 
+static int in_policy(const char *name) {
+  for (size_t i = 0; i < NRULES; i++)
+    if (strcmp(rules[i].name, name) == 0) return 1;
+  return 0;
+}
+
+/* Says which calls this libseccomp knows that policy.h does not name: they
+ * get ENOSYS, which is safe, but deserve a decision. */
+static void note_unlisted(void) {
+  uint32_t seen[NTARGETS * MAX_ABIS] = {0};
+  size_t nseen = 0;
+  for (size_t t = 0; t < NTARGETS; t++)
+    for (const uint32_t *a = targets[t].abis; *a; a++) {
+      int again = 0;
+      for (size_t i = 0; i < nseen; i++) again |= seen[i] == *a;
+      if (again) continue;
+      seen[nseen++] = *a;
+      for (int nr = 0; nr < 0xf0100; nr = nr == 2047 ? 0xf0000 : nr + 1) {
+        char *name = seccomp_syscall_resolve_num_arch(*a, nr);
+        if (name && !in_policy(name))
+          fprintf(stderr, "seccomp generator: note: %s %s (%d) is not in policy.h: it gets ENOSYS\n", abi_name(*a), name, nr);
+        free(name);
+      }
+    }
+}
+
 static scmp_filter_ctx new_ctx(const struct target *t, uint32_t default_action) {
   scmp_filter_ctx ctx = seccomp_init(default_action);
   int has_native = 0;
@@ -277,7 +303,19 @@ static void write_program(FILE *h, FILE *json, const struct target *t, const str
   fprintf(h, "static const struct sock_filter seccomp_program[%zu] = {\n", p->len);
   fprintf(json, "%s\n    \"%s\": {\n      \"abis\": [", first ? "" : ",", t->name);
   for (const uint32_t *a = t->abis; *a; a++) fprintf(json, "%s\"%s\"", a == t->abis ? "" : ", ", abi_name(*a));
-  fprintf(json, "],\n      \"program\": [");
+  fprintf(json, "],\n      \"numbers\": {");
+  for (const uint32_t *a = t->abis; *a; a++) {
+    fprintf(json, "%s\n        \"%s\": {", a == t->abis ? "" : ",", abi_name(*a));
+    const char *sep = "";
+    for (size_t i = 0; i < NRULES; i++) {
+      int nr = seccomp_syscall_resolve_name_arch(*a, rules[i].name);
+      if (nr < 0 || (i > 0 && strcmp(rules[i - 1].name, rules[i].name) == 0)) continue;
+      fprintf(json, "%s\"%s\": %d", sep, rules[i].name, nr);
+      sep = ", ";
+    }
+    fprintf(json, "}");
+  }
+  fprintf(json, "\n      },\n      \"program\": [");
   for (size_t i = 0; i < p->len; i++) {
     const struct sock_filter *f = &p->ins[i];
     fprintf(h, "    {0x%04x, %u, %u, 0x%08x},\n", f->code, f->jt, f->jf, f->k);
@@ -360,6 +398,7 @@ int main(int argc, char **argv) {
   if (argc != 3) die("usage: generator HEADER OUTDIR");
   if (seccomp_api_set(3) < 0) die("libseccomp lacks API level 3 (SECCOMP_RET_KILL_PROCESS)");
   validate();
+  note_unlisted();
   write_outputs(argv[1], argv[2]);
   return 0;
 }
