@@ -101,8 +101,7 @@ describe("the default seccomp filter", () => {
   });
 
   it("answers ENOSYS for calls it does not know, including newer ones this kernel has, and for clone3", () => {
-    for (const name of [...NEWER, "unknown_1000", "clone3"])
-      expect([name, filtered.get(name)]).toEqual([name, ENOSYS]);
+    for (const name of [...NEWER, "unknown_1000", "clone3"]) expect([name, filtered.get(name)]).toEqual([name, ENOSYS]);
     for (const name of NEWER)
       expect([name, unconfined.get(name)], `the kernel implements ${name}`).not.toEqual([name, ENOSYS]);
   });

@@ -37,28 +37,28 @@ function layout(d: SeccompData): DataView {
   view.setInt32(0, d.nr, true);
   view.setUint32(4, d.arch, true);
   view.setBigUint64(8, d.instructionPointer ?? 0n, true);
-  (d.args ?? []).forEach((a, i) => view.setBigUint64(16 + 8 * i, BigInt.asUintN(64, a), true));
+  for (const [i, a] of (d.args ?? []).entries()) view.setBigUint64(16 + 8 * i, BigInt.asUintN(64, a), true);
   return view;
 }
 
 const ALU_OPS: Record<number, (a: number, b: number) => number> = {
-  0x00: (a, b) => a + b,
-  0x10: (a, b) => a - b,
-  0x20: (a, b) => Math.imul(a, b),
-  0x30: (a, b) => (b === 0 ? Number.NaN : Math.floor(a / b)),
-  0x40: (a, b) => a | b,
-  0x50: (a, b) => a & b,
-  0x60: (a, b) => (b >= 32 ? 0 : a << b),
-  0x70: (a, b) => (b >= 32 ? 0 : a >>> b),
-  0x80: (a) => -a,
-  0xa0: (a, b) => a ^ b,
+  0: (a, b) => a + b,
+  16: (a, b) => a - b,
+  32: (a, b) => Math.imul(a, b),
+  48: (a, b) => (b === 0 ? Number.NaN : Math.floor(a / b)),
+  64: (a, b) => a | b,
+  80: (a, b) => a & b,
+  96: (a, b) => (b >= 32 ? 0 : a << b),
+  112: (a, b) => (b >= 32 ? 0 : a >>> b),
+  128: (a) => -a,
+  160: (a, b) => a ^ b,
 };
 
 const JUMPS: Record<number, (a: number, b: number) => boolean> = {
-  0x10: (a, b) => a === b,
-  0x20: (a, b) => a > b,
-  0x30: (a, b) => a >= b,
-  0x40: (a, b) => (a & b) !== 0,
+  16: (a, b) => a === b,
+  32: (a, b) => a > b,
+  48: (a, b) => a >= b,
+  64: (a, b) => (a & b) !== 0,
 };
 
 /** Throws unless the kernel would load the program: size, jump targets, a return at the end. */
@@ -80,7 +80,6 @@ export function checkProgram(program: readonly Instruction[]): void {
 /**
  * Runs a seccomp program over one system call and returns the action
  * (SECCOMP_RET_*), as an unsigned 32-bit number.
- * @long one switch over the instruction classes reads best whole
  */
 export function runSeccomp(program: readonly Instruction[], data: SeccompData): number {
   checkProgram(program);
@@ -139,14 +138,14 @@ export function actionName(ret: number): string {
   const data = ret & 0xffff;
   const action = (ret & 0xffff0000) >>> 0;
   const names: Record<number, string> = {
-    0x80000000: "KILL_PROCESS",
-    0x00000000: "KILL_THREAD",
-    0x00030000: `TRAP ${data}`,
-    0x00050000: `ERRNO ${data}`,
-    0x7fc00000: "USER_NOTIF",
-    0x7ff00000: `TRACE ${data}`,
-    0x7ffc0000: "LOG",
-    0x7fff0000: "ALLOW",
+    2147483648: "KILL_PROCESS",
+    0: "KILL_THREAD",
+    196608: `TRAP ${data}`,
+    327680: `ERRNO ${data}`,
+    2143289344: "USER_NOTIF",
+    2146435072: `TRACE ${data}`,
+    2147221504: "LOG",
+    2147418112: "ALLOW",
   };
   return names[action] ?? `UNKNOWN 0x${ret.toString(16)}`;
 }

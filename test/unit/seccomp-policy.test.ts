@@ -74,17 +74,18 @@ const ABIS: Abi[] = ["x86_64", "aarch64", "arm"];
 // Flags and arguments from the kernel's uapi headers.
 const SIGCHLD = 17n;
 const CLONE_THREAD_FLAGS = 0x3d0f00n; // VM|FS|FILES|SIGHAND|THREAD|SYSVSEM|SETTLS|PARENT_SETTID|CHILD_CLEARTID, as pthread_create
-const [CLONE_FS, CLONE_FILES, CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWCGROUP, CLONE_NEWTIME] = [
-  0x200n,
-  0x400n,
-  0x20000n,
-  0x10000000n,
-  0x20000000n,
-  0x40000000n,
-  0x2000000n,
-  0x80n,
+const [CLONE_FS, CLONE_FILES, CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWCGROUP, CLONE_NEWTIME] =
+  [0x200n, 0x400n, 0x20000n, 0x10000000n, 0x20000000n, 0x40000000n, 0x2000000n, 0x80n];
+const [AF_UNIX, AF_INET, AF_NETLINK, AF_ALG, AF_NFC, AF_VSOCK, AF_XDP, AF_MCTP] = [
+  1n,
+  2n,
+  16n,
+  38n,
+  39n,
+  40n,
+  44n,
+  45n,
 ];
-const [AF_UNIX, AF_INET, AF_NETLINK, AF_ALG, AF_NFC, AF_VSOCK, AF_XDP, AF_MCTP] = [1n, 2n, 16n, 38n, 39n, 40n, 44n, 45n];
 const [PER_LINUX32, UNAME26, ADDR_NO_RANDOMIZE, MMAP_PAGE_ZERO, READ_IMPLIES_EXEC] = [
   8n,
   0x20000n,
@@ -229,11 +230,14 @@ describe("the generated seccomp programs", () => {
         const expected = (name: string) =>
           allow.includes(name) ? ALLOW : deny.includes(name) ? EPERM : nosys.includes(name) ? ENOSYS : undefined;
         for (const [name, nr] of numbers)
-          if (expected(name)) expect([target, abi, name, verdict(target, abi, nr)]).toEqual([target, abi, name, expected(name)]);
-        for (const { name } of allowArg0) if (t.numbers[abi][name] === undefined) throw new Error(`${abi} lacks ${name}`);
+          if (expected(name))
+            expect([target, abi, name, verdict(target, abi, nr)]).toEqual([target, abi, name, expected(name)]);
+        for (const { name } of allowArg0)
+          if (t.numbers[abi][name] === undefined) throw new Error(`${abi} lacks ${name}`);
         // Every number up to 1023 that the policy does not name is unknown to it.
         const known = new Set(numbers.map(([, nr]) => nr));
-        for (let nr = 0; nr < 1024; nr++) if (!known.has(nr)) expect([abi, nr, verdict(target, abi, nr)]).toEqual([abi, nr, ENOSYS]);
+        for (let nr = 0; nr < 1024; nr++)
+          if (!known.has(nr)) expect([abi, nr, verdict(target, abi, nr)]).toEqual([abi, nr, ENOSYS]);
       }
   });
 });
