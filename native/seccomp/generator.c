@@ -116,6 +116,13 @@ static void validate(void) {
   }
 }
 
+/* Whether rules[i] is the first rule for its call. */
+static int first_rule(size_t i) {
+  for (size_t j = 0; j < i; j++)
+    if (strcmp(rules[j].name, rules[i].name) == 0) return 0;
+  return 1;
+}
+
 static int in_policy(const char *name) {
   for (size_t i = 0; i < NRULES; i++)
     if (strcmp(rules[i].name, name) == 0) return 1;
@@ -187,7 +194,7 @@ static void build_gate(scmp_filter_ctx ctx, const struct target *t) {
     if (r->kind == RULE_ALLOW) add(ctx, SCMP_ACT_ALLOW, r->name, 0, NULL);
     else if (r->kind == RULE_DENY) add(ctx, SCMP_ACT_ERRNO(EPERM), r->name, 0, NULL);
     else if (r->kind == RULE_NOSYS) continue; /* the default action already says ENOSYS */
-    else if (i == 0 || strcmp(rules[i - 1].name, r->name) != 0) add(ctx, GATE_MARK, r->name, 0, NULL);
+    else if (first_rule(i)) add(ctx, GATE_MARK, r->name, 0, NULL);
   }
 }
 
@@ -309,7 +316,7 @@ static void write_program(FILE *h, FILE *json, const struct target *t, const str
     const char *sep = "";
     for (size_t i = 0; i < NRULES; i++) {
       int nr = seccomp_syscall_resolve_name_arch(*a, rules[i].name);
-      if (nr < 0 || (i > 0 && strcmp(rules[i - 1].name, rules[i].name) == 0)) continue;
+      if (nr < 0 || !first_rule(i)) continue;
       fprintf(json, "%s\"%s\": %d", sep, rules[i].name, nr);
       sep = ", ";
     }

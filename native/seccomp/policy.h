@@ -20,9 +20,10 @@
  * refused with EPERM otherwise. Every call named nowhere here, which
  * includes every call Linux adds after this list was reviewed, is answered
  * ENOSYS: it fails closed, and libc falls back as it does on an older
- * kernel. A name applies on every ABI that has it; a name no target ABI has
- * is a build error. Calls that exist only on some ABIs are marked [x86_64]
- * or [arm]; aarch64 has the fewest (no legacy calls such as open or stat).
+ * kernel. A name applies on every ABI that has it, and a name no target ABI
+ * has is a build error. Many calls exist on some ABIs only: aarch64 lacks
+ * the legacy ones (open, stat, fork, …), the *64, *32 and *_time64 variants
+ * are arm's, and [x86_64] or [arm] marks a few more.
  *
  * TARGET(name, C condition that selects it in the shim, ABIs it filters):
  * a system call from any other ABI kills the process. */
