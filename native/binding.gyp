@@ -12,8 +12,18 @@
       "type": "executable",
       "sources": [
         "shim/main.c", "shim/config.c", "shim/init.c", "shim/rootfs.c",
-        "shim/security.c", "shim/seccomp.c", "shim/seccomp-i386.c", "shim/log-file.c", "shim/exec.c"
+        "shim/security.c", "shim/seccomp.c", "shim/log-file.c", "shim/exec.c"
       ],
+      "actions": [
+        {
+          "action_name": "seccomp_programs",
+          "message": "Generating the seccomp programs from seccomp/policy.h",
+          "inputs": ["seccomp/generator.sh", "seccomp/generator.c", "seccomp/policy.h"],
+          "outputs": ["<(SHARED_INTERMEDIATE_DIR)/seccomp-programs.h", "<(PRODUCT_DIR)/seccomp-programs.json"],
+          "action": ["sh", "seccomp/generator.sh", "<(SHARED_INTERMEDIATE_DIR)/seccomp-programs.h", "<(PRODUCT_DIR)"]
+        }
+      ],
+      "include_dirs": ["<(SHARED_INTERMEDIATE_DIR)"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-fno-pie"],
       "ldflags": ["-static", "-no-pie", "-Wl,--gc-sections"]
     }

@@ -12,10 +12,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # busybox-static: the test and demo images; crun, runc, hyperfine: the start-time benchmark's
-# baseline; g++/make/python3: the native build; docker-registry, skopeo, umoci, apache2-utils
+# baseline; g++/make/python3: the native build; libseccomp-dev: the build-time generator of the
+# shim's seccomp programs (the shim itself links no libseccomp); docker-registry, skopeo, umoci, apache2-utils
 # (htpasswd), openssl: the test registry and the images pushed to it by other tools; chromium: renders the status page;
 # mosquitto, mosquitto-clients: the test MQTT broker and mosquitto_passwd.
-PACKAGES="busybox-static crun runc hyperfine g++ make python3 docker-registry skopeo umoci apache2-utils openssl chromium mosquitto mosquitto-clients"
+PACKAGES="busybox-static crun runc hyperfine g++ make python3 libseccomp-dev docker-registry skopeo umoci apache2-utils openssl chromium mosquitto mosquitto-clients"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -32,8 +33,8 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 
 stale_native() {
-  [ ! -f native/build/Release/fleetlet-shim ] || [ ! -f native/build/Release/fleetlet_native.node ] && return 0
-  [ -n "$(find native/src native/shim native/binding.gyp -newer native/build/Release/fleetlet-shim 2>/dev/null | head -n 1)" ]
+  [ ! -f native/build/Release/fleetlet-shim ] || [ ! -f native/build/Release/fleetlet_native.node ] || [ ! -f native/build/Release/seccomp-programs.json ] && return 0
+  [ -n "$(find native/src native/shim native/seccomp native/binding.gyp -newer native/build/Release/fleetlet-shim 2>/dev/null | head -n 1)" ]
 }
 if stale_native; then
   echo "bootstrap: building the native core"

@@ -24,6 +24,7 @@ import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
 import { startRegistry } from "../support/registry.js";
 import { cleanupRoot } from "../support/state-root.js";
+import { specWithSeccomp } from "./oci-seccomp.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
 
 // From build/test/bench/ as from test/bench/: the bin scripts at the top of the project.
@@ -31,13 +32,6 @@ const FLEETLET_BIN = new URL("../../../bin/fleetlet.js", import.meta.url).pathna
 const FLEETCTL_BIN = new URL("../../../bin/fleetctl.js", import.meta.url).pathname;
 const DEVICE = "bench-agent-1";
 const DONE_PHASES = new Set(["converged", "failed", "rolledBack", "rejected"]);
-/** The seccomp deny-list of start-bench.ts, as EPERM. */
-const DENIED = (
-  "init_module finit_module delete_module kexec_load kexec_file_load reboot swapon swapoff bpf perf_event_open add_key request_key keyctl " +
-  "open_by_handle_at name_to_handle_at userfaultfd ptrace process_vm_readv process_vm_writev kcmp mount umount2 pivot_root fsopen fsconfig " +
-  "fsmount fspick move_mount open_tree mount_setattr setns acct settimeofday clock_settime clock_adjtime adjtimex iopl ioperm quotactl " +
-  "lookup_dcookie uselib syslog io_uring_setup io_uring_enter io_uring_register"
-).split(" ");
 /** Exits at once on SIGTERM (a trapped signal interrupts `wait`), so a swap costs no stop timeout. */
 const SERVICE_CMD = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"];
 /** crun 1.8 refuses a hybrid cgroup host: run it where /sys/fs/cgroup/unified is unmounted (harmless elsewhere). */
@@ -128,12 +122,7 @@ function ociBundle(dir: string, rootfs: string, name: string): void {
     pids: { limit: 64 },
   };
   spec.linux.cgroupsPath = `/fleetlet-bench-agent/${name}`;
-  spec.linux.seccomp = {
-    defaultAction: "SCMP_ACT_ALLOW",
-    architectures: ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    syscalls: [{ names: DENIED, action: "SCMP_ACT_ERRNO", errnoRet: 1 }],
-  };
-  writeFileSync(join(dir, "config.json"), JSON.stringify(spec));
+  writeFileSync(join(dir, "config.json"), specWithSeccomp(spec));
 }
 
 export async function agentBench(args: string[]): Promise<void> {

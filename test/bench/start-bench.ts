@@ -12,56 +12,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Runtime } from "../../agent/runtime/runtime.js";
 import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
+import { specWithSeccomp } from "./oci-seccomp.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
 
 const LIMITS = { memory: "64Mi", cpus: 1, pids: 64 };
-const DENIED = [
-  "init_module",
-  "finit_module",
-  "delete_module",
-  "kexec_load",
-  "kexec_file_load",
-  "reboot",
-  "swapon",
-  "swapoff",
-  "bpf",
-  "perf_event_open",
-  "add_key",
-  "request_key",
-  "keyctl",
-  "open_by_handle_at",
-  "name_to_handle_at",
-  "userfaultfd",
-  "ptrace",
-  "process_vm_readv",
-  "process_vm_writev",
-  "kcmp",
-  "mount",
-  "umount2",
-  "pivot_root",
-  "fsopen",
-  "fsconfig",
-  "fsmount",
-  "fspick",
-  "move_mount",
-  "open_tree",
-  "mount_setattr",
-  "setns",
-  "acct",
-  "settimeofday",
-  "clock_settime",
-  "clock_adjtime",
-  "adjtimex",
-  "iopl",
-  "ioperm",
-  "quotactl",
-  "lookup_dcookie",
-  "uselib",
-  "syslog",
-  "io_uring_setup",
-  "io_uring_enter",
-  "io_uring_register",
-];
 
 function ociBundle(dir: string, rootfs: string): string {
   mkdirSync(dir, { recursive: true });
@@ -78,12 +32,7 @@ function ociBundle(dir: string, rootfs: string): string {
     pids: { limit: 64 },
   };
   spec.linux.cgroupsPath = "/fleetlet-bench-oci/ctr";
-  spec.linux.seccomp = {
-    defaultAction: "SCMP_ACT_ALLOW",
-    architectures: ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    syscalls: [{ names: DENIED, action: "SCMP_ACT_ERRNO", errnoRet: 1 }],
-  };
-  writeFileSync(join(dir, "config.json"), JSON.stringify(spec, null, 2));
+  writeFileSync(join(dir, "config.json"), specWithSeccomp(spec, 2));
   return dir;
 }
 

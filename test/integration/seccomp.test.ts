@@ -53,36 +53,77 @@ function probe(...flags: string[]): Map<string, number> {
   );
 }
 
+const DENIED = [
+  "init_module",
+  "finit_module",
+  "delete_module",
+  "kexec_load",
+  "reboot",
+  "swapon",
+  "swapoff",
+  "bpf",
+  "perf_event_open",
+  "add_key",
+  "keyctl",
+  "open_by_handle_at",
+  "userfaultfd",
+  "ptrace",
+  "mount",
+  "pidfd_getfd",
+  "process_madvise",
+  "fanotify_init",
+  "quotactl_fd",
+  "personality_addr_no_randomize",
+  "unshare_user",
+  "unshare_mount",
+  "clone_newns",
+  "socket_alg",
+  "socket_vsock",
+  "socket_vsock_high_bits",
+  "sysfs",
+  "ustat",
+];
+/** Calls newer than the policy that this kernel has (all since Linux 6.10, open_tree_attr since 6.15). */
+const NEWER = ["statmount", "listmount", "mseal", "open_tree_attr"];
+const ALLOWED = ["getpid", "socket_unix", "clone_process", "unshare_fs", "personality_query"];
+const SIGSYS = 31;
+
 describe("the default seccomp filter", () => {
-  it("refuses module, kexec, reboot, swap, bpf, perf, key, handle, userfaultfd, ptrace and user-namespace calls with EPERM", () => {
-    const results = probe();
-    const denied = [
-      "init_module",
-      "finit_module",
-      "delete_module",
-      "kexec_load",
-      "reboot",
-      "swapon",
-      "swapoff",
-      "bpf",
-      "perf_event_open",
-      "add_key",
-      "keyctl",
-      "open_by_handle_at",
-      "userfaultfd",
-      "ptrace",
-      "unshare_user",
-    ];
-    for (const name of denied) expect([name, results.get(name)]).toEqual([name, EPERM]);
-    expect(results.get("clone3")).toBe(ENOSYS);
+  let filtered: Map<string, number>;
+  let unconfined: Map<string, number>;
+  beforeAll(() => {
+    filtered = probe();
+    unconfined = probe("--seccomp", "unconfined");
+  });
+
+  it("refuses module, kexec, reboot, swap, bpf, perf, key, handle, ptrace, mount, pidfd_getfd, process_madvise, fanotify, quota, personality, namespace and AF_ALG/AF_VSOCK calls with EPERM", () => {
+    for (const name of DENIED) expect([name, filtered.get(name)]).toEqual([name, EPERM]);
+  });
+
+  it("answers ENOSYS for calls it does not know, including newer ones this kernel has, and for clone3", () => {
+    for (const name of [...NEWER, "unknown_1000", "clone3"]) expect([name, filtered.get(name)]).toEqual([name, ENOSYS]);
+    for (const name of NEWER)
+      expect([name, unconfined.get(name)], `the kernel implements ${name}`).not.toEqual([name, ENOSYS]);
+  });
+
+  it("lets ordinary calls through: getpid, an AF_UNIX socket, a new process, unshare(CLONE_FS), the personality query", () => {
+    for (const name of ALLOWED) expect([name, filtered.get(name)]).toEqual([name, 0]);
+  });
+
+  it("kills a call from the x32 or the i386 ABI with SIGSYS", () => {
+    expect(process.arch, "this test probes the ABIs of x86_64").toBe("x64");
+    expect(filtered.get("x32_getpid")).toBe(-SIGSYS);
+    expect(filtered.get("i386_getpid")).toBe(-SIGSYS);
+    expect(unconfined.get("i386_getpid"), "the kernel runs i386 calls (CONFIG_IA32_EMULATION)").toBe(0);
+    expect(unconfined.get("x32_getpid"), "x32 calls reach the kernel").not.toBe(-SIGSYS);
   });
 
   it("is what refused them: without it the kernel answers the same calls otherwise", () => {
-    const results = probe("--seccomp", "unconfined");
-    const answeredByKernel = [...results.entries()].filter(([, errno]) => errno !== EPERM);
+    const answeredByKernel = DENIED.filter((name) => unconfined.get(name) !== EPERM);
     // With every capability and no filter, most of these reach the kernel's argument checks.
-    expect(answeredByKernel.length).toBeGreaterThanOrEqual(10);
-    expect(results.get("reboot")).toBe(22); // EINVAL: the magic numbers are wrong
-    expect(results.get("clone3")).not.toBe(ENOSYS);
+    expect(answeredByKernel.length).toBeGreaterThanOrEqual(20);
+    expect(unconfined.get("reboot")).toBe(22); // EINVAL: the magic numbers are wrong
+    expect(unconfined.get("clone3")).not.toBe(ENOSYS);
+    expect(unconfined.get("socket_vsock_high_bits")).not.toBe(EPERM);
   });
 });
