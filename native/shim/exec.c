@@ -75,8 +75,7 @@ static int parse(int argc, char **argv, struct shim_config *cfg, pid_t *pid, uns
     else if (strcmp(opt, "--cap") == 0) r = list_push(&cfg->caps, val, "capabilities", err);
     else if (strcmp(opt, "--env") == 0) r = list_push(&cfg->env, val, "environment entries", err);
     else if (strcmp(opt, "--uid") == 0 || strcmp(opt, "--gid") == 0) {
-      r = parse_id(val, UINT32_MAX - 1, &n, opt, err);
-      *(opt[2] == 'u' ? &cfg->uid : &cfg->gid) = (uint32_t)n;
+      if ((r = parse_id(val, UINT32_MAX - 1, &n, opt, err)) == 0) *(opt[2] == 'u' ? &cfg->uid : &cfg->gid) = (uint32_t)n;
     } else {
       set_error(err, EXIT_RUNTIME, 0, "unknown option `%s`", opt);
       return -1;
