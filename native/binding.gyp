@@ -12,7 +12,8 @@
       "type": "executable",
       "sources": [
         "shim/main.c", "shim/config.c", "shim/init.c", "shim/rootfs.c",
-        "shim/security.c", "shim/seccomp.c", "shim/log-file.c", "shim/exec.c"
+        "shim/security.c", "shim/seccomp.c", "shim/log-file.c", "shim/exec.c",
+        "shim/fds.c", "shim/devices.c"
       ],
       "actions": [
         {

@@ -19,8 +19,8 @@ export interface CgroupLayout {
   unified: string | null;
 }
 
-/** The controllers fleetlet joins and limits on v1. */
-export const V1_CONTROLLERS = ["memory", "cpu", "cpuacct", "pids"] as const;
+/** The controllers fleetlet joins and limits on v1 (devices: the default device rules). */
+export const V1_CONTROLLERS = ["memory", "cpu", "cpuacct", "pids", "devices"] as const;
 
 export function classifyLayout(rootType: number, unifiedType: number | null): CgroupMode {
   if (rootType === CGROUP2_SUPER_MAGIC) return "v2";

@@ -1,8 +1,9 @@
 /**
  * The container's cgroups: one directory per hierarchy under a `fleetlet`
- * parent, with the limits the shim writes before it joins the init to them,
- * usage read back, and removal once the processes are gone. cgroupfs calls are kernel
- * bookkeeping, not disk I/O, so they run synchronously.
+ * parent, with the limits and device rules the shim puts in place before it
+ * joins the init to them, usage read back, and removal once the processes
+ * are gone. cgroupfs calls are kernel bookkeeping, not disk I/O, so they run
+ * synchronously.
  */
 import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -11,11 +12,18 @@ import type { ContainerStats } from "../../schemas/container.js";
 import { FleetError, isErrno } from "../errors.js";
 import { type CgroupLayout, V1_CONTROLLERS } from "./cgroup-layout.js";
 import { type Limits, limitWrites, oomCounterFile, statFiles } from "./cgroup-limits.js";
+import { DEFAULT_DEVICE_RULES, deviceWrites } from "./device-rules.js";
 
 export interface ContainerCgroups {
   /** hierarchy ("memory", "cpu", …, "unified") → directory */
   dirs: Map<string, string>;
   oomFile: string | null;
+}
+
+export interface CgroupPlan extends ContainerCgroups {
+  writes: { file: string; value: string; optional: boolean }[];
+  /** cgroup v2: the cgroup the shim attaches the device program to, and its rules. */
+  devices: { dir: string; rules: string[] } | null;
 }
 
 export class Cgroups {
@@ -37,7 +45,7 @@ export class Cgroups {
       const mount = this.layout.v1.get(c);
       if (mount) dirs.set(c, join(mount, this.parent, id));
     }
-    // On a hybrid host every limit lives in v1, so the unified tree is left alone.
+    // On a hybrid host every limit and the device rules live in v1, so the unified tree is left alone.
     if (this.layout.mode === "v2" && this.layout.unified)
       dirs.set("unified", join(this.layout.unified, this.parent, id));
     const oom = oomCounterFile(this.layout.mode);
@@ -46,14 +54,13 @@ export class Cgroups {
   }
 
   /**
-   * The container's cgroups and the limit writes that go into them. The shim
-   * creates the directories and writes the limits (while the init builds its
-   * rootfs), then joins the init; a failure comes back naming the file.
+   * The container's cgroups, the limit and device-rule writes that go into
+   * them, and on v2 where the device program goes. The shim creates the
+   * directories, writes the files and attaches the program (while the init
+   * builds its rootfs), then joins the init; a failure comes back naming the
+   * file.
    */
-  plan(
-    id: string,
-    limits: Limits,
-  ): ContainerCgroups & { writes: { file: string; value: string; optional: boolean }[] } {
+  plan(id: string, limits: Limits): CgroupPlan {
     const groups = this.locate(id);
     if (this.layout.mode === "v2") this.enableControllers();
     const parents = new Set([...groups.dirs.values()].map((d) => dirname(d)));
@@ -64,13 +71,22 @@ export class Cgroups {
         throw new FleetError("E_CGROUP", `create cgroup ${dir}: ${(err as Error).message}`, { cause: err });
       }
     }
-    const writes = limitWrites(this.layout.mode, limits).map((w) => {
+    const all = [...limitWrites(this.layout.mode, limits), ...deviceWrites(this.layout.mode)];
+    const writes = all.map((w) => {
       const dir = groups.dirs.get(w.hierarchy);
       if (!dir)
         throw new FleetError("E_CGROUP", `cannot apply ${w.file}: the ${w.hierarchy} cgroup controller is not mounted`);
       return { file: join(dir, w.file), value: w.value, optional: w.optional ?? false };
     });
-    return { ...groups, writes };
+    return { ...groups, writes, devices: this.devicePlan(groups) };
+  }
+
+  /** v2: the device rules go to the shim's BPF program, in the container's one cgroup. */
+  private devicePlan(groups: ContainerCgroups): CgroupPlan["devices"] {
+    if (this.layout.mode !== "v2") return null;
+    const dir = groups.dirs.get("unified");
+    if (!dir) throw new FleetError("E_CGROUP", "cannot apply the device rules: no cgroup2 hierarchy is mounted");
+    return { dir, rules: [...DEFAULT_DEVICE_RULES] };
   }
 
   /** v2 only: let the parent hand memory, cpu and pids down to containers. */

@@ -3,6 +3,9 @@
  * shim's exec mode: it joins the init's namespaces and the container's
  * cgroups, and takes the container's capabilities, environment, user and
  * seccomp; it is killed at the timeout, and its output is kept to about 4 KiB.
+ * The shim is started with an empty environment: the agent's own (which may
+ * hold FLEETLET_* secrets) never enters the container, even for the moment
+ * before the command's exec.
  */
 import { spawn } from "node:child_process";
 import type { ContainerSpec } from "../../schemas/container.js";
@@ -20,6 +23,8 @@ export interface ExecTarget {
   init: { pid: number; startTime: string };
   /** The container's cgroup directories. */
   cgroupDirs: Iterable<string>;
+  /** List /proc/self/fd even where close_range can mark descriptors (tests). */
+  fdScan?: boolean;
 }
 
 export interface ExecResult {
@@ -36,6 +41,7 @@ function execArgs(target: ExecTarget, command: string[]): string[] {
   for (const e of withDefaults(spec, spec.hostname ?? id)) args.push("--env", e);
   args.push("--uid", String(spec.user.uid), "--gid", String(spec.user.gid));
   if (spec.seccomp === "unconfined") args.push("--no-seccomp");
+  if (target.fdScan) args.push("--fd-scan");
   args.push("--", ...command);
   return args;
 }
@@ -49,6 +55,7 @@ export function execInContainer(
   return new Promise((resolve, reject) => {
     const child = spawn(target.shimPath, args, {
       stdio: ["ignore", "pipe", "pipe"],
+      env: {},
       timeout: opts.timeoutMs ?? 10_000,
       killSignal: "SIGKILL",
       ...(opts.signal ? { signal: opts.signal } : {}),

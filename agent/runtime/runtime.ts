@@ -38,6 +38,12 @@ export interface RuntimeOptions {
   native?: NativeBinding;
   cgroups?: Cgroups;
   cgroupParent?: string;
+  /**
+   * Have the shim list /proc/self/fd to keep descriptors from containers, as
+   * it must on kernels before 5.11, even where close_range can do it: tests
+   * use it to exercise that path on a newer kernel.
+   */
+  fdScan?: boolean;
 }
 
 /**
@@ -57,12 +63,14 @@ export class Runtime {
   private readonly catalog: ContainerCatalog;
   private readonly removals = new Set<Promise<void>>();
   private readonly removalErrors: FleetError[] = [];
+  private readonly fdScan: boolean;
 
   constructor(opts: RuntimeOptions) {
     this.root = opts.root;
     this.native = opts.native ?? loadNative();
     this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
     this.catalog = new ContainerCatalog(this.root, this.native);
+    this.fdScan = opts.fdScan ?? false;
   }
 
   private paths(id: string): ContainerPaths {
@@ -120,6 +128,7 @@ export class Runtime {
       cgroups: groups,
       capabilities: capabilitySet(spec.capAdd, spec.capDrop),
       volumeDir: (n) => this.volumeDir(n),
+      fdScan: this.fdScan,
     });
     let started: SpawnResult;
     try {
@@ -185,7 +194,7 @@ export class Runtime {
       return Promise.reject(new FleetError("E_CONFLICT", `container ${id} is not running`));
     const cgroupDirs = this.cgroups.locate(id).dirs.values();
     return execInContainer(
-      { shimPath: this.native.shimPath, id, spec: state.spec, init: running.init, cgroupDirs },
+      { shimPath: this.native.shimPath, id, spec: state.spec, init: running.init, cgroupDirs, fdScan: this.fdScan },
       command,
       opts,
     );

@@ -17,6 +17,8 @@ export interface ShimConfigInput {
   cgroups: ReturnType<Cgroups["plan"]>;
   capabilities: number[];
   volumeDir: (name: string) => string;
+  /** List /proc/self/fd to mark descriptors close-on-exec even where close_range can (tests). */
+  fdScan?: boolean;
 }
 
 export function encodeShimConfig(c: ShimConfigInput): Buffer {
@@ -46,6 +48,9 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ...[...new Set(c.cgroups.dirs.values())].map((d): [string, string] => ["cgroup", d]),
     ...c.cgroups.writes.map((w): [string, string] => [w.optional ? "cglimit-opt" : "cglimit", `${w.file}\t${w.value}`]),
     ...(c.cgroups.oomFile ? [["oom", c.cgroups.oomFile] as [string, string]] : []),
+    ...(c.cgroups.devices ? [["devcgroup", c.cgroups.devices.dir] as [string, string]] : []),
+    ...(c.cgroups.devices?.rules ?? []).map((r): [string, string] => ["device", r]),
+    ...(c.fdScan ? [["fdscan", 1] as [string, number]] : []),
     ["log", c.paths.log],
     ["logmax", c.spec.log.maxBytes],
     ["logkeep", c.spec.log.keep],

@@ -19,21 +19,25 @@ void set_error(struct shim_error *err, int code, int errnum, const char *fmt, ..
     snprintf(err->message + n, sizeof(err->message) - n, ": %s", strerror(errnum));
 }
 
-static int push(struct str_list *list, const char *value, const char *key, struct shim_error *err) {
+/* Appends to a list and keeps it NULL-terminated, so that `args` and `env`
+ * are ready for execve however many entries they hold. `what` names the
+ * list's entries in the refusal: "command arguments". */
+int list_push(struct str_list *list, const char *value, const char *what, struct shim_error *err) {
   if (list->len >= MAX_LIST) {
-    set_error(err, EXIT_RUNTIME, 0, "config: too many `%s` entries (at most %d)", key, MAX_LIST);
+    set_error(err, EXIT_RUNTIME, 0, "too many %s (at most %d)", what, MAX_LIST);
     return -1;
   }
   list->items[list->len++] = value;
+  list->items[list->len] = NULL;
   return 0;
 }
 
-static int parse_u64(const char *value, uint64_t *out, const char *key, struct shim_error *err) {
+int parse_u64(const char *value, uint64_t *out, const char *key, struct shim_error *err) {
   char *end = NULL;
   errno = 0;
   unsigned long long v = strtoull(value, &end, 10);
-  if (errno || end == value || *end) {
-    set_error(err, EXIT_RUNTIME, 0, "config: `%s` is not a number: %s", key, value);
+  if (errno || end == value || *end || *value == '-') {
+    set_error(err, EXIT_RUNTIME, 0, "`%s` is not a number: %s", key, value);
     return -1;
   }
   *out = v;
@@ -45,18 +49,21 @@ static int apply(struct shim_config *cfg, const char *key, const char *value, st
 #define IS(k) (strcmp(key, k) == 0)
   if (IS("id")) cfg->id = value;
   else if (IS("rootfs")) cfg->rootfs = value;
-  else if (IS("lower")) return push(&cfg->lower, value, key, err);
+  else if (IS("lower")) return list_push(&cfg->lower, value, "layers", err);
   else if (IS("upper")) cfg->upper = value;
   else if (IS("work")) cfg->work = value;
   else if (IS("hostname")) cfg->hostname = value;
   else if (IS("cwd")) cfg->cwd = value;
-  else if (IS("arg")) return push(&cfg->args, value, key, err);
-  else if (IS("env")) return push(&cfg->env, value, key, err);
-  else if (IS("group")) return push(&cfg->groups, value, key, err);
-  else if (IS("cap")) return push(&cfg->caps, value, key, err);
-  else if (IS("mask")) return push(&cfg->masked, value, key, err);
-  else if (IS("ropath")) return push(&cfg->readonly_paths, value, key, err);
-  else if (IS("cgroup")) return push(&cfg->cgroups, value, key, err);
+  else if (IS("arg")) return list_push(&cfg->args, value, "command arguments", err);
+  else if (IS("env")) return list_push(&cfg->env, value, "environment entries", err);
+  else if (IS("group")) return list_push(&cfg->groups, value, "supplementary groups", err);
+  else if (IS("cap")) return list_push(&cfg->caps, value, "capabilities", err);
+  else if (IS("mask")) return list_push(&cfg->masked, value, "masked paths", err);
+  else if (IS("ropath")) return list_push(&cfg->readonly_paths, value, "read-only paths", err);
+  else if (IS("cgroup")) return list_push(&cfg->cgroups, value, "cgroups", err);
+  else if (IS("devcgroup")) cfg->dev_cgroup = value;
+  else if (IS("device")) return list_push(&cfg->dev_rules, value, "device rules", err);
+  else if (IS("fdscan")) cfg->fd_scan = strcmp(value, "1") == 0;
   else if (IS("oom")) cfg->oom_file = value;
   else if (IS("log")) cfg->log_path = value;
   else if (IS("exit")) cfg->exit_path = value;

@@ -142,6 +142,9 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
     set_error(err, EXIT_RUNTIME, errno, "unshare the cgroup namespace");
     return;
   }
+  /* Only stdin, stdout and stderr go through the exec. Done before the
+   * seccomp filter, which need not allow what the listing uses. */
+  if (fds_release_from(3, FDS_CLOEXEC, cfg->fd_scan, err) < 0) return;
   if (security_apply(cfg, err) < 0) return;
   exec_command(cfg, err);
 }

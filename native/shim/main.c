@@ -11,7 +11,6 @@
 #include "shim.h"
 
 #include <fcntl.h>
-#include <linux/close_range.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -92,6 +91,8 @@ static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_er
       return -1;
     }
   }
+  /* cgroup v2: the device program is in place before the init joins. */
+  if (cfg->dev_cgroup && devices_attach(cfg->dev_cgroup, &cfg->dev_rules, err) < 0) return -1;
   return cgroups_add_pid(&cfg->cgroups, pid, err);
 }
 
@@ -220,14 +221,15 @@ int main(int argc, char **argv) {
   static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
 
   if (argc > 1 && strcmp(argv[1], "exec") == 0) return exec_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "devices") == 0) return devices_main(argc - 1, argv + 1);
   if (argc < 3) {
-    fprintf(stderr, "usage: fleetlet-shim CONFIG SYNC_FD [--foreground]\n       fleetlet-shim exec PID START_TIME [options] -- CMD...\n");
+    fprintf(stderr, "usage: fleetlet-shim CONFIG SYNC_FD [--foreground]\n"
+                    "       fleetlet-shim exec PID START_TIME [options] -- CMD...\n"
+                    "       fleetlet-shim devices CGROUP2_DIR [RULE]...\n");
     return EXIT_RUNTIME;
   }
   int sync_fd = atoi(argv[2]);
   int fg = argc > 3 && strcmp(argv[3], "--foreground") == 0;
-  /* Nothing the launcher leaked may reach the container. */
-  syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
 
   pid_t p = fork();
   if (p < 0) {
@@ -235,7 +237,10 @@ int main(int argc, char **argv) {
     fail(sync_fd, &err);
   }
   if (p > 0) _exit(0);
-  setsid();
+  if (setsid() < 0) {
+    set_error(&err, EXIT_RUNTIME, errno, "setsid");
+    fail(sync_fd, &err);
+  }
   p = fork();
   if (p < 0) {
     set_error(&err, EXIT_RUNTIME, errno, "fork the shim");
@@ -244,8 +249,14 @@ int main(int argc, char **argv) {
   if (p > 0) _exit(0);
 
   if (config_read(argv[1], &cfg, &err) < 0) fail(sync_fd, &err);
-  prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-  prctl(PR_SET_NAME, "fleetlet-shim", 0, 0, 0);
+  /* Nothing the launcher handed over or leaked (the status pipe, the config
+   * memfd) may reach the container; the init checks again before its exec. */
+  if (fds_release_from(3, FDS_CLOEXEC, cfg.fd_scan, &err) < 0) fail(sync_fd, &err);
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) {
+    set_error(&err, EXIT_RUNTIME, errno, "prctl PR_SET_CHILD_SUBREAPER");
+    fail(sync_fd, &err);
+  }
+  prctl(PR_SET_NAME, "fleetlet-shim", 0, 0, 0); /* cosmetic: the name in ps */
   signal(SIGPIPE, SIG_IGN);
 
   struct log_file log = {.fd = -1};

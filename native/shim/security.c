@@ -65,12 +65,16 @@ static int set_caps(uint64_t mask, int root, struct shim_error *err) {
   struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
   struct __user_cap_data_struct data[2];
   /* A non-root user gets the bounding set only, as Docker does: it can
-   * regain capabilities through file capabilities, never by default. */
+   * regain capabilities through file capabilities, never by default. The
+   * inheritable set stays empty for everyone (Docker since CVE-2022-24769):
+   * it survives a switch to another user (su in the container), and a
+   * program with inheritable file capabilities would then get them. */
   uint64_t sets = root ? mask : 0;
   memset(data, 0, sizeof(data));
   for (int i = 0; i < 2; i++) {
     uint32_t word = (uint32_t)(sets >> (32 * i));
-    data[i].effective = data[i].permitted = data[i].inheritable = word;
+    data[i].effective = data[i].permitted = word;
+    data[i].inheritable = 0;
   }
   if (syscall(SYS_capset, &hdr, data) < 0) {
     set_error(err, EXIT_RUNTIME, errno, "capset");

@@ -26,7 +26,7 @@
 #define EXIT_NOT_FOUND 127
 
 struct str_list {
-  const char *items[MAX_LIST];
+  const char *items[MAX_LIST + 1]; /* room for the NULL that ends argv and envp */
   size_t len;
 };
 
@@ -75,6 +75,9 @@ struct shim_config {
   const char *exit_path;
   const char *running_path;    /* where the shim records its and the init's pid */
   uint64_t nofile_soft, nofile_hard;
+  const char *dev_cgroup;      /* cgroup v2: the dir the device program is attached to */
+  struct str_list dev_rules;   /* allowed devices, "c 1:3 rwm" as in v1's devices.allow */
+  int fd_scan;                 /* list /proc/self/fd even where close_range works (tests) */
 };
 
 /* An error travels as a value: the exit code it maps to, errno and a
@@ -85,6 +88,8 @@ struct shim_error {
   char message[768];
 };
 
+int parse_u64(const char *value, uint64_t *out, const char *key, struct shim_error *err);
+int list_push(struct str_list *list, const char *value, const char *what, struct shim_error *err);
 int config_read(const char *path, struct shim_config *cfg, struct shim_error *err);
 
 /* Runs in the container's init between fork and exec; returns only on
@@ -96,6 +101,13 @@ void exec_command(const struct shim_config *cfg, struct shim_error *err);
 unsigned long long start_time(pid_t pid);
 int exec_main(int argc, char **argv);
 int cgroups_add_pid(const struct str_list *dirs, pid_t pid, struct shim_error *err);
+
+/* Closes every descriptor from `low` up, or marks it close-on-exec (fds.c). */
+enum { FDS_CLOEXEC, FDS_CLOSE };
+int fds_release_from(int low, int how, int scan, struct shim_error *err);
+/* Attaches (or atomically replaces) the cgroup v2 device program (devices.c). */
+int devices_attach(const char *cgroup_dir, const struct str_list *rules, struct shim_error *err);
+int devices_main(int argc, char **argv);
 
 int rootfs_setup(const struct shim_config *cfg, struct shim_error *err);
 int security_apply(const struct shim_config *cfg, struct shim_error *err);

@@ -27,6 +27,8 @@ describe("parseV1Mounts", () => {
       "35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw shared:14 - cgroup cgroup rw,cpu,cpuacct",
       "36 30 0:32 / /sys/fs/cgroup/memory rw shared:15 - cgroup cgroup rw,memory",
       "37 30 0:33 / /sys/fs/cgroup/pids rw shared:16 - cgroup cgroup rw,pids",
+      "38 30 0:34 / /sys/fs/cgroup/devices rw shared:17 - cgroup cgroup rw,devices",
+      "39 30 0:35 / /sys/fs/cgroup/freezer rw shared:18 - cgroup cgroup rw,freezer",
     ].join("\n");
     const mounts = parseV1Mounts(mountinfo);
     expect(Object.fromEntries(mounts)).toEqual({
@@ -34,18 +36,20 @@ describe("parseV1Mounts", () => {
       cpuacct: "/sys/fs/cgroup/cpu,cpuacct",
       memory: "/sys/fs/cgroup/memory",
       pids: "/sys/fs/cgroup/pids",
+      devices: "/sys/fs/cgroup/devices",
     });
   });
 });
 
 describe("detectCgroupLayout on this machine", () => {
-  it("finds a layout whose memory, cpu and pids controllers are usable", () => {
+  it("finds a layout whose memory, cpu, pids and (on v1) devices controllers are usable", () => {
     const layout = detectCgroupLayout();
     if (layout.mode === "v2") {
       expect(layout.unified).toBe("/sys/fs/cgroup");
     } else {
       // v1 or hybrid: the limits go to the v1 controllers
-      for (const c of ["memory", "cpu", "cpuacct", "pids"]) expect(layout.v1.get(c), `v1 ${c} controller`).toBeTruthy();
+      for (const c of ["memory", "cpu", "cpuacct", "pids", "devices"])
+        expect(layout.v1.get(c), `v1 ${c} controller`).toBeTruthy();
       if (layout.mode === "hybrid") expect(layout.unified).toBe("/sys/fs/cgroup/unified");
     }
   });
