@@ -17,6 +17,7 @@ export type ErrorCode =
   | "E_NOT_ROOT"
   | "E_DIGEST_MISMATCH"
   | "E_UNSAFE_LAYER"
+  | "E_UNSAFE_IMAGE"
   | "E_UNSUPPORTED"
   | "E_REGISTRY"
   | "E_REGISTRY_AUTH"
