@@ -43,6 +43,8 @@ export type ErrorCode =
   | "E_CORRUPT_STATE"
   | "E_FORBIDDEN"
   | "E_METHOD_NOT_ALLOWED"
+  | "E_HOST_NOT_ALLOWED"
+  | "E_API_UNAVAILABLE"
   | "E_INTERNAL";
 
 export class FleetError extends Error {
