@@ -17,6 +17,7 @@ export type ErrorCode =
   | "E_NOT_ROOT"
   | "E_DIGEST_MISMATCH"
   | "E_UNSAFE_LAYER"
+  | "E_UNSAFE_IMAGE"
   | "E_UNSUPPORTED"
   | "E_REGISTRY"
   | "E_REGISTRY_AUTH"
@@ -42,6 +43,8 @@ export type ErrorCode =
   | "E_CORRUPT_STATE"
   | "E_FORBIDDEN"
   | "E_METHOD_NOT_ALLOWED"
+  | "E_HOST_NOT_ALLOWED"
+  | "E_API_UNAVAILABLE"
   | "E_INTERNAL";
 
 export class FleetError extends Error {

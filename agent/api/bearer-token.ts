@@ -1,7 +1,8 @@
 /**
- * The check on state-changing calls: `Authorization: Bearer <api.token>`,
- * compared in constant time. With no token configured such calls are
- * refused outright (403) rather than left open.
+ * The check on state-changing calls, and on reading logs over TCP:
+ * `Authorization: Bearer <api.token>`, compared in constant time. With no
+ * token configured such calls are refused outright (403) rather than left
+ * open.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
@@ -13,13 +14,20 @@ function tokensEqual(given: string, expected: string): boolean {
   return timingSafeEqual(digest(given), digest(expected));
 }
 
-/** Throws ApiError 403 when no token is configured, 401 (with a challenge) when the request does not carry it. */
-export function requireToken(req: IncomingMessage, token: string | undefined): void {
+/**
+ * Throws ApiError 403 when no token is configured, 401 (with a challenge) when
+ * the request does not carry it. `refusal` says what is disabled without one.
+ */
+export function requireToken(
+  req: IncomingMessage,
+  token: string | undefined,
+  refusal = "state-changing calls are disabled",
+): void {
   if (!token) {
     throw new ApiError(
       403,
       "E_FORBIDDEN",
-      "state-changing calls are disabled: api.token must be set in the device config (or FLEETLET_API_TOKEN)",
+      `${refusal}: api.token must be set in the device config (or FLEETLET_API_TOKEN)`,
     );
   }
   const challenge = { "www-authenticate": 'Bearer realm="fleetlet"' };

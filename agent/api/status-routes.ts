@@ -1,14 +1,19 @@
 /**
  * The status endpoint's routes: `/` (the page), /healthz, /v1/status,
- * /metrics, a service's logs and its restart; the method checks (HEAD as
- * GET, 405 with Allow), and the response every request gets, errors
- * included. Reads are open; a restart needs the bearer token.
+ * /metrics, a service's logs and its restart; the checks every request
+ * passes (over TCP, a Host that is an IP literal or localhost; the method:
+ * HEAD as GET, 405 with Allow), and the response every request gets, errors
+ * included. The state and metrics are open to whoever reaches the endpoint;
+ * logs need the bearer token over TCP (a service's output may hold anything)
+ * and nothing on the unix socket, whose mode is the gate; a restart always
+ * needs the token.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { AgentMetrics, ReportedState } from "../../schemas/reported.js";
 import { FleetError } from "../errors.js";
 import { ApiError, errorReply, json, type Reply, text } from "./api-reply.js";
 import { requireToken } from "./bearer-token.js";
+import { requireAllowedHost } from "./host-header.js";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "./metrics.js";
 import { renderStatusPage, STATUS_PAGE_CSP } from "./status-page.js";
 
@@ -28,6 +33,9 @@ export interface RouteOptions {
   source: StatusSource;
 }
 
+/** Which listener a request came in on: TCP checks Host and wants the token for logs. */
+export type Transport = "tcp" | "unix";
+
 const MAX_TAIL = 1_000_000;
 
 interface RequestContext {
@@ -35,6 +43,7 @@ interface RequestContext {
   service: string;
   query: URLSearchParams;
   opts: RouteOptions;
+  transport: Transport;
 }
 
 type Handler = (ctx: RequestContext) => Reply | Promise<Reply>;
@@ -62,7 +71,15 @@ const ROUTES: Route[] = [
   },
   {
     pattern: /^\/v1\/services\/([^/]+)\/logs$/,
-    get: (c) => text(c.opts.source.logs(c.service, parseTail(c.query.get("tail")))),
+    get: (c) => {
+      if (c.transport === "tcp")
+        requireToken(
+          c.req,
+          c.opts.token,
+          "reading logs over TCP is disabled (the unix socket api.socket needs no token)",
+        );
+      return text(c.opts.source.logs(c.service, parseTail(c.query.get("tail"))));
+    },
   },
   { pattern: /^\/v1\/services\/([^/]+)\/restart$/, post: restartService },
 ];
@@ -95,7 +112,8 @@ function decodeService(raw: string | undefined): string {
   }
 }
 
-function route(req: IncomingMessage, opts: RouteOptions): Reply | Promise<Reply> {
+function route(req: IncomingMessage, opts: RouteOptions, transport: Transport): Reply | Promise<Reply> {
+  if (transport === "tcp") requireAllowedHost(req);
   const [path = "/", search = ""] = (req.url ?? "/").split("?", 2);
   for (const r of ROUTES) {
     const m = r.pattern.exec(path);
@@ -108,18 +126,23 @@ function route(req: IncomingMessage, opts: RouteOptions): Reply | Promise<Reply>
         allow,
       });
     }
-    return handler({ req, opts, service: decodeService(m[1]), query: new URLSearchParams(search) });
+    return handler({ req, opts, transport, service: decodeService(m[1]), query: new URLSearchParams(search) });
   }
   throw new FleetError("E_NOT_FOUND", `no such endpoint: ${path}`);
 }
 
-/** Answers one request; every handler error becomes a reply. */
-export async function respond(req: IncomingMessage, res: ServerResponse, opts: RouteOptions): Promise<void> {
+/** Answers one request that came in on `transport`; every handler error becomes a reply. */
+export async function respond(
+  req: IncomingMessage,
+  res: ServerResponse,
+  opts: RouteOptions,
+  transport: Transport,
+): Promise<void> {
   // No route reads a body; discard any so a keep-alive connection stays usable.
   req.resume();
   let reply: Reply;
   try {
-    reply = await route(req, opts);
+    reply = await route(req, opts, transport);
   } catch (err) {
     reply = errorReply(err);
   }

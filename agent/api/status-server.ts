@@ -1,22 +1,27 @@
 /**
  * The local status endpoint (docs/contract.md, "Local status endpoint"): plain
  * node:http on loopback TCP and on a unix socket, the same routes on both
- * (status-routes.ts). Reads are open to anyone who can reach it; anything
- * that changes state needs `Authorization: Bearer <api.token>`, and with no
- * token configured such calls are refused outright rather than left open.
+ * (status-routes.ts). Over TCP a request must be addressed to an IP literal
+ * or localhost (host-header.ts) and logs need `Authorization: Bearer
+ * <api.token>`; anything that changes state needs the token everywhere, and
+ * with no token configured such calls are refused outright rather than left
+ * open. Given `retry`, a listener that cannot bind is retried in the
+ * background (endpoint-listener.ts) instead of failing the start.
  */
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo, ListenOptions } from "node:net";
-import { connect } from "node:net";
-import { dirname } from "node:path";
 import { FleetError, isErrno } from "../errors.js";
-import { type RouteOptions, respond } from "./status-routes.js";
+import { type BindRetry, EndpointListener } from "./endpoint-listener.js";
+import { prepareSocketPath } from "./socket-path.js";
+import { type RouteOptions, respond, type Transport } from "./status-routes.js";
 
+export type { BindRetry } from "./endpoint-listener.js";
 export type { StatusSource } from "./status-routes.js";
 
 export interface StatusServer {
-  port: number | undefined;
+  /** The TCP port, once bound. */
+  readonly port: number | undefined;
   socketPath: string | undefined;
   close(): Promise<void>;
 }
@@ -26,14 +31,16 @@ export interface StatusServerOptions extends RouteOptions {
   listen?: string;
   /** A unix socket path; its directory is created and a stale socket file replaced. */
   socket?: string;
+  /** Keep retrying a listener that cannot bind, reporting through these callbacks; without it the start fails. */
+  retry?: BindRetry;
 }
 
 const DEFAULT_LISTEN = "127.0.0.1:7780";
 
-function makeServer(opts: StatusServerOptions): Server {
+function makeServer(opts: StatusServerOptions, transport: Transport): Server {
   const server = createServer((req, res) => {
     // respond() turns every handler error into a reply; what is left is a broken connection.
-    respond(req, res, opts).catch((err: unknown) => res.destroy(err instanceof Error ? err : undefined));
+    respond(req, res, opts, transport).catch((err: unknown) => res.destroy(err instanceof Error ? err : undefined));
   });
   // Bound how long a slow or stuck client may hold a connection on a small device.
   server.headersTimeout = 10_000;
@@ -41,7 +48,8 @@ function makeServer(opts: StatusServerOptions): Server {
   return server;
 }
 
-function parseListen(listen: string): { host: string; port: number } {
+/** "HOST:PORT" or "[V6]:PORT" (an empty host is 127.0.0.1), or E_INVALID_CONFIG naming api.listen. */
+export function parseListen(listen: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(listen);
   const port = Number(m?.[3]);
   if (!m || port > 65535)
@@ -59,85 +67,47 @@ function listenOn(server: Server, target: ListenOptions, what: string): Promise<
   });
 }
 
-/** True when a live process answers on the socket: then it is not ours to remove. */
-function socketAnswers(path: string): Promise<boolean> {
-  return new Promise((resolve, reject) => {
-    const probe = connect(path);
-    probe.once("connect", () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once("error", (err) => {
-      if (isErrno(err, "ECONNREFUSED") || isErrno(err, "ENOENT")) resolve(false);
-      else reject(new FleetError("E_RUNTIME", `api.socket ${path}: cannot tell whether it is in use: ${err.message}`));
-    });
-  });
-}
-
-/** Creates the socket's directory and removes a socket file left by an agent that died. */
-async function prepareSocketPath(path: string): Promise<void> {
-  // 0750: the directory is the first gate; the socket itself gets 0660 once bound.
-  mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
-  let isSocket: boolean;
-  try {
-    isSocket = lstatSync(path).isSocket();
-  } catch (err) {
-    if (isErrno(err, "ENOENT")) return;
-    throw new FleetError("E_RUNTIME", `api.socket ${path}: ${(err as Error).message}`);
-  }
-  if (!isSocket)
-    throw new FleetError("E_CONFLICT", `api.socket ${path} exists and is not a socket; refusing to replace it`);
-  if (await socketAnswers(path)) {
-    throw new FleetError(
-      "E_CONFLICT",
-      `api.socket ${path} is in use by another process (is another fleetlet agent running?)`,
-    );
-  }
-  unlinkSync(path);
-}
-
-function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    if (!server.listening) return resolve();
-    server.close(() => resolve());
-    // Keep-alive clients (a browser tab refreshing the page) would otherwise hold close() open.
-    server.closeAllConnections();
-  });
-}
-
-async function listenTcp(listen: string, opts: StatusServerOptions): Promise<{ server: Server; port: number }> {
-  const { host, port } = parseListen(listen);
-  const server = makeServer(opts);
+async function listenTcp(host: string, port: number, opts: StatusServerOptions): Promise<Server> {
+  const server = makeServer(opts, "tcp");
   await listenOn(server, { host, port }, `${host}:${port}`);
-  return { server, port: (server.address() as AddressInfo).port };
+  return server;
 }
 
 async function listenUnix(path: string, opts: StatusServerOptions): Promise<Server> {
   await prepareSocketPath(path);
-  const server = makeServer(opts);
+  const server = makeServer(opts, "unix");
   await listenOn(server, { path }, path);
   chmodSync(path, 0o660);
   return server;
 }
 
-/** Starts the endpoint on TCP and, when `socket` is given, on the unix socket too. */
+/**
+ * Starts the endpoint on TCP and, when `socket` is given, on the unix socket
+ * too. Resolves once each listener has made its first attempt.
+ */
 export async function startStatusServer(opts: StatusServerOptions): Promise<StatusServer> {
   const listen = opts.listen ?? DEFAULT_LISTEN;
   if (listen === "" && !opts.socket)
     throw new FleetError("E_INVALID_CONFIG", "status endpoint: neither api.listen nor api.socket is set");
-  const tcp = listen === "" ? undefined : await listenTcp(listen, opts);
-  let unix: Server | undefined;
+  const hostPort = listen === "" ? undefined : parseListen(listen);
+  const tcp = hostPort && new EndpointListener(listen, () => listenTcp(hostPort.host, hostPort.port, opts), opts.retry);
+  const socket = opts.socket;
+  const unix = socket ? new EndpointListener(socket, () => listenUnix(socket, opts), opts.retry) : undefined;
+  const close = async () => {
+    await Promise.all([tcp?.close(), unix?.close()]);
+  };
   try {
-    unix = opts.socket ? await listenUnix(opts.socket, opts) : undefined;
+    await tcp?.attempt();
+    await unix?.attempt();
   } catch (err) {
-    if (tcp) await closeServer(tcp.server);
+    await close();
     throw err;
   }
   return {
-    port: tcp?.port,
-    socketPath: opts.socket,
-    close: async () => {
-      await Promise.all([tcp && closeServer(tcp.server), unix && closeServer(unix)]);
+    get port() {
+      return (tcp?.bound?.address() as AddressInfo | null | undefined)?.port;
     },
+    socketPath: socket,
+    close,
   };
 }

@@ -5,7 +5,6 @@
  * SIGTERM stops watching without stopping them (systemd's KillMode=process).
  */
 import type { DeviceConfig } from "../../schemas/config.js";
-import { type StatusServer, startStatusServer } from "../api/status-server.js";
 import { FleetError } from "../errors.js";
 import type { Agent } from "../reconcile/agent.js";
 import { desiredHandler } from "../reconcile/desired-sources.js";
@@ -14,6 +13,7 @@ import { MqttSession } from "../transport/mqtt-session.js";
 import { createAgent } from "./agent-commands.js";
 import type { ParsedArgs } from "./args.js";
 import type { CliContext } from "./context.js";
+import { StatusEndpoint } from "./status-endpoint.js";
 import { fleetletVersion } from "./version.js";
 
 /** Tells systemd (Type=notify) how the agent stands; a no-op elsewhere, a warning if it fails. */
@@ -23,21 +23,6 @@ function notifySystemd(state: string): void {
   } catch (err) {
     process.stderr.write(`fleetlet: warning: could not notify systemd: ${(err as Error).message}\n`);
   }
-}
-
-/** The local status endpoint over the agent: `api.listen` and `api.socket`. */
-function serveStatus(config: DeviceConfig, agent: Agent): Promise<StatusServer> {
-  return startStatusServer({
-    listen: config.api.listen,
-    socket: config.api.socket,
-    ...(config.api.token ? { token: config.api.token } : {}),
-    source: {
-      reported: () => agent.reported(),
-      metrics: () => agent.metrics,
-      logs: (s, t) => agent.logs(s, t),
-      restart: (s) => agent.restartService(s),
-    },
-  });
 }
 
 /** The MQTT session, not connected yet: events of the adoption wait in it for the broker. Undefined without a broker configured. */
@@ -70,14 +55,14 @@ async function connectSession(session: MqttSession, agent: Agent): Promise<MqttS
 }
 
 /** Says the agent is up: READY=1 to systemd, one line on stderr. */
-function announce(ctx: CliContext, agent: Agent, session: MqttSession | undefined): void {
+function announce(ctx: CliContext, agent: Agent, session: MqttSession | undefined, endpoint: StatusEndpoint): void {
   const { config } = ctx;
   const adopted = Object.keys(agent.reported().services).length;
   notifySystemd(
     `READY=1\nSTATUS=device ${config.deviceId}: ${adopted} service(s) adopted${session ? "" : ", no broker"}`,
   );
   process.stderr.write(
-    `fleetlet agent ${fleetletVersion()}: device ${config.deviceId}, state in ${ctx.root}, status on ${config.api.listen}${config.mqtt ? `, broker ${config.mqtt.url}` : ", no broker configured"}\n`,
+    `fleetlet agent ${fleetletVersion()}: device ${config.deviceId}, state in ${ctx.root}, status on ${endpoint.describe(config)}${config.mqtt ? `, broker ${config.mqtt.url}` : ", no broker configured"}\n`,
   );
 }
 
@@ -95,23 +80,30 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
     );
   const heartbeatMs = Number(options.heartbeat ?? 30) * 1000;
   let session: MqttSession | undefined;
+  let endpoint: StatusEndpoint | undefined;
+  const reported = () => endpoint?.reported() ?? agent.reported();
   const agent: Agent = await createAgent(
     ctx,
     (e) => session?.publishEvent(e),
-    (settled) => session?.publishReported(agent.reported(), { settled }),
+    (settled) => session?.publishReported(reported(), { settled }),
   );
-  const server = await serveStatus(config, agent);
+  endpoint = new StatusEndpoint(agent, {
+    changed: () => session?.publishReported(reported()),
+    event: (e) => session?.publishEvent(e),
+    warn: (line) => process.stderr.write(`fleetlet: ${line}\n`),
+  });
   session = newSession(config, agent);
+  await endpoint.start(config);
   await agent.reattach();
   session = session && (await connectSession(session, agent));
-  session?.publishReported(agent.reported());
-  const heartbeat = setInterval(() => session?.publishReported(agent.reported()), heartbeatMs);
-  announce(ctx, agent, session);
+  session?.publishReported(reported());
+  const heartbeat = setInterval(() => session?.publishReported(reported()), heartbeatMs);
+  announce(ctx, agent, session, endpoint);
   await stopRequested;
   clearInterval(heartbeat);
   notifySystemd("STOPPING=1");
   await agent.stop();
   await session?.stop();
-  await server.close();
+  await endpoint.close();
   return 0;
 }

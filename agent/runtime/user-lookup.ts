@@ -1,33 +1,19 @@
 /**
  * Resolves "user[:group]" (names or numbers) against the image's own
- * /etc/passwd and /etc/group, read from the topmost layer that has them.
- * The files are opened only if they resolve inside their layer, so an image
- * cannot make the host read its own /etc/shadow through a symlink.
+ * /etc/passwd and /etc/group, as the container will see them through its
+ * layers. They are read with readImageFile (image-file.ts): links followed
+ * only inside the image, regular files only, at most 1 MiB, so an image can
+ * neither make the host read its own files nor hang or exhaust the agent
+ * with a FIFO or a device node in their place.
  */
-import { readFileSync, realpathSync } from "node:fs";
-import { join, sep } from "node:path";
-import { FleetError, isErrno } from "../errors.js";
+
+import { FleetError } from "../errors.js";
+import { readImageFile } from "./image-file.js";
 
 export interface ResolvedUser {
   uid: number;
   gid: number;
   groups: number[];
-}
-
-function readInLayers(layers: string[], rel: string): string | undefined {
-  for (const layer of layers) {
-    let real: string;
-    try {
-      real = realpathSync(join(layer, rel));
-    } catch (err) {
-      if (isErrno(err, "ENOENT") || isErrno(err, "ENOTDIR")) continue; // not in this layer
-      throw err;
-    }
-    const root = realpathSync(layer);
-    if (!real.startsWith(root + sep)) continue;
-    return readFileSync(real, "utf8");
-  }
-  return undefined;
 }
 
 function table(text: string | undefined): string[][] {
@@ -42,7 +28,9 @@ export function resolveUser(spec: string, layers: string[], field = "user"): Res
   const fail = (what: string) => new FleetError("E_INVALID_ARGUMENT", `${field}: ${what}`, { exitCode: 125 });
   if (!user) throw fail(`expected user[:group], got "${spec}"`);
   const passwd =
-    /^\d+$/.test(user) && (group === undefined || /^\d+$/.test(group)) ? [] : table(readInLayers(layers, "etc/passwd"));
+    /^\d+$/.test(user) && (group === undefined || /^\d+$/.test(group))
+      ? []
+      : table(readImageFile(layers, "/etc/passwd"));
   let uid: number;
   let gid: number | undefined;
   if (/^\d+$/.test(user)) {
@@ -58,7 +46,7 @@ export function resolveUser(spec: string, layers: string[], field = "user"): Res
   if (group !== undefined) {
     if (/^\d+$/.test(group)) gid = Number(group);
     else {
-      const entry = table(readInLayers(layers, "etc/group")).find((e) => e[0] === group);
+      const entry = table(readImageFile(layers, "/etc/group")).find((e) => e[0] === group);
       if (!entry) throw fail(`no group "${group}" in the image's /etc/group`);
       gid = Number(entry[2]);
     }

@@ -200,7 +200,9 @@ describe("fleetlet agent", () => {
     );
     expect(back.lastError?.code).toBe("E_UNHEALTHY");
     expect(back.lastError?.message).toContain("rolled back to web-3");
-    const logs = await fetch(`http://127.0.0.1:${apiPort}/v1/services/web/logs?tail=1`);
+    const logs = await fetch(`http://127.0.0.1:${apiPort}/v1/services/web/logs?tail=1`, {
+      headers: { authorization: "Bearer s3cret" },
+    });
     expect(await logs.text()).toBe("hi three\n");
   });
 });

@@ -87,7 +87,7 @@ describe("the systemd unit", () => {
       RuntimeDirectoryPreserve: "yes",
       LimitNOFILE: "1048576",
       OOMScoreAdjust: "-900",
-      TasksMax: "infinity",
+      TasksMax: "512",
     };
     expect(Object.fromEntries(Object.keys(want).map((k) => [k, keys.get(k)?.value]))).toEqual(want);
     expect(keys.has("NoNewPrivileges")).toBe(false);

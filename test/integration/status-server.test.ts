@@ -231,20 +231,56 @@ describe("the unix socket", () => {
 });
 
 describe("logs", () => {
+  const auth = { authorization: `Bearer ${TOKEN}` };
+
   it("returns the last N lines as text", async () => {
-    const r = await call(tcp, "GET", "/v1/services/web/logs?tail=2");
+    const r = await call(unix, "GET", "/v1/services/web/logs?tail=2");
     expect(r).toMatchObject({ status: 200, body: "web three\nweb four\n" });
     expect(r.headers["content-type"]).toBe("text/plain; charset=utf-8");
-    expect((await call(tcp, "GET", "/v1/services/web/logs")).body.split("\n")).toHaveLength(5);
+    expect((await call(unix, "GET", "/v1/services/web/logs")).body.split("\n")).toHaveLength(5);
     expect(main.calls.tails).toEqual([2, undefined]);
   });
 
+  it("needs the bearer token over TCP (401 without it or with a wrong one), and none on the unix socket", async () => {
+    main.calls.tails.length = 0;
+    const none = await call(tcp, "GET", "/v1/services/web/logs");
+    expect([none.status, JSON.parse(none.body).code, none.headers["www-authenticate"]]).toEqual([
+      401,
+      "E_UNAUTHORIZED",
+      'Bearer realm="fleetlet"',
+    ]);
+    const wrong = await call(tcp, "GET", "/v1/services/web/logs", { authorization: `Bearer ${TOKEN}x` });
+    expect(wrong.status).toBe(401);
+    expect(main.calls.tails).toEqual([]);
+    expect(await call(tcp, "GET", "/v1/services/web/logs?tail=1", auth)).toMatchObject({
+      status: 200,
+      body: "web four\n",
+    });
+    expect(await call(unix, "GET", "/v1/services/web/logs?tail=1")).toMatchObject({ status: 200, body: "web four\n" });
+  });
+
+  it("is refused over TCP with 403 naming the socket when no token is configured", async () => {
+    const open = makeSource();
+    const s = await startStatusServer({ listen: "127.0.0.1:0", source: open.source });
+    try {
+      const r = await call({ port: s.port! }, "GET", "/v1/services/web/logs");
+      expect([r.status, JSON.parse(r.body).code, JSON.parse(r.body).message]).toEqual([
+        403,
+        "E_FORBIDDEN",
+        expect.stringMatching(/reading logs over TCP is disabled \(the unix socket api.socket needs no token\)/),
+      ]);
+      expect(open.calls.tails).toEqual([]);
+    } finally {
+      await s.close();
+    }
+  });
+
   it("answers 404 naming an unknown service, and 400 for a bad tail", async () => {
-    const r = await call(tcp, "GET", "/v1/services/nosuch/logs?tail=5");
+    const r = await call(tcp, "GET", "/v1/services/nosuch/logs?tail=5", auth);
     expect(r.status).toBe(404);
     expect(JSON.parse(r.body)).toEqual({ code: "E_NOT_FOUND", message: expect.stringContaining("nosuch") });
     for (const bad of ["-1", "abc", "1.5", "99999999"]) {
-      const b = await call(tcp, "GET", `/v1/services/web/logs?tail=${bad}`);
+      const b = await call(tcp, "GET", `/v1/services/web/logs?tail=${bad}`, auth);
       expect([b.status, JSON.parse(b.body).code, JSON.parse(b.body).message]).toEqual([
         400,
         "E_INVALID_ARGUMENT",
@@ -354,11 +390,11 @@ describe("errors", () => {
         throw new TypeError("cannot read the log");
       },
     };
-    const s = await startStatusServer({ listen: "127.0.0.1:0", source: broken });
+    const s = await startStatusServer({ listen: "127.0.0.1:0", token: TOKEN, source: broken });
     try {
       const r = await call({ port: s.port! }, "GET", "/v1/status");
       expect([r.status, JSON.parse(r.body)]).toEqual([500, { code: "E_RUNTIME", message: "db.json is unreadable" }]);
-      const l = await call({ port: s.port! }, "GET", "/v1/services/web/logs");
+      const l = await call({ port: s.port! }, "GET", "/v1/services/web/logs", { authorization: `Bearer ${TOKEN}` });
       expect([l.status, JSON.parse(l.body).code, JSON.parse(l.body).message]).toEqual([
         500,
         "E_INTERNAL",
