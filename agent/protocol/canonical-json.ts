@@ -23,6 +23,10 @@ function canonicalString(text: string, path: string, what: string): string {
   return JSON.stringify(text);
 }
 
+/** `$.a.b`, or `$["odd key"]` for a name that is not plain, so a path in a message reads unambiguously. */
+const memberPath = (path: string, key: string) =>
+  /^[A-Za-z0-9_][A-Za-z0-9_-]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`;
+
 export function canonicalJson(value: unknown, path = "$"): string {
   if (value === null || typeof value === "boolean") return JSON.stringify(value);
   if (typeof value === "string") return canonicalString(value, path, "the string");
@@ -38,7 +42,7 @@ export function canonicalJson(value: unknown, path = "$"): string {
       .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
       .sort();
     const member = (k: string) =>
-      `${canonicalString(k, path, "a member name")}:${canonicalJson((value as Record<string, unknown>)[k], `${path}.${k}`)}`;
+      `${canonicalString(k, path, "a member name")}:${canonicalJson((value as Record<string, unknown>)[k], memberPath(path, k))}`;
     return `{${keys.map(member).join(",")}}`;
   }
   throw new FleetError("E_INVALID_ARGUMENT", `${path}: a ${typeof value} has no JSON form`);

@@ -39,13 +39,21 @@ export interface IntakeOptions {
   now?: number;
 }
 
-function parsePayload(payload: string | Buffer | object, source: string): unknown {
-  if (typeof payload === "object" && !Buffer.isBuffer(payload)) return payload;
-  try {
-    return JSON.parse(payload.toString());
-  } catch (err) {
-    throw new FleetError("E_INVALID_DESIRED", `${source}: not valid JSON: ${(err as Error).message}`);
+/** The message as a JSON object; anything else is refused, naming the document as the field at fault. */
+function parsePayload(payload: string | Buffer | object, source: string): object {
+  let raw: unknown = payload;
+  if (typeof payload !== "object" || Buffer.isBuffer(payload)) {
+    try {
+      raw = JSON.parse(payload.toString());
+    } catch (err) {
+      throw new FleetError("E_INVALID_DESIRED", `${source}: not valid JSON: ${(err as Error).message}`);
+    }
   }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    const got = raw === null ? "null" : Array.isArray(raw) ? "an array" : `a ${typeof raw}`;
+    throw new FleetError("E_INVALID_DESIRED", `${source}: document: expected a JSON object, got ${got}`);
+  }
+  return raw;
 }
 
 /** A signed document names the topic it is for, and only that one. */
