@@ -200,6 +200,19 @@ describe("a device that trusts a signing key", () => {
     expect(r.services.web!.pid).toBe(pid);
   });
 
+  it("rolls out with --valid-for: the wave's signed document carries a notAfter that long after it went out", async () => {
+    const r = await fleetctl([
+      ...["rollout", "--group", "pilot", "--sign-key", keyFile, "--valid-for", "2h"],
+      ...["--healthy-within", "60s", docFile("r1")],
+    ]);
+    expect(r.status, r.stderr).toBe(0);
+    const report = await converged("r1");
+    expect(report.lastAccepted).toMatchObject({ deployment: "r1", source: "group:pilot", signed: true });
+    const notAfter = Date.parse(report.lastAccepted!.notAfter!);
+    expect(notAfter).toBeGreaterThan(Date.now() + 110 * 60_000);
+    expect(notAfter).toBeLessThanOrEqual(Date.now() + 120 * 60_000);
+  });
+
   it("has fleetctl refuse to publish a document whose notAfter has passed", async () => {
     const file = docFile("late", { notAfter: "2001-01-01T00:00:00Z" });
     const r = await fleetctl(["deploy", "--group", "pilot", "--sign-key", keyFile, file]);

@@ -1,6 +1,7 @@
 /** The pure parts of the fleet side: canonical JSON, signatures, rollout waves and their verdicts. */
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
+import { finishDocument } from "../../agent/fleet/desired-document.js";
 import type { DeviceView } from "../../agent/fleet/fleet-view.js";
 import { parseDuration, parseFailureLimit, parseWaves } from "../../agent/fleet/rollout.js";
 import { judgeWave, standing } from "../../agent/fleet/wave-judge.js";
@@ -157,6 +158,33 @@ describe("desired-state signatures", () => {
         policy: resolvePolicy(deviceConfig.parse({ registries: { r: {} }, trustedKeys: ["x"] })),
       }),
     ).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE" }));
+  });
+});
+
+describe("a document's notAfter, as fleetctl sets it", () => {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  const raw = { apiVersion: "fleetlet/v1", deployment: "d", services: {} };
+  const now = Date.parse("2026-06-01T00:00:00Z");
+
+  it("sets notAfter to --valid-for after now, under the signature", () => {
+    const { payload, doc } = finishDocument(
+      raw,
+      { generation: 2, target: "group/g", validForMs: 24 * 3_600_000 },
+      { file: "f", key: privateKey, now },
+    );
+    expect(doc.notAfter).toBe("2026-06-02T00:00:00.000Z");
+    const published = JSON.parse(payload);
+    expect(published.notAfter).toBe("2026-06-02T00:00:00.000Z");
+    expect(verifyDocument(published, [publicKeyFromBase64(publicKeyToBase64(publicKey))], "t")).toBe(true);
+  });
+
+  it("refuses to publish a document whose own notAfter has passed, and replaces it with --valid-for", () => {
+    const late = { ...raw, notAfter: "2026-05-31T00:00:00Z" };
+    expect(() => finishDocument(late, { generation: 2, target: "group/g" }, { file: "f", now })).toThrow(
+      expect.objectContaining({ code: "E_EXPIRED", exitCode: 2, message: expect.stringContaining("f: notAfter:") }),
+    );
+    const { doc } = finishDocument(late, { generation: 2, target: "group/g", validForMs: 60_000 }, { file: "f", now });
+    expect(doc.notAfter).toBe("2026-06-01T00:01:00.000Z");
   });
 });
 
