@@ -21,7 +21,9 @@ const IMAGE = "reg.local:5000/acme/web:1";
 /** The default policy of a device whose config names IMAGE's registry. */
 const POLICY = resolvePolicy(deviceConfig.parse({ registries: { "reg.local:5000": {} } }));
 
-function device(opts: { runtime?: SimulatedRuntime; store?: SimulatedStore; pull?: PullImage } = {}) {
+function device(
+  opts: { runtime?: SimulatedRuntime; store?: SimulatedStore; pull?: PullImage; policy?: typeof POLICY } = {},
+) {
   const runtime = opts.runtime ?? new SimulatedRuntime();
   const store = opts.store ?? new SimulatedStore();
   const events: AgentEvent[] = [];
@@ -31,7 +33,7 @@ function device(opts: { runtime?: SimulatedRuntime; store?: SimulatedStore; pull
     runtime,
     store,
     version: "test",
-    policy: POLICY,
+    policy: opts.policy ?? POLICY,
     pull: opts.pull ?? ((ref, { signal }) => store.pull(ref, signal)),
     onEvent: (e) => events.push(e),
   });
@@ -166,6 +168,37 @@ describe("a newer document", () => {
     expect(agent.reported()).toMatchObject({ deployment: "fast", phase: "converged", lastGood: "fast" });
     expect(running(runtime)).toEqual({ web: ["fast"] });
     expect(events.some((e) => e.type === "converged" && e.deployment === "slow")).toBe(false);
+  });
+});
+
+describe("the device's policy", () => {
+  it("refuses a document that asks for more than the policy allows, and the services run on untouched", async () => {
+    const { agent, runtime, events } = device();
+    await applied(agent, doc("good", 1));
+    const host = doc("host", 2, { services: { web: { image: IMAGE, network: "host" } } });
+    expect(await applied(agent, host)).toBe("rejected");
+    expect(agent.lastError).toMatchObject({
+      code: "E_POLICY",
+      message: expect.stringContaining("services.web.network"),
+    });
+    expect(events.at(-1)).toMatchObject({ type: "rejected", code: "E_POLICY" });
+    expect(agent.reported()).toMatchObject({ deployment: "good", generation: 1 });
+    expect(running(runtime)).toEqual({ web: ["good"] });
+    // A refused document counts no generation: the corrected one with the same generation is taken.
+    expect(await applied(agent, doc("fixed", 2))).toBe("applying");
+  });
+
+  it("holds the accepted document to the policy again after a restart, and keeps the adopted services running when it no longer passes", async () => {
+    const first = device();
+    await applied(first.agent, doc("big", 1, { services: { web: { image: IMAGE, resources: { memory: "512Mi" } } } }));
+    await first.agent.stop();
+    const stricter = { ...POLICY, max: { ...POLICY.max, memory: 256 * 1024 * 1024 } };
+    const second = device({ runtime: first.runtime, store: first.store, policy: stricter });
+    await second.agent.reattach();
+    await second.agent.idle();
+    expect(second.agent.reported()).toMatchObject({ phase: "rejected", deployment: "big" });
+    expect(second.agent.lastError?.message).toContain("db.json desired: services.web.resources.memory");
+    expect(first.runtime.list().filter((c) => c.status === "running")).toHaveLength(1);
   });
 });
 
