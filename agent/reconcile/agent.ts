@@ -169,6 +169,7 @@ export class Agent {
         fromGroup,
         trustedKeys: this.deps.trustedKeys ?? [],
         policy: this.deps.policy,
+        acceptedGeneration: generationSeen(this.db.data, fromGroup ? `group:${group}` : "device"),
         ...(target ? { target } : {}),
       }) satisfies Intake;
     } catch (err) {

@@ -37,6 +37,13 @@ export interface IntakeOptions {
   target?: string;
   /** The time to judge `notAfter` by (ms since the epoch); now by default. */
   now?: number;
+  /**
+   * The generation the device already accepted from this topic, if any. The
+   * topic's retained document comes again at every connect; once accepted it
+   * is not refused for expiring since (it runs, and nothing newer is taken
+   * from it without passing every check).
+   */
+  acceptedGeneration?: number | null;
 }
 
 /** The message as a JSON object; anything else is refused, naming the document as the field at fault. */
@@ -76,6 +83,7 @@ function checkTarget(doc: DesiredState, signed: boolean, opts: IntakeOptions): v
 /** A document past its `notAfter` is refused (E_EXPIRED): an old signed document cannot be replayed for ever. */
 function checkExpiry(doc: DesiredState, opts: IntakeOptions): void {
   if (doc.notAfter === undefined) return;
+  if (opts.acceptedGeneration != null && doc.generation <= opts.acceptedGeneration) return; // not new: the generation check decides
   const now = opts.now ?? Date.now();
   if (Date.parse(doc.notAfter) < now)
     throw new FleetError(

@@ -330,6 +330,21 @@ describe("the documents a device follows", () => {
     expect(running(runtime)).toEqual({ web: ["g2"] });
   });
 
+  it("keeps following a document it accepted once its notAfter has passed, when the topic delivers it again", async () => {
+    const { agent, runtime, send } = wired({ signing: true });
+    const own = signed(
+      { ...doc("own", 1, { update: { healthyWithinMs: 0 } }), notAfter: new Date(Date.now() + 300).toISOString() },
+      "device/dev-1",
+    );
+    await send("device", own);
+    await new Promise((r) => setTimeout(r, 400));
+    await send("device", own); // the retained document, at a reconnect
+    await send("group", signed(doc("g1", 1, { update: { healthyWithinMs: 0 } }), "group/pilot"));
+    expect(agent.reported()).toMatchObject({ deployment: "own", source: "device", phase: "converged" });
+    expect(agent.lastError).toBeNull();
+    expect(running(runtime)).toEqual({ web: ["own"] });
+  });
+
   it("reports what it accepted and what it could tell of its age: a reset device had no earlier generation", async () => {
     const { agent, send } = wired({ signing: true });
     const notAfter = new Date(Date.now() + 3_600_000).toISOString();

@@ -191,7 +191,10 @@ describe("a document's notAfter and signature at intake", () => {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
   const trusted = [publicKeyFromBase64(publicKeyToBase64(publicKey))];
   const base = { ...doc({ web: {} }), target: "device/d1" };
-  const intake = (payload: object, opts: { keys?: typeof trusted; policy?: DevicePolicy; now?: number } = {}) =>
+  const intake = (
+    payload: object,
+    opts: { keys?: typeof trusted; policy?: DevicePolicy; now?: number; acceptedGeneration?: number } = {},
+  ) =>
     readDesired(payload, {
       deviceId: "d1",
       source: "src",
@@ -200,6 +203,7 @@ describe("a document's notAfter and signature at intake", () => {
       policy: opts.policy ?? policyOf({ trustedKeys: ["k"] }),
       target: "device/d1",
       ...(opts.now !== undefined ? { now: opts.now } : {}),
+      ...(opts.acceptedGeneration !== undefined ? { acceptedGeneration: opts.acceptedGeneration } : {}),
     });
   const at = Date.parse("2030-01-01T00:00:00Z");
 
@@ -212,6 +216,9 @@ describe("a document's notAfter and signature at intake", () => {
         message: expect.stringMatching(/^src: notAfter: the document expired at 2030-01-01T00:00:00Z/),
       }),
     );
+    // Delivered again once accepted (the retained document at a reconnect), it is not new: no expiry applies.
+    expect(intake(signed, { now: at + 1000, acceptedGeneration: 1 })).toMatchObject({ kind: "apply" });
+    expect(() => intake(signed, { now: at + 1000, acceptedGeneration: 0 })).toThrow(/expired/);
   });
 
   it.each([
