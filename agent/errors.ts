@@ -32,6 +32,8 @@ export type ErrorCode =
   | "E_INVALID_DESIRED"
   | "E_UNHEALTHY"
   | "E_BAD_SIGNATURE"
+  | "E_EXPIRED"
+  | "E_POLICY"
   | "E_ROLLED_BACK"
   | "E_NO_ROLLBACK_TARGET"
   | "E_STALE_GENERATION"

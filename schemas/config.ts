@@ -3,12 +3,19 @@
  * describes every field; test/unit/docs.test.ts holds it to this schema.
  */
 import { z } from "zod";
+import { devicePolicy } from "./policy.js";
 import { byteQuantity } from "./quantity.js";
 
 /** The device state directory unless `--root` or FLEETLET_ROOT says otherwise. */
 export const DEFAULT_ROOT = "/var/lib/fleetlet";
 /** The device config file unless `--config` or FLEETLET_CONFIG says otherwise. */
 export const DEFAULT_CONFIG_PATH = "/etc/fleetlet/config.json";
+/**
+ * The agent's MQTT keepalive: one PINGREQ every 5 minutes on an idle link,
+ * cheap on a metered cellular link yet inside the idle timeout of most
+ * carrier NATs. A broker may ask for less (MQTT 5's server keepalive).
+ */
+export const DEFAULT_MQTT_KEEPALIVE_SEC = 300;
 
 const registry = z.object({
   username: z.string().optional(),
@@ -17,40 +24,60 @@ const registry = z.object({
   insecure: z.boolean().default(false),
 });
 
-export const deviceConfig = z.object({
-  deviceId: z
-    .string()
-    .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'")
-    .optional(),
-  groups: z
-    .array(z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'"))
-    .default([]),
-  mqtt: z
-    .object({
-      url: z.string().regex(/^(mqtts?|wss?):\/\//, "expected mqtt://, mqtts://, ws:// or wss://"),
-      ca: z.string().optional(),
-      cert: z.string().optional(),
-      key: z.string().optional(),
-      username: z.string().optional(),
-      password: z.string().optional(),
-      prefix: z.string().default("fleet"),
-    })
-    .optional(),
-  registries: z.record(z.string(), registry).default({}),
-  api: z
-    .object({
-      listen: z.string().default("127.0.0.1:7780"),
-      socket: z.string().default("/run/fleetlet/api.sock"),
-      token: z.string().optional(),
-    })
-    .default({ listen: "127.0.0.1:7780", socket: "/run/fleetlet/api.sock" }),
-  trustedKeys: z.array(z.string()).default([]),
-  pull: z
-    .object({
-      maxRateBytesPerSec: byteQuantity.default(0),
-      concurrency: z.number().int().min(1).max(16).default(3),
-    })
-    .default({ maxRateBytesPerSec: 0, concurrency: 3 }),
-});
+export const deviceConfig = z
+  .object({
+    deviceId: z
+      .string()
+      .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'")
+      .optional(),
+    groups: z
+      .array(z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'"))
+      .default([]),
+    mqtt: z
+      .object({
+        url: z.string().regex(/^(mqtts?|wss?):\/\//, "expected mqtt://, mqtts://, ws:// or wss://"),
+        ca: z.string().optional(),
+        cert: z.string().optional(),
+        key: z.string().optional(),
+        username: z.string().optional(),
+        password: z.string().optional(),
+        prefix: z.string().default("fleet"),
+        insecure: z.boolean().default(false),
+        keepaliveSec: z.number().int().min(5).max(65535).default(DEFAULT_MQTT_KEEPALIVE_SEC),
+      })
+      .optional(),
+    registries: z.record(z.string(), registry).default({}),
+    api: z
+      .object({
+        listen: z.string().default("127.0.0.1:7780"),
+        socket: z.string().default("/run/fleetlet/api.sock"),
+        token: z.string().optional(),
+      })
+      .default({ listen: "127.0.0.1:7780", socket: "/run/fleetlet/api.sock" }),
+    trustedKeys: z.array(z.string()).default([]),
+    pull: z
+      .object({
+        maxRateBytesPerSec: byteQuantity.default(0),
+        concurrency: z.number().int().min(1).max(16).default(3),
+      })
+      .default({ maxRateBytesPerSec: 0, concurrency: 3 }),
+    policy: devicePolicy.default(devicePolicy.parse({})),
+  })
+  .superRefine((config, ctx) => {
+    // Turning a protection off is a named setting, never what a URL happens to say.
+    if (config.mqtt && /^(mqtt|ws):/.test(config.mqtt.url) && !config.mqtt.insecure)
+      ctx.addIssue({
+        code: "custom",
+        path: ["mqtt", "url"],
+        message:
+          "plaintext MQTT is refused: use mqtts:// or wss://, or set mqtt.insecure to true for a broker on a trusted network",
+      });
+    if (config.policy.requireSigned === true && config.trustedKeys.length === 0)
+      ctx.addIssue({
+        code: "custom",
+        path: ["policy", "requireSigned"],
+        message: "true needs at least one key in trustedKeys (no document could be accepted)",
+      });
+  });
 
 export type DeviceConfig = z.output<typeof deviceConfig>;

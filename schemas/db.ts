@@ -6,6 +6,7 @@
  */
 import { z } from "zod";
 import type { DesiredState, ServiceSpec } from "./desired.js";
+import { acceptedDocument } from "./reported.js";
 
 const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, "expected sha256:<64 hex digits>");
 
@@ -88,6 +89,8 @@ export const dbData = z.looseObject({
   generations: z.record(z.string(), z.number().int()),
   /** Where the accepted desired state came from: "device" or "group:<name>". */
   desiredSource: z.string().nullable(),
+  /** The last document accepted from a topic and what the device knew of its freshness (reported as lastAccepted). */
+  lastAccepted: acceptedDocument.nullable().optional(),
   /** Leases by id. */
   leases: z.record(z.string(), leaseRecord),
 });

@@ -73,6 +73,10 @@ export const desiredState = z.object({
     .string()
     .regex(/^(device|group)\/[^/]+$/, 'expected "device/<id>" or "group/<name>"')
     .optional(),
+  /** The time after which a device refuses the document (RFC 3339); fleetctl sets it with --valid-for. */
+  notAfter: z.iso
+    .datetime({ offset: true, error: "expected an RFC 3339 time such as 2026-01-31T12:00:00Z" })
+    .optional(),
   signature: z.string().optional(),
 });
 export type DesiredState = z.output<typeof desiredState>;

@@ -17,6 +17,24 @@ export const serviceReport = z.object({
 });
 export type ServiceReport = z.infer<typeof serviceReport>;
 
+/**
+ * The document the device last accepted from a topic, and what it could tell
+ * of its freshness. `previousGeneration: null` means the device had accepted
+ * nothing from that topic before (a new or a reset device): it took whatever
+ * the topic held, however old, so its `notAfter` is the only bound on age.
+ */
+export const acceptedDocument = z.object({
+  deployment: z.string(),
+  generation: z.number().int(),
+  source: z.string(),
+  /** When the device accepted it (RFC 3339). */
+  at: z.string(),
+  signed: z.boolean(),
+  notAfter: z.string().nullable(),
+  previousGeneration: z.number().int().nullable(),
+});
+export type AcceptedDocument = z.infer<typeof acceptedDocument>;
+
 export const reportedState = z.object({
   deviceId: z.string(),
   deployment: z.string().nullable(),
@@ -30,6 +48,8 @@ export const reportedState = z.object({
   groups: z.array(z.string()).optional(),
   services: z.record(z.string(), serviceReport),
   lastError: z.object({ code: z.string(), message: z.string() }).nullable(),
+  /** The last document accepted; null before the first. */
+  lastAccepted: acceptedDocument.nullable().optional(),
   agent: z.object({ version: z.string(), uptimeSec: z.number(), cgroupMode: z.string() }),
   ts: z.string(),
 });

@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { FleetError } from "../errors.js";
 import { publicKeyFromBase64 } from "../protocol/signature.js";
 import { Agent } from "../reconcile/agent.js";
+import { resolvePolicy } from "../reconcile/policy.js";
 import { loadNative } from "../system/native.js";
 import { MemoryReclaimer } from "../system/process-memory.js";
 import type { ParsedArgs } from "./args.js";
@@ -35,6 +36,7 @@ export async function createAgent(
     deviceId: ctx.config.deviceId ?? "local",
     groups: ctx.config.groups,
     trustedKeys: ctx.config.trustedKeys.map((k, i) => publicKeyFromBase64(k, `trustedKeys[${i}]`)),
+    policy: resolvePolicy(ctx.config),
     runtime: ctx.runtime,
     store,
     version: fleetletVersion(),

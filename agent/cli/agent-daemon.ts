@@ -5,6 +5,7 @@
  * SIGTERM stops watching without stopping them (systemd's KillMode=process).
  */
 import type { DeviceConfig } from "../../schemas/config.js";
+import { relaxedSettings } from "../config/relaxed-settings.js";
 import { FleetError } from "../errors.js";
 import type { Agent } from "../reconcile/agent.js";
 import { desiredHandler } from "../reconcile/desired-sources.js";
@@ -54,6 +55,14 @@ async function connectSession(session: MqttSession, agent: Agent): Promise<MqttS
   }
 }
 
+/** Says once, on stderr and as an event (queued until the broker is reached), which protections the config turns off. */
+function warnRelaxed(config: DeviceConfig, agent: Agent, session: MqttSession | undefined): void {
+  for (const { field, message } of relaxedSettings(config, { requireSigned: agent.requiresSignatures })) {
+    process.stderr.write(`fleetlet: warning: ${field}: ${message}\n`);
+    session?.publishEvent({ type: "warning", field, message });
+  }
+}
+
 /** Says the agent is up: READY=1 to systemd, one line on stderr. */
 function announce(ctx: CliContext, agent: Agent, session: MqttSession | undefined, endpoint: StatusEndpoint): void {
   const { config } = ctx;
@@ -93,6 +102,7 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
     warn: (line) => process.stderr.write(`fleetlet: ${line}\n`),
   });
   session = newSession(config, agent);
+  warnRelaxed(config, agent, session);
   await endpoint.start(config);
   await agent.reattach();
   session = session && (await connectSession(session, agent));

@@ -3,6 +3,7 @@ import { loadDeviceConfig } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
 import { finishDocument, pickGeneration, readDocumentFile, retainedDocument } from "../fleet/desired-document.js";
 import { FleetClient } from "../fleet/fleet-client.js";
+import { parseDuration } from "../fleet/rollout.js";
 import { generateSigningKey, loadSigningKey } from "../protocol/signature.js";
 import type { ParsedArgs } from "./args.js";
 import type { Command } from "./command-line.js";
@@ -13,6 +14,12 @@ export interface OperatorContext {
 }
 
 export const usage = (msg: string) => new FleetError("E_INVALID_ARGUMENT", msg, { exitCode: 2 });
+
+/** `--valid-for DURATION`, when given: how long a published document stays acceptable (its notAfter). */
+export function validFor(options: ParsedArgs["options"]): { validForMs?: number } {
+  const text = options["valid-for"] as string | undefined;
+  return text === undefined ? {} : { validForMs: parseDuration(text, "--valid-for") };
+}
 
 /** The broker named by the config's mqtt section. */
 export function connect(ctx: OperatorContext): Promise<FleetClient> {
@@ -44,8 +51,13 @@ async function deploy(ctx: OperatorContext, { options, positionals }: ParsedArgs
   const file = positionals[0]!;
   const raw = readDocumentFile(file);
   const target = options.device ? `device/${options.device as string}` : `group/${options.group as string}`;
+  const valid = validFor(options);
   // Refused before the broker is reached.
-  finishDocument(raw, { generation: typeof raw.generation === "number" ? raw.generation : 1, target }, { file });
+  finishDocument(
+    raw,
+    { generation: typeof raw.generation === "number" ? raw.generation : 1, target, ...valid },
+    { file },
+  );
   const key = options["sign-key"] ? loadSigningKey(options["sign-key"] as string) : undefined;
   const client = await connect(ctx);
   try {
@@ -53,10 +65,10 @@ async function deploy(ctx: OperatorContext, { options, positionals }: ParsedArgs
       ? client.topics.device(options.device as string, "desired")
       : client.topics.groupDesired(options.group as string);
     const generation = pickGeneration(raw, await retainedDocument(client, topic), topic);
-    const { payload, doc } = finishDocument(raw, { generation, target }, { file, ...(key ? { key } : {}) });
+    const { payload, doc } = finishDocument(raw, { generation, target, ...valid }, { file, ...(key ? { key } : {}) });
     await client.publish(topic, payload, { retain: true });
     process.stdout.write(
-      `published deployment ${doc.deployment} generation ${generation} to ${topic} (${payload.length} bytes, ${key ? "signed" : "unsigned"})\n`,
+      `published deployment ${doc.deployment} generation ${generation} to ${topic} (${payload.length} bytes, ${key ? "signed" : "unsigned"}${doc.notAfter ? `, valid until ${doc.notAfter}` : ""})\n`,
     );
     return 0;
   } finally {
@@ -70,6 +82,7 @@ export const deployCommand: Command<OperatorContext> = {
     { name: "device", type: "string" },
     { name: "group", type: "string" },
     { name: "sign-key", type: "string" },
+    { name: "valid-for", type: "string" },
   ],
   run: deploy,
 };

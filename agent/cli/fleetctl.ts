@@ -27,19 +27,21 @@ Commands:
   keygen KEYFILE
       make an ed25519 signing key: the private key goes to KEYFILE (0600),
       the public key (for the devices' "trustedKeys") to KEYFILE.pub and stdout
-  deploy --device ID | --group G [--sign-key KEYFILE] FILE
+  deploy --device ID | --group G [--sign-key KEYFILE] [--valid-for 24h] FILE
       publish a desired-state document, retained; without a "generation"
-      in FILE, fleetctl uses one past the generation the topic holds
+      in FILE, fleetctl uses one past the generation the topic holds;
+      --valid-for sets its notAfter: devices refuse it once that has passed
   rollout --group G FILE [--waves 5,25,100] [--healthy-within 2m]
-          [--max-failures 10%] [--sign-key KEYFILE] [--allow-empty]
+          [--max-failures 10%] [--sign-key KEYFILE] [--valid-for 24h] [--allow-empty]
       roll FILE out to the group in waves; each wave widens only when the
       devices in the one before are healthy; too many failures halt the
       rollout and roll the wave back (exit 1); progress is kept retained;
       a group no device reports being in is refused (E_EMPTY_GROUP, exit 2)
-      unless --allow-empty: its waves would pass at once with nobody updated
-  rollout abort --group G [--rollback] [--sign-key KEYFILE]
+      unless --allow-empty: its waves would pass at once with nobody updated;
+      --valid-for gives each wave's document a notAfter that long after it goes out
+  rollout abort --group G [--rollback] [--sign-key KEYFILE] [--valid-for 24h]
       stop the group's rollout; with --rollback the wave restores what ran before
-  rollout resume --group G [--sign-key KEYFILE]
+  rollout resume --group G [--sign-key KEYFILE] [--valid-for 24h]
       carry on an interrupted rollout from its retained progress
   status [--group G] [--watch] [--json] [--share NAME]
       a table of the devices: online, deployment, phase, last error, age;

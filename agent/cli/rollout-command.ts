@@ -17,7 +17,7 @@ import { canonicalJson } from "../protocol/canonical-json.js";
 import { loadSigningKey } from "../protocol/signature.js";
 import type { ParsedArgs } from "./args.js";
 import type { Command } from "./command-line.js";
-import { connect, type OperatorContext, usage } from "./fleet-commands.js";
+import { connect, type OperatorContext, usage, validFor } from "./fleet-commands.js";
 import { progressPrinter, retainedProgress, rolloutLine, rolloutOutcome } from "./rollout-progress.js";
 
 /** The command line, checked before the broker is reached. */
@@ -28,6 +28,8 @@ interface RolloutRequest {
   file?: string;
   document?: RawDocument;
   key?: KeyObject;
+  /** `--valid-for`: each document published gets notAfter = its publication + this. */
+  valid: { validForMs?: number };
   rollback: boolean;
   allowEmpty: boolean;
   given: { waves: number[]; healthyWithinMs: number; maxFailures: FailureLimit };
@@ -49,15 +51,17 @@ function readRequest({ options, positionals }: ParsedArgs): RolloutRequest {
   if (options.rollback && action !== "abort") throw usage("rollout: --rollback goes with `rollout abort`");
   const file = action === "start" ? positionals[0]! : undefined;
   const document = file ? readDocumentFile(file) : undefined;
+  const valid = validFor(options);
   if (file && document) {
     const generation = typeof document.generation === "number" ? document.generation : 1;
-    finishDocument(document, { generation, target: `group/${group}` }, { file });
+    finishDocument(document, { generation, target: `group/${group}`, ...valid }, { file });
   }
   return {
     group,
     action,
     ...(file && document ? { file, document } : {}),
     ...(key ? { key } : {}),
+    valid,
     rollback: options.rollback === true,
     allowEmpty: options["allow-empty"] === true,
     given: {
@@ -68,9 +72,9 @@ function readRequest({ options, positionals }: ParsedArgs): RolloutRequest {
   };
 }
 
-/** A document's content without what fleetctl sets (generation, target, rollout, signature). */
+/** A document's content without what fleetctl sets (generation, target, rollout, notAfter, signature). */
 function sameContent(doc: Record<string, unknown>): string {
-  const { generation: _g, target: _t, rollout: _r, signature: _s, ...rest } = doc;
+  const { generation: _g, target: _t, rollout: _r, notAfter: _n, signature: _s, ...rest } = doc;
   return canonicalJson(rest);
 }
 
@@ -90,6 +94,7 @@ async function publishRollback(client: FleetClient, req: RolloutRequest, current
       generation: current.generation + 1,
       target: `group/${req.group}`,
       rollout: { percent: current.waves[current.wave]!, rollback: true },
+      ...req.valid,
     },
     { file: groupTopic, ...(req.key ? { key: req.key } : {}) },
   );
@@ -169,7 +174,7 @@ async function drive(client: FleetClient, req: RolloutRequest, plan: RolloutPlan
     throw usage(
       `rollout: ${groupTopic} holds a signed document; give --sign-key, or the devices would refuse the next wave`,
     );
-  finishDocument(raw, { generation, target: `group/${group}` }, { file }); // validate before anything is published
+  finishDocument(raw, { generation, target: `group/${group}`, ...req.valid }, { file }); // validate before anything is published
   const view = await FleetView.open(client);
   const rollout = new Rollout({
     client,
@@ -182,6 +187,7 @@ async function drive(client: FleetClient, req: RolloutRequest, plan: RolloutPlan
     maxFailures,
     generation,
     ...(key ? { key } : {}),
+    ...req.valid,
     ...(resume ? { resume } : {}),
     allowEmpty: req.allowEmpty,
     onProgress: progressPrinter(),
@@ -213,6 +219,7 @@ export const rolloutCommand: Command<OperatorContext> = {
     { name: "healthy-within", type: "string" },
     { name: "max-failures", type: "string" },
     { name: "sign-key", type: "string" },
+    { name: "valid-for", type: "string" },
     { name: "rollback", type: "boolean" },
     { name: "allow-empty", type: "boolean" },
   ],

@@ -70,23 +70,45 @@ export function pickGeneration(raw: RawDocument, retained: RawDocument | undefin
   return raw.generation;
 }
 
-/** Sets the fields, validates, signs; returns the payload to publish and the parsed document. */
+/** What fleetctl sets in a document before it signs it. */
+export interface DocumentFields {
+  generation: number;
+  target: string;
+  rollout?: { percent: number; rollback?: boolean };
+  /** `--valid-for`: notAfter becomes now plus this (replacing the file's own). */
+  validForMs?: number;
+}
+
+/**
+ * Sets the fields, validates, signs; returns the payload to publish and the
+ * parsed document. A document already past its notAfter is refused: every
+ * device would refuse it (E_EXPIRED).
+ */
 export function finishDocument(
   raw: RawDocument,
-  fields: { generation: number; target: string; rollout?: { percent: number; rollback?: boolean } },
-  opts: { file: string; key?: KeyObject },
+  fields: DocumentFields,
+  opts: { file: string; key?: KeyObject; now?: number },
 ): { payload: string; doc: DesiredState } {
   const { signature: _old, ...rest } = raw;
+  const now = opts.now ?? Date.now();
   // The target is signed with the rest, so the document cannot be replayed to another device or group.
   let out: RawDocument = {
     ...rest,
     generation: fields.generation,
     target: fields.target,
     ...(fields.rollout ? { rollout: fields.rollout } : {}),
+    ...(fields.validForMs !== undefined ? { notAfter: new Date(now + fields.validForMs).toISOString() } : {}),
   };
   const parsed = desiredState.safeParse(out);
   if (!parsed.success)
     throw new FleetError("E_INVALID_DESIRED", `${opts.file}: ${formatIssues(parsed.error)}`, { exitCode: 2 });
+  const { notAfter } = parsed.data;
+  if (notAfter !== undefined && Date.parse(notAfter) < now)
+    throw new FleetError(
+      "E_EXPIRED",
+      `${opts.file}: notAfter: ${notAfter} has passed, so every device would refuse the document; give --valid-for DURATION for a fresh one`,
+      { exitCode: 2 },
+    );
   if (opts.key) out = signDocument(out, opts.key);
   return { payload: JSON.stringify(out), doc: parsed.data };
 }

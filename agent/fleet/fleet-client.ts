@@ -7,12 +7,11 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { connect, type IPublishPacket, type MqttClient } from "mqtt";
-import type { DeviceConfig } from "../../schemas/config.js";
 import { FleetError } from "../errors.js";
 import { type TopicNames, topicNames } from "../protocol/topics.js";
-import { describeFailure, displayUrl, tlsOptions } from "../transport/mqtt-session.js";
+import { describeFailure, displayUrl, type MqttSettings, tlsOptions } from "../transport/mqtt-session.js";
 
-export type MqttSettings = NonNullable<DeviceConfig["mqtt"]>;
+export type { MqttSettings };
 export type MessageHandler = (topic: string, payload: Buffer, packet: IPublishPacket) => void;
 
 const CONNECT_TIMEOUT_MS = 10_000;

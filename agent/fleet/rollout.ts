@@ -26,6 +26,8 @@ export interface RolloutOptions {
   maxFailures: FailureLimit;
   generation: number;
   key?: KeyObject;
+  /** Each wave's document (and a rollback) gets notAfter = its publication + this; without it, the document's own notAfter stays. */
+  validForMs?: number;
   /** Progress of an interrupted rollout of the same deployment: carries on at its wave. */
   resume?: RolloutProgress;
   onProgress?: (p: RolloutProgress, wave: WaveStatus) => void;
@@ -99,7 +101,12 @@ export class Rollout {
   private publishWave(percent: number, rollback = false, generation = this.progress.generation): Promise<void> {
     const { payload } = finishDocument(
       this.o.raw,
-      { generation, target: `group/${this.o.group}`, rollout: { percent, ...(rollback ? { rollback } : {}) } },
+      {
+        generation,
+        target: `group/${this.o.group}`,
+        rollout: { percent, ...(rollback ? { rollback } : {}) },
+        ...(this.o.validForMs !== undefined ? { validForMs: this.o.validForMs } : {}),
+      },
       { file: this.o.file, ...(this.o.key ? { key: this.o.key } : {}) },
     );
     return this.o.client.publish(this.o.client.topics.groupDesired(this.o.group), payload, { retain: true });
@@ -239,12 +246,12 @@ export function parseFailureLimit(text: string): FailureLimit {
 
 /** "2m", "90s", "1500ms", "1h" → milliseconds. */
 export function parseDuration(text: string, what: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim());
   if (!m)
-    throw new FleetError("E_INVALID_ARGUMENT", `${what} ${text}: expected a duration such as 90s, 2m or 1h`, {
+    throw new FleetError("E_INVALID_ARGUMENT", `${what} ${text}: expected a duration such as 90s, 2m, 1h or 7d`, {
       exitCode: 2,
     });
-  const ms = Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as "ms"];
+  const ms = Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "ms"];
   if (ms <= 0) throw new FleetError("E_INVALID_ARGUMENT", `${what} ${text}: must be longer than zero`, { exitCode: 2 });
   return Math.round(ms);
 }

@@ -71,17 +71,36 @@ export function signDocument<T extends Record<string, unknown>>(doc: T, key: Key
 
 /**
  * Checks a parsed document against the trusted keys; throws E_BAD_SIGNATURE
- * when it is unsigned, altered, or signed by a key that is not trusted.
+ * when it is unsigned and `required`, or carries a signature that does not
+ * verify: altered, signed by a key that is not trusted, or signed at all on a
+ * device that trusts no key (a signature nobody can check proves nothing, and
+ * accepting it would let an operator believe it did). Returns whether the
+ * document was signed (and so verified).
  */
-export function verifyDocument(doc: unknown, trusted: KeyObject[], source: string): void {
-  if (!trusted.length) return;
-  if (typeof doc !== "object" || doc === null || Array.isArray(doc))
+export function verifyDocument(
+  doc: unknown,
+  trusted: KeyObject[],
+  source: string,
+  opts: { required: boolean } = { required: trusted.length > 0 },
+): boolean {
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
+    if (!opts.required) return false; // the schema refuses it, naming what it expected
     throw new FleetError("E_BAD_SIGNATURE", `${source}: not a signed document (expected a JSON object)`);
+  }
   const signature = (doc as Record<string, unknown>).signature;
-  if (typeof signature !== "string" || !signature)
+  if (signature === undefined) {
+    if (!opts.required) return false;
     throw new FleetError(
       "E_BAD_SIGNATURE",
       `${source}: signature: the document is not signed, and this device trusts only signed documents`,
+    );
+  }
+  if (typeof signature !== "string")
+    throw new FleetError("E_BAD_SIGNATURE", `${source}: signature: expected base64 of a 64-byte ed25519 signature`);
+  if (!trusted.length)
+    throw new FleetError(
+      "E_BAD_SIGNATURE",
+      `${source}: signature: this device trusts no key (trustedKeys is empty), so it cannot check the signature; add the signing key to trustedKeys, or publish the document unsigned`,
     );
   const sig = Buffer.from(signature, "base64");
   if (sig.length !== 64)
@@ -98,4 +117,5 @@ export function verifyDocument(doc: unknown, trusted: KeyObject[], source: strin
       `${source}: signature: does not verify with any of the ${trusted.length} trusted key(s): the document was altered or signed by an unknown key`,
     );
   }
+  return true;
 }

@@ -8,12 +8,13 @@ import type { KeyObject } from "node:crypto";
 import type { DesiredState } from "../../schemas/desired.js";
 import type { AgentMetrics, ReportedState } from "../../schemas/reported.js";
 import { FleetError } from "../errors.js";
+import { type Acceptance, generationSeen, recordAcceptance } from "./acceptance.js";
 import type { AgentStore, PullImage } from "./agent-store.js";
 import type { ContainerDriver } from "./container-driver.js";
 import { type AgentEvent, type Outcome, type Phase, type RunHost, runDeployment } from "./deployment-run.js";
 import { type Intake, readDesired } from "./desired-intake.js";
 import { DeviceServices } from "./device-services.js";
-import { shouldRestart } from "./restart-policy.js";
+import { type DevicePolicy, enforcePolicy } from "./policy.js";
 
 export type { AgentEvent, Phase } from "./deployment-run.js";
 export { PROBATION_MAX_MS } from "./health-gate.js";
@@ -25,8 +26,10 @@ const clip = (text: string, max: number) => (text.length > max ? `${text.slice(0
 export interface AgentDeps {
   deviceId: string;
   groups?: string[];
-  /** Public keys a desired document must be signed with; none: documents need no signature. */
+  /** Public keys a signed desired document must verify with. */
   trustedKeys?: KeyObject[];
+  /** What a document may ask for (agent/reconcile/policy.ts), and whether it must be signed. */
+  policy: DevicePolicy;
   runtime: ContainerDriver;
   store: AgentStore;
   pull: PullImage;
@@ -74,6 +77,11 @@ export class Agent {
     this.deps.onEvent?.({ ...e, ts: new Date().toISOString() });
   }
 
+  /** Whether the device refuses unsigned documents (and so an empty message that would clear a topic). */
+  get requiresSignatures(): boolean {
+    return this.deps.policy.requireSigned;
+  }
+
   private changed(): void {
     this.deps.onChange?.(this.phase !== "pulling" && this.phase !== "applying");
   }
@@ -81,37 +89,20 @@ export class Agent {
   /** Rebuilds the actual state from the state dir: running containers are adopted, not restarted. */
   async reattach(): Promise<void> {
     await this.db.refresh();
-    // A container of ours that no service record names was left by a crash mid-swap: it goes.
-    const known = new Set(Object.values(this.db.data.services).map((r) => r.containerId));
-    for (const c of this.deps.runtime.list()) {
-      if (c.spec.labels["fleetlet.service"] !== undefined && !known.has(c.id)) {
-        await this.deps.runtime.delete(c.id, { force: true });
-        this.event({ type: "orphanRemoved", container: c.id });
-      }
-    }
-    for (const [service, rec] of Object.entries(this.db.data.services)) {
-      let info: ReturnType<ContainerDriver["inspect"]>;
-      try {
-        info = this.deps.runtime.inspect(rec.containerId);
-      } catch (err) {
-        if ((err as FleetError).code !== "E_NOT_FOUND") throw err;
-        await this.services.forget(service); // gone while we were away: the next apply starts it anew
-        continue;
-      }
-      // Running: adopted as it is. Exited while we were away: its restart policy
-      // decides. Created but never started (a crash mid-start): started now.
-      const exitCode = info.exit?.exitCode ?? 1;
-      const adopt =
-        info.status === "running" || (info.status === "exited" && !shouldRestart(rec.spec.restart, exitCode));
-      if (adopt) this.services.supervise(service, rec.containerId, rec.spec, 0);
-      else {
-        await this.services
-          .recreate(service, 1)
-          .catch((err: Error) => this.event({ type: "error", service, message: err.message }));
-      }
-    }
+    await this.services.adopt();
     this.changed();
-    if (this.db.data.desired) void this.applyInBackground(this.db.data.desired);
+    const stored = this.db.data.desired;
+    if (!stored) return;
+    // The policy may have changed since the document was accepted: what it no longer allows is not applied again.
+    let doc: DesiredState;
+    try {
+      doc = enforcePolicy(stored, this.deps.policy, "db.json desired");
+    } catch (err) {
+      if (!(err instanceof FleetError)) throw err;
+      this.reject(err);
+      return;
+    }
+    void this.applyInBackground(doc);
   }
 
   /** Takes a document from the transport or a file: verifies, validates, checks its generation and wave, applies. */
@@ -134,17 +125,37 @@ export class Agent {
     }
     // Each topic counts its own generations: a device document is not measured against its groups'.
     const key = opts.group !== undefined ? `group:${opts.group}` : "device";
-    const { generations } = this.db.data;
-    const seen = generations[key] ?? (Object.keys(generations).length ? null : this.db.data.generation);
+    const seen = generationSeen(this.db.data, key);
     if (seen !== null && doc.generation <= seen) {
       const reason = `generation ${doc.generation} is not newer than ${seen}`;
       this.event({ type: "ignored", deployment: doc.deployment, generation: doc.generation, reason });
       return "ignored";
     }
-    if (intake.kind === "rollback") return this.rollBackOnRequest(doc, key);
-    await this.accept(doc, key, doc);
+    const acceptance = { doc, key, signed: intake.signed, previousGeneration: seen };
+    if (intake.kind === "rollback") return this.rollBackOnRequest(acceptance);
+    await this.accept({ ...acceptance, desired: doc });
     void this.applyInBackground(doc);
     return "applying";
+  }
+
+  /**
+   * Whether a message from a desired topic may take that topic's place among
+   * the documents the device follows (desired-sources.ts): only one that
+   * passes the signature, schema, target, expiry and policy checks, and is
+   * not older than what the topic already gave (a replay). A refused message
+   * is reported (`rejected`, lastError) and changes nothing else.
+   */
+  admit(payload: Buffer, source: string, opts: { group?: string } = {}): boolean {
+    const intake = this.intake(payload, source, opts.group, true);
+    if (!intake) return false;
+    const { doc } = intake;
+    const seen = generationSeen(this.db.data, opts.group !== undefined ? `group:${opts.group}` : "device");
+    if (seen !== null && doc.generation < seen) {
+      const reason = `generation ${doc.generation} is older than ${seen}, which this device accepted from the same topic: a replay, not followed`;
+      this.event({ type: "ignored", deployment: doc.deployment, generation: doc.generation, reason });
+      return false;
+    }
+    return true;
   }
 
   /** The document read, verified and validated, or undefined once it has been rejected. */
@@ -157,6 +168,8 @@ export class Agent {
         source,
         fromGroup,
         trustedKeys: this.deps.trustedKeys ?? [],
+        policy: this.deps.policy,
+        acceptedGeneration: generationSeen(this.db.data, fromGroup ? `group:${group}` : "device"),
         ...(target ? { target } : {}),
       }) satisfies Intake;
     } catch (err) {
@@ -173,39 +186,35 @@ export class Agent {
    * crash mid-apply resumes it. From here the reported generation is the new
    * one, so the phase changes with it, before the write lets a report go out.
    */
-  private async accept(doc: DesiredState, key: string, desired: DesiredState | undefined): Promise<void> {
-    if (desired) {
+  private async accept(acceptance: Acceptance): Promise<void> {
+    if (acceptance.desired) {
       this.phase = "pulling";
       this.lastError = null;
     }
-    await this.db.update((d) => {
-      d.generations[key] = doc.generation;
-      if (!desired) return;
-      d.desired = desired;
-      d.generation = doc.generation;
-      d.desiredSource = key;
-    });
+    const at = new Date();
+    await this.db.update((d) => recordAcceptance(d, acceptance, at));
   }
 
   /** An operator's rollback of `doc.deployment`: restores the deployment that was good before it. */
-  private async rollBackOnRequest(doc: DesiredState, key: string): Promise<SubmitResult> {
+  private async rollBackOnRequest(acceptance: Acceptance): Promise<SubmitResult> {
+    const { doc } = acceptance;
     const { desired, lastGood, previousGood } = this.db.data;
     if (desired?.deployment !== doc.deployment) {
-      await this.accept(doc, key, undefined);
+      await this.accept(acceptance);
       const reason = `rollback of ${doc.deployment}, which this device does not run`;
       this.event({ type: "ignored", deployment: doc.deployment, generation: doc.generation, reason });
       return "ignored";
     }
     const target = lastGood && lastGood.deployment !== doc.deployment ? lastGood : previousGood;
     if (!target || target.deployment === doc.deployment) {
-      await this.accept(doc, key, undefined);
+      await this.accept(acceptance);
       const message = `rollback of ${doc.deployment} requested, but this device has no earlier good deployment to restore; it keeps running ${doc.deployment}`;
       this.reject(new FleetError("E_NO_ROLLBACK_TARGET", message));
       return "rejected";
     }
     // The restored document takes the rollback's generation, so replaying the rolled-back one is ignored.
     const restored: DesiredState = { ...target, generation: doc.generation };
-    await this.accept(doc, key, restored);
+    await this.accept({ ...acceptance, desired: restored });
     const reason = "requested by the operator";
     this.event({ type: "rollingBack", deployment: doc.deployment, to: target.deployment, reason });
     const message = `the operator rolled ${doc.deployment} back; restored ${target.deployment}`;
@@ -268,6 +277,7 @@ export class Agent {
         code: this.lastError.code,
         message: clip(this.lastError.message, LAST_ERROR_MAX_CHARS),
       },
+      lastAccepted: this.db.data.lastAccepted ?? null,
       agent: {
         version: this.deps.version,
         uptimeSec: Math.round((Date.now() - this.startedAt) / 1000),

@@ -13,6 +13,7 @@ import { imageContent } from "../store/local-store.js";
 import type { AgentStore, PullImage } from "./agent-store.js";
 import type { ContainerDriver } from "./container-driver.js";
 import type { ActualService, ActualState } from "./plan.js";
+import { shouldRestart } from "./restart-policy.js";
 import { serviceContainerSpec } from "./service-container.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
 
@@ -104,6 +105,43 @@ export class DeviceServices {
     });
     await runtime.start(s.containerId);
     this.supervise(s.service, s.containerId, s.spec, s.failures);
+  }
+
+  /**
+   * Takes over what a previous agent left, from db.json's service records:
+   * running containers are adopted, not restarted; exited ones are handled by
+   * their restart policy; one a crash left created but never started is
+   * started now; a container of ours that no record names (a crash mid-swap)
+   * is removed.
+   */
+  async adopt(): Promise<void> {
+    const records = this.db.data.services;
+    const known = new Set(Object.values(records).map((r) => r.containerId));
+    for (const c of this.deps.runtime.list()) {
+      if (c.spec.labels["fleetlet.service"] !== undefined && !known.has(c.id)) {
+        await this.deps.runtime.delete(c.id, { force: true });
+        this.deps.event({ type: "orphanRemoved", container: c.id });
+      }
+    }
+    for (const [service, rec] of Object.entries(records)) {
+      let info: ReturnType<ContainerDriver["inspect"]>;
+      try {
+        info = this.deps.runtime.inspect(rec.containerId);
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        await this.forget(service); // gone while we were away: the next apply starts it anew
+        continue;
+      }
+      const exitCode = info.exit?.exitCode ?? 1;
+      const adopt =
+        info.status === "running" || (info.status === "exited" && !shouldRestart(rec.spec.restart, exitCode));
+      if (adopt) this.supervise(service, rec.containerId, rec.spec, 0);
+      else {
+        await this.recreate(service, 1).catch((err: Error) =>
+          this.deps.event({ type: "error", service, message: err.message }),
+        );
+      }
+    }
   }
 
   supervise(service: string, containerId: string, spec: ServiceSpec, failures: number): void {

@@ -19,6 +19,10 @@ export interface MqttSettings {
   username?: string;
   password?: string;
   prefix: string;
+  /** The config's mqtt.insecure: a plaintext URL was allowed by name (schemas/config.ts refuses one otherwise). */
+  insecure?: boolean;
+  /** Seconds between PINGREQs on an idle link; DEFAULT_MQTT_KEEPALIVE_SEC without one. */
+  keepaliveSec?: number;
 }
 
 /** What a broker without MQTT 5 answers a v5 CONNECT with: 3.1.1's "unacceptable protocol version", v5's "unsupported protocol version". */

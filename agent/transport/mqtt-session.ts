@@ -14,7 +14,7 @@ import { type EventDoc, EventPacer, ReportedPacer } from "./publish-pacing.js";
 import { ReconnectingClient } from "./reconnecting-client.js";
 
 /** fleetctl's client connects the same way (agent/fleet/fleet-client.ts imports these from here). */
-export { describeFailure, displayUrl, tlsOptions } from "./mqtt-connection.js";
+export { describeFailure, displayUrl, type MqttSettings, tlsOptions } from "./mqtt-connection.js";
 
 export interface MqttSessionOptions {
   deviceId: string;

@@ -18,6 +18,7 @@ import {
   type MqttClient,
   ReasonCodes,
 } from "mqtt";
+import { DEFAULT_MQTT_KEEPALIVE_SEC } from "../../schemas/config.js";
 import { FleetError } from "../errors.js";
 import { describeFailure, displayUrl, isProtocolRefusal, type MqttSettings, tlsOptions } from "./mqtt-connection.js";
 
@@ -27,7 +28,6 @@ const RECONNECT_MAX_MS = 60_000;
 const STABLE_CONNECTION_MS = 10_000;
 const SESSION_EXPIRY_SECONDS = 86_400;
 const CONNECT_TIMEOUT_MS = 15_000;
-const KEEPALIVE_SECONDS = 30;
 const STOP_TIMEOUT_MS = 5_000;
 
 /** Delay before reconnect attempt `attempt` (0-based): exponential, with the upper half jittered. */
@@ -160,7 +160,7 @@ export class ReconnectingClient {
       protocolVersion: 5,
       clean: false,
       properties: { sessionExpiryInterval: SESSION_EXPIRY_SECONDS },
-      keepalive: KEEPALIVE_SECONDS,
+      keepalive: m.keepaliveSec ?? DEFAULT_MQTT_KEEPALIVE_SEC,
       connectTimeout: CONNECT_TIMEOUT_MS,
       reconnectPeriod: 0,
       manualConnect: true,

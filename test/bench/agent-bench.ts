@@ -148,7 +148,7 @@ export async function agentBench(args: string[]): Promise<void> {
       config,
       JSON.stringify({
         deviceId: DEVICE,
-        mqtt: { url: broker.url },
+        mqtt: { url: broker.url, insecure: true },
         registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
         api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock") },
       }),

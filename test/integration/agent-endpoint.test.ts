@@ -72,7 +72,7 @@ beforeAll(async () => {
     config,
     JSON.stringify({
       deviceId: DEVICE,
-      mqtt: { url: broker.url },
+      mqtt: { url: broker.url, insecure: true },
       registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
       api: { listen: `127.0.0.1:${port}`, socket, token: "s3cret-endpoint" },
     }),

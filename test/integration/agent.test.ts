@@ -68,7 +68,7 @@ beforeAll(async () => {
     JSON.stringify({
       deviceId: DEVICE,
       groups: ["pilot"],
-      mqtt: { url: broker.url },
+      mqtt: { url: broker.url, insecure: true },
       registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
       api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock"), token: "s3cret" },
     }),

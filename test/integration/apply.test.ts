@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { Runtime } from "../../agent/runtime/runtime.js";
 import { type CliResult, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
 import { type RegistryFixture, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
@@ -40,6 +41,18 @@ const db = () => JSON.parse(readFileSync(join(root, "db.json"), "utf8"));
 const pidOf = (container: string) =>
   JSON.parse(readFileSync(join(root, "containers", container, "running.json"), "utf8")).init.pid as number;
 const webContainer = () => db().services.web.containerId as string;
+
+/** The memory and pids limits the kernel holds a container to, read from its cgroups. */
+function cgroupLimits(container: string): { memory: string; pids: string } {
+  const runtime = new Runtime({ root });
+  const { dirs } = runtime.cgroups.locate(container);
+  const v2 = runtime.cgroups.mode === "v2";
+  const read = (controller: string, file: string) => readFileSync(join(dirs.get(controller)!, file), "utf8").trim();
+  return {
+    memory: v2 ? read("unified", "memory.max") : read("memory", "memory.limit_in_bytes"),
+    pids: v2 ? read("unified", "pids.max") : read("pids", "pids.max"),
+  };
+}
 
 const web = (greeting: string, extra: Record<string, unknown> = {}) => ({
   image: "",
@@ -84,6 +97,45 @@ describe("fleetlet apply", () => {
     expect(db().lastGood.deployment).toBe("dep-1");
   });
 
+  it("holds a service that sets no limits to the policy's defaults, so a fork bomb or a memory hog cannot take the device down", () => {
+    expect(cgroupLimits(webContainer())).toEqual({ memory: String(256 * 1024 * 1024), pids: "512" });
+  });
+
+  it.each([
+    ["the host's network", { network: "host" }, 'services.web.network: "host" is not allowed'],
+    [
+      "more memory than the device allows",
+      { resources: { memory: "2Gi" } },
+      "services.web.resources.memory: 2 GiB is above this device's maximum of 1 GiB (policy.max.memory)",
+    ],
+    [
+      "an image from a registry the device has no settings for",
+      { image: "evil.example:5000/x/y:1" },
+      "services.web.image: registry evil.example:5000 is not allowed",
+    ],
+  ])(
+    "refuses a document that asks for %s with E_POLICY, naming the field, and pulls and stops nothing",
+    async (_what, extra, message) => {
+      const container = webContainer();
+      const pid = pidOf(container);
+      const before = db().desired.deployment;
+      const r = await apply(desired({ web: { ...web("greedy"), image, ...extra } }));
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain(message);
+      expect(r.stderr).toContain("[E_POLICY]");
+      // Only the deployment that runs is converged again (the apply's reattach): nothing of the refused one is pulled.
+      const pulled = r.stderr
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as { type: string; image?: string })
+        .filter((e) => e.type === "pulling");
+      expect(pulled.every((e) => e.image === image)).toBe(true);
+      expect(webContainer()).toBe(container);
+      expect(pidOf(container)).toBe(pid);
+      expect(db().desired.deployment).toBe(before);
+    },
+  );
+
   it("restarts nothing when a newer document has the same spec", async () => {
     const before = pidOf(webContainer());
     const r = await apply(desired({ web: { ...web("hello"), image } }));
@@ -104,13 +156,14 @@ describe("fleetlet apply", () => {
   });
 
   it("rolls a deployment whose command exits back to the last good one", async () => {
+    const good = db().lastGood.deployment as string;
     const r = await apply(
       desired({ web: { ...web("broken"), image, command: ["/bin/sh", "-c", "echo dying; exit 3"] } }),
     );
     expect(r.status).not.toBe(0);
     expect(r.stdout).toMatch(/rolledBack/);
     expect(r.stderr).toMatch(/(not healthy within 4000 ms|unhealthy within 4000 ms of starting): web/);
-    expect(r.stderr).toContain("rolled back to dep-3");
+    expect(r.stderr).toContain(`rolled back to ${good}`);
     expect(fleetlet(root, ["logs", webContainer()]).stdout).toBe("GREETING=bonjour\n");
     expect(fleetlet(root, ["ps"]).stdout).toContain(webContainer());
   });

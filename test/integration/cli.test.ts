@@ -74,7 +74,7 @@ beforeAll(async () => {
     JSON.stringify({
       deviceId: "dev-cli",
       groups: ["pilot"],
-      mqtt: { url: broker.url },
+      mqtt: { url: broker.url, insecure: true },
       registries,
       api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "api.sock") },
     }),

@@ -203,10 +203,22 @@ describe("the example config", () => {
   it("shows every field the schema has and none it would silently drop", () => {
     const parsed = deviceConfig.parse(example) as Record<string, unknown>;
     expect(Object.keys(example).sort()).toEqual(Object.keys(deviceConfig.shape).sort());
-    for (const section of ["mqtt", "api", "pull"] as const) {
+    for (const section of ["mqtt", "api", "pull", "policy"] as const) {
       expect(Object.keys(example[section]).sort(), section).toEqual(Object.keys(parsed[section] as object).sort());
     }
-    expect(Object.keys(example.mqtt).sort()).toEqual(["ca", "cert", "key", "password", "prefix", "url", "username"]);
+    expect(Object.keys(example.mqtt).sort()).toEqual([
+      "ca",
+      "cert",
+      "insecure",
+      "keepaliveSec",
+      "key",
+      "password",
+      "prefix",
+      "url",
+      "username",
+    ]);
+    for (const limits of ["defaults", "max"] as const)
+      expect(Object.keys(example.policy[limits]).sort(), `policy.${limits}`).toEqual(["memory", "pids"]);
     for (const [host, reg] of Object.entries(example.registries)) {
       expect(Object.keys(reg as object).sort(), host).toEqual(["ca", "insecure", "password", "username"]);
     }

@@ -372,4 +372,30 @@ describe("MqttSession against a broker without MQTT 5", () => {
     await waitFor("the reconnection", () => levels.length >= 3);
     expect(levels.slice(1).every((l) => l === 4)).toBe(true);
   });
+
+  it("asks the broker for mqtt.keepaliveSec, and for 300 s (suited to cellular links) without it", async () => {
+    const keepalives: number[] = [];
+    const server = createServer((socket) => {
+      socket.once("data", (connect: Buffer) => {
+        // CONNECT: type byte, remaining length, "\0\4MQTT", protocol level, flags, then the keepalive (2 bytes).
+        let at = 1;
+        while ((connect[at++] ?? 0) & 0x80);
+        keepalives.push(connect.readUInt16BE(at + 8));
+        socket.destroy();
+      });
+      socket.on("error", () => {}); // destroyed on purpose; only the CONNECT matters here
+    });
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    cleanups.push(() => server.close());
+    const url = `mqtt://127.0.0.1:${(server.address() as { port: number }).port}`;
+    for (const mqtt of [{ keepaliveSec: 45 }, {}]) {
+      const { s } = session(url, { mqtt });
+      const started = s.start({ timeoutMs: 100 });
+      await waitFor("a CONNECT", () => keepalives.length === (mqtt.keepaliveSec ? 1 : 2));
+      await started;
+      await s.stop();
+    }
+    expect(keepalives).toEqual([45, 300]);
+  });
 });

@@ -4,17 +4,26 @@
  * and crash recovery are checked in milliseconds. The same paths run on the
  * real kernel in test/integration/agent.test.ts and apply.test.ts.
  */
+import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
+import { publicKeyFromBase64, publicKeyToBase64, signDocument } from "../../agent/protocol/signature.js";
 import { Agent, type AgentEvent } from "../../agent/reconcile/agent.js";
 import type { PullImage } from "../../agent/reconcile/agent-store.js";
+import { desiredHandler } from "../../agent/reconcile/desired-sources.js";
+import { resolvePolicy } from "../../agent/reconcile/policy.js";
+import { deviceConfig } from "../../schemas/config.js";
 import type { DesiredStateInput } from "../../schemas/desired.js";
 import { SimulatedRuntime } from "../support/sim/simulated-runtime.js";
 import { SimulatedStore } from "../support/sim/simulated-store.js";
 import { waitFor } from "../support/wait-for.js";
 
 const IMAGE = "reg.local:5000/acme/web:1";
+/** The default policy of a device whose config names IMAGE's registry. */
+const POLICY = resolvePolicy(deviceConfig.parse({ registries: { "reg.local:5000": {} } }));
 
-function device(opts: { runtime?: SimulatedRuntime; store?: SimulatedStore; pull?: PullImage } = {}) {
+function device(
+  opts: { runtime?: SimulatedRuntime; store?: SimulatedStore; pull?: PullImage; policy?: typeof POLICY } = {},
+) {
   const runtime = opts.runtime ?? new SimulatedRuntime();
   const store = opts.store ?? new SimulatedStore();
   const events: AgentEvent[] = [];
@@ -24,6 +33,7 @@ function device(opts: { runtime?: SimulatedRuntime; store?: SimulatedStore; pull
     runtime,
     store,
     version: "test",
+    policy: opts.policy ?? POLICY,
     pull: opts.pull ?? ((ref, { signal }) => store.pull(ref, signal)),
     onEvent: (e) => events.push(e),
   });
@@ -148,7 +158,9 @@ describe("a newer document", () => {
       return store.pull(ref, signal);
     };
     const { agent, runtime, events } = device({ store, pull });
-    await agent.submit(doc("slow", 1, { services: { web: { image: `${IMAGE}:slow`, env: { DEPLOYMENT: "slow" } } } }));
+    await agent.submit(
+      doc("slow", 1, { services: { web: { image: "reg.local:5000/acme/web:slow", env: { DEPLOYMENT: "slow" } } } }),
+    );
     await waitFor("the slow pull", () => events.some((e) => e.type === "pulling"));
     await agent.submit(doc("fast", 2));
     release();
@@ -156,6 +168,37 @@ describe("a newer document", () => {
     expect(agent.reported()).toMatchObject({ deployment: "fast", phase: "converged", lastGood: "fast" });
     expect(running(runtime)).toEqual({ web: ["fast"] });
     expect(events.some((e) => e.type === "converged" && e.deployment === "slow")).toBe(false);
+  });
+});
+
+describe("the device's policy", () => {
+  it("refuses a document that asks for more than the policy allows, and the services run on untouched", async () => {
+    const { agent, runtime, events } = device();
+    await applied(agent, doc("good", 1));
+    const host = doc("host", 2, { services: { web: { image: IMAGE, network: "host" } } });
+    expect(await applied(agent, host)).toBe("rejected");
+    expect(agent.lastError).toMatchObject({
+      code: "E_POLICY",
+      message: expect.stringContaining("services.web.network"),
+    });
+    expect(events.at(-1)).toMatchObject({ type: "rejected", code: "E_POLICY" });
+    expect(agent.reported()).toMatchObject({ deployment: "good", generation: 1 });
+    expect(running(runtime)).toEqual({ web: ["good"] });
+    // A refused document counts no generation: the corrected one with the same generation is taken.
+    expect(await applied(agent, doc("fixed", 2))).toBe("applying");
+  });
+
+  it("holds the accepted document to the policy again after a restart, and keeps the adopted services running when it no longer passes", async () => {
+    const first = device();
+    await applied(first.agent, doc("big", 1, { services: { web: { image: IMAGE, resources: { memory: "512Mi" } } } }));
+    await first.agent.stop();
+    const stricter = { ...POLICY, max: { ...POLICY.max, memory: 256 * 1024 * 1024 } };
+    const second = device({ runtime: first.runtime, store: first.store, policy: stricter });
+    await second.agent.reattach();
+    await second.agent.idle();
+    expect(second.agent.reported()).toMatchObject({ phase: "rejected", deployment: "big" });
+    expect(second.agent.lastError?.message).toContain("db.json desired: services.web.resources.memory");
+    expect(first.runtime.list().filter((c) => c.status === "running")).toHaveLength(1);
   });
 });
 
@@ -201,5 +244,120 @@ describe("a crash mid-swap", () => {
     await second.agent.reattach();
     await second.agent.idle();
     expect(running(runtime)).toEqual({ web: ["v1"] });
+  });
+});
+
+describe("the documents a device follows", () => {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  const signed = (d: DesiredStateInput, target: string) => signDocument({ ...d, target }, privateKey);
+
+  /** A device wired as the daemon wires it: messages go through desiredHandler; `settle` waits for what they started. */
+  function wired(opts: { signing: boolean }) {
+    const runtime = new SimulatedRuntime();
+    const store = new SimulatedStore();
+    const events: AgentEvent[] = [];
+    const trustedKeys = opts.signing ? [publicKeyFromBase64(publicKeyToBase64(publicKey))] : [];
+    const agent = new Agent({
+      deviceId: "dev-1",
+      groups: ["pilot"],
+      runtime,
+      store,
+      version: "test",
+      trustedKeys,
+      policy: { ...POLICY, requireSigned: opts.signing },
+      pull: (ref, { signal }) => store.pull(ref, signal),
+      onEvent: (e) => events.push(e),
+    });
+    const pending: Promise<unknown>[] = [];
+    const handler = desiredHandler(
+      {
+        submit: (...args) => {
+          const p = agent.submit(...args);
+          pending.push(p);
+          return p;
+        },
+        reject: (err) => agent.reject(err),
+        admit: (...args) => agent.admit(...args),
+        requiresSignatures: agent.requiresSignatures,
+      },
+      ["pilot"],
+      "fleet",
+    );
+    const send = async (kind: "device" | "group", payload: object | "") => {
+      handler(
+        { kind, name: kind === "device" ? "dev-1" : "pilot" },
+        Buffer.from(payload ? JSON.stringify(payload) : ""),
+      );
+      await Promise.all(pending);
+      await agent.idle();
+    };
+    return { agent, runtime, events, send };
+  }
+
+  it("keeps taking its groups' deployments after a forged document on its own topic", async () => {
+    const { agent, runtime, send } = wired({ signing: true });
+    await send("group", signed(doc("g1", 1, { update: { healthyWithinMs: 0 } }), "group/pilot"));
+    expect(running(runtime)).toEqual({ web: ["g1"] });
+    await send("device", { ...doc("forged", 99), target: "device/dev-1" });
+    expect(agent.reported()).toMatchObject({ phase: "rejected", deployment: "g1", source: "group:pilot" });
+    expect(agent.lastError?.code).toBe("E_BAD_SIGNATURE");
+    expect(running(runtime)).toEqual({ web: ["g1"] });
+    await send("group", signed(doc("g2", 2, { update: { healthyWithinMs: 0 } }), "group/pilot"));
+    expect(agent.reported()).toMatchObject({ phase: "converged", deployment: "g2", generation: 2 });
+    expect(running(runtime)).toEqual({ web: ["g2"] });
+  });
+
+  it("does not let an empty message clear a topic on a device that requires signatures", async () => {
+    const { agent, runtime, send } = wired({ signing: true });
+    await send("device", signed(doc("own", 1, { update: { healthyWithinMs: 0 } }), "device/dev-1"));
+    await send("device", "");
+    expect(agent.lastError).toMatchObject({ code: "E_BAD_SIGNATURE", message: expect.stringContaining("empty") });
+    await send("group", signed(doc("g1", 1, { update: { healthyWithinMs: 0 } }), "group/pilot"));
+    expect(agent.reported()).toMatchObject({ deployment: "own", source: "device" });
+    expect(running(runtime)).toEqual({ web: ["own"] });
+  });
+
+  it("follows its groups again once its own topic is cleared, and a replayed older document of its own does not take it back", async () => {
+    const { agent, runtime, events, send } = wired({ signing: false });
+    await send("device", doc("own", 3, { update: { healthyWithinMs: 0 } }));
+    await send("device", "");
+    await send("group", doc("g1", 1, { update: { healthyWithinMs: 0 } }));
+    expect(running(runtime)).toEqual({ web: ["g1"] });
+    await send("device", doc("own-old", 2));
+    expect(events.at(-1)).toMatchObject({ type: "ignored", reason: expect.stringContaining("a replay") });
+    await send("group", doc("g2", 2, { update: { healthyWithinMs: 0 } }));
+    expect(agent.reported()).toMatchObject({ deployment: "g2", source: "group:pilot", phase: "converged" });
+    expect(running(runtime)).toEqual({ web: ["g2"] });
+  });
+
+  it("keeps following a document it accepted once its notAfter has passed, when the topic delivers it again", async () => {
+    const { agent, runtime, send } = wired({ signing: true });
+    const own = signed(
+      { ...doc("own", 1, { update: { healthyWithinMs: 0 } }), notAfter: new Date(Date.now() + 300).toISOString() },
+      "device/dev-1",
+    );
+    await send("device", own);
+    await new Promise((r) => setTimeout(r, 400));
+    await send("device", own); // the retained document, at a reconnect
+    await send("group", signed(doc("g1", 1, { update: { healthyWithinMs: 0 } }), "group/pilot"));
+    expect(agent.reported()).toMatchObject({ deployment: "own", source: "device", phase: "converged" });
+    expect(agent.lastError).toBeNull();
+    expect(running(runtime)).toEqual({ web: ["own"] });
+  });
+
+  it("reports what it accepted and what it could tell of its age: a reset device had no earlier generation", async () => {
+    const { agent, send } = wired({ signing: true });
+    const notAfter = new Date(Date.now() + 3_600_000).toISOString();
+    await send("group", signed({ ...doc("g1", 7, { update: { healthyWithinMs: 0 } }), notAfter }, "group/pilot"));
+    expect(agent.reported().lastAccepted).toMatchObject({
+      deployment: "g1",
+      generation: 7,
+      source: "group:pilot",
+      signed: true,
+      notAfter,
+      previousGeneration: null,
+    });
+    await send("group", signed(doc("g2", 8, { update: { healthyWithinMs: 0 } }), "group/pilot"));
+    expect(agent.reported().lastAccepted).toMatchObject({ generation: 8, notAfter: null, previousGeneration: 7 });
   });
 });

@@ -1,6 +1,7 @@
 /** The pure parts of the fleet side: canonical JSON, signatures, rollout waves and their verdicts. */
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
+import { finishDocument } from "../../agent/fleet/desired-document.js";
 import type { DeviceView } from "../../agent/fleet/fleet-view.js";
 import { parseDuration, parseFailureLimit, parseWaves } from "../../agent/fleet/rollout.js";
 import { judgeWave, standing } from "../../agent/fleet/wave-judge.js";
@@ -13,6 +14,8 @@ import {
 } from "../../agent/protocol/signature.js";
 import { inRolloutWave } from "../../agent/protocol/waves.js";
 import { readDesired } from "../../agent/reconcile/desired-intake.js";
+import { resolvePolicy } from "../../agent/reconcile/policy.js";
+import { deviceConfig } from "../../schemas/config.js";
 import type { ReportedState } from "../../schemas/reported.js";
 
 describe("canonical JSON (RFC 8785)", () => {
@@ -47,6 +50,26 @@ describe("canonical JSON (RFC 8785)", () => {
     ["line\u2028sep", '"line\u2028sep"'],
   ])("writes %j as %s", (value, out) => {
     expect(canonicalJson(value)).toBe(out);
+  });
+
+  it.each([
+    [
+      "a lone high surrogate in a string",
+      { a: ["ok", "x\ud800y"] },
+      "$.a[1]: the string holds a lone surrogate (U+D800 at index 1)",
+    ],
+    ["a lone low surrogate in a string", { a: "\udc00" }, "$.a: the string holds a lone surrogate (U+DC00 at index 0)"],
+    ["a surrogate pair the wrong way round", { a: "\ude00\ud83d" }, "$.a: the string holds a lone surrogate (U+DE00"],
+    ["a lone surrogate in a member name", { b: { "k\udbff": 1 } }, "$.b: a member name holds a lone surrogate (U+DBFF"],
+  ])("refuses %s, as RFC 8785 does, with a clear error", (_what, value, message) => {
+    expect(() => canonicalJson(value)).toThrow(
+      expect.objectContaining({ code: "E_INVALID_ARGUMENT", message: expect.stringContaining(message) }),
+    );
+    expect(() => canonicalJson(value)).toThrow("which has no UTF-8 form; RFC 8785 refuses it");
+  });
+
+  it("keeps a surrogate pair, which is one code point", () => {
+    expect(canonicalJson({ "\ud83d\ude00": "\ud83d\ude00" })).toBe('{"\ud83d\ude00":"\ud83d\ude00"}');
   });
 
   it("refuses values JSON cannot hold, naming where", () => {
@@ -95,8 +118,27 @@ describe("desired-state signatures", () => {
     );
   });
 
-  it("accepts anything when the device trusts no keys", () => {
-    expect(() => verifyDocument(doc, [], "src")).not.toThrow();
+  it("accepts an unsigned document when signatures are not required", () => {
+    expect(verifyDocument(doc, [], "src")).toBe(false);
+    expect(verifyDocument(doc, trusted, "src", { required: false })).toBe(false);
+  });
+
+  it("checks a signature whenever there is one, even where signatures are not required", () => {
+    expect(verifyDocument(signDocument(doc, privateKey), trusted, "src", { required: false })).toBe(true);
+    expect(() => verifyDocument(signDocument(doc, other.privateKey), trusted, "src", { required: false })).toThrow(
+      expect.objectContaining({ code: "E_BAD_SIGNATURE" }),
+    );
+    expect(() => verifyDocument({ ...doc, signature: Buffer.alloc(64).toString("base64") }, [], "src")).toThrow(
+      expect.objectContaining({ code: "E_BAD_SIGNATURE", message: expect.stringContaining("trusts no key") }),
+    );
+  });
+
+  it("refuses to sign, and refuses to verify, a document holding a lone surrogate", () => {
+    const odd = { ...doc, deployment: "d\ud800" };
+    expect(() => signDocument(odd, privateKey)).toThrow(expect.objectContaining({ code: "E_INVALID_ARGUMENT" }));
+    expect(() =>
+      verifyDocument({ ...odd, signature: signDocument(doc, privateKey).signature }, trusted, "src"),
+    ).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE", message: expect.stringContaining("lone surrogate") }));
   });
 
   it("refuses a trusted key that is not a raw ed25519 key, naming the config field", () => {
@@ -108,8 +150,41 @@ describe("desired-state signatures", () => {
   it("checks the signature before the schema, so a tampered valid-looking document never reaches validation", () => {
     const tampered = { ...signDocument(doc, privateKey), services: { web: { image: "evil/x:1" } } };
     expect(() =>
-      readDesired(tampered, { deviceId: "d1", source: "s", fromGroup: false, trustedKeys: trusted }),
+      readDesired(tampered, {
+        deviceId: "d1",
+        source: "s",
+        fromGroup: false,
+        trustedKeys: trusted,
+        policy: resolvePolicy(deviceConfig.parse({ registries: { r: {} }, trustedKeys: ["x"] })),
+      }),
     ).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE" }));
+  });
+});
+
+describe("a document's notAfter, as fleetctl sets it", () => {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  const raw = { apiVersion: "fleetlet/v1", deployment: "d", services: {} };
+  const now = Date.parse("2026-06-01T00:00:00Z");
+
+  it("sets notAfter to --valid-for after now, under the signature", () => {
+    const { payload, doc } = finishDocument(
+      raw,
+      { generation: 2, target: "group/g", validForMs: 24 * 3_600_000 },
+      { file: "f", key: privateKey, now },
+    );
+    expect(doc.notAfter).toBe("2026-06-02T00:00:00.000Z");
+    const published = JSON.parse(payload);
+    expect(published.notAfter).toBe("2026-06-02T00:00:00.000Z");
+    expect(verifyDocument(published, [publicKeyFromBase64(publicKeyToBase64(publicKey))], "t")).toBe(true);
+  });
+
+  it("refuses to publish a document whose own notAfter has passed, and replaces it with --valid-for", () => {
+    const late = { ...raw, notAfter: "2026-05-31T00:00:00Z" };
+    expect(() => finishDocument(late, { generation: 2, target: "group/g" }, { file: "f", now })).toThrow(
+      expect.objectContaining({ code: "E_EXPIRED", exitCode: 2, message: expect.stringContaining("f: notAfter:") }),
+    );
+    const { doc } = finishDocument(late, { generation: 2, target: "group/g", validForMs: 60_000 }, { file: "f", now });
+    expect(doc.notAfter).toBe("2026-06-01T00:01:00.000Z");
   });
 });
 
@@ -150,7 +225,13 @@ describe("rollout waves", () => {
     ["a device's own document, whatever its percent", "apply", false, 0, true],
   ])("reads %s as %s", (_what, kind, fromGroup, percent, rollback) => {
     expect(
-      readDesired(doc(percent, rollback), { deviceId: "dev-1", source: "s", fromGroup, trustedKeys: [] }).kind,
+      readDesired(doc(percent, rollback), {
+        deviceId: "dev-1",
+        source: "s",
+        fromGroup,
+        trustedKeys: [],
+        policy: resolvePolicy(deviceConfig.parse({})),
+      }).kind,
     ).toBe(kind);
   });
 });
@@ -275,8 +356,9 @@ describe("rollout options", () => {
     expect(parseDuration("2m", "--healthy-within")).toBe(120_000);
     expect(parseDuration("90s", "x")).toBe(90_000);
     expect(parseDuration("1500ms", "x")).toBe(1500);
+    expect(parseDuration("7d", "--valid-for")).toBe(7 * 86_400_000);
     expect(() => parseDuration("2 minutes", "--healthy-within")).toThrow(
-      "--healthy-within 2 minutes: expected a duration such as 90s, 2m or 1h",
+      "--healthy-within 2 minutes: expected a duration such as 90s, 2m, 1h or 7d",
     );
   });
 });

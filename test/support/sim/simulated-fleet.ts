@@ -20,7 +20,9 @@ import { FleetError } from "../../../agent/errors.js";
 import { DEFAULT_TOPIC_PREFIX } from "../../../agent/protocol/topics.js";
 import { Agent } from "../../../agent/reconcile/agent.js";
 import { desiredHandler } from "../../../agent/reconcile/desired-sources.js";
+import { resolvePolicy } from "../../../agent/reconcile/policy.js";
 import { MqttSession } from "../../../agent/transport/mqtt-session.js";
+import { deviceConfig } from "../../../schemas/config.js";
 import { SimulatedRuntime } from "./simulated-runtime.js";
 import { SimulatedStore } from "./simulated-store.js";
 
@@ -57,6 +59,11 @@ export interface SimulatedFleetStats {
   logLines: number;
   lastLog: string[];
 }
+
+/** The registry simulated documents name their images on (simulated-store.ts "pulls" anything). */
+export const SIMULATED_REGISTRY = "registry.local:5000";
+/** Every simulated device's policy: the defaults of a config whose one registry is the simulated one. */
+const SIMULATED_POLICY = resolvePolicy(deviceConfig.parse({ registries: { [SIMULATED_REGISTRY]: {} } }));
 
 /** The agent version simulated devices report (in `reported.agent.version` and their status). */
 export const SIMULATED_AGENT_VERSION = "simulated";
@@ -100,6 +107,7 @@ export class SimulatedDevice {
       store: this.store,
       pull: (ref, { signal }) => this.store.pull(ref, signal),
       version: SIMULATED_AGENT_VERSION,
+      policy: SIMULATED_POLICY,
       onEvent: (e) => session?.publishEvent(e),
       onChange: (settled) => session?.publishReported(agent.reported(), { settled }),
     });
@@ -107,7 +115,7 @@ export class SimulatedDevice {
     session = new MqttSession({
       deviceId,
       groups: opts.groups,
-      mqtt: { url: opts.url, prefix },
+      mqtt: { url: opts.url, prefix, insecure: true },
       agentVersion: SIMULATED_AGENT_VERSION,
       onDesired: (source, payload) => {
         this.desiredIn++;

@@ -1,0 +1,247 @@
+/**
+ * The device's policy over desired-state documents, and the config settings
+ * that turn a protection off: what is refused, with which code and field,
+ * and what a document that passes runs under.
+ */
+import { generateKeyPairSync } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import { relaxedSettings } from "../../agent/config/relaxed-settings.js";
+import { publicKeyFromBase64, publicKeyToBase64, signDocument } from "../../agent/protocol/signature.js";
+import { readDesired } from "../../agent/reconcile/desired-intake.js";
+import { type DevicePolicy, deviceAllowed, enforcePolicy, resolvePolicy } from "../../agent/reconcile/policy.js";
+import { deviceConfig } from "../../schemas/config.js";
+import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
+import { formatIssues } from "../../schemas/format-issues.js";
+
+const REG = "reg.local:5000";
+const config = (raw: Record<string, unknown> = {}) => deviceConfig.parse({ registries: { [REG]: {} }, ...raw });
+const policyOf = (raw: Record<string, unknown> = {}) => resolvePolicy(config(raw));
+const MiB = 1024 ** 2;
+
+function doc(services: Record<string, Record<string, unknown>>): DesiredStateInput {
+  return {
+    apiVersion: "fleetlet/v1",
+    deployment: "d",
+    generation: 1,
+    services: Object.fromEntries(
+      Object.entries(services).map(([name, s]) => [name, { image: `${REG}/acme/web:1`, ...s }]),
+    ) as DesiredStateInput["services"],
+  };
+}
+const check = (d: DesiredStateInput, policy: DevicePolicy = policyOf()) =>
+  enforcePolicy(desiredState.parse(d), policy, "src");
+
+/** The config's error, as `loadDeviceConfig` words it. */
+function configError(raw: Record<string, unknown>): string | undefined {
+  const parsed = deviceConfig.safeParse(raw);
+  return parsed.success ? undefined : formatIssues(parsed.error);
+}
+
+describe("resolvePolicy", () => {
+  it("allows by default the registries the config has settings for, no host network, no devices, and the default limits", () => {
+    expect(policyOf()).toEqual({
+      registries: [REG],
+      hostNetwork: false,
+      devices: [],
+      requireSigned: false,
+      defaults: { memory: 256 * MiB, pids: 512 },
+      max: { memory: 1024 * MiB, pids: 4096 },
+    });
+  });
+
+  it("requires signatures by default once the device trusts a key, and takes an explicit setting either way", () => {
+    expect(policyOf({ trustedKeys: ["k"] }).requireSigned).toBe(true);
+    expect(policyOf({ trustedKeys: ["k"], policy: { requireSigned: false } }).requireSigned).toBe(false);
+    expect(policyOf({ policy: { registries: ["Other.Example:443"] } }).registries).toEqual(["other.example:443"]);
+  });
+});
+
+describe("enforcePolicy", () => {
+  it.each([
+    [
+      "an image from a registry the device has no settings for",
+      { web: { image: "evil.example:5000/x/y:1" } },
+      "E_POLICY",
+      "src: services.web.image: registry evil.example:5000 is not allowed by this device's policy (policy.registries: reg.local:5000)",
+    ],
+    [
+      "the host's network",
+      { web: { network: "host" } },
+      "E_POLICY",
+      'src: services.web.network: "host" is not allowed by this device\'s policy (policy.hostNetwork is false)',
+    ],
+    [
+      "more memory than the maximum",
+      { web: { resources: { memory: "2Gi" } } },
+      "E_POLICY",
+      "src: services.web.resources.memory: 2 GiB is above this device's maximum of 1 GiB (policy.max.memory)",
+    ],
+    [
+      "more processes than the maximum",
+      { web: { resources: { pids: 100_000 } } },
+      "E_POLICY",
+      "src: services.web.resources.pids: 100000 is above this device's maximum of 4096 (policy.max.pids)",
+    ],
+    [
+      "an image reference with no registry",
+      { web: { image: "busybox" } },
+      "E_INVALID_DESIRED",
+      'src: services.web.image: "busybox": name the registry, as in registry.local:5000/acme/web:1.2',
+    ],
+  ])("refuses %s, naming the field", (_what, services, code, message) => {
+    expect(() => check(doc(services))).toThrow(expect.objectContaining({ code, message }));
+  });
+
+  it("names every field at fault, in every service", () => {
+    const refused = doc({ a: { network: "host" }, b: { image: "x.example/y:1", resources: { pids: 5000 } } });
+    expect(() => check(refused)).toThrow(
+      /^src: services\.a\.network: .*; services\.b\.image: .*; services\.b\.resources\.pids: /,
+    );
+  });
+
+  it("gives a service without limits the policy's defaults, and keeps the limits a service sets", () => {
+    const out = check(doc({ none: {}, some: { resources: { memory: "64Mi", cpus: 0.5 } } }));
+    expect(out.services.none!.resources).toEqual({ memory: 256 * MiB, pids: 512 });
+    expect(out.services.some!.resources).toEqual({ memory: 64 * MiB, cpus: 0.5, pids: 512 });
+  });
+
+  it("allows what the policy allows by name", () => {
+    const policy = policyOf({
+      policy: { hostNetwork: true, registries: ["x.example"], max: { memory: "4Gi" }, defaults: { pids: 64 } },
+    });
+    const out = check(doc({ web: { image: "x.example/y:1", network: "host", resources: { memory: "2Gi" } } }), policy);
+    expect(out.services.web).toMatchObject({ network: "host", resources: { memory: 2048 * MiB, pids: 64 } });
+  });
+});
+
+describe("the policy's device globs (for services.*.devices, not built yet)", () => {
+  it.each([
+    ["/dev/ttyUSB0", ["/dev/ttyUSB*"], true],
+    ["/dev/ttyUSB10", ["/dev/ttyUSB?"], false],
+    ["/dev/video3", ["/dev/video[0-9]"], true],
+    ["/dev/bus/usb/001/002", ["/dev/bus/usb/*"], false],
+    ["/dev/bus/usb/001/002", ["/dev/bus/usb/*/*"], true],
+    ["/dev/ttyUSB0/../sda", ["/dev/ttyUSB0/*/*"], false],
+    ["/dev/sda", [], false],
+    ["/dev/i2c-1", ["/dev/i2c-1"], true],
+    ["/dev/i2cx1", ["/dev/i2c.1"], false],
+  ])("%s against %j: %s", (path, patterns, allowed) => {
+    expect(deviceAllowed(path, patterns)).toBe(allowed);
+  });
+});
+
+describe("the device config's protections", () => {
+  it.each([
+    [
+      "plaintext MQTT without mqtt.insecure",
+      { mqtt: { url: "mqtt://broker:1883" } },
+      "mqtt.url: plaintext MQTT is refused: use mqtts:// or wss://, or set mqtt.insecure to true for a broker on a trusted network",
+    ],
+    ["plaintext websockets without mqtt.insecure", { mqtt: { url: "ws://broker/mqtt" } }, "mqtt.url: plaintext MQTT"],
+    [
+      "policy.requireSigned with no trusted key",
+      { policy: { requireSigned: true } },
+      "policy.requireSigned: true needs at least one key in trustedKeys",
+    ],
+    ["defaults above the maximum", { policy: { defaults: { pids: 9000 } } }, "policy.defaults.pids: 9000 is above"],
+    [
+      "a memory limit under 4 MiB",
+      { policy: { max: { memory: "1Mi" } } },
+      "policy.max.memory: expected at least 4 MiB",
+    ],
+    [
+      "a device glob outside /dev",
+      { policy: { devices: ["/etc/*"] } },
+      "policy.devices.0: expected a glob under /dev/",
+    ],
+    ["a device glob with ..", { policy: { devices: ["/dev/../etc"] } }, "policy.devices.0: must not contain '..'"],
+    ["a registry that is not host:port", { policy: { registries: ["https://x"] } }, "policy.registries.0: expected"],
+    ["a keepalive of zero", { mqtt: { url: "mqtts://b", keepaliveSec: 0 } }, "mqtt.keepaliveSec:"],
+  ])("refuses %s, naming the field", (_what, raw, message) => {
+    expect(configError(raw)).toContain(message);
+  });
+
+  it("takes plaintext MQTT when mqtt.insecure says so, and keeps the keepalive suited to cellular links", () => {
+    expect(configError({ mqtt: { url: "mqtt://b:1883", insecure: true } })).toBeUndefined();
+    expect(deviceConfig.parse({ mqtt: { url: "mqtts://b" } }).mqtt).toMatchObject({
+      insecure: false,
+      keepaliveSec: 300,
+    });
+  });
+
+  it("lists each protection the config turns off, for the agent to say once at start", () => {
+    const relaxed = config({
+      mqtt: { url: "mqtt://b:1883", insecure: true },
+      policy: { hostNetwork: true, devices: ["/dev/ttyUSB*"] },
+      registries: { [REG]: { insecure: true } },
+    });
+    expect(relaxedSettings(relaxed, resolvePolicy(relaxed)).map((r) => r.field)).toEqual([
+      "mqtt.insecure",
+      "policy.requireSigned",
+      "policy.hostNetwork",
+      "policy.devices",
+      `registries.${REG}.insecure`,
+    ]);
+    const strict = config({ mqtt: { url: "mqtts://b" }, trustedKeys: ["k"] });
+    expect(relaxedSettings(strict, resolvePolicy(strict))).toEqual([]);
+  });
+});
+
+describe("a document's notAfter and signature at intake", () => {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  const trusted = [publicKeyFromBase64(publicKeyToBase64(publicKey))];
+  const base = { ...doc({ web: {} }), target: "device/d1" };
+  const intake = (
+    payload: object,
+    opts: { keys?: typeof trusted; policy?: DevicePolicy; now?: number; acceptedGeneration?: number } = {},
+  ) =>
+    readDesired(payload, {
+      deviceId: "d1",
+      source: "src",
+      fromGroup: false,
+      trustedKeys: opts.keys ?? trusted,
+      policy: opts.policy ?? policyOf({ trustedKeys: ["k"] }),
+      target: "device/d1",
+      ...(opts.now !== undefined ? { now: opts.now } : {}),
+      ...(opts.acceptedGeneration !== undefined ? { acceptedGeneration: opts.acceptedGeneration } : {}),
+    });
+  const at = Date.parse("2030-01-01T00:00:00Z");
+
+  it("accepts a signed document before its notAfter and refuses it after, with E_EXPIRED", () => {
+    const signed = signDocument({ ...base, notAfter: "2030-01-01T00:00:00Z" }, privateKey);
+    expect(intake(signed, { now: at - 1000 })).toMatchObject({ kind: "apply", signed: true });
+    expect(() => intake(signed, { now: at + 1000 })).toThrow(
+      expect.objectContaining({
+        code: "E_EXPIRED",
+        message: expect.stringMatching(/^src: notAfter: the document expired at 2030-01-01T00:00:00Z/),
+      }),
+    );
+    // Delivered again once accepted (the retained document at a reconnect), it is not new: no expiry applies.
+    expect(intake(signed, { now: at + 1000, acceptedGeneration: 1 })).toMatchObject({ kind: "apply" });
+    expect(() => intake(signed, { now: at + 1000, acceptedGeneration: 0 })).toThrow(/expired/);
+  });
+
+  it.each([
+    ["a date without a time", "2030-01-01", "notAfter: expected an RFC 3339 time"],
+    ["a number", 1893456000, "notAfter: expected an RFC 3339 time"],
+  ])("refuses a notAfter that is %s", (_what, notAfter, message) => {
+    expect(() => intake(signDocument({ ...base, notAfter }, privateKey), { now: at })).toThrow(
+      expect.objectContaining({ code: "E_INVALID_DESIRED", message: expect.stringContaining(message) }),
+    );
+  });
+
+  it("refuses a signed document on a device that trusts no key, instead of taking it unchecked", () => {
+    const forged = { ...base, signature: Buffer.alloc(64, 1).toString("base64") };
+    expect(() => intake(forged, { keys: [], policy: policyOf() })).toThrow(
+      expect.objectContaining({ code: "E_BAD_SIGNATURE", message: expect.stringContaining("trusts no key") }),
+    );
+    expect(intake(base, { keys: [], policy: policyOf() })).toMatchObject({ kind: "apply", signed: false });
+  });
+
+  it("checks the policy after the signature, so a signed document is still held to the device's limits", () => {
+    const signed = signDocument({ ...base, services: { web: { image: `${REG}/a/b:1`, network: "host" } } }, privateKey);
+    expect(() => intake(signed)).toThrow(
+      expect.objectContaining({ code: "E_POLICY", message: expect.stringContaining("services.web.network") }),
+    );
+  });
+});
