@@ -93,7 +93,7 @@ check_bundle() {
   failed=$(cd "$BUNDLE" && sha256sum -c --strict MANIFEST.sha256 2>&1 | grep -v ': OK$' || true)
   [ -z "$failed" ] || die "the bundle does not match its MANIFEST.sha256:
 $failed"
-  extra=$(cd "$BUNDLE" && find . -type f ! -name MANIFEST.sha256 | sed 's#^\./##' |
+  extra=$(cd "$BUNDLE" && find . -type f ! -path ./MANIFEST.sha256 | sed 's#^\./##' |
     awk 'NR == FNR { listed[substr($0, 67)] = 1; next } !($0 in listed)' MANIFEST.sha256 -)
   [ -z "$extra" ] || die "the bundle has files its MANIFEST.sha256 does not list: $extra"
   others=$(cd "$BUNDLE" && find . ! -type f ! -type d)

@@ -175,7 +175,7 @@ pack_bundle() {
   printf 'version=%s\narch=%s\nnode=%s\n' "$VERSION" "$arch" "$NODE_VERSION" >"$dir/RELEASE"
   chmod -R u=rwX,go=rX "$dir"
   chmod 0755 "$dir/bin/fleetlet" "$dir/bin/fleetctl" "$dir/install.sh"
-  (cd "$dir" && find . -type f ! -name MANIFEST.sha256 | sed 's#^\./##' | LC_ALL=C sort | xargs sha256sum -- >MANIFEST.sha256)
+  (cd "$dir" && find . -type f ! -path ./MANIFEST.sha256 | sed 's#^\./##' | LC_ALL=C sort | xargs sha256sum -- >MANIFEST.sha256)
   tar -C "$WORK/stage" --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$EPOCH" -cf - "$name" |
     gzip -n >"$WORK/$name.tar.gz"
   mv "$WORK/$name.tar.gz" "$OUT/$name.tar.gz"
