@@ -256,6 +256,8 @@ describe("install.sh from the x64 release bundle", () => {
       "package.json",
     ]);
     expect(files.filter((f) => f.startsWith("lib/chunks/")).every((f) => f.endsWith(".js"))).toBe(true);
+    const js = files.filter((f) => f.endsWith(".js"));
+    expect(js.filter((f) => readFileSync(join(bundle, f), "utf8").includes("sourceMappingURL="))).toEqual([]);
     expect(readFileSync(join(bundle, "MANIFEST.sha256"), "utf8")).toBe(manifestOf(bundle));
     expect(readFileSync(join(bundle, "RELEASE"), "utf8")).toBe(
       `version=${VERSION}\narch=x64\nnode=${process.versions.node}\n`,
