@@ -5,7 +5,7 @@
       "sources": ["src/addon.cc", "src/spawn.cc", "src/process.cc", "src/remove-tree.cc", "src/fs-nodes.cc", "src/sd-notify.cc", "src/agent-process.cc", "src/file-lock.cc"],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
-      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-O2"]
+      "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-O2"]
     },
     {
       "target_name": "fleetlet-shim",

@@ -15,8 +15,9 @@ fi
 # baseline; g++/make/python3: the native build; libseccomp-dev: the build-time generator of the
 # shim's seccomp programs (the shim itself links no libseccomp); docker-registry, skopeo, umoci, apache2-utils
 # (htpasswd), openssl: the test registry and the images pushed to it by other tools; chromium: renders the status page;
-# mosquitto, mosquitto-clients: the test MQTT broker and mosquitto_passwd.
-PACKAGES="busybox-static crun runc hyperfine g++ make python3 libseccomp-dev docker-registry skopeo umoci apache2-utils openssl chromium mosquitto mosquitto-clients"
+# mosquitto, mosquitto-clients: the test MQTT broker and mosquitto_passwd; g++-aarch64-linux-gnu
+# (with the aarch64 static libc) and qemu-user-static: the arm64 release bundle, built and run in its test.
+PACKAGES="busybox-static crun runc hyperfine g++ make python3 libseccomp-dev docker-registry skopeo umoci apache2-utils openssl chromium mosquitto mosquitto-clients g++-aarch64-linux-gnu qemu-user-static"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -15,4 +15,7 @@ if [ ! -f "$nodedir/include/node/node_api.h" ]; then
   echo "build-native: $nodedir has no Node headers: run npm ci first" >&2
   exit 1
 fi
+# node-gyp takes npm's `nodedir` setting (npm_config_nodedir, from an npmrc
+# such as a distribution's nodedir=/usr) over --nodedir: set both.
+export npm_config_nodedir="$nodedir"
 exec node-gyp rebuild --directory native --nodedir="$nodedir"

@@ -1,7 +1,7 @@
 /**
  * The native isolation core: the addon (a few coarse operations) and the
  * path of the per-container shim, both built by node-gyp into
- * native/build/Release at `npm ci`.
+ * native/build/Release at `npm ci`; a release bundle has them in native/.
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -55,8 +55,9 @@ function findBuildDir(): string {
   if (fromEnv) return fromEnv;
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
-    const candidate = join(dir, "native", "build", "Release");
-    if (existsSync(join(candidate, "fleetlet_native.node"))) return candidate;
+    for (const candidate of [join(dir, "native", "build", "Release"), join(dir, "native")]) {
+      if (existsSync(join(candidate, "fleetlet_native.node"))) return candidate;
+    }
     dir = dirname(dir);
   }
   throw new FleetError(

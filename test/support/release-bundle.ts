@@ -1,0 +1,121 @@
+/**
+ * Release bundles for the tests, built by `npm run dist` (scripts/dist.sh),
+ * once per test run and architecture: the first test file that asks builds
+ * it, under a lock, into the run's release directory (the global setup names
+ * it); the others wait for it and reuse it. Each test unpacks its own copy.
+ */
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync } from "node:fs";
+import { join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export type Arch = "x64" | "arm64";
+
+export const REPO = fileURLToPath(new URL("../..", import.meta.url));
+export const VERSION = (JSON.parse(readFileSync(join(REPO, "package.json"), "utf8")) as { version: string }).version;
+/** How long a build may take on a loaded 2-core machine: a cross build, a Node download the first time, gzip. */
+export const BUILD_TIMEOUT_MS = 600_000;
+
+export const bundleName = (arch: Arch, version = VERSION) => `fleetlet-${version}-linux-${arch}`;
+
+function run(cmd: string, args: string[], opts: { cwd?: string; timeoutMs: number }): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    child.stderr.on("data", (d) => {
+      out += d;
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs);
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(out);
+      else reject(new Error(`${cmd} ${args.join(" ")} exited ${code ?? signal}:\n${out}`));
+    });
+  });
+}
+
+/** The path of ARCH's tarball in `releaseDir`, built with `npm run dist -- --arch ARCH` unless already there. */
+export async function releaseBundle(releaseDir: string, arch: Arch): Promise<string> {
+  mkdirSync(releaseDir, { recursive: true });
+  const tarball = join(releaseDir, `${bundleName(arch)}.tar.gz`);
+  // flock(1) serialises the test files that want the same bundle; the one that gets the lock second finds it built.
+  const build = 'test -f "$1" || exec npm run --silent dist -- --arch "$2" --out "$3"';
+  await run("flock", [join(releaseDir, `.lock-${arch}`), "sh", "-c", build, "sh", tarball, arch, releaseDir], {
+    cwd: REPO,
+    timeoutMs: BUILD_TIMEOUT_MS,
+  });
+  return tarball;
+}
+
+/** Unpacks a tarball into `dir` (which must exist) and returns the bundle's directory. */
+export async function unpackBundle(tarball: string, dir: string): Promise<string> {
+  await run("tar", ["-xzf", tarball, "-C", dir], { timeoutMs: 120_000 });
+  const [top, ...more] = readdirSync(dir);
+  if (!top || more.length)
+    throw new Error(`${tarball} should hold one directory, not ${JSON.stringify([top, ...more])}`);
+  return join(dir, top);
+}
+
+/** Every regular file under `dir`, as paths relative to it, sorted. */
+export function filesUnder(dir: string): string[] {
+  const walk = (d: string): string[] =>
+    readdirSync(d).flatMap((name) => {
+      const p = join(d, name);
+      return statSync(p).isDirectory() ? walk(p) : [relative(dir, p)];
+    });
+  return walk(dir).sort();
+}
+
+export const sha256File = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
+
+/** MANIFEST.sha256 as `sha256sum` writes it, for every file under `dir` but itself. */
+export function manifestOf(dir: string): string {
+  return filesUnder(dir)
+    .filter((f) => f !== "MANIFEST.sha256")
+    .map((f) => `${sha256File(join(dir, f))}  ${f}\n`)
+    .join("");
+}
+
+/** What install.sh and the launchers run, and nothing else: no node, npm or compiler. */
+const DEVICE_TOOLS = [
+  "sh",
+  "readlink",
+  "dirname",
+  "sed",
+  "awk",
+  "grep",
+  "find",
+  "sha256sum",
+  "cmp",
+  "cp",
+  "mv",
+  "rm",
+  "rmdir",
+  "mkdir",
+  "ln",
+  "chmod",
+  "uname",
+  "id",
+  "head",
+  "base64",
+  "tr",
+  "cut",
+  "cat",
+  "sort",
+];
+
+/** A directory of links to DEVICE_TOOLS, to be a whole PATH: a device with no toolchain. */
+export function deviceToolsDir(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  for (const tool of DEVICE_TOOLS) {
+    const path = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map((d) => join(d, tool)).find((p) => existsSync(p));
+    if (!path) throw new Error(`${tool} is not on this machine`);
+    symlinkSync(path, join(dir, tool));
+  }
+  return dir;
+}
