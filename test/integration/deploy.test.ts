@@ -83,6 +83,7 @@ describe("the systemd unit", () => {
       ProtectHome: "yes",
       PrivateTmp: "yes",
       StateDirectory: "fleetlet",
+      StateDirectoryMode: "0700",
       RuntimeDirectory: "fleetlet",
       RuntimeDirectoryPreserve: "yes",
       LimitNOFILE: "1048576",
@@ -95,6 +96,7 @@ describe("the systemd unit", () => {
     for (const k of [
       "KillMode",
       "Delegate",
+      "StateDirectoryMode",
       "RuntimeDirectoryPreserve",
       "ProtectSystem",
       "OOMScoreAdjust",
