@@ -23,8 +23,10 @@ export interface LayerLimits {
   maxExtendedHeaderBytes: number;
   /** Extended headers in a row before one entry. */
   maxExtendedHeadersPerEntry: number;
-  /** Global pax headers in one layer (each applies to every entry after it). */
+  /** Global pax headers in one layer (each applies to every entry after it)... */
   maxGlobalHeaders: number;
+  /** ...and the records they hold in all, which every entry is read against. */
+  maxGlobalRecords: number;
   /** Free space left on the state root's filesystem: checked before a pull and kept while layers unpack. */
   diskReserveBytes: number;
   /** Free inodes left, where the filesystem counts them. */
@@ -41,6 +43,7 @@ export const DEFAULT_LAYER_LIMITS: Readonly<LayerLimits> = Object.freeze({
   maxExtendedHeaderBytes: 256 * 1024,
   maxExtendedHeadersPerEntry: 8,
   maxGlobalHeaders: 16,
+  maxGlobalRecords: 64,
   diskReserveBytes: 64 * MiB,
   inodeReserve: 4096,
 });

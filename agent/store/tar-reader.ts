@@ -50,7 +50,7 @@ function overLimit(why: string): FleetError {
 
 export type ReaderLimits = Pick<
   LayerLimits,
-  "maxExtendedHeaderBytes" | "maxExtendedHeadersPerEntry" | "maxGlobalHeaders"
+  "maxExtendedHeaderBytes" | "maxExtendedHeadersPerEntry" | "maxGlobalHeaders" | "maxGlobalRecords"
 >;
 
 function text(buf: Buffer, start: number, len: number): string {
@@ -182,8 +182,11 @@ async function readExtension(
   if (!(await q.fill(padded))) throw bad("truncated extended header");
   const body = Buffer.from(q.take(padded).subarray(0, size));
   if (flag === "x") ext.pax = parsePax(body);
-  else if (flag === "g") ext.globalPax = new Map([...ext.globalPax, ...parsePax(body)]);
-  else if (flag === "L") ext.longName = text(body, 0, size);
+  else if (flag === "g") {
+    ext.globalPax = new Map([...ext.globalPax, ...parsePax(body)]);
+    if (ext.globalPax.size > limits.maxGlobalRecords)
+      throw overLimit(`more than ${limits.maxGlobalRecords} records in global pax headers`);
+  } else if (flag === "L") ext.longName = text(body, 0, size);
   else ext.longLink = text(body, 0, size);
 }
 

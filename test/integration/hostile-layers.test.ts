@@ -234,11 +234,14 @@ describe("bombs", () => {
     expectRefused(await unpack(label, Buffer.concat([header, Buffer.alloc(MiB)])), "E_LAYER_LIMIT", why);
   });
 
-  it("refuses a stream of global pax headers, and of pax headers before one entry", async () => {
+  it("refuses a stream of global pax headers, one holding thousands of records, and pax headers before one entry", async () => {
     const global = headerStream(100_000, (i) =>
       Buffer.concat([paxHeader([[`comment${i}`, "x".repeat(400)]], "g"), entryHeader({ name: `d${i}`, type: "dir" })]),
     );
     expectRefused(await unpack("global pax", global), "E_LAYER_LIMIT", "more than 16 global pax headers");
+    const records = Array.from({ length: 20_000 }, (_, i): [string, string] => [`k${i}`, "v"]);
+    const wide = Buffer.concat([paxHeader(records, "g"), fileEntry("f", Buffer.from("x"))]);
+    expectRefused(await unpack("global records", wide), "E_LAYER_LIMIT", "more than 64 records in global pax headers");
     const chained = headerStream(100_000, () => paxHeader([["path", "a"]]));
     expectRefused(await unpack("pax chain", chained), "E_LAYER_LIMIT", "more than 8 extended headers before one entry");
   });

@@ -186,6 +186,7 @@ describe("the layer unpacker, on generated tar streams", () => {
               maxEntries: 6,
               maxExtendedHeaderBytes: 600,
               maxGlobalHeaders: 1,
+              maxGlobalRecords: 2,
               maxBytes: 8192,
               ratioAllowanceBytes: 4096,
             }

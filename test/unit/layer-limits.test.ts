@@ -95,7 +95,7 @@ describe("the README's table of layer limits", () => {
       row("entries (files, links, whiteouts, and the directories made for them)", l.maxEntries.toLocaleString("en")),
       row("one extended header (pax, global pax, GNU long name)", `${l.maxExtendedHeaderBytes / 1024} KiB`),
       row("extended headers before one entry", String(l.maxExtendedHeadersPerEntry)),
-      row("global pax headers", String(l.maxGlobalHeaders)),
+      row("global pax headers, and the records they hold", `${l.maxGlobalHeaders}, ${l.maxGlobalRecords}`),
     ])
       expect(readme).toContain(line);
     expect(readme).toContain(`(${l.diskReserveBytes / MiB} MiB,\nand ${l.inodeReserve.toLocaleString("en")} inodes)`);
