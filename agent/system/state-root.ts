@@ -13,11 +13,16 @@
  */
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { FleetError } from "../errors.js";
 
 /** The directories under the root that hold image or container content (or point at it). */
 export const CONTENT_DIRS = ["blobs", "blobs/sha256", "ingest", "layers", "containers", "volumes"] as const;
 
 export const PRIVATE_MODE = 0o700;
+
+/** Names only fleetlet puts at the top of a state root (and what mkfs leaves on a dedicated filesystem). */
+const OWN_NAMES = new Set([...CONTENT_DIRS, "db.json", "db.json.lock", "volumes.lock", "volumes.migrating"]);
+const IGNORED_NAMES = new Set(["lost+found"]);
 
 /** Writes one warning line (stderr by default). */
 export type Warn = (message: string) => void;
@@ -67,6 +72,7 @@ function privatePaths(root: string): string[] {
  */
 export function secureStateRoot(root: string, warn: Warn = warnOnStderr): void {
   mkdirSync(root, { recursive: true, mode: PRIVATE_MODE });
+  refuseForeignRoot(root);
   const repaired: string[] = [];
   for (const path of privatePaths(root)) {
     if (path !== root && !existsSync(path)) continue;
@@ -79,4 +85,19 @@ export function secureStateRoot(root: string, warn: Warn = warnOnStderr): void {
       `state root ${root}: ${repaired.length === 1 ? "a directory was" : `${repaired.length} directories were`} open to other users or owned by another: ${shown}; made ${repaired.length === 1 ? "it" : "them"} 0700 and owned by uid ${owner().uid}`,
     );
   }
+}
+
+/**
+ * A directory that holds things, none of them fleetlet's (`--root /tmp`, a
+ * home directory), is not made private behind its owner's back: fleetlet
+ * refuses it instead.
+ */
+function refuseForeignRoot(root: string): void {
+  const names = readdirSync(root).filter((n) => !IGNORED_NAMES.has(n));
+  if (names.length === 0 || names.some((n) => OWN_NAMES.has(n) || n.startsWith(".db.json."))) return;
+  throw new FleetError(
+    "E_INVALID_ARGUMENT",
+    `state root ${root} holds files that are not fleetlet's (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""}) and none that are; fleetlet makes its root private (0700), so name a new or empty directory`,
+    { exitCode: 2 },
+  );
 }

@@ -7,7 +7,7 @@
  * a service running as another user can look inside its root and volume.
  */
 import { spawnSync } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -115,6 +115,21 @@ describe("a new state root", () => {
       "containers/keep/upper/fs": "0755 0:0",
       "volumes/data/data": "0755 0:0",
     });
+  });
+});
+
+describe("a directory that is not a state root", () => {
+  it("is refused rather than made private behind its owner's back", () => {
+    const dir = join(work, "someone-elses"); // not in `roots`: no cleanup through a runtime, which would refuse it too
+    mkdirSync(dir, 0o755);
+    writeFileSync(join(dir, "notes.txt"), "mine\n");
+    const r = fleetlet(dir, ["ps"]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(
+      /state root .*someone-elses holds files that are not fleetlet's \(notes\.txt\) and none that are; .* \[E_INVALID_ARGUMENT\]/,
+    );
+    expect(statSync(dir).mode & 0o7777).toBe(0o755);
+    expect(readdirSync(dir)).toEqual(["notes.txt"]);
   });
 });
 
