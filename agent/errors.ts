@@ -3,6 +3,8 @@
  * output, in `reported.lastError` and on the events topic) and a sentence for
  * humans that names the thing involved.
  */
+import { constants as osConstants } from "node:os";
+
 export type ErrorCode =
   | "E_INVALID_ARGUMENT"
   | "E_INVALID_CONFIG"
@@ -18,6 +20,7 @@ export type ErrorCode =
   | "E_DIGEST_MISMATCH"
   | "E_UNSAFE_LAYER"
   | "E_UNSAFE_IMAGE"
+  | "E_LAYER_LIMIT"
   | "E_UNSUPPORTED"
   | "E_REGISTRY"
   | "E_REGISTRY_AUTH"
@@ -64,6 +67,20 @@ export class FleetError extends Error {
   toJSON(): { code: ErrorCode; message: string } {
     return { code: this.code, message: this.message };
   }
+}
+
+/**
+ * The errno name of a system call's error ("ENOSPC"): Node's fs errors carry
+ * it as `code`, the native core's as a positive `errno` number. Undefined for
+ * anything else.
+ */
+export function errnoName(err: unknown): string | undefined {
+  if (!(err instanceof Error)) return undefined;
+  const e = err as NodeJS.ErrnoException;
+  if (typeof e.code === "string" && /^E[A-Z0-9]+$/.test(e.code)) return e.code;
+  if (typeof e.errno !== "number") return undefined;
+  const n = Math.abs(e.errno);
+  return Object.entries(osConstants.errno).find(([, v]) => v === n)?.[0];
 }
 
 export function isErrno(err: unknown, code: string): err is NodeJS.ErrnoException {

@@ -22,7 +22,7 @@ export async function createAgent(
   let agent: Agent | undefined;
   // Each burst of work is followed, once quiet, by giving its memory back.
   const reclaimer = new MemoryReclaimer(loadNative().core);
-  // Pull progress goes out as events in percent, at most one a second per layer.
+  // Pull progress goes out as events in percent, at most one a second per layer; warnings as they come.
   const progress = throttleProgress((e) => {
     if (e.type === "progress")
       onEvent?.({
@@ -30,6 +30,8 @@ export async function createAgent(
         layer: e.layer,
         percent: Math.floor((100 * e.done) / Math.max(1, e.total)),
       } as { type: string });
+    else if (e.type === "warning")
+      onEvent?.({ type: "pull.warning", layer: e.layer, message: e.message } as { type: string });
     else if (e.type === "done" && agent) agent.metrics.pullBytesTotal += e.fetchedBytes;
   }, 1000);
   agent = new Agent({

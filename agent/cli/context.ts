@@ -49,10 +49,11 @@ export class CliContext {
     // Loaded on demand: the HTTP stack costs a container command that needs no registry.
     const { pullImage } = await import("../registry/pull.js");
     const { ProgressBars, throttleProgress } = await import("../registry/pull-progress.js");
+    // Warnings (an xattr a layer may not set) are said even when progress is not.
     const onEvent =
       opts.onEvent ??
       (opts.quiet
-        ? undefined
+        ? (e: PullEvent) => (e.type === "warning" ? printEvent(e) : undefined)
         : process.stderr.isTTY
           ? new ProgressBars(process.stderr).handle
           : throttleProgress(printEvent, 1000));
@@ -79,7 +80,7 @@ export class CliContext {
           signal: abort.signal,
           unpack: opts.unpack !== false,
           ...(opts.platform ? { platform: opts.platform } : {}),
-          ...(onEvent ? { onEvent } : {}),
+          onEvent,
           ...(opts.lease ? { lease: opts.lease } : {}),
         },
       );
@@ -115,6 +116,7 @@ function printEvent(e: PullEvent): void {
       `  ${short(e.layer)} ${Math.floor((100 * e.done) / Math.max(1, e.total))}% (${e.done}/${e.total} bytes)\n`,
     );
   else if (e.type === "unpacked") process.stderr.write(`  ${short(e.layer)} unpacked\n`);
+  else if (e.type === "warning") process.stderr.write(`fleetlet: warning: ${e.message}\n`);
   else if (e.type === "done")
     process.stderr.write(`pulled ${e.ref}: ${e.fetchedBytes} bytes fetched in ${(e.ms / 1000).toFixed(1)} s\n`);
 }

@@ -38,6 +38,9 @@ export class ProgressBars {
         state: l.present ? "present" : "waiting",
       }));
       this.out.write(`${e.ref} → ${e.digest.slice(0, 19)}\n`);
+    } else if (e.type === "warning") {
+      this.out.write(`fleetlet: warning: ${e.message}\n`);
+      this.drawn = 0; // the bars are drawn again below the warning
     } else if (e.type === "progress" || e.type === "downloaded" || e.type === "unpacked") {
       const l = this.layers.find((x) => x.digest === e.layer);
       if (!l) return;

@@ -10,6 +10,7 @@ import { runBounded } from "../bounded.js";
 import { FleetError } from "../errors.js";
 import type { ContentStore } from "../store/content-store.js";
 import type { ImageRecord, ImageStore, LayerRecord } from "../store/image-store.js";
+import { DEFAULT_LAYER_LIMITS } from "../store/layer-limits.js";
 import type { Lease, Leases } from "../store/leases.js";
 import { chainIds, type Snapshots } from "../store/snapshots.js";
 import { fetchBlob } from "./blob-fetch.js";
@@ -24,6 +25,8 @@ export type PullEvent =
   | { type: "progress"; layer: string; done: number; total: number }
   | { type: "downloaded"; layer: string }
   | { type: "unpacked"; layer: string }
+  /** Something the unpack left out without refusing the layer (an xattr outside the allow-list). */
+  | { type: "warning"; layer: string; message: string }
   | { type: "done"; ref: string; digest: string; fetchedBytes: number; ms: number };
 
 export interface PullDeps {
@@ -47,8 +50,8 @@ export interface PullOptions {
   lease?: Lease;
 }
 
-/** Room left after the pull, so a device never runs its disk to the last block. */
-const DISK_RESERVE = 64 * 1024 * 1024;
+/** Room left after the pull, so a device never runs its disk to the last block; the unpack keeps it too. */
+const DISK_RESERVE = DEFAULT_LAYER_LIMITS.diskReserveBytes;
 
 function checkDiskSpace(root: string, needed: number): void {
   const st = statfsSync(root);
@@ -122,7 +125,10 @@ async function fetchLayer(layer: LayerRecord, f: LayerFetch): Promise<void> {
   opts.onEvent?.({ type: "downloaded", layer: layer.digest });
   if (opts.unpack === false) return;
   const blob = deps.store.createReadStream(layer.digest);
-  await deps.snapshots.unpack(layer.chainId, layer.diffId, blob, layer.mediaType, opts.signal);
+  await deps.snapshots.unpack(layer, blob, {
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    onWarning: (message) => opts.onEvent?.({ type: "warning", layer: layer.digest, message }),
+  });
   opts.onEvent?.({ type: "unpacked", layer: layer.digest });
 }
 

@@ -2,12 +2,17 @@
  * One container's directory, `<root>/containers/<id>/`: the spec (state.json,
  * from create), where its processes are (running.json, from the shim), how
  * it ended (exit.json, from the shim), the log, and the overlay's upper and
- * work dirs (made by the shim). State files are replaced atomically (write, fsync,
- * rename) so that a crash leaves the old or the new version, never half.
+ * work dirs. The directory, `upper/` and `work/` are root's alone (0700):
+ * what a container writes (a setuid program, say) must not be reachable by
+ * a local user. The overlay's upper dir itself is `upper/fs/`, 0755: the
+ * overlay takes its root's mode from it, and a container running as
+ * another user must still be able to look inside its own root. State files
+ * are replaced atomically (write, fsync, rename) so that a crash leaves the
+ * old or the new version, never half.
  * Container files are not fsynced: a power cut ends the containers too, and
  * rename already makes them whole across a crash of the process.
  */
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   type ContainerState,
@@ -19,6 +24,7 @@ import {
 } from "../../schemas/container.js";
 import type { Schema } from "../../schemas/format-issues.js";
 import { FleetError, isErrno } from "../errors.js";
+import { privateDir } from "../system/state-root.js";
 
 export interface ContainerPaths {
   dir: string;
@@ -26,7 +32,10 @@ export interface ContainerPaths {
   running: string;
   exit: string;
   log: string;
+  /** Root's alone (0700); holds `upperFs`. */
   upper: string;
+  /** The overlay's upper dir: the container's writable layer, and the mode of its `/`. */
+  upperFs: string;
   work: string;
   rootfs: string;
 }
@@ -40,12 +49,28 @@ export function containerPaths(root: string, id: string): ContainerPaths {
     exit: join(dir, "exit.json"),
     log: join(dir, "container.log"),
     upper: join(dir, "upper"),
+    upperFs: join(dir, "upper", "fs"),
     work: join(dir, "work"),
     // The overlay is mounted over the container dir itself, in the init's
     // own mount namespace: the host keeps seeing the dir, and no mount point
     // needs creating.
     rootfs: dir,
   };
+}
+
+/** The mode of the container's `/` as it sees it (the shim made its upper dir 0755 before). */
+const ROOT_MODE = 0o755;
+
+/** Makes the overlay's upper and work dirs before the shim starts (it makes them only if missing). */
+export function prepareOverlayDirs(paths: ContainerPaths): void {
+  privateDir(paths.upper);
+  privateDir(paths.work);
+  try {
+    mkdirSync(paths.upperFs, ROOT_MODE);
+  } catch (err) {
+    if (!isErrno(err, "EEXIST")) throw err; // a start that failed made it already
+  }
+  chmodSync(paths.upperFs, ROOT_MODE); // whatever the umask
 }
 
 /** Replaces `path` whole; with `durable`, also across a power cut. */

@@ -21,16 +21,18 @@ import {
 import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError, isErrno } from "../errors.js";
 import { loadNative, type NativeBinding, type SpawnResult } from "../system/native.js";
+import { PRIVATE_MODE, privateDir, secureStateRoot, type Warn } from "../system/state-root.js";
 import { capabilitySet } from "./capabilities.js";
 import { Cgroups } from "./cgroup.js";
 import { detectCgroupLayout } from "./cgroup-layout.js";
 import { ContainerCatalog } from "./container-catalog.js";
-import { type ContainerPaths, readExit, readRunning, writeState } from "./container-dir.js";
+import { type ContainerPaths, prepareOverlayDirs, readExit, readRunning, writeState } from "./container-dir.js";
 import { type ExecResult, execInContainer } from "./container-exec.js";
 import { readLog } from "./log-tail.js";
 import { withDefaults } from "./proc-defaults.js";
 import { encodeShimConfig } from "./shim-config.js";
 import { signalNumber } from "./signals.js";
+import { VolumeDirs } from "./volume-dirs.js";
 
 export interface RuntimeOptions {
   /** The state directory (default /var/lib/fleetlet). */
@@ -44,6 +46,8 @@ export interface RuntimeOptions {
    * use it to exercise that path on a newer kernel.
    */
   fdScan?: boolean;
+  /** Where the one warning about a state root left open goes (stderr by default). */
+  warn?: Warn;
 }
 
 /**
@@ -61,6 +65,7 @@ export class Runtime {
   readonly cgroups: Cgroups;
   private readonly native: NativeBinding;
   private readonly catalog: ContainerCatalog;
+  private readonly volumes: VolumeDirs;
   private readonly removals = new Set<Promise<void>>();
   private readonly removalErrors: FleetError[] = [];
   private readonly fdScan: boolean;
@@ -68,6 +73,8 @@ export class Runtime {
   constructor(opts: RuntimeOptions) {
     this.root = opts.root;
     this.native = opts.native ?? loadNative();
+    secureStateRoot(this.root, opts.warn);
+    this.volumes = new VolumeDirs(this.root, this.native.core);
     this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
     this.catalog = new ContainerCatalog(this.root, this.native);
     this.fdScan = opts.fdScan ?? false;
@@ -81,8 +88,9 @@ export class Runtime {
     return this.catalog.state(id);
   }
 
+  /** The directory a container mounts for volume `name`. */
   volumeDir(name: string): string {
-    return join(this.root, "volumes", name);
+    return this.volumes.source(name);
   }
 
   create(input: ContainerSpecInput): ContainerInfo {
@@ -97,9 +105,9 @@ export class Runtime {
     capabilitySet(spec.capAdd, spec.capDrop); // refuses unknown names now, not at start
     const id = spec.name ?? randomBytes(6).toString("hex");
     const paths = this.paths(id);
-    mkdirSync(join(this.root, "containers"), { recursive: true, mode: 0o711 });
+    privateDir(join(this.root, "containers"));
     try {
-      mkdirSync(paths.dir, { mode: 0o711 });
+      mkdirSync(paths.dir, { mode: PRIVATE_MODE });
     } catch (err) {
       if (isErrno(err, "EEXIST"))
         throw new FleetError("E_CONFLICT", `a container named ${id} already exists`, { exitCode: 125 });
@@ -116,7 +124,8 @@ export class Runtime {
     if (existsSync(paths.running))
       throw new FleetError("E_CONFLICT", `container ${id} has already been started`, { exitCode: 125 });
     const { spec } = state;
-    for (const v of spec.volumes) mkdirSync(this.volumeDir(v.name), { recursive: true });
+    await this.volumes.prepare(spec.volumes.map((v) => v.name));
+    prepareOverlayDirs(paths);
     const groups = this.cgroups.plan(id, spec.resources);
     const hostname = spec.hostname ?? id.slice(0, 63);
     const config = encodeShimConfig({

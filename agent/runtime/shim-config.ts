@@ -26,7 +26,7 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ["id", c.id],
     ["rootfs", c.paths.rootfs],
     ...c.spec.layers.map((l): [string, string] => ["lower", l]),
-    ["upper", c.paths.upper],
+    ["upper", c.paths.upperFs],
     ["work", c.paths.work],
     ["hostname", c.hostname],
     ["cwd", c.spec.workingDir],

@@ -9,17 +9,19 @@
  * another process's latest changes call `refresh()` first.
  */
 import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import { type FileHandle, open, readFile, rename, stat, unlink } from "node:fs/promises";
+import { open, readFile, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { type Adapter, Low, Memory } from "lowdb";
 import { type DbData, dbData } from "../../schemas/db.js";
 import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError } from "../errors.js";
+import { FlockLock } from "../system/flock-lock.js";
 import type { NativeCore } from "../system/native.js";
+import { secureStateRoot, type Warn } from "../system/state-root.js";
 
 export type { DbData, ImageRecord, LayerRecord, LeaseRecord, ServiceRecord } from "../../schemas/db.js";
+/** db.json's lock: flock on `db.json.lock`, polled without blocking the event loop. */
+export { FlockLock } from "../system/flock-lock.js";
 
 /** How writers take turns: an exclusive lock across processes, released by the returned function. */
 export interface WriterLock {
@@ -93,25 +95,6 @@ class JsonFile implements Adapter<DbData> {
   }
 }
 
-/** flock on a lock file beside db.json, polled: the event loop never blocks in the kernel. */
-export class FlockLock implements WriterLock {
-  constructor(
-    private readonly path: string,
-    private readonly native: Pick<NativeCore, "tryLock">,
-  ) {}
-
-  async acquire(): Promise<() => Promise<void>> {
-    const fh: FileHandle = await open(this.path, "a", 0o600);
-    try {
-      for (let wait = 1; !this.native.tryLock(fh.fd, true); wait = Math.min(wait * 2, 20)) await sleep(wait);
-    } catch (err) {
-      await fh.close();
-      throw err;
-    }
-    return () => fh.close(); // closing the last descriptor drops the lock
-  }
-}
-
 export class StateDb {
   private readonly low: Low<DbData>;
   private seen: FileVersion | undefined;
@@ -125,9 +108,13 @@ export class StateDb {
     this.low = new Low<DbData>(adapter, emptyDbData());
   }
 
-  /** db.json under `root`, shared with other processes through `db.json.lock`. */
-  static async open(root: string, native: Pick<NativeCore, "tryLock">): Promise<StateDb> {
-    mkdirSync(root, { recursive: true, mode: 0o700 });
+  /**
+   * db.json under `root`, shared with other processes through `db.json.lock`.
+   * Opening makes the root private first (0700; see system/state-root.ts),
+   * repairing one left open and saying so through `warn`.
+   */
+  static async open(root: string, native: Pick<NativeCore, "tryLock">, warn?: Warn): Promise<StateDb> {
+    secureStateRoot(root, warn);
     const db = new StateDb(new JsonFile(join(root, "db.json")), new FlockLock(join(root, "db.json.lock"), native));
     await db.refresh();
     return db;

@@ -7,12 +7,13 @@
  * or a partial in `ingest/` that the next pull resumes.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, mkdirSync, readdirSync, renameSync, statSync, unlinkSync } from "node:fs";
+import { createReadStream, existsSync, readdirSync, renameSync, statSync, unlinkSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { isErrno } from "../errors.js";
 import type { NativeCore } from "../system/native.js";
+import { privateDir } from "../system/state-root.js";
 import { digestHex } from "./digest.js";
 import { Ingest } from "./ingest.js";
 import { IngestLocks } from "./ingest-lock.js";
@@ -26,8 +27,10 @@ export class ContentStore {
   constructor(root: string, native: Pick<NativeCore, "startTime">) {
     this.blobsDir = join(root, "blobs", "sha256");
     this.ingestDir = join(root, "ingest");
-    mkdirSync(this.blobsDir, { recursive: true });
-    mkdirSync(this.ingestDir, { recursive: true });
+    // Root's alone (0700): a blob is an image's content, a layer's setuid files included.
+    privateDir(join(root, "blobs"));
+    privateDir(this.blobsDir);
+    privateDir(this.ingestDir);
     this.locks = new IngestLocks(this.ingestDir, native);
   }
 

@@ -13,7 +13,9 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { FleetError, isErrno } from "../errors.js";
 import type { NativeCore } from "../system/native.js";
+import { PRIVATE_MODE, privateDir } from "../system/state-root.js";
 import { digestHex } from "./digest.js";
+import type { LayerLimits } from "./layer-limits.js";
 import { unpackLayer } from "./layer-unpack.js";
 import { currentHolder, holderAlive, holderInName, holderTag } from "./process-holder.js";
 
@@ -29,15 +31,33 @@ export function chainIds(diffIds: string[]): string[] {
   return out;
 }
 
+/** One layer to unpack: where it goes (its chain id), what its content must hash to, and its blob. */
+export interface SnapshotLayer {
+  chainId: string;
+  diffId: string;
+  mediaType: string;
+  /** The blob's digest and size, for messages and for the decompressed-size cap. */
+  digest?: string;
+  size?: number;
+}
+
+export interface SnapshotUnpackOptions {
+  signal?: AbortSignal;
+  onWarning?: (message: string) => void;
+  /** Tests lower them; everything else keeps layer-limits.ts's defaults. */
+  limits?: Partial<LayerLimits>;
+}
+
 export class Snapshots {
   readonly dir: string;
 
   constructor(
-    root: string,
+    private readonly root: string,
     private readonly native: NativeCore,
   ) {
     this.dir = join(root, "layers");
-    mkdirSync(this.dir, { recursive: true });
+    // Root's alone (0700): a layer holds what its image put there, setuid programs included.
+    privateDir(this.dir);
   }
 
   path(chainId: string): string {
@@ -50,21 +70,25 @@ export class Snapshots {
 
   /** Unpacks a layer as the snapshot `chainId`, checking that its content is `diffId`. */
   async unpack(
-    chainId: string,
-    diffId: string,
+    layer: SnapshotLayer,
     source: Readable,
-    mediaType: string,
-    signal?: AbortSignal,
+    opts: SnapshotUnpackOptions = {},
   ): Promise<{ entries: number; bytes: number }> {
+    const { chainId, diffId } = layer;
     if (this.has(chainId)) return { entries: 0, bytes: 0 };
     const tmp = this.privateName(".tmp-", chainId);
-    mkdirSync(tmp, 0o755);
+    mkdirSync(tmp, PRIVATE_MODE);
     try {
       const result = await unpackLayer(source, {
         dest: tmp,
-        mediaType,
+        mediaType: layer.mediaType,
         native: this.native,
-        ...(signal ? { signal } : {}),
+        layer: layer.digest ?? diffId,
+        root: this.root,
+        ...(layer.size !== undefined ? { compressedSize: layer.size } : {}),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+        ...(opts.limits ? { limits: opts.limits } : {}),
       });
       if (result.diffId !== diffId) {
         throw new FleetError(

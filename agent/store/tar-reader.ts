@@ -8,6 +8,10 @@
  * arrive, without copying them; the consumer handles one entry at a time.
  */
 import { FleetError } from "../errors.js";
+import { DEFAULT_LAYER_LIMITS, type LayerLimits } from "./layer-limits.js";
+import { bad, checkRange, MAX_ID, MAX_TIME, parsePax, paxNumber } from "./pax-records.js";
+
+export { parsePax } from "./pax-records.js";
 
 export type TarType = "file" | "hardlink" | "symlink" | "char" | "block" | "dir" | "fifo";
 
@@ -40,9 +44,14 @@ const TYPES: Record<string, TarType> = {
   "6": "fifo",
 };
 
-function bad(why: string): FleetError {
-  return new FleetError("E_UNSAFE_LAYER", `layer is not a valid tar archive: ${why}`);
+function overLimit(why: string): FleetError {
+  return new FleetError("E_LAYER_LIMIT", `${why}; the layer was refused`);
 }
+
+export type ReaderLimits = Pick<
+  LayerLimits,
+  "maxExtendedHeaderBytes" | "maxExtendedHeadersPerEntry" | "maxGlobalHeaders" | "maxGlobalRecords"
+>;
 
 function text(buf: Buffer, start: number, len: number): string {
   const field = buf.subarray(start, start + len);
@@ -56,6 +65,7 @@ function num(buf: Buffer, start: number, len: number): number {
     // base-256, for values that do not fit in octal
     let v = field[0]! & 0x7f;
     for (let i = 1; i < len; i++) v = v * 256 + field[i]!;
+    if (!Number.isSafeInteger(v)) throw bad(`numeric field at offset ${start} is out of range`);
     return v;
   }
   const s = text(buf, start, len).trim();
@@ -68,24 +78,6 @@ function checksumOk(block: Buffer): boolean {
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : block[i]!;
   return sum === num(block, 148, 8);
-}
-
-/** pax records: "LEN key=value\n"; values stay bytes (xattrs may be binary). */
-export function parsePax(buf: Buffer): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  let pos = 0;
-  while (pos < buf.length) {
-    const space = buf.indexOf(0x20, pos);
-    if (space < 0) break;
-    const len = Number.parseInt(buf.subarray(pos, space).toString("latin1"), 10);
-    if (!Number.isInteger(len) || len <= 0 || pos + len > buf.length) throw bad("bad pax record length");
-    const record = buf.subarray(space + 1, pos + len - 1); // without the trailing newline
-    const eq = record.indexOf(0x3d);
-    if (eq < 0) throw bad("pax record without '='");
-    out.set(record.subarray(0, eq).toString("utf8"), record.subarray(eq + 1));
-    pos += len;
-  }
-  return out;
 }
 
 /**
@@ -129,6 +121,7 @@ class ByteQueue {
   }
 
   take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[0]!;
     if (first.length >= n) {
       const out = first.subarray(0, n);
@@ -165,18 +158,35 @@ interface Extensions {
   globalPax: Map<string, Buffer>;
   longName: string | undefined;
   longLink: string | undefined;
+  /** Extended headers read since the last entry, and global ones in all. */
+  pending: number;
+  globals: number;
 }
 
 const EXTENDED_FLAGS = new Set(["x", "g", "L", "K"]);
 
-async function readExtension(q: ByteQueue, ext: Extensions, flag: string, size: number): Promise<void> {
+async function readExtension(
+  q: ByteQueue,
+  ext: Extensions,
+  flag: string,
+  size: number,
+  limits: ReaderLimits,
+): Promise<void> {
+  if (size > limits.maxExtendedHeaderBytes)
+    throw overLimit(`an extended header of ${size} bytes (at most ${limits.maxExtendedHeaderBytes})`);
+  if (++ext.pending > limits.maxExtendedHeadersPerEntry)
+    throw overLimit(`more than ${limits.maxExtendedHeadersPerEntry} extended headers before one entry`);
+  if (flag === "g" && ++ext.globals > limits.maxGlobalHeaders)
+    throw overLimit(`more than ${limits.maxGlobalHeaders} global pax headers`);
   const padded = Math.ceil(size / BLOCK) * BLOCK;
-  if (size > 1 << 20) throw bad(`extended header of ${size} bytes`);
   if (!(await q.fill(padded))) throw bad("truncated extended header");
   const body = Buffer.from(q.take(padded).subarray(0, size));
   if (flag === "x") ext.pax = parsePax(body);
-  else if (flag === "g") ext.globalPax = new Map([...ext.globalPax, ...parsePax(body)]);
-  else if (flag === "L") ext.longName = text(body, 0, size);
+  else if (flag === "g") {
+    ext.globalPax = new Map([...ext.globalPax, ...parsePax(body)]);
+    if (ext.globalPax.size > limits.maxGlobalRecords)
+      throw overLimit(`more than ${limits.maxGlobalRecords} records in global pax headers`);
+  } else if (flag === "L") ext.longName = text(body, 0, size);
   else ext.longLink = text(body, 0, size);
 }
 
@@ -191,10 +201,11 @@ function entryHeader(block: Buffer, type: TarType, size: number, ext: Extensions
     name: str("path") ?? ext.longName ?? ustarName,
     type,
     mode: num(block, 100, 8) & 0o7777,
-    uid: Number(str("uid") ?? num(block, 108, 8)),
-    gid: Number(str("gid") ?? num(block, 116, 8)),
-    size: Number(str("size") ?? size),
-    mtime: Math.floor(Number(str("mtime") ?? num(block, 136, 12))),
+    uid: paxNumber(records, "uid", [0, MAX_ID]) ?? checkRange(num(block, 108, 8), "uid", MAX_ID),
+    gid: paxNumber(records, "gid", [0, MAX_ID]) ?? checkRange(num(block, 116, 8), "gid", MAX_ID),
+    size: paxNumber(records, "size", [0, Number.MAX_SAFE_INTEGER]) ?? size,
+    mtime:
+      paxNumber(records, "mtime", [-MAX_TIME, MAX_TIME], true) ?? checkRange(num(block, 136, 12), "mtime", MAX_TIME),
     linkname: str("linkpath") ?? ext.longLink ?? text(block, 157, 100),
     devmajor: num(block, 329, 8),
     devminor: num(block, 337, 8),
@@ -203,6 +214,7 @@ function entryHeader(block: Buffer, type: TarType, size: number, ext: Extensions
   ext.pax = undefined;
   ext.longName = undefined;
   ext.longLink = undefined;
+  ext.pending = 0;
   return header;
 }
 
@@ -217,16 +229,28 @@ async function* entryData(q: ByteQueue, header: TarHeader, size: number): AsyncG
     yield { kind: "data", chunk };
   }
   const padded = Math.ceil(size / BLOCK) * BLOCK;
-  const skip = Math.ceil(dataSize / BLOCK) * BLOCK - dataSize + (header.type === "file" ? 0 : padded);
-  if (skip > 0) {
-    if (!(await q.fill(skip))) throw bad(`truncated padding after ${header.name}`);
-    q.take(skip);
+  // Skipped as it arrives, never buffered whole: a directory may claim a body of gigabytes.
+  let skip = Math.ceil(dataSize / BLOCK) * BLOCK - dataSize + (header.type === "file" ? 0 : padded);
+  while (skip > 0) {
+    if (!(await q.fill(1))) throw bad(`truncated padding after ${header.name}`);
+    skip -= q.takeSome(skip).length;
   }
 }
 
-export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarEvent> {
+/** The archive's entries, each as a header, its data chunks, and an end. */
+export async function* readTar(
+  source: AsyncIterable<Buffer>,
+  limits: ReaderLimits = DEFAULT_LAYER_LIMITS,
+): AsyncGenerator<TarEvent> {
   const q = new ByteQueue(source);
-  const ext: Extensions = { pax: undefined, globalPax: new Map(), longName: undefined, longLink: undefined };
+  const ext: Extensions = {
+    pax: undefined,
+    globalPax: new Map(),
+    longName: undefined,
+    longLink: undefined,
+    pending: 0,
+    globals: 0,
+  };
   for (;;) {
     if (!(await q.fill(BLOCK))) {
       if (q.length > 0) throw bad("truncated header");
@@ -238,7 +262,7 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     const flag = String.fromCharCode(block[156]!);
     const size = num(block, 124, 12);
     if (EXTENDED_FLAGS.has(flag)) {
-      await readExtension(q, ext, flag, size);
+      await readExtension(q, ext, flag, size, limits);
       continue;
     }
     const type = TYPES[flag];

@@ -221,7 +221,7 @@ describe("fleetlet agent under trouble", () => {
       },
       update: { healthyWithinMs: 60_000, rollback: false },
     });
-    const starts = join(root, "volumes", "crashdata", "starts");
+    const starts = join(root, "volumes", "crashdata", "data", "starts");
     // The probe throws until the first start writes the file; waitFor asks again.
     await waitFor("four starts", () => readFileSync(starts, "utf8").trim().split("\n").length >= 4, reportWait(20_000));
     const t = readFileSync(starts, "utf8")

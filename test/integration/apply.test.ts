@@ -145,13 +145,13 @@ describe("fleetlet apply", () => {
 
   it("replaces the container when the env changes, keeping the volume", async () => {
     const before = webContainer();
-    const firstStart = readFileSync(join(root, "volumes/webdata/last-start"), "utf8");
+    const firstStart = readFileSync(join(root, "volumes/webdata/data/last-start"), "utf8");
     const r = await apply(desired({ web: { ...web("bonjour"), image } }));
     expect(r.status, r.stderr).toBe(0);
     expect(webContainer()).not.toBe(before);
     expect(fleetlet(root, ["ps", "-a"]).stdout).not.toContain(before);
     expect(fleetlet(root, ["logs", webContainer()]).stdout).toBe("GREETING=bonjour\n");
-    expect(readFileSync(join(root, "volumes/webdata/last-start"), "utf8")).not.toBe("");
+    expect(readFileSync(join(root, "volumes/webdata/data/last-start"), "utf8")).not.toBe("");
     expect(firstStart).not.toBe("");
   });
 

@@ -184,7 +184,7 @@ describe("fleetlet run isolation", () => {
     expect(sh("echo kept > /data/file", "-v", "vol1:/data").status).toBe(0);
     expect(sh("cat /data/file", "-v", "vol1:/data:ro").stdout).toBe("kept\n");
     expect(sh("echo more > /data/other; echo rc=$?", "-v", "vol1:/data:ro").stdout).toContain("rc=1");
-    expect(readFileSync(`${root}/volumes/vol1/file`, "utf8")).toBe("kept\n");
+    expect(readFileSync(`${root}/volumes/vol1/data/file`, "utf8")).toBe("kept\n");
   });
 
   it("limits open files", () => {

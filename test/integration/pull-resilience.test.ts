@@ -273,6 +273,16 @@ describe("hostile layers", () => {
       "absolute paths are not allowed",
     ],
     ["a whiteout escape", [{ name: "etc/.wh..", type: "file" }], "the whiteout names no file"],
+    [
+      "a block device",
+      [{ name: "dev/sda", type: "block", devmajor: 8, devminor: 0, mode: 0o666 }],
+      'entry "dev/sda": block device 8:0: device nodes are not allowed',
+    ],
+    [
+      "a character device",
+      [{ name: "dev/mem", type: "char", devmajor: 1, devminor: 1, mode: 0o666 }],
+      'entry "dev/mem": character device 1:1',
+    ],
   ];
   it.each(cases)("refuses %s, writing nothing outside the store", (_label, entries, why) => {
     const tar = join(work, `hostile-${randomBytes(4).toString("hex")}.tar`);
@@ -285,6 +295,19 @@ describe("hostile layers", () => {
     expect(r.stderr).toContain(why);
     expect(readdirSync(canary)).toEqual([]);
     expect(layersLeft().filter((n) => n.startsWith("."))).toEqual([]);
+  });
+
+  it("pulls a layer that sets overlay xattrs without them, saying which it dropped", () => {
+    const tar = join(work, "xattrs.tar");
+    const redirect = new Map([["trusted.overlay.redirect", Buffer.from("/etc")]]);
+    writeFileSync(tar, buildTar([{ name: "app/", type: "dir", xattrs: redirect }]));
+    const ref = `${reg.host}/hostile/xattrs:1`;
+    expect(push(tar, ref).status).toBe(0);
+    const r = pull("--quiet", ref);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(
+      /^fleetlet: warning: layer sha256:[0-9a-f]{64}: entry "app\/": xattr "trusted.overlay.redirect" dropped: only user\.\* \(except user\.overlay\.\*\) and security\.capability are applied$/m,
+    );
   });
 });
 

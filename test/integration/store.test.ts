@@ -36,7 +36,7 @@ afterAll(() => {
 });
 
 describe("layer unpack", () => {
-  it("keeps ownership, modes with setuid, hard links, symlinks, mtimes and file capabilities", async () => {
+  it("keeps ownership, modes with setuid, hard links, symlinks, mtimes, whiteouts and file capabilities", async () => {
     const cap = Buffer.from("0100000200200000000000000000000000000000", "hex"); // cap_net_raw+ep
     const tar = buildTar([
       { name: "bin/", type: "dir", mode: 0o755, mtime: 1_000_000 },
@@ -52,7 +52,7 @@ describe("layer unpack", () => {
       { name: "home/app/", type: "dir", mode: 0o700, uid: 1000, gid: 1000 },
       { name: "home/app/data", type: "file", mode: 0o640, uid: 1000, gid: 1000, body: Buffer.from("mine") },
       { name: "etc/localtime", type: "symlink", linkname: "/usr/share/zoneinfo/UTC" },
-      { name: "dev/null", type: "char", devmajor: 1, devminor: 3, mode: 0o666 },
+      { name: "etc/gone", type: "char", devmajor: 0, devminor: 0, mode: 0o600 }, // an overlay whiteout
       { name: "run/fifo", type: "fifo", mode: 0o600 },
     ]);
     const dest = join(work, "props");
@@ -73,7 +73,8 @@ describe("layer unpack", () => {
     expect([data.uid, data.gid, data.mode & 0o777]).toEqual([1000, 1000, 0o640]);
     expect(statSync(join(dest, "home/app")).mode & 0o777).toBe(0o700);
     expect(readlinkSync(join(dest, "etc/localtime"))).toBe("/usr/share/zoneinfo/UTC");
-    expect(lstatSync(join(dest, "dev/null")).isCharacterDevice()).toBe(true);
+    const gone = lstatSync(join(dest, "etc/gone"));
+    expect([gone.isCharacterDevice(), gone.rdev]).toEqual([true, 0]);
     expect(lstatSync(join(dest, "run/fifo")).isFIFO()).toBe(true);
     expect(statSync(join(dest, "bin")).mtimeMs).toBe(1_000_000_000);
   });

@@ -57,7 +57,7 @@ export const LAYERS: Record<Layer, Layer[]> = {
   config: [...BELOW_ALL],
   /** What both ends of the wire share: topics, canonical JSON, signatures, waves. */
   protocol: [...BELOW_ALL],
-  /** The native core's binding and the process's own memory. */
+  /** The native core's binding, the process's own memory, the lock across processes and the state root's modes. */
   system: [...BELOW_ALL],
   /** The error type and a bounded-concurrency loop. */
   base: ["schemas"],
