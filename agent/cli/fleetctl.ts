@@ -2,7 +2,7 @@
 import { loadDeviceConfig } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
 import { parsePlatform } from "../registry/platform.js";
-import { pushImage } from "../registry/push.js";
+import { type LayerCompressionChoice, pushImage } from "../registry/push.js";
 import { ACL_HELP, aclCommand } from "./acl-command.js";
 import type { OptionSpec, ParsedArgs } from "./args.js";
 import { type Command, parseCommandLine } from "./command-line.js";
@@ -17,10 +17,11 @@ const HELP = `usage: fleetctl [--config FILE] COMMAND [ARGS]
 
 Commands:
   push [--cmd CMD]... [--entrypoint CMD]... [--env K=V]... [--workdir DIR]
-       [--platform os/arch[/variant]] [--base IMAGE] [--mount-from REPO]... DIR|TAR REF
+       [--platform os/arch[/variant]] [--base IMAGE] [--mount-from REPO]... [--compress gzip|zstd] DIR|TAR REF
       build an image layer from a root filesystem (a directory, or a tar or
       tar.gz of one; whiteouts in a tar are kept) and push it, alone or on
       top of --base (same registry; its layers are mounted, not copied);
+      --compress zstd writes a tar+zstd layer (default gzip);
       --cmd and --entrypoint take one argument each, repeated in order:
       --cmd /bin/httpd --cmd -f
 
@@ -60,6 +61,11 @@ The config file has the device config's format: its "mqtt" section names
 the broker, its "registries" section the registry credentials and CA.
 `;
 
+function compressionOption(value: string | undefined): LayerCompressionChoice | undefined {
+  if (value === undefined || value === "gzip" || value === "zstd") return value;
+  throw new FleetError("E_INVALID_ARGUMENT", `--compress: expected gzip or zstd, got "${value}"`, { exitCode: 2 });
+}
+
 async function push(ctx: OperatorContext, { options, positionals }: ParsedArgs): Promise<number> {
   if (positionals.length !== 2)
     throw new FleetError(
@@ -85,6 +91,7 @@ async function push(ctx: OperatorContext, { options, positionals }: ParsedArgs):
     platform: options.platform ? parsePlatform(options.platform as string) : undefined,
     mountFrom: options["mount-from"] as string[],
     base: options.base as string | undefined,
+    compression: compressionOption(options.compress as string | undefined),
     onEvent: (e) => process.stderr.write(`${e.type.replace("-", " ")}: ${e.digest} (${e.size} bytes)\n`),
   });
   process.stdout.write(`${result.ref}@${result.digest}\n`);
@@ -108,6 +115,7 @@ export const FLEETCTL_COMMANDS: Record<string, Command<OperatorContext>> = {
       { name: "platform", type: "string" },
       { name: "mount-from", type: "string", multiple: true },
       { name: "base", type: "string" },
+      { name: "compress", type: "string" },
     ],
     run: push,
   },

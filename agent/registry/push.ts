@@ -6,12 +6,21 @@
  * there before, else uploaded (blob-upload.ts); the manifest goes last.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import {
+  closeSync,
+  createReadStream,
+  createWriteStream,
+  mkdtempSync,
+  openSync,
+  readSync,
+  rmSync,
+  statSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough, type Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { createGunzip, createGzip } from "node:zlib";
+import { createGunzip, createGzip, createZstdCompress, createZstdDecompress } from "node:zlib";
 import { type Descriptor, MEDIA } from "../../schemas/oci.js";
 import { FleetError } from "../errors.js";
 import { packDirectory } from "../store/tar-writer.js";
@@ -32,6 +41,8 @@ export interface PushOptions {
   mountFrom?: string[] | undefined;
   /** An image of the same registry to build on: its layers go below the new one. */
   base?: string | undefined;
+  /** How the new layer is compressed (default gzip). */
+  compression?: LayerCompressionChoice | undefined;
   onEvent?: (e: {
     type: "layer-built" | "blob-present" | "blob-mounted" | "blob-uploaded";
     digest: string;
@@ -55,8 +66,29 @@ function hashingStream(hash: ReturnType<typeof createHash>, count: { n: number }
   });
 }
 
-/** Writes the layer as tar+gzip into `out`, returning its digest, size and diff id. */
-async function buildLayer(source: string, out: string): Promise<{ digest: string; diffId: string; size: number }> {
+export type LayerCompressionChoice = "gzip" | "zstd";
+
+/** The tar of a source file as it is: plain, gzip or zstd (by its magic bytes). */
+function tarOf(source: string): Readable {
+  const head = Buffer.alloc(4);
+  const fd = openSync(source, "r");
+  try {
+    readSync(fd, head, 0, 4, 0);
+  } finally {
+    closeSync(fd);
+  }
+  const raw = createReadStream(source);
+  if (head[0] === 0x1f && head[1] === 0x8b) return raw.pipe(createGunzip());
+  if (head.readUInt32LE(0) === 0xfd2fb528) return raw.pipe(createZstdDecompress());
+  return raw;
+}
+
+/** Writes the layer as tar+gzip (or tar+zstd) into `out`, returning its digest, size and diff id. */
+async function buildLayer(
+  source: string,
+  out: string,
+  compression: LayerCompressionChoice,
+): Promise<{ digest: string; diffId: string; size: number }> {
   let st: ReturnType<typeof statSync>;
   try {
     st = statSync(source);
@@ -73,15 +105,11 @@ async function buildLayer(source: string, out: string): Promise<{ digest: string
   const uncompressed = { n: 0 };
   let tar: Readable;
   if (st.isDirectory()) tar = packDirectory(source);
-  else {
-    const head = readFileSync(source).subarray(0, 2);
-    const raw = createReadStream(source);
-    tar = head[0] === 0x1f && head[1] === 0x8b ? raw.pipe(createGunzip()) : raw;
-  }
+  else tar = tarOf(source);
   await pipeline(
     tar,
     hashingStream(diff, uncompressed),
-    createGzip({ level: 6 }),
+    compression === "zstd" ? createZstdCompress() : createGzip({ level: 6 }),
     hashingStream(blob, sizes),
     createWriteStream(out),
   );
@@ -206,7 +234,8 @@ export async function pushImage(source: string, refText: string, opts: PushOptio
   const work = mkdtempSync(join(tmpdir(), "fleetctl-push-"));
   try {
     const layerPath = join(work, "layer.tar.gz");
-    const layer = await buildLayer(source, layerPath);
+    const compression = opts.compression ?? "gzip";
+    const layer = await buildLayer(source, layerPath, compression);
     opts.onEvent?.({ type: "layer-built", digest: layer.digest, size: layer.size });
     const platform = opts.platform ?? hostPlatform();
     const base = opts.base ? await baseImage(opts.base, ref.registry, opts.registries, platform) : undefined;
@@ -219,7 +248,11 @@ export async function pushImage(source: string, refText: string, opts: PushOptio
     }
     const layers = [
       ...(base?.manifest.layers ?? []),
-      { mediaType: MEDIA.ociLayerGzip, digest: layer.digest, size: layer.size },
+      {
+        mediaType: compression === "zstd" ? MEDIA.ociLayerZstd : MEDIA.ociLayerGzip,
+        digest: layer.digest,
+        size: layer.size,
+      },
     ];
     const digest = await putManifest(client, ref, layers, config);
     return { ref: formatReference(ref), digest, layer };

@@ -11,7 +11,7 @@
  */
 import { createHash } from "node:crypto";
 import { pipeline, type Readable, Transform } from "node:stream";
-import { createGunzip } from "node:zlib";
+import { createGunzip, createZstdDecompress } from "node:zlib";
 import { errnoName, FleetError } from "../errors.js";
 import type { NativeCore } from "../system/native.js";
 import { DiskRoom } from "./disk-room.js";
@@ -44,16 +44,20 @@ export interface UnpackOptions {
   onWarning?: (message: string) => void;
 }
 
-export function layerCompression(mediaType: string): "gzip" | "none" {
+export type LayerCompression = "gzip" | "zstd" | "none";
+
+export function layerCompression(mediaType: string): LayerCompression {
   if (/tar\+gzip$|tar\.gzip$|diff\.tar\.gzip$/.test(mediaType) || mediaType.endsWith(".tar.gzip")) return "gzip";
+  if (mediaType.endsWith("tar+zstd")) return "zstd";
   if (/\.tar$|layer\.v1\.tar$|rootfs\.diff\.tar$/.test(mediaType)) return "none";
-  if (mediaType.endsWith("+zstd")) {
-    throw new FleetError(
-      "E_UNSUPPORTED",
-      `layer media type ${mediaType}: zstd layers are not supported by this build (Node 20 has no zstd); publish the image with gzip layers`,
-    );
-  }
   throw new FleetError("E_UNSUPPORTED", `layer media type ${mediaType} is not one fleetlet knows how to unpack`);
+}
+
+/** The decompressor for a layer's blob, if it is compressed. */
+function decompressor(compression: LayerCompression): NodeJS.ReadWriteStream[] {
+  if (compression === "gzip") return [createGunzip({ chunkSize: 256 * 1024 })];
+  if (compression === "zstd") return [createZstdDecompress({ chunkSize: 256 * 1024 })];
+  return [];
 }
 
 /** The tar's bytes as they come out of the decompressor: hashed, and counted against the cap. */
@@ -79,8 +83,10 @@ function layerError(err: unknown, layer: string, entry: TarHeader | undefined, w
   if (err instanceof FleetError)
     return new FleetError(err.code, `${name}: ${err.message}`, { cause: err, exitCode: err.exitCode });
   const zlib = (err as NodeJS.ErrnoException).code;
-  if (typeof zlib === "string" && zlib.startsWith("Z_"))
-    return new FleetError("E_UNSAFE_LAYER", `${name} is not valid gzip: ${(err as Error).message}`, { cause: err });
+  if (typeof zlib === "string" && (zlib.startsWith("Z_") || zlib.startsWith("ZSTD_")))
+    return new FleetError("E_UNSAFE_LAYER", `${name} cannot be decompressed: ${(err as Error).message}`, {
+      cause: err,
+    });
   const code = errnoName(err);
   if (!code || !writing) return err; // not the layer, not the disk: its own stack says where
   const what = entry ? `entry "${entry.name}"` : "the layer directory";
@@ -101,7 +107,7 @@ export async function unpackLayer(source: Readable, opts: UnpackOptions): Promis
   const compression = layerCompression(opts.mediaType);
   const limits: LayerLimits = { ...DEFAULT_LAYER_LIMITS, ...opts.limits };
   const layer = opts.layer ?? "(unnamed)";
-  const cap = maxDecompressedBytes(limits, compression === "gzip" ? opts.compressedSize : undefined);
+  const cap = maxDecompressedBytes(limits, compression !== "none" ? opts.compressedSize : undefined);
   const hash = createHash("sha256");
   const tap = tarTap(
     hash,
@@ -112,8 +118,7 @@ export async function unpackLayer(source: Readable, opts: UnpackOptions): Promis
       } may hold (${limits.maxRatio} times its size plus ${formatMiB(limits.ratioAllowanceBytes)}, at most ${formatMiB(limits.maxBytes)}); the layer was refused`,
   );
   // pipeline() carries an error from any stage to the last, where the reader sees it.
-  const stages: NodeJS.ReadWriteStream[] =
-    compression === "gzip" ? [createGunzip({ chunkSize: 256 * 1024 }), tap] : [tap];
+  const stages: NodeJS.ReadWriteStream[] = [...decompressor(compression), tap];
   pipeline(source, ...(stages as [NodeJS.ReadWriteStream]), () => {
     // errors surface through the iteration of `tap` below
   });

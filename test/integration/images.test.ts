@@ -2,7 +2,7 @@
  * Images end to end against a real registry (Debian's docker-registry, TLS
  * and htpasswd): fleetctl push, fleetlet pull / images / run / rmi / prune.
  */
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -84,6 +84,52 @@ describe("pull and run", () => {
     const r = run("run", "--rm", `${reg.host}/third/party:2`);
     expect(r.stderr).toContain("pulling"); // not in the store yet: run pulled it first
     expect(r.stdout).toBe("from-umoci\n");
+  });
+
+  it("pulls, verifies and runs zstd layers written by fleetctl push --compress zstd", () => {
+    const ref = `${reg.host}/test/zstd:1`;
+    const pushed = fleetctl([
+      "--config",
+      config,
+      "push",
+      "--compress",
+      "zstd",
+      "--cmd",
+      "/bin/echo",
+      "--cmd",
+      "zstd-ok",
+      rootfs,
+      ref,
+    ]);
+    expect(pushed.status, pushed.stderr).toBe(0);
+    const pulled = run("pull", ref);
+    expect(pulled.status, pulled.stderr).toBe(0);
+    const image = JSON.parse(run("images", "--json").stdout).find((i: { ref: string }) => i.ref === ref);
+    expect(image.layers.map((l: { mediaType: string }) => l.mediaType)).toEqual([
+      "application/vnd.oci.image.layer.v1.tar+zstd",
+    ]);
+    expect(run("run", "--rm", ref).stdout).toBe("zstd-ok\n");
+  });
+
+  it("pulls and runs an image whose zstd layers skopeo wrote", async () => {
+    // A layer the registry does not hold yet: skopeo would reuse a gzip blob it already has rather than recompress.
+    const own = join(work, "zstd-rootfs");
+    cpSync(rootfs, own, { recursive: true, verbatimSymlinks: true });
+    writeFileSync(join(own, "zstd-marker"), "made for the zstd test\n");
+    await pushWithSkopeo(reg, own, "third/zstd:1", { cmd: ["/bin/echo", "zstd-from-skopeo"], compress: "zstd" });
+    const r = run("run", "--rm", `${reg.host}/third/zstd:1`);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toBe("zstd-from-skopeo\n");
+    const image = JSON.parse(run("images", "--json").stdout).find((i: { ref: string }) =>
+      i.ref.endsWith("third/zstd:1"),
+    );
+    expect(image.layers.at(-1).mediaType).toBe("application/vnd.oci.image.layer.v1.tar+zstd");
+  });
+
+  it("refuses a --compress it does not know, naming the option", () => {
+    const r = fleetctl(["--config", config, "push", "--compress", "lzma", rootfs, `${reg.host}/test/lzma:1`]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain('--compress: expected gzip or zstd, got "lzma"');
   });
 
   it("transfers nothing but the manifest when the image is already stored", () => {

@@ -39,7 +39,7 @@ export async function pushWithSkopeo(
   reg: RegistryFixture,
   rootfsDir: string,
   ref: string,
-  opts: { cmd?: string[] } = {},
+  opts: { cmd?: string[]; compress?: "gzip" | "zstd" } = {},
 ): Promise<void> {
   const tag = tagOf(ref);
   const work = mkdtempSync(join(tmpdir(), "fleetlet-oci-layout-"));
@@ -53,6 +53,7 @@ export async function pushWithSkopeo(
       `${reg.username}:${reg.password}`,
       "--dest-cert-dir",
       reg.certDir,
+      ...(opts.compress ? ["--dest-compress", "--dest-compress-format", opts.compress] : []),
       `oci:${layout}:${tag}`,
       `docker://${reg.host}/${ref}`,
     ]);
