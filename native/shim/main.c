@@ -222,10 +222,12 @@ int main(int argc, char **argv) {
 
   if (argc > 1 && strcmp(argv[1], "exec") == 0) return exec_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "devices") == 0) return devices_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "init") == 0) return init_main(argc - 1, argv + 1);
   if (argc < 3) {
     fprintf(stderr, "usage: fleetlet-shim CONFIG SYNC_FD [--foreground]\n"
                     "       fleetlet-shim exec PID START_TIME [options] -- CMD...\n"
-                    "       fleetlet-shim devices CGROUP2_DIR [RULE]...\n");
+                    "       fleetlet-shim devices CGROUP2_DIR [RULE]...\n"
+                    "       fleetlet-shim init -- CMD...   (PID 1 of a container with `init`)\n");
     return EXIT_RUNTIME;
   }
   int sync_fd = atoi(argv[2]);
@@ -288,7 +290,7 @@ int main(int argc, char **argv) {
   if (init == 0) {
     signal(SIGPIPE, SIG_DFL);
     sigprocmask(SIG_SETMASK, &old, NULL);
-    container_init(&cfg, go[0], out[1], errout[1], &err);
+    container_init(&cfg, go[0], out[1], errout[1], errpipe[1], &err);
     while (write(errpipe[1], &err, sizeof(err)) < 0 && errno == EINTR) {
     }
     _exit(err.code);
