@@ -95,6 +95,32 @@ describe("fleetlet run --init", () => {
     expect(fds!.trim().split(" ")).toEqual(["0", "1", "2"]);
   });
 
+  it("runs the init with the command's user, capabilities and seccomp filter", () => {
+    const r = run([
+      "--rm",
+      "--init",
+      "--user",
+      "1000:1000",
+      "--rootfs",
+      rootfs,
+      "--",
+      "/bin/sh",
+      "-c",
+      "echo $PPID; grep -E '^(Uid|Gid|CapEff|CapPrm|NoNewPrivs|Seccomp):' /proc/1/status",
+    ]);
+    expect(r.stderr).toBe("");
+    expect(r.stdout.split("\n")).toEqual([
+      "1",
+      "Uid:\t1000\t1000\t1000\t1000",
+      "Gid:\t1000\t1000\t1000\t1000",
+      "CapPrm:\t0000000000000000",
+      "CapEff:\t0000000000000000",
+      "NoNewPrivs:\t1",
+      "Seccomp:\t2",
+      "",
+    ]);
+  });
+
   it("leaves PID 1 to the command without --init", () => {
     const r = run(["--rm", "--rootfs", rootfs, "--", "/bin/sh", "-c", "echo $$; ls /dev/init"]);
     expect(r.stdout).toBe("1\n");
