@@ -170,6 +170,16 @@ static int write_running(const struct shim_config *cfg, pid_t init, const char *
   return 0;
 }
 
+/* The init's report on the error pipe: a whole struct, 0 at EOF (it
+ * exec'd), or anything else when it died without one. */
+static ssize_t read_init_error(int fd, struct shim_error *child_err) {
+  ssize_t n;
+  do n = read(fd, child_err, sizeof(*child_err));
+  while (n < 0 && errno == EINTR);
+  if (n == (ssize_t)sizeof(*child_err)) child_err->message[sizeof(child_err->message) - 1] = '\0';
+  return n;
+}
+
 static void supervise(const struct shim_config *cfg, pid_t init, int sigfd, int out, int errfd, int fg,
                       struct log_file *log, const char *started) {
   char buf[65536];
@@ -312,21 +322,24 @@ int main(int argc, char **argv) {
     waitpid(init, NULL, 0);
     unlink(cfg.running_path);
     unlink(cfg.exit_path);
+    /* The init may have failed first (a mount in its rootfs, say): our step
+     * then fails on the go pipe it closed, EPIPE, while its own report, the
+     * one that names the cause, waits in the error pipe. The init is dead,
+     * so this read cannot block. */
+    struct shim_error child_err;
+    if (read_init_error(errpipe[0], &child_err) == (ssize_t)sizeof(child_err)) fail(sync_fd, &child_err);
     fail(sync_fd, &err);
   }
   close(go[1]);
 
   struct shim_error child_err;
-  ssize_t n;
-  do n = read(errpipe[0], &child_err, sizeof(child_err));
-  while (n < 0 && errno == EINTR);
+  ssize_t n = read_init_error(errpipe[0], &child_err);
   close(errpipe[0]);
   if (n != 0) {
     waitpid(init, NULL, 0);
     unlink(cfg.running_path); /* never started: the container stays "created" */
     unlink(cfg.exit_path);
     if (n != sizeof(child_err)) set_error(&child_err, EXIT_RUNTIME, 0, "container init died before exec");
-    child_err.message[sizeof(child_err.message) - 1] = '\0';
     fail(sync_fd, &child_err);
   }
   report(sync_fd, "ok %d %llu %d %llu", getpid(), start_time(getpid()), init, start_time(init));

@@ -6,6 +6,7 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { Runtime } from "../../agent/runtime/runtime.js";
 import { fleetlet } from "../support/fleetlet-cli.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { waitFor } from "../support/wait-for.js";
@@ -209,5 +210,30 @@ describe("fleetlet run --init", () => {
     ]);
     stopAndRemove("orphans-init");
     expect(fleetlet(root, ["rm", "-f", "orphans-bare"]).status).toBe(0);
+  });
+});
+
+describe("a start that fails while the container's rootfs is built", () => {
+  it("names the failing step every time, never the go pipe the dead init closed", async () => {
+    // The init fails making the mount point; the shim may be between its two
+    // go-pipe writes then, and must report the init's error, not its own EPIPE.
+    const runtime = new Runtime({ root });
+    const messages = new Set<string>();
+    for (let i = 0; i < 20; i++) {
+      const { id } = runtime.create({
+        layers: [rootfs],
+        command: ["true"],
+        init: i % 2 === 0,
+        volumes: [{ name: "data", target: "/etc/passwd/x" }],
+      });
+      const failed = await runtime.start(id).then(
+        () => undefined,
+        (err: Error) => err,
+      );
+      messages.add(failed?.message.replace(id, "ID") ?? "started");
+      await runtime.delete(id, { force: true });
+    }
+    await runtime.settled();
+    expect([...messages]).toEqual(["container ID: create mount point `/etc/passwd/x` in the rootfs: Not a directory"]);
   });
 });
