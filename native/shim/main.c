@@ -237,7 +237,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: fleetlet-shim CONFIG SYNC_FD [--foreground]\n"
                     "       fleetlet-shim exec PID START_TIME [options] -- CMD...\n"
                     "       fleetlet-shim devices CGROUP2_DIR [RULE]...\n"
-                    "       fleetlet-shim init -- CMD...   (PID 1 of a container with `init`)\n");
+                    "       fleetlet-shim init [--error-fd N] -- CMD...   (PID 1 of a container with `init`)\n");
     return EXIT_RUNTIME;
   }
   int sync_fd = atoi(argv[2]);
