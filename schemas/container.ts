@@ -59,6 +59,8 @@ export const containerSpec = z.object({
   resources,
   network: z.enum(["none", "host"]).default("none"),
   readOnlyRootfs: z.boolean().default(false),
+  /** PID 1 is a minimal init (the shim's init role) that forwards signals, reaps zombies and exits with the command's status. */
+  init: z.boolean().default(false),
   volumes: z.array(volumeMount).default([]),
   capAdd: z.array(z.string()).default([]),
   capDrop: z.array(z.string()).default([]),

@@ -44,6 +44,8 @@ export const serviceSpec = z.object({
     .default([]),
   network: z.enum(["none", "host"]).default("none"),
   readOnlyRootfs: z.boolean().default(false),
+  /** Run a minimal init as PID 1, with the command as its child: signals forwarded, zombies reaped. */
+  init: z.boolean().default(false),
   stopSignal: z.string().default("SIGTERM"),
   stopTimeoutMs: z.number().int().min(0).default(10_000),
 });

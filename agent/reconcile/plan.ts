@@ -41,9 +41,21 @@ export type Step =
 
 export type StepKind = Step["kind"];
 
+/**
+ * Service fields added after the first release, with their defaults. A field
+ * that holds its default is left out of the hash, so a service that does not
+ * use it hashes as it did before the field existed: upgrading the agent
+ * replaces no running container.
+ */
+const ADDED_FIELD_DEFAULTS: Partial<ServiceSpec> = { init: false };
+
 /** The spec and image digest as canonical JSON (RFC 8785), hashed: equal specs hash equal. */
 export function specHash(spec: ServiceSpec, imageDigest: string): string {
-  return createHash("sha256").update(canonicalJson({ spec, imageDigest })).digest("hex");
+  const hashed: Record<string, unknown> = { ...spec };
+  for (const [field, value] of Object.entries(ADDED_FIELD_DEFAULTS)) if (hashed[field] === value) delete hashed[field];
+  return createHash("sha256")
+    .update(canonicalJson({ spec: hashed, imageDigest }))
+    .digest("hex");
 }
 
 /** The container name of a service at a spec hash: two generations can coexist. */

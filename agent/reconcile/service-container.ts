@@ -33,6 +33,7 @@ export function serviceContainerSpec(
     resources: { memory: spec.resources.memory, cpus: spec.resources.cpus, pids: spec.resources.pids },
     network: spec.network,
     readOnlyRootfs: spec.readOnlyRootfs,
+    init: spec.init,
     volumes: spec.volumes,
     stopSignal: spec.stopSignal,
     stopTimeoutMs: spec.stopTimeoutMs,

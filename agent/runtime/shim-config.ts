@@ -51,6 +51,7 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ...(c.cgroups.devices ? [["devcgroup", c.cgroups.devices.dir] as [string, string]] : []),
     ...(c.cgroups.devices?.rules ?? []).map((r): [string, string] => ["device", r]),
     ...(c.fdScan ? [["fdscan", 1] as [string, number]] : []),
+    ...(c.spec.init ? [["init", 1] as [string, number]] : []),
     ["log", c.paths.log],
     ["logmax", c.spec.log.maxBytes],
     ["logkeep", c.spec.log.keep],

@@ -64,6 +64,7 @@ static int apply(struct shim_config *cfg, const char *key, const char *value, st
   else if (IS("devcgroup")) cfg->dev_cgroup = value;
   else if (IS("device")) return list_push(&cfg->dev_rules, value, "device rules", err);
   else if (IS("fdscan")) cfg->fd_scan = strcmp(value, "1") == 0;
+  else if (IS("init")) cfg->init = strcmp(value, "1") == 0;
   else if (IS("oom")) cfg->oom_file = value;
   else if (IS("log")) cfg->log_path = value;
   else if (IS("exit")) cfg->exit_path = value;

@@ -178,7 +178,8 @@ int exec_main(int argc, char **argv) {
   }
   if (child == 0) {
     if (chdir("/") < 0) set_error(&err, EXIT_RUNTIME, errno, "chdir to `/`");
-    else if (security_apply(&cfg, &err) == 0) exec_command(&cfg, &err);
+    else if (security_apply(&cfg, &err) == 0)
+      exec_command((char *const *)cfg.args.items, (char *const *)cfg.env.items, &err);
     fprintf(stderr, "fleetlet-shim exec: %s\n", err.message);
     _exit(err.code ? err.code : EXIT_RUNTIME);
   }

@@ -33,9 +33,9 @@ static int loopback_up(struct shim_error *err) {
   return 0;
 }
 
-static const char *env_path(const struct shim_config *cfg) {
-  for (size_t i = 0; i < cfg->env.len; i++)
-    if (strncmp(cfg->env.items[i], "PATH=", 5) == 0) return cfg->env.items[i] + 5;
+static const char *env_path(char *const envp[]) {
+  for (size_t i = 0; envp[i]; i++)
+    if (strncmp(envp[i], "PATH=", 5) == 0) return envp[i] + 5;
   return "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 }
 
@@ -51,11 +51,10 @@ static int mkdir_p(const char *path) {
   return mkdir(buf, 0755) < 0 && errno != EEXIST ? -1 : 0;
 }
 
-/* execvpe searches the shim's PATH, not the container's: search here. */
-void exec_command(const struct shim_config *cfg, struct shim_error *err) {
-  const char *cmd = cfg->args.items[0];
-  char *const *argv = (char *const *)cfg->args.items;
-  char *const *envp = (char *const *)cfg->env.items;
+/* execvpe searches the shim's PATH, not the container's: search here, in
+ * the PATH of `envp`. */
+void exec_command(char *const argv[], char *const envp[], struct shim_error *err) {
+  const char *cmd = argv[0];
   int saw_eacces = 0;
 
   if (strchr(cmd, '/')) {
@@ -64,7 +63,7 @@ void exec_command(const struct shim_config *cfg, struct shim_error *err) {
     set_error(err, e == ENOENT ? EXIT_NOT_FOUND : EXIT_NOT_EXECUTABLE, e, "exec `%s`", cmd);
     return;
   }
-  const char *path = env_path(cfg);
+  const char *path = env_path(envp);
   while (*path) {
     const char *colon = strchrnul(path, ':');
     char full[4096];
@@ -83,7 +82,27 @@ void exec_command(const struct shim_config *cfg, struct shim_error *err) {
   else set_error(err, EXIT_NOT_FOUND, 0, "exec `%s`: executable file not found in $PATH", cmd);
 }
 
-void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd,
+/* With `init`, PID 1 is the shim's own binary in its init role (pid1.c),
+ * bound read-only at INIT_PATH by rootfs_setup, and the command is its
+ * child. The error pipe goes along as INIT_ERR_FD, open across this exec:
+ * the init's child reports a failed exec of the command on it and closes it
+ * by exec'ing, so the shim hears "ok" only once the command runs, as it
+ * does without an init. Only the argv pointers are copied: no allocation. */
+static void exec_init(const struct shim_config *cfg, int err_fd, struct shim_error *err) {
+  const char *argv[MAX_LIST + 6] = {INIT_PATH, "init", "--error-fd", INIT_ERR_FD_TEXT, "--"};
+  for (size_t i = 0; i <= cfg->args.len; i++) argv[5 + i] = cfg->args.items[i]; /* and its NULL */
+  /* dup2 leaves the copy without FD_CLOEXEC; a pipe already at the number
+   * (dup2 would do nothing) has the flag cleared by hand. */
+  int r = err_fd == INIT_ERR_FD ? fcntl(err_fd, F_SETFD, 0) : dup2(err_fd, INIT_ERR_FD);
+  if (r < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "pass the error pipe to the init as fd %d", INIT_ERR_FD);
+    return;
+  }
+  execve(INIT_PATH, (char *const *)argv, (char *const *)cfg->env.items);
+  set_error(err, EXIT_RUNTIME, errno, "exec the init `%s`", INIT_PATH);
+}
+
+void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd, int err_fd,
                     struct shim_error *err) {
   char go;
   int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (cfg->net_host ? 0 : CLONE_NEWNET);
@@ -146,5 +165,6 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
    * seccomp filter, which need not allow what the listing uses. */
   if (fds_release_from(3, FDS_CLOEXEC, cfg->fd_scan, err) < 0) return;
   if (security_apply(cfg, err) < 0) return;
-  exec_command(cfg, err);
+  if (cfg->init) exec_init(cfg, err_fd, err);
+  else exec_command((char *const *)cfg->args.items, (char *const *)cfg->env.items, err);
 }

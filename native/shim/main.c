@@ -170,6 +170,16 @@ static int write_running(const struct shim_config *cfg, pid_t init, const char *
   return 0;
 }
 
+/* The init's report on the error pipe: a whole struct, 0 at EOF (it
+ * exec'd), or anything else when it died without one. */
+static ssize_t read_init_error(int fd, struct shim_error *child_err) {
+  ssize_t n;
+  do n = read(fd, child_err, sizeof(*child_err));
+  while (n < 0 && errno == EINTR);
+  if (n == (ssize_t)sizeof(*child_err)) child_err->message[sizeof(child_err->message) - 1] = '\0';
+  return n;
+}
+
 static void supervise(const struct shim_config *cfg, pid_t init, int sigfd, int out, int errfd, int fg,
                       struct log_file *log, const char *started) {
   char buf[65536];
@@ -222,10 +232,12 @@ int main(int argc, char **argv) {
 
   if (argc > 1 && strcmp(argv[1], "exec") == 0) return exec_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "devices") == 0) return devices_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "init") == 0) return init_main(argc - 1, argv + 1);
   if (argc < 3) {
     fprintf(stderr, "usage: fleetlet-shim CONFIG SYNC_FD [--foreground]\n"
                     "       fleetlet-shim exec PID START_TIME [options] -- CMD...\n"
-                    "       fleetlet-shim devices CGROUP2_DIR [RULE]...\n");
+                    "       fleetlet-shim devices CGROUP2_DIR [RULE]...\n"
+                    "       fleetlet-shim init [--error-fd N] -- CMD...   (PID 1 of a container with `init`)\n");
     return EXIT_RUNTIME;
   }
   int sync_fd = atoi(argv[2]);
@@ -288,7 +300,7 @@ int main(int argc, char **argv) {
   if (init == 0) {
     signal(SIGPIPE, SIG_DFL);
     sigprocmask(SIG_SETMASK, &old, NULL);
-    container_init(&cfg, go[0], out[1], errout[1], &err);
+    container_init(&cfg, go[0], out[1], errout[1], errpipe[1], &err);
     while (write(errpipe[1], &err, sizeof(err)) < 0 && errno == EINTR) {
     }
     _exit(err.code);
@@ -310,21 +322,24 @@ int main(int argc, char **argv) {
     waitpid(init, NULL, 0);
     unlink(cfg.running_path);
     unlink(cfg.exit_path);
+    /* The init may have failed first (a mount in its rootfs, say): our step
+     * then fails on the go pipe it closed, EPIPE, while its own report, the
+     * one that names the cause, waits in the error pipe. The init is dead,
+     * so this read cannot block. */
+    struct shim_error child_err;
+    if (read_init_error(errpipe[0], &child_err) == (ssize_t)sizeof(child_err)) fail(sync_fd, &child_err);
     fail(sync_fd, &err);
   }
   close(go[1]);
 
   struct shim_error child_err;
-  ssize_t n;
-  do n = read(errpipe[0], &child_err, sizeof(child_err));
-  while (n < 0 && errno == EINTR);
+  ssize_t n = read_init_error(errpipe[0], &child_err);
   close(errpipe[0]);
   if (n != 0) {
     waitpid(init, NULL, 0);
     unlink(cfg.running_path); /* never started: the container stays "created" */
     unlink(cfg.exit_path);
     if (n != sizeof(child_err)) set_error(&child_err, EXIT_RUNTIME, 0, "container init died before exec");
-    child_err.message[sizeof(child_err.message) - 1] = '\0';
     fail(sync_fd, &child_err);
   }
   report(sync_fd, "ok %d %llu %d %llu", getpid(), start_time(getpid()), init, start_time(init));

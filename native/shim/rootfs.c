@@ -162,6 +162,54 @@ static int populate_dev(int rootfd, struct shim_error *err) {
                   "mode=1777,size=65536k", err);
 }
 
+/* The shim's own binary, opened by path in this mount namespace: a bind
+ * mount's source must be a mount of the caller's namespace, and
+ * /proc/self/exe names the binary in the host's. The two must be one file,
+ * or the binary was replaced (an upgrade) since this shim started. */
+static int open_self(struct shim_error *err) {
+  char path[4096];
+  struct stat want, got;
+  ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  if (n < 0 || stat("/proc/self/exe", &want) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "find the shim's binary through `/proc/self/exe`");
+    return -1;
+  }
+  path[n] = '\0';
+  int fd = open(path, O_PATH | O_CLOEXEC);
+  if (fd < 0 || fstat(fd, &got) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "open the shim's binary `%s` for the init", path);
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  if (got.st_dev != want.st_dev || got.st_ino != want.st_ino) {
+    set_error(err, EXIT_RUNTIME, 0, "the shim's binary `%s` was replaced since the shim started", path);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* `init`: the shim's own binary bound at INIT_PATH. /dev is the
+ * container's own tmpfs, so this works with a read-only rootfs and leaves
+ * the image and the upper layer alone. The bind is read-only: a process in
+ * the container that opens /proc/1/exe to write gets EROFS, never the
+ * host's binary. */
+static int bind_init(int rootfd, struct shim_error *err) {
+  char from[FD_PATH_LEN];
+  cleanup_fd int self = open_self(err);
+  if (self < 0) return -1;
+  cleanup_fd int target = open_in_root(rootfd, INIT_PATH, 1);
+  if (target < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "create the mount point `%s` for the init", INIT_PATH);
+    return -1;
+  }
+  fd_path(from, self);
+  if (mount_at(rootfd, from, INIT_PATH, NULL, MS_BIND, NULL, err) < 0) return -1;
+  /* The remount resolves the path again, so it reaches the bind, not the file under it. */
+  return mount_at(rootfd, "none", INIT_PATH, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL,
+                  err);
+}
+
 static int mount_sys(const struct shim_config *cfg, int rootfd, struct shim_error *err) {
   unsigned long flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
   if (mount_at(rootfd, "sysfs", "/sys", "sysfs", flags, NULL, err) == 0) return 0;
@@ -267,6 +315,7 @@ int rootfs_setup(const struct shim_config *cfg, struct shim_error *err) {
   }
   if (mount_at(rootfd, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, err) < 0) return -1;
   if (populate_dev(rootfd, err) < 0) return -1;
+  if (cfg->init && bind_init(rootfd, err) < 0) return -1;
   if (mount_sys(cfg, rootfd, err) < 0) return -1;
   if (mount_binds(cfg, rootfd, err) < 0) return -1;
   if (enter_root(cfg, rootfd, err) < 0) return -1;

@@ -78,6 +78,7 @@ struct shim_config {
   const char *dev_cgroup;      /* cgroup v2: the dir the device program is attached to */
   struct str_list dev_rules;   /* allowed devices, "c 1:3 rwm" as in v1's devices.allow */
   int fd_scan;                 /* list /proc/self/fd even where close_range works (tests) */
+  int init;                    /* PID 1 is the shim's init role (pid1.c), the command its child */
 };
 
 /* An error travels as a value: the exit code it maps to, errno and a
@@ -92,12 +93,21 @@ int parse_u64(const char *value, uint64_t *out, const char *key, struct shim_err
 int list_push(struct str_list *list, const char *value, const char *what, struct shim_error *err);
 int config_read(const char *path, struct shim_config *cfg, struct shim_error *err);
 
+/* Where the shim's binary is bound, read-only, in a container with `init`,
+ * and the descriptor that carries the shim's error pipe across its exec. */
+#define INIT_PATH "/dev/init"
+#define INIT_ERR_FD 3
+#define INIT_ERR_FD_TEXT "3"
+
 /* Runs in the container's init between fork and exec; returns only on
- * failure, with err filled in. */
-void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd,
+ * failure, with err filled in. `err_fd` is the error pipe's write end. */
+void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd, int err_fd,
                     struct shim_error *err);
 
-void exec_command(const struct shim_config *cfg, struct shim_error *err);
+/* Execs argv[0], searched in envp's PATH; returns only on failure. */
+void exec_command(char *const argv[], char *const envp[], struct shim_error *err);
+/* `fleetlet-shim init -- CMD...`: PID 1 of a container with `init` (pid1.c). */
+int init_main(int argc, char **argv);
 unsigned long long start_time(pid_t pid);
 int exec_main(int argc, char **argv);
 int cgroups_add_pid(const struct str_list *dirs, pid_t pid, struct shim_error *err);

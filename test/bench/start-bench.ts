@@ -4,7 +4,8 @@
  * same run with `crun run` (and `runc run`) on an equivalent OCI bundle.
  * Debian's crun 1.8 refuses a hybrid cgroup host, so it runs inside
  * `unshare -m` with /sys/fs/cgroup/unified unmounted, as the issue asks.
- * Also reports the resident memory of each shim.
+ * Also reports the resident memory of each shim, and how long a stop takes
+ * with and without an init (stop-bench.ts).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -14,6 +15,7 @@ import { Runtime } from "../../agent/runtime/runtime.js";
 import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
 import { specWithSeccomp } from "./oci-seccomp.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
+import { stopBench } from "./stop-bench.js";
 
 const LIMITS = { memory: "64Mi", cpus: 1, pids: 64 };
 
@@ -141,6 +143,7 @@ export async function startBench(args: string[]): Promise<void> {
     console.log(
       `\nshim resident memory over ${rss.length} running containers: max ${Math.max(...rss)} kB, mean ${(rss.reduce((a, b) => a + b, 0) / rss.length).toFixed(0)} kB (goal: <= 1024 kB)`,
     );
+    await stopBench(runtime, rootfs, 5);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { canonicalJson } from "../../agent/protocol/canonical-json.js";
 import { batches } from "../../agent/reconcile/apply-steps.js";
@@ -180,6 +181,18 @@ describe("plan", () => {
     const a = specHash(doc({ web }).services.web!, D1);
     const b = specHash(doc({ web }).services.web!, D2);
     expect(containerName("web", a)).not.toBe(containerName("web", b));
+  });
+
+  it("hashes a service that leaves init off as before init existed, so an agent upgrade replaces nothing", () => {
+    const spec = doc({ web }).services.web!;
+    expect(spec.init).toBe(false);
+    const { init: _added, ...before } = spec;
+    const hashBefore = createHash("sha256")
+      .update(canonicalJson({ spec: before, imageDigest: D1 }))
+      .digest("hex");
+    expect(specHash(spec, D1)).toBe(hashBefore);
+    // Turning it on is a change of spec: the container is replaced.
+    expect(specHash(doc({ web: { ...web, init: true } }).services.web!, D1)).not.toBe(hashBefore);
   });
 
   it("hashes specs canonically, whatever the key order", () => {
