@@ -88,9 +88,10 @@ describe("layer names and media types", () => {
   ])("reads %s as %s", (mediaType, kind) => {
     expect(layerCompression(mediaType)).toBe(kind);
   });
-  it("says plainly that zstd layers are not supported", () => {
-    expect(() => layerCompression("application/vnd.oci.image.layer.v1.tar+zstd")).toThrow(
-      /zstd layers are not supported/,
+  it("reads zstd layers, and says plainly which media types it does not know", () => {
+    expect(layerCompression("application/vnd.oci.image.layer.v1.tar+zstd")).toBe("zstd");
+    expect(() => layerCompression("application/vnd.oci.image.layer.v1.tar+lzma")).toThrow(
+      /layer media type application\/vnd.oci.image.layer.v1.tar\+lzma is not one fleetlet knows how to unpack/,
     );
   });
 });
