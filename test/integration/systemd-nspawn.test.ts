@@ -16,8 +16,8 @@
  * The limits themselves are shown outside nspawn (limits.test.ts).
  *
  * Cold, the guest's root filesystem is debootstrapped first (1m19s here;
- * scripts/bootstrap.sh does it once beforehand); warm, the file takes about a
- * minute, most of it the two boots and the bundle build.
+ * scripts/bootstrap.sh does it once beforehand); warm, the file takes about
+ * 45 s, most of it the bundle's build and the two boots.
  */
 import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
