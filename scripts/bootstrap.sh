@@ -16,8 +16,10 @@ fi
 # shim's seccomp programs (the shim itself links no libseccomp); docker-registry, skopeo, umoci, apache2-utils
 # (htpasswd), openssl: the test registry and the images pushed to it by other tools; chromium: renders the status page;
 # mosquitto, mosquitto-clients: the test MQTT broker and mosquitto_passwd; g++-aarch64-linux-gnu
-# (with the aarch64 static libc) and qemu-user-static: the arm64 release bundle, built and run in its test.
-PACKAGES="busybox-static crun runc hyperfine g++ make python3 libseccomp-dev docker-registry skopeo umoci apache2-utils openssl chromium mosquitto mosquitto-clients g++-aarch64-linux-gnu qemu-user-static"
+# (with the aarch64 static libc) and qemu-user-static: the arm64 release bundle, built and run in its test;
+# debootstrap and systemd-container (systemd-nspawn): the Debian guest with systemd as PID 1 that the
+# release bundle's unit is tested in (test/integration/systemd-nspawn.test.ts).
+PACKAGES="busybox-static crun runc hyperfine g++ make python3 libseccomp-dev docker-registry skopeo umoci apache2-utils openssl chromium mosquitto mosquitto-clients g++-aarch64-linux-gnu qemu-user-static debootstrap systemd-container"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -43,3 +45,7 @@ if stale_native; then
 fi
 npx tsc -p tsconfig.build.json
 npx tsc -p tsconfig.tools.json
+
+# The guest's root filesystem, debootstrapped once (about 1m20s cold) and cached under
+# /var/cache/fleetlet-test/, so the test that boots it does not wait for the mirror.
+sh scripts/nspawn-rootfs.sh >/dev/null

@@ -28,6 +28,8 @@ export interface CgroupPlan extends ContainerCgroups {
 
 export class Cgroups {
   private controllersEnabled = false;
+  /** v2: the controllers the hierarchy root offers (read when they are enabled). */
+  private available: string[] = [];
 
   constructor(
     private readonly layout: CgroupLayout,
@@ -63,19 +65,13 @@ export class Cgroups {
   plan(id: string, limits: Limits): CgroupPlan {
     const groups = this.locate(id);
     if (this.layout.mode === "v2") this.enableControllers();
-    const parents = new Set([...groups.dirs.values()].map((d) => dirname(d)));
-    for (const dir of parents) {
-      try {
-        mkdirSync(dir, { recursive: true });
-      } catch (err) {
-        throw new FleetError("E_CGROUP", `create cgroup ${dir}: ${(err as Error).message}`, { cause: err });
-      }
-    }
+    for (const [hierarchy, dir] of groups.dirs) createParent(dirname(dir), hierarchy);
     const all = [...limitWrites(this.layout.mode, limits), ...deviceWrites(this.layout.mode)];
     const writes = all.map((w) => {
       const dir = groups.dirs.get(w.hierarchy);
       if (!dir)
         throw new FleetError("E_CGROUP", `cannot apply ${w.file}: the ${w.hierarchy} cgroup controller is not mounted`);
+      if (this.layout.mode === "v2") this.requireDelegated(w.file);
       return { file: join(dir, w.file), value: w.value, optional: w.optional ?? false };
     });
     return { ...groups, writes, devices: this.devicePlan(groups) };
@@ -89,11 +85,31 @@ export class Cgroups {
     return { dir, rules: [...DEFAULT_DEVICE_RULES] };
   }
 
+  /**
+   * v2: a limit needs its controller (the file's prefix: memory, cpu, pids) in
+   * the hierarchy root's cgroup.controllers. Without it the file does not
+   * exist, and the shim's ENOENT would not say why: the controller is bound
+   * to a v1 hierarchy, or whoever gave this agent its cgroup namespace (a
+   * container manager, systemd-nspawn) delegated none.
+   */
+  private requireDelegated(file: string): void {
+    const controller = file.slice(0, file.indexOf("."));
+    if (!["memory", "cpu", "pids"].includes(controller) || this.available.includes(controller)) return;
+    const root = this.layout.unified!;
+    throw new FleetError(
+      "E_CGROUP",
+      `cannot apply ${file}: the ${controller} controller is not available in the cgroup2 hierarchy ${root} ` +
+        `(its cgroup.controllers lists ${this.available.length ? this.available.join(", ") : "none"}): ` +
+        "it is bound to a cgroup v1 hierarchy or was not delegated to this system, so that limit cannot be set here",
+    );
+  }
+
   /** v2 only: let the parent hand memory, cpu and pids down to containers. */
   private enableControllers(): void {
     if (this.controllersEnabled) return;
     const root = this.layout.unified!;
-    const available = readFileSync(join(root, "cgroup.controllers"), "utf8").trim().split(/\s+/);
+    const available = readFileSync(join(root, "cgroup.controllers"), "utf8").trim().split(/\s+/).filter(Boolean);
+    this.available = available;
     const wanted = ["memory", "cpu", "pids"].filter((c) => available.includes(c));
     const parentDir = join(root, this.parent);
     mkdirSync(parentDir, { recursive: true });
@@ -151,6 +167,29 @@ export class Cgroups {
         }
       }
     }
+  }
+}
+
+/**
+ * Creates a hierarchy's parent of the containers' cgroups. A read-only
+ * hierarchy is what a system without cgroup delegation sees (systemd-nspawn
+ * mounts the v1 controllers read-only in its guests): the error says so
+ * rather than a bare EROFS, since no container can start there.
+ */
+function createParent(dir: string, hierarchy: string): void {
+  try {
+    // Not recursive: the parent sits right under the hierarchy's mount point, and Node's recursive
+    // mkdir reports a read-only file system as ENOENT.
+    mkdirSync(dir);
+  } catch (err) {
+    if (isErrno(err, "EEXIST")) return;
+    const why = isErrno(err, "EROFS")
+      ? `the ${hierarchy} cgroup hierarchy is mounted read-only, so this system was not delegated its cgroups ` +
+        "(as in a systemd-nspawn guest on a cgroup v1 or hybrid host): fleetlet cannot create container cgroups " +
+        "for limits and device rules here; run it where the cgroup hierarchies are writable " +
+        "(on the host, or in a guest booted on the unified cgroup2 hierarchy)"
+      : (err as Error).message;
+    throw new FleetError("E_CGROUP", `create cgroup ${dir}: ${why}`, { cause: err });
   }
 }
 
