@@ -155,8 +155,6 @@ beforeAll(async () => {
       mqtt: { url: broker.url, insecure: true },
       registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
       api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "api.sock") },
-      // Slow enough that a download can be cut; a bundle is some tens of MiB.
-      pull: { maxRateBytesPerSec: "8M" },
       agentUpdate: { commitWithinMs: COMMIT_WITHIN_MS },
     }),
   );
@@ -247,6 +245,13 @@ describe("agent self-update through the fleet", () => {
   }, 180_000);
 
   it("commits v4 although the agent is killed while downloading it and again after the switch", async () => {
+    // A download slow enough to be cut (a bundle is some tens of MiB): the config's cap, read by a restarted agent.
+    const config = JSON.parse(readFileSync(configFile, "utf8"));
+    writeFileSync(configFile, JSON.stringify({ ...config, pull: { maxRateBytesPerSec: "8M" } }));
+    const announced = () => supervisor.log.match(/^fleetlet agent \S+: device /gm)?.length ?? 0;
+    const before = announced();
+    process.kill(supervisor.pid, "SIGKILL");
+    await waitFor("the agent restarted with the cap", () => announced() > before, waitOpts());
     publish(V4);
     const ingest = join(root, "ingest");
     await waitFor(
