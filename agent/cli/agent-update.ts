@@ -26,6 +26,7 @@ import {
   type AgentUpdateState,
   clearUpdateState,
   pointLink,
+  pruneVersions,
   readUpdateState,
   writeUpdateState,
 } from "../system/agent-install.js";
@@ -85,13 +86,15 @@ export class AgentUpdater {
     const reported = this.deps.agent.reported().generation;
     const missing = !this.deps.connected()
       ? "it was not connected to the broker"
-      : reported !== state.generation
-        ? `it reported generation ${reported}, not ${state.generation}`
+      : reported === null || reported < state.generation
+        ? `it reported generation ${reported}, not ${state.generation} or newer`
         : undefined;
     const { prefix } = this.deps.install!;
     if (missing === undefined) {
+      // Pruned first: once the state is gone the update is done, and the test (or an operator) may look.
+      const removed = pruneVersions(prefix, [state.to, state.from]);
       clearUpdateState(prefix);
-      this.deps.log(`agent update: ${state.to} committed`);
+      this.deps.log(`agent update: ${state.to} committed${removed.length ? `; removed ${removed.join(", ")}` : ""}`);
       this.settled(); // a newer document may name another version already
       return;
     }

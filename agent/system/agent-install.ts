@@ -8,7 +8,17 @@
  * rewrite it with sed; every write is a rename, so a power cut leaves the old
  * file or the new one, never half of one.
  */
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  fsyncSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join } from "node:path";
 import { FleetError } from "../errors.js";
 
@@ -42,6 +52,8 @@ export interface AgentUpdateState {
   /** Seconds a start of `to` has to commit in: agentUpdate.commitWithinMs, rounded up. */
   commitWithinSec: number;
   attempts: number;
+  /** Seconds past the commit window before the launcher's watchdog kills a start (30 unless given). */
+  grace?: number | undefined;
   deadline?: number | undefined;
   reason?: string | undefined;
 }
@@ -84,6 +96,7 @@ export function readUpdateState(prefix: string): AgentUpdateState | undefined {
     generation,
     commitWithinSec: num("commitwithin") ?? 120,
     attempts: num("attempts") ?? 0,
+    grace: num("grace"),
     deadline: num("deadline"),
     reason: fields.get("reason"),
   };
@@ -123,6 +136,7 @@ export function writeUpdateState(prefix: string, s: AgentUpdateState): void {
     `generation=${s.generation}`,
     `commitwithin=${s.commitWithinSec}`,
     `attempts=${s.attempts}`,
+    ...(s.grace !== undefined ? [`grace=${s.grace}`] : []),
     ...(s.deadline !== undefined ? [`deadline=${s.deadline}`] : []),
     ...(s.reason !== undefined ? [`reason=${oneLine(s.reason)}`] : []),
   ];
@@ -142,6 +156,14 @@ export function pointLink(prefix: string, name: "current" | "previous", version:
   symlinkSync(`versions/${version}`, tmp);
   renameSync(tmp, join(prefix, name));
   syncDir(prefix);
+}
+
+/** Removes the versions other than `keep` (and what an interrupted unpack left), as install.sh does after an install. */
+export function pruneVersions(prefix: string, keep: string[]): string[] {
+  const dir = join(prefix, "versions");
+  const removed = readdirSync(dir).filter((v) => !keep.includes(v));
+  for (const v of removed) rmSync(join(dir, v), { recursive: true, force: true });
+  return removed;
 }
 
 /** The launcher the unit runs: PREFIX/current/bin/fleetlet, which resolves `current` at each start. */

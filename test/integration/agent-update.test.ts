@@ -6,7 +6,8 @@
  * is committed; v3, broken (it exits at start), is reverted to v2 by the
  * launcher and reported `rolledBack`; v4 is committed although the agent is
  * killed with SIGKILL while it downloads and again after the switch, before
- * it commits. The container's pid never changes.
+ * it commits; v5, which cannot reach the broker (it is down), reverts
+ * itself to v4 at the end of its window. The container's pid never changes.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import {
@@ -46,7 +47,7 @@ const rootfs = inject("busyboxRootfs");
 const work = mkdtempSync(join(tmpdir(), "fleetlet-agent-update-"));
 const [prefix, etc, units] = [join(work, "opt/fleetlet"), join(work, "etc/fleetlet"), join(work, "units")];
 const version = (n: number) => VERSION.replace(/\d+$/, String(n));
-const [V2, V3, V4] = [version(2), version(3), version(4)];
+const [V2, V3, V4, V5] = [version(2), version(3), version(4), version(5)];
 let reg: RegistryFixture;
 let broker: MosquittoFixture;
 let root: string;
@@ -140,6 +141,7 @@ beforeAll(async () => {
     [V2]: await rebrandBundle(bundle, bundles, V2),
     [V3]: await rebrandBundle(bundle, bundles, V3, { broken: true }),
     [V4]: await rebrandBundle(bundle, bundles, V4),
+    [V5]: await rebrandBundle(bundle, bundles, V5),
   };
   device = { PATH: deviceToolsDir(join(work, "device-bin")) };
   const r = spawnSync(join(bundle, "install.sh"), ["--prefix", prefix, "--config-dir", etc, "--unit-dir", units], {
@@ -282,5 +284,41 @@ describe("agent self-update through the fleet", () => {
     expect(r.services.web?.pid).toBe(pid);
     expect(isSleep(pid)).toBe(true);
     expect(readlinkSync(join(prefix, "previous"))).toBe(`versions/${V2}`);
+    // Only current and previous are kept once v4 is committed: v1 and the broken v3 are gone.
+    expect(readdirSync(join(prefix, "versions")).sort()).toEqual([V2, V4]);
+  }, 240_000);
+
+  it("reverts v5 by itself when it cannot reach the broker within its window", async () => {
+    const config = JSON.parse(readFileSync(configFile, "utf8"));
+    writeFileSync(configFile, JSON.stringify({ ...config, pull: {} }));
+    publish(V5);
+    // The broker goes down as v5 starts (its first start counted), after v4 handed over.
+    await waitFor(
+      "v5 switched in",
+      () => /^attempts=1$/m.test(updateState() ?? "") && currentVersion() === V5,
+      waitOpts(),
+    );
+    broker.kill9();
+    await waitFor(
+      "v5 reverted to v4",
+      () => currentVersion() === V4 && /^state=failed$/m.test(updateState() ?? ""),
+      waitOpts(),
+    );
+    expect(updateState()).toMatch(/^reason=it was not connected to the broker within agentUpdate\.commitWithinMs$/m);
+    await broker.restart();
+    const r = await waitFor(
+      "v4 reporting rolledBack",
+      () => {
+        const l = latest();
+        return l?.generation === 5 && l.phase === "rolledBack" && l.agent.version === V4 ? l : undefined;
+      },
+      waitOpts(),
+    );
+    expect(r.lastError).toMatchObject({
+      code: "E_AGENT_UPDATE_FAILED",
+      message: expect.stringContaining("not connected"),
+    });
+    expect(r.services.web?.pid).toBe(pid);
+    expect(isSleep(pid)).toBe(true);
   }, 240_000);
 });

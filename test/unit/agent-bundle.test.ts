@@ -118,8 +118,8 @@ describe("the install layout and the update state", () => {
   });
 });
 
-/** PREFIX with versions a and b, each a launcher and a "node" that prints its version and exits with `code`. */
-function fakeInstall(codes: { a: number; b: number }): string {
+/** PREFIX with versions a and b, each a launcher and a "node" that prints its version and exits with `code` ("hang": sleeps). */
+function fakeInstall(codes: { a: number; b: number | "hang" }): string {
   const prefix = join(work, `install-${++n}`);
   for (const v of ["a", "b"] as const) {
     const home = join(prefix, "versions", v);
@@ -127,14 +127,17 @@ function fakeInstall(codes: { a: number; b: number }): string {
     mkdirSync(join(home, "node/bin"), { recursive: true });
     copyFileSync(join(REPO, "deploy/launcher.sh"), join(home, "bin/fleetlet"));
     chmodSync(join(home, "bin/fleetlet"), 0o755);
-    writeFileSync(join(home, "node/bin/node"), `#!/bin/sh\necho ${v}\nexit ${codes[v]}\n`, { mode: 0o755 });
+    const body = codes[v] === "hang" ? "exec sleep 1000" : `exit ${codes[v]}`;
+    writeFileSync(join(home, "node/bin/node"), `#!/bin/sh\necho ${v}\n${body}\n`, { mode: 0o755 });
   }
   pointLink(prefix, "current", "b");
   pointLink(prefix, "previous", "a");
   return prefix;
 }
 
-const launch = (prefix: string) => spawnSync(join(prefix, "current/bin/fleetlet"), ["agent"], { encoding: "utf8" });
+// A hang the watchdog failed to end would end here, by SIGTERM, and fail the test.
+const launch = (prefix: string) =>
+  spawnSync(join(prefix, "current/bin/fleetlet"), ["agent"], { encoding: "utf8", timeout: 60_000 });
 const pending = { state: "pending", from: "a", to: "b", deployment: "d", generation: 3, commitWithinSec: 1 } as const;
 
 describe("the launcher (deploy/launcher.sh)", () => {
@@ -148,6 +151,15 @@ describe("the launcher (deploy/launcher.sh)", () => {
     expect(launch(prefix)).toMatchObject({ status: 0, stdout: "a\n" });
     expect(readlinkSync(join(prefix, "current"))).toBe("versions/a");
     expect(readUpdateState(prefix)).toMatchObject({ state: "failed", reason: expect.stringMatching(/crash loop/) });
+  });
+
+  it("kills a start that hangs past its deadline, and the next start reverts it", () => {
+    const prefix = fakeInstall({ a: 0, b: "hang" });
+    writeUpdateState(prefix, { ...pending, attempts: 0, grace: 0 });
+    const hung = launch(prefix);
+    expect(hung).toMatchObject({ signal: "SIGKILL", stdout: "b\n" });
+    expect(launch(prefix).stdout).toBe("a\n");
+    expect(readUpdateState(prefix)).toMatchObject({ state: "failed", reason: expect.stringMatching(/hung/) });
   });
 
   it("reverts a start that comes after the last one's deadline (a hang), and leaves a committed version alone", () => {
