@@ -97,6 +97,7 @@ async function startUpdater(
     agent,
     install: agentInstallOf(process.execPath),
     desired: () => store.db.data.desired ?? undefined,
+    event: (e) => session()?.publishEvent(e),
     changed: () => session()?.publishReported(agent.reported()),
     connected: () => session()?.connected === true,
     handOver,

@@ -39,6 +39,8 @@ export interface AgentUpdaterDeps {
   install: AgentInstall | undefined;
   /** The document the agent follows. */
   desired: () => DesiredState | undefined;
+  /** An `agentUpdate` event for the events topic. */
+  event: (e: { type: "agentUpdate"; stage: string; [k: string]: unknown }) => void;
   /** The reported state changed (the agent's phase or lastError). */
   changed: () => void;
   /** Whether the broker is connected now. */
@@ -64,8 +66,10 @@ export class AgentUpdater {
     const { install } = this.deps;
     if (!install) return;
     const state = readUpdateState(install.prefix);
-    if (state?.state === "failed") this.failed = state;
-    else if (state?.state === "pending" && state.to === install.version) {
+    if (state?.state === "failed") {
+      this.failed = state;
+      this.deps.event({ type: "agentUpdate", stage: "reverted", from: state.to, to: state.from, reason: state.reason });
+    } else if (state?.state === "pending" && state.to === install.version) {
       const at = new Date().toISOString();
       this.deps.log(`agent update: ${state.to} on trial (start ${state.attempts}); containers adopted at ${at}`);
       this.trial = setTimeout(() => this.judge(state), commitWithinMs);
@@ -95,6 +99,7 @@ export class AgentUpdater {
       const removed = pruneVersions(prefix, [state.to, state.from]);
       clearUpdateState(prefix);
       this.deps.log(`agent update: ${state.to} committed${removed.length ? `; removed ${removed.join(", ")}` : ""}`);
+      this.deps.event({ type: "agentUpdate", stage: "committed", from: state.from, to: state.to });
       this.settled(); // a newer document may name another version already
       return;
     }
@@ -125,6 +130,13 @@ export class AgentUpdater {
       this.busy = false;
       const e = err instanceof FleetError ? err : new FleetError("E_AGENT_UPDATE_FAILED", String(err));
       this.deps.log(`agent update to ${doc.agent?.version} failed: ${e.message} [${e.code}]`);
+      this.deps.event({
+        type: "agentUpdate",
+        stage: "failed",
+        to: doc.agent?.version,
+        code: e.code,
+        message: e.message,
+      });
       agent.lastError = {
         code: "E_AGENT_UPDATE_FAILED",
         message: `agent update to ${doc.agent?.version}: ${e.message}`,
@@ -136,6 +148,7 @@ export class AgentUpdater {
   private async update(doc: DesiredState, install: AgentInstall): Promise<void> {
     const target = doc.agent!;
     this.deps.log(`agent update: ${install.version} → ${target.version} from ${target.image}`);
+    this.deps.event({ type: "agentUpdate", stage: "downloading", from: install.version, to: target.version });
     const record = await this.deps.ctx.pull(target.image, { unpack: false, quiet: true });
     const layer = record.layers[0];
     if (record.layers.length !== 1 || layer?.mediaType !== AGENT_BUNDLE_MEDIA)
@@ -163,6 +176,7 @@ export class AgentUpdater {
     writeUpdateState(install.prefix, pending);
     pointLink(install.prefix, "previous", install.version);
     pointLink(install.prefix, "current", target.version);
+    this.deps.event({ type: "agentUpdate", stage: "switching", from: install.version, to: target.version });
     this.deps.handOver(`agent update: handing over to ${target.version}`);
   }
 }

@@ -56,6 +56,7 @@ let operator: mqtt.MqttClient;
 let configFile: string;
 const images: Record<string, string> = {};
 const reports: ReportedState[] = [];
+const updateEvents: { stage: string; from?: string; to?: string }[] = [];
 let generation = 0;
 
 /** systemd's part: runs the unit's ExecStart, and again 300 ms after each exit, until stopped. */
@@ -171,9 +172,12 @@ beforeAll(async () => {
   root = freshRoot();
   operator = mqtt.connect(broker.url, { clientId: "operator-agent-update" });
   await new Promise((resolve) => operator.once("connect", resolve));
-  await operator.subscribeAsync(`fleet/devices/${DEVICE}/reported`, { qos: 1 });
-  operator.on("message", (_topic, payload) => {
-    if (payload.length) reports.push(JSON.parse(payload.toString()));
+  await operator.subscribeAsync([`fleet/devices/${DEVICE}/reported`, `fleet/devices/${DEVICE}/events`], { qos: 1 });
+  operator.on("message", (topic, payload) => {
+    if (!payload.length) return;
+    const doc = JSON.parse(payload.toString());
+    if (topic.endsWith("/reported")) reports.push(doc);
+    else if (doc.type === "agentUpdate") updateEvents.push(doc);
   });
 }, BUILD_TIMEOUT_MS);
 
@@ -220,6 +224,11 @@ describe("agent self-update through the fleet", () => {
       `agent update v1 → v2: publish to committed ${(ms / 1000).toFixed(1)} s (commitWithinMs ${COMMIT_WITHIN_MS}); containers unsupervised for ${adopted - detached} ms`,
     );
     expect(adopted).toBeGreaterThanOrEqual(detached);
+    await waitFor("the committed event", () => updateEvents.some((e) => e.stage === "committed"), waitOpts());
+    expect(updateEvents.filter((e) => e.stage !== "switching")).toMatchObject([
+      { stage: "downloading", from: VERSION, to: V2 },
+      { stage: "committed", from: VERSION, to: V2 },
+    ]);
   }, 180_000);
 
   it("reverts broken v3 to v2 by itself, reports rolledBack, and does not try v3 again", async () => {
@@ -233,6 +242,7 @@ describe("agent self-update through the fleet", () => {
       waitOpts(),
     );
     expect(r.lastError?.code).toBe("E_AGENT_UPDATE_FAILED");
+    expect(updateEvents).toContainEqual(expect.objectContaining({ stage: "reverted", from: V3, to: V2 }));
     expect(r.lastError?.message).toMatch(new RegExp(`agent ${V3.replaceAll(".", "\\.")} was reverted to .*crash loop`));
     expect(currentVersion()).toBe(V2);
     expect(updateState()).toMatch(/^state=failed$/m);

@@ -267,6 +267,15 @@ describe("a document's notAfter and signature at intake", () => {
     expect(intake(base, { keys: [], policy: policyOf() })).toMatchObject({ kind: "apply", signed: false });
   });
 
+  it("holds a document carrying agent to the same signature rules: signed whole, refused when the agent is swapped or unsigned", () => {
+    const agent = { version: "0.3.0", image: `${REG}/fleetlet/agent@sha256:${"b".repeat(64)}` };
+    const signed = signDocument({ ...base, agent }, privateKey) as typeof base & { agent: typeof agent };
+    expect(intake(signed, { now: at })).toMatchObject({ kind: "apply", signed: true, doc: { agent } });
+    const swapped = { ...signed, agent: { ...agent, image: `${REG}/fleetlet/agent@sha256:${"c".repeat(64)}` } };
+    expect(() => intake(swapped, { now: at })).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE" }));
+    expect(() => intake({ ...base, agent }, { now: at })).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE" }));
+  });
+
   it("checks the policy after the signature, so a signed document is still held to the device's limits", () => {
     const signed = signDocument({ ...base, services: { web: { image: `${REG}/a/b:1`, network: "host" } } }, privateKey);
     expect(() => intake(signed)).toThrow(
