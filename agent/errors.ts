@@ -50,6 +50,7 @@ export type ErrorCode =
   | "E_METHOD_NOT_ALLOWED"
   | "E_HOST_NOT_ALLOWED"
   | "E_API_UNAVAILABLE"
+  | "E_AGENT_UPDATE_FAILED"
   | "E_INTERNAL";
 
 export class FleetError extends Error {

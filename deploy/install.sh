@@ -157,6 +157,9 @@ switch_current() {
     point previous "$old"
   fi
   point current "versions/$VERSION"
+  # An agent self-update left pending or failed (PREFIX/agent-update, read by
+  # the launcher) is about versions this install has just replaced: drop it.
+  run rm -f "$PREFIX/agent-update" "$PREFIX/agent-update.new"
 }
 
 # Keeps current and previous; removes other versions and what an interrupted run left.
@@ -283,7 +286,7 @@ uninstall() {
   [ "$PURGE" = 0 ] || remove_containers
   [ ! -f "$UNIT" ] || run rm -f "$UNIT"
   [ "$SYSTEMD" = 0 ] || run systemctl daemon-reload
-  for entry in current previous current.new previous.new versions; do
+  for entry in current previous current.new previous.new agent-update agent-update.new versions; do
     if [ -e "$PREFIX/$entry" ] || [ -L "$PREFIX/$entry" ]; then run rm -rf "$PREFIX/$entry"; fi
   done
   remove_checkout_install

@@ -8,4 +8,52 @@
 set -eu
 self=$(readlink -f -- "$0")
 home=${self%/bin/*}
+prefix=${home%/versions/*}
+update=$prefix/agent-update
+# Agent self-update (agent/system/agent-install.ts writes PREFIX/agent-update;
+# docs/contract.md, "Agent self-update"). While the version this launcher
+# belongs to is on trial (state=pending, to=<this version>), each start is
+# counted and given a deadline (its commit window plus `grace`, 30 s unless the
+# file says); the start after 3 uncommitted ones, or after
+# a deadline has passed (the agent hung, or was restarted after its window),
+# points `current` back at the version it replaced and runs that instead. A
+# watchdog kills a start that is still uncommitted past its deadline, so a
+# hung agent is restarted (Restart=always) and then reverted. Only here and
+# for the agent: the reverted agent reads state=failed and reports it.
+field() { sed -n "s/^$1=//p" "$update"; }
+if [ "${self##*/}" = fleetlet ] && [ "$prefix" != "$home" ] && [ -f "$update" ] &&
+  [ "$(field state)" = pending ] && [ "$(field to)" = "${home##*/}" ]; then
+  attempts=$(field attempts)
+  deadline=$(field deadline)
+  now=$(date +%s)
+  reason=""
+  if [ "${attempts:-0}" -ge 3 ]; then
+    reason="it was started $attempts times without committing (a crash loop)"
+  elif [ -n "$deadline" ] && [ "$now" -gt "$deadline" ]; then
+    reason="it did not commit within agentUpdate.commitWithinMs (it hung, or was stopped before)"
+  fi
+  if [ -n "$reason" ]; then
+    from=$(field from)
+    ln -sfn "versions/$from" "$prefix/current.new" && mv -T "$prefix/current.new" "$prefix/current"
+    { sed '/^state=/d;/^reason=/d' "$update" && printf 'state=failed\nreason=%s\n' "$reason"; } >"$update.new"
+    mv "$update.new" "$update"
+    exec "$prefix/versions/$from/bin/fleetlet" "$@"
+  fi
+  attempts=$((${attempts:-0} + 1))
+  grace=$(field grace)
+  deadline=$((now + $(field commitwithin) + ${grace:-30}))
+  { sed '/^attempts=/d;/^deadline=/d' "$update" && printf 'attempts=%s\ndeadline=%s\n' "$attempts" "$deadline"; } >"$update.new"
+  mv "$update.new" "$update"
+  # The process is named by its pid and its start time, which an exec keeps: a reused pid is never killed.
+  started() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+  pid=$$
+  since=$(started "$pid")
+  # Twice forked, so that init (not the agent) reaps it; it outlives this exec.
+  ( (
+    sleep $((deadline - now + 1))
+    if [ "$(field state)" = pending ] && [ "$(field attempts)" = "$attempts" ] && [ "$(started "$pid")" = "$since" ]; then
+      kill -9 "$pid"
+    fi
+  ) </dev/null >/dev/null 2>&1 &)
+fi
 exec "$home/node/bin/node" "$home/lib/${self##*/}.js" "$@"

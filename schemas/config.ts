@@ -17,6 +17,13 @@ export const DEFAULT_CONFIG_PATH = "/etc/fleetlet/config.json";
  */
 export const DEFAULT_MQTT_KEEPALIVE_SEC = 300;
 
+/**
+ * How long a new agent version must stay up (having adopted the containers,
+ * reached the broker and reported the document's generation) before it is
+ * committed; the launcher reverts to the previous version otherwise.
+ */
+export const DEFAULT_AGENT_COMMIT_WITHIN_MS = 120_000;
+
 const registry = z.object({
   username: z.string().optional(),
   password: z.string().optional(),
@@ -62,6 +69,11 @@ export const deviceConfig = z
       })
       .default({ maxRateBytesPerSec: 0, concurrency: 3 }),
     policy: devicePolicy.default(devicePolicy.parse({})),
+    agentUpdate: z
+      .object({
+        commitWithinMs: z.number().int().min(1000).default(DEFAULT_AGENT_COMMIT_WITHIN_MS),
+      })
+      .default({ commitWithinMs: DEFAULT_AGENT_COMMIT_WITHIN_MS }),
   })
   .superRefine((config, ctx) => {
     // Turning a protection off is a named setting, never what a URL happens to say.

@@ -51,6 +51,15 @@ export const serviceSpec = z.object({
 });
 export type ServiceSpec = z.output<typeof serviceSpec>;
 
+/** `agent`: a release version (as a bundle's RELEASE names it) and the index `fleetctl push-agent` pushed, by digest. */
+export const agentTarget = z.object({
+  version: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$/, "expected a release version such as 0.3.0"),
+  image: z
+    .string()
+    .regex(/@sha256:[a-f0-9]{64}$/, "expected a reference pinned by digest (registry/repository@sha256:…)"),
+});
+export type AgentTarget = z.output<typeof agentTarget>;
+
 export const desiredState = z.object({
   apiVersion: z.literal("fleetlet/v1", { error: 'expected "fleetlet/v1"' }),
   deployment: z.string().min(1).max(200),
@@ -79,6 +88,8 @@ export const desiredState = z.object({
   notAfter: z.iso
     .datetime({ offset: true, error: "expected an RFC 3339 time such as 2026-01-31T12:00:00Z" })
     .optional(),
+  /** The agent version the device should run, and the OCI artifact its bundle comes from (`fleetctl push-agent`). */
+  agent: agentTarget.optional(),
   signature: z.string().optional(),
 });
 export type DesiredState = z.output<typeof desiredState>;

@@ -9,9 +9,11 @@ import { relaxedSettings } from "../config/relaxed-settings.js";
 import { FleetError } from "../errors.js";
 import type { Agent } from "../reconcile/agent.js";
 import { desiredHandler } from "../reconcile/desired-sources.js";
+import { agentInstallOf, currentLauncher } from "../system/agent-install.js";
 import { loadNative } from "../system/native.js";
 import { MqttSession } from "../transport/mqtt-session.js";
 import { createAgent } from "./agent-commands.js";
+import { AgentUpdater } from "./agent-update.js";
 import type { ParsedArgs } from "./args.js";
 import type { CliContext } from "./context.js";
 import { StatusEndpoint } from "./status-endpoint.js";
@@ -75,11 +77,45 @@ function announce(ctx: CliContext, agent: Agent, session: MqttSession | undefine
   );
 }
 
+/** Re-executes this process (same pid) through PREFIX/current/bin/fleetlet, with the arguments it was started with. */
+function reexecute(prefix: string): never {
+  const launcher = currentLauncher(prefix);
+  const env = Object.entries(process.env).map(([k, v]) => `${k}=${v}`);
+  return loadNative().core.execve(launcher, [launcher, ...process.argv.slice(2)], env);
+}
+
+/** The self-update, once the containers are adopted and the broker tried (agent-update.ts). */
+async function startUpdater(
+  ctx: CliContext,
+  agent: Agent,
+  session: () => MqttSession | undefined,
+  handOver: (why: string) => void,
+): Promise<AgentUpdater> {
+  const store = await ctx.store();
+  const updater = new AgentUpdater({
+    ctx,
+    agent,
+    install: agentInstallOf(process.execPath),
+    desired: () => store.db.data.desired ?? undefined,
+    event: (e) => session()?.publishEvent(e),
+    changed: () => session()?.publishReported(agent.reported()),
+    connected: () => session()?.connected === true,
+    handOver,
+    log: (line) => process.stderr.write(`fleetlet: ${line}\n`),
+  });
+  updater.start(ctx.config.agentUpdate.commitWithinMs);
+  // The stored document's apply may have settled before the updater was there to hear it.
+  void agent.idle().then(() => updater.settled());
+  return updater;
+}
+
 export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Promise<number> {
   // Listened for from the start: a stop during start-up must not kill the agent by the signal's default action.
-  const stopRequested = new Promise<void>((resolve) => {
-    process.once("SIGTERM", () => resolve());
-    process.once("SIGINT", () => resolve());
+  let handOver: (why: string) => void = () => {};
+  const stopRequested = new Promise<string | undefined>((resolve) => {
+    process.once("SIGTERM", () => resolve(undefined));
+    process.once("SIGINT", () => resolve(undefined));
+    handOver = resolve;
   });
   const { config } = ctx;
   if (!config.deviceId)
@@ -90,11 +126,15 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
   const heartbeatMs = Number(options.heartbeat ?? 30) * 1000;
   let session: MqttSession | undefined;
   let endpoint: StatusEndpoint | undefined;
+  let updater: AgentUpdater | undefined;
   const reported = () => endpoint?.reported() ?? agent.reported();
   const agent: Agent = await createAgent(
     ctx,
     (e) => session?.publishEvent(e),
-    (settled) => session?.publishReported(reported(), { settled }),
+    (settled) => {
+      if (settled) updater?.settled();
+      session?.publishReported(reported(), { settled });
+    },
   );
   endpoint = new StatusEndpoint(agent, {
     changed: () => session?.publishReported(reported()),
@@ -106,14 +146,20 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
   await endpoint.start(config);
   await agent.reattach();
   session = session && (await connectSession(session, agent));
+  updater = await startUpdater(ctx, agent, () => session, handOver);
   session?.publishReported(reported());
   const heartbeat = setInterval(() => session?.publishReported(reported()), heartbeatMs);
   announce(ctx, agent, session, endpoint);
-  await stopRequested;
+  const handingOver = await stopRequested;
   clearInterval(heartbeat);
-  notifySystemd("STOPPING=1");
+  updater.stop();
+  notifySystemd(handingOver ? `STATUS=${handingOver}` : "STOPPING=1");
   await agent.stop();
   await session?.stop();
   await endpoint.close();
+  if (handingOver && updater.install) {
+    process.stderr.write(`fleetlet: ${handingOver}; detached from the containers at ${new Date().toISOString()}\n`);
+    reexecute(updater.install.prefix);
+  }
   return 0;
 }

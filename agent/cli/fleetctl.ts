@@ -1,6 +1,7 @@
 /** `fleetctl`: the operator-side command. */
 import { loadDeviceConfig } from "../config/device-config.js";
 import { FleetError } from "../errors.js";
+import { pushAgent } from "../registry/agent-push.js";
 import { parsePlatform } from "../registry/platform.js";
 import { type LayerCompressionChoice, pushImage } from "../registry/push.js";
 import { ACL_HELP, aclCommand } from "./acl-command.js";
@@ -24,6 +25,9 @@ Commands:
       --compress zstd writes a tar+zstd layer (default gzip);
       --cmd and --entrypoint take one argument each, repeated in order:
       --cmd /bin/httpd --cmd -f
+  push-agent BUNDLE... REF
+      push release bundles (npm run dist; one per architecture, one version)
+      as one OCI index for a desired document's "agent"; prints REF@digest
 
   keygen KEYFILE
       make an ed25519 signing key: the private key goes to KEYFILE (0600),
@@ -98,6 +102,21 @@ async function push(ctx: OperatorContext, { options, positionals }: ParsedArgs):
   return 0;
 }
 
+async function pushAgentCommand(ctx: OperatorContext, { positionals }: ParsedArgs): Promise<number> {
+  if (positionals.length < 2)
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      "push-agent: expected BUNDLE... and REF, e.g. fleetctl push-agent fleetlet-0.3.0-linux-x64.tar.gz fleetlet-0.3.0-linux-arm64.tar.gz registry.local:5000/fleetlet/agent:0.3.0",
+      { exitCode: 2 },
+    );
+  const config = loadDeviceConfig(ctx.configPath);
+  const result = await pushAgent(positionals.slice(0, -1), positionals.at(-1)!, config.registries);
+  for (const b of result.bundles)
+    process.stderr.write(`bundle linux/${b.architecture} ${b.version}: ${b.digest} (${b.size} bytes)\n`);
+  process.stdout.write(`${result.ref}@${result.digest}\n`);
+  return 0;
+}
+
 /** Taken before the command word and anywhere among a command's options (not after `--`). */
 export const FLEETCTL_GLOBALS: OptionSpec[] = [
   { name: "config", type: "string" },
@@ -119,6 +138,7 @@ export const FLEETCTL_COMMANDS: Record<string, Command<OperatorContext>> = {
     ],
     run: push,
   },
+  "push-agent": { options: [], run: pushAgentCommand },
   keygen: keygenCommand,
   deploy: deployCommand,
   rollout: rolloutCommand,

@@ -45,8 +45,7 @@ interface Violation {
   reason: string;
 }
 
-function imageViolation(name: string, image: string, policy: DevicePolicy): Violation | undefined {
-  const path = `services.${name}.image`;
+function imageViolation(path: string, image: string, policy: DevicePolicy): Violation | undefined {
   let registry: string;
   try {
     registry = parseReference(image, path).registry.toLowerCase();
@@ -64,7 +63,7 @@ function imageViolation(name: string, image: string, policy: DevicePolicy): Viol
 
 function serviceViolations(name: string, spec: ServiceSpec, policy: DevicePolicy): Violation[] {
   const out: Violation[] = [];
-  const image = imageViolation(name, spec.image, policy);
+  const image = imageViolation(`services.${name}.image`, spec.image, policy);
   if (image) out.push(image);
   if (spec.network === "host" && !policy.hostNetwork)
     out.push({
@@ -96,6 +95,9 @@ function serviceViolations(name: string, spec: ServiceSpec, policy: DevicePolicy
  */
 export function enforcePolicy(doc: DesiredState, policy: DevicePolicy, source: string): DesiredState {
   const violations = Object.entries(doc.services).flatMap(([name, spec]) => serviceViolations(name, spec, policy));
+  // The agent's own bundle comes from an allowed registry, like any service's image.
+  const agent = doc.agent && imageViolation("agent.image", doc.agent.image, policy);
+  if (agent) violations.push(agent);
   if (violations.length) {
     const code = violations.some((v) => v.code === "E_POLICY") ? "E_POLICY" : "E_INVALID_DESIRED";
     throw new FleetError(code, `${source}: ${violations.map((v) => `${v.path}: ${v.reason}`).join("; ")}`);

@@ -193,7 +193,7 @@ describe("the example config", () => {
   it("shows every field the schema has and none it would silently drop", () => {
     const parsed = deviceConfig.parse(example) as Record<string, unknown>;
     expect(Object.keys(example).sort()).toEqual(Object.keys(deviceConfig.shape).sort());
-    for (const section of ["mqtt", "api", "pull", "policy"] as const) {
+    for (const section of ["mqtt", "api", "pull", "policy", "agentUpdate"] as const) {
       expect(Object.keys(example[section]).sort(), section).toEqual(Object.keys(parsed[section] as object).sort());
     }
     expect(Object.keys(example.mqtt).sort()).toEqual([

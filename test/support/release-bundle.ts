@@ -6,7 +6,7 @@
  */
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -81,6 +81,32 @@ export function manifestOf(dir: string): string {
     .join("");
 }
 
+/**
+ * A copy of the unpacked bundle `dir` as another version (its RELEASE and
+ * package.json say so, its MANIFEST.sha256 is made again), packed as
+ * `out/fleetlet-<version>-linux-<arch>.tar.gz`; `broken` makes its agent
+ * exit with status 3 as soon as it starts. Returns the tarball's path.
+ */
+export async function rebrandBundle(
+  dir: string,
+  out: string,
+  version: string,
+  opts: { arch?: Arch; broken?: boolean } = {},
+): Promise<string> {
+  const name = bundleName(opts.arch ?? "x64", version);
+  const copy = join(out, name);
+  await run("cp", ["-a", dir, copy], { timeoutMs: 120_000 });
+  const rewrite = (file: string, from: RegExp, to: string) =>
+    writeFileSync(join(copy, file), readFileSync(join(copy, file), "utf8").replace(from, to));
+  rewrite("RELEASE", /^version=.*$/m, `version=${version}`);
+  rewrite("package.json", /"version": "[^"]*"/, `"version": "${version}"`);
+  if (opts.broken) writeFileSync(join(copy, "lib/fleetlet.js"), "process.exit(3);\n");
+  writeFileSync(join(copy, "MANIFEST.sha256"), manifestOf(copy));
+  const tarball = join(out, `${name}.tar.gz`);
+  await run("tar", ["-C", out, "-czf", tarball, name], { timeoutMs: 300_000 });
+  return tarball;
+}
+
 /** What install.sh and the launchers run, and nothing else: no node, npm or compiler. */
 const DEVICE_TOOLS = [
   "sh",
@@ -107,6 +133,9 @@ const DEVICE_TOOLS = [
   "cut",
   "cat",
   "sort",
+  // The launcher's agent self-update: its start deadline and its watchdog.
+  "date",
+  "sleep",
 ];
 
 /** A directory of links to DEVICE_TOOLS, to be a whole PATH: a device with no toolchain. */

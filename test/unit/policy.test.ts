@@ -114,6 +114,35 @@ describe("enforcePolicy", () => {
   });
 });
 
+describe("the agent field", () => {
+  const pinned = (registry: string) => `${registry}/fleetlet/agent@sha256:${"a".repeat(64)}`;
+
+  it("refuses an agent bundle from a registry the policy does not allow, naming agent.image", () => {
+    const d = { ...doc({ web: {} }), agent: { version: "0.3.0", image: pinned("evil.example:5000") } };
+    expect(() => check(d)).toThrow(
+      expect.objectContaining({
+        code: "E_POLICY",
+        message:
+          "src: agent.image: registry evil.example:5000 is not allowed by this device's policy (policy.registries: reg.local:5000)",
+      }),
+    );
+  });
+
+  it("accepts an agent bundle from an allowed registry and keeps it in the document", () => {
+    const d = { ...doc({ web: {} }), agent: { version: "0.3.0", image: pinned(REG) } };
+    expect(check(d).agent).toEqual({ version: "0.3.0", image: pinned(REG) });
+  });
+
+  it.each([
+    [{ version: "0.3.0", image: `${REG}/fleetlet/agent:0.3.0` }, "agent.image: expected a reference pinned by digest"],
+    [{ version: "../x", image: pinned(REG) }, "agent.version: expected a release version such as 0.3.0"],
+  ])("refuses %j as a document error naming the field", (agent, message) => {
+    const parsed = desiredState.safeParse({ ...doc({ web: {} }), agent });
+    expect(parsed.success).toBe(false);
+    expect(formatIssues(parsed.error!)).toContain(message);
+  });
+});
+
 describe("the policy's device globs (for services.*.devices, not built yet)", () => {
   it.each([
     ["/dev/ttyUSB0", ["/dev/ttyUSB*"], true],
@@ -236,6 +265,15 @@ describe("a document's notAfter and signature at intake", () => {
       expect.objectContaining({ code: "E_BAD_SIGNATURE", message: expect.stringContaining("trusts no key") }),
     );
     expect(intake(base, { keys: [], policy: policyOf() })).toMatchObject({ kind: "apply", signed: false });
+  });
+
+  it("holds a document carrying agent to the same signature rules: signed whole, refused when the agent is swapped or unsigned", () => {
+    const agent = { version: "0.3.0", image: `${REG}/fleetlet/agent@sha256:${"b".repeat(64)}` };
+    const signed = signDocument({ ...base, agent }, privateKey) as typeof base & { agent: typeof agent };
+    expect(intake(signed, { now: at })).toMatchObject({ kind: "apply", signed: true, doc: { agent } });
+    const swapped = { ...signed, agent: { ...agent, image: `${REG}/fleetlet/agent@sha256:${"c".repeat(64)}` } };
+    expect(() => intake(swapped, { now: at })).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE" }));
+    expect(() => intake({ ...base, agent }, { now: at })).toThrow(expect.objectContaining({ code: "E_BAD_SIGNATURE" }));
   });
 
   it("checks the policy after the signature, so a signed document is still held to the device's limits", () => {
