@@ -7,6 +7,7 @@
 import type { DeviceConfig } from "../../schemas/config.js";
 import { relaxedSettings } from "../config/relaxed-settings.js";
 import { FleetError } from "../errors.js";
+import { reportedChangeKey } from "../protocol/reported-change.js";
 import type { Agent } from "../reconcile/agent.js";
 import { desiredHandler } from "../reconcile/desired-sources.js";
 import { loadNative } from "../system/native.js";
@@ -34,6 +35,7 @@ function newSession(config: DeviceConfig, agent: Agent): MqttSession | undefined
     groups: config.groups,
     mqtt: config.mqtt,
     agentVersion: fleetletVersion(),
+    reportedChangeKey,
     onDesired: desiredHandler(agent, config.groups, config.mqtt.prefix),
   });
 }
@@ -75,6 +77,18 @@ function announce(ctx: CliContext, agent: Agent, session: MqttSession | undefine
   );
 }
 
+/** `--heartbeat SECONDS`: republish the reported doc this often even unchanged; undefined (the default) for never. */
+function heartbeatInterval(option: unknown): number | undefined {
+  if (option === undefined) return undefined;
+  const seconds = Number(option);
+  if (!Number.isFinite(seconds) || seconds < 1)
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `--heartbeat ${String(option)}: give a number of seconds (1 or more), or leave it out for no heartbeat`,
+    );
+  return seconds * 1000;
+}
+
 export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Promise<number> {
   // Listened for from the start: a stop during start-up must not kill the agent by the signal's default action.
   const stopRequested = new Promise<void>((resolve) => {
@@ -87,14 +101,20 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
       "E_INVALID_CONFIG",
       "deviceId: the agent needs a device id (in the config file or FLEETLET_DEVICE_ID)",
     );
-  const heartbeatMs = Number(options.heartbeat ?? 30) * 1000;
+  const heartbeatMs = heartbeatInterval(options.heartbeat);
   let session: MqttSession | undefined;
   let endpoint: StatusEndpoint | undefined;
   const reported = () => endpoint?.reported() ?? agent.reported();
+  // Only a move into a settled phase (an apply's outcome) goes out at once; other changes are coalesced.
+  let lastPhase: string | undefined;
   const agent: Agent = await createAgent(
     ctx,
     (e) => session?.publishEvent(e),
-    (settled) => session?.publishReported(reported(), { settled }),
+    (settled) => {
+      const doc = reported();
+      session?.publishReported(doc, { settled: settled && doc.phase !== lastPhase });
+      lastPhase = doc.phase;
+    },
   );
   endpoint = new StatusEndpoint(agent, {
     changed: () => session?.publishReported(reported()),
@@ -106,8 +126,12 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
   await endpoint.start(config);
   await agent.reattach();
   session = session && (await connectSession(session, agent));
-  session?.publishReported(reported());
-  const heartbeat = setInterval(() => session?.publishReported(reported()), heartbeatMs);
+  session?.publishReported(reported(), { settled: true });
+  // Off by default: the reported doc goes out when it changes, liveness is the keepalive's and the will's.
+  const heartbeat =
+    heartbeatMs === undefined
+      ? undefined
+      : setInterval(() => session?.publishReported(reported(), { force: true }), heartbeatMs);
   announce(ctx, agent, session, endpoint);
   await stopRequested;
   clearInterval(heartbeat);
