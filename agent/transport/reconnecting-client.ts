@@ -165,6 +165,8 @@ export class ReconnectingClient {
       reconnectPeriod: 0,
       manualConnect: true,
       resubscribe: false, // we subscribe on every connect ourselves
+      // MQTT 5: a topic is named once per connection, then by a 2-byte alias (about 30 bytes saved per publish).
+      autoAssignTopicAlias: true,
       // MQTT.js otherwise builds a Buffer for each of the 65536 packet ids at the first publish: ~6 MiB of heap, for good.
       writeCache: false,
       ...(m.username === undefined ? {} : { username: m.username }),

@@ -149,7 +149,9 @@ describe("an idle agent's MQTT traffic", () => {
       reportWait(),
     );
     await delay(IDLE_MS); // anything that would follow it
+    const [publish] = reportedPublishes(mark);
     expect(reportedPublishes(mark)).toHaveLength(1);
+    expect(publish!.aliased).toBe(true); // the connection named the topic before: a 2-byte MQTT 5 topic alias now
     expect(after.pid).toBeGreaterThan(1);
   });
 
