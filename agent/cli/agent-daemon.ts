@@ -106,14 +106,20 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
   let endpoint: StatusEndpoint | undefined;
   const reported = () => endpoint?.reported() ?? agent.reported();
   // Only a move into a settled phase (an apply's outcome) goes out at once; other changes are coalesced.
+  // A rejection always goes out, even one that repeats the last: it answers a document just published.
   let lastPhase: string | undefined;
+  let rejected = false;
   const agent: Agent = await createAgent(
     ctx,
-    (e) => session?.publishEvent(e),
+    (e) => {
+      rejected ||= e.type === "rejected";
+      session?.publishEvent(e);
+    },
     (settled) => {
       const doc = reported();
-      session?.publishReported(doc, { settled: settled && doc.phase !== lastPhase });
+      session?.publishReported(doc, { settled: settled && doc.phase !== lastPhase, force: rejected });
       lastPhase = doc.phase;
+      rejected = false;
     },
   );
   endpoint = new StatusEndpoint(agent, {

@@ -99,7 +99,7 @@ export class MqttSession {
    * since the doc published last. A change waits reportedMinIntervalMs for
    * the changes that follow it, and the latest doc goes out once; `settled`
    * (an apply reached its outcome) goes out at once. `force` publishes it
-   * even unchanged (the opt-in heartbeat).
+   * at once even unchanged (the opt-in heartbeat).
    */
   publishReported(doc: object, opts: { settled?: boolean; force?: boolean } = {}): void {
     if (this.connection.closed) return;

@@ -92,12 +92,12 @@ export class ReportedPacer {
     return this.pending?.doc;
   }
 
-  /** Takes the latest doc: dropped when it changes nothing (unless `force`d), published at once when `settled`. */
+  /** Takes the latest doc: dropped when it changes nothing (unless `force`d), published at once when `settled` or `force`d. */
   offer(doc: object, settled: boolean, force = false): void {
     const key = this.key(doc);
     if (!force && this.pending === undefined && key === this.sent?.key) return;
     this.pending = { doc, key: force ? undefined : key };
-    if (settled) this.flush();
+    if (settled || force) this.flush();
     else this.timer ??= setTimeout(() => this.opts.guard(() => this.flush()), this.opts.minIntervalMs);
   }
 
