@@ -26,11 +26,9 @@ export function fleetletAsync(root: string, args: string[]) {
 /** `fleetlet agent` as a child process, its stderr drained so it never blocks on a full pipe. */
 export function spawnAgent(root: string, config: string, opts: { heartbeatSeconds?: number } = {}): ChildProcess {
   const heartbeat = opts.heartbeatSeconds === undefined ? [] : ["--heartbeat", String(opts.heartbeatSeconds)];
-  const child = spawn(
-    process.execPath,
-    [FLEETLET_BIN, "--root", root, "--config", config, "agent", ...heartbeat],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
+  const child = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent", ...heartbeat], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
   child.stderr!.resume();
   return child;
 }
