@@ -5,8 +5,10 @@
  * SIGTERM stops watching without stopping them (systemd's KillMode=process).
  */
 import type { DeviceConfig } from "../../schemas/config.js";
+import type { ReportedState } from "../../schemas/reported.js";
 import { relaxedSettings } from "../config/relaxed-settings.js";
 import { FleetError } from "../errors.js";
+import { reportedChangeKey } from "../protocol/reported-change.js";
 import type { Agent } from "../reconcile/agent.js";
 import { desiredHandler } from "../reconcile/desired-sources.js";
 import { agentInstallOf, currentLauncher } from "../system/agent-install.js";
@@ -36,6 +38,7 @@ function newSession(config: DeviceConfig, agent: Agent): MqttSession | undefined
     groups: config.groups,
     mqtt: config.mqtt,
     agentVersion: fleetletVersion(),
+    reportedChangeKey,
     onDesired: desiredHandler(agent, config.groups, config.mqtt.prefix),
   });
 }
@@ -109,6 +112,46 @@ async function startUpdater(
   return updater;
 }
 
+/** `--heartbeat SECONDS`: republish the reported doc this often even unchanged; undefined (the default) for never. */
+function heartbeatInterval(option: unknown): number | undefined {
+  if (option === undefined) return undefined;
+  const seconds = Number(option);
+  if (!Number.isFinite(seconds) || seconds < 1)
+    throw new FleetError(
+      "E_INVALID_ARGUMENT",
+      `--heartbeat ${String(option)}: give a number of seconds (1 or more), or leave it out for no heartbeat`,
+    );
+  return seconds * 1000;
+}
+
+/**
+ * How the agent's changes reach the broker. Only a move into a settled phase
+ * (an apply's outcome) goes out at once; other changes are coalesced. A
+ * rejection always goes out, even one that repeats the last: it answers a
+ * document just published.
+ */
+function brokerReports(get: {
+  session(): MqttSession | undefined;
+  reported(): ReportedState;
+  updater(): AgentUpdater | undefined;
+}) {
+  let lastPhase: string | undefined;
+  let rejected = false;
+  return {
+    event: (e: { type: string }) => {
+      rejected ||= e.type === "rejected";
+      get.session()?.publishEvent(e);
+    },
+    changed: (settled: boolean) => {
+      if (settled) get.updater()?.settled();
+      const doc = get.reported();
+      get.session()?.publishReported(doc, { settled: settled && doc.phase !== lastPhase, force: rejected });
+      lastPhase = doc.phase;
+      rejected = false;
+    },
+  };
+}
+
 export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Promise<number> {
   // Listened for from the start: a stop during start-up must not kill the agent by the signal's default action.
   let handOver: (why: string) => void = () => {};
@@ -123,19 +166,13 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
       "E_INVALID_CONFIG",
       "deviceId: the agent needs a device id (in the config file or FLEETLET_DEVICE_ID)",
     );
-  const heartbeatMs = Number(options.heartbeat ?? 30) * 1000;
+  const heartbeatMs = heartbeatInterval(options.heartbeat);
   let session: MqttSession | undefined;
   let endpoint: StatusEndpoint | undefined;
   let updater: AgentUpdater | undefined;
   const reported = () => endpoint?.reported() ?? agent.reported();
-  const agent: Agent = await createAgent(
-    ctx,
-    (e) => session?.publishEvent(e),
-    (settled) => {
-      if (settled) updater?.settled();
-      session?.publishReported(reported(), { settled });
-    },
-  );
+  const toBroker = brokerReports({ session: () => session, reported, updater: () => updater });
+  const agent: Agent = await createAgent(ctx, toBroker.event, toBroker.changed);
   endpoint = new StatusEndpoint(agent, {
     changed: () => session?.publishReported(reported()),
     event: (e) => session?.publishEvent(e),
@@ -147,8 +184,12 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
   await agent.reattach();
   session = session && (await connectSession(session, agent));
   updater = await startUpdater(ctx, agent, () => session, handOver);
-  session?.publishReported(reported());
-  const heartbeat = setInterval(() => session?.publishReported(reported()), heartbeatMs);
+  session?.publishReported(reported(), { settled: true });
+  // Off by default: the reported doc goes out when it changes, liveness is the keepalive's and the will's.
+  const heartbeat =
+    heartbeatMs === undefined
+      ? undefined
+      : setInterval(() => session?.publishReported(reported(), { force: true }), heartbeatMs);
   announce(ctx, agent, session, endpoint);
   const handingOver = await stopRequested;
   clearInterval(heartbeat);

@@ -18,6 +18,7 @@ function deviceRow(d: DeviceView, now: number): string[] {
     r?.phase ?? "-",
     r ? String(Object.keys(r.services).length) : "-",
     error.length > 60 ? `${error.slice(0, 59)}…` : error,
+    // The reported doc goes out when it changes: its ts is the last change, not a sign of life (ONLINE is).
     r ? ago(r.ts, now) : "",
   ];
 }
@@ -38,7 +39,7 @@ function render(view: FleetView, group: string | undefined, progress: RolloutPro
   const now = Date.now();
   const online = devices.filter((d) => d.online).length;
   return `${progress ? rolloutLine(progress) : ""}${devices.length} device(s)${group ? ` in group ${group}` : ""}, ${online} online\n${formatTable(
-    ["DEVICE", "ONLINE", "DEPLOYMENT", "GEN", "PHASE", "SERVICES", "LAST ERROR", "AGE"],
+    ["DEVICE", "ONLINE", "DEPLOYMENT", "GEN", "PHASE", "SERVICES", "LAST ERROR", "CHANGED"],
     devices.map((d) => deviceRow(d, now)),
   )}`;
 }

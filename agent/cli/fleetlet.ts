@@ -38,7 +38,9 @@ Images:
 
 Agent:
   agent [--heartbeat SECONDS]
-                            the daemon: desired state over MQTT, status endpoint, reattach
+                            the daemon: desired state over MQTT, status endpoint, reattach;
+                            the reported state goes out when it changes, and also every
+                            SECONDS with --heartbeat (off by default)
   status [--json]           the running agent's state, from its status endpoint
   apply FILE                converge on a desired-state document locally, with no broker;
                             exits 0 when converged, non-zero with the reason otherwise

@@ -174,6 +174,8 @@ export class DeviceServices {
       const now = d.services[service];
       if (now) now.restarts = rec.restarts + 1;
     });
+    // Running again, under a new pid and restart count: the reported state goes out only on a change.
+    this.deps.changed();
   }
 
   /** POST /v1/services/<name>/restart. */

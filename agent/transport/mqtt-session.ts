@@ -24,7 +24,9 @@ export interface MqttSessionOptions {
   onDesired: (source: { kind: "device" | "group"; name: string }, payload: Buffer) => void;
   onConnectionChange?: (connected: boolean) => void;
   agentVersion: string;
-  /** Min gap between reported publishes while applying; default 1000 ms. */
+  /** What of a reported doc must change for it to be published again (agent/protocol/reported-change.ts); default: anything. */
+  reportedChangeKey?: (doc: object) => string;
+  /** How long a change of the reported doc waits for the changes that follow it; default 1000 ms. */
   reportedMinIntervalMs?: number;
   /** Events rate limit: at most this many per second, excess dropped except lifecycle events; default 5. */
   eventsPerSecond?: number;
@@ -51,7 +53,7 @@ export class MqttSession {
       mqtt: opts.mqtt,
       log: this.log,
       will: () => this.will(),
-      onConnect: (v5) => this.onConnect(v5),
+      onConnect: (v5, sessionPresent) => this.onConnect(v5, sessionPresent),
       onConnectionChange: (connected) => this.onConnectionChange(connected),
       onMessage: (topic, payload) => this.onMessage(topic, payload),
     });
@@ -61,6 +63,7 @@ export class MqttSession {
       ready: () => this.connection.connected,
       publish: (doc) => this.send("reported", doc, true),
       guard: (work) => this.connection.guard(work),
+      ...(opts.reportedChangeKey ? { changeKey: opts.reportedChangeKey } : {}),
     });
   }
 
@@ -92,14 +95,15 @@ export class MqttSession {
   }
 
   /**
-   * Publishes the latest doc, retained; at most one publish per
-   * reportedMinIntervalMs while it changes, the last doc always going out.
-   * `settled` (an apply reached its outcome) goes out at once: the limit is
-   * for the stream of changes during an apply, not for its result.
+   * Publishes the latest doc, retained, when it changed (reportedChangeKey)
+   * since the doc published last. A change waits reportedMinIntervalMs for
+   * the changes that follow it, and the latest doc goes out once; `settled`
+   * (an apply reached its outcome) goes out at once. `force` publishes it
+   * at once even unchanged (the opt-in heartbeat).
    */
-  publishReported(doc: object, opts: { settled?: boolean } = {}): void {
+  publishReported(doc: object, opts: { settled?: boolean; force?: boolean } = {}): void {
     if (this.connection.closed) return;
-    this.reported.offer(doc, opts.settled ?? false);
+    this.reported.offer(doc, opts.settled ?? false, opts.force ?? false);
   }
 
   /** Publishes an event (not retained); a `ts` is added when missing. Progress events beyond the rate, or while offline, are dropped. */
@@ -125,9 +129,12 @@ export class MqttSession {
     });
   }
 
-  private onConnect(v5: boolean): void {
+  private onConnect(v5: boolean, sessionPresent: boolean): void {
     const desired = this.desired;
     this.send("status", this.statusDoc(true), true);
+    // A broker without our session may have lost its retained messages too (restarted without persistence):
+    // the reported doc goes out again. With the session, it still holds the one published last.
+    if (!sessionPresent) this.reported.republish();
     // With v5, retain handling 1 skips the retained docs when the broker kept the subscription (they were seen already).
     const subscriptions: ISubscriptionMap = Object.fromEntries(
       desired.map((t) => [t, v5 ? { qos: 1, rh: 1 } : { qos: 1 }]),

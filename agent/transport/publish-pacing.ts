@@ -1,7 +1,8 @@
 /**
  * How the session's publishes are paced so they cannot flood the broker or
  * the agent's memory: the reported doc coalesced to at most one publish per
- * interval (the latest doc always going out), and events limited to a rate,
+ * interval (the latest doc always going out) and only when it changed, and
+ * events limited to a rate,
  * with progress events dropped beyond it and lifecycle events held, within
  * a bound, while offline.
  */
@@ -69,49 +70,60 @@ export interface ReportedPacerOptions {
   publish: (doc: object) => void;
   /** Runs the timer's work: nothing may throw out of a timer. */
   guard: (work: () => void) => void;
+  /** A doc whose key equals the last published doc's is not published (unless forced); default: the whole doc. */
+  changeKey?: (doc: object) => string;
 }
 
+/**
+ * The reported doc's publishes: a change waits minIntervalMs for the changes
+ * that follow it (a restart is several: stopped, starting, running) and the
+ * latest doc goes out once; a settled doc (an apply's outcome) goes out at
+ * once. A doc that changes nothing since the one published last is dropped.
+ */
 export class ReportedPacer {
-  private pending: object | undefined;
+  private pending: { doc: object; key: string | undefined } | undefined;
+  private sent: { doc: object; key: string } | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private lastAt = 0;
 
   constructor(private readonly opts: ReportedPacerOptions) {}
 
   /** The doc offered last and not yet published. */
   get unsent(): object | undefined {
-    return this.pending;
+    return this.pending?.doc;
   }
 
-  /** Takes the latest doc; a `settled` one goes out without waiting for the interval. */
-  offer(doc: object, settled: boolean): void {
-    this.pending = doc;
-    if (settled && this.timer) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-      this.lastAt = 0;
-    } else if (settled) this.lastAt = 0;
-    this.flush();
+  /** Takes the latest doc: dropped when it changes nothing (unless `force`d), published at once when `settled` or `force`d. */
+  offer(doc: object, settled: boolean, force = false): void {
+    const key = this.key(doc);
+    if (!force && this.pending === undefined && key === this.sent?.key) return;
+    this.pending = { doc, key: force ? undefined : key };
+    if (settled || force) this.flush();
+    else this.timer ??= setTimeout(() => this.opts.guard(() => this.flush()), this.opts.minIntervalMs);
   }
 
-  /** Publishes the pending doc now, or once the interval since the last publish has passed. */
+  /** Publishes the pending doc now, when connected (or later, when the session calls again on connecting). */
   flush(): void {
-    if (this.pending === undefined || !this.opts.ready() || this.timer) return;
-    const wait = this.lastAt + this.opts.minIntervalMs - Date.now();
-    if (wait > 0) {
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        this.opts.guard(() => this.flush());
-      }, wait);
-      return;
-    }
-    const doc = this.pending;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.pending === undefined || !this.opts.ready()) return;
+    const { doc, key } = this.pending;
+    this.sent = { doc, key: key ?? this.key(doc) };
     this.pending = undefined;
-    this.lastAt = Date.now();
     this.opts.publish(doc);
+  }
+
+  /** Publishes the doc published last once more (the broker lost its retained copy), unless a newer one waits. */
+  republish(): void {
+    if (this.pending === undefined && this.sent) this.pending = { ...this.sent };
+    this.flush();
   }
 
   cancel(): void {
     clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private key(doc: object): string {
+    return (this.opts.changeKey ?? JSON.stringify)(doc);
   }
 }

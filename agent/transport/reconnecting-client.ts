@@ -42,8 +42,8 @@ export interface ReconnectingClientOptions {
   log: (line: string) => void;
   /** The last will, asked for before every connect (it is stamped with the connection's time). */
   will: () => NonNullable<IClientOptions["will"]>;
-  /** Each CONNACK, before the first connect() resolves: publish the status, subscribe. */
-  onConnect: (v5: boolean) => void;
+  /** Each CONNACK, before the first connect() resolves: publish the status, subscribe. `sessionPresent`: the broker kept our session. */
+  onConnect: (v5: boolean, sessionPresent: boolean) => void;
   /** After onConnect (true), and when a connection is lost (false). */
   onConnectionChange: (connected: boolean) => void;
   onMessage: (topic: string, payload: Buffer) => void;
@@ -165,6 +165,8 @@ export class ReconnectingClient {
       reconnectPeriod: 0,
       manualConnect: true,
       resubscribe: false, // we subscribe on every connect ourselves
+      // MQTT 5: a topic is named once per connection, then by a 2-byte alias (about 30 bytes saved per publish).
+      autoAssignTopicAlias: true,
       // MQTT.js otherwise builds a Buffer for each of the 65536 packet ids at the first publish: ~6 MiB of heap, for good.
       writeCache: false,
       ...(m.username === undefined ? {} : { username: m.username }),
@@ -195,7 +197,7 @@ export class ReconnectingClient {
     this.opts.log(
       `connected to ${this.broker} as ${this.opts.deviceId} (MQTT ${v5 ? "5" : "3.1.1"}${connack.sessionPresent ? ", session resumed" : ""})`,
     );
-    this.opts.onConnect(v5);
+    this.opts.onConnect(v5, connack.sessionPresent);
     this.firstConnect?.settle();
     this.opts.onConnectionChange(true);
   }

@@ -3,12 +3,14 @@ import { agentBench } from "./agent-bench.js";
 import { fleetBench } from "./fleet-bench.js";
 import { pullBench } from "./pull-bench.js";
 import { startBench } from "./start-bench.js";
+import { trafficBench } from "./traffic-bench.js";
 
 const BENCHES: Record<string, (args: string[]) => Promise<void>> = {
   start: startBench,
   pull: pullBench,
   agent: agentBench,
   fleet: fleetBench,
+  traffic: trafficBench,
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -25,11 +25,10 @@ export function fleetletAsync(root: string, args: string[]) {
 
 /** `fleetlet agent` as a child process, its stderr drained so it never blocks on a full pipe. */
 export function spawnAgent(root: string, config: string, opts: { heartbeatSeconds?: number } = {}): ChildProcess {
-  const child = spawn(
-    process.execPath,
-    [FLEETLET_BIN, "--root", root, "--config", config, "agent", "--heartbeat", String(opts.heartbeatSeconds ?? 2)],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
+  const heartbeat = opts.heartbeatSeconds === undefined ? [] : ["--heartbeat", String(opts.heartbeatSeconds)];
+  const child = spawn(process.execPath, [FLEETLET_BIN, "--root", root, "--config", config, "agent", ...heartbeat], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
   child.stderr!.resume();
   return child;
 }

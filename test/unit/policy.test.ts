@@ -194,7 +194,7 @@ describe("the device config's protections", () => {
     expect(configError({ mqtt: { url: "mqtt://b:1883", insecure: true } })).toBeUndefined();
     expect(deviceConfig.parse({ mqtt: { url: "mqtts://b" } }).mqtt).toMatchObject({
       insecure: false,
-      keepaliveSec: 300,
+      keepaliveSec: 240,
     });
   });
 

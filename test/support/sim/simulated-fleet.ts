@@ -17,6 +17,7 @@ import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import { runBounded } from "../../../agent/bounded.js";
 import { FleetError } from "../../../agent/errors.js";
+import { reportedChangeKey } from "../../../agent/protocol/reported-change.js";
 import { DEFAULT_TOPIC_PREFIX } from "../../../agent/protocol/topics.js";
 import { Agent } from "../../../agent/reconcile/agent.js";
 import { desiredHandler } from "../../../agent/reconcile/desired-sources.js";
@@ -36,7 +37,7 @@ export interface SimulatedFleetOptions {
   connectConcurrency?: number;
   /** How long a device waits for its first CONNACK before it runs on offline (and keeps retrying), as the daemon's 5 s; default 30 s. */
   connectTimeoutMs?: number;
-  /** As `fleetlet agent --heartbeat`: reported state republished this often; default 30 s, 0 for none. */
+  /** As `fleetlet agent --heartbeat`: reported state republished this often even unchanged; default 0, none (as the daemon). */
   heartbeatMs?: number;
 }
 
@@ -117,6 +118,7 @@ export class SimulatedDevice {
       groups: opts.groups,
       mqtt: { url: opts.url, prefix, insecure: true },
       agentVersion: SIMULATED_AGENT_VERSION,
+      reportedChangeKey,
       onDesired: (source, payload) => {
         this.desiredIn++;
         this.desiredBytesIn += payload.length;
@@ -135,7 +137,10 @@ export class SimulatedDevice {
     await this.session.start({ timeoutMs: connectTimeoutMs });
     this.session.publishReported(this.agent.reported());
     if (heartbeatMs > 0)
-      this.heartbeat = setInterval(() => this.session.publishReported(this.agent.reported()), heartbeatMs);
+      this.heartbeat = setInterval(
+        () => this.session.publishReported(this.agent.reported(), { force: true }),
+        heartbeatMs,
+      );
   }
 
   async stop(): Promise<void> {
@@ -187,7 +192,7 @@ export class SimulatedFleet {
     try {
       await runBounded(fleet.devices, opts.connectConcurrency ?? 50, async (d) => {
         const timeoutMs = opts.connectTimeoutMs ?? 30_000;
-        await d.start(opts.heartbeatMs ?? 30_000, timeoutMs);
+        await d.start(opts.heartbeatMs ?? 0, timeoutMs);
         // The broker is full or gone: the devices not started yet would only wait as long again.
         if (!d.session.connected)
           throw new FleetError(
