@@ -6,6 +6,10 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: "forks",
+    // Two files at a time: most integration tests wait on containers, brokers and
+    // registries rather than compute, and vitest's default on 2 cores is one.
+    maxWorkers: 2,
+    minWorkers: 1,
     globalSetup: ["test/setup/global-setup.ts"],
     reporters: ["default", "./test/setup/summary-reporter.ts"],
   },

@@ -82,7 +82,7 @@ describe("the healthcheck exec helper", () => {
       volumes: [{ name: "spy", target: "/x" }],
     });
     await runtime.start("spied");
-    const spy = join(root, "volumes", "spy");
+    const spy = join(root, "volumes", "spy", "data");
     process.env.FLEETLET_SECRET = SECRET;
     let hostView: string;
     let result: Awaited<ReturnType<Runtime["exec"]>>;
