@@ -5,6 +5,7 @@
 import type { ServiceSpec } from "../../schemas/desired.js";
 import { runBounded } from "../bounded.js";
 import type { ImageRecord } from "../store/image-store.js";
+import type { ServiceStart } from "./device-services.js";
 import type { HealthGate } from "./health-gate.js";
 import type { Step } from "./plan.js";
 
@@ -16,14 +17,7 @@ export interface StepContext {
   pull(ref: string): Promise<void>;
   /** An image made ready for this apply; throws when the store no longer has it whole. */
   readyImage(ref: string): ImageRecord;
-  startService(start: {
-    service: string;
-    spec: ServiceSpec;
-    hash: string;
-    containerId: string;
-    image: ImageRecord;
-    deployment: string;
-  }): Promise<void>;
+  startService(start: Omit<ServiceStart, "failures">): Promise<void>;
   stopContainer(service: string, containerId: string, timeoutMs: number, signal: string): Promise<void>;
   removeContainer(service: string, containerId: string): Promise<void>;
   event(e: { type: string; [k: string]: unknown }): void;
