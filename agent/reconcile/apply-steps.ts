@@ -2,7 +2,6 @@
  * The executor: one handler per step kind, so the compiler checks that every
  * kind the planner can emit has one. Handlers act through the context only.
  */
-import type { ServiceSpec } from "../../schemas/desired.js";
 import { runBounded } from "../bounded.js";
 import type { ImageRecord } from "../store/image-store.js";
 import type { ServiceStart } from "./device-services.js";
