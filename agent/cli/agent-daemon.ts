@@ -13,6 +13,7 @@ import type { Agent } from "../reconcile/agent.js";
 import { desiredHandler } from "../reconcile/desired-sources.js";
 import { agentInstallOf, currentLauncher } from "../system/agent-install.js";
 import { loadNative } from "../system/native.js";
+import { displayUrl } from "../transport/mqtt-connection.js";
 import { MqttSession } from "../transport/mqtt-session.js";
 import { createAgent } from "./agent-commands.js";
 import { AgentUpdater } from "./agent-update.js";
@@ -76,7 +77,7 @@ function announce(ctx: CliContext, agent: Agent, session: MqttSession | undefine
     `READY=1\nSTATUS=device ${config.deviceId}: ${adopted} service(s) adopted${session ? "" : ", no broker"}`,
   );
   process.stderr.write(
-    `fleetlet agent ${fleetletVersion()}: device ${config.deviceId}, state in ${ctx.root}, status on ${endpoint.describe(config)}${config.mqtt ? `, broker ${config.mqtt.url}` : ", no broker configured"}\n`,
+    `fleetlet agent ${fleetletVersion()}: device ${config.deviceId}, state in ${ctx.root}, status on ${endpoint.describe(config)}${config.mqtt ? `, broker ${displayUrl(config.mqtt.url)}` : ", no broker configured"}\n`,
   );
 }
 
@@ -93,6 +94,7 @@ async function startUpdater(
   agent: Agent,
   session: () => MqttSession | undefined,
   handOver: (why: string) => void,
+  reported: () => ReportedState,
 ): Promise<AgentUpdater> {
   const store = await ctx.store();
   const updater = new AgentUpdater({
@@ -101,7 +103,7 @@ async function startUpdater(
     install: agentInstallOf(process.execPath),
     desired: () => store.db.data.desired ?? undefined,
     event: (e) => session()?.publishEvent(e),
-    changed: () => session()?.publishReported(agent.reported()),
+    changed: () => session()?.publishReported(reported()),
     connected: () => session()?.connected === true,
     handOver,
     log: (line) => process.stderr.write(`fleetlet: ${line}\n`),
@@ -183,7 +185,7 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
   await endpoint.start(config);
   await agent.reattach();
   session = session && (await connectSession(session, agent));
-  updater = await startUpdater(ctx, agent, () => session, handOver);
+  updater = await startUpdater(ctx, agent, () => session, handOver, reported);
   session?.publishReported(reported(), { settled: true });
   // Off by default: the reported doc goes out when it changes, liveness is the keepalive's and the will's.
   const heartbeat =

@@ -53,6 +53,8 @@ export interface AgentUpdaterDeps {
 export class AgentUpdater {
   private failed: AgentUpdateState | undefined;
   private busy = false;
+  /** The version, deployment and generation whose download or unpack failed: not tried again for that document. */
+  private refused: string | undefined;
   private trial: NodeJS.Timeout | undefined;
 
   constructor(private readonly deps: AgentUpdaterDeps) {}
@@ -125,9 +127,12 @@ export class AgentUpdater {
       return;
     }
     if (doc.agent.version === install.version || agent.phase !== "converged") return;
+    const attempt = `${doc.agent.version}@${doc.deployment}#${doc.generation}`;
+    if (this.refused === attempt) return;
     this.busy = true;
     this.update(doc, install).catch((err: unknown) => {
       this.busy = false;
+      this.refused = attempt; // a bad bundle is not fetched again at every later change, only for a newer document
       const e = err instanceof FleetError ? err : new FleetError("E_AGENT_UPDATE_FAILED", String(err));
       this.deps.log(`agent update to ${doc.agent?.version} failed: ${e.message} [${e.code}]`);
       this.deps.event({

@@ -54,9 +54,11 @@ export class Agent {
   constructor(private readonly deps: AgentDeps) {
     const event = (e: AgentEvent) => this.event(e);
     const changed = () => this.changed();
-    this.services = new DeviceServices({ runtime: deps.runtime, store: deps.store, pull: deps.pull, event, changed });
+    const defaultLimits = deps.policy.defaults;
+    this.services = new DeviceServices({ ...deps, event, changed, defaultLimits });
     this.host = {
       store: deps.store,
+      policy: deps.policy,
       services: this.services,
       pull: deps.pull,
       metrics: this.metrics,
@@ -212,8 +214,8 @@ export class Agent {
       this.reject(new FleetError("E_NO_ROLLBACK_TARGET", message));
       return "rejected";
     }
-    // The restored document takes the rollback's generation, so replaying the rolled-back one is ignored.
-    const restored: DesiredState = { ...target, generation: doc.generation };
+    // It takes the rollback's generation (a replay of the rolled-back one is ignored), and must pass today's policy.
+    const restored = { ...enforcePolicy(target, this.deps.policy, "db.json"), generation: doc.generation };
     await this.accept({ ...acceptance, desired: restored });
     const reason = "requested by the operator";
     this.event({ type: "rollingBack", deployment: doc.deployment, to: target.deployment, reason });

@@ -11,6 +11,7 @@ import { FleetError } from "../errors.js";
 import type { AgentStore, PullImage } from "./agent-store.js";
 import { converge } from "./converge.js";
 import type { DeviceServices } from "./device-services.js";
+import { type DevicePolicy, enforcePolicy } from "./policy.js";
 
 export type Phase = ReportedState["phase"];
 export type AgentEvent = { type: string; [k: string]: unknown };
@@ -19,6 +20,7 @@ export type Outcome = { code: FleetError["code"]; message: string };
 /** The part of the agent a run reports through. */
 export interface RunHost {
   store: AgentStore;
+  policy: DevicePolicy;
   services: DeviceServices;
   pull: PullImage;
   metrics: AgentMetrics;
@@ -57,7 +59,8 @@ async function recover(doc: DesiredState, err: unknown, signal: AbortSignal, hos
   }
   host.event({ type: "rollingBack", deployment: doc.deployment, to: good.deployment, code: e.code, reason: e.message });
   try {
-    await applyDoc(good, signal, host);
+    // The policy may have tightened since it was good: what it no longer allows is not restored.
+    await applyDoc(enforcePolicy(good, host.policy, "db.json lastGood"), signal, host);
     host.metrics.rollbacksTotal++;
     host.setPhase("rolledBack", { code: e.code, message: `${e.message}; rolled back to ${good.deployment}` });
     host.event({ type: "rolledBack", deployment: doc.deployment, to: good.deployment, reason: e.message });

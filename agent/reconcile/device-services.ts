@@ -13,6 +13,7 @@ import { imageContent } from "../store/local-store.js";
 import type { AgentStore, PullImage } from "./agent-store.js";
 import type { ContainerDriver } from "./container-driver.js";
 import type { ActualService, ActualState } from "./plan.js";
+import { type DevicePolicy, withDefaultLimits } from "./policy.js";
 import { shouldRestart } from "./restart-policy.js";
 import { serviceContainerSpec } from "./service-container.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
@@ -23,6 +24,8 @@ export interface DeviceServicesDeps {
   pull: PullImage;
   event(e: { type: string; [k: string]: unknown }): void;
   changed(): void;
+  /** The device policy's limits for a service that sets none, applied to each container made. */
+  defaultLimits: DevicePolicy["defaults"];
 }
 
 export interface ServiceStart {
@@ -89,7 +92,8 @@ export class DeviceServices {
     }
     const defaults = imageDefaults(this.deps.store, s.image);
     const ids = { containerId: s.containerId, hash: s.hash, deployment: s.deployment };
-    runtime.create(serviceContainerSpec(s.service, s.spec, defaults, ids));
+    const spec = withDefaultLimits(s.spec, this.deps.defaultLimits);
+    runtime.create(serviceContainerSpec(s.service, spec, defaults, ids));
     await this.db.update((d) => {
       const previous = d.services[s.service];
       const sameRun = previous?.containerId === s.containerId || s.failures > 0;

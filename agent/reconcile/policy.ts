@@ -88,10 +88,12 @@ function serviceViolations(name: string, spec: ServiceSpec, policy: DevicePolicy
 }
 
 /**
- * Checks a validated document against the policy. Returns it with the
- * policy's default limits filled in where a service sets none; throws
- * E_POLICY (or E_INVALID_DESIRED for an image reference that does not parse)
- * naming every field at fault.
+ * Checks a validated document against the policy and returns it as it was;
+ * throws E_POLICY (or E_INVALID_DESIRED for an image reference that does
+ * not parse) naming every field at fault. The policy's default limits are
+ * not written into the document: `withDefaultLimits` applies them when a
+ * container is made, so they never change a service's spec hash (an agent
+ * upgrade or a new default replaces no running container).
  */
 export function enforcePolicy(doc: DesiredState, policy: DevicePolicy, source: string): DesiredState {
   const violations = Object.entries(doc.services).flatMap(([name, spec]) => serviceViolations(name, spec, policy));
@@ -102,20 +104,13 @@ export function enforcePolicy(doc: DesiredState, policy: DevicePolicy, source: s
     const code = violations.some((v) => v.code === "E_POLICY") ? "E_POLICY" : "E_INVALID_DESIRED";
     throw new FleetError(code, `${source}: ${violations.map((v) => `${v.path}: ${v.reason}`).join("; ")}`);
   }
-  const services = Object.fromEntries(
-    Object.entries(doc.services).map(([name, spec]) => [
-      name,
-      {
-        ...spec,
-        resources: {
-          ...spec.resources,
-          memory: spec.resources.memory ?? policy.defaults.memory,
-          pids: spec.resources.pids ?? policy.defaults.pids,
-        },
-      },
-    ]),
-  );
-  return { ...doc, services };
+  return doc;
+}
+
+/** A service's spec with the policy's default memory and pids limits where it sets none. */
+export function withDefaultLimits(spec: ServiceSpec, defaults: DevicePolicy["defaults"]): ServiceSpec {
+  const { memory, pids } = spec.resources;
+  return { ...spec, resources: { ...spec.resources, memory: memory ?? defaults.memory, pids: pids ?? defaults.pids } };
 }
 
 /**

@@ -202,6 +202,40 @@ describe("the device's policy", () => {
   });
 });
 
+describe("the device's policy and what it restores", () => {
+  it("does not roll back to a good deployment that today's policy refuses", async () => {
+    const first = device();
+    await applied(first.agent, doc("big", 1, { services: { web: { image: IMAGE, resources: { memory: "512Mi" } } } }));
+    expect(first.agent.reported()).toMatchObject({ phase: "converged", lastGood: "big" });
+    await first.agent.stop();
+    const stricter = { ...POLICY, max: { ...POLICY.max, memory: 256 * 1024 * 1024 } };
+    const second = device({ runtime: first.runtime, store: first.store, policy: stricter });
+    const broken = doc("broken", 2, {
+      services: { web: { image: IMAGE, command: ["exit", "3", "0"] } },
+      update: { healthyWithinMs: 200 },
+    });
+    await applied(second.agent, broken);
+    expect(second.agent.reported().phase).toBe("failed");
+    expect(second.agent.lastError?.message).toContain("db.json lastGood: services.web.resources.memory");
+    expect(second.events.some((e) => e.type === "rolledBack")).toBe(false);
+  });
+
+  it("gives a service without limits the policy's defaults in its container, and replaces nothing when the defaults change", async () => {
+    const first = device();
+    await applied(first.agent, doc("plain", 1));
+    const [before] = first.runtime.list();
+    expect(before!.spec.resources).toMatchObject({ memory: POLICY.defaults.memory, pids: POLICY.defaults.pids });
+    await first.agent.stop();
+    const tighter = { ...POLICY, defaults: { memory: 128 * 1024 * 1024, pids: 64 } };
+    const second = device({ runtime: first.runtime, store: first.store, policy: tighter });
+    await second.agent.reattach();
+    await second.agent.idle();
+    expect(second.agent.reported()).toMatchObject({ phase: "converged", deployment: "plain" });
+    const after = first.runtime.list();
+    expect(after.map((c) => [c.id, c.pid])).toEqual([[before!.id, before!.pid]]);
+  });
+});
+
 describe("a crash mid-swap", () => {
   it("leaves no orphan or duplicate: the next agent removes the half-made container and converges", async () => {
     const runtime = new SimulatedRuntime();

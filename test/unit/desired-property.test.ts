@@ -16,7 +16,7 @@ import { publicKeyFromBase64, publicKeyToBase64, signDocument } from "../../agen
 import { Agent } from "../../agent/reconcile/agent.js";
 import { type Intake, readDesired } from "../../agent/reconcile/desired-intake.js";
 import { desiredHandler } from "../../agent/reconcile/desired-sources.js";
-import { type DevicePolicy, resolvePolicy } from "../../agent/reconcile/policy.js";
+import { type DevicePolicy, resolvePolicy, withDefaultLimits } from "../../agent/reconcile/policy.js";
 import { parseReference } from "../../agent/registry/reference.js";
 import { deviceConfig } from "../../schemas/config.js";
 import type { DesiredState } from "../../schemas/desired.js";
@@ -207,8 +207,10 @@ function checkServices(doc: DesiredState, policy: DevicePolicy): void {
   for (const spec of Object.values(doc.services)) {
     expect(policy.registries).toContain(parseReference(spec.image).registry.toLowerCase());
     if (!policy.hostNetwork) expect(spec.network).toBe("none");
-    expect(spec.resources.memory).toBeLessThanOrEqual(policy.max.memory);
-    expect(spec.resources.pids).toBeLessThanOrEqual(policy.max.pids);
+    // What a container gets: the service's own limits, or the policy's defaults.
+    const limits = withDefaultLimits(spec, policy.defaults).resources;
+    expect(limits.memory).toBeLessThanOrEqual(policy.max.memory);
+    expect(limits.pids).toBeLessThanOrEqual(policy.max.pids);
   }
 }
 

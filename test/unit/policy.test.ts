@@ -8,7 +8,14 @@ import { describe, expect, it } from "vitest";
 import { relaxedSettings } from "../../agent/config/relaxed-settings.js";
 import { publicKeyFromBase64, publicKeyToBase64, signDocument } from "../../agent/protocol/signature.js";
 import { readDesired } from "../../agent/reconcile/desired-intake.js";
-import { type DevicePolicy, deviceAllowed, enforcePolicy, resolvePolicy } from "../../agent/reconcile/policy.js";
+import { specHash } from "../../agent/reconcile/plan.js";
+import {
+  type DevicePolicy,
+  deviceAllowed,
+  enforcePolicy,
+  resolvePolicy,
+  withDefaultLimits,
+} from "../../agent/reconcile/policy.js";
 import { deviceConfig } from "../../schemas/config.js";
 import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
 import { formatIssues } from "../../schemas/format-issues.js";
@@ -99,10 +106,22 @@ describe("enforcePolicy", () => {
     );
   });
 
-  it("gives a service without limits the policy's defaults, and keeps the limits a service sets", () => {
+  it("gives a service without limits the policy's defaults when its container is made, and keeps the limits a service sets", () => {
     const out = check(doc({ none: {}, some: { resources: { memory: "64Mi", cpus: 0.5 } } }));
-    expect(out.services.none!.resources).toEqual({ memory: 256 * MiB, pids: 512 });
-    expect(out.services.some!.resources).toEqual({ memory: 64 * MiB, cpus: 0.5, pids: 512 });
+    const defaults = policyOf().defaults;
+    expect(withDefaultLimits(out.services.none!, defaults).resources).toEqual({ memory: 256 * MiB, pids: 512 });
+    expect(withDefaultLimits(out.services.some!, defaults).resources).toEqual({
+      memory: 64 * MiB,
+      cpus: 0.5,
+      pids: 512,
+    });
+  });
+
+  it("leaves the document as it came, so the defaults never change a service's spec hash", () => {
+    const parsed = desiredState.parse(doc({ none: {} }));
+    const checked = check(doc({ none: {} }));
+    expect(checked.services.none!.resources).toEqual({});
+    expect(specHash(checked.services.none!, "sha256:x")).toBe(specHash(parsed.services.none!, "sha256:x"));
   });
 
   it("allows what the policy allows by name", () => {
@@ -110,7 +129,10 @@ describe("enforcePolicy", () => {
       policy: { hostNetwork: true, registries: ["x.example"], max: { memory: "4Gi" }, defaults: { pids: 64 } },
     });
     const out = check(doc({ web: { image: "x.example/y:1", network: "host", resources: { memory: "2Gi" } } }), policy);
-    expect(out.services.web).toMatchObject({ network: "host", resources: { memory: 2048 * MiB, pids: 64 } });
+    expect(withDefaultLimits(out.services.web!, policy.defaults)).toMatchObject({
+      network: "host",
+      resources: { memory: 2048 * MiB, pids: 64 },
+    });
   });
 });
 
