@@ -6,6 +6,7 @@
  */
 import { z } from "zod";
 import type { DesiredState, ServiceSpec } from "./desired.js";
+import { imageProcessConfig } from "./oci.js";
 import { acceptedDocument } from "./reported.js";
 
 const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, "expected sha256:<64 hex digits>");
@@ -30,14 +31,7 @@ export const imageRecord = z.object({
   configDigest: digest,
   layers: z.array(layerRecord),
   platform: z.string(),
-  config: z.object({
-    Entrypoint: z.array(z.string()).nullish(),
-    Cmd: z.array(z.string()).nullish(),
-    Env: z.array(z.string()).nullish(),
-    WorkingDir: z.string().nullish(),
-    User: z.string().nullish(),
-    StopSignal: z.string().nullish(),
-  }),
+  config: imageProcessConfig,
   size: z.number().int().nonnegative(),
   pulledAt: z.string(),
 });

@@ -45,20 +45,21 @@ export const imageIndex = z.object({
 export type ImageIndex = z.infer<typeof imageIndex>;
 
 /** The parts of the image config fleetlet uses; the rest is kept as stored. */
+/** The process settings of an image config that a container takes as its defaults. */
+export const imageProcessConfig = z.object({
+  Entrypoint: z.array(z.string()).nullish(),
+  Cmd: z.array(z.string()).nullish(),
+  Env: z.array(z.string()).nullish(),
+  WorkingDir: z.string().nullish(),
+  User: z.string().nullish(),
+  StopSignal: z.string().nullish(),
+});
+
 export const imageConfig = z.object({
   architecture: z.string().optional(),
   os: z.string().optional(),
   variant: z.string().optional(),
-  config: z
-    .object({
-      Entrypoint: z.array(z.string()).nullish(),
-      Cmd: z.array(z.string()).nullish(),
-      Env: z.array(z.string()).nullish(),
-      WorkingDir: z.string().nullish(),
-      User: z.string().nullish(),
-      StopSignal: z.string().nullish(),
-    })
-    .nullish(),
+  config: imageProcessConfig.nullish(),
   rootfs: z.object({ type: z.literal("layers"), diff_ids: z.array(digest) }),
 });
 export type ImageConfig = z.infer<typeof imageConfig>;

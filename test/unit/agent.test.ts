@@ -9,12 +9,12 @@ import { describe, expect, it } from "vitest";
 import { publicKeyFromBase64, publicKeyToBase64, signDocument } from "../../agent/protocol/signature.js";
 import { Agent, type AgentEvent } from "../../agent/reconcile/agent.js";
 import type { PullImage } from "../../agent/reconcile/agent-store.js";
-import { desiredHandler } from "../../agent/reconcile/desired-sources.js";
 import { resolvePolicy } from "../../agent/reconcile/policy.js";
 import { deviceConfig } from "../../schemas/config.js";
 import type { DesiredStateInput } from "../../schemas/desired.js";
 import { SimulatedRuntime } from "../support/sim/simulated-runtime.js";
 import { SimulatedStore } from "../support/sim/simulated-store.js";
+import { trackedDesiredHandler } from "../support/tracked-handler.js";
 import { waitFor } from "../support/wait-for.js";
 
 const IMAGE = "reg.local:5000/acme/web:1";
@@ -302,21 +302,7 @@ describe("the documents a device follows", () => {
       pull: (ref, { signal }) => store.pull(ref, signal),
       onEvent: (e) => events.push(e),
     });
-    const pending: Promise<unknown>[] = [];
-    const handler = desiredHandler(
-      {
-        submit: (...args) => {
-          const p = agent.submit(...args);
-          pending.push(p);
-          return p;
-        },
-        reject: (err) => agent.reject(err),
-        admit: (...args) => agent.admit(...args),
-        requiresSignatures: agent.requiresSignatures,
-      },
-      ["pilot"],
-      "fleet",
-    );
+    const { handler, pending } = trackedDesiredHandler(agent, ["pilot"]);
     const send = async (kind: "device" | "group", payload: object | "") => {
       handler(
         { kind, name: kind === "device" ? "dev-1" : "pilot" },

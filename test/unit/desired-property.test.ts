@@ -15,13 +15,13 @@ import { FleetError } from "../../agent/errors.js";
 import { publicKeyFromBase64, publicKeyToBase64, signDocument } from "../../agent/protocol/signature.js";
 import { Agent } from "../../agent/reconcile/agent.js";
 import { type Intake, readDesired } from "../../agent/reconcile/desired-intake.js";
-import { desiredHandler } from "../../agent/reconcile/desired-sources.js";
 import { type DevicePolicy, resolvePolicy, withDefaultLimits } from "../../agent/reconcile/policy.js";
 import { parseReference } from "../../agent/registry/reference.js";
 import { deviceConfig } from "../../schemas/config.js";
 import type { DesiredState } from "../../schemas/desired.js";
 import { SimulatedRuntime } from "../support/sim/simulated-runtime.js";
 import { SimulatedStore } from "../support/sim/simulated-store.js";
+import { trackedDesiredHandler } from "../support/tracked-handler.js";
 
 const REG = "reg.local:5000";
 const DEVICE = "dev-1";
@@ -285,21 +285,7 @@ describe("desired-state intake under generated documents", () => {
           },
           keys.length ? "trusted" : "none",
         );
-        const submitted: Promise<unknown>[] = [];
-        const handler = desiredHandler(
-          {
-            submit: (...args) => {
-              const p = agent.submit(...args);
-              submitted.push(p);
-              return p;
-            },
-            reject: (err) => agent.reject(err),
-            admit: (...args) => agent.admit(...args),
-            requiresSignatures: agent.requiresSignatures,
-          },
-          ["pilot"],
-          "fleet",
-        );
+        const { handler, pending: submitted } = trackedDesiredHandler(agent, ["pilot"]);
         const settle = async () => {
           await Promise.all(submitted);
           await agent.idle();
