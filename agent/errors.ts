@@ -15,6 +15,8 @@ export type ErrorCode =
   | "E_NOT_EXECUTABLE"
   | "E_COMMAND_NOT_FOUND"
   | "E_CGROUP"
+  | "E_DEVICE"
+  | "E_DEVICE_ABSENT"
   | "E_OOM_KILLED"
   | "E_NOT_ROOT"
   | "E_DIGEST_MISMATCH"

@@ -8,6 +8,8 @@ import { byteQuantity } from "./quantity.js";
 
 /** The device state directory unless `--root` or FLEETLET_ROOT says otherwise. */
 export const DEFAULT_ROOT = "/var/lib/fleetlet";
+/** Where host devices are looked up unless the config's `devRoot` or FLEETLET_DEV_ROOT says otherwise. */
+export const DEFAULT_DEV_ROOT = "/dev";
 /** The device config file unless `--config` or FLEETLET_CONFIG says otherwise. */
 export const DEFAULT_CONFIG_PATH = "/etc/fleetlet/config.json";
 /**
@@ -75,6 +77,11 @@ export const deviceConfig = z
       })
       .default({ maxRateBytesPerSec: 0, concurrency: 3 }),
     policy: devicePolicy.default(devicePolicy.parse({})),
+    /** The host's device directory: a service's `/dev/…` device path is looked up under it. */
+    devRoot: z
+      .string()
+      .refine((p) => p.startsWith("/"), "expected an absolute path")
+      .default(DEFAULT_DEV_ROOT),
     agentUpdate: z
       .object({
         commitWithinMs: z.number().int().min(1000).default(DEFAULT_AGENT_COMMIT_WITHIN_MS),

@@ -4,6 +4,7 @@
  * ContainerSpec; the runtime validates it once, here.
  */
 import { z } from "zod";
+import { deviceList } from "./device.js";
 import { byteQuantity } from "./quantity.js";
 
 export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
@@ -62,6 +63,8 @@ export const containerSpec = z.object({
   /** PID 1 is a minimal init (the shim's init role) that forwards signals, reaps zombies and exits with the command's status. */
   init: z.boolean().default(false),
   volumes: z.array(volumeMount).default([]),
+  /** Host devices: a node at each target, and the device cgroup's rule for it. Paths are under the runtime's devRoot. */
+  devices: deviceList,
   capAdd: z.array(z.string()).default([]),
   capDrop: z.array(z.string()).default([]),
   seccomp: z.enum(["default", "unconfined"]).default("default"),

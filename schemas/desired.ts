@@ -5,6 +5,7 @@
  */
 import { z } from "zod";
 import { NAME_PATTERN } from "./container.js";
+import { deviceList, groupRef } from "./device.js";
 import { byteQuantity } from "./quantity.js";
 
 const serviceName = z.string().regex(NAME_PATTERN, "expected letters, digits, '_', '.' or '-'");
@@ -46,6 +47,10 @@ export const serviceSpec = z.object({
   readOnlyRootfs: z.boolean().default(false),
   /** Run a minimal init as PID 1, with the command as its child: signals forwarded, zombies reaped. */
   init: z.boolean().default(false),
+  /** Host devices given to the container, each path allowed by the device's policy.devices. */
+  devices: deviceList,
+  /** Supplementary groups of the process: names in the image's /etc/group, or numbers. */
+  groupAdd: z.array(groupRef).default([]),
   stopSignal: z.string().default("SIGTERM"),
   stopTimeoutMs: z.number().int().min(0).default(10_000),
 });

@@ -23,7 +23,7 @@ export class CliContext {
   ) {}
 
   get runtime(): Runtime {
-    this.runtimeInstance ??= new Runtime({ root: this.root });
+    this.runtimeInstance ??= new Runtime({ root: this.root, devRoot: this.config.devRoot });
     return this.runtimeInstance;
   }
 

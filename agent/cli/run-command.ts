@@ -1,5 +1,5 @@
 /**
- * `fleetlet run [--rm] [-d] [--name N] (--rootfs DIR | IMAGE) [limits…] [--] [CMD…]`
+ * `fleetlet run [--rm] [-d] [--name N] (--rootfs DIR | IMAGE) [limits…] [--device …] [--] [CMD…]`
  * Runs in the foreground and exits with the container's status (137 when
  * killed; an OOM kill is said plainly), or prints the id with -d.
  */
@@ -8,7 +8,7 @@ import type { ContainerSpecInput, ExitRecord } from "../../schemas/container.js"
 import { formatBytes, parseBytes } from "../../schemas/quantity.js";
 import { FleetError } from "../errors.js";
 import { signalName } from "../runtime/signals.js";
-import { resolveUser } from "../runtime/user-lookup.js";
+import { resolveGroups, resolveUser } from "../runtime/user-lookup.js";
 import { type ImageDefaults, mergeEnv } from "../store/image-defaults.js";
 import type { OptionSpec, ParsedArgs } from "./args.js";
 import type { Command, CommandSyntax } from "./command-line.js";
@@ -26,6 +26,8 @@ export const RUN_OPTIONS: OptionSpec[] = [
   { name: "hostname", short: "h", type: "string" },
   { name: "env", short: "e", type: "string", multiple: true },
   { name: "volume", short: "v", type: "string", multiple: true },
+  { name: "device", type: "string", multiple: true },
+  { name: "group-add", type: "string", multiple: true },
   { name: "network", type: "string" },
   { name: "read-only", type: "boolean" },
   { name: "init", type: "boolean" },
@@ -97,6 +99,20 @@ function volumes(given: string[]): ContainerSpecInput["volumes"] {
   });
 }
 
+/**
+ * `--device PATH[:TARGET[:PERMS]]`, as Docker spells it. The operator is the
+ * policy here: no policy.devices check. A second field of only r, w and m is
+ * the permissions (`/dev/ttyUSB0:rw`).
+ */
+function devices(given: string[]): ContainerSpecInput["devices"] {
+  return given.map((d) => {
+    const [path, second, third, ...extra] = d.split(":");
+    if (!path || extra.length > 0) throw usage(`--device: expected PATH[:TARGET[:PERMS]], got "${d}"`);
+    if (third === undefined && second !== undefined && /^[rwm]+$/.test(second)) return { path, permissions: second };
+    return { path, ...(second ? { target: second } : {}), ...(third !== undefined ? { permissions: third } : {}) };
+  });
+}
+
 /** The value of option `name`, one of `allowed` (the first is the default). */
 function choice<T extends string>(options: ParsedArgs["options"], name: string, allowed: readonly T[]): T {
   const value = (options[name] as string | undefined) ?? allowed[0]!;
@@ -118,8 +134,12 @@ function resources(o: ParsedArgs["options"]): ContainerSpecInput["resources"] {
 }
 
 function user(o: ParsedArgs["options"], layers: string[], image: ImageDefaults | undefined) {
-  if (o.user) return resolveUser(o.user as string, layers, "--user");
-  return image?.user ? resolveUser(image.user, layers, `image ${image.ref} User`) : undefined;
+  const base = o.user
+    ? resolveUser(o.user as string, layers, "--user")
+    : image?.user
+      ? resolveUser(image.user, layers, `image ${image.ref} User`)
+      : { uid: 0, gid: 0, groups: [] };
+  return { ...base, groups: [...base.groups, ...resolveGroups(o["group-add"] as string[], layers, "--group-add")] };
 }
 
 /** Builds the container spec from the command line (and the image); throws naming the flag at fault. */
@@ -144,6 +164,7 @@ export function runSpec(
     readOnlyRootfs: o["read-only"] === true,
     init: o.init === true,
     volumes: volumes(o.volume as string[]),
+    devices: devices(o.device as string[]),
     capAdd: o["cap-add"] as string[],
     capDrop: o["cap-drop"] as string[],
     seccomp: choice(o, "seccomp", ["default", "unconfined"] as const),

@@ -18,6 +18,7 @@ const ENV_OVERRIDES: Record<string, string[]> = {
   FLEETLET_API_LISTEN: ["api", "listen"],
   FLEETLET_API_SOCKET: ["api", "socket"],
   FLEETLET_API_TOKEN: ["api", "token"],
+  FLEETLET_DEV_ROOT: ["devRoot"],
 };
 
 function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): void {

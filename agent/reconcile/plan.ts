@@ -47,12 +47,13 @@ export type StepKind = Step["kind"];
  * use it hashes as it did before the field existed: upgrading the agent
  * replaces no running container.
  */
-const ADDED_FIELD_DEFAULTS: Partial<ServiceSpec> = { init: false };
+const ADDED_FIELD_DEFAULTS: Partial<ServiceSpec> = { init: false, devices: [], groupAdd: [] };
 
 /** The spec and image digest as canonical JSON (RFC 8785), hashed: equal specs hash equal. */
 export function specHash(spec: ServiceSpec, imageDigest: string): string {
   const hashed: Record<string, unknown> = { ...spec };
-  for (const [field, value] of Object.entries(ADDED_FIELD_DEFAULTS)) if (hashed[field] === value) delete hashed[field];
+  for (const [field, value] of Object.entries(ADDED_FIELD_DEFAULTS))
+    if (canonicalJson(hashed[field]) === canonicalJson(value)) delete hashed[field];
   return createHash("sha256")
     .update(canonicalJson({ spec: hashed, imageDigest }))
     .digest("hex");

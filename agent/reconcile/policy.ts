@@ -17,7 +17,7 @@ export interface DevicePolicy {
   /** Registry hosts (`host[:port]`, lower case) a service's image may come from. */
   registries: string[];
   hostNetwork: boolean;
-  /** Globs of host device paths a service may be given (services.*.devices, not built yet). */
+  /** Globs of host device paths a service may be given (services.*.devices[].path). */
   devices: string[];
   /** Whether an unsigned document is refused. */
   requireSigned: boolean;
@@ -71,6 +71,14 @@ function serviceViolations(name: string, spec: ServiceSpec, policy: DevicePolicy
       path: `services.${name}.network`,
       reason: '"host" is not allowed by this device\'s policy (policy.hostNetwork is false)',
     });
+  spec.devices.forEach((d, i) => {
+    if (!deviceAllowed(d.path, policy.devices))
+      out.push({
+        code: "E_POLICY",
+        path: `services.${name}.devices[${i}].path`,
+        reason: `${d.path} is not allowed by this device's policy (policy.devices: ${policy.devices.length ? policy.devices.join(", ") : "none"})`,
+      });
+  });
   const { memory, pids } = spec.resources;
   if (memory !== undefined && memory > policy.max.memory)
     out.push({
@@ -115,8 +123,9 @@ export function withDefaultLimits(spec: ServiceSpec, defaults: DevicePolicy["def
 
 /**
  * Whether the policy's `devices` globs allow a host device path: `*` and `?`
- * match within one path component, `[…]` is a character class. For the
- * services' `devices` field, which is not built yet.
+ * match within one path component, `[…]` is a character class. The path
+ * is the one the document names (a symlink such as /dev/serial/by-id/… is
+ * judged by that name, since that is what the operator asked for).
  */
 export function deviceAllowed(path: string, patterns: string[]): boolean {
   if (path.split("/").includes("..")) return false;

@@ -2,7 +2,7 @@
 import type { ContainerSpecInput } from "../../schemas/container.js";
 import type { ServiceSpec } from "../../schemas/desired.js";
 import { FleetError } from "../errors.js";
-import { resolveUser } from "../runtime/user-lookup.js";
+import { resolveGroups, resolveUser } from "../runtime/user-lookup.js";
 import { type ImageDefaults, mergeEnv } from "../store/image-defaults.js";
 
 export function serviceContainerSpec(
@@ -19,6 +19,8 @@ export function serviceContainerSpec(
       `services.${service}: image ${image.ref} has no Entrypoint or Cmd, and the service gives no command`,
     );
   const user = spec.user ?? image.user;
+  const resolved = user ? resolveUser(user, image.layers, `services.${service}.user`) : { uid: 0, gid: 0, groups: [] };
+  const groupAdd = resolveGroups(spec.groupAdd, image.layers, `services.${service}.groupAdd`);
   return {
     name: opts.containerId,
     layers: image.layers,
@@ -28,13 +30,14 @@ export function serviceContainerSpec(
       Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
     ),
     workingDir: spec.workingDir ?? image.workingDir ?? "/",
-    user: user ? resolveUser(user, image.layers, `services.${service}.user`) : undefined,
+    user: { ...resolved, groups: [...resolved.groups, ...groupAdd] },
     hostname: spec.hostname ?? service,
     resources: { memory: spec.resources.memory, cpus: spec.resources.cpus, pids: spec.resources.pids },
     network: spec.network,
     readOnlyRootfs: spec.readOnlyRootfs,
     init: spec.init,
     volumes: spec.volumes,
+    devices: spec.devices,
     stopSignal: spec.stopSignal,
     stopTimeoutMs: spec.stopTimeoutMs,
     labels: {

@@ -5,9 +5,11 @@
  * are gone. cgroupfs calls are kernel bookkeeping, not disk I/O, so they run
  * synchronously.
  */
+import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { DEFAULT_ROOT } from "../../schemas/config.js";
 import type { ContainerStats } from "../../schemas/container.js";
 import { FleetError, isErrno } from "../errors.js";
 import { type CgroupLayout, V1_CONTROLLERS } from "./cgroup-layout.js";
@@ -24,6 +26,16 @@ export interface CgroupPlan extends ContainerCgroups {
   writes: { file: string; value: string; optional: boolean }[];
   /** cgroup v2: the cgroup the shim attaches the device program to, and its rules. */
   devices: { dir: string; rules: string[] } | null;
+}
+
+/**
+ * The cgroup parent of a state root's containers: `fleetlet` for the default
+ * root, and one of its own for any other, so that two roots on one host (two
+ * agents under test, `fleetlet run --root`) never share a container's cgroup.
+ */
+export function cgroupParentFor(root: string): string {
+  const r = resolve(root);
+  return r === DEFAULT_ROOT ? "fleetlet" : `fleetlet-${createHash("sha256").update(r).digest("hex").slice(0, 12)}`;
 }
 
 export class Cgroups {
@@ -57,16 +69,17 @@ export class Cgroups {
 
   /**
    * The container's cgroups, the limit and device-rule writes that go into
-   * them, and on v2 where the device program goes. The shim creates the
+   * them (the default device rules and `devices`, one rule per host device), and on v2 where the device program goes. The shim creates the
    * directories, writes the files and attaches the program (while the init
    * builds its rootfs), then joins the init; a failure comes back naming the
    * file.
    */
-  plan(id: string, limits: Limits): CgroupPlan {
+  plan(id: string, limits: Limits, devices: readonly string[] = []): CgroupPlan {
     const groups = this.locate(id);
     if (this.layout.mode === "v2") this.enableControllers();
     for (const [hierarchy, dir] of groups.dirs) createParent(dirname(dir), hierarchy);
-    const all = [...limitWrites(this.layout.mode, limits), ...deviceWrites(this.layout.mode)];
+    const rules = [...DEFAULT_DEVICE_RULES, ...devices];
+    const all = [...limitWrites(this.layout.mode, limits), ...deviceWrites(this.layout.mode, rules)];
     const writes = all.map((w) => {
       const dir = groups.dirs.get(w.hierarchy);
       if (!dir)
@@ -74,15 +87,15 @@ export class Cgroups {
       if (this.layout.mode === "v2") this.requireDelegated(w.file);
       return { file: join(dir, w.file), value: w.value, optional: w.optional ?? false };
     });
-    return { ...groups, writes, devices: this.devicePlan(groups) };
+    return { ...groups, writes, devices: this.devicePlan(groups, rules) };
   }
 
   /** v2: the device rules go to the shim's BPF program, in the container's one cgroup. */
-  private devicePlan(groups: ContainerCgroups): CgroupPlan["devices"] {
+  private devicePlan(groups: ContainerCgroups, rules: string[]): CgroupPlan["devices"] {
     if (this.layout.mode !== "v2") return null;
     const dir = groups.dirs.get("unified");
     if (!dir) throw new FleetError("E_CGROUP", "cannot apply the device rules: no cgroup2 hierarchy is mounted");
-    return { dir, rules: [...DEFAULT_DEVICE_RULES] };
+    return { dir, rules };
   }
 
   /**

@@ -8,6 +8,7 @@
  * kernel.
  */
 import type { CgroupMode } from "../../schemas/container.js";
+import type { DeviceNode } from "../../schemas/device.js";
 import type { CgroupWrite } from "./cgroup-limits.js";
 
 export const DEFAULT_DEVICE_RULES: readonly string[] = [
@@ -34,4 +35,9 @@ export function deviceWrites(mode: CgroupMode, rules: readonly string[] = DEFAUL
     { hierarchy: "devices", file: "devices.deny", value: "a" },
     ...rules.map((value) => ({ hierarchy: "devices", file: "devices.allow", value })),
   ];
+}
+
+/** The rule that lets a container use one host device: "c 188:0 rw". */
+export function deviceRule(node: Pick<DeviceNode, "type" | "major" | "minor" | "permissions">): string {
+  return `${node.type} ${node.major}:${node.minor} ${node.permissions}`;
 }

@@ -6,10 +6,9 @@
  * finds running containers again; processes are named by (pid, start time),
  * so a reused pid is never mistaken for the container.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, statSync } from "node:fs";
-import { join, resolve } from "node:path";
-import { DEFAULT_ROOT } from "../../schemas/config.js";
+import { join } from "node:path";
 import {
   type ContainerInfo,
   type ContainerSpecInput,
@@ -23,11 +22,13 @@ import { FleetError, isErrno } from "../errors.js";
 import { loadNative, type NativeBinding, type SpawnResult } from "../system/native.js";
 import { PRIVATE_MODE, privateDir, secureStateRoot, type Warn } from "../system/state-root.js";
 import { capabilitySet } from "./capabilities.js";
-import { Cgroups } from "./cgroup.js";
+import { Cgroups, cgroupParentFor } from "./cgroup.js";
 import { detectCgroupLayout } from "./cgroup-layout.js";
 import { ContainerCatalog } from "./container-catalog.js";
+import { ContainerDevices } from "./container-devices.js";
 import { type ContainerPaths, prepareOverlayDirs, readExit, readRunning, writeState } from "./container-dir.js";
 import { type ExecResult, execInContainer } from "./container-exec.js";
+import { deviceRule } from "./device-rules.js";
 import { readLog } from "./log-tail.js";
 import { withDefaults } from "./proc-defaults.js";
 import { encodeShimConfig } from "./shim-config.js";
@@ -48,16 +49,8 @@ export interface RuntimeOptions {
   fdScan?: boolean;
   /** Where the one warning about a state root left open goes (stderr by default). */
   warn?: Warn;
-}
-
-/**
- * The cgroup parent of a state root's containers: `fleetlet` for the default
- * root, and one of its own for any other, so that two roots on one host (two
- * agents under test, `fleetlet run --root`) never share a container's cgroup.
- */
-export function cgroupParentFor(root: string): string {
-  const r = resolve(root);
-  return r === DEFAULT_ROOT ? "fleetlet" : `fleetlet-${createHash("sha256").update(r).digest("hex").slice(0, 12)}`;
+  /** The host's device directory: a device's `/dev/…` path is looked up under it (default /dev). */
+  devRoot?: string;
 }
 
 export class Runtime {
@@ -69,6 +62,7 @@ export class Runtime {
   private readonly removals = new Set<Promise<void>>();
   private readonly removalErrors: FleetError[] = [];
   private readonly fdScan: boolean;
+  readonly devices: ContainerDevices;
 
   constructor(opts: RuntimeOptions) {
     this.root = opts.root;
@@ -78,6 +72,7 @@ export class Runtime {
     this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
     this.catalog = new ContainerCatalog(this.root, this.native);
     this.fdScan = opts.fdScan ?? false;
+    this.devices = new ContainerDevices(opts.devRoot ?? "/dev");
   }
 
   private paths(id: string): ContainerPaths {
@@ -125,8 +120,9 @@ export class Runtime {
       throw new FleetError("E_CONFLICT", `container ${id} has already been started`, { exitCode: 125 });
     const { spec } = state;
     await this.volumes.prepare(spec.volumes.map((v) => v.name));
+    const devices = this.devices.forStart(id, spec.devices);
     prepareOverlayDirs(paths);
-    const groups = this.cgroups.plan(id, spec.resources);
+    const groups = this.cgroups.plan(id, spec.resources, devices.map(deviceRule));
     const hostname = spec.hostname ?? id.slice(0, 63);
     const config = encodeShimConfig({
       id,
@@ -137,6 +133,7 @@ export class Runtime {
       cgroups: groups,
       capabilities: capabilitySet(spec.capAdd, spec.capDrop),
       volumeDir: (n) => this.volumeDir(n),
+      devices,
       fdScan: this.fdScan,
     });
     let started: SpawnResult;

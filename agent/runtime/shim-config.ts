@@ -4,6 +4,7 @@
  * schema has already refused NULs, and tabs in paths (the bind separator).
  */
 import type { ContainerSpec } from "../../schemas/container.js";
+import type { DeviceNode } from "../../schemas/device.js";
 import type { Cgroups } from "./cgroup.js";
 import type { ContainerPaths } from "./container-dir.js";
 import { DEFAULT_NOFILE, MASKED_PATHS, READONLY_PATHS } from "./proc-defaults.js";
@@ -17,6 +18,8 @@ export interface ShimConfigInput {
   cgroups: ReturnType<Cgroups["plan"]>;
   capabilities: number[];
   volumeDir: (name: string) => string;
+  /** The host devices' nodes, made in the container's /dev. */
+  devices?: DeviceNode[];
   /** List /proc/self/fd to mark descriptors close-on-exec even where close_range can (tests). */
   fdScan?: boolean;
 }
@@ -42,6 +45,10 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ...c.spec.volumes.map((v): [string, string] => [
       v.readOnly ? "bind-ro" : "bind",
       `${c.volumeDir(v.name)}\t${v.target}`,
+    ]),
+    ...(c.devices ?? []).map((d): [string, string] => [
+      "devnode",
+      [d.target, d.type, d.major, d.minor, d.mode, d.uid, d.gid].join("\t"),
     ]),
     ...MASKED_PATHS.map((p): [string, string] => ["mask", p]),
     ...READONLY_PATHS.map((p): [string, string] => ["ropath", p]),

@@ -53,3 +53,24 @@ export function resolveUser(spec: string, layers: string[], field = "user"): Res
   }
   return { uid, gid: gid ?? 0, groups: [] };
 }
+
+/**
+ * Supplementary groups (`groupAdd`, `--group-add`): numbers as they are,
+ * names looked up in the image's /etc/group (read as above). `field` names
+ * the list in a refusal, e.g. `services.web.groupAdd`.
+ */
+export function resolveGroups(groups: readonly (string | number)[], layers: string[], field = "groupAdd"): number[] {
+  const names = groups.filter((g) => typeof g === "string" && !/^\d+$/.test(g));
+  const entries = names.length ? table(readImageFile(layers, "/etc/group")) : [];
+  return groups.map((g, i) => {
+    if (typeof g === "number") return g;
+    if (/^\d+$/.test(g)) return Number(g);
+    const entry = entries.find((e) => e[0] === g);
+    const gid = entry ? Number(entry[2]) : Number.NaN;
+    if (!Number.isInteger(gid) || gid < 0)
+      throw new FleetError("E_INVALID_ARGUMENT", `${field}[${i}]: no group "${g}" in the image's /etc/group`, {
+        exitCode: 125,
+      });
+    return gid;
+  });
+}

@@ -63,7 +63,13 @@ static int apply(struct shim_config *cfg, const char *key, const char *value, st
   else if (IS("cgroup")) return list_push(&cfg->cgroups, value, "cgroups", err);
   else if (IS("devcgroup")) cfg->dev_cgroup = value;
   else if (IS("device")) return list_push(&cfg->dev_rules, value, "device rules", err);
-  else if (IS("fdscan")) cfg->fd_scan = strcmp(value, "1") == 0;
+  else if (IS("devnode")) {
+    if (cfg->ndevnodes >= MAX_LIST) {
+      set_error(err, EXIT_RUNTIME, 0, "too many devices (at most %d)", MAX_LIST);
+      return -1;
+    }
+    return devnode_parse((char *)value, &cfg->devnodes[cfg->ndevnodes++], err);
+  } else if (IS("fdscan")) cfg->fd_scan = strcmp(value, "1") == 0;
   else if (IS("init")) cfg->init = strcmp(value, "1") == 0;
   else if (IS("oom")) cfg->oom_file = value;
   else if (IS("log")) cfg->log_path = value;

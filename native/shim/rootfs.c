@@ -129,7 +129,7 @@ static const char *const dev_links[][2] = {
     {"stderr", "/proc/self/fd/2"},    {"ptmx", "pts/ptmx"},         {"core", "/proc/kcore"},
 };
 
-static int populate_dev(int rootfd, struct shim_error *err) {
+static int populate_dev(const struct shim_config *cfg, int rootfd, struct shim_error *err) {
   if (mount_at(rootfd, "tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k", err) < 0)
     return -1;
   cleanup_fd int dev = resolve_in_root(rootfd, "/dev");
@@ -155,6 +155,8 @@ static int populate_dev(int rootfd, struct shim_error *err) {
       return -1;
     }
   }
+  for (size_t i = 0; i < cfg->ndevnodes; i++)
+    if (devnode_make(devfd, &cfg->devnodes[i], err) < 0) return -1;
   if (mount_at(rootfd, "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=0620,gid=5", err) < 0)
     return -1;
@@ -314,7 +316,7 @@ int rootfs_setup(const struct shim_config *cfg, struct shim_error *err) {
     return -1;
   }
   if (mount_at(rootfd, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, err) < 0) return -1;
-  if (populate_dev(rootfd, err) < 0) return -1;
+  if (populate_dev(cfg, rootfd, err) < 0) return -1;
   if (cfg->init && bind_init(rootfd, err) < 0) return -1;
   if (mount_sys(cfg, rootfd, err) < 0) return -1;
   if (mount_binds(cfg, rootfd, err) < 0) return -1;

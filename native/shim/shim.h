@@ -43,6 +43,15 @@ struct cg_limit {
   int optional; /* skipped when the kernel lacks the file (swap accounting off) */
 };
 
+/* A host device node to make in the container's /dev (devnodes.c). */
+struct host_device {
+  const char *target; /* absolute, under /dev/ */
+  unsigned type;      /* S_IFCHR or S_IFBLK */
+  unsigned major, minor;
+  unsigned mode;      /* permission bits */
+  uint32_t uid, gid;
+};
+
 /* The container's configuration, read from the NUL-separated `config` file
  * that the runtime writes into the container directory. */
 struct shim_config {
@@ -79,6 +88,8 @@ struct shim_config {
   struct str_list dev_rules;   /* allowed devices, "c 1:3 rwm" as in v1's devices.allow */
   int fd_scan;                 /* list /proc/self/fd even where close_range works (tests) */
   int init;                    /* PID 1 is the shim's init role (pid1.c), the command its child */
+  struct host_device devnodes[MAX_LIST]; /* host devices made in the container's /dev */
+  size_t ndevnodes;
 };
 
 /* An error travels as a value: the exit code it maps to, errno and a
@@ -118,6 +129,10 @@ int fds_release_from(int low, int how, int scan, struct shim_error *err);
 /* Attaches (or atomically replaces) the cgroup v2 device program (devices.c). */
 int devices_attach(const char *cgroup_dir, const struct str_list *rules, struct shim_error *err);
 int devices_main(int argc, char **argv);
+/* Host device nodes in the container's /dev (devnodes.c). */
+int devnode_parse(char *value, struct host_device *d, struct shim_error *err);
+int devnode_make(int devfd, const struct host_device *d, struct shim_error *err);
+int devnode_main(int argc, char **argv);
 
 int rootfs_setup(const struct shim_config *cfg, struct shim_error *err);
 int security_apply(const struct shim_config *cfg, struct shim_error *err);

@@ -109,6 +109,11 @@ describe("fleetlet apply", () => {
       "services.web.resources.memory: 2 GiB is above this device's maximum of 1 GiB (policy.max.memory)",
     ],
     [
+      "a host device the policy does not list",
+      { devices: [{ path: "/dev/ttyUSB0" }] },
+      "services.web.devices[0].path: /dev/ttyUSB0 is not allowed by this device's policy (policy.devices: none)",
+    ],
+    [
       "an image from a registry the device has no settings for",
       { image: "evil.example:5000/x/y:1" },
       "services.web.image: registry evil.example:5000 is not allowed",

@@ -15,6 +15,8 @@ import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
 const IMG = "reg.local:5000/acme/web:1";
 const D1 = `sha256:${"1".repeat(64)}`;
 const D2 = `sha256:${"2".repeat(64)}`;
+/** specHash of the `web` service below at D1, as the agent before `devices` and `groupAdd` computed it. */
+const HASH_BEFORE_DEVICES = "d0e92749d203e47c3239d166da410599e0e9a44e2c7a9fd4440ecdb3af10d12a";
 
 function doc(
   services: Record<string, Record<string, unknown>>,
@@ -186,13 +188,30 @@ describe("plan", () => {
   it("hashes a service that leaves init off as before init existed, so an agent upgrade replaces nothing", () => {
     const spec = doc({ web }).services.web!;
     expect(spec.init).toBe(false);
-    const { init: _added, ...before } = spec;
+    const { init: _added, devices: _d, groupAdd: _g, ...before } = spec;
     const hashBefore = createHash("sha256")
       .update(canonicalJson({ spec: before, imageDigest: D1 }))
       .digest("hex");
     expect(specHash(spec, D1)).toBe(hashBefore);
     // Turning it on is a change of spec: the container is replaced.
     expect(specHash(doc({ web: { ...web, init: true } }).services.web!, D1)).not.toBe(hashBefore);
+  });
+
+  it("hashes a service without devices or groupAdd as before they existed, so an agent upgrade replaces nothing", () => {
+    const spec = doc({ web }).services.web!;
+    expect(spec.devices).toEqual([]);
+    expect(spec.groupAdd).toEqual([]);
+    const { init: _i, devices: _d, groupAdd: _g, ...before } = spec;
+    const hashBefore = createHash("sha256")
+      .update(canonicalJson({ spec: before, imageDigest: D1 }))
+      .digest("hex");
+    expect(specHash(spec, D1)).toBe(hashBefore);
+    // The hash the agent before devices gave this spec (computed at that commit): a running container keeps it.
+    expect(specHash(spec, D1)).toBe(HASH_BEFORE_DEVICES);
+    // Asking for a device or a group is a change of spec: the container is replaced.
+    const withDevice = doc({ web: { ...web, devices: [{ path: "/dev/ttyUSB0" }] } }).services.web!;
+    expect(specHash(withDevice, D1)).not.toBe(hashBefore);
+    expect(specHash(doc({ web: { ...web, groupAdd: ["dialout"] } }).services.web!, D1)).not.toBe(hashBefore);
   });
 
   it("hashes specs canonically, whatever the key order", () => {

@@ -165,7 +165,79 @@ describe("the agent field", () => {
   });
 });
 
-describe("the policy's device globs (for services.*.devices, not built yet)", () => {
+describe("a service's devices", () => {
+  const serial = { path: "/dev/serial/by-id/usb-FTDI_A50285BI-if00-port0", target: "/dev/ttyS0" };
+
+  it("are refused by default, naming the field of each device no glob allows", () => {
+    const d = doc({ web: { devices: [{ path: "/dev/ttyUSB0" }, serial] } });
+    expect(() => check(d)).toThrow(
+      expect.objectContaining({
+        code: "E_POLICY",
+        message:
+          "src: services.web.devices[0].path: /dev/ttyUSB0 is not allowed by this device's policy (policy.devices: none); " +
+          `services.web.devices[1].path: ${serial.path} is not allowed by this device's policy (policy.devices: none)`,
+      }),
+    );
+  });
+
+  it("are allowed by the policy's globs, judged by the path the document names", () => {
+    const policy = policyOf({ policy: { devices: ["/dev/ttyUSB*", "/dev/serial/by-id/*"] } });
+    const out = check(
+      doc({ web: { devices: [{ path: "/dev/ttyUSB0" }, serial], groupAdd: ["dialout", 997] } }),
+      policy,
+    );
+    expect(out.services.web!.devices).toEqual([
+      { path: "/dev/ttyUSB0", permissions: "rw" },
+      { ...serial, permissions: "rw" },
+    ]);
+    expect(out.services.web!.groupAdd).toEqual(["dialout", 997]);
+    const refused = doc({ web: { devices: [{ path: "/dev/ttyUSB0" }, { path: "/dev/sda" }] } });
+    expect(() => check(refused, policy)).toThrow(/^src: services\.web\.devices\[1\]\.path: \/dev\/sda is not allowed/);
+  });
+
+  it.each([
+    [{ path: "ttyUSB0" }, "services.web.devices.0.path: expected an absolute path under /dev/"],
+    [{ path: "/etc/shadow" }, "services.web.devices.0.path: expected an absolute path under /dev/"],
+    [{ path: "/dev/../etc/shadow" }, "services.web.devices.0.path: must be normalised"],
+    [{ path: "/dev/ttyUSB0/" }, "services.web.devices.0.path: must be normalised"],
+    [
+      { path: "/dev/ttyUSB0", target: "/tmp/tty" },
+      "services.web.devices.0.target: expected an absolute path under /dev/",
+    ],
+    [{ path: "/dev/ttyUSB0", target: "/dev/x/../../etc" }, "services.web.devices.0.target: must be normalised"],
+    [{ path: "/dev/ttyUSB0", target: "/dev/null" }, "services.web.devices.0.target: must not replace"],
+    [{ path: "/dev/ttyUSB0", target: "/dev/pts/0" }, "services.web.devices.0.target: must not replace"],
+    [{ path: "/dev/ttyUSB0", permissions: "rx" }, 'services.web.devices.0.permissions: expected a subset of "rwm"'],
+    [{ path: "/dev/ttyUSB0", permissions: "rr" }, 'services.web.devices.0.permissions: expected a subset of "rwm"'],
+    [{ path: "/dev/zero" }, "services.web.devices.0.path: /dev/zero would replace the container's own /dev entry"],
+  ])("refuses %j as a document error naming the field", (device, message) => {
+    const parsed = desiredState.safeParse(doc({ web: { devices: [device] } }));
+    expect(parsed.success).toBe(false);
+    expect(formatIssues(parsed.error!)).toContain(message);
+  });
+
+  it("refuses two devices with one target, and a group that is neither a name nor a number", () => {
+    const twice = desiredState.safeParse(
+      doc({
+        web: {
+          devices: [
+            { path: "/dev/ttyUSB0", target: "/dev/tty0" },
+            { path: "/dev/ttyUSB1", target: "/dev/tty0" },
+          ],
+        },
+      }),
+    );
+    expect(formatIssues(twice.error!)).toContain(
+      "services.web.devices.1.target: /dev/tty0 is already the target of entry 0",
+    );
+    const group = desiredState.safeParse(doc({ web: { groupAdd: ["bad:name"] } }));
+    expect(formatIssues(group.error!)).toContain("services.web.groupAdd.0");
+    const negative = desiredState.safeParse(doc({ web: { groupAdd: [-1] } }));
+    expect(formatIssues(negative.error!)).toContain("services.web.groupAdd.0");
+  });
+});
+
+describe("the policy's device globs", () => {
   it.each([
     ["/dev/ttyUSB0", ["/dev/ttyUSB*"], true],
     ["/dev/ttyUSB10", ["/dev/ttyUSB?"], false],

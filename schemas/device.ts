@@ -1,0 +1,108 @@
+/**
+ * A host device given to a container: the desired document's
+ * `services.<name>.devices[]` and `fleetlet run --device`. `path` names the
+ * host node (a symlink such as /dev/serial/by-id/… is resolved each time
+ * the container starts or the device reappears); `target` is where the
+ * node appears in the container's /dev; `permissions` are what the device
+ * cgroup allows (r read, w write, m mknod).
+ */
+import { z } from "zod";
+
+/** Names the container's /dev already has (rootfs.c): a device cannot take their place. */
+export const RESERVED_DEV_NAMES = [
+  "null",
+  "zero",
+  "full",
+  "random",
+  "urandom",
+  "tty",
+  "ptmx",
+  "pts",
+  "shm",
+  "fd",
+  "stdin",
+  "stdout",
+  "stderr",
+  "core",
+  "init",
+];
+
+/** Absolute, under /dev/, each component a plain name (no '', '.', '..'), nothing the shim config uses as a separator. */
+function devPath(what: string) {
+  return z
+    .string()
+    .refine((p) => p.startsWith("/dev/"), `expected an absolute path under /dev/ (${what})`)
+    .refine(
+      (p) =>
+        p
+          .slice(1)
+          .split("/")
+          .every((c) => c !== "" && c !== "." && c !== ".."),
+      "must be normalised: no empty, '.' or '..' components and no trailing '/'",
+    )
+    .refine((p) => !/[\t\n\0]/.test(p), "must not contain tabs, newlines or NUL")
+    .refine((p) => p.length <= 1024, "must be at most 1024 characters");
+}
+
+/** rwm, each at most once, in any order. */
+export const devicePermissions = z
+  .string()
+  .regex(/^(?!.*(.).*\1)[rwm]{1,3}$/, 'expected a subset of "rwm" such as "rw" or "r"');
+
+export const deviceRequest = z.object({
+  path: devPath("the host's device node, such as /dev/ttyUSB0"),
+  /** Where the node appears in the container; `path` when absent. */
+  target: devPath("the container's /dev: its root filesystem is mounted nodev")
+    .refine(
+      (p) => !RESERVED_DEV_NAMES.includes(p.split("/")[2]!),
+      `must not replace the container's own /dev entries (${RESERVED_DEV_NAMES.join(", ")})`,
+    )
+    .optional(),
+  permissions: devicePermissions.default("rw"),
+});
+export type DeviceRequest = z.output<typeof deviceRequest>;
+
+/** A list of devices, each target at most once. */
+export const deviceList = z
+  .array(deviceRequest)
+  .default([])
+  .superRefine((devices, ctx) => {
+    const seen = new Map<string, number>();
+    devices.forEach((d, i) => {
+      const target = d.target ?? d.path;
+      const first = seen.get(target);
+      if (first !== undefined)
+        ctx.addIssue({
+          code: "custom",
+          path: [i, d.target ? "target" : "path"],
+          message: `${target} is already the target of entry ${first}`,
+        });
+      else seen.set(target, i);
+      if (!d.target && RESERVED_DEV_NAMES.includes(d.path.split("/")[2]!))
+        ctx.addIssue({
+          code: "custom",
+          path: [i, "path"],
+          message: `${d.path} would replace the container's own /dev entry: give a target`,
+        });
+    });
+  });
+
+/** A supplementary group: a name in the image's /etc/group, or a number. */
+export const groupRef = z.union([
+  z.number().int().min(0).max(0xfffffffe),
+  z.string().regex(/^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/, "expected a group name or a number"),
+]);
+
+/** The host node a device request resolved to. */
+export interface DeviceNode {
+  /** Where it goes in the container. */
+  target: string;
+  type: "c" | "b";
+  major: number;
+  minor: number;
+  /** The permission bits of the host node (mode & 0o7777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  permissions: string;
+}
