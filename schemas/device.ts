@@ -93,16 +93,30 @@ export const groupRef = z.union([
   z.string().regex(/^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/, "expected a group name or a number"),
 ]);
 
-/** The host node a device request resolved to. */
-export interface DeviceNode {
+/** The host node a device request resolved to (and, in a container's devices.json, what its /dev holds). */
+export const deviceNode = z.object({
   /** Where it goes in the container. */
-  target: string;
-  type: "c" | "b";
-  major: number;
-  minor: number;
-  /** The permission bits of the host node (mode & 0o7777). */
-  mode: number;
-  uid: number;
-  gid: number;
-  permissions: string;
-}
+  target: z.string(),
+  type: z.enum(["c", "b"]),
+  major: z.number().int().min(0),
+  minor: z.number().int().min(0),
+  /** The permission bits of the host node (mode & 0o777). */
+  mode: z.number().int().min(0).max(0o777),
+  uid: z.number().int().min(0),
+  gid: z.number().int().min(0),
+  permissions: devicePermissions,
+});
+export type DeviceNode = z.infer<typeof deviceNode>;
+
+/** A container's devices.json: per requested device, the node its /dev holds, or null while the device is absent. */
+export const recordedDevices = z.array(deviceNode.nullable());
+
+/** Whether each of a container's devices is there now, as the reported state shows it. */
+export const devicePresence = z.object({
+  path: z.string(),
+  target: z.string(),
+  present: z.boolean(),
+  /** Why the device, though on the host, has no node in the container (its target's parent was refused, say). */
+  error: z.string().optional(),
+});
+export type DevicePresence = z.infer<typeof devicePresence>;

@@ -1,12 +1,27 @@
 /** The reported-state document an agent publishes and serves (docs/contract.md). */
 import { z } from "zod";
+import { devicePresence } from "./device.js";
 
 export const PHASES = ["idle", "pulling", "applying", "converged", "failed", "rolledBack", "rejected"] as const;
 
 export const serviceReport = z.object({
   image: z.string(),
   digest: z.string().optional(),
-  state: z.enum(["pending", "pulling", "starting", "running", "restarting", "exited", "stopped", "failed"]),
+  state: z.enum([
+    "pending",
+    "pulling",
+    "starting",
+    "waitingForDevice",
+    "running",
+    "restarting",
+    "exited",
+    "stopped",
+    "failed",
+  ]),
+  /** While `waitingForDevice`: the device paths (as the document names them) that are absent. */
+  waitingFor: z.array(z.string()).optional(),
+  /** A running service's host devices, and whether each is there now (unplugged: its node is gone from the container). */
+  devices: z.array(devicePresence).optional(),
   pid: z.number().int().optional(),
   restarts: z.number().int().nonnegative(),
   health: z.enum(["healthy", "unhealthy", "starting", "none"]),

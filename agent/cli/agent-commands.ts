@@ -4,6 +4,7 @@ import { FleetError } from "../errors.js";
 import { publicKeyFromBase64 } from "../protocol/signature.js";
 import { Agent } from "../reconcile/agent.js";
 import { resolvePolicy } from "../reconcile/policy.js";
+import { DeviceWatch } from "../runtime/device-watch.js";
 import { loadNative } from "../system/native.js";
 import { MemoryReclaimer } from "../system/process-memory.js";
 import type { ParsedArgs } from "./args.js";
@@ -40,6 +41,7 @@ export async function createAgent(
     trustedKeys: ctx.config.trustedKeys.map((k, i) => publicKeyFromBase64(k, `trustedKeys[${i}]`)),
     policy: resolvePolicy(ctx.config),
     runtime: ctx.runtime,
+    deviceWatch: new DeviceWatch(ctx.config.devRoot),
     store,
     version: fleetletVersion(),
     // Asked only for what the store lacks (a pinned image already stored needs no registry):

@@ -13,7 +13,7 @@ import type { AgentStore, PullImage } from "./agent-store.js";
 import type { ContainerDriver } from "./container-driver.js";
 import { type AgentEvent, type Outcome, type Phase, type RunHost, runDeployment } from "./deployment-run.js";
 import { type Intake, readDesired } from "./desired-intake.js";
-import { DeviceServices } from "./device-services.js";
+import { DeviceServices, type DeviceServicesDeps } from "./device-services.js";
 import { type DevicePolicy, enforcePolicy } from "./policy.js";
 
 export type { AgentEvent, Phase } from "./deployment-run.js";
@@ -23,7 +23,8 @@ export { PROBATION_MAX_MS } from "./health-gate.js";
 const LAST_ERROR_MAX_CHARS = 2000;
 const clip = (text: string, max: number) => (text.length > max ? `${text.slice(0, max - 1)}…` : text);
 
-export interface AgentDeps {
+/** `deviceWatch`: host devices coming and going (services wait for theirs and follow them). */
+export interface AgentDeps extends Pick<DeviceServicesDeps, "deviceWatch"> {
   deviceId: string;
   groups?: string[];
   /** Public keys a signed desired document must verify with. */

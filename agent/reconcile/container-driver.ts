@@ -12,6 +12,7 @@ import type {
   ContainerStats,
   ExitRecord,
 } from "../../schemas/container.js";
+import type { DevicePresence } from "../../schemas/device.js";
 
 export interface ContainerDriver {
   /** Reported as `agent.cgroupMode`. */
@@ -35,4 +36,8 @@ export interface ContainerDriver {
   delete(id: string, opts?: { force?: boolean }): Promise<void>;
   stats(id: string): ContainerStats;
   logs(id: string, opts?: { tail?: number }): string;
+  /** The host devices of a container that are absent now, as its spec names them. */
+  absentDevices?(id: string): string[];
+  /** Brings a running container's device nodes and cgroup rules in line with the host's devices; whether each is there. */
+  followDevices?(id: string): Promise<DevicePresence[]>;
 }

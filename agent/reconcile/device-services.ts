@@ -16,6 +16,7 @@ import type { ActualService, ActualState } from "./plan.js";
 import { type DevicePolicy, withDefaultLimits } from "./policy.js";
 import { shouldRestart } from "./restart-policy.js";
 import { serviceContainerSpec } from "./service-container.js";
+import { type DeviceWatcher, ServiceDevices } from "./service-devices.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
 
 export interface DeviceServicesDeps {
@@ -26,6 +27,8 @@ export interface DeviceServicesDeps {
   changed(): void;
   /** The device policy's limits for a service that sets none, applied to each container made. */
   defaultLimits: DevicePolicy["defaults"];
+  /** Says when host devices come and go: services wait for theirs and follow them (service-devices.ts). */
+  deviceWatch?: DeviceWatcher;
 }
 
 export interface ServiceStart {
@@ -43,14 +46,18 @@ const isNotFound = (err: unknown) => (err as FleetError).code === "E_NOT_FOUND";
 
 export class DeviceServices {
   private readonly supervisors = new Map<string, ServiceSupervisor>();
+  private readonly devices: ServiceDevices;
 
-  constructor(private readonly deps: DeviceServicesDeps) {}
+  constructor(private readonly deps: DeviceServicesDeps) {
+    this.devices = new ServiceDevices(deps);
+  }
 
   private get db() {
     return this.deps.store.db;
   }
 
   private stateOf(name: string, containerId: string): ActualState {
+    if (this.devices.waitingFor(name, containerId)) return "waitingForDevice";
     const sup = this.supervisors.get(name);
     if (sup?.containerId === containerId) return sup.state;
     try {
@@ -73,6 +80,8 @@ export class DeviceServices {
   }
 
   unhealthyReason(service: string): string | undefined {
+    const waiting = this.devices.waitingFor(service);
+    if (waiting) return `waiting for device ${waiting.join(", ")}, absent`;
     const sup = this.supervisors.get(service);
     if (!sup) return "not started";
     if (sup.isHealthy()) return undefined;
@@ -107,8 +116,10 @@ export class DeviceServices {
         spec: s.spec,
       };
     });
-    await runtime.start(s.containerId);
-    this.supervise(s.service, s.containerId, s.spec, s.failures);
+    await this.devices.start(s.service, s.containerId, s.spec.devices, async () => {
+      await runtime.start(s.containerId);
+      this.supervise(s.service, s.containerId, s.spec, s.failures);
+    });
   }
 
   /**
@@ -154,6 +165,7 @@ export class DeviceServices {
     const sup = new ServiceSupervisor(service, containerId, spec, this.deps.runtime, events, failures);
     this.supervisors.set(service, sup);
     sup.start();
+    this.devices.follow(service, containerId, spec.devices);
   }
 
   /** Restarts a service by its policy: a fresh container of the same spec, its image leased meanwhile. */
@@ -187,6 +199,7 @@ export class DeviceServices {
     const rec = this.db.data.services[service];
     if (!rec) throw new FleetError("E_NOT_FOUND", `no service named ${service}`);
     this.supervisors.get(service)?.detach();
+    this.devices.stop(service);
     try {
       await this.deps.runtime.stop(rec.containerId, { timeoutMs: rec.spec.stopTimeoutMs, signal: rec.spec.stopSignal });
     } catch (err) {
@@ -198,6 +211,7 @@ export class DeviceServices {
   async stopContainer(service: string, containerId: string, timeoutMs: number, signal: string): Promise<void> {
     const sup = this.supervisors.get(service);
     if (sup?.containerId === containerId) sup.detach();
+    this.devices.stop(service, containerId);
     try {
       if (this.deps.runtime.inspect(containerId).status === "running") {
         await this.deps.runtime.stop(containerId, { timeoutMs, signal });
@@ -220,6 +234,7 @@ export class DeviceServices {
     });
     this.supervisors.get(service)?.detach();
     this.supervisors.delete(service);
+    this.devices.stop(service, containerId);
   }
 
   /** Forgets a service whose container vanished while no agent watched. */
@@ -255,10 +270,14 @@ export class DeviceServices {
     } catch (err) {
       if (!isNotFound(err)) throw err;
     }
+    const waitingFor = this.devices.waitingFor(name, containerId);
+    const devices = this.devices.presence(name);
     return {
       image: rec.image,
       digest: rec.digest,
-      state: sup?.state ?? "stopped",
+      state: waitingFor ? "waitingForDevice" : (sup?.state ?? "stopped"),
+      ...(waitingFor ? { waitingFor } : {}),
+      ...(devices ? { devices } : {}),
       ...(pid ? { pid } : {}),
       restarts: rec.restarts,
       health: sup?.health ?? "none",
@@ -272,5 +291,6 @@ export class DeviceServices {
   /** Stops watching; the containers keep running. */
   detachAll(): void {
     for (const sup of this.supervisors.values()) sup.detach();
+    this.devices.stopAll();
   }
 }

@@ -12,7 +12,7 @@ import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
 import { canonicalJson } from "../protocol/canonical-json.js";
 
 /** How a service's current container stands, as the supervisors see it. */
-export type ActualState = "running" | "restarting" | "exited" | "failed" | "missing";
+export type ActualState = "running" | "restarting" | "waitingForDevice" | "exited" | "failed" | "missing";
 
 export interface ActualService {
   name: string;

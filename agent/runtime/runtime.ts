@@ -1,7 +1,7 @@
 /**
  * The container lifecycle over the native core: create, start, kill, stop,
- * wait, exec and delete; inspect, list, stats and logs read what the
- * catalog (container-catalog.ts) finds on disk. Everything about a container
+ * wait, exec, delete and following host devices; inspect, list, stats and
+ * logs read what the catalog (container-catalog.ts) finds on disk. Everything about a container
  * lives in its directory, so a new process (the CLI, a restarted agent)
  * finds running containers again; processes are named by (pid, start time),
  * so a reused pid is never mistaken for the container.
@@ -17,6 +17,7 @@ import {
   containerSpec,
   type ExitRecord,
 } from "../../schemas/container.js";
+import type { DevicePresence } from "../../schemas/device.js";
 import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError, isErrno } from "../errors.js";
 import { loadNative, type NativeBinding, type SpawnResult } from "../system/native.js";
@@ -33,6 +34,7 @@ import { readLog } from "./log-tail.js";
 import { withDefaults } from "./proc-defaults.js";
 import { encodeShimConfig } from "./shim-config.js";
 import { signalNumber } from "./signals.js";
+import { startError } from "./start-error.js";
 import { VolumeDirs } from "./volume-dirs.js";
 
 export interface RuntimeOptions {
@@ -72,16 +74,11 @@ export class Runtime {
     this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
     this.catalog = new ContainerCatalog(this.root, this.native);
     this.fdScan = opts.fdScan ?? false;
-    this.devices = new ContainerDevices(opts.devRoot ?? "/dev");
+    this.devices = new ContainerDevices(opts.devRoot ?? "/dev", this.native.shimPath);
   }
 
-  private paths(id: string): ContainerPaths {
-    return this.catalog.paths(id);
-  }
-
-  private state(id: string): ContainerState {
-    return this.catalog.state(id);
-  }
+  private paths = (id: string): ContainerPaths => this.catalog.paths(id);
+  private state = (id: string): ContainerState => this.catalog.state(id);
 
   /** The directory a container mounts for volume `name`. */
   volumeDir(name: string): string {
@@ -143,6 +140,7 @@ export class Runtime {
       await this.cgroups.remove(id);
       throw startError(id, err);
     }
+    if (devices.length > 0) this.devices.record(paths.dir, devices);
     return {
       id,
       status: "running",
@@ -204,6 +202,18 @@ export class Runtime {
       command,
       opts,
     );
+  }
+
+  /** Follows a running container's host devices (see ContainerDevices.follow): whether each is there now. */
+  absentDevices = (id: string): string[] => this.devices.absent(this.state(id).spec.devices);
+
+  followDevices(id: string): Promise<DevicePresence[]> {
+    const [paths, running] = [this.paths(id), readRunning(this.paths(id))];
+    if (!running || readExit(paths))
+      return Promise.reject(new FleetError("E_CONFLICT", `container ${id} is not running`));
+    const cgroupDir = this.cgroups.locate(id).dirs.get(this.cgroups.mode === "v2" ? "unified" : "devices")!;
+    const target = { id, dir: paths.dir, init: running.init, mode: this.cgroups.mode, cgroupDir };
+    return this.devices.follow(target, this.state(id).spec.devices);
   }
 
   /** The stop signal, then SIGKILL once the timeout has passed. */
@@ -285,11 +295,4 @@ export class Runtime {
   logs(id: string, opts: { tail?: number } = {}): string {
     return readLog(this.paths(id).log, this.state(id).spec.log.keep, opts.tail);
   }
-}
-
-function startError(id: string, err: unknown): FleetError {
-  const e = err as Error & { exitCode?: number };
-  const exitCode = e.exitCode ?? 125;
-  const code = exitCode === 127 ? "E_COMMAND_NOT_FOUND" : exitCode === 126 ? "E_NOT_EXECUTABLE" : "E_RUNTIME";
-  return new FleetError(code, `container ${id}: ${e.message}`, { exitCode, cause: err });
 }

@@ -94,6 +94,11 @@ int devnode_make(int devfd, const struct host_device *d, struct shim_error *err)
   if (dir < 0) return -1;
   mode_t old = umask(0); /* the node gets the host node's mode exactly, with no chmod that could follow a link */
   int r = mknodat(dir, base, d->type | d->mode, makedev(d->major, d->minor));
+  struct stat st;
+  /* A device node left there (the device's old numbers) is replaced; anything else of the container's is not. */
+  if (r < 0 && errno == EEXIST && fstatat(dir, base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+      (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) && unlinkat(dir, base, 0) == 0)
+    r = mknodat(dir, base, d->type | d->mode, makedev(d->major, d->minor));
   umask(old);
   if (r < 0) {
     set_error(err, EXIT_RUNTIME, errno, "mknod device `%s` (%u:%u)", d->target, d->major, d->minor);
@@ -112,7 +117,8 @@ static int devnode_remove(int devfd, const char *target, struct shim_error *err)
   char base[1024];
   struct stat st;
   cleanup_fd int dir = open_parent(devfd, target, 0, base, sizeof(base), err);
-  if (dir < 0) return err->errnum == ENOENT ? 0 : -1;
+  /* No parent, or one the container replaced (a link, a file, another mount): no node of ours is reachable there. */
+  if (dir < 0) return err->errnum == ENOENT || err->errnum == ELOOP || err->errnum == EXDEV ? 0 : -1;
   if (fstatat(dir, base, &st, AT_SYMLINK_NOFOLLOW) < 0) {
     if (errno == ENOENT) return 0;
     set_error(err, EXIT_RUNTIME, errno, "stat device `%s`", target);
