@@ -6,7 +6,9 @@
  * through a by-id style symlink, under another name; the kernel log (1:11)
  * is not given, and stays refused even when the container makes its node.
  * The same probe runs under the v1 devices controller (this host is hybrid)
- * and under a cgroup v2 device program on the host's cgroup2 mount.
+ * and under a cgroup v2 device program on the host's cgroup2 mount, where a
+ * running container also follows a device unplugged and plugged back under
+ * other numbers (the program replaced, not stacked).
  */
 import { spawnSync } from "node:child_process";
 import {
@@ -183,6 +185,36 @@ describe("host devices", () => {
     await runtime.delete(c.id);
     expect(output.split("\n").filter(Boolean)).toEqual(EXPECTED);
     expect(readHost(loop.device, 9)).toBe("from-cont");
+  });
+
+  it("follow a device unplugged and plugged back under new numbers into a running container, on cgroup v2", async () => {
+    const unified = layout.unified;
+    if (!unified || statfsSync(unified).type !== CGROUP2_SUPER_MAGIC)
+      throw new Error("no cgroup2 mount on this host: the v2 device program cannot be tested here");
+    mknod(join(devRoot, "hot0"), "c", 10, 200);
+    const cgroups = new Cgroups({ mode: "v2", v1: new Map(), unified }, v2Parent);
+    const runtime = new Runtime({ root, cgroups, devRoot });
+    const devices = [{ path: "/dev/hot0", target: "/dev/hot" }];
+    const c = runtime.create({ layers: [rootfs], command: ["sleep", "1000"], capAdd: ["MKNOD"], devices });
+    const sh = async (script: string) => (await runtime.exec(c.id, ["/bin/sh", "-c", script])).output.trim();
+    const open = (node: string) => sh(`if (exec 3<> ${node}) 2> /tmp/e; then echo ok; else sed 's/.*: //' /tmp/e; fi`);
+    try {
+      const { pid } = await runtime.start(c.id);
+      expect(await open("/dev/hot")).toBe("ok");
+      rmSync(join(devRoot, "hot0"));
+      expect(await runtime.followDevices(c.id)).toEqual([{ path: "/dev/hot0", target: "/dev/hot", present: false }]);
+      expect(await sh("test -e /dev/hot && echo there || echo gone")).toBe("gone");
+      mknod(join(devRoot, "hot0"), "c", 10, 229);
+      expect(await runtime.followDevices(c.id)).toEqual([{ path: "/dev/hot0", target: "/dev/hot", present: true }]);
+      expect(await sh("stat -c %t:%T /dev/hot")).toBe("a:e5");
+      expect(await open("/dev/hot")).toBe("ok");
+      // The program was replaced, not added to: the old numbers no longer open, even through a node made inside.
+      expect(await sh("mknod /dev/old c 10 200 && echo made")).toBe("made");
+      expect(await open("/dev/old")).toBe("Operation not permitted");
+      expect(runtime.inspect(c.id)).toMatchObject({ status: "running", pid });
+    } finally {
+      await runtime.delete(c.id, { force: true });
+    }
   });
 
   it("refuses to start without a device that is absent, naming it", () => {
