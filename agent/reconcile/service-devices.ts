@@ -64,6 +64,7 @@ export class ServiceDevices {
       w.unsubscribe = deviceWatch.subscribe(pathsOf(devices), () => this.retry(service, w, begin));
       this.deps.event({ type: "waitingForDevice", service, devices: w.absent });
       this.deps.changed();
+      this.retry(service, w, begin); // a device that came between the start and the watch made no event to wait for
     }
   }
 
