@@ -22,7 +22,8 @@ interface Subscription {
 }
 
 export class DeviceWatch {
-  private readonly watchers = new Map<string, FSWatcher>();
+  /** Each watched directory, with the inode it had when the watch began. */
+  private readonly watchers = new Map<string, { w: FSWatcher; ino: number }>();
   private readonly subscriptions = new Set<Subscription>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
@@ -46,15 +47,15 @@ export class DeviceWatch {
   close(): void {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
-    for (const w of this.watchers.values()) w.close();
+    for (const { w } of this.watchers.values()) w.close();
     this.watchers.clear();
     this.subscriptions.clear();
   }
 
-  /** The directories to watch now: the root, and each existing directory on the way to each path and its resolution. */
-  private wanted(): Set<string> {
-    const dirs = new Set<string>();
-    if (this.subscriptions.size > 0) dirs.add(this.devRoot);
+  /** The directories to watch now (with their inodes): the root, and each existing directory on the way to each path and its resolution. */
+  private wanted(): Map<string, number> {
+    const dirs = new Map<string, number>();
+    if (this.subscriptions.size > 0) addIfDir(dirs, this.devRoot);
     for (const { paths } of this.subscriptions) {
       for (const path of paths) {
         const host = [join(this.devRoot, path.slice("/dev/".length))];
@@ -74,17 +75,18 @@ export class DeviceWatch {
   private sync(): void {
     if (this.closed) return;
     const wanted = this.wanted();
-    for (const [dir, w] of this.watchers) {
-      if (wanted.has(dir)) continue;
+    // A directory removed and made again is another inode: its old watch sees nothing more.
+    for (const [dir, { w, ino }] of this.watchers) {
+      if (wanted.get(dir) === ino) continue;
       w.close();
       this.watchers.delete(dir);
     }
-    for (const dir of wanted) {
+    for (const [dir, ino] of wanted) {
       if (this.watchers.has(dir)) continue;
       try {
         const w = watch(dir, { persistent: false }, () => this.changed());
         w.on("error", () => this.dropped(dir)); // the directory went: watched again if it comes back
-        this.watchers.set(dir, w);
+        this.watchers.set(dir, { w, ino });
       } catch (err) {
         if (!isErrno(err, "ENOENT") && !isErrno(err, "ENOTDIR")) throw err;
         // gone between the look and the watch: its parent's event brings it back
@@ -93,7 +95,7 @@ export class DeviceWatch {
   }
 
   private dropped(dir: string): void {
-    this.watchers.get(dir)?.close();
+    this.watchers.get(dir)?.w.close();
     this.watchers.delete(dir);
     this.changed();
   }
@@ -114,9 +116,10 @@ function isUnder(root: string, dir: string): boolean {
   return rel === "" || (!rel.startsWith("..") && !rel.startsWith("/"));
 }
 
-function addIfDir(dirs: Set<string>, dir: string): void {
+function addIfDir(dirs: Map<string, number>, dir: string): void {
   try {
-    if (lstatSync(dir).isDirectory()) dirs.add(dir);
+    const st = lstatSync(dir);
+    if (st.isDirectory()) dirs.set(dir, st.ino);
   } catch (err) {
     if (!isErrno(err, "ENOENT") && !isErrno(err, "ENOTDIR")) throw err;
     // not there yet: its parent is watched
