@@ -22,8 +22,7 @@ interface Subscription {
 }
 
 export class DeviceWatch {
-  /** Each watched directory, with the inode it had when the watch began. */
-  private readonly watchers = new Map<string, { w: FSWatcher; ino: number }>();
+  private readonly watchers = new Map<string, FSWatcher>();
   private readonly subscriptions = new Set<Subscription>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
@@ -47,14 +46,14 @@ export class DeviceWatch {
   close(): void {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
-    for (const { w } of this.watchers.values()) w.close();
+    for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
     this.subscriptions.clear();
   }
 
-  /** The directories to watch now (with their inodes): the root, and each existing directory on the way to each path and its resolution. */
-  private wanted(): Map<string, number> {
-    const dirs = new Map<string, number>();
+  /** The directories to watch now: the root, and each existing directory on the way to each path and its resolution. */
+  private wanted(): Set<string> {
+    const dirs = new Set<string>();
     if (this.subscriptions.size > 0) addIfDir(dirs, this.devRoot);
     for (const { paths } of this.subscriptions) {
       for (const path of paths) {
@@ -72,21 +71,27 @@ export class DeviceWatch {
     return dirs;
   }
 
-  private sync(): void {
+  /**
+   * Watches what is wanted now; `renew` watches every directory afresh. A
+   * directory removed and made again is another directory, which its old
+   * watch never sees (and the file system may give it the same inode
+   * number, so it cannot be told apart): after each burst of changes every
+   * watch is renewed, which costs a few inotify_add_watch calls.
+   */
+  private sync(renew = false): void {
     if (this.closed) return;
     const wanted = this.wanted();
-    // A directory removed and made again is another inode: its old watch sees nothing more.
-    for (const [dir, { w, ino }] of this.watchers) {
-      if (wanted.get(dir) === ino) continue;
+    for (const [dir, w] of this.watchers) {
+      if (wanted.has(dir) && !renew) continue;
       w.close();
       this.watchers.delete(dir);
     }
-    for (const [dir, ino] of wanted) {
+    for (const dir of wanted) {
       if (this.watchers.has(dir)) continue;
       try {
         const w = watch(dir, { persistent: false }, () => this.changed());
-        w.on("error", () => this.dropped(dir)); // the directory went: watched again if it comes back
-        this.watchers.set(dir, { w, ino });
+        w.on("error", () => this.dropped(dir, w)); // the directory went: watched again if it comes back
+        this.watchers.set(dir, w);
       } catch (err) {
         if (!isErrno(err, "ENOENT") && !isErrno(err, "ENOTDIR")) throw err;
         // gone between the look and the watch: its parent's event brings it back
@@ -94,9 +99,9 @@ export class DeviceWatch {
     }
   }
 
-  private dropped(dir: string): void {
-    this.watchers.get(dir)?.w.close();
-    this.watchers.delete(dir);
+  private dropped(dir: string, w: FSWatcher): void {
+    w.close();
+    if (this.watchers.get(dir) === w) this.watchers.delete(dir); // not a newer watch of the same path
     this.changed();
   }
 
@@ -104,8 +109,8 @@ export class DeviceWatch {
     if (this.closed || this.timer) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      // New directories are watched before anyone looks, so nothing made meanwhile is missed.
-      this.sync();
+      // Directories are watched (afresh) before anyone looks, so nothing made meanwhile is missed.
+      this.sync(true);
       for (const sub of [...this.subscriptions]) sub.onChange();
     }, this.debounceMs);
   }
@@ -116,10 +121,9 @@ function isUnder(root: string, dir: string): boolean {
   return rel === "" || (!rel.startsWith("..") && !rel.startsWith("/"));
 }
 
-function addIfDir(dirs: Map<string, number>, dir: string): void {
+function addIfDir(dirs: Set<string>, dir: string): void {
   try {
-    const st = lstatSync(dir);
-    if (st.isDirectory()) dirs.set(dir, st.ino);
+    if (lstatSync(dir).isDirectory()) dirs.add(dir);
   } catch (err) {
     if (!isErrno(err, "ENOENT") && !isErrno(err, "ENOTDIR")) throw err;
     // not there yet: its parent is watched
