@@ -24,12 +24,12 @@ const registryHost = z
 
 /**
  * A glob over host device paths: `/dev/` and then letters, digits, `_`, `.`,
- * `-`, `/`, with `*` and `?` matching within one path component and `[…]` a
+ * `-`, `:` (udev's by-path names), `/`, with `*` and `?` matching within one path component and `[…]` a
  * character class. No `..` and no empty components.
  */
 export const devicePattern = z
   .string()
-  .regex(/^\/dev\/[a-zA-Z0-9_.\-/*?[\]]+$/, "expected a glob under /dev/, such as /dev/ttyUSB*")
+  .regex(/^\/dev\/[a-zA-Z0-9_.:\-/*?[\]]+$/, "expected a glob under /dev/, such as /dev/ttyUSB*")
   .refine((p) => !p.split("/").slice(1).includes(".."), "must not contain '..'")
   .refine((p) => !p.slice(1).split("/").includes(""), "must not contain empty path components")
   .refine((p) => !/\[[^\]]*$|\[\]/.test(p), "has an unclosed or empty [ ] class");

@@ -248,6 +248,7 @@ describe("the policy's device globs", () => {
     ["/dev/sda", [], false],
     ["/dev/i2c-1", ["/dev/i2c-1"], true],
     ["/dev/i2cx1", ["/dev/i2c.1"], false],
+    ["/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0", ["/dev/serial/by-path/pci-0000:00:14.0-*"], true],
   ])("%s against %j: %s", (path, patterns, allowed) => {
     expect(deviceAllowed(path, patterns)).toBe(allowed);
   });
