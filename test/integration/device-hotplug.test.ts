@@ -12,6 +12,7 @@
  *   cgroup follows the numbers;
  * - a deployment whose device never appears is judged unhealthy for
  *   waiting on that device;
+ * - a restarted agent follows on from the container's devices.json;
  * - a container that swaps a target's parent for a symlink (into its volume,
  *   or to a host path) gets no node there, and nothing lands on the host.
  *
@@ -204,6 +205,21 @@ describe("a service's host device", () => {
       message: expect.stringContaining("modem (waiting for device /dev/ttyACM9, absent)"),
     });
     expect(service("serial")!.pid).toBe(last);
+  });
+});
+
+describe("a restarted agent", () => {
+  it("follows on from what the container's /dev holds: a device unplugged while no agent ran leaves it", async () => {
+    const pid = service("serial")!.pid;
+    await agent.stop();
+    rmSync(join(devRoot, "ttyUSB1"));
+    agent = await createAgent(ctx, (e) => events.push(e as (typeof events)[number]));
+    await agent.reattach();
+    await waitFor("the device reported absent", () => service("serial")?.devices?.[0]?.present === false, {
+      timeoutMs: 10_000,
+    });
+    expect(await inside("serial", "test -e /dev/ttyS0 && echo there || echo gone")).toBe("gone");
+    expect(service("serial")!.pid).toBe(pid);
   });
 });
 
