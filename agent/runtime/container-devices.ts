@@ -104,25 +104,28 @@ export class ContainerDevices {
     const before = this.recordedNodes(target.dir, requests.length);
     const now = this.resolve(requests);
     const changed = requests.map((_, i) => !same(before[i]!, now[i]!));
-    const errors = new Map<number, string>();
+    const [removeFailed, addFailed] = [new Map<number, string>(), new Map<number, string>()];
+    let made = now;
     if (changed.some(Boolean)) {
-      for (const [i, node] of before.entries()) if (changed[i] && node) await this.devnode(target, "remove", node);
+      // A node that cannot be removed (reported) still loses its rule below.
+      for (const [i, node] of before.entries()) {
+        if (!changed[i] || !node) continue;
+        await this.devnode(target, "remove", node).catch((err: Error) => removeFailed.set(i, err.message));
+      }
       await this.updateRules(target, before, now);
       for (const [i, node] of now.entries()) {
         if (!changed[i] || !node) continue;
-        await this.devnode(target, "add", node).catch((err: Error) => errors.set(i, err.message));
+        await this.devnode(target, "add", node).catch((err: Error) => addFailed.set(i, err.message));
       }
       // A node that could not be made is not there: its rule goes again.
-      const made = now.map((n, i) => (errors.has(i) ? null : n));
-      if (errors.size > 0) await this.updateRules(target, now, made);
+      made = now.map((n, i) => (addFailed.has(i) ? null : n));
+      if (addFailed.size > 0) await this.updateRules(target, now, made);
       this.record(target.dir, made);
     }
-    return requests.map((r, i) => ({
-      path: r.path,
-      target: r.target ?? r.path,
-      present: now[i] !== null && !errors.has(i),
-      ...(errors.has(i) ? { error: errors.get(i) } : {}),
-    }));
+    return requests.map((r, i) => {
+      const error = addFailed.get(i) ?? removeFailed.get(i);
+      return { path: r.path, target: r.target ?? r.path, present: made[i] !== null, ...(error ? { error } : {}) };
+    });
   }
 
   /** v1: allow what is new and deny what went, leaving the rest in place; v2: the whole list, replaced atomically. */
