@@ -181,6 +181,26 @@ export class Cgroups {
       }
     }
   }
+
+  /**
+   * Removes the parent of this root's container cgroups from every hierarchy
+   * where it is empty (a state root that is being removed, such as a test's);
+   * one that still holds a container's cgroup is left. The parents removed.
+   */
+  removeParent(): string[] {
+    const removed: string[] = [];
+    const roots = [...this.layout.v1.values(), ...(this.layout.unified ? [this.layout.unified] : [])];
+    for (const dir of new Set(roots.map((r) => join(r, this.parent)))) {
+      try {
+        rmdirSync(dir);
+        removed.push(dir);
+      } catch (err) {
+        // Never made in this hierarchy, or a container's cgroup is still inside: nothing to remove.
+        if (!isErrno(err, "ENOENT") && !isErrno(err, "EBUSY") && !isErrno(err, "ENOTEMPTY")) throw err;
+      }
+    }
+    return removed;
+  }
 }
 
 /**

@@ -2,7 +2,7 @@
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { Runtime } from "../../agent/runtime/runtime.js";
 import { loadNative } from "../../agent/system/native.js";
@@ -200,5 +200,21 @@ describe("container lifecycle", () => {
     expect(core.signalProcess(child.pid!, start, 15)).toBe(true);
     const signal = await new Promise((resolve) => child.on("exit", (_c, s) => resolve(s)));
     expect(signal).toBe("SIGTERM");
+  });
+});
+
+describe("a state root being removed", () => {
+  it("takes its containers' cgroup parent with it, but never one that still holds a container", async () => {
+    const other = freshRoot();
+    const runtime = new Runtime({ root: other });
+    const { id } = runtime.create({ layers: [rootfs], command: ["/bin/sleep", "600"], resources: { memory: "32Mi" } });
+    await runtime.start(id);
+    const memoryParent = dirname(runtime.cgroups.locate(id).dirs.get("memory") ?? "");
+    expect(memoryParent).toMatch(/\/fleetlet-[0-9a-f]{12}$/);
+    expect(existsSync(memoryParent)).toBe(true);
+    expect(runtime.cgroups.removeParent()).not.toContain(memoryParent); // a container is still inside
+    expect(existsSync(join(memoryParent, id))).toBe(true);
+    await cleanupRoot(other);
+    expect(existsSync(memoryParent)).toBe(false);
   });
 });

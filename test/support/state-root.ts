@@ -8,11 +8,12 @@ export function freshRoot(): string {
   return mkdtempSync(join(tmpdir(), "fleetlet-root-"));
 }
 
-/** Force-removes every container left in `root`, then the directory. */
+/** Force-removes every container left in `root`, then the directory and its containers' cgroup parents. */
 export async function cleanupRoot(root: string): Promise<void> {
   const runtime = new Runtime({ root });
   for (const c of runtime.list()) await runtime.delete(c.id, { force: true });
   runtime.sweep();
   await runtime.settled();
+  runtime.cgroups.removeParent();
   rmSync(root, { recursive: true, force: true });
 }
