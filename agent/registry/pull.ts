@@ -18,7 +18,8 @@ import { type ResolvedImage, resolveImage } from "./manifest-resolve.js";
 import { formatPlatform, hostPlatform, type Platform } from "./platform.js";
 import { RateLimiter } from "./rate-limit.js";
 import { formatReference, type ImageRef, parseReference } from "./reference.js";
-import { type RegistryAuthConfig, RegistryClient } from "./registry-client.js";
+import type { RegistryAuthConfig, RegistryClient } from "./registry-client.js";
+import { RegistryClients } from "./registry-clients.js";
 
 export type PullEvent =
   | { type: "resolved"; ref: string; digest: string; layers: { digest: string; size: number; present: boolean }[] }
@@ -36,6 +37,12 @@ export interface PullDeps {
   images: ImageStore;
   leases: Leases;
   registries: Record<string, RegistryAuthConfig>;
+  /**
+   * The clients to reuse, with their connections and tokens, and the tags
+   * already resolved under the caller's lease; without it the pull makes a
+   * client of its own and closes it at the end.
+   */
+  clients?: RegistryClients;
 }
 
 export interface PullOptions {
@@ -140,18 +147,29 @@ async function fetchLayer(layer: LayerRecord, f: LayerFetch): Promise<void> {
 export async function pullImage(refText: string, deps: PullDeps, opts: PullOptions = {}): Promise<ImageRecord> {
   const ref = parseReference(refText);
   const lease = opts.lease ?? (await deps.leases.take(`pull ${formatReference(ref)}`));
+  const clients = deps.clients ?? new RegistryClients();
   try {
-    return await pullLeased(ref, lease, deps, opts);
+    return await pullLeased(ref, lease, { ...deps, clients }, opts);
   } finally {
+    if (!deps.clients) clients.close();
     if (!opts.lease) await lease.release();
   }
 }
 
-async function pullLeased(ref: ImageRef, lease: Lease, deps: PullDeps, opts: PullOptions): Promise<ImageRecord> {
+async function pullLeased(
+  ref: ImageRef,
+  lease: Lease,
+  deps: PullDeps & { clients: RegistryClients },
+  opts: PullOptions,
+): Promise<ImageRecord> {
   const started = performance.now();
-  const client = new RegistryClient(ref.registry, deps.registries[ref.registry] ?? {});
+  const client = deps.clients.client(ref.registry, deps.registries[ref.registry] ?? {});
   const platform = opts.platform ?? hostPlatform();
-  const resolved = await resolveImage(client, ref, platform, opts.signal);
+  const resolve = () => resolveImage(client, ref, platform, opts.signal);
+  // Under the caller's lease (a deployment's), a reference is resolved once; a pull's own lease is its alone.
+  const resolved = opts.lease
+    ? await deps.clients.resolution(opts.lease, `${formatReference(ref)} ${formatPlatform(platform)}`, resolve)
+    : await resolve();
   const layers = layerRecords(resolved);
   const configDigest = resolved.manifest.config.digest;
   await lease.add({
