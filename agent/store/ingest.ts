@@ -1,25 +1,13 @@
 /**
- * One partial blob being written: every byte is hashed as it lands, and
- * `commit()` is the check that makes it a blob (size and sha256), handing
- * it to the content store only when both hold.
+ * One partial blob being written: every byte is hashed as it lands (both on
+ * a worker thread, by the native core's BlobWriter), and `commit()` is the
+ * check that makes it a blob (size and sha256), handing it to the content
+ * store only when both hold.
  */
-import { createHash, type Hash } from "node:crypto";
 import { unlinkSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { FleetError } from "../errors.js";
-
-/** The chunks after the first `skip` bytes, for a short writev. */
-function remainder(chunks: Buffer[], skip: number): Buffer[] {
-  const out: Buffer[] = [];
-  for (const c of chunks) {
-    if (skip >= c.length) skip -= c.length;
-    else {
-      out.push(skip ? c.subarray(skip) : c);
-      skip = 0;
-    }
-  }
-  return out;
-}
+import type { NativeBlobWriter } from "../system/native.js";
 
 interface IngestInit {
   /** Moves the verified file into the store as the blob `digest`. */
@@ -28,7 +16,8 @@ interface IngestInit {
   expectedSize: number;
   path: string;
   fh: FileHandle;
-  hash: Hash;
+  /** Over fh, holding the hash of its first `offset` bytes. */
+  writer: NativeBlobWriter;
   offset: number;
 }
 
@@ -39,7 +28,7 @@ export class Ingest {
   private readonly adopt: IngestInit["adopt"];
   private readonly path: string;
   private readonly fh: FileHandle;
-  private hash: Hash;
+  private readonly writer: NativeBlobWriter;
   private written: number;
   private closed = false;
 
@@ -49,7 +38,7 @@ export class Ingest {
     this.expectedSize = init.expectedSize;
     this.path = init.path;
     this.fh = init.fh;
-    this.hash = init.hash;
+    this.writer = init.writer;
     this.written = init.offset;
   }
 
@@ -58,23 +47,11 @@ export class Ingest {
     return this.written;
   }
 
-  async write(chunk: Uint8Array): Promise<void> {
-    if (this.written + chunk.length > this.expectedSize) {
-      throw new FleetError(
-        "E_DIGEST_MISMATCH",
-        `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`,
-      );
-    }
-    this.hash.update(chunk);
-    let done = 0;
-    while (done < chunk.length) {
-      const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.written + done);
-      done += bytesWritten;
-    }
-    this.written += chunk.length;
+  async write(chunk: Buffer): Promise<void> {
+    await this.writeMany([chunk], chunk.length);
   }
 
-  /** Appends several chunks with one write call, without copying them together. */
+  /** Appends several chunks with one write call, without copying them together; `total` is their length. */
   async writeMany(chunks: Buffer[], total: number): Promise<void> {
     if (this.written + total > this.expectedSize) {
       throw new FleetError(
@@ -82,19 +59,14 @@ export class Ingest {
         `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`,
       );
     }
-    for (const c of chunks) this.hash.update(c);
-    let done = 0;
-    while (done < total) {
-      const { bytesWritten } = await this.fh.writev(done === 0 ? chunks : remainder(chunks, done), this.written + done);
-      done += bytesWritten;
-    }
+    await this.writer.write(chunks, this.written);
     this.written += total;
   }
 
   /** Drops what was written, for a server that ignored the range and resent from the start. */
   async restart(): Promise<void> {
     await this.fh.truncate(0);
-    this.hash = createHash("sha256");
+    this.writer.reset();
     this.written = 0;
   }
 
@@ -106,7 +78,7 @@ export class Ingest {
         `blob ${this.digest}: got ${this.written} bytes, the manifest declares ${this.expectedSize}`,
       );
     }
-    const actual = `sha256:${this.hash.digest("hex")}`;
+    const actual = `sha256:${this.writer.digest()}`;
     if (actual !== this.digest) {
       await this.close();
       unlinkSync(this.path);
