@@ -5,7 +5,7 @@
  * it over. Broken connections are retried from where they broke; attempts
  * that made progress do not count towards giving up.
  */
-import type { Readable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 import { finished } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { FleetError } from "../errors.js";
@@ -20,6 +20,8 @@ export interface BlobFetchOptions {
   signal?: AbortSignal;
   /** How many downloads share the limiter. */
   parallel?: number;
+  /** Given every byte of the blob as it reaches the disk, when the download starts from its first (Ingest.follow). */
+  follower?: Writable;
 }
 
 const FLUSH_BYTES = 1 << 20;
@@ -175,19 +177,24 @@ async function downloadRange(
   }
 }
 
-/** Fetches `digest` into the store unless it is there; verifies before it counts as stored. */
+/**
+ * Fetches `digest` into the store unless it is there; verifies before it
+ * counts as stored. Resolves true when `opts.follower` was given every byte
+ * of the blob, false when it missed some or all of them (the blob was
+ * stored already, or resumed, or restarted).
+ */
 export async function fetchBlob(
   client: RegistryClient,
   repository: string,
   desc: { digest: string; size: number },
   store: ContentStore,
   opts: BlobFetchOptions,
-): Promise<void> {
-  if (store.has(desc.digest)) return;
+): Promise<boolean> {
+  if (store.has(desc.digest)) return false;
   const release = await store.lockIngest(desc.digest, opts.signal);
   try {
     // Another process may have finished it while we waited for the lock.
-    if (!store.has(desc.digest)) await fetchLocked(client, repository, desc, store, opts);
+    return store.has(desc.digest) ? false : await fetchLocked(client, repository, desc, store, opts);
   } finally {
     release();
   }
@@ -199,8 +206,9 @@ async function fetchLocked(
   desc: { digest: string; size: number },
   store: ContentStore,
   opts: BlobFetchOptions,
-): Promise<void> {
+): Promise<boolean> {
   const ingest = await store.openIngest(desc.digest, desc.size);
+  if (opts.follower) ingest.follow(opts.follower);
   opts.onBytes?.(ingest.offset);
   try {
     let failures = 0;
@@ -209,7 +217,7 @@ async function fetchLocked(
       try {
         while (ingest.offset < desc.size) await downloadRange(client, repository, ingest, opts);
         await ingest.commit();
-        return;
+        return ingest.followed;
       } catch (err) {
         const e = err as FleetError;
         if (e.code !== "E_REGISTRY_UNREACHABLE") throw err;

@@ -6,6 +6,7 @@
  */
 import { unlinkSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
+import type { Writable } from "node:stream";
 import { FleetError } from "../errors.js";
 import type { NativeBlobWriter } from "../system/native.js";
 
@@ -21,6 +22,19 @@ interface IngestInit {
   offset: number;
 }
 
+/** Until `stream` drains, or is destroyed (its reader gave up). */
+function drained(stream: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off("drain", done);
+      stream.off("close", done);
+      resolve();
+    };
+    stream.on("drain", done);
+    stream.on("close", done);
+  });
+}
+
 /** One partial blob being written. */
 export class Ingest {
   readonly digest: string;
@@ -31,6 +45,9 @@ export class Ingest {
   private readonly writer: NativeBlobWriter;
   private written: number;
   private closed = false;
+  /** A stream given every byte of the blob from its first, as it reaches the disk (follow()). */
+  private follower: Writable | undefined;
+  private followedAll = false;
 
   constructor(init: IngestInit) {
     this.adopt = init.adopt;
@@ -47,6 +64,41 @@ export class Ingest {
     return this.written;
   }
 
+  /**
+   * Gives `stream` every byte of the blob, in order, as each batch is on
+   * disk, waiting for it to drain (so a slow reader slows the download).
+   * Only an ingest that starts empty can: false otherwise. A follower that
+   * is destroyed is dropped; `followed` then says it missed bytes, as it
+   * does after a restart. Ending the stream is the caller's.
+   */
+  follow(stream: Writable): boolean {
+    if (this.written > 0) return false;
+    this.follower = stream;
+    this.followedAll = true;
+    return true;
+  }
+
+  /** True when the follower got every byte written, from the first. */
+  get followed(): boolean {
+    return this.followedAll;
+  }
+
+  private async feed(chunks: Buffer[]): Promise<void> {
+    const f = this.follower;
+    if (!f) return;
+    if (f.destroyed) {
+      this.unfollow();
+      return;
+    }
+    // One piece per batch, not the ~64 TLS-sized chunks it came in: a decompressor costs a round trip per write.
+    if (!f.write(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks))) await drained(f);
+  }
+
+  private unfollow(): void {
+    this.follower = undefined;
+    this.followedAll = false;
+  }
+
   async write(chunk: Buffer): Promise<void> {
     await this.writeMany([chunk], chunk.length);
   }
@@ -61,6 +113,7 @@ export class Ingest {
     }
     await this.writer.write(chunks, this.written);
     this.written += total;
+    await this.feed(chunks);
   }
 
   /** Drops what was written, for a server that ignored the range and resent from the start. */
@@ -68,6 +121,7 @@ export class Ingest {
     await this.fh.truncate(0);
     this.writer.reset();
     this.written = 0;
+    this.unfollow(); // it has bytes of the first attempt that the second does not repeat
   }
 
   /** Verifies size and digest, then moves the blob into the store; a mismatch deletes the partial. */
