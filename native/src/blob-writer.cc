@@ -1,4 +1,4 @@
-// new BlobWriter(fd)
+// new BlobWriter(fd)            fd -1: no file, the buffers are only hashed
 //   .write(buffers: Buffer[], position: number) -> Promise<void>
 //   .hashFile(length: number) -> Promise<void>
 //   .digest() -> string
@@ -135,7 +135,7 @@ class WriteWork : public BlobWork {
     // Written first, hashed after: the bytes are hashed as they are on disk, and a failed write hashes nothing.
     size_t first = 0, skip = 0;
     off_t at = position_;
-    while (first < chunks_.size()) {
+    while (writer_->fd() >= 0 && first < chunks_.size()) {
       std::vector<iovec> iov;
       for (size_t i = first; i < chunks_.size() && iov.size() < kMaxIov; i++) {
         size_t off = i == first ? skip : 0;

@@ -50,6 +50,14 @@ describe("BlobWriter", () => {
     }
   });
 
+  it("over no file (fd -1), only hashes", async () => {
+    const w = new BlobWriter(-1);
+    const parts = [randomBytes(100_000), randomBytes(3)];
+    await w.write([parts[0]!], 0);
+    await w.write([parts[1]!], 0);
+    expect(w.digest()).toBe(sha256(Buffer.concat(parts)));
+  });
+
   it("starts the hash over on reset", async () => {
     const path = join(work, "reset");
     const fd = openSync(path, "w+");
