@@ -9,6 +9,7 @@
  * Each side runs as a child process under /usr/bin/time, which reports its
  * wall time and the CPU time (user + sys) of its whole process tree.
  *   resume               bytes on the wire after kill -9 at ~50% and a second pull, vs the image size
+ * and, for the first two, the same pulls in a warm process as the agent makes them (warm-pull.ts).
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -28,6 +29,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { pushImage } from "../../agent/registry/push.js";
 import { startCountingProxy } from "../support/counting-proxy.js";
 import { startRegistry } from "../support/registry.js";
+import { warmPulls } from "./warm-pull.js";
 
 const FLEETLET = new URL("../../../bin/fleetlet.js", import.meta.url).pathname;
 const UNPACK_ONE = new URL("./unpack-one.js", import.meta.url).pathname;
@@ -130,6 +132,11 @@ export async function pullBench(args: string[]): Promise<void> {
     console.log("");
     row("download and verify", dl, dlSkopeo, "skopeo copy", { wall: "<= 0.8", cpu: "<= 1.0" });
     row("pull and unpack", full, fullSkopeo, "skopeo copy + umoci unpack", { wall: "<= 0.6", cpu: "-" });
+    // The same pulls in a warm process (the agent's case): no Node start, no module loads, kept connections.
+    const warmDl = await warmPulls(image, registries, work, { runs, unpack: false });
+    row("  warm, as the agent", warmDl, dlSkopeo, "skopeo copy", { wall: "-", cpu: "-" });
+    const warmFull = await warmPulls(image, registries, work, { runs, unpack: true });
+    row("  warm, as the agent", warmFull, fullSkopeo, "skopeo copy + umoci unpack", { wall: "-", cpu: "-" });
 
     // Unpack alone: one layer blob, from disk, into an empty directory.
     const store = join(work, "unpack-store");
