@@ -43,6 +43,7 @@ export interface HttpTimeouts {
 }
 
 const DEFAULT_TIMEOUTS: HttpTimeouts = { connectMs: 10_000, responseMs: 30_000, idleMs: 30_000 };
+const IDLE_CONNECTION_MS = 30_000;
 
 /** An error with the errno-style code registry-retry.ts classifies (ETIMEDOUT is retried). */
 function timeout(what: string, ms: number): Error {
@@ -58,8 +59,11 @@ export class RegistryHttp {
   constructor(ca: Buffer | undefined, timeouts: Partial<HttpTimeouts> = {}) {
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...timeouts };
     // LIFO: the most recently used connection is the one least likely to have been closed by the server.
-    this.https = new HttpsAgent({ keepAlive: true, scheduling: "lifo", ...(ca ? { ca } : {}) });
-    this.http = new HttpAgent({ keepAlive: true, scheduling: "lifo" });
+    // An idle connection is closed after IDLE_CONNECTION_MS, before a NAT on the way forgets it silently;
+    // the next request reconnects, resuming the TLS session the agent keeps.
+    const keep = { keepAlive: true, scheduling: "lifo" as const, timeout: IDLE_CONNECTION_MS };
+    this.https = new HttpsAgent({ ...keep, ...(ca ? { ca } : {}) });
+    this.http = new HttpAgent(keep);
   }
 
   /** Sends the request; resolves when the answer's headers are in. */
