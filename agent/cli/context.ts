@@ -6,6 +6,7 @@ import type { DeviceConfig } from "../../schemas/config.js";
 import { FleetError } from "../errors.js";
 import type { PullEvent } from "../registry/pull.js";
 import { formatReference, parseReference } from "../registry/reference.js";
+import type { RegistryClients } from "../registry/registry-clients.js";
 import { Runtime } from "../runtime/runtime.js";
 import { type ImageDefaults, imageDefaults } from "../store/image-defaults.js";
 import type { ImageRecord } from "../store/image-store.js";
@@ -16,6 +17,8 @@ import { loadNative } from "../system/native.js";
 export class CliContext {
   private runtimeInstance: Runtime | undefined;
   private storeInstance: Promise<LocalStore> | undefined;
+  /** Kept across pulls: their connections, tokens, and the tags resolved under a deployment's lease. */
+  private registryClients: RegistryClients | undefined;
 
   constructor(
     readonly root: string,
@@ -49,6 +52,8 @@ export class CliContext {
     // Loaded on demand: the HTTP stack costs a container command that needs no registry.
     const { pullImage } = await import("../registry/pull.js");
     const { ProgressBars, throttleProgress } = await import("../registry/pull-progress.js");
+    const { RegistryClients } = await import("../registry/registry-clients.js");
+    this.registryClients ??= new RegistryClients();
     // Warnings (an xattr a layer may not set) are said even when progress is not.
     const onEvent =
       opts.onEvent ??
@@ -73,6 +78,7 @@ export class CliContext {
           images: store.images,
           leases: store.leases,
           registries: this.config.registries,
+          clients: this.registryClients,
         },
         {
           maxRateBytesPerSec: opts.maxRate ?? this.config.pull.maxRateBytesPerSec,

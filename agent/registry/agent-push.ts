@@ -181,15 +181,19 @@ export async function pushAgent(
   const twice = archs.find((a, i) => archs.indexOf(a) !== i);
   if (twice) throw new FleetError("E_INVALID_ARGUMENT", `push-agent: two bundles for linux/${twice}`, { exitCode: 2 });
   const client = new RegistryClient(ref.registry, registries[ref.registry] ?? {});
-  const manifests = [];
-  for (const b of infos) manifests.push(await pushBundle(client, ref, b));
-  const index = {
-    schemaVersion: 2,
-    mediaType: MEDIA.ociIndex,
-    artifactType: AGENT_ARTIFACT_TYPE,
-    manifests,
-    annotations: { [AGENT_VERSION_ANNOTATION]: version },
-  };
-  const { digest } = await putDocument(client, ref, ref.tag ?? version, MEDIA.ociIndex, index);
-  return { ref: formatReference(ref), digest, version, bundles: infos };
+  try {
+    const manifests = [];
+    for (const b of infos) manifests.push(await pushBundle(client, ref, b));
+    const index = {
+      schemaVersion: 2,
+      mediaType: MEDIA.ociIndex,
+      artifactType: AGENT_ARTIFACT_TYPE,
+      manifests,
+      annotations: { [AGENT_VERSION_ANNOTATION]: version },
+    };
+    const { digest } = await putDocument(client, ref, ref.tag ?? version, MEDIA.ociIndex, index);
+    return { ref: formatReference(ref), digest, version, bundles: infos };
+  } finally {
+    client.close();
+  }
 }

@@ -5,6 +5,8 @@
  * it over. Broken connections are retried from where they broke; attempts
  * that made progress do not count towards giving up.
  */
+import type { Readable, Writable } from "node:stream";
+import { finished } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { FleetError } from "../errors.js";
 import type { ContentStore } from "../store/content-store.js";
@@ -18,6 +20,8 @@ export interface BlobFetchOptions {
   signal?: AbortSignal;
   /** How many downloads share the limiter. */
   parallel?: number;
+  /** Given every byte of the blob as it reaches the disk, when the download starts from its first (Ingest.follow). */
+  follower?: Writable;
 }
 
 const FLUSH_BYTES = 1 << 20;
@@ -79,34 +83,76 @@ async function openRange(
   return res;
 }
 
-/** Writes the body into the ingest, in batches of FLUSH_BYTES (each chunk at once when rate-limited). */
-async function copyToIngest(
+/** Writes a rate-limited body into the ingest chunk by chunk, each after the limiter lets it through. */
+async function copyLimited(
   client: RegistryClient,
   body: AsyncIterable<Buffer>,
   ingest: Ingest,
   opts: BlobFetchOptions,
 ): Promise<void> {
+  try {
+    for await (const chunk of body) {
+      await opts.limiter.take(chunk.length, opts.signal);
+      await ingest.writeMany([chunk], chunk.length);
+      opts.onBytes?.(chunk.length);
+    }
+  } catch (err) {
+    throw client.networkError(`GET blob ${ingest.digest}`, err);
+  }
+}
+
+/**
+ * Writes the body into the ingest in batches of FLUSH_BYTES, taking the
+ * chunks as they arrive (no copies): one batch is on its way to disk (and
+ * the hash) while the next fills, and only past that does the socket wait.
+ * Whatever arrived before a broken connection is written, so the next
+ * attempt resumes after it.
+ */
+async function copyToIngest(
+  client: RegistryClient,
+  body: Readable,
+  ingest: Ingest,
+  opts: BlobFetchOptions,
+): Promise<void> {
+  if (opts.limiter.limited) return copyLimited(client, body, ingest, opts);
   let pending: Buffer[] = [];
   let pendingBytes = 0;
-  const flush = async () => {
-    if (pendingBytes === 0) return;
+  let writes = Promise.resolve();
+  let inFlight = 0;
+  const flush = () => {
+    if (pendingBytes === 0) return writes;
     const chunks = pending;
     const total = pendingBytes;
     pending = [];
     pendingBytes = 0;
-    await ingest.writeMany(chunks, total);
+    inFlight++;
+    writes = writes.then(async () => {
+      await ingest.writeMany(chunks, total);
+      inFlight--;
+      opts.onBytes?.(total);
+    });
+    writes.catch((err: unknown) => body.destroy(err as Error)); // stop receiving; the error is thrown below
+    return writes;
   };
-  const limited = opts.limiter.limited;
+  body.on("data", (chunk: Buffer) => {
+    pending.push(chunk);
+    pendingBytes += chunk.length;
+    if (pendingBytes < FLUSH_BYTES) return;
+    const written = flush();
+    if (inFlight < 2) return;
+    body.pause();
+    written.then(
+      () => body.resume(),
+      () => undefined, // flush() destroys the body on a failed write
+    );
+  });
+  // The end, an error, or a close before the end (a premature close, which is retried).
+  const received = finished(body);
   try {
-    for await (const chunk of body) {
-      if (limited) await opts.limiter.take(chunk.length, opts.signal);
-      pending.push(chunk);
-      pendingBytes += chunk.length;
-      opts.onBytes?.(chunk.length);
-      if (pendingBytes >= FLUSH_BYTES || limited) await flush();
-    }
+    await received;
   } catch (err) {
-    await flush(); // keep every byte that arrived: the next attempt resumes after it
+    await flush().catch(() => undefined); // a failed write is the error the caller sees below, once
+    await writes;
     throw client.networkError(`GET blob ${ingest.digest}`, err);
   }
   await flush();
@@ -120,7 +166,7 @@ async function downloadRange(
 ): Promise<void> {
   const range = nextRange(ingest, opts);
   const res = await openRange(client, repository, ingest, range, opts.signal);
-  await copyToIngest(client, res.body as AsyncIterable<Buffer>, ingest, opts);
+  await copyToIngest(client, res.body, ingest, opts);
   const size = ingest.expectedSize;
   const expectedEnd = res.status === 206 ? range.end + 1 : size;
   if (ingest.offset < expectedEnd) {
@@ -131,19 +177,24 @@ async function downloadRange(
   }
 }
 
-/** Fetches `digest` into the store unless it is there; verifies before it counts as stored. */
+/**
+ * Fetches `digest` into the store unless it is there; verifies before it
+ * counts as stored. Resolves true when `opts.follower` was given every byte
+ * of the blob, false when it missed some or all of them (the blob was
+ * stored already, or resumed, or restarted).
+ */
 export async function fetchBlob(
   client: RegistryClient,
   repository: string,
   desc: { digest: string; size: number },
   store: ContentStore,
   opts: BlobFetchOptions,
-): Promise<void> {
-  if (store.has(desc.digest)) return;
+): Promise<boolean> {
+  if (store.has(desc.digest)) return false;
   const release = await store.lockIngest(desc.digest, opts.signal);
   try {
     // Another process may have finished it while we waited for the lock.
-    if (!store.has(desc.digest)) await fetchLocked(client, repository, desc, store, opts);
+    return store.has(desc.digest) ? false : await fetchLocked(client, repository, desc, store, opts);
   } finally {
     release();
   }
@@ -155,8 +206,9 @@ async function fetchLocked(
   desc: { digest: string; size: number },
   store: ContentStore,
   opts: BlobFetchOptions,
-): Promise<void> {
+): Promise<boolean> {
   const ingest = await store.openIngest(desc.digest, desc.size);
+  if (opts.follower) ingest.follow(opts.follower);
   opts.onBytes?.(ingest.offset);
   try {
     let failures = 0;
@@ -165,7 +217,7 @@ async function fetchLocked(
       try {
         while (ingest.offset < desc.size) await downloadRange(client, repository, ingest, opts);
         await ingest.commit();
-        return;
+        return ingest.followed;
       } catch (err) {
         const e = err as FleetError;
         if (e.code !== "E_REGISTRY_UNREACHABLE") throw err;

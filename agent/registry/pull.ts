@@ -6,6 +6,7 @@
  * image whose layers are present costs one manifest request.
  */
 import { statfsSync } from "node:fs";
+import { PassThrough } from "node:stream";
 import { runBounded } from "../bounded.js";
 import { FleetError } from "../errors.js";
 import type { ContentStore } from "../store/content-store.js";
@@ -18,7 +19,8 @@ import { type ResolvedImage, resolveImage } from "./manifest-resolve.js";
 import { formatPlatform, hostPlatform, type Platform } from "./platform.js";
 import { RateLimiter } from "./rate-limit.js";
 import { formatReference, type ImageRef, parseReference } from "./reference.js";
-import { type RegistryAuthConfig, RegistryClient } from "./registry-client.js";
+import type { RegistryAuthConfig, RegistryClient } from "./registry-client.js";
+import { RegistryClients } from "./registry-clients.js";
 
 export type PullEvent =
   | { type: "resolved"; ref: string; digest: string; layers: { digest: string; size: number; present: boolean }[] }
@@ -36,6 +38,12 @@ export interface PullDeps {
   images: ImageStore;
   leases: Leases;
   registries: Record<string, RegistryAuthConfig>;
+  /**
+   * The clients to reuse, with their connections and tokens, and the tags
+   * already resolved under the caller's lease; without it the pull makes a
+   * client of its own and closes it at the end.
+   */
+  clients?: RegistryClients;
 }
 
 export interface PullOptions {
@@ -49,6 +57,9 @@ export interface PullOptions {
   /** The caller's lease, which then outlives the pull (an apply's); otherwise the pull takes its own. */
   lease?: Lease;
 }
+
+/** What the download may run ahead of a layer's unpack, while it feeds it. */
+const FEED_BYTES = 4 << 20;
 
 /** Room left after the pull, so a device never runs its disk to the last block; the unpack keeps it too. */
 const DISK_RESERVE = DEFAULT_LAYER_LIMITS.diskReserveBytes;
@@ -108,28 +119,65 @@ interface LayerFetch {
   onFetched(n: number): void;
 }
 
-/** Fetches one layer's blob (resuming a partial) and unpacks it as soon as it is verified. */
+/**
+ * Fetches one layer's blob (resuming a partial) and unpacks it. A download
+ * that starts from the blob's first byte feeds the unpack as it goes (each
+ * batch once it is on disk), so the layer is unpacked when its last byte
+ * lands; the snapshot is still named only after the blob is verified and
+ * committed and the diff id checked. Otherwise (a resumed partial, a blob
+ * already stored, a registry that restarted the body) the layer unpacks
+ * from the stored blob after.
+ */
 async function fetchLayer(layer: LayerRecord, f: LayerFetch): Promise<void> {
   const { deps, opts } = f;
+  const unpackOpts = {
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    onWarning: (message: string) => opts.onEvent?.({ type: "warning", layer: layer.digest, message }),
+  };
+  const unpack = opts.unpack !== false;
+  const feed = unpack && !deps.store.has(layer.digest) ? new PassThrough({ highWaterMark: FEED_BYTES }) : undefined;
+  const streaming = feed && settled(deps.snapshots.unpack(layer, feed, unpackOpts));
+  // An unpack that stops reading (a refused layer) lets the download go on without it.
+  void streaming?.then(() => feed?.destroy());
   let done = deps.store.has(layer.digest) ? layer.size : 0;
-  await fetchBlob(f.client, f.repository, layer, deps.store, {
-    limiter: f.limiter,
-    parallel: f.parallel,
-    ...(opts.signal ? { signal: opts.signal } : {}),
-    onBytes: (n) => {
-      done += n;
-      f.onFetched(n);
-      opts.onEvent?.({ type: "progress", layer: layer.digest, done, total: layer.size });
-    },
-  });
+  let followed: boolean;
+  try {
+    followed = await fetchBlob(f.client, f.repository, layer, deps.store, {
+      limiter: f.limiter,
+      parallel: f.parallel,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(feed ? { follower: feed } : {}),
+      onBytes: (n) => {
+        done += n;
+        f.onFetched(n);
+        opts.onEvent?.({ type: "progress", layer: layer.digest, done, total: layer.size });
+      },
+    });
+  } catch (err) {
+    feed?.destroy();
+    await streaming; // its tmp directory is gone before the error goes up
+    throw err;
+  }
   opts.onEvent?.({ type: "downloaded", layer: layer.digest });
-  if (opts.unpack === false) return;
-  const blob = deps.store.createReadStream(layer.digest);
-  await deps.snapshots.unpack(layer, blob, {
-    ...(opts.signal ? { signal: opts.signal } : {}),
-    onWarning: (message) => opts.onEvent?.({ type: "warning", layer: layer.digest, message }),
-  });
+  if (!unpack) return;
+  if (feed && followed) {
+    feed.end();
+    const failed = await streaming;
+    if (failed) throw failed;
+  } else {
+    feed?.destroy();
+    await streaming; // fed only part of the blob, it failed and cleaned up: the stored blob is unpacked instead
+    await deps.snapshots.unpack(layer, deps.store.createReadStream(layer.digest), unpackOpts);
+  }
   opts.onEvent?.({ type: "unpacked", layer: layer.digest });
+}
+
+/** What an unpack threw, or undefined once it succeeded. */
+function settled(p: Promise<unknown>): Promise<unknown> {
+  return p.then(
+    () => undefined,
+    (err: unknown) => err ?? new Error("unpack failed"),
+  );
 }
 
 /**
@@ -140,18 +188,29 @@ async function fetchLayer(layer: LayerRecord, f: LayerFetch): Promise<void> {
 export async function pullImage(refText: string, deps: PullDeps, opts: PullOptions = {}): Promise<ImageRecord> {
   const ref = parseReference(refText);
   const lease = opts.lease ?? (await deps.leases.take(`pull ${formatReference(ref)}`));
+  const clients = deps.clients ?? new RegistryClients();
   try {
-    return await pullLeased(ref, lease, deps, opts);
+    return await pullLeased(ref, lease, { ...deps, clients }, opts);
   } finally {
+    if (!deps.clients) clients.close();
     if (!opts.lease) await lease.release();
   }
 }
 
-async function pullLeased(ref: ImageRef, lease: Lease, deps: PullDeps, opts: PullOptions): Promise<ImageRecord> {
+async function pullLeased(
+  ref: ImageRef,
+  lease: Lease,
+  deps: PullDeps & { clients: RegistryClients },
+  opts: PullOptions,
+): Promise<ImageRecord> {
   const started = performance.now();
-  const client = new RegistryClient(ref.registry, deps.registries[ref.registry] ?? {});
+  const client = deps.clients.client(ref.registry, deps.registries[ref.registry] ?? {});
   const platform = opts.platform ?? hostPlatform();
-  const resolved = await resolveImage(client, ref, platform, opts.signal);
+  const resolve = () => resolveImage(client, ref, platform, opts.signal);
+  // Under the caller's lease (a deployment's), a reference is resolved once; a pull's own lease is its alone.
+  const resolved = opts.lease
+    ? await deps.clients.resolution(opts.lease, `${formatReference(ref)} ${formatPlatform(platform)}`, resolve)
+    : await resolve();
   const layers = layerRecords(resolved);
   const configDigest = resolved.manifest.config.digest;
   await lease.add({
@@ -186,6 +245,9 @@ async function pullLeased(ref: ImageRef, lease: Lease, deps: PullDeps, opts: Pul
       fetchedBytes += n;
     },
   };
+  // A layer unpacks while it downloads, so a pull killed mid-download leaves a half-made snapshot: clear those of dead pulls.
+  if (todo.length > 0 && opts.unpack !== false)
+    for (const dir of deps.snapshots.abandoned()) await deps.snapshots.erase(dir);
   await runBounded(todo, concurrency, (layer) => fetchLayer(layer, fetch));
 
   const record = imageRecord(formatReference(ref), resolved, layers, platform);

@@ -129,7 +129,8 @@ async function baseImage(
       `--base ${name}: the base must be in the same registry (${registry}) so its layers can be mounted`,
       { exitCode: 2 },
     );
-  const resolved = await resolveImage(new RegistryClient(registry, registries[registry] ?? {}), ref, platform);
+  const client = new RegistryClient(registry, registries[registry] ?? {});
+  const resolved = await resolveImage(client, ref, platform).finally(() => client.close());
   return { repository: ref.repository, manifest: resolved.manifest, config: resolved.config };
 }
 
@@ -257,6 +258,7 @@ export async function pushImage(source: string, refText: string, opts: PushOptio
     const digest = await putManifest(client, ref, layers, config);
     return { ref: formatReference(ref), digest, layer };
   } finally {
+    client.close();
     rmSync(work, { recursive: true, force: true });
   }
 }

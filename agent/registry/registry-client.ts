@@ -1,15 +1,18 @@
 /**
- * One registry, over got: TLS with the configured CA (plain HTTP only when
- * the registry is configured `insecure`), anonymous, basic or bearer-token
- * auth (registry-auth.ts), redirects followed by hand so that Authorization
+ * One registry: TLS with the configured CA (plain HTTP only when the
+ * registry is configured `insecure`) over kept-alive connections
+ * (registry-http.ts), anonymous, basic or bearer-token auth
+ * (registry-auth.ts), redirects followed by hand so that Authorization
  * never goes to another host, and retries with exponential backoff and
- * jitter on network errors, 5xx and 429 (registry-retry.ts).
+ * jitter on network errors, 5xx and 429 (registry-retry.ts). A client
+ * lives as long as its owner keeps it: its connections and tokens serve
+ * every pull from the registry (registry-clients.ts).
  */
 import { readFileSync } from "node:fs";
 import type { Readable } from "node:stream";
-import got, { type Headers, type OptionsInit, type OptionsOfBufferResponseBody } from "got";
 import { FleetError } from "../errors.js";
 import { RegistryAuth, type RegistryCredentials } from "./registry-auth.js";
+import { type Headers, RegistryHttp } from "./registry-http.js";
 import { RegistryRetry, type RetryPolicy } from "./registry-retry.js";
 
 export interface RegistryAuthConfig extends RegistryCredentials {
@@ -33,7 +36,7 @@ export interface StreamResponse {
 export class RegistryClient {
   readonly registry: string;
   readonly origin: string;
-  private readonly ca: Buffer | undefined;
+  private readonly http: RegistryHttp;
   private readonly auth: RegistryAuth;
   private readonly retrier: RegistryRetry;
   readonly retry: RetryPolicy;
@@ -44,29 +47,23 @@ export class RegistryClient {
     this.retrier = new RegistryRetry(registry, retry);
     this.retry = this.retrier.policy;
     this.auth = new RegistryAuth(registry, auth, (url, headers, signal) =>
-      this.withRetry(`token from ${url.origin}`, () => got(url, this.options(headers, signal))),
+      this.withRetry(`token from ${url.origin}`, () => this.http.buffered(url, { method: "GET", headers, signal })),
     );
+    let ca: Buffer | undefined;
     try {
-      this.ca = auth.ca ? readFileSync(auth.ca) : undefined;
+      ca = auth.ca ? readFileSync(auth.ca) : undefined;
     } catch (err) {
       throw new FleetError(
         "E_INVALID_CONFIG",
         `registries."${registry}".ca: cannot read ${auth.ca}: ${(err as Error).message}`,
       );
     }
+    this.http = new RegistryHttp(ca);
   }
 
-  private options(headers: Record<string, string>, signal?: AbortSignal): OptionsOfBufferResponseBody {
-    return {
-      headers: { "user-agent": "fleetlet", ...headers },
-      https: this.ca ? { certificateAuthority: this.ca } : {},
-      throwHttpErrors: false,
-      followRedirect: false,
-      retry: { limit: 0 },
-      timeout: { connect: 10_000, response: 30_000 },
-      responseType: "buffer",
-      ...(signal ? { signal } : {}),
-    };
+  /** Closes the client's kept-alive connections (a client not closed lets the process exit all the same). */
+  close(): void {
+    this.http.close();
   }
 
   /** A request with auth, redirects and retries; the body is buffered (manifests, configs, small replies). */
@@ -90,7 +87,7 @@ export class RegistryClient {
       const body = () =>
         opts.body === undefined ? {} : { body: typeof opts.body === "function" ? opts.body() : opts.body };
       let res = await this.withRetry(`${method} ${url.pathname}`, () =>
-        got(url, { ...this.options(headers, opts.signal), method, ...body() }),
+        this.http.buffered(url, { method, headers, signal: opts.signal, ...body() }, opts.maxBytes),
       );
       for (
         let hops = 0;
@@ -101,7 +98,7 @@ export class RegistryClient {
         if (next.origin !== this.origin) delete headers.authorization; // never send credentials to another host
         url = next;
         res = await this.withRetry(`${method} ${url.pathname}`, () =>
-          got(url, { ...this.options(headers, opts.signal), method }),
+          this.http.buffered(url, { method, headers, signal: opts.signal }, opts.maxBytes),
         );
       }
       if (res.statusCode === 401 && authTries === 0) {
@@ -110,12 +107,6 @@ export class RegistryClient {
       }
       if (res.statusCode === 401 || res.statusCode === 403)
         throw this.auth.error(`${method} ${url.pathname} was refused (HTTP ${res.statusCode})`);
-      if (opts.maxBytes !== undefined && res.body.length > opts.maxBytes) {
-        throw new FleetError(
-          "E_REGISTRY",
-          `${this.registry}${url.pathname}: ${res.body.length} bytes is more than the ${opts.maxBytes} allowed`,
-        );
-      }
       return { status: res.statusCode, headers: res.headers, body: res.body };
     }
   }
@@ -151,15 +142,13 @@ export class RegistryClient {
     }
   }
 
-  private streamOnce(url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<StreamResponse> {
-    return new Promise((resolve, reject) => {
-      const { responseType: _buffered, ...options } = this.options(headers, signal);
-      const stream = got.stream(url, { ...options, isStream: true } as OptionsInit & { isStream: true });
-      stream.once("response", (res: { statusCode: number; headers: Headers }) =>
-        resolve({ status: res.statusCode, headers: res.headers, body: stream }),
-      );
-      stream.once("error", (err: Error) => reject(this.networkError(`GET ${url.pathname}`, err)));
-    });
+  private async streamOnce(url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<StreamResponse> {
+    try {
+      const res = await this.http.open(url, { method: "GET", headers, signal });
+      return { status: res.statusCode, headers: res.headers, body: res.body };
+    } catch (err) {
+      throw this.networkError(`GET ${url.pathname}`, err);
+    }
   }
 
   /** Runs `attempt` until it gives a non-retryable answer, backing off with jitter. */

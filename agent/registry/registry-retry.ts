@@ -6,8 +6,8 @@
  * unreachable registry (worth retrying) or another registry error.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import type { Headers, RequestError } from "got";
 import { FleetError } from "../errors.js";
+import type { Headers } from "./registry-http.js";
 
 export interface RetryPolicy {
   attempts: number;
@@ -87,7 +87,7 @@ export class RegistryRetry {
 
   networkError(what: string, err: unknown): FleetError {
     if (err instanceof FleetError) return err;
-    const e = err as RequestError & { code?: string };
+    const e = err as Error & { code?: string };
     const code = e.code ?? (e.cause as NodeJS.ErrnoException | undefined)?.code ?? "";
     if (e.name === "AbortError" || code === "ERR_ABORTED")
       return new FleetError("E_ABORTED", `${this.registry}: ${what} was cancelled`, { cause: err });

@@ -6,13 +6,12 @@
  * so a blob that exists is a verified blob. A power cut leaves either that
  * or a partial in `ingest/` that the next pull resumes.
  */
-import { createHash } from "node:crypto";
-import { createReadStream, existsSync, readdirSync, renameSync, statSync, unlinkSync } from "node:fs";
+import { constants, createReadStream, existsSync, readdirSync, renameSync, statSync, unlinkSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { isErrno } from "../errors.js";
-import type { NativeCore } from "../system/native.js";
+import type { NativeBlobWriter, NativeCore } from "../system/native.js";
 import { privateDir } from "../system/state-root.js";
 import { digestHex } from "./digest.js";
 import { Ingest } from "./ingest.js";
@@ -23,8 +22,15 @@ export class ContentStore {
   readonly ingestDir: string;
   private readonly locks: IngestLocks;
 
-  /** `startTime`: the native core's, which names a process for good together with its pid (the ingest locks' holders). */
-  constructor(root: string, native: Pick<NativeCore, "startTime">) {
+  private readonly native: Pick<NativeCore, "BlobWriter">;
+
+  /**
+   * `startTime`: the native core's, which names a process for good together
+   * with its pid (the ingest locks' holders); `BlobWriter`: its writer that
+   * writes and hashes a download off the event loop.
+   */
+  constructor(root: string, native: Pick<NativeCore, "startTime" | "BlobWriter">) {
+    this.native = native;
     this.blobsDir = join(root, "blobs", "sha256");
     this.ingestDir = join(root, "ingest");
     // Root's alone (0700): a blob is an image's content, a layer's setuid files included.
@@ -102,25 +108,25 @@ export class ContentStore {
    */
   async openIngest(digest: string, expectedSize: number, opts: { restart?: boolean } = {}): Promise<Ingest> {
     const path = this.partialPath(digest);
-    const fh = await open(path, opts.restart ? "w" : "a+");
-    const hash = createHash("sha256");
+    // Not O_APPEND ("a+"): the writer's pwritev would ignore its position under it.
+    const fh = await open(path, opts.restart ? "w" : constants.O_RDWR | constants.O_CREAT);
+    let writer: NativeBlobWriter;
     let offset = 0;
-    if (!opts.restart) {
+    try {
+      writer = new this.native.BlobWriter(fh.fd);
       const { size } = await fh.stat();
       if (size > expectedSize) {
         await fh.truncate(0); // longer than the blob can be: nothing in it is trustworthy
-      } else {
-        const buf = Buffer.allocUnsafe(1 << 20);
-        while (offset < size) {
-          const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - offset), offset);
-          if (bytesRead === 0) break;
-          hash.update(buf.subarray(0, bytesRead));
-          offset += bytesRead;
-        }
+      } else if (size > 0) {
+        await writer.hashFile(size);
+        offset = size;
       }
+    } catch (err) {
+      await fh.close();
+      throw err;
     }
     const adopt = (file: string, d: string) => this.adopt(file, d);
-    return new Ingest({ adopt, digest, expectedSize, path, fh, hash, offset });
+    return new Ingest({ adopt, digest, expectedSize, path, fh, writer, offset });
   }
 
   delete(digest: string): void {

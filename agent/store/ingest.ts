@@ -1,25 +1,14 @@
 /**
- * One partial blob being written: every byte is hashed as it lands, and
- * `commit()` is the check that makes it a blob (size and sha256), handing
- * it to the content store only when both hold.
+ * One partial blob being written: every byte is hashed as it lands (both on
+ * a worker thread, by the native core's BlobWriter), and `commit()` is the
+ * check that makes it a blob (size and sha256), handing it to the content
+ * store only when both hold.
  */
-import { createHash, type Hash } from "node:crypto";
 import { unlinkSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
+import type { Writable } from "node:stream";
 import { FleetError } from "../errors.js";
-
-/** The chunks after the first `skip` bytes, for a short writev. */
-function remainder(chunks: Buffer[], skip: number): Buffer[] {
-  const out: Buffer[] = [];
-  for (const c of chunks) {
-    if (skip >= c.length) skip -= c.length;
-    else {
-      out.push(skip ? c.subarray(skip) : c);
-      skip = 0;
-    }
-  }
-  return out;
-}
+import type { NativeBlobWriter } from "../system/native.js";
 
 interface IngestInit {
   /** Moves the verified file into the store as the blob `digest`. */
@@ -28,8 +17,22 @@ interface IngestInit {
   expectedSize: number;
   path: string;
   fh: FileHandle;
-  hash: Hash;
+  /** Over fh, holding the hash of its first `offset` bytes. */
+  writer: NativeBlobWriter;
   offset: number;
+}
+
+/** Until `stream` drains, or is destroyed (its reader gave up). */
+function drained(stream: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off("drain", done);
+      stream.off("close", done);
+      resolve();
+    };
+    stream.on("drain", done);
+    stream.on("close", done);
+  });
 }
 
 /** One partial blob being written. */
@@ -39,9 +42,12 @@ export class Ingest {
   private readonly adopt: IngestInit["adopt"];
   private readonly path: string;
   private readonly fh: FileHandle;
-  private hash: Hash;
+  private readonly writer: NativeBlobWriter;
   private written: number;
   private closed = false;
+  /** A stream given every byte of the blob from its first, as it reaches the disk (follow()). */
+  private follower: Writable | undefined;
+  private followedAll = false;
 
   constructor(init: IngestInit) {
     this.adopt = init.adopt;
@@ -49,7 +55,7 @@ export class Ingest {
     this.expectedSize = init.expectedSize;
     this.path = init.path;
     this.fh = init.fh;
-    this.hash = init.hash;
+    this.writer = init.writer;
     this.written = init.offset;
   }
 
@@ -58,23 +64,46 @@ export class Ingest {
     return this.written;
   }
 
-  async write(chunk: Uint8Array): Promise<void> {
-    if (this.written + chunk.length > this.expectedSize) {
-      throw new FleetError(
-        "E_DIGEST_MISMATCH",
-        `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`,
-      );
-    }
-    this.hash.update(chunk);
-    let done = 0;
-    while (done < chunk.length) {
-      const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.written + done);
-      done += bytesWritten;
-    }
-    this.written += chunk.length;
+  /**
+   * Gives `stream` every byte of the blob, in order, as each batch is on
+   * disk, waiting for it to drain (so a slow reader slows the download).
+   * Only an ingest that starts empty can: false otherwise. A follower that
+   * is destroyed is dropped; `followed` then says it missed bytes, as it
+   * does after a restart. Ending the stream is the caller's.
+   */
+  follow(stream: Writable): boolean {
+    if (this.written > 0) return false;
+    this.follower = stream;
+    this.followedAll = true;
+    return true;
   }
 
-  /** Appends several chunks with one write call, without copying them together. */
+  /** True when the follower got every byte written, from the first. */
+  get followed(): boolean {
+    return this.followedAll;
+  }
+
+  private async feed(chunks: Buffer[]): Promise<void> {
+    const f = this.follower;
+    if (!f) return;
+    if (f.destroyed) {
+      this.unfollow();
+      return;
+    }
+    // One piece per batch, not the ~64 TLS-sized chunks it came in: a decompressor costs a round trip per write.
+    if (!f.write(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks))) await drained(f);
+  }
+
+  private unfollow(): void {
+    this.follower = undefined;
+    this.followedAll = false;
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    await this.writeMany([chunk], chunk.length);
+  }
+
+  /** Appends several chunks with one write call, without copying them together; `total` is their length. */
   async writeMany(chunks: Buffer[], total: number): Promise<void> {
     if (this.written + total > this.expectedSize) {
       throw new FleetError(
@@ -82,20 +111,17 @@ export class Ingest {
         `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`,
       );
     }
-    for (const c of chunks) this.hash.update(c);
-    let done = 0;
-    while (done < total) {
-      const { bytesWritten } = await this.fh.writev(done === 0 ? chunks : remainder(chunks, done), this.written + done);
-      done += bytesWritten;
-    }
+    await this.writer.write(chunks, this.written);
     this.written += total;
+    await this.feed(chunks);
   }
 
   /** Drops what was written, for a server that ignored the range and resent from the start. */
   async restart(): Promise<void> {
     await this.fh.truncate(0);
-    this.hash = createHash("sha256");
+    this.writer.reset();
     this.written = 0;
+    this.unfollow(); // it has bytes of the first attempt that the second does not repeat
   }
 
   /** Verifies size and digest, then moves the blob into the store; a mismatch deletes the partial. */
@@ -106,7 +132,7 @@ export class Ingest {
         `blob ${this.digest}: got ${this.written} bytes, the manifest declares ${this.expectedSize}`,
       );
     }
-    const actual = `sha256:${this.hash.digest("hex")}`;
+    const actual = `sha256:${this.writer.digest()}`;
     if (actual !== this.digest) {
       await this.close();
       unlinkSync(this.path);

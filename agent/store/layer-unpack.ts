@@ -9,11 +9,11 @@
  * the error is a FleetError that starts with the layer's name, and the
  * caller removes the half-written directory.
  */
-import { createHash } from "node:crypto";
 import { pipeline, type Readable, Transform } from "node:stream";
 import { createGunzip, createZstdDecompress } from "node:zlib";
 import { errnoName, FleetError } from "../errors.js";
 import type { NativeCore } from "../system/native.js";
+import { DiffHash } from "./diff-hash.js";
 import { DiskRoom } from "./disk-room.js";
 import { DEFAULT_LAYER_LIMITS, formatMiB, type LayerLimits, maxDecompressedBytes } from "./layer-limits.js";
 import { LayerWriter } from "./layer-writer.js";
@@ -61,14 +61,15 @@ function decompressor(compression: LayerCompression): NodeJS.ReadWriteStream[] {
 }
 
 /** The tar's bytes as they come out of the decompressor: hashed, and counted against the cap. */
-function tarTap(hash: ReturnType<typeof createHash>, cap: number, why: () => string): Transform {
+function tarTap(hash: DiffHash, cap: number, why: () => string): Transform {
   let total = 0;
   return new Transform({
     transform(chunk: Buffer, _enc, cb) {
       total += chunk.length;
       if (total > cap) return cb(new FleetError("E_LAYER_LIMIT", why()));
-      hash.update(chunk);
-      cb(null, chunk);
+      const behind = hash.update(chunk);
+      if (!behind) return cb(null, chunk);
+      behind.then(() => cb(null, chunk), cb);
     },
   });
 }
@@ -108,7 +109,7 @@ export async function unpackLayer(source: Readable, opts: UnpackOptions): Promis
   const limits: LayerLimits = { ...DEFAULT_LAYER_LIMITS, ...opts.limits };
   const layer = opts.layer ?? "(unnamed)";
   const cap = maxDecompressedBytes(limits, compression !== "none" ? opts.compressedSize : undefined);
-  const hash = createHash("sha256");
+  const hash = new DiffHash(opts.native);
   const tap = tarTap(
     hash,
     cap,
@@ -150,9 +151,10 @@ export async function unpackLayer(source: Readable, opts: UnpackOptions): Promis
   } catch (err) {
     await writer?.abort();
     tap.destroy();
+    await hash.settle();
     if (opts.signal?.aborted && err === opts.signal.reason) throw err;
     throw layerError(err, layer, current, writing);
   }
   xattrs.summarize();
-  return { diffId: `sha256:${hash.digest("hex")}`, entries: writer!.entries, bytes: writer!.bytes };
+  return { diffId: await hash.digest(), entries: writer!.entries, bytes: writer!.bytes };
 }

@@ -20,6 +20,17 @@ export interface ExitWatchHandle {
   close(): void;
 }
 
+/** A blob being written: writes and SHA-256 on a worker thread, one operation at a time (blob-writer.cc). */
+export interface NativeBlobWriter {
+  /** pwritev(2) of the buffers at `position`, whole, then their bytes added to the hash. */
+  write(buffers: Buffer[], position: number): Promise<void>;
+  /** Hashes the first `length` bytes of the file (a partial being resumed). */
+  hashFile(length: number): Promise<void>;
+  /** The hex sha256 of everything hashed; the hash starts over. */
+  digest(): string;
+  reset(): void;
+}
+
 export interface NativeCore {
   /** Starts a detached shim with this config (see shim-config.ts); resolves once the command is exec'd. */
   spawnShim(shimPath: string, config: Buffer, foreground: boolean): Promise<SpawnResult>;
@@ -43,6 +54,10 @@ export interface NativeCore {
   /** execve(2), the standard streams kept open; returns only by throwing. */
   execve(path: string, argv: string[], env: string[]): never;
   ExitWatch: new (pid: number, startTime: bigint, onExit: () => void) => ExitWatchHandle;
+  /** Over an open fd, which the caller keeps open until the last operation settled. */
+  BlobWriter: new (
+    fd: number,
+  ) => NativeBlobWriter;
 }
 
 export interface NativeBinding {

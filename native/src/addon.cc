@@ -20,6 +20,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("reclaimMemory", Napi::Function::New(env, ReclaimMemory));
   exports.Set("execve", Napi::Function::New(env, Execve));
   exports.Set("tryLock", Napi::Function::New(env, TryLock));
+  InitBlobWriter(env, exports);
   return InitExitWatch(env, exports);
 }
 

@@ -27,5 +27,6 @@ Napi::Value ReclaimMemory(const Napi::CallbackInfo& info);
 Napi::Value Execve(const Napi::CallbackInfo& info);
 Napi::Value TryLock(const Napi::CallbackInfo& info);
 Napi::Object InitExitWatch(Napi::Env env, Napi::Object exports);
+Napi::Object InitBlobWriter(Napi::Env env, Napi::Object exports);
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what);
