@@ -5,6 +5,7 @@
  */
 import { z } from "zod";
 import { NAME_PATTERN } from "./container.js";
+import { checkServiceNetworks, networkSpec, portSpec } from "./network.js";
 import { byteQuantity } from "./quantity.js";
 
 const serviceName = z.string().regex(NAME_PATTERN, "expected letters, digits, '_', '.' or '-'");
@@ -43,6 +44,10 @@ export const serviceSpec = z.object({
     )
     .default([]),
   network: z.enum(["none", "host"]).default("none"),
+  /** Networks of the document this service joins (a bridge each); peers reach it by its name. */
+  networks: z.array(serviceName).default([]),
+  /** Host ports published to the service: "8080:80", "127.0.0.1:9090:9090", "5353:53/udp". */
+  ports: z.array(portSpec).default([]),
   readOnlyRootfs: z.boolean().default(false),
   /** Run a minimal init as PID 1, with the command as its child: signals forwarded, zombies reaped. */
   init: z.boolean().default(false),
@@ -60,37 +65,43 @@ export const agentTarget = z.object({
 });
 export type AgentTarget = z.output<typeof agentTarget>;
 
-export const desiredState = z.object({
-  apiVersion: z.literal("fleetlet/v1", { error: 'expected "fleetlet/v1"' }),
-  deployment: z.string().min(1).max(200),
-  generation: z.number().int().nonnegative(),
-  services: z.record(serviceName, serviceSpec),
-  update: z
-    .object({
-      strategy: z.enum(["download-then-swap", "stop-then-download", "start-then-stop"]).default("download-then-swap"),
-      healthyWithinMs: z.number().int().min(0).default(60_000),
-      rollback: z.boolean().default(true),
-    })
-    .default({ strategy: "download-then-swap", healthyWithinMs: 60_000, rollback: true }),
-  /** Read from group documents only: which share of the group takes this deployment, or rolls it back. */
-  rollout: z
-    .object({
-      percent: z.number().min(0).max(100).default(100),
-      rollback: z.boolean().default(false),
-    })
-    .default({ percent: 100, rollback: false }),
-  /** Where the document is meant to go ("device/<id>" or "group/<name>"); fleetctl sets it, so a signed document cannot be replayed to another topic. */
-  target: z
-    .string()
-    .regex(/^(device|group)\/[^/]+$/, 'expected "device/<id>" or "group/<name>"')
-    .optional(),
-  /** The time after which a device refuses the document (RFC 3339); fleetctl sets it with --valid-for. */
-  notAfter: z.iso
-    .datetime({ offset: true, error: "expected an RFC 3339 time such as 2026-01-31T12:00:00Z" })
-    .optional(),
-  /** The agent version the device should run, and the OCI artifact its bundle comes from (`fleetctl push-agent`). */
-  agent: agentTarget.optional(),
-  signature: z.string().optional(),
-});
+export const desiredState = z
+  .object({
+    apiVersion: z.literal("fleetlet/v1", { error: 'expected "fleetlet/v1"' }),
+    deployment: z.string().min(1).max(200),
+    generation: z.number().int().nonnegative(),
+    /** Container networks, each a bridge of its own; services join them by name. */
+    networks: z.record(serviceName, networkSpec).default({}),
+    services: z.record(serviceName, serviceSpec),
+    update: z
+      .object({
+        strategy: z.enum(["download-then-swap", "stop-then-download", "start-then-stop"]).default("download-then-swap"),
+        healthyWithinMs: z.number().int().min(0).default(60_000),
+        rollback: z.boolean().default(true),
+      })
+      .default({ strategy: "download-then-swap", healthyWithinMs: 60_000, rollback: true }),
+    /** Read from group documents only: which share of the group takes this deployment, or rolls it back. */
+    rollout: z
+      .object({
+        percent: z.number().min(0).max(100).default(100),
+        rollback: z.boolean().default(false),
+      })
+      .default({ percent: 100, rollback: false }),
+    /** Where the document is meant to go ("device/<id>" or "group/<name>"); fleetctl sets it, so a signed document cannot be replayed to another topic. */
+    target: z
+      .string()
+      .regex(/^(device|group)\/[^/]+$/, 'expected "device/<id>" or "group/<name>"')
+      .optional(),
+    /** The time after which a device refuses the document (RFC 3339); fleetctl sets it with --valid-for. */
+    notAfter: z.iso
+      .datetime({ offset: true, error: "expected an RFC 3339 time such as 2026-01-31T12:00:00Z" })
+      .optional(),
+    /** The agent version the device should run, and the OCI artifact its bundle comes from (`fleetctl push-agent`). */
+    agent: agentTarget.optional(),
+    signature: z.string().optional(),
+  })
+  .superRefine((doc, ctx) => {
+    for (const issue of checkServiceNetworks(doc)) ctx.addIssue({ code: "custom", input: doc, ...issue });
+  });
 export type DesiredState = z.output<typeof desiredState>;
 export type DesiredStateInput = z.input<typeof desiredState>;

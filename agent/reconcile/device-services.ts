@@ -4,6 +4,7 @@
  * and restart them by policy, and their records in db.json. The Agent
  * decides what should run; this carries it out one container at a time.
  */
+import type { NetworkRecord } from "../../schemas/db.js";
 import type { ServiceSpec } from "../../schemas/desired.js";
 import type { ServiceReport } from "../../schemas/reported.js";
 import { FleetError } from "../errors.js";
@@ -12,6 +13,7 @@ import type { ImageRecord } from "../store/image-store.js";
 import { imageContent } from "../store/local-store.js";
 import type { AgentStore, PullImage } from "./agent-store.js";
 import type { ContainerDriver } from "./container-driver.js";
+import { DeviceNetworks } from "./device-networks.js";
 import type { ActualService, ActualState } from "./plan.js";
 import { type DevicePolicy, withDefaultLimits } from "./policy.js";
 import { shouldRestart } from "./restart-policy.js";
@@ -37,14 +39,21 @@ export interface ServiceStart {
   deployment: string;
   /** Consecutive failed runs before this start, for the restart backoff. */
   failures: number;
+  /** The networks it joins, placed, in the service's order. */
+  networks?: NetworkRecord[];
 }
 
 const isNotFound = (err: unknown) => (err as FleetError).code === "E_NOT_FOUND";
 
 export class DeviceServices {
   private readonly supervisors = new Map<string, ServiceSupervisor>();
+  /** The container networks the services join, where the runtime has them. */
+  readonly networks: DeviceNetworks | undefined;
 
-  constructor(private readonly deps: DeviceServicesDeps) {}
+  constructor(private readonly deps: DeviceServicesDeps) {
+    const driver = deps.runtime.network;
+    this.networks = driver ? new DeviceNetworks(deps.store.db, driver) : undefined;
+  }
 
   private get db() {
     return this.deps.store.db;
@@ -91,7 +100,7 @@ export class DeviceServices {
       if (!isNotFound(err)) throw err;
     }
     const defaults = imageDefaults(this.deps.store, s.image);
-    const ids = { containerId: s.containerId, hash: s.hash, deployment: s.deployment };
+    const ids = { containerId: s.containerId, hash: s.hash, deployment: s.deployment, networks: s.networks ?? [] };
     const spec = withDefaultLimits(s.spec, this.deps.defaultLimits);
     runtime.create(serviceContainerSpec(s.service, spec, defaults, ids));
     await this.db.update((d) => {
@@ -105,6 +114,7 @@ export class DeviceServices {
         restarts: sameRun ? (previous?.restarts ?? 0) : 0,
         deployment: s.deployment,
         spec: s.spec,
+        ...(s.networks?.length ? { networks: s.networks } : {}),
       };
     });
     await runtime.start(s.containerId);
@@ -169,8 +179,8 @@ export class DeviceServices {
         stored && store.isWhole(stored)
           ? stored
           : await this.deps.pull(rec.image, { signal: new AbortController().signal, lease });
-      const { containerId, hash, spec, deployment } = rec;
-      await this.startService({ service, spec, hash, containerId, image, deployment, failures });
+      const { containerId, hash, spec, deployment, networks } = rec;
+      await this.startService({ service, spec, hash, containerId, image, deployment, failures, networks });
     } finally {
       await lease.release();
     }

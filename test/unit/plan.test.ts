@@ -186,7 +186,7 @@ describe("plan", () => {
   it("hashes a service that leaves init off as before init existed, so an agent upgrade replaces nothing", () => {
     const spec = doc({ web }).services.web!;
     expect(spec.init).toBe(false);
-    const { init: _added, ...before } = spec;
+    const { init: _added, networks: _n, ports: _p, ...before } = spec;
     const hashBefore = createHash("sha256")
       .update(canonicalJson({ spec: before, imageDigest: D1 }))
       .digest("hex");
