@@ -18,6 +18,12 @@ export interface NetworkDriver {
   bridgeName(network: string, subnet: string): string;
   /** Takes down a network's bridge and all that was made for it; nothing to do when it is gone already. */
   removeNetwork(network: NetworkRecord): Promise<void>;
+  /** Takes down the networking a container that no longer exists left behind (a crash mid-start). */
+  sweep(): Promise<void>;
+  /** A container's address on each network it joined, by network name. */
+  addresses(containerId: string): Record<string, string>;
+  /** Rewrites the container's /etc/hosts in place with these peers. */
+  writePeers(containerId: string, peers: { address: string; names: string[] }[]): void;
 }
 
 export class DeviceNetworks {
@@ -48,6 +54,23 @@ export class DeviceNetworks {
         for (const p of fresh) d.networks[p.bridge] = p;
       });
     return placed;
+  }
+
+  /**
+   * Gives every service on a network its peers by name: each other service
+   * that shares a network with it, at its address on the first one shared.
+   */
+  refreshPeers(): void {
+    const members = Object.entries(this.db.data.services)
+      .filter(([, r]) => (r.networks ?? []).length > 0)
+      .map(([name, r]) => ({ name, id: r.containerId, addresses: this.driver.addresses(r.containerId) }));
+    for (const m of members) {
+      const peers = members.flatMap((o) => {
+        const shared = o === m ? undefined : Object.keys(m.addresses).find((n) => o.addresses[n]);
+        return shared ? [{ address: o.addresses[shared]!, names: [o.name] }] : [];
+      });
+      this.driver.writePeers(m.id, peers);
+    }
   }
 
   /** Takes down the networks recorded that no service of db.json uses. */

@@ -118,6 +118,7 @@ export class DeviceServices {
       };
     });
     await runtime.start(s.containerId);
+    this.networks?.refreshPeers();
     this.supervise(s.service, s.containerId, s.spec, s.failures);
   }
 
@@ -130,6 +131,7 @@ export class DeviceServices {
    */
   async adopt(): Promise<void> {
     const records = this.db.data.services;
+    await this.deps.runtime.network?.sweep();
     const known = new Set(Object.values(records).map((r) => r.containerId));
     for (const c of this.deps.runtime.list()) {
       if (c.spec.labels["fleetlet.service"] !== undefined && !known.has(c.id)) {
@@ -156,6 +158,7 @@ export class DeviceServices {
         );
       }
     }
+    this.networks?.refreshPeers();
   }
 
   supervise(service: string, containerId: string, spec: ServiceSpec, failures: number): void {
@@ -230,6 +233,7 @@ export class DeviceServices {
     });
     this.supervisors.get(service)?.detach();
     this.supervisors.delete(service);
+    this.networks?.refreshPeers();
   }
 
   /** Forgets a service whose container vanished while no agent watched. */

@@ -28,10 +28,12 @@ import { detectCgroupLayout } from "./cgroup-layout.js";
 import { ContainerCatalog } from "./container-catalog.js";
 import { type ContainerPaths, prepareOverlayDirs, readExit, readRunning, writeState } from "./container-dir.js";
 import { type ExecResult, execInContainer } from "./container-exec.js";
+import { ContainerNetwork } from "./container-network.js";
 import { readLog } from "./log-tail.js";
 import { withDefaults } from "./proc-defaults.js";
 import { encodeShimConfig } from "./shim-config.js";
 import { signalNumber } from "./signals.js";
+import { startError } from "./start-error.js";
 import { VolumeDirs } from "./volume-dirs.js";
 
 export interface RuntimeOptions {
@@ -63,6 +65,7 @@ export function cgroupParentFor(root: string): string {
 export class Runtime {
   readonly root: string;
   readonly cgroups: Cgroups;
+  readonly network: ContainerNetwork;
   private readonly native: NativeBinding;
   private readonly catalog: ContainerCatalog;
   private readonly volumes: VolumeDirs;
@@ -78,6 +81,7 @@ export class Runtime {
     this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
     this.catalog = new ContainerCatalog(this.root, this.native);
     this.fdScan = opts.fdScan ?? false;
+    this.network = new ContainerNetwork({ root: this.root, shimPath: this.native.shimPath });
   }
 
   private paths(id: string): ContainerPaths {
@@ -128,7 +132,9 @@ export class Runtime {
     prepareOverlayDirs(paths);
     const groups = this.cgroups.plan(id, spec.resources);
     const hostname = spec.hostname ?? id.slice(0, 63);
+    const joined = spec.network === "bridge" ? await this.network.attach(id, spec) : undefined;
     const config = encodeShimConfig({
+      joined,
       id,
       spec,
       env: withDefaults(spec, hostname),
@@ -144,6 +150,7 @@ export class Runtime {
       started = await this.native.core.spawnShim(this.native.shimPath, config, opts.foreground ?? false);
     } catch (err) {
       await this.cgroups.remove(id);
+      if (joined) await this.network.detach(id);
       throw startError(id, err);
     }
     return {
@@ -238,6 +245,7 @@ export class Runtime {
       await this.wait(id);
     }
     await this.cgroups.remove(id);
+    if (info.spec.network === "bridge") await this.network.detach(id);
     this.catalog.forget(id);
     // One rename takes the container out of sight at once; its writable layer
     // is then erased in the background (see settled()).
@@ -288,11 +296,4 @@ export class Runtime {
   logs(id: string, opts: { tail?: number } = {}): string {
     return readLog(this.paths(id).log, this.state(id).spec.log.keep, opts.tail);
   }
-}
-
-function startError(id: string, err: unknown): FleetError {
-  const e = err as Error & { exitCode?: number };
-  const exitCode = e.exitCode ?? 125;
-  const code = exitCode === 127 ? "E_COMMAND_NOT_FOUND" : exitCode === 126 ? "E_NOT_EXECUTABLE" : "E_RUNTIME";
-  return new FleetError(code, `container ${id}: ${e.message}`, { exitCode, cause: err });
 }

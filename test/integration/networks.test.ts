@@ -1,0 +1,247 @@
+/**
+ * Container networks on real namespaces: the agent (`fleetlet apply`) runs in
+ * a device network namespace of the test's own, joined by a veth to a test
+ * host in another (support/netns-lab.ts), so nothing leaves the machine and
+ * parallel test files never meet. Services find each other by name, reach
+ * the test host through NAT, publish TCP and UDP ports to it and to the
+ * device's 127.0.0.1, and reach their own published port (hairpin).
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { Runtime } from "../../agent/runtime/runtime.js";
+import { type CliResult, FLEETLET_BIN, fleetctl, fleetlet } from "../support/fleetlet-cli.js";
+import { makeNetnsLab, type NetnsLab, nsArgs } from "../support/netns-lab.js";
+import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
+
+const rootfs = inject("busyboxRootfs");
+let reg: RegistryFixture;
+let lab: NetnsLab;
+let root: string;
+let work: string;
+let config: string;
+let image: string;
+let generation = 0;
+const servers: ChildProcess[] = [];
+
+/** Runs `fleetlet` in the device namespace. */
+function inDevice(args: string[], stateRoot = root): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const cmd = [process.execPath, FLEETLET_BIN, "--root", stateRoot, "--config", config, ...args];
+    const child = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("close", (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+function desired(services: Record<string, unknown>, extra: Record<string, unknown> = {}): string {
+  generation++;
+  const path = join(work, `desired-${generation}.json`);
+  const doc = { apiVersion: "fleetlet/v1", deployment: `net-${generation}`, generation, services, ...extra };
+  writeFileSync(path, JSON.stringify({ update: { healthyWithinMs: 10_000 }, ...doc }));
+  return path;
+}
+
+const dbOf = (stateRoot = root) => JSON.parse(readFileSync(join(stateRoot, "db.json"), "utf8"));
+const containerOf = (service: string, stateRoot = root) => dbOf(stateRoot).services[service].containerId as string;
+const pidOf = (container: string, stateRoot = root) =>
+  JSON.parse(readFileSync(join(stateRoot, "containers", container, "running.json"), "utf8")).init.pid as number;
+
+/** Runs a shell command inside a service's container (its namespaces, through the shim's exec mode). */
+async function inService(
+  service: string,
+  script: string,
+  stateRoot = root,
+): Promise<{ exitCode: number; output: string }> {
+  return new Runtime({ root: stateRoot }).exec(containerOf(service, stateRoot), ["/bin/sh", "-c", script], {
+    timeoutMs: 20_000,
+  });
+}
+
+/** Sends one UDP datagram from a namespace and resolves with the answer ("" on none within 3 s). */
+async function udpAsk(ns: string, host: string, port: number): Promise<string> {
+  const script = `const s=require("dgram").createSocket("udp4");s.on("message",m=>{process.stdout.write(String(m));process.exit(0)});s.send("ping",${port},${JSON.stringify(host)});setTimeout(()=>process.exit(3),3000);`;
+  const r = await lab.runAsync(ns, [process.execPath, "-e", script]);
+  return r.status === 0 ? r.out : "";
+}
+
+/** Fetches a URL from a namespace with busybox wget; "" when it fails. */
+async function fetchFrom(ns: string, url: string): Promise<string> {
+  const r = await lab.runAsync(ns, ["busybox", "timeout", "4", "busybox", "wget", "-q", "-O", "-", url]);
+  return r.status === 0 ? r.out.trim() : "";
+}
+
+const httpd = (text: string, ports: number[]) =>
+  `mkdir -p /www && echo ${text} > /www/index.html && ${ports.map((p) => `httpd -p ${p} -h /www`).join(" && ")}`;
+
+const services = () => ({
+  db: {
+    image,
+    networks: ["backend"],
+    command: ["/bin/sh", "-c", `${httpd("db-ok", [80])} && exec sleep 100000`],
+    stopTimeoutMs: 300,
+  },
+  web: {
+    image,
+    networks: ["backend"],
+    ports: ["8080:80", "127.0.0.1:9090:9090", "5353:53/udp"],
+    command: ["/bin/sh", "-c", `${httpd("web-ok", [80, 9090])} && exec /bin/udp-echo 53`],
+    stopTimeoutMs: 300,
+  },
+});
+const backend = { networks: { backend: { subnet: "auto", ipv6: false, internal: false } } };
+
+beforeAll(async () => {
+  lab = makeNetnsLab("n");
+  reg = await startRegistry({ auth: "htpasswd" });
+  root = freshRoot();
+  work = mkdtempSync(join(tmpdir(), "fleetlet-networks-"));
+  config = join(work, "config.json");
+  writeFileSync(
+    config,
+    JSON.stringify({
+      deviceId: "dev-net",
+      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+    }),
+  );
+  // busybox has no UDP server: a static one of ours goes into the image.
+  const imageRoot = join(work, "rootfs");
+  cpSync(rootfs, imageRoot, { recursive: true, verbatimSymlinks: true });
+  const source = fileURLToPath(new URL("../support/udp-echo.c", import.meta.url));
+  execFileSync("gcc", ["-static", "-O1", "-o", join(imageRoot, "bin", "udp-echo"), source]);
+  const tagged = `${reg.host}/net/busybox:1`;
+  expect(fleetctl(["--config", config, "push", imageRoot, tagged]).status).toBe(0);
+  // Pulled here, where the registry is; the device namespace then needs no registry: the image is pinned.
+  expect(fleetlet(root, ["--config", config, "pull", tagged]).status).toBe(0);
+  image = `${reg.host}/net/busybox@${dbOf().images[tagged].digest}`;
+  expect(fleetlet(root, ["--config", config, "pull", image]).status).toBe(0);
+  // The test host serves a page, on its side of the link only.
+  const www = join(work, "www");
+  mkdirSync(www);
+  writeFileSync(join(www, "index.html"), "outside-ok\n");
+  const server = spawn(
+    "nsenter",
+    nsArgs(lab.outside, ["busybox", "httpd", "-f", "-p", `${lab.outsideIp}:8000`, "-h", www]),
+  );
+  servers.push(server);
+});
+
+afterAll(async () => {
+  for (const s of servers) s.kill("SIGKILL");
+  await inDevice(["apply", desired({})]);
+  lab?.remove();
+  await cleanupRoot(root);
+  rmSync(work, { recursive: true, force: true });
+  await reg?.stop();
+});
+
+describe("a deployment on a bridge network", () => {
+  it("starts services that find each other by service name", async () => {
+    const r = await inDevice(["apply", desired(services(), backend)]);
+    expect(r.status, r.stderr).toBe(0);
+    const web = await inService("web", "timeout 5 wget -q -O - http://db/");
+    expect(web).toEqual({ exitCode: 0, output: "db-ok\n" });
+    const hosts = await inService("db", "cat /etc/hosts");
+    expect(hosts.output).toMatch(/^10\.89\.0\.\d+\tweb$/m);
+    expect(hosts.output).toMatch(/^10\.89\.0\.\d+\tdb$/m);
+  });
+
+  it("records each service's network and address in db.json", () => {
+    const db = dbOf();
+    const [record] = Object.values(db.networks) as { name: string; subnet: string; bridge: string }[];
+    expect(record).toMatchObject({
+      name: "backend",
+      subnet: "10.89.0.0/24",
+      bridge: expect.stringMatching(/^fl-[0-9a-f]{12}$/),
+    });
+    expect(db.services.web.networks).toEqual([expect.objectContaining({ name: "backend", bridge: record!.bridge })]);
+  });
+
+  it("reaches the test host through NAT (the test host has no route back to the bridge)", async () => {
+    expect(await inService("db", `timeout 5 wget -q -O - http://${lab.outsideIp}:8000/`)).toEqual({
+      exitCode: 0,
+      output: "outside-ok\n",
+    });
+  });
+
+  it("gives containers the host's resolv.conf without loopback nameservers", async () => {
+    const r = await inService("web", "cat /etc/resolv.conf");
+    expect(r.exitCode).toBe(0);
+    expect(r.output).not.toMatch(/^nameserver\s+127\./m);
+  });
+});
+
+describe("published ports", () => {
+  it("serve TCP to the test host, and to the device itself on 127.0.0.1", async () => {
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+    expect(await fetchFrom(lab.device, "http://127.0.0.1:8080/")).toBe("web-ok");
+  });
+
+  it("publish a port bound to 127.0.0.1 on the device's loopback only", async () => {
+    expect(await fetchFrom(lab.device, "http://127.0.0.1:9090/")).toBe("web-ok");
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:9090/`)).toBe("");
+  });
+
+  it("serve UDP to the test host and to 127.0.0.1", async () => {
+    expect(await udpAsk(lab.outside, lab.deviceIp, 5353)).toBe("udp-ok ping");
+    expect(await udpAsk(lab.device, "127.0.0.1", 5353)).toBe("udp-ok ping");
+  });
+
+  it("reach a container from itself through the host's address (hairpin)", async () => {
+    expect(await inService("web", `timeout 5 wget -q -O - http://${lab.deviceIp}:8080/`)).toEqual({
+      exitCode: 0,
+      output: "web-ok\n",
+    });
+  });
+});
+
+describe("a document whose networks or ports clash with the host", () => {
+  it("is refused with E_NETWORK_CONFLICT before anything stops", async () => {
+    const web = containerOf("web");
+    const pid = pidOf(web);
+    const clash = { networks: { backend: { subnet: lab.deviceIp.replace(/\.2$/, ".0/24") } } };
+    const r = await inDevice(["apply", desired(services(), clash)]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain("[E_NETWORK_CONFLICT]");
+    expect(r.stderr).toContain(
+      `networks.backend.subnet: ${lab.deviceIp.replace(/\.2$/, ".0/24")} overlaps the host's route`,
+    );
+    expect(containerOf("web")).toBe(web);
+    expect(pidOf(web)).toBe(pid);
+  });
+
+  it("is refused with E_PORT_IN_USE when the host has bound a published port, before anything stops", async () => {
+    const web = containerOf("web");
+    const pid = pidOf(web);
+    const listener = spawn("nsenter", nsArgs(lab.device, ["busybox", "nc", "-l", "-p", "7070"]));
+    servers.push(listener);
+    await waitForListener(7070);
+    const moved = services();
+    moved.web.ports = ["7070:80"];
+    const r = await inDevice(["apply", desired(moved, backend)]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain("[E_PORT_IN_USE]");
+    expect(r.stderr).toContain("services.web.ports[0]: host port 7070/tcp is already bound on the host");
+    expect(containerOf("web")).toBe(web);
+    expect(pidOf(web)).toBe(pid);
+    listener.kill("SIGKILL");
+  });
+});
+
+/** Waits until something in the device namespace listens on the TCP port. */
+async function waitForListener(port: number): Promise<void> {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, "0")} `;
+  for (let i = 0; i < 100; i++) {
+    const tcp = lab.run(lab.device, ["cat", "/proc/net/tcp", "/proc/net/tcp6"]);
+    if (tcp.split("\n").some((l) => l.includes(hex) && / 0A /.test(l))) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing listens on ${port} in the device namespace`);
+}
