@@ -245,3 +245,62 @@ async function waitForListener(port: number): Promise<void> {
   }
   throw new Error(`nothing listens on ${port} in the device namespace`);
 }
+
+describe("two deployments on one device", () => {
+  let other: string;
+  const sleeper = (networks: string[]) => ({
+    image,
+    networks,
+    command: ["/bin/sh", "-c", `${httpd("other-ok", [80])} && exec sleep 100000`],
+    stopTimeoutMs: 300,
+  });
+  const addressOf = (service: string, network: string, stateRoot = root) => {
+    const hosts = readFileSync(join(stateRoot, "network", containerOf(service, stateRoot), "hosts"), "utf8");
+    expect(dbOf(stateRoot).services[service].networks[0].name).toBe(network);
+    return /^(10\.89\.\d+\.\d+)\t/m.exec(hosts)![1]!;
+  };
+
+  beforeAll(async () => {
+    // A second state root: another agent's deployment, with its own bridges.
+    other = freshRoot();
+    expect(fleetlet(other, ["--config", config, "pull", image]).status).toBe(0);
+    const doc = desired(
+      { probe: sleeper(["open"]), vault: sleeper(["secret"]), client: sleeper(["secret"]) },
+      { networks: { open: {}, secret: { internal: true } } },
+    );
+    const r = await inDevice(["apply", doc], other);
+    expect(r.status, r.stderr).toBe(0);
+  });
+
+  afterAll(async () => {
+    await inDevice(["apply", desired({})], other);
+    await cleanupRoot(other);
+  });
+
+  it("keeps each deployment's bridge apart from the other's, both ways", async () => {
+    const db = addressOf("db", "backend");
+    const probe = addressOf("probe", "open", other);
+    expect(db).not.toBe(probe);
+    expect((await inService("probe", `timeout 3 wget -q -O - http://${db}/`, other)).exitCode).not.toBe(0);
+    expect((await inService("web", `timeout 3 wget -q -O - http://${probe}/`)).exitCode).not.toBe(0);
+    // Each still reaches the test host.
+    expect((await inService("probe", `timeout 5 wget -q -O - http://${lab.outsideIp}:8000/`, other)).output).toBe(
+      "outside-ok\n",
+    );
+  });
+
+  it("lets services on an internal network reach each other by name, and nothing outside it", async () => {
+    expect(await inService("client", "timeout 5 wget -q -O - http://vault/", other)).toEqual({
+      exitCode: 0,
+      output: "other-ok\n",
+    });
+    expect(
+      (await inService("client", `timeout 3 wget -q -O - http://${lab.outsideIp}:8000/`, other)).exitCode,
+    ).not.toBe(0);
+    expect(
+      (await inService("client", `timeout 3 wget -q -O - http://${addressOf("probe", "open", other)}/`, other))
+        .exitCode,
+    ).not.toBe(0);
+    expect((await inService("client", "ip route", other)).output).not.toContain("default");
+  });
+});
