@@ -7,7 +7,7 @@
  * device's 127.0.0.1, and reach their own published port (hairpin).
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -19,6 +19,8 @@ import { type RegistryFixture, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
+const DIST_NETWORK = fileURLToPath(new URL("../../dist/agent/runtime/container-network.js", import.meta.url));
+const DIST_NATIVE = fileURLToPath(new URL("../../dist/agent/system/native.js", import.meta.url));
 let reg: RegistryFixture;
 let lab: NetnsLab;
 let root: string;
@@ -302,5 +304,94 @@ describe("two deployments on one device", () => {
         .exitCode,
     ).not.toBe(0);
     expect((await inService("client", "ip route", other)).output).not.toContain("default");
+  });
+});
+
+/** The device namespace's links whose names start with one of these prefixes. */
+const linksOf = (...prefixes: string[]) =>
+  lab
+    .run(lab.device, ["ip", "-o", "link", "show"])
+    .split("\n")
+    .map((l) => /^\d+: ([^:@]+)/.exec(l)?.[1] ?? "")
+    .filter((name) => prefixes.some((p) => name.startsWith(p)));
+
+/** The host-local leases of a state root, by bridge. */
+function leases(stateRoot = root): string[] {
+  const ipam = join(stateRoot, "network", "ipam");
+  return existsSync(ipam) ? readdirSync(ipam).flatMap((b) => readdirSync(join(ipam, b)).map((f) => `${b}/${f}`)) : [];
+}
+
+describe("an agent killed with SIGKILL", () => {
+  it("is followed by one that adopts the containers with their addresses, and traffic still flows", async () => {
+    // The deployment that runs, as the last document (the refused ones were rolled back from).
+    expect((await inDevice(["apply", desired(services(), backend)])).status).toBe(0);
+    const before = { web: containerOf("web"), db: containerOf("db") };
+    const pids = { web: pidOf(before.web), db: pidOf(before.db) };
+    const addresses = () => new Runtime({ root }).network.addresses(containerOf("web"));
+    const webAddress = addresses();
+    const agentConfig = join(work, "agent-config.json");
+    const config = JSON.parse(readFileSync(join(work, "config.json"), "utf8"));
+    writeFileSync(
+      agentConfig,
+      JSON.stringify({ ...config, api: { listen: "127.0.0.1:7781", socket: join(work, "api.sock") } }),
+    );
+    const cmd = [process.execPath, FLEETLET_BIN, "--root", root, "--config", agentConfig, "agent"];
+    const agent = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    await new Promise<void>((resolve, reject) => {
+      agent.stderr!.on("data", (d) => {
+        stderr += d;
+        if (stderr.includes("fleetlet agent ")) resolve();
+      });
+      agent.once("exit", (code) => reject(new Error(`the agent exited ${code}: ${stderr}`)));
+    });
+    const gone = new Promise((r) => agent.once("exit", r));
+    agent.kill("SIGKILL");
+    await gone;
+    expect({ web: containerOf("web"), db: containerOf("db") }).toEqual(before);
+    expect({ web: pidOf(before.web), db: pidOf(before.db) }).toEqual(pids);
+    expect(addresses()).toEqual(webAddress);
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+    expect(await inService("web", "timeout 5 wget -q -O - http://db/")).toEqual({ exitCode: 0, output: "db-ok\n" });
+  });
+
+  it("leaves nothing behind when it died between a container's network setup and its start", async () => {
+    // What a crash right after the ADD leaves: a pinned namespace, a veth, a lease, for a container never made.
+    const bridge = dbOf().services.db.networks[0];
+    const script = `
+      const { ContainerNetwork } = await import(${JSON.stringify(DIST_NETWORK)});
+      const { loadNative } = await import(${JSON.stringify(DIST_NATIVE)});
+      const net = new ContainerNetwork({ root: ${JSON.stringify(root)}, shimPath: loadNative().shimPath });
+      const attachments = [{ network: "backend", bridge: ${JSON.stringify(bridge.bridge)}, subnet: ${JSON.stringify(bridge.subnet)}, internal: false }];
+      await net.attach("ghost", { attachments, ports: [], aliases: ["ghost"], hostname: "ghost" });`;
+    const veths = linksOf("veth").length;
+    lab.run(lab.device, [process.execPath, "--input-type=module", "-e", script]);
+    expect(linksOf("veth").length).toBe(veths + 1);
+    expect(
+      leases().filter((l) => readFileSync(join(root, "network", "ipam", l), "utf8").includes("ghost")),
+    ).toHaveLength(1);
+    // The next agent (an apply adopts first) takes it down.
+    expect((await inDevice(["apply", desired(services(), backend)])).status).toBe(0);
+    expect(linksOf("veth").length).toBe(veths);
+    expect(existsSync(join(root, "network", "ghost"))).toBe(false);
+    expect(leases().filter((l) => readFileSync(join(root, "network", "ipam", l), "utf8").includes("ghost"))).toEqual(
+      [],
+    );
+  });
+});
+
+describe("removing every service", () => {
+  it("takes down the bridges, veths, firewall rules, namespaces and address leases", async () => {
+    const bridges = Object.keys(dbOf().networks);
+    expect(linksOf("fl-")).toEqual(expect.arrayContaining(bridges));
+    expect((await inDevice(["apply", desired({})])).status).toBe(0);
+    expect(linksOf("fl-", "veth")).toEqual([]);
+    const rules = lab.run(lab.device, ["iptables-save"]);
+    for (const b of bridges) expect(rules).not.toContain(b);
+    expect(rules).not.toMatch(/10\.89\./);
+    expect(rules).not.toMatch(/^-A CNI-DN-/m);
+    expect(leases()).toEqual([]);
+    expect(readdirSync(join(root, "network")).filter((n) => n !== "ipam")).toEqual([]);
+    expect(dbOf().networks).toEqual({});
   });
 });
