@@ -53,6 +53,8 @@ function run(file: string, args: string[]): Promise<{ ok: boolean; stderr: strin
 export class ContainerNetwork {
   private readonly root: string;
   private readonly pluginDir: string;
+  /** Bridges this process has isolated: the rules are checked once per bridge, not at every start. */
+  private readonly isolated = new Set<string>();
 
   constructor(private readonly opts: ContainerNetworkOptions) {
     this.root = join(opts.root, "network");
@@ -138,7 +140,8 @@ export class ContainerNetwork {
       const pinned = await run(this.opts.shimPath, ["netns", "add", join(dir, "ns")]);
       if (!pinned.ok) throw new FleetError("E_RUNTIME", `container ${id}: ${pinned.stderr}`);
       for (const [i, a] of spec.attachments.entries()) {
-        await isolateBridge(a.bridge, a.internal);
+        if (!this.isolated.has(a.bridge)) await isolateBridge(a.bridge, a.internal);
+        this.isolated.add(a.bridge);
         intent.results[i] = (await this.chain(id, intent, i, "ADD"))!;
         this.writeIntent(id, intent);
       }
@@ -201,6 +204,7 @@ export class ContainerNetwork {
     if (!del.ok && !/Cannot find device|does not exist/.test(del.stderr))
       throw new FleetError("E_RUNTIME", `remove bridge ${network.bridge}: ${del.stderr}`);
     await releaseBridge(network.bridge);
+    this.isolated.delete(network.bridge);
     rmSync(join(this.ipamDir(), network.bridge), { recursive: true, force: true });
   }
 }

@@ -1,6 +1,7 @@
 /** `npm run bench [-- NAME [options]]`: runs the named benchmark, or all of them. */
 import { agentBench } from "./agent-bench.js";
 import { fleetBench } from "./fleet-bench.js";
+import { networkBench } from "./network-bench.js";
 import { pullBench } from "./pull-bench.js";
 import { startBench } from "./start-bench.js";
 import { trafficBench } from "./traffic-bench.js";
@@ -11,6 +12,7 @@ const BENCHES: Record<string, (args: string[]) => Promise<void>> = {
   agent: agentBench,
   fleet: fleetBench,
   traffic: trafficBench,
+  network: networkBench,
 };
 
 const [name, ...args] = process.argv.slice(2);
