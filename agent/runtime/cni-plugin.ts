@@ -45,6 +45,8 @@ export function runCniPlugin(call: CniCall): Promise<Record<string, unknown>> {
         const why =
           typeof out?.msg === "string" ? `${out.msg}${out.details ? ` (${out.details})` : ""}` : stderr.trim();
         const e = err as NodeJS.ErrnoException;
+        // A plugin that is not there set nothing up: there is nothing for its DEL to undo.
+        if (e.code === "ENOENT" && call.command === "DEL") return resolve({});
         const reason = e.code === "ENOENT" ? "the plugin is not installed (Debian: containernetworking-plugins)" : why;
         reject(
           new FleetError("E_RUNTIME", `${call.what}: CNI ${call.plugin} ${call.command}: ${reason || err.message}`),
