@@ -20,6 +20,8 @@ export interface NetworkDriver {
   removeNetwork(network: NetworkRecord): Promise<void>;
   /** Takes down the networking a container that no longer exists left behind (a crash mid-start). */
   sweep(): Promise<void>;
+  /** Throws what is wrong when the container's networking is not as it was set up (CNI CHECK). */
+  check(containerId: string): Promise<void>;
   /** A container's address on each network it joined, by network name. */
   addresses(containerId: string): Record<string, string>;
   /** Rewrites the container's /etc/hosts in place with these peers. */
@@ -70,6 +72,16 @@ export class DeviceNetworks {
         return shared ? [{ address: o.addresses[shared]!, names: [o.name] }] : [];
       });
       this.driver.writePeers(m.id, peers);
+    }
+  }
+
+  /** Why an adopted container's networking is no longer whole (a veth deleted by hand, say); undefined when it is. */
+  async lost(containerId: string): Promise<string | undefined> {
+    try {
+      await this.driver.check(containerId);
+      return undefined;
+    } catch (err) {
+      return (err as Error).message;
     }
   }
 

@@ -151,7 +151,11 @@ export class DeviceServices {
       const exitCode = info.exit?.exitCode ?? 1;
       const adopt =
         info.status === "running" || (info.status === "exited" && !shouldRestart(rec.spec.restart, exitCode));
-      if (adopt) this.supervise(service, rec.containerId, rec.spec, 0);
+      // A running container whose network was broken while no agent watched is made anew.
+      const lost =
+        info.status === "running" && rec.networks?.length ? await this.networks?.lost(rec.containerId) : undefined;
+      if (lost) this.deps.event({ type: "networkLost", service, message: lost });
+      if (adopt && !lost) this.supervise(service, rec.containerId, rec.spec, 0);
       else {
         await this.recreate(service, 1).catch((err: Error) =>
           this.deps.event({ type: "error", service, message: err.message }),

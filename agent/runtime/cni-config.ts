@@ -28,7 +28,8 @@ export function pluginChain(c: ChainInput): Record<string, unknown>[] {
       type: "bridge",
       bridge,
       isGateway: !internal,
-      ipMasq: !internal,
+      // Masquerading is one rule per network of ours (bridge-rules.ts), not a chain per container.
+      ipMasq: false,
       hairpinMode: true,
       ipam: {
         type: "host-local",

@@ -16,7 +16,7 @@ import type { Attachment, ContainerSpec } from "../../schemas/container.js";
 import type { HostNetworkFacts } from "../../schemas/network.js";
 import { FleetError, isErrno } from "../errors.js";
 import { privateDir } from "../system/state-root.js";
-import { BRIDGE_PREFIX, isolateBridge, releaseBridge } from "./bridge-isolation.js";
+import { addBridgeRules, BRIDGE_PREFIX, removeBridgeRules } from "./bridge-rules.js";
 import { outwardAttachment, pluginChain, resultAddress } from "./cni-config.js";
 import { type CniCommand, runCniPlugin } from "./cni-plugin.js";
 import { writeFileAtomic } from "./container-dir.js";
@@ -53,7 +53,7 @@ function run(file: string, args: string[]): Promise<{ ok: boolean; stderr: strin
 export class ContainerNetwork {
   private readonly root: string;
   private readonly pluginDir: string;
-  /** Bridges this process has isolated: the rules are checked once per bridge, not at every start. */
+  /** Bridges this process has made the firewall rules of: they are checked once per bridge, not at every start. */
   private readonly isolated = new Set<string>();
 
   constructor(private readonly opts: ContainerNetworkOptions) {
@@ -107,9 +107,14 @@ export class ContainerNetwork {
     const netns = existsSync(ns) ? ns : "";
     const what = `container ${id}: network ${attachment.network}`;
     const call = { pluginDir: this.pluginDir, containerId: id, netns, ifname: `eth${index}`, what, command };
-    if (command === "DEL") {
+    if (command !== "ADD") {
+      // DEL and CHECK get the chain's result as prevResult: DEL in reverse order, CHECK in order.
       const prevResult = intent.results[index];
-      for (const plugin of chain.reverse())
+      if (command === "CHECK" && !prevResult) throw new FleetError("E_RUNTIME", `${what}: no ADD result recorded`);
+      // portmap 1.1.1's CHECK looks for an IPv6 DNAT chain even for a container without IPv6, and
+      // fails: only bridge (with host-local) is asked.
+      const order = command === "DEL" ? chain.reverse() : chain.filter((p) => p.type !== "portmap");
+      for (const plugin of order)
         await runCniPlugin({
           ...call,
           plugin: plugin.type as string,
@@ -140,7 +145,7 @@ export class ContainerNetwork {
       const pinned = await run(this.opts.shimPath, ["netns", "add", join(dir, "ns")]);
       if (!pinned.ok) throw new FleetError("E_RUNTIME", `container ${id}: ${pinned.stderr}`);
       for (const [i, a] of spec.attachments.entries()) {
-        if (!this.isolated.has(a.bridge)) await isolateBridge(a.bridge, a.internal);
+        if (!this.isolated.has(a.bridge)) await addBridgeRules(a.bridge, a.subnet, a.internal);
         this.isolated.add(a.bridge);
         intent.results[i] = (await this.chain(id, intent, i, "ADD"))!;
         this.writeIntent(id, intent);
@@ -165,6 +170,13 @@ export class ContainerNetwork {
     const unpinned = await run(this.opts.shimPath, ["netns", "del", join(this.dir(id), "ns")]);
     if (!unpinned.ok) throw new FleetError("E_RUNTIME", `container ${id}: ${unpinned.stderr}`);
     rmSync(this.dir(id), { recursive: true, force: true });
+  }
+
+  /** Asks the plugins whether the container's networking is as they set it up (CNI CHECK); throws what is wrong. */
+  async check(id: string): Promise<void> {
+    const intent = this.readIntent(id);
+    if (!intent) throw new FleetError("E_RUNTIME", `container ${id}: no network set up`);
+    for (let i = 0; i < intent.attachments.length; i++) await this.chain(id, intent, i, "CHECK");
   }
 
   /** The container's address on each network it joined, by network name. */
@@ -203,7 +215,7 @@ export class ContainerNetwork {
     const del = await run("ip", ["link", "del", network.bridge]);
     if (!del.ok && !/Cannot find device|does not exist/.test(del.stderr))
       throw new FleetError("E_RUNTIME", `remove bridge ${network.bridge}: ${del.stderr}`);
-    await releaseBridge(network.bridge);
+    await removeBridgeRules(network.bridge);
     this.isolated.delete(network.bridge);
     rmSync(join(this.ipamDir(), network.bridge), { recursive: true, force: true });
   }

@@ -211,6 +211,7 @@ describe("a document whose networks or ports clash with the host", () => {
     const clash = { networks: { backend: { subnet: lab.deviceIp.replace(/\.2$/, ".0/24") } } };
     const r = await inDevice(["apply", desired(services(), clash)]);
     expect(r.status).not.toBe(0);
+    expect(r.stderr).not.toContain("networkLost");
     expect(r.stderr).toContain("[E_NETWORK_CONFLICT]");
     expect(r.stderr).toContain(
       `networks.backend.subnet: ${lab.deviceIp.replace(/\.2$/, ".0/24")} overlaps the host's route`,
@@ -355,6 +356,30 @@ describe("an agent killed with SIGKILL", () => {
     expect(await inService("web", "timeout 5 wget -q -O - http://db/")).toEqual({ exitCode: 0, output: "db-ok\n" });
   });
 
+  it("is followed by one that makes a container anew whose network was broken while no agent ran", async () => {
+    const db = containerOf("db");
+    const pid = pidOf(db);
+    // The host side of db's veth: the peer of its eth0, by interface index.
+    const eth0 = execFileSync(
+      "nsenter",
+      [`--net=${join(root, "network", db, "ns")}`, "ip", "-o", "link", "show", "eth0"],
+      {
+        encoding: "utf8",
+      },
+    );
+    const peerIndex = /eth0@if(\d+)/.exec(eth0)![1];
+    const peer = new RegExp(`^${peerIndex}: ([^:@]+)`, "m").exec(
+      lab.run(lab.device, ["ip", "-o", "link", "show"]),
+    )![1]!;
+    lab.run(lab.device, ["ip", "link", "del", peer]);
+    expect((await inService("web", "timeout 3 wget -q -O - http://db/")).exitCode).not.toBe(0);
+    const r = await inDevice(["apply", desired(services(), backend)]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain('"type":"networkLost","service":"db"');
+    expect(pidOf(containerOf("db"))).not.toBe(pid);
+    expect(await inService("web", "timeout 5 wget -q -O - http://db/")).toEqual({ exitCode: 0, output: "db-ok\n" });
+  });
+
   it("leaves nothing behind when it died between a container's network setup and its start", async () => {
     // What a crash right after the ADD leaves: a pinned namespace, a veth, a lease, for a container never made.
     const bridge = dbOf().services.db.networks[0];
@@ -384,7 +409,8 @@ describe("removing every service", () => {
   it("takes down the bridges, veths, firewall rules, namespaces and address leases", async () => {
     const bridges = Object.keys(dbOf().networks);
     expect(linksOf("fl-")).toEqual(expect.arrayContaining(bridges));
-    expect((await inDevice(["apply", desired({})])).status).toBe(0);
+    const r = await inDevice(["apply", desired({})]);
+    expect(r.status, r.stderr).toBe(0);
     expect(linksOf("fl-", "veth")).toEqual([]);
     const rules = lab.run(lab.device, ["iptables-save"]);
     for (const b of bridges) expect(rules).not.toContain(b);

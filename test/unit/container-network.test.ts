@@ -62,7 +62,7 @@ describe("the CNI plugin chain of an attachment", () => {
       type: "bridge",
       bridge: "fl-0123456789ab",
       isGateway: true,
-      ipMasq: true,
+      ipMasq: false,
       hairpinMode: true,
       ipam: {
         type: "host-local",
@@ -83,7 +83,7 @@ describe("the CNI plugin chain of an attachment", () => {
     });
   });
 
-  it("gives an internal network no gateway, no NAT and no route", () => {
+  it("gives an internal network no gateway and no route", () => {
     const [bridge, ...rest] = pluginChain({
       attachment: attachment(true),
       ports: [],
