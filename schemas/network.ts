@@ -169,6 +169,8 @@ export interface BoundPort {
   protocol: "tcp" | "udp";
   ip: string;
   port: number;
+  /** Taken by a firewall rule (DNAT) rather than a socket. */
+  forwarded?: boolean;
 }
 
 /** What the planner must know of the host to place networks and ports. */

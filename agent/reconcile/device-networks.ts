@@ -12,8 +12,8 @@ import { checkPorts, placeNetworks } from "./network-plan.js";
 
 /** What the reconciler needs of the runtime's networking. */
 export interface NetworkDriver {
-  /** The host's routes and bound ports, as this process's network namespace sees them. */
-  hostNetwork(): HostNetworkFacts;
+  /** The host's routes and its ports bound or forwarded, as this process's network namespace sees them. */
+  hostNetwork(): Promise<HostNetworkFacts>;
   /** The bridge's link name for a new network (at most 15 characters, unique to this state root). */
   bridgeName(network: string, subnet: string): string;
   /** Takes down a network's bridge and all that was made for it; nothing to do when it is gone already. */
@@ -43,7 +43,7 @@ export class DeviceNetworks {
     const input = {
       desired,
       recorded,
-      host: this.driver.hostNetwork(),
+      host: await this.driver.hostNetwork(),
       ownPorts,
       bridgeName: (n: string, s: string) => this.driver.bridgeName(n, s),
     };

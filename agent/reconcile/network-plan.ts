@@ -127,7 +127,7 @@ export function checkPorts(input: NetworkPlanInput): void {
       if (busy)
         throw new FleetError(
           "E_PORT_IN_USE",
-          `services.${name}.ports[${i}]: host port ${p.hostPort}/${p.protocol} is already bound on the host (${busy.ip || "all addresses"})`,
+          `services.${name}.ports[${i}]: host port ${p.hostPort}/${p.protocol} is already ${busy.forwarded ? "forwarded by a firewall rule (another container's published port?)" : "bound"} on the host (${busy.ip || "all addresses"})`,
         );
     });
   }

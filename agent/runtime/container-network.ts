@@ -20,7 +20,7 @@ import { addBridgeRules, BRIDGE_PREFIX, removeBridgeRules } from "./bridge-rules
 import { outwardAttachment, pluginChain, resultAddress } from "./cni-config.js";
 import { type CniCommand, runCniPlugin } from "./cni-plugin.js";
 import { writeFileAtomic } from "./container-dir.js";
-import { readHostNetwork } from "./host-network.js";
+import { parseForwardedPorts, readHostNetwork } from "./host-network.js";
 import { containerResolvConf, type HostsEntry, hostsContent, rewriteInPlace } from "./hosts-file.js";
 
 export const DEFAULT_CNI_PATH = "/usr/lib/cni";
@@ -46,8 +46,10 @@ export interface ContainerNetworkOptions {
   pluginDir?: string;
 }
 
-function run(file: string, args: string[]): Promise<{ ok: boolean; stderr: string }> {
-  return new Promise((done) => execFile(file, args, (err, _out, stderr) => done({ ok: !err, stderr: stderr.trim() })));
+function run(file: string, args: string[]): Promise<{ ok: boolean; stdout: string; stderr: string }> {
+  return new Promise((done) =>
+    execFile(file, args, (err, stdout, stderr) => done({ ok: !err, stdout, stderr: stderr.trim() })),
+  );
 }
 
 export class ContainerNetwork {
@@ -69,8 +71,11 @@ export class ContainerNetwork {
     return join(this.root, "ipam");
   }
 
-  hostNetwork(): HostNetworkFacts {
-    return readHostNetwork();
+  /** The host's routes, and its ports bound or forwarded (by any DNAT rule: ours too, which the planner tells apart). */
+  async hostNetwork(): Promise<HostNetworkFacts> {
+    const nat = await run("iptables", ["-w", "-t", "nat", "-S"]);
+    // Without iptables (or its nat table) nothing is forwarded: there is nothing to read.
+    return readHostNetwork(nat.ok ? parseForwardedPorts(nat.stdout) : []);
   }
 
   /** `fl-` and 12 hex digits of the state root, network and subnet: two agents on a host never share a bridge. */

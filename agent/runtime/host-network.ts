@@ -1,7 +1,9 @@
 /**
  * What the host's network looks like to the planner: the main routing table
- * (/proc/net/route) and the ports bound on it (/proc/net/{tcp,udp}{,6}), as
- * the network namespace of this process sees them.
+ * (/proc/net/route), the ports bound on it (/proc/net/{tcp,udp}{,6}) and the
+ * ports its firewall forwards elsewhere (DNAT rules: another agent's
+ * published ports, Docker's), as the network namespace of this process sees
+ * them.
  */
 import { readFileSync } from "node:fs";
 import { type BoundPort, type HostNetworkFacts, type HostRoute, numberToIpv4 } from "../../schemas/network.js";
@@ -74,10 +76,32 @@ function table(name: string): string {
   }
 }
 
-export function readHostNetwork(): HostNetworkFacts {
+/**
+ * Host ports that DNAT rules of `iptables -t nat -S` forward (portmap's
+ * `CNI-DN-…` chains, Docker's): taken as surely as a bound socket.
+ */
+export function parseForwardedPorts(rules: string): BoundPort[] {
+  const out: BoundPort[] = [];
+  for (const line of rules.split("\n")) {
+    const args = line.trim().split(/\s+/);
+    if (args[0] !== "-A" || !line.includes("-j DNAT")) continue;
+    const at = (flag: string) => args.indexOf(flag);
+    const protocol = args[at("-p") + 1];
+    const port = Number(args[at("--dport") + 1]);
+    if (at("-p") < 0 || at("--dport") < 0 || (protocol !== "tcp" && protocol !== "udp") || !port) continue;
+    const d = at("-d");
+    const ip = d > 0 && args[d - 1] !== "!" ? (args[d + 1] ?? "").replace(/\/32$/, "") : "";
+    out.push({ protocol, ip, port, forwarded: true });
+  }
+  return out;
+}
+
+/** The host's routes and bound ports; `forwarded` is what parseForwardedPorts found in its firewall. */
+export function readHostNetwork(forwarded: BoundPort[] = []): HostNetworkFacts {
   return {
     routes: parseRoutes(table("route")),
     bound: [
+      ...forwarded,
       ...parseSockets(table("tcp"), "tcp"),
       ...parseSockets(table("tcp6"), "tcp"),
       ...parseSockets(table("udp"), "udp"),

@@ -292,6 +292,20 @@ describe("two deployments on one device", () => {
     );
   });
 
+  it("refuses to publish a host port the other deployment publishes, with E_PORT_IN_USE", async () => {
+    const probe = containerOf("probe", other);
+    const doc = desired(
+      { probe: { ...sleeper(["open"]), ports: ["8080:80"] }, vault: sleeper(["secret"]), client: sleeper(["secret"]) },
+      { networks: { open: {}, secret: { internal: true } } },
+    );
+    const r = await inDevice(["apply", doc], other);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain("services.probe.ports[0]: host port 8080/tcp is already forwarded by a firewall rule");
+    expect(r.stderr).toContain("[E_PORT_IN_USE]");
+    expect(containerOf("probe", other)).toBe(probe);
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+  });
+
   it("lets services on an internal network reach each other by name, and nothing outside it", async () => {
     expect(await inService("client", "timeout 5 wget -q -O - http://vault/", other)).toEqual({
       exitCode: 0,

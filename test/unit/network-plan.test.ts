@@ -4,7 +4,7 @@ import type { FleetError } from "../../agent/errors.js";
 import { canonicalJson } from "../../agent/protocol/canonical-json.js";
 import { checkPorts, type NetworkPlanInput, placeNetworks } from "../../agent/reconcile/network-plan.js";
 import { ADDED_FIELD_DEFAULTS, specHash } from "../../agent/reconcile/plan.js";
-import { parseRoutes, parseSockets } from "../../agent/runtime/host-network.js";
+import { parseForwardedPorts, parseRoutes, parseSockets } from "../../agent/runtime/host-network.js";
 import type { NetworkRecord } from "../../schemas/db.js";
 import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
 import { formatIssues } from "../../schemas/format-issues.js";
@@ -190,9 +190,36 @@ describe("checking published ports against the host", () => {
     expect(check([bound("udp", "", 8080), bound("tcp", "", 5353), bound("tcp", "192.0.2.5", 9090)])).toBe("");
   });
 
+  it("refuses a port a firewall rule forwards (another agent's published port), saying so", () => {
+    expect(check([{ ...bound("tcp", "", 8080), forwarded: true }])).toBe(
+      "E_PORT_IN_USE: services.web.ports[0]: host port 8080/tcp is already forwarded by a firewall rule (another container's published port?) on the host (all addresses)",
+    );
+  });
+
   it("passes a port our own running services publish", () => {
     const own = [{ hostIp: "", hostPort: 8080, containerPort: 80, protocol: "tcp" as const }];
     expect(check([bound("tcp", "", 8080)], own)).toBe("");
+  });
+});
+
+describe("reading the ports the host's firewall forwards", () => {
+  it("takes each DNAT rule's protocol, port and address from iptables -S (portmap's, as it writes them)", () => {
+    const rules = [
+      "-N CNI-HOSTPORT-DNAT",
+      "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
+      "-A CNI-DN-c98d0b1cb61dea83d4681 -s 10.77.0.0/24 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK",
+      "-A CNI-DN-c98d0b1cb61dea83d4681 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.77.0.2:80",
+      "-A CNI-DN-c98d0b1cb61dea83d4681 -d 127.0.0.1/32 -p tcp -m tcp --dport 9090 -j DNAT --to-destination 10.77.0.2:9090",
+      "-A CNI-DN-c98d0b1cb61dea83d4681 -p udp -m udp --dport 5353 -j DNAT --to-destination 10.77.0.2:53",
+      '-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"fl-try\\" id: \\"c1\\"" -m multiport --dports 8080,9090 -j CNI-DN-c98d0b1cb61dea83d4681',
+      "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 5000 -j DNAT --to-destination 172.17.0.2:5000",
+    ].join("\n");
+    expect(parseForwardedPorts(rules)).toEqual([
+      { protocol: "tcp", ip: "", port: 8080, forwarded: true },
+      { protocol: "tcp", ip: "127.0.0.1", port: 9090, forwarded: true },
+      { protocol: "udp", ip: "", port: 5353, forwarded: true },
+      { protocol: "tcp", ip: "", port: 5000, forwarded: true },
+    ]);
   });
 });
 
