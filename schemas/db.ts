@@ -59,6 +59,8 @@ export const serviceRecord = z.object({
   spec: z.custom<ServiceSpec>((v) => typeof v === "object" && v !== null, "expected a service spec"),
   /** The networks the container joined, in the service's order. */
   networks: z.array(networkRecord).optional(),
+  /** The container's address on each network, by network name (from its CNI results). */
+  addresses: z.record(z.string(), z.string()).optional(),
 });
 export type ServiceRecord = z.infer<typeof serviceRecord>;
 

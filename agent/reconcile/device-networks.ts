@@ -7,6 +7,7 @@
 import type { NetworkRecord } from "../../schemas/db.js";
 import type { DesiredState } from "../../schemas/desired.js";
 import { type HostNetworkFacts, type PortMapping, parsePort } from "../../schemas/network.js";
+import { canonicalJson } from "../protocol/canonical-json.js";
 import type { StateDb } from "../state/db.js";
 import { checkPorts, placeNetworks } from "./network-plan.js";
 
@@ -60,9 +61,10 @@ export class DeviceNetworks {
 
   /**
    * Gives every service on a network its peers by name: each other service
-   * that shares a network with it, at its address on the first one shared.
+   * that shares a network with it, at its address on the first one shared;
+   * and records each one's addresses in db.json.
    */
-  refreshPeers(): void {
+  async refreshPeers(): Promise<void> {
     const members = Object.entries(this.db.data.services)
       .filter(([, r]) => (r.networks ?? []).length > 0)
       .map(([name, r]) => ({ name, id: r.containerId, addresses: this.driver.addresses(r.containerId) }));
@@ -73,6 +75,17 @@ export class DeviceNetworks {
       });
       this.driver.writePeers(m.id, peers);
     }
+    // Each service's addresses, by network, in its record: what a restarted agent (or an operator) reads.
+    const stale = members.filter(
+      (m) => canonicalJson(this.db.data.services[m.name]?.addresses ?? {}) !== canonicalJson(m.addresses),
+    );
+    if (stale.length === 0) return;
+    await this.db.update((d) => {
+      for (const m of stale) {
+        const rec = d.services[m.name];
+        if (rec?.containerId === m.id) rec.addresses = m.addresses;
+      }
+    });
   }
 
   /** Why an adopted container's networking is no longer whole (a veth deleted by hand, say); undefined when it is. */

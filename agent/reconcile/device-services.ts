@@ -118,7 +118,7 @@ export class DeviceServices {
       };
     });
     await runtime.start(s.containerId);
-    this.networks?.refreshPeers();
+    await this.networks?.refreshPeers();
     this.supervise(s.service, s.containerId, s.spec, s.failures);
   }
 
@@ -162,7 +162,7 @@ export class DeviceServices {
         );
       }
     }
-    this.networks?.refreshPeers();
+    await this.networks?.refreshPeers();
   }
 
   supervise(service: string, containerId: string, spec: ServiceSpec, failures: number): void {
@@ -237,7 +237,7 @@ export class DeviceServices {
     });
     this.supervisors.get(service)?.detach();
     this.supervisors.delete(service);
-    this.networks?.refreshPeers();
+    await this.networks?.refreshPeers();
   }
 
   /** Forgets a service whose container vanished while no agent watched. */

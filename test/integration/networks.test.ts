@@ -164,6 +164,10 @@ describe("a deployment on a bridge network", () => {
       bridge: expect.stringMatching(/^fl-[0-9a-f]{12}$/),
     });
     expect(db.services.web.networks).toEqual([expect.objectContaining({ name: "backend", bridge: record!.bridge })]);
+    const hosts = readFileSync(join(root, "network", db.services.web.containerId, "hosts"), "utf8");
+    expect(db.services.web.addresses).toEqual({ backend: expect.stringMatching(/^10\.89\.0\.\d+$/) });
+    expect(hosts).toContain(`${db.services.web.addresses.backend}\tweb\n`);
+    expect(db.services.db.addresses.backend).not.toBe(db.services.web.addresses.backend);
   });
 
   it("reaches the test host through NAT (the test host has no route back to the bridge)", async () => {
