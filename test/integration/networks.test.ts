@@ -272,7 +272,13 @@ describe("two deployments on one device", () => {
     other = freshRoot();
     expect(fleetlet(other, ["--config", config, "pull", image]).status).toBe(0);
     const doc = desired(
-      { probe: sleeper(["open"]), vault: sleeper(["secret"]), client: sleeper(["secret"]) },
+      {
+        probe: sleeper(["open"]),
+        vault: sleeper(["secret"]),
+        client: sleeper(["secret"]),
+        // On both: eth0 on the internal one, eth1 (its way out, and its port) on the other.
+        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
+      },
       { networks: { open: {}, secret: { internal: true } } },
     );
     const r = await inDevice(["apply", doc], other);
@@ -296,10 +302,30 @@ describe("two deployments on one device", () => {
     );
   });
 
+  it("gives a service on two networks an interface on each, its route out and its port through the one not internal", async () => {
+    const routes = await inService("gateway", "ip -4 -o addr show; ip route", other);
+    expect(routes.output).toMatch(/eth0\s+inet 10\.89\.\d+\.\d+/);
+    expect(routes.output).toMatch(/eth1\s+inet 10\.89\.\d+\.\d+/);
+    expect(routes.output).toMatch(/^default via 10\.89\.\d+\.1 dev eth1/m);
+    expect((await inService("gateway", "timeout 5 wget -q -O - http://vault/", other)).output).toBe("other-ok\n");
+    expect((await inService("gateway", "timeout 5 wget -q -O - http://probe/", other)).output).toBe("other-ok\n");
+    expect((await inService("gateway", `timeout 5 wget -q -O - http://${lab.outsideIp}:8000/`, other)).output).toBe(
+      "outside-ok\n",
+    );
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8181/`)).toBe("other-ok");
+    // Its peers on the internal network know it by name too, and reach it there.
+    expect((await inService("client", "timeout 5 wget -q -O - http://gateway/", other)).output).toBe("other-ok\n");
+  });
+
   it("refuses to publish a host port the other deployment publishes, with E_PORT_IN_USE", async () => {
     const probe = containerOf("probe", other);
     const doc = desired(
-      { probe: { ...sleeper(["open"]), ports: ["8080:80"] }, vault: sleeper(["secret"]), client: sleeper(["secret"]) },
+      {
+        probe: { ...sleeper(["open"]), ports: ["8080:80"] },
+        vault: sleeper(["secret"]),
+        client: sleeper(["secret"]),
+        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
+      },
       { networks: { open: {}, secret: { internal: true } } },
     );
     const r = await inDevice(["apply", doc], other);
