@@ -82,6 +82,15 @@ export const containerSpec = z
     ports: z.array(publishedPort).default([]),
     /** Names the container's peers know it by, besides its hostname. */
     aliases: z.array(name).default([]),
+    /** More lines of the container's /etc/hosts (its peers, as known at its start): on bridges only. */
+    extraHosts: z
+      .array(
+        z.object({
+          address: z.string().refine((a) => ipv4ToNumber(a) !== undefined, "expected an IPv4 address"),
+          names: z.array(name).min(1),
+        }),
+      )
+      .default([]),
     readOnlyRootfs: z.boolean().default(false),
     /** PID 1 is a minimal init (the shim's init role) that forwards signals, reaps zombies and exits with the command's status. */
     init: z.boolean().default(false),
@@ -102,6 +111,10 @@ export const containerSpec = z
   .refine((s) => (s.network === "bridge") === s.attachments.length > 0, {
     path: ["attachments"],
     message: 'a container joins networks with network "bridge", and only then',
+  })
+  .refine((s) => s.network === "bridge" || s.extraHosts.length === 0, {
+    path: ["extraHosts"],
+    message: 'a container has an /etc/hosts of ours only with network "bridge"',
   })
   .refine((s) => s.network === "bridge" || s.ports.length === 0, {
     path: ["ports"],

@@ -88,6 +88,14 @@ export class DeviceNetworks {
     });
   }
 
+  /** The services a service about to start on `networks` will share one with, at their address on the first one shared. */
+  peersOf(service: string, networks: NetworkRecord[]): { address: string; names: string[] }[] {
+    return Object.entries(this.db.data.services).flatMap(([name, r]) => {
+      const shared = name === service ? undefined : networks.find((n) => r.addresses?.[n.name]);
+      return shared ? [{ address: r.addresses![shared.name]!, names: [name] }] : [];
+    });
+  }
+
   /** Why an adopted container's networking is no longer whole (a veth deleted by hand, say); undefined when it is. */
   async lost(containerId: string): Promise<string | undefined> {
     try {

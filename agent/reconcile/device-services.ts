@@ -100,7 +100,9 @@ export class DeviceServices {
       if (!isNotFound(err)) throw err;
     }
     const defaults = imageDefaults(this.deps.store, s.image);
-    const ids = { containerId: s.containerId, hash: s.hash, deployment: s.deployment, networks: s.networks ?? [] };
+    const networks = s.networks ?? [];
+    const peers = this.networks?.peersOf(s.service, networks) ?? [];
+    const ids = { containerId: s.containerId, hash: s.hash, deployment: s.deployment, networks, peers };
     const spec = withDefaultLimits(s.spec, this.deps.defaultLimits);
     runtime.create(serviceContainerSpec(s.service, spec, defaults, ids));
     await this.db.update((d) => {

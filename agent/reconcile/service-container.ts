@@ -11,7 +11,14 @@ export function serviceContainerSpec(
   service: string,
   spec: ServiceSpec,
   image: ImageDefaults,
-  opts: { containerId: string; hash: string; deployment: string; networks?: NetworkRecord[] },
+  opts: {
+    containerId: string;
+    hash: string;
+    deployment: string;
+    networks?: NetworkRecord[];
+    /** Its peers' addresses as known now, for its /etc/hosts at start. */
+    peers?: { address: string; names: string[] }[];
+  },
 ): ContainerSpecInput {
   const entrypoint = spec.entrypoint ?? image.entrypoint;
   const command = [...entrypoint, ...(spec.command ?? (spec.entrypoint ? [] : image.cmd))];
@@ -33,7 +40,7 @@ export function serviceContainerSpec(
     user: user ? resolveUser(user, image.layers, `services.${service}.user`) : undefined,
     hostname: spec.hostname ?? service,
     resources: { memory: spec.resources.memory, cpus: spec.resources.cpus, pids: spec.resources.pids },
-    ...containerNetwork(service, spec, opts.networks ?? []),
+    ...containerNetwork(service, spec, opts.networks ?? [], opts.peers ?? []),
     readOnlyRootfs: spec.readOnlyRootfs,
     init: spec.init,
     volumes: spec.volumes,
@@ -49,7 +56,12 @@ export function serviceContainerSpec(
 }
 
 /** How the container joins its networks: the bridges, the ports published, the name its peers know it by. */
-function containerNetwork(service: string, spec: ServiceSpec, networks: NetworkRecord[]): Partial<ContainerSpecInput> {
+function containerNetwork(
+  service: string,
+  spec: ServiceSpec,
+  networks: NetworkRecord[],
+  peers: { address: string; names: string[] }[],
+): Partial<ContainerSpecInput> {
   if (networks.length === 0) return { network: spec.network };
   return {
     network: "bridge",
@@ -61,5 +73,6 @@ function containerNetwork(service: string, spec: ServiceSpec, networks: NetworkR
     })),
     ports: spec.ports.map((p) => parsePort(p)!),
     aliases: [service],
+    extraHosts: peers,
   };
 }

@@ -155,7 +155,8 @@ export class ContainerNetwork {
         intent.results[i] = (await this.chain(id, intent, i, "ADD"))!;
         this.writeIntent(id, intent);
       }
-      rewriteInPlace(join(dir, "hosts"), hostsContent(selfEntries(intent), []));
+      // The peers known now are there before the command runs; the agent rewrites the file as they change.
+      rewriteInPlace(join(dir, "hosts"), hostsContent(selfEntries(intent), spec.extraHosts));
       rewriteInPlace(join(dir, "resolv.conf"), hostResolvConf());
     } catch (err) {
       await this.detach(id).catch((cleanup: Error) => {

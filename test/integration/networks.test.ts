@@ -317,6 +317,31 @@ describe("two deployments on one device", () => {
     expect((await inService("client", "timeout 5 wget -q -O - http://gateway/", other)).output).toBe("other-ok\n");
   });
 
+  it("starts a service with its running peers already in its /etc/hosts, before its command runs", async () => {
+    const late = {
+      image,
+      networks: ["secret"],
+      command: ["/bin/sh", "-c", "cat /etc/hosts; exec sleep 100000"],
+      stopTimeoutMs: 300,
+    };
+    const doc = desired(
+      {
+        probe: sleeper(["open"]),
+        vault: sleeper(["secret"]),
+        client: sleeper(["secret"]),
+        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
+        late,
+      },
+      { networks: { open: {}, secret: { internal: true } } },
+    );
+    const r = await inDevice(["apply", doc], other);
+    expect(r.status, r.stderr).toBe(0);
+    const seen = fleetlet(other, ["logs", "late"]).stdout;
+    for (const peer of ["vault", "client", "gateway"])
+      expect(seen).toMatch(new RegExp(`^10\\.89\\.\\d+\\.\\d+\\t${peer}$`, "m"));
+    expect(seen).not.toMatch(/\tprobe$/m); // not on its network
+  });
+
   it("refuses to publish a host port the other deployment publishes, with E_PORT_IN_USE", async () => {
     const probe = containerOf("probe", other);
     const doc = desired(
@@ -432,7 +457,7 @@ describe("an agent killed with SIGKILL", () => {
       const { loadNative } = await import(${JSON.stringify(DIST_NATIVE)});
       const net = new ContainerNetwork({ root: ${JSON.stringify(root)}, shimPath: loadNative().shimPath });
       const attachments = [{ network: "backend", bridge: ${JSON.stringify(bridge.bridge)}, subnet: ${JSON.stringify(bridge.subnet)}, internal: false }];
-      await net.attach("ghost", { attachments, ports: [], aliases: ["ghost"], hostname: "ghost" });`;
+      await net.attach("ghost", { attachments, ports: [], aliases: ["ghost"], extraHosts: [], hostname: "ghost" });`;
     const veths = linksOf("veth").length;
     lab.run(lab.device, [process.execPath, "--input-type=module", "-e", script]);
     expect(linksOf("veth").length).toBe(veths + 1);
