@@ -155,6 +155,36 @@ describe("a deployment on a bridge network", () => {
     expect(hosts.output).toMatch(/^10\.89\.0\.\d+\tdb$/m);
   });
 
+  it("lets `fleetlet run --network NAME` join a deployment's network, its services known by name, and publish a port", async () => {
+    const once = await inDevice(["run", "--rm", "--network", "backend", image, "wget", "-q", "-O", "-", "http://db/"]);
+    expect(once, once.stderr).toMatchObject({ status: 0, stdout: "db-ok\n" });
+    const serve = "mkdir -p /w && echo adhoc-ok > /w/index.html && exec httpd -f -p 80 -h /w";
+    const started = await inDevice([
+      "run",
+      "-d",
+      "--name",
+      "adhoc",
+      "--network",
+      "backend",
+      "-p",
+      "8282:80",
+      image,
+      "sh",
+      "-c",
+      serve,
+    ]);
+    expect(started.status, started.stderr).toBe(0);
+    let page = "";
+    for (let i = 0; i < 50 && page !== "adhoc-ok"; i++)
+      page = await fetchFrom(lab.outside, `http://${lab.deviceIp}:8282/`);
+    expect(page).toBe("adhoc-ok");
+    expect((await inDevice(["rm", "-f", "adhoc"])).status).toBe(0);
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8282/`)).toBe("");
+    const unknown = await inDevice(["run", "--rm", "--network", "nowhere", image, "true"]);
+    expect(unknown.status).toBe(125);
+    expect(unknown.stderr).toContain("--network nowhere: no network of that name on this device (known: backend)");
+  });
+
   it("records each service's network and address in db.json", () => {
     const db = dbOf();
     const [record] = Object.values(db.networks) as { name: string; subnet: string; bridge: string }[];
