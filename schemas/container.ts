@@ -55,59 +55,61 @@ export const publishedPort = z.object({
   protocol: z.enum(["tcp", "udp"]),
 });
 
-export const containerSpec = z
-  .object({
-    name: name.optional(),
-    /** Read-only lower layers, topmost first; never modified. */
-    layers: z.array(hostPath).min(1, "at least one layer or --rootfs is needed"),
-    command: z.array(z.string().refine((a) => !a.includes("\0"), "must not contain NUL")).min(1, "a command is needed"),
-    env: z.array(z.string().regex(/^[^=\0]+=[^\0]*$/, "expected KEY=VALUE")).default([]),
-    workingDir: containerPath.default("/"),
-    user: z
-      .object({
-        uid: z.number().int().min(0).max(0xfffffffe),
-        gid: z.number().int().min(0).max(0xfffffffe),
-        groups: z.array(z.number().int().min(0)).default([]),
-      })
-      .default({ uid: 0, gid: 0, groups: [] }),
-    hostname: z
-      .string()
-      .regex(/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$/, "expected a host name of letters, digits, '.' and '-' (at most 63)")
-      .optional(),
-    resources,
-    /** "bridge": the container joins `attachments`, each a bridge, in a network namespace of its own. */
-    network: z.enum(["none", "host", "bridge"]).default("none"),
-    attachments: z.array(attachment).default([]),
-    /** Host ports forwarded to the container (on its first attachment that is not internal). */
-    ports: z.array(publishedPort).default([]),
-    /** Names the container's peers know it by, besides its hostname. */
-    aliases: z.array(name).default([]),
-    /** More lines of the container's /etc/hosts (its peers, as known at its start): on bridges only. */
-    extraHosts: z
-      .array(
-        z.object({
-          address: z.string().refine((a) => ipv4ToNumber(a) !== undefined, "expected an IPv4 address"),
-          names: z.array(name).min(1),
-        }),
-      )
-      .default([]),
-    readOnlyRootfs: z.boolean().default(false),
-    /** PID 1 is a minimal init (the shim's init role) that forwards signals, reaps zombies and exits with the command's status. */
-    init: z.boolean().default(false),
-    volumes: z.array(volumeMount).default([]),
-    capAdd: z.array(z.string()).default([]),
-    capDrop: z.array(z.string()).default([]),
-    seccomp: z.enum(["default", "unconfined"]).default("default"),
-    log: z
-      .object({
-        maxBytes: byteQuantity.default(1024 * 1024),
-        keep: z.number().int().min(0).max(20).default(2),
-      })
-      .default({ maxBytes: 1024 * 1024, keep: 2 }),
-    stopSignal: z.string().default("SIGTERM"),
-    stopTimeoutMs: z.number().int().min(0).default(10_000),
-    labels: z.record(z.string(), z.string()).default({}),
-  })
+const containerFields = z.object({
+  name: name.optional(),
+  /** Read-only lower layers, topmost first; never modified. */
+  layers: z.array(hostPath).min(1, "at least one layer or --rootfs is needed"),
+  command: z.array(z.string().refine((a) => !a.includes("\0"), "must not contain NUL")).min(1, "a command is needed"),
+  env: z.array(z.string().regex(/^[^=\0]+=[^\0]*$/, "expected KEY=VALUE")).default([]),
+  workingDir: containerPath.default("/"),
+  user: z
+    .object({
+      uid: z.number().int().min(0).max(0xfffffffe),
+      gid: z.number().int().min(0).max(0xfffffffe),
+      groups: z.array(z.number().int().min(0)).default([]),
+    })
+    .default({ uid: 0, gid: 0, groups: [] }),
+  hostname: z
+    .string()
+    .regex(/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$/, "expected a host name of letters, digits, '.' and '-' (at most 63)")
+    .optional(),
+  resources,
+  /** "bridge": the container joins `attachments`, each a bridge, in a network namespace of its own. */
+  network: z.enum(["none", "host", "bridge"]).default("none"),
+  attachments: z.array(attachment).default([]),
+  /** Host ports forwarded to the container (on its first attachment that is not internal). */
+  ports: z.array(publishedPort).default([]),
+  /** Names the container's peers know it by, besides its hostname. */
+  aliases: z.array(name).default([]),
+  /** More lines of the container's /etc/hosts (its peers, as known at its start): on bridges only. */
+  extraHosts: z
+    .array(
+      z.object({
+        address: z.string().refine((a) => ipv4ToNumber(a) !== undefined, "expected an IPv4 address"),
+        names: z.array(name).min(1),
+      }),
+    )
+    .default([]),
+  readOnlyRootfs: z.boolean().default(false),
+  /** PID 1 is a minimal init (the shim's init role) that forwards signals, reaps zombies and exits with the command's status. */
+  init: z.boolean().default(false),
+  volumes: z.array(volumeMount).default([]),
+  capAdd: z.array(z.string()).default([]),
+  capDrop: z.array(z.string()).default([]),
+  seccomp: z.enum(["default", "unconfined"]).default("default"),
+  log: z
+    .object({
+      maxBytes: byteQuantity.default(1024 * 1024),
+      keep: z.number().int().min(0).max(20).default(2),
+    })
+    .default({ maxBytes: 1024 * 1024, keep: 2 }),
+  stopSignal: z.string().default("SIGTERM"),
+  stopTimeoutMs: z.number().int().min(0).default(10_000),
+  labels: z.record(z.string(), z.string()).default({}),
+});
+
+/** The spec, held also to the rules between its network fields. */
+export const containerSpec = containerFields
   .refine((s) => (s.network === "bridge") === s.attachments.length > 0, {
     path: ["attachments"],
     message: 'a container joins networks with network "bridge", and only then',

@@ -65,43 +65,44 @@ export const agentTarget = z.object({
 });
 export type AgentTarget = z.output<typeof agentTarget>;
 
-export const desiredState = z
-  .object({
-    apiVersion: z.literal("fleetlet/v1", { error: 'expected "fleetlet/v1"' }),
-    deployment: z.string().min(1).max(200),
-    generation: z.number().int().nonnegative(),
-    /** Container networks, each a bridge of its own; services join them by name. */
-    networks: z.record(serviceName, networkSpec).default({}),
-    services: z.record(serviceName, serviceSpec),
-    update: z
-      .object({
-        strategy: z.enum(["download-then-swap", "stop-then-download", "start-then-stop"]).default("download-then-swap"),
-        healthyWithinMs: z.number().int().min(0).default(60_000),
-        rollback: z.boolean().default(true),
-      })
-      .default({ strategy: "download-then-swap", healthyWithinMs: 60_000, rollback: true }),
-    /** Read from group documents only: which share of the group takes this deployment, or rolls it back. */
-    rollout: z
-      .object({
-        percent: z.number().min(0).max(100).default(100),
-        rollback: z.boolean().default(false),
-      })
-      .default({ percent: 100, rollback: false }),
-    /** Where the document is meant to go ("device/<id>" or "group/<name>"); fleetctl sets it, so a signed document cannot be replayed to another topic. */
-    target: z
-      .string()
-      .regex(/^(device|group)\/[^/]+$/, 'expected "device/<id>" or "group/<name>"')
-      .optional(),
-    /** The time after which a device refuses the document (RFC 3339); fleetctl sets it with --valid-for. */
-    notAfter: z.iso
-      .datetime({ offset: true, error: "expected an RFC 3339 time such as 2026-01-31T12:00:00Z" })
-      .optional(),
-    /** The agent version the device should run, and the OCI artifact its bundle comes from (`fleetctl push-agent`). */
-    agent: agentTarget.optional(),
-    signature: z.string().optional(),
-  })
-  .superRefine((doc, ctx) => {
-    for (const issue of checkServiceNetworks(doc)) ctx.addIssue({ code: "custom", input: doc, ...issue });
-  });
+const documentFields = z.object({
+  apiVersion: z.literal("fleetlet/v1", { error: 'expected "fleetlet/v1"' }),
+  deployment: z.string().min(1).max(200),
+  generation: z.number().int().nonnegative(),
+  /** Container networks, each a bridge of its own; services join them by name. */
+  networks: z.record(serviceName, networkSpec).default({}),
+  services: z.record(serviceName, serviceSpec),
+  update: z
+    .object({
+      strategy: z.enum(["download-then-swap", "stop-then-download", "start-then-stop"]).default("download-then-swap"),
+      healthyWithinMs: z.number().int().min(0).default(60_000),
+      rollback: z.boolean().default(true),
+    })
+    .default({ strategy: "download-then-swap", healthyWithinMs: 60_000, rollback: true }),
+  /** Read from group documents only: which share of the group takes this deployment, or rolls it back. */
+  rollout: z
+    .object({
+      percent: z.number().min(0).max(100).default(100),
+      rollback: z.boolean().default(false),
+    })
+    .default({ percent: 100, rollback: false }),
+  /** Where the document is meant to go ("device/<id>" or "group/<name>"); fleetctl sets it, so a signed document cannot be replayed to another topic. */
+  target: z
+    .string()
+    .regex(/^(device|group)\/[^/]+$/, 'expected "device/<id>" or "group/<name>"')
+    .optional(),
+  /** The time after which a device refuses the document (RFC 3339); fleetctl sets it with --valid-for. */
+  notAfter: z.iso
+    .datetime({ offset: true, error: "expected an RFC 3339 time such as 2026-01-31T12:00:00Z" })
+    .optional(),
+  /** The agent version the device should run, and the OCI artifact its bundle comes from (`fleetctl push-agent`). */
+  agent: agentTarget.optional(),
+  signature: z.string().optional(),
+});
+
+/** The document, held also to the rules that span its services and networks. */
+export const desiredState = documentFields.superRefine((doc, ctx) => {
+  for (const issue of checkServiceNetworks(doc)) ctx.addIssue({ code: "custom", input: doc, ...issue });
+});
 export type DesiredState = z.output<typeof desiredState>;
 export type DesiredStateInput = z.input<typeof desiredState>;
