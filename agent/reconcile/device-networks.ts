@@ -9,7 +9,7 @@ import type { DesiredState } from "../../schemas/desired.js";
 import { type HostNetworkFacts, type PortMapping, parsePort } from "../../schemas/network.js";
 import { canonicalJson } from "../protocol/canonical-json.js";
 import type { StateDb } from "../state/db.js";
-import { checkPorts, placeNetworks } from "./network-plan.js";
+import { checkPorts, placeNetworks, usedNetworks } from "./network-plan.js";
 
 /** What the reconciler needs of the runtime's networking. */
 export interface NetworkDriver {
@@ -37,6 +37,8 @@ export class DeviceNetworks {
 
   /** Places the document's networks and checks its ports; throws E_NETWORK_CONFLICT or E_PORT_IN_USE. Returns them by name. */
   async prepare(desired: DesiredState): Promise<Record<string, NetworkRecord>> {
+    // A document on no network asks nothing of the host (and needs neither iptables nor the plugins).
+    if (usedNetworks(desired).size === 0) return {};
     const recorded = this.db.data.networks ?? {};
     const ownPorts: PortMapping[] = Object.values(this.db.data.services).flatMap((s) =>
       (s.spec.ports ?? []).flatMap((p) => parsePort(p) ?? []),
