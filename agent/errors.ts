@@ -53,6 +53,8 @@ export type ErrorCode =
   | "E_HOST_NOT_ALLOWED"
   | "E_API_UNAVAILABLE"
   | "E_AGENT_UPDATE_FAILED"
+  | "E_NETWORK_CONFLICT"
+  | "E_PORT_IN_USE"
   | "E_INTERNAL";
 
 export class FleetError extends Error {

@@ -250,6 +250,10 @@ install() {
   if [ "$FRESH_CONFIG" = 1 ]; then
     say "edit $CONFIG (deviceId, mqtt, registries, trustedKeys) and then: systemctl restart fleetlet"
   fi
+  # Services on container networks need the CNI plugins; everything else runs without them.
+  if [ ! -x /usr/lib/cni/bridge ] || [ ! -x /usr/lib/cni/portmap ] || [ ! -x /usr/lib/cni/host-local ]; then
+    say "note: services with networks or ports need the CNI plugins in /usr/lib/cni: apt-get install containernetworking-plugins"
+  fi
   if [ "$DRY_RUN" = 1 ]; then
     say "dry run done: nothing was changed"
   else

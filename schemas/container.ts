@@ -5,6 +5,7 @@
  */
 import { z } from "zod";
 import { deviceList } from "./device.js";
+import { ipv4ToNumber, parseCidr } from "./network.js";
 import { byteQuantity } from "./quantity.js";
 
 export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
@@ -39,7 +40,23 @@ export const resources = z
   })
   .default({});
 
-export const containerSpec = z.object({
+/** One network a container joins: its bridge, its subnet, whether it leads anywhere. */
+export const attachment = z.object({
+  network: z.string().min(1),
+  bridge: z.string().regex(/^[a-z0-9-]{1,15}$/, "expected a link name of at most 15 lower-case letters, digits or '-'"),
+  subnet: z.string().refine((s) => parseCidr(s) !== undefined, "expected an IPv4 network such as 10.89.0.0/24"),
+  internal: z.boolean().default(false),
+});
+export type Attachment = z.output<typeof attachment>;
+
+export const publishedPort = z.object({
+  hostIp: z.string().refine((ip) => ip === "" || ipv4ToNumber(ip) !== undefined, 'expected an IPv4 address or ""'),
+  hostPort: z.number().int().min(1).max(65535),
+  containerPort: z.number().int().min(1).max(65535),
+  protocol: z.enum(["tcp", "udp"]),
+});
+
+const containerFields = z.object({
   name: name.optional(),
   /** Read-only lower layers, topmost first; never modified. */
   layers: z.array(hostPath).min(1, "at least one layer or --rootfs is needed"),
@@ -58,7 +75,22 @@ export const containerSpec = z.object({
     .regex(/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$/, "expected a host name of letters, digits, '.' and '-' (at most 63)")
     .optional(),
   resources,
-  network: z.enum(["none", "host"]).default("none"),
+  /** "bridge": the container joins `attachments`, each a bridge, in a network namespace of its own. */
+  network: z.enum(["none", "host", "bridge"]).default("none"),
+  attachments: z.array(attachment).default([]),
+  /** Host ports forwarded to the container (on its first attachment that is not internal). */
+  ports: z.array(publishedPort).default([]),
+  /** Names the container's peers know it by, besides its hostname. */
+  aliases: z.array(name).default([]),
+  /** More lines of the container's /etc/hosts (its peers, as known at its start): on bridges only. */
+  extraHosts: z
+    .array(
+      z.object({
+        address: z.string().refine((a) => ipv4ToNumber(a) !== undefined, "expected an IPv4 address"),
+        names: z.array(name).min(1),
+      }),
+    )
+    .default([]),
   readOnlyRootfs: z.boolean().default(false),
   /** PID 1 is a minimal init (the shim's init role) that forwards signals, reaps zombies and exits with the command's status. */
   init: z.boolean().default(false),
@@ -78,6 +110,21 @@ export const containerSpec = z.object({
   stopTimeoutMs: z.number().int().min(0).default(10_000),
   labels: z.record(z.string(), z.string()).default({}),
 });
+
+/** The spec, held also to the rules between its network fields. */
+export const containerSpec = containerFields
+  .refine((s) => (s.network === "bridge") === s.attachments.length > 0, {
+    path: ["attachments"],
+    message: 'a container joins networks with network "bridge", and only then',
+  })
+  .refine((s) => s.network === "bridge" || s.extraHosts.length === 0, {
+    path: ["extraHosts"],
+    message: 'a container has an /etc/hosts of ours only with network "bridge"',
+  })
+  .refine((s) => s.network === "bridge" || s.ports.length === 0, {
+    path: ["ports"],
+    message: 'ports are published only with network "bridge"',
+  });
 
 export type ContainerSpecInput = z.input<typeof containerSpec>;
 export type ContainerSpec = z.output<typeof containerSpec>;

@@ -6,6 +6,7 @@
  */
 import { z } from "zod";
 import type { DesiredState, ServiceSpec } from "./desired.js";
+import { networkSpec } from "./network.js";
 import { imageProcessConfig } from "./oci.js";
 import { acceptedDocument } from "./reported.js";
 
@@ -37,6 +38,16 @@ export const imageRecord = z.object({
 });
 export type ImageRecord = z.infer<typeof imageRecord>;
 
+/** A container network as made on this device: the document's definition, the subnet picked for it and its bridge. */
+export const networkRecord = z.object({
+  /** The network's name in the document. */
+  name: z.string(),
+  spec: networkSpec,
+  subnet: z.string(),
+  bridge: z.string(),
+});
+export type NetworkRecord = z.infer<typeof networkRecord>;
+
 /** One service's current container, as the agent last left it. */
 export const serviceRecord = z.object({
   containerId: z.string(),
@@ -46,6 +57,10 @@ export const serviceRecord = z.object({
   restarts: z.number().int().nonnegative(),
   deployment: z.string(),
   spec: z.custom<ServiceSpec>((v) => typeof v === "object" && v !== null, "expected a service spec"),
+  /** The networks the container joined, in the service's order. */
+  networks: z.array(networkRecord).optional(),
+  /** The container's address on each network, by network name (from its CNI results). */
+  addresses: z.record(z.string(), z.string()).optional(),
 });
 export type ServiceRecord = z.infer<typeof serviceRecord>;
 
@@ -87,5 +102,7 @@ export const dbData = z.looseObject({
   lastAccepted: acceptedDocument.nullable().optional(),
   /** Leases by id. */
   leases: z.record(z.string(), leaseRecord),
+  /** The container networks made for the desired documents, by bridge: name, definition and subnet, kept so a restarted agent finds them. */
+  networks: z.record(z.string(), networkRecord).optional(),
 });
 export type DbData = z.infer<typeof dbData>;

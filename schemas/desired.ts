@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { NAME_PATTERN } from "./container.js";
 import { deviceList, groupRef } from "./device.js";
+import { checkServiceNetworks, networkSpec, portSpec } from "./network.js";
 import { byteQuantity } from "./quantity.js";
 
 const serviceName = z.string().regex(NAME_PATTERN, "expected letters, digits, '_', '.' or '-'");
@@ -44,6 +45,10 @@ export const serviceSpec = z.object({
     )
     .default([]),
   network: z.enum(["none", "host"]).default("none"),
+  /** Networks of the document this service joins (a bridge each); peers reach it by its name. */
+  networks: z.array(serviceName).default([]),
+  /** Host ports published to the service: "8080:80", "127.0.0.1:9090:9090", "5353:53/udp". */
+  ports: z.array(portSpec).default([]),
   readOnlyRootfs: z.boolean().default(false),
   /** Run a minimal init as PID 1, with the command as its child: signals forwarded, zombies reaped. */
   init: z.boolean().default(false),
@@ -65,10 +70,12 @@ export const agentTarget = z.object({
 });
 export type AgentTarget = z.output<typeof agentTarget>;
 
-export const desiredState = z.object({
+const documentFields = z.object({
   apiVersion: z.literal("fleetlet/v1", { error: 'expected "fleetlet/v1"' }),
   deployment: z.string().min(1).max(200),
   generation: z.number().int().nonnegative(),
+  /** Container networks, each a bridge of its own; services join them by name. */
+  networks: z.record(serviceName, networkSpec).default({}),
   services: z.record(serviceName, serviceSpec),
   update: z
     .object({
@@ -96,6 +103,11 @@ export const desiredState = z.object({
   /** The agent version the device should run, and the OCI artifact its bundle comes from (`fleetctl push-agent`). */
   agent: agentTarget.optional(),
   signature: z.string().optional(),
+});
+
+/** The document, held also to the rules that span its services and networks. */
+export const desiredState = documentFields.superRefine((doc, ctx) => {
+  for (const issue of checkServiceNetworks(doc)) ctx.addIssue({ code: "custom", input: doc, ...issue });
 });
 export type DesiredState = z.output<typeof desiredState>;
 export type DesiredStateInput = z.input<typeof desiredState>;

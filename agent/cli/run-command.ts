@@ -13,6 +13,7 @@ import { type ImageDefaults, mergeEnv } from "../store/image-defaults.js";
 import type { OptionSpec, ParsedArgs } from "./args.js";
 import type { Command, CommandSyntax } from "./command-line.js";
 import type { CliContext } from "./context.js";
+import { runNetwork } from "./run-network.js";
 
 export const RUN_OPTIONS: OptionSpec[] = [
   { name: "rm", type: "boolean" },
@@ -29,6 +30,7 @@ export const RUN_OPTIONS: OptionSpec[] = [
   { name: "device", type: "string", multiple: true },
   { name: "group-add", type: "string", multiple: true },
   { name: "network", type: "string" },
+  { name: "publish", short: "p", type: "string", multiple: true },
   { name: "read-only", type: "boolean" },
   { name: "init", type: "boolean" },
   { name: "user", short: "u", type: "string" },
@@ -146,6 +148,7 @@ function user(o: ParsedArgs["options"], layers: string[], image: ImageDefaults |
 export function runSpec(
   run: RunArguments,
   image?: ImageDefaults,
+  joined?: Partial<ContainerSpecInput>,
 ): { spec: ContainerSpecInput; rm: boolean; detach: boolean } {
   const o = run.options;
   const layers = image ? image.layers : run.rootfs;
@@ -160,7 +163,7 @@ export function runSpec(
     user: user(o, layers, image),
     hostname: o.hostname as string | undefined,
     resources: resources(o),
-    network: choice(o, "network", ["none", "host"] as const),
+    ...(joined ?? { network: choice(o, "network", ["none", "host"] as const) }),
     readOnlyRootfs: o["read-only"] === true,
     init: o.init === true,
     volumes: volumes(o.volume as string[]),
@@ -194,7 +197,7 @@ async function createContainer(ctx: CliContext, run: ReturnType<typeof parseRun>
   const lease = run.image ? await (await ctx.store()).leases.take(`run ${run.image}`) : undefined;
   try {
     const image = run.image && lease ? await ctx.imageDefaults(run.image, lease) : undefined;
-    const { spec, rm, detach } = runSpec(run, image);
+    const { spec, rm, detach } = runSpec(run, image, await runNetwork(ctx, run.options));
     if (rm && detach) throw usage("run: --rm and -d cannot be combined: nothing would be left to remove the container");
     return { id: ctx.runtime.create(spec).id, rm, detach };
   } finally {

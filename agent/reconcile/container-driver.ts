@@ -13,8 +13,11 @@ import type {
   ExitRecord,
 } from "../../schemas/container.js";
 import type { DevicePresence } from "../../schemas/device.js";
+import type { NetworkDriver } from "./device-networks.js";
 
 export interface ContainerDriver {
+  /** Container networks (bridges, published ports); a driver without them runs services on no network. */
+  readonly network?: NetworkDriver;
   /** Reported as `agent.cgroupMode`. */
   readonly cgroups: { readonly mode: CgroupMode };
   /** Validates the spec (schemas/container) and records the container; throws E_CONFLICT for a taken name. */

@@ -5,13 +5,16 @@
  * by hand, is simply planned for again. Everything the apply uses is held by
  * one lease until it ends, so no collection takes it meanwhile.
  */
+import type { NetworkRecord } from "../../schemas/db.js";
 import type { DesiredState } from "../../schemas/desired.js";
+import { serviceNetworks } from "../../schemas/network.js";
 import { FleetError } from "../errors.js";
 import type { ImageRecord } from "../store/image-store.js";
 import type { Lease } from "../store/leases.js";
 import { imageContent } from "../store/local-store.js";
 import type { AgentStore, PullImage } from "./agent-store.js";
 import { batches, runBatch, type StepContext } from "./apply-steps.js";
+import type { DeviceNetworks } from "./device-networks.js";
 import type { DeviceServices } from "./device-services.js";
 import { HealthGate } from "./health-gate.js";
 import { plan, type Step, type StoredImage } from "./plan.js";
@@ -22,6 +25,8 @@ export const MAX_PASSES = 6;
 export interface ConvergeDeps {
   store: AgentStore;
   services: DeviceServices;
+  /** The device's container networks; absent where the runtime has none (the fleet simulation). */
+  networks?: DeviceNetworks;
   pull: PullImage;
   event(e: { type: string; [k: string]: unknown }): void;
   /** A pass is about to run: "pulling" while images are missing, then "applying". */
@@ -58,7 +63,13 @@ async function storedImages(
   return out;
 }
 
-function stepContext(doc: DesiredState, signal: AbortSignal, gate: HealthGate, lease: Lease, deps: ConvergeDeps) {
+function stepContext(
+  doc: DesiredState,
+  signal: AbortSignal,
+  run: { gate: HealthGate; lease: Lease; networks: Record<string, NetworkRecord> },
+  deps: ConvergeDeps,
+) {
+  const { gate, lease } = run;
   const ready = new Map<string, ImageRecord>();
   const ctx: StepContext = {
     signal,
@@ -74,7 +85,12 @@ function stepContext(doc: DesiredState, signal: AbortSignal, gate: HealthGate, l
       }
       return image;
     },
-    startService: (s) => deps.services.startService({ ...s, failures: 0 }),
+    startService: (s) =>
+      deps.services.startService({
+        ...s,
+        failures: 0,
+        networks: serviceNetworks(s.spec).flatMap((n) => run.networks[n] ?? []),
+      }),
     stopContainer: (service, id, timeoutMs, sig) => deps.services.stopContainer(service, id, timeoutMs, sig),
     removeContainer: (service, id) => deps.services.removeContainer(service, id),
     event: (e) => deps.event(e),
@@ -87,11 +103,16 @@ export async function converge(doc: DesiredState, signal: AbortSignal, deps: Con
   const gate = new HealthGate(doc.deployment, (s) => deps.services.unhealthyReason(s));
   const lease = await deps.store.leases.take(`apply ${doc.deployment}`);
   try {
-    const { ctx, ready } = stepContext(doc, signal, gate, lease, deps);
+    // Placed and checked before the first step: a conflict refuses the document with nothing stopped.
+    const networks = deps.networks ? await deps.networks.prepare(doc) : {};
+    const { ctx, ready } = stepContext(doc, signal, { gate, lease, networks }, deps);
     for (let pass = 1; ; pass++) {
       signal.throwIfAborted();
       const steps = plan(doc, deps.services.actualServices(), await storedImages(doc, ready, lease, deps.store));
-      if (steps.length === 0) return gate;
+      if (steps.length === 0) {
+        await deps.networks?.prune();
+        return gate;
+      }
       if (pass > MAX_PASSES) {
         const left = describe(steps).join(", ");
         throw new FleetError(

@@ -34,6 +34,7 @@ function applyDoc(doc: DesiredState, signal: AbortSignal, host: RunHost) {
   return converge(doc, signal, {
     store: host.store,
     services: host.services,
+    ...(host.services.networks ? { networks: host.services.networks } : {}),
     pull: host.pull,
     event: (e) => host.event(e),
     phase: (p) => host.setPhase(p),

@@ -4,6 +4,7 @@
  * and restart them by policy, and their records in db.json. The Agent
  * decides what should run; this carries it out one container at a time.
  */
+import type { NetworkRecord } from "../../schemas/db.js";
 import type { ServiceSpec } from "../../schemas/desired.js";
 import type { ServiceReport } from "../../schemas/reported.js";
 import { FleetError } from "../errors.js";
@@ -12,11 +13,13 @@ import type { ImageRecord } from "../store/image-store.js";
 import { imageContent } from "../store/local-store.js";
 import type { AgentStore, PullImage } from "./agent-store.js";
 import type { ContainerDriver } from "./container-driver.js";
+import { DeviceNetworks } from "./device-networks.js";
 import type { ActualService, ActualState } from "./plan.js";
 import { type DevicePolicy, withDefaultLimits } from "./policy.js";
 import { shouldRestart } from "./restart-policy.js";
 import { serviceContainerSpec } from "./service-container.js";
 import { type DeviceWatcher, ServiceDevices } from "./service-devices.js";
+import { serviceReport } from "./service-report.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
 
 export interface DeviceServicesDeps {
@@ -40,6 +43,8 @@ export interface ServiceStart {
   deployment: string;
   /** Consecutive failed runs before this start, for the restart backoff. */
   failures: number;
+  /** The networks it joins, placed, in the service's order. */
+  networks?: NetworkRecord[];
 }
 
 const isNotFound = (err: unknown) => (err as FleetError).code === "E_NOT_FOUND";
@@ -47,9 +52,13 @@ const isNotFound = (err: unknown) => (err as FleetError).code === "E_NOT_FOUND";
 export class DeviceServices {
   private readonly supervisors = new Map<string, ServiceSupervisor>();
   private readonly devices: ServiceDevices;
+  /** The container networks the services join, where the runtime has them. */
+  readonly networks: DeviceNetworks | undefined;
 
   constructor(private readonly deps: DeviceServicesDeps) {
     this.devices = new ServiceDevices(deps);
+    const driver = deps.runtime.network;
+    this.networks = driver ? new DeviceNetworks(deps.store.db, driver) : undefined;
   }
 
   private get db() {
@@ -100,7 +109,9 @@ export class DeviceServices {
       if (!isNotFound(err)) throw err;
     }
     const defaults = imageDefaults(this.deps.store, s.image);
-    const ids = { containerId: s.containerId, hash: s.hash, deployment: s.deployment };
+    const networks = s.networks ?? [];
+    const peers = this.networks?.peersOf(s.service, networks) ?? [];
+    const ids = { containerId: s.containerId, hash: s.hash, deployment: s.deployment, networks, peers };
     const spec = withDefaultLimits(s.spec, this.deps.defaultLimits);
     runtime.create(serviceContainerSpec(s.service, spec, defaults, ids));
     await this.db.update((d) => {
@@ -114,10 +125,12 @@ export class DeviceServices {
         restarts: sameRun ? (previous?.restarts ?? 0) : 0,
         deployment: s.deployment,
         spec: s.spec,
+        ...(s.networks?.length ? { networks: s.networks } : {}),
       };
     });
     await this.devices.start(s.service, s.containerId, s.spec.devices, async () => {
       await runtime.start(s.containerId);
+      await this.networks?.refreshPeers();
       this.supervise(s.service, s.containerId, s.spec, s.failures);
     });
   }
@@ -131,6 +144,7 @@ export class DeviceServices {
    */
   async adopt(): Promise<void> {
     const records = this.db.data.services;
+    await this.deps.runtime.network?.sweep();
     const known = new Set(Object.values(records).map((r) => r.containerId));
     for (const c of this.deps.runtime.list()) {
       if (c.spec.labels["fleetlet.service"] !== undefined && !known.has(c.id)) {
@@ -150,13 +164,18 @@ export class DeviceServices {
       const exitCode = info.exit?.exitCode ?? 1;
       const adopt =
         info.status === "running" || (info.status === "exited" && !shouldRestart(rec.spec.restart, exitCode));
-      if (adopt) this.supervise(service, rec.containerId, rec.spec, 0);
+      // A running container whose network was broken while no agent watched is made anew.
+      const lost =
+        info.status === "running" && rec.networks?.length ? await this.networks?.lost(rec.containerId) : undefined;
+      if (lost) this.deps.event({ type: "networkLost", service, message: lost });
+      if (adopt && !lost) this.supervise(service, rec.containerId, rec.spec, 0);
       else {
         await this.recreate(service, 1).catch((err: Error) =>
           this.deps.event({ type: "error", service, message: err.message }),
         );
       }
     }
+    await this.networks?.refreshPeers();
   }
 
   supervise(service: string, containerId: string, spec: ServiceSpec, failures: number): void {
@@ -181,8 +200,8 @@ export class DeviceServices {
         stored && store.isWhole(stored)
           ? stored
           : await this.deps.pull(rec.image, { signal: new AbortController().signal, lease });
-      const { containerId, hash, spec, deployment } = rec;
-      await this.startService({ service, spec, hash, containerId, image, deployment, failures });
+      const { containerId, hash, spec, deployment, networks } = rec;
+      await this.startService({ service, spec, hash, containerId, image, deployment, failures, networks });
     } finally {
       await lease.release();
     }
@@ -235,6 +254,7 @@ export class DeviceServices {
     this.supervisors.get(service)?.detach();
     this.supervisors.delete(service);
     this.devices.stop(service, containerId);
+    await this.networks?.refreshPeers();
   }
 
   /** Forgets a service whose container vanished while no agent watched. */
@@ -254,38 +274,13 @@ export class DeviceServices {
   reports(): Record<string, ServiceReport> {
     const services: Record<string, ServiceReport> = {};
     for (const [name, rec] of Object.entries(this.db.data.services))
-      services[name] = this.report(name, rec.containerId);
+      services[name] = serviceReport(rec, {
+        runtime: this.deps.runtime,
+        supervisor: this.supervisors.get(name),
+        waitingFor: this.devices.waitingFor(name, rec.containerId),
+        devices: this.devices.presence(name),
+      });
     return services;
-  }
-
-  private report(name: string, containerId: string): ServiceReport {
-    const rec = this.db.data.services[name]!;
-    const sup = this.supervisors.get(name);
-    let pid: number | undefined;
-    let stats = { memoryBytes: 0, cpuNanos: 0 };
-    try {
-      const info = this.deps.runtime.inspect(containerId);
-      pid = info.status === "running" ? info.pid : undefined;
-      if (info.status === "running") stats = this.deps.runtime.stats(containerId);
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-    }
-    const waitingFor = this.devices.waitingFor(name, containerId);
-    const devices = this.devices.presence(name);
-    return {
-      image: rec.image,
-      digest: rec.digest,
-      state: waitingFor ? "waitingForDevice" : (sup?.state ?? "stopped"),
-      ...(waitingFor ? { waitingFor } : {}),
-      ...(devices ? { devices } : {}),
-      ...(pid ? { pid } : {}),
-      restarts: rec.restarts,
-      health: sup?.health ?? "none",
-      memoryBytes: stats.memoryBytes,
-      cpuSeconds: stats.cpuNanos / 1e9,
-      ...(sup?.lastExit ? { exitCode: sup.lastExit.exitCode } : {}),
-      ...(sup ? { startedAt: new Date(sup.startedAt).toISOString() } : {}),
-    };
   }
 
   /** Stops watching; the containers keep running. */

@@ -9,6 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
+import { serviceNetworks } from "../../schemas/network.js";
 import { canonicalJson } from "../protocol/canonical-json.js";
 
 /** How a service's current container stands, as the supervisors see it. */
@@ -47,16 +48,35 @@ export type StepKind = Step["kind"];
  * use it hashes as it did before the field existed: upgrading the agent
  * replaces no running container.
  */
-const ADDED_FIELD_DEFAULTS: Partial<ServiceSpec> = { init: false, devices: [], groupAdd: [] };
+export const ADDED_FIELD_DEFAULTS: Partial<ServiceSpec> = {
+  init: false,
+  devices: [],
+  groupAdd: [],
+  networks: [],
+  ports: [],
+};
 
-/** The spec and image digest as canonical JSON (RFC 8785), hashed: equal specs hash equal. */
-export function specHash(spec: ServiceSpec, imageDigest: string): string {
+/**
+ * The spec and image digest as canonical JSON (RFC 8785), hashed: equal specs
+ * hash equal. `networks`, the definitions of the networks the service joins,
+ * count too (a changed subnet replaces the container), but only when there
+ * are any, so a service on no network hashes as before networks existed.
+ */
+export function specHash(spec: ServiceSpec, imageDigest: string, networks: Record<string, unknown> = {}): string {
   const hashed: Record<string, unknown> = { ...spec };
   for (const [field, value] of Object.entries(ADDED_FIELD_DEFAULTS))
     if (canonicalJson(hashed[field]) === canonicalJson(value)) delete hashed[field];
+  const joined = Object.keys(networks).length > 0 ? { networks } : {};
   return createHash("sha256")
-    .update(canonicalJson({ spec: hashed, imageDigest }))
+    .update(canonicalJson({ spec: hashed, imageDigest, ...joined }))
     .digest("hex");
+}
+
+/** The definitions of the networks a service joins, by name: part of its hash. */
+export function joinedNetworks(desired: DesiredState, spec: ServiceSpec): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const name of serviceNetworks(spec)) out[name] = desired.networks[name] ?? { subnet: "auto", internal: false };
+  return out;
 }
 
 /** The container name of a service at a spec hash: two generations can coexist. */
@@ -100,7 +120,7 @@ function gather(desired: DesiredState, actual: Map<string, ActualService>, image
       pulled.add(spec.image);
       parts.pulls.push({ kind: "pull", image: spec.image });
     }
-    const hash = image ? specHash(spec, image.digest) : undefined;
+    const hash = image ? specHash(spec, image.digest, joinedNetworks(desired, spec)) : undefined;
     const current = actual.get(name);
     if (settled(current, hash, spec)) continue;
     if (current)

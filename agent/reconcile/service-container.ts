@@ -1,6 +1,8 @@
 /** A service of the desired state, made into a container spec on top of its image's defaults. */
 import type { ContainerSpecInput } from "../../schemas/container.js";
+import type { NetworkRecord } from "../../schemas/db.js";
 import type { ServiceSpec } from "../../schemas/desired.js";
+import { parsePort } from "../../schemas/network.js";
 import { FleetError } from "../errors.js";
 import { resolveGroups, resolveUser } from "../runtime/user-lookup.js";
 import { type ImageDefaults, mergeEnv } from "../store/image-defaults.js";
@@ -9,7 +11,14 @@ export function serviceContainerSpec(
   service: string,
   spec: ServiceSpec,
   image: ImageDefaults,
-  opts: { containerId: string; hash: string; deployment: string },
+  opts: {
+    containerId: string;
+    hash: string;
+    deployment: string;
+    networks?: NetworkRecord[];
+    /** Its peers' addresses as known now, for its /etc/hosts at start. */
+    peers?: { address: string; names: string[] }[];
+  },
 ): ContainerSpecInput {
   const entrypoint = spec.entrypoint ?? image.entrypoint;
   const command = [...entrypoint, ...(spec.command ?? (spec.entrypoint ? [] : image.cmd))];
@@ -33,7 +42,7 @@ export function serviceContainerSpec(
     user: { ...resolved, groups: [...resolved.groups, ...groupAdd] },
     hostname: spec.hostname ?? service,
     resources: { memory: spec.resources.memory, cpus: spec.resources.cpus, pids: spec.resources.pids },
-    network: spec.network,
+    ...containerNetwork(service, spec, opts.networks ?? [], opts.peers ?? []),
     readOnlyRootfs: spec.readOnlyRootfs,
     init: spec.init,
     volumes: spec.volumes,
@@ -46,5 +55,27 @@ export function serviceContainerSpec(
       "fleetlet.deployment": opts.deployment,
       "fleetlet.image": image.ref,
     },
+  };
+}
+
+/** How the container joins its networks: the bridges, the ports published, the name its peers know it by. */
+function containerNetwork(
+  service: string,
+  spec: ServiceSpec,
+  networks: NetworkRecord[],
+  peers: { address: string; names: string[] }[],
+): Partial<ContainerSpecInput> {
+  if (networks.length === 0) return { network: spec.network };
+  return {
+    network: "bridge",
+    attachments: networks.map((n) => ({
+      network: n.name,
+      bridge: n.bridge,
+      subnet: n.subnet,
+      internal: n.spec.internal,
+    })),
+    ports: spec.ports.map((p) => parsePort(p)!),
+    aliases: [service],
+    extraHosts: peers,
   };
 }

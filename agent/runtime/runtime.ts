@@ -22,6 +22,7 @@ import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError, isErrno } from "../errors.js";
 import { loadNative, type NativeBinding, type SpawnResult } from "../system/native.js";
 import { PRIVATE_MODE, privateDir, secureStateRoot, type Warn } from "../system/state-root.js";
+import { BackgroundEraser } from "./background-eraser.js";
 import { capabilitySet } from "./capabilities.js";
 import { Cgroups, cgroupParentFor } from "./cgroup.js";
 import { detectCgroupLayout } from "./cgroup-layout.js";
@@ -29,6 +30,7 @@ import { ContainerCatalog } from "./container-catalog.js";
 import { ContainerDevices } from "./container-devices.js";
 import { type ContainerPaths, prepareOverlayDirs, readExit, readRunning, writeState } from "./container-dir.js";
 import { type ExecResult, execInContainer } from "./container-exec.js";
+import { ContainerNetwork } from "./container-network.js";
 import { deviceRule } from "./device-rules.js";
 import { readLog } from "./log-tail.js";
 import { withDefaults } from "./proc-defaults.js";
@@ -58,11 +60,11 @@ export interface RuntimeOptions {
 export class Runtime {
   readonly root: string;
   readonly cgroups: Cgroups;
+  readonly network: ContainerNetwork;
   private readonly native: NativeBinding;
   private readonly catalog: ContainerCatalog;
   private readonly volumes: VolumeDirs;
-  private readonly removals = new Set<Promise<void>>();
-  private readonly removalErrors: FleetError[] = [];
+  private readonly eraser: BackgroundEraser;
   private readonly fdScan: boolean;
   readonly devices: ContainerDevices;
 
@@ -75,6 +77,8 @@ export class Runtime {
     this.catalog = new ContainerCatalog(this.root, this.native);
     this.fdScan = opts.fdScan ?? false;
     this.devices = new ContainerDevices(opts.devRoot ?? "/dev", this.native.shimPath);
+    this.network = new ContainerNetwork({ root: this.root, shimPath: this.native.shimPath });
+    this.eraser = new BackgroundEraser((dir) => this.native.core.removeTree(dir));
   }
 
   private paths = (id: string): ContainerPaths => this.catalog.paths(id);
@@ -121,7 +125,9 @@ export class Runtime {
     prepareOverlayDirs(paths);
     const groups = this.cgroups.plan(id, spec.resources, devices.map(deviceRule));
     const hostname = spec.hostname ?? id.slice(0, 63);
+    const joined = spec.network === "bridge" ? await this.network.attach(id, spec) : undefined;
     const config = encodeShimConfig({
+      joined,
       id,
       spec,
       env: withDefaults(spec, hostname),
@@ -138,6 +144,7 @@ export class Runtime {
       started = await this.native.core.spawnShim(this.native.shimPath, config, opts.foreground ?? false);
     } catch (err) {
       await this.cgroups.remove(id);
+      if (joined) await this.network.detach(id);
       throw startError(id, err);
     }
     if (devices.length > 0) this.devices.record(paths.dir, devices);
@@ -245,37 +252,24 @@ export class Runtime {
       await this.wait(id);
     }
     await this.cgroups.remove(id);
+    if (info.spec.network === "bridge") await this.network.detach(id);
     this.catalog.forget(id);
     // One rename takes the container out of sight at once; its writable layer
     // is then erased in the background (see settled()).
     const retired = join(this.root, "containers", `.removed-${id}-${randomBytes(4).toString("hex")}`);
     renameSync(paths.dir, retired);
-    this.eraseInBackground(retired);
-  }
-
-  private eraseInBackground(dir: string): void {
-    const erase: Promise<void> = this.native.core
-      .removeTree(dir)
-      .catch((err: Error) => {
-        this.removalErrors.push(
-          new FleetError("E_RUNTIME", `erase removed container files ${dir}: ${err.message}`, { cause: err }),
-        );
-      })
-      .finally(() => this.removals.delete(erase));
-    this.removals.add(erase);
+    this.eraser.erase(retired);
   }
 
   /** Resolves once removed containers' files are erased; rejects if that failed. */
-  async settled(): Promise<void> {
-    while (this.removals.size > 0) await Promise.all(this.removals);
-    const failed = this.removalErrors.splice(0);
-    if (failed.length > 0) throw failed[0];
+  settled(): Promise<void> {
+    return this.eraser.settled();
   }
 
   /** Erases what a removal interrupted by a crash left behind. */
   sweep(): void {
     for (const name of this.catalog.dirNames(true)) {
-      if (name.startsWith(".removed-")) this.eraseInBackground(join(this.root, "containers", name));
+      if (name.startsWith(".removed-")) this.eraser.erase(join(this.root, "containers", name));
     }
   }
 

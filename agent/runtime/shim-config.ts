@@ -7,6 +7,7 @@ import type { ContainerSpec } from "../../schemas/container.js";
 import type { DeviceNode } from "../../schemas/device.js";
 import type { Cgroups } from "./cgroup.js";
 import type { ContainerPaths } from "./container-dir.js";
+import type { JoinedNetwork } from "./container-network.js";
 import { DEFAULT_NOFILE, MASKED_PATHS, READONLY_PATHS } from "./proc-defaults.js";
 
 export interface ShimConfigInput {
@@ -22,6 +23,17 @@ export interface ShimConfigInput {
   devices?: DeviceNode[];
   /** List /proc/self/fd to mark descriptors close-on-exec even where close_range can (tests). */
   fdScan?: boolean;
+  /** The namespace and name files of a container on bridges (container-network.ts). */
+  joined?: JoinedNetwork | undefined;
+}
+
+function networkRecords(joined: JoinedNetwork | undefined): [string, string][] {
+  if (!joined) return [];
+  return [
+    ["netns", joined.netns],
+    ["bindfile-ro", `${joined.hosts}\t/etc/hosts`],
+    ["bindfile-ro", `${joined.resolvConf}\t/etc/resolv.conf`],
+  ];
 }
 
 export function encodeShimConfig(c: ShimConfigInput): Buffer {
@@ -40,6 +52,7 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ...c.spec.user.groups.map((g): [string, number] => ["group", g]),
     ...c.capabilities.map((n): [string, number] => ["cap", n]),
     ["net", c.spec.network],
+    ...networkRecords(c.joined),
     ["readonly", c.spec.readOnlyRootfs ? 1 : 0],
     ["seccomp", c.spec.seccomp],
     ...c.spec.volumes.map((v): [string, string] => [

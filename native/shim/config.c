@@ -76,9 +76,10 @@ static int apply(struct shim_config *cfg, const char *key, const char *value, st
   else if (IS("exit")) cfg->exit_path = value;
   else if (IS("running")) cfg->running_path = value;
   else if (IS("net")) cfg->net_host = strcmp(value, "host") == 0;
+  else if (IS("netns")) cfg->netns = value;
   else if (IS("readonly")) cfg->readonly = strcmp(value, "1") == 0;
   else if (IS("seccomp")) cfg->seccomp = strcmp(value, "default") == 0;
-  else if (IS("bind") || IS("bind-ro")) {
+  else if (IS("bind") || IS("bind-ro") || IS("bindfile-ro")) {
     /* "source\ttarget": the runtime refuses tabs in both. */
     char *tab = strchr(value, '\t');
     if (!tab || cfg->nbinds >= MAX_LIST) {
@@ -88,7 +89,8 @@ static int apply(struct shim_config *cfg, const char *key, const char *value, st
     *tab = '\0';
     cfg->binds[cfg->nbinds].source = value;
     cfg->binds[cfg->nbinds].target = tab + 1;
-    cfg->binds[cfg->nbinds].readonly = IS("bind-ro");
+    cfg->binds[cfg->nbinds].readonly = IS("bind-ro") || IS("bindfile-ro");
+    cfg->binds[cfg->nbinds].file = IS("bindfile-ro");
     cfg->nbinds++;
   } else if (IS("cglimit") || IS("cglimit-opt")) {
     /* "file\tvalue": a limit written before the init joins the cgroup;

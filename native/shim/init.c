@@ -12,7 +12,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
-static int loopback_up(struct shim_error *err) {
+int loopback_up(struct shim_error *err) {
   struct ifreq ifr;
   cleanup_fd int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) {
@@ -105,7 +105,17 @@ static void exec_init(const struct shim_config *cfg, int err_fd, struct shim_err
 void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd, int err_fd,
                     struct shim_error *err) {
   char go;
-  int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (cfg->net_host ? 0 : CLONE_NEWNET);
+  int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (cfg->net_host || cfg->netns ? 0 : CLONE_NEWNET);
+
+  /* A container on a bridge joins the namespace the runtime pinned and set
+   * up before the start, so its network is there before its command runs. */
+  if (cfg->netns) {
+    cleanup_fd int ns = open(cfg->netns, O_RDONLY | O_CLOEXEC);
+    if (ns < 0 || setns(ns, CLONE_NEWNET) < 0) {
+      set_error(err, EXIT_RUNTIME, errno, "join the network namespace `%s`", cfg->netns);
+      return;
+    }
+  }
 
   /* The rootfs is built while the shim moves us into our cgroups: on cgroup
    * v1 that move waits for an RCU grace period, and doing both at once

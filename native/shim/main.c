@@ -234,12 +234,14 @@ int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "devices") == 0) return devices_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "devnode") == 0) return devnode_main(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "init") == 0) return init_main(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "netns") == 0) return netns_main(argc - 1, argv + 1);
   if (argc < 3) {
     fprintf(stderr, "usage: fleetlet-shim CONFIG SYNC_FD [--foreground]\n"
                     "       fleetlet-shim exec PID START_TIME [options] -- CMD...\n"
                     "       fleetlet-shim devices CGROUP2_DIR [RULE]...\n"
                     "       fleetlet-shim devnode PID START_TIME add|remove TARGET [c|b MAJOR MINOR MODE UID GID]\n"
-                    "       fleetlet-shim init [--error-fd N] -- CMD...   (PID 1 of a container with `init`)\n");
+                    "       fleetlet-shim init [--error-fd N] -- CMD...   (PID 1 of a container with `init`)\n"
+                    "       fleetlet-shim netns add|del PATH\n");
     return EXIT_RUNTIME;
   }
   int sync_fd = atoi(argv[2]);

@@ -226,6 +226,13 @@ static int mount_binds(const struct shim_config *cfg, int rootfd, struct shim_er
   for (size_t i = 0; i < cfg->nbinds; i++) {
     const struct bind_mount *b = &cfg->binds[i];
     char from[FD_PATH_LEN];
+    if (b->file) {
+      cleanup_fd int target = open_in_root(rootfd, b->target, 1);
+      if (target < 0) {
+        set_error(err, EXIT_RUNTIME, errno, "create mount point `%s` in the rootfs", b->target);
+        return -1;
+      }
+    }
     cleanup_fd int src = open(b->source, O_PATH | O_CLOEXEC);
     if (src < 0) {
       set_error(err, EXIT_RUNTIME, errno, "open volume `%s`", b->source);

@@ -34,6 +34,7 @@ struct bind_mount {
   const char *source;
   const char *target;
   int readonly;
+  int file; /* a single file (/etc/hosts), its mount point made as an empty file */
 };
 
 /* A limit written into a cgroup file before the init joins it. */
@@ -68,6 +69,7 @@ struct shim_config {
   struct str_list groups;
   struct str_list caps;        /* capability numbers, as text */
   int net_host;
+  const char *netns;           /* a pinned network namespace to join instead of a new one */
   int readonly;
   int seccomp;                 /* 1: the default filter, 0: none */
   struct bind_mount binds[MAX_LIST];
@@ -133,6 +135,10 @@ int devices_main(int argc, char **argv);
 int devnode_parse(char *value, struct host_device *d, struct shim_error *err);
 int devnode_make(int devfd, const struct host_device *d, struct shim_error *err);
 int devnode_main(int argc, char **argv);
+/* `fleetlet-shim netns add|del PATH`: pins a new network namespace on PATH, or unpins it (netns.c). */
+int netns_main(int argc, char **argv);
+/* Brings `lo` up in the current network namespace (init.c). */
+int loopback_up(struct shim_error *err);
 
 int rootfs_setup(const struct shim_config *cfg, struct shim_error *err);
 int security_apply(const struct shim_config *cfg, struct shim_error *err);

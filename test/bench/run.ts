@@ -2,6 +2,7 @@
 import { agentBench } from "./agent-bench.js";
 import { deviceBench } from "./device-bench.js";
 import { fleetBench } from "./fleet-bench.js";
+import { networkBench } from "./network-bench.js";
 import { pullBench } from "./pull-bench.js";
 import { startBench } from "./start-bench.js";
 import { trafficBench } from "./traffic-bench.js";
@@ -13,6 +14,7 @@ const BENCHES: Record<string, (args: string[]) => Promise<void>> = {
   fleet: fleetBench,
   traffic: trafficBench,
   device: deviceBench,
+  network: networkBench,
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -188,7 +188,7 @@ describe("plan", () => {
   it("hashes a service that leaves init off as before init existed, so an agent upgrade replaces nothing", () => {
     const spec = doc({ web }).services.web!;
     expect(spec.init).toBe(false);
-    const { init: _added, devices: _d, groupAdd: _g, ...before } = spec;
+    const { init: _added, devices: _d, groupAdd: _g, networks: _n, ports: _p, ...before } = spec;
     const hashBefore = createHash("sha256")
       .update(canonicalJson({ spec: before, imageDigest: D1 }))
       .digest("hex");
@@ -201,7 +201,7 @@ describe("plan", () => {
     const spec = doc({ web }).services.web!;
     expect(spec.devices).toEqual([]);
     expect(spec.groupAdd).toEqual([]);
-    const { init: _i, devices: _d, groupAdd: _g, ...before } = spec;
+    const { init: _i, devices: _d, groupAdd: _g, networks: _n, ports: _p, ...before } = spec;
     const hashBefore = createHash("sha256")
       .update(canonicalJson({ spec: before, imageDigest: D1 }))
       .digest("hex");

@@ -1,0 +1,522 @@
+/**
+ * Container networks on real namespaces: the agent (`fleetlet apply`) runs in
+ * a device network namespace of the test's own, joined by a veth to a test
+ * host in another (support/netns-lab.ts), so nothing leaves the machine and
+ * parallel test files never meet. Services find each other by name, reach
+ * the test host through NAT, publish TCP and UDP ports to it and to the
+ * device's 127.0.0.1, and reach their own published port (hairpin).
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { Runtime } from "../../agent/runtime/runtime.js";
+import { type CliResult, FLEETLET_BIN, fleetctl, fleetlet } from "../support/fleetlet-cli.js";
+import { makeNetnsLab, type NetnsLab, nsArgs } from "../support/netns-lab.js";
+import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { cleanupRoot, freshRoot } from "../support/state-root.js";
+
+const rootfs = inject("busyboxRootfs");
+const DIST_NETWORK = fileURLToPath(new URL("../../dist/agent/runtime/container-network.js", import.meta.url));
+const DIST_NATIVE = fileURLToPath(new URL("../../dist/agent/system/native.js", import.meta.url));
+let reg: RegistryFixture;
+let lab: NetnsLab;
+let root: string;
+let work: string;
+let config: string;
+let image: string;
+let generation = 0;
+const servers: ChildProcess[] = [];
+
+/** Runs `fleetlet` in the device namespace. */
+function inDevice(args: string[], stateRoot = root): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const cmd = [process.execPath, FLEETLET_BIN, "--root", stateRoot, "--config", config, ...args];
+    const child = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("close", (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+function desired(services: Record<string, unknown>, extra: Record<string, unknown> = {}): string {
+  generation++;
+  const path = join(work, `desired-${generation}.json`);
+  const doc = { apiVersion: "fleetlet/v1", deployment: `net-${generation}`, generation, services, ...extra };
+  writeFileSync(path, JSON.stringify({ update: { healthyWithinMs: 10_000 }, ...doc }));
+  return path;
+}
+
+const dbOf = (stateRoot = root) => JSON.parse(readFileSync(join(stateRoot, "db.json"), "utf8"));
+const containerOf = (service: string, stateRoot = root) => dbOf(stateRoot).services[service].containerId as string;
+const pidOf = (container: string, stateRoot = root) =>
+  JSON.parse(readFileSync(join(stateRoot, "containers", container, "running.json"), "utf8")).init.pid as number;
+
+/** Runs a shell command inside a service's container (its namespaces, through the shim's exec mode). */
+async function inService(
+  service: string,
+  script: string,
+  stateRoot = root,
+): Promise<{ exitCode: number; output: string }> {
+  return new Runtime({ root: stateRoot }).exec(containerOf(service, stateRoot), ["/bin/sh", "-c", script], {
+    timeoutMs: 20_000,
+  });
+}
+
+/** Sends one UDP datagram from a namespace and resolves with the answer ("" on none within 3 s). */
+async function udpAsk(ns: string, host: string, port: number): Promise<string> {
+  const script = `const s=require("dgram").createSocket("udp4");s.on("message",m=>{process.stdout.write(String(m));process.exit(0)});s.send("ping",${port},${JSON.stringify(host)});setTimeout(()=>process.exit(3),3000);`;
+  const r = await lab.runAsync(ns, [process.execPath, "-e", script]);
+  return r.status === 0 ? r.out : "";
+}
+
+/** Fetches a URL from a namespace with busybox wget; "" when it fails. */
+async function fetchFrom(ns: string, url: string): Promise<string> {
+  const r = await lab.runAsync(ns, ["busybox", "timeout", "4", "busybox", "wget", "-q", "-O", "-", url]);
+  return r.status === 0 ? r.out.trim() : "";
+}
+
+const httpd = (text: string, ports: number[]) =>
+  `mkdir -p /www && echo ${text} > /www/index.html && ${ports.map((p) => `httpd -p ${p} -h /www`).join(" && ")}`;
+
+const services = () => ({
+  db: {
+    image,
+    networks: ["backend"],
+    command: ["/bin/sh", "-c", `${httpd("db-ok", [80])} && exec sleep 100000`],
+    stopTimeoutMs: 300,
+  },
+  web: {
+    image,
+    networks: ["backend"],
+    ports: ["8080:80", "127.0.0.1:9090:9090", "5353:53/udp"],
+    command: ["/bin/sh", "-c", `${httpd("web-ok", [80, 9090])} && exec /bin/udp-echo 53`],
+    stopTimeoutMs: 300,
+  },
+});
+const backend = { networks: { backend: { subnet: "auto", ipv6: false, internal: false } } };
+
+beforeAll(async () => {
+  lab = makeNetnsLab("n");
+  reg = await startRegistry({ auth: "htpasswd" });
+  root = freshRoot();
+  work = mkdtempSync(join(tmpdir(), "fleetlet-networks-"));
+  config = join(work, "config.json");
+  writeFileSync(
+    config,
+    JSON.stringify({
+      deviceId: "dev-net",
+      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+    }),
+  );
+  // busybox has no UDP server: a static one of ours goes into the image.
+  const imageRoot = join(work, "rootfs");
+  cpSync(rootfs, imageRoot, { recursive: true, verbatimSymlinks: true });
+  const source = fileURLToPath(new URL("../support/udp-echo.c", import.meta.url));
+  execFileSync("gcc", ["-static", "-O1", "-o", join(imageRoot, "bin", "udp-echo"), source]);
+  const tagged = `${reg.host}/net/busybox:1`;
+  expect(fleetctl(["--config", config, "push", imageRoot, tagged]).status).toBe(0);
+  // Pulled here, where the registry is; the device namespace then needs no registry: the image is pinned.
+  expect(fleetlet(root, ["--config", config, "pull", tagged]).status).toBe(0);
+  image = `${reg.host}/net/busybox@${dbOf().images[tagged].digest}`;
+  expect(fleetlet(root, ["--config", config, "pull", image]).status).toBe(0);
+  // The test host serves a page, on its side of the link only.
+  const www = join(work, "www");
+  mkdirSync(www);
+  writeFileSync(join(www, "index.html"), "outside-ok\n");
+  const server = spawn(
+    "nsenter",
+    nsArgs(lab.outside, ["busybox", "httpd", "-f", "-p", `${lab.outsideIp}:8000`, "-h", www]),
+  );
+  servers.push(server);
+});
+
+afterAll(async () => {
+  for (const s of servers) s.kill("SIGKILL");
+  await inDevice(["apply", desired({})]);
+  lab?.remove();
+  await cleanupRoot(root);
+  rmSync(work, { recursive: true, force: true });
+  await reg?.stop();
+});
+
+describe("a deployment on a bridge network", () => {
+  it("starts services that find each other by service name", async () => {
+    const r = await inDevice(["apply", desired(services(), backend)]);
+    expect(r.status, r.stderr).toBe(0);
+    const web = await inService("web", "timeout 5 wget -q -O - http://db/");
+    expect(web).toEqual({ exitCode: 0, output: "db-ok\n" });
+    const hosts = await inService("db", "cat /etc/hosts");
+    expect(hosts.output).toMatch(/^10\.89\.0\.\d+\tweb$/m);
+    expect(hosts.output).toMatch(/^10\.89\.0\.\d+\tdb$/m);
+  });
+
+  it("lets `fleetlet run --network NAME` join a deployment's network, its services known by name, and publish a port", async () => {
+    const once = await inDevice(["run", "--rm", "--network", "backend", image, "wget", "-q", "-O", "-", "http://db/"]);
+    expect(once, once.stderr).toMatchObject({ status: 0, stdout: "db-ok\n" });
+    const serve = "mkdir -p /w && echo adhoc-ok > /w/index.html && exec httpd -f -p 80 -h /w";
+    const started = await inDevice([
+      "run",
+      "-d",
+      "--name",
+      "adhoc",
+      "--network",
+      "backend",
+      "-p",
+      "8282:80",
+      image,
+      "sh",
+      "-c",
+      serve,
+    ]);
+    expect(started.status, started.stderr).toBe(0);
+    let page = "";
+    for (let i = 0; i < 50 && page !== "adhoc-ok"; i++)
+      page = await fetchFrom(lab.outside, `http://${lab.deviceIp}:8282/`);
+    expect(page).toBe("adhoc-ok");
+    expect((await inDevice(["rm", "-f", "adhoc"])).status).toBe(0);
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8282/`)).toBe("");
+    const unknown = await inDevice(["run", "--rm", "--network", "nowhere", image, "true"]);
+    expect(unknown.status).toBe(125);
+    expect(unknown.stderr).toContain("--network nowhere: no network of that name on this device (known: backend)");
+  });
+
+  it("records each service's network and address in db.json", () => {
+    const db = dbOf();
+    const [record] = Object.values(db.networks) as { name: string; subnet: string; bridge: string }[];
+    expect(record).toMatchObject({
+      name: "backend",
+      subnet: "10.89.0.0/24",
+      bridge: expect.stringMatching(/^fl-[0-9a-f]{12}$/),
+    });
+    expect(db.services.web.networks).toEqual([expect.objectContaining({ name: "backend", bridge: record!.bridge })]);
+    const hosts = readFileSync(join(root, "network", db.services.web.containerId, "hosts"), "utf8");
+    expect(db.services.web.addresses).toEqual({ backend: expect.stringMatching(/^10\.89\.0\.\d+$/) });
+    expect(hosts).toContain(`${db.services.web.addresses.backend}\tweb\n`);
+    expect(db.services.db.addresses.backend).not.toBe(db.services.web.addresses.backend);
+  });
+
+  it("reaches the test host through NAT (the test host has no route back to the bridge)", async () => {
+    expect(await inService("db", `timeout 5 wget -q -O - http://${lab.outsideIp}:8000/`)).toEqual({
+      exitCode: 0,
+      output: "outside-ok\n",
+    });
+  });
+
+  it("gives containers the host's resolv.conf without loopback nameservers", async () => {
+    const r = await inService("web", "cat /etc/resolv.conf");
+    expect(r.exitCode).toBe(0);
+    expect(r.output).not.toMatch(/^nameserver\s+127\./m);
+  });
+});
+
+describe("published ports", () => {
+  it("serve TCP to the test host, and to the device itself on 127.0.0.1", async () => {
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+    expect(await fetchFrom(lab.device, "http://127.0.0.1:8080/")).toBe("web-ok");
+  });
+
+  it("publish a port bound to 127.0.0.1 on the device's loopback only", async () => {
+    expect(await fetchFrom(lab.device, "http://127.0.0.1:9090/")).toBe("web-ok");
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:9090/`)).toBe("");
+  });
+
+  it("serve UDP to the test host and to 127.0.0.1", async () => {
+    expect(await udpAsk(lab.outside, lab.deviceIp, 5353)).toBe("udp-ok ping");
+    expect(await udpAsk(lab.device, "127.0.0.1", 5353)).toBe("udp-ok ping");
+  });
+
+  it("reach a container from itself through the host's address (hairpin)", async () => {
+    expect(await inService("web", `timeout 5 wget -q -O - http://${lab.deviceIp}:8080/`)).toEqual({
+      exitCode: 0,
+      output: "web-ok\n",
+    });
+  });
+});
+
+describe("a document whose networks or ports clash with the host", () => {
+  it("is refused with E_NETWORK_CONFLICT before anything stops", async () => {
+    const web = containerOf("web");
+    const pid = pidOf(web);
+    const clash = { networks: { backend: { subnet: lab.deviceIp.replace(/\.2$/, ".0/24") } } };
+    const r = await inDevice(["apply", desired(services(), clash)]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).not.toContain("networkLost");
+    expect(r.stderr).toContain("[E_NETWORK_CONFLICT]");
+    expect(r.stderr).toContain(
+      `networks.backend.subnet: ${lab.deviceIp.replace(/\.2$/, ".0/24")} overlaps the host's route`,
+    );
+    expect(containerOf("web")).toBe(web);
+    expect(pidOf(web)).toBe(pid);
+  });
+
+  it("is refused with E_PORT_IN_USE when the host has bound a published port, before anything stops", async () => {
+    const web = containerOf("web");
+    const pid = pidOf(web);
+    const listener = spawn("nsenter", nsArgs(lab.device, ["busybox", "nc", "-l", "-p", "7070"]));
+    servers.push(listener);
+    await waitForListener(7070);
+    const moved = services();
+    moved.web.ports = ["7070:80"];
+    const r = await inDevice(["apply", desired(moved, backend)]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain("[E_PORT_IN_USE]");
+    expect(r.stderr).toContain("services.web.ports[0]: host port 7070/tcp is already bound on the host");
+    expect(containerOf("web")).toBe(web);
+    expect(pidOf(web)).toBe(pid);
+    listener.kill("SIGKILL");
+  });
+});
+
+/** Waits until something in the device namespace listens on the TCP port. */
+async function waitForListener(port: number): Promise<void> {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, "0")} `;
+  for (let i = 0; i < 100; i++) {
+    const tcp = lab.run(lab.device, ["cat", "/proc/net/tcp", "/proc/net/tcp6"]);
+    if (tcp.split("\n").some((l) => l.includes(hex) && / 0A /.test(l))) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing listens on ${port} in the device namespace`);
+}
+
+describe("two deployments on one device", () => {
+  let other: string;
+  const sleeper = (networks: string[]) => ({
+    image,
+    networks,
+    command: ["/bin/sh", "-c", `${httpd("other-ok", [80])} && exec sleep 100000`],
+    stopTimeoutMs: 300,
+  });
+  const addressOf = (service: string, network: string, stateRoot = root) => {
+    const hosts = readFileSync(join(stateRoot, "network", containerOf(service, stateRoot), "hosts"), "utf8");
+    expect(dbOf(stateRoot).services[service].networks[0].name).toBe(network);
+    return /^(10\.89\.\d+\.\d+)\t/m.exec(hosts)![1]!;
+  };
+
+  beforeAll(async () => {
+    // A second state root: another agent's deployment, with its own bridges.
+    other = freshRoot();
+    expect(fleetlet(other, ["--config", config, "pull", image]).status).toBe(0);
+    const doc = desired(
+      {
+        probe: sleeper(["open"]),
+        vault: sleeper(["secret"]),
+        client: sleeper(["secret"]),
+        // On both: eth0 on the internal one, eth1 (its way out, and its port) on the other.
+        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
+      },
+      { networks: { open: {}, secret: { internal: true } } },
+    );
+    const r = await inDevice(["apply", doc], other);
+    expect(r.status, r.stderr).toBe(0);
+  });
+
+  afterAll(async () => {
+    await inDevice(["apply", desired({})], other);
+    await cleanupRoot(other);
+  });
+
+  it("keeps each deployment's bridge apart from the other's, both ways", async () => {
+    const db = addressOf("db", "backend");
+    const probe = addressOf("probe", "open", other);
+    expect(db).not.toBe(probe);
+    expect((await inService("probe", `timeout 3 wget -q -O - http://${db}/`, other)).exitCode).not.toBe(0);
+    expect((await inService("web", `timeout 3 wget -q -O - http://${probe}/`)).exitCode).not.toBe(0);
+    // Each still reaches the test host.
+    expect((await inService("probe", `timeout 5 wget -q -O - http://${lab.outsideIp}:8000/`, other)).output).toBe(
+      "outside-ok\n",
+    );
+  });
+
+  it("gives a service on two networks an interface on each, its route out and its port through the one not internal", async () => {
+    const routes = await inService("gateway", "ip -4 -o addr show; ip route", other);
+    expect(routes.output).toMatch(/eth0\s+inet 10\.89\.\d+\.\d+/);
+    expect(routes.output).toMatch(/eth1\s+inet 10\.89\.\d+\.\d+/);
+    expect(routes.output).toMatch(/^default via 10\.89\.\d+\.1 dev eth1/m);
+    expect((await inService("gateway", "timeout 5 wget -q -O - http://vault/", other)).output).toBe("other-ok\n");
+    expect((await inService("gateway", "timeout 5 wget -q -O - http://probe/", other)).output).toBe("other-ok\n");
+    expect((await inService("gateway", `timeout 5 wget -q -O - http://${lab.outsideIp}:8000/`, other)).output).toBe(
+      "outside-ok\n",
+    );
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8181/`)).toBe("other-ok");
+    // Its peers on the internal network know it by name too, and reach it there.
+    expect((await inService("client", "timeout 5 wget -q -O - http://gateway/", other)).output).toBe("other-ok\n");
+  });
+
+  it("starts a service with its running peers already in its /etc/hosts, before its command runs", async () => {
+    const late = {
+      image,
+      networks: ["secret"],
+      command: ["/bin/sh", "-c", "cat /etc/hosts; exec sleep 100000"],
+      stopTimeoutMs: 300,
+    };
+    const doc = desired(
+      {
+        probe: sleeper(["open"]),
+        vault: sleeper(["secret"]),
+        client: sleeper(["secret"]),
+        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
+        late,
+      },
+      { networks: { open: {}, secret: { internal: true } } },
+    );
+    const r = await inDevice(["apply", doc], other);
+    expect(r.status, r.stderr).toBe(0);
+    const seen = fleetlet(other, ["logs", "late"]).stdout;
+    for (const peer of ["vault", "client", "gateway"])
+      expect(seen).toMatch(new RegExp(`^10\\.89\\.\\d+\\.\\d+\\t${peer}$`, "m"));
+    expect(seen).not.toMatch(/\tprobe$/m); // not on its network
+  });
+
+  it("refuses to publish a host port the other deployment publishes, with E_PORT_IN_USE", async () => {
+    const probe = containerOf("probe", other);
+    const doc = desired(
+      {
+        probe: { ...sleeper(["open"]), ports: ["8080:80"] },
+        vault: sleeper(["secret"]),
+        client: sleeper(["secret"]),
+        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
+      },
+      { networks: { open: {}, secret: { internal: true } } },
+    );
+    const r = await inDevice(["apply", doc], other);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain("services.probe.ports[0]: host port 8080/tcp is already forwarded by a firewall rule");
+    expect(r.stderr).toContain("[E_PORT_IN_USE]");
+    expect(containerOf("probe", other)).toBe(probe);
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+  });
+
+  it("lets services on an internal network reach each other by name, and nothing outside it", async () => {
+    expect(await inService("client", "timeout 5 wget -q -O - http://vault/", other)).toEqual({
+      exitCode: 0,
+      output: "other-ok\n",
+    });
+    expect(
+      (await inService("client", `timeout 3 wget -q -O - http://${lab.outsideIp}:8000/`, other)).exitCode,
+    ).not.toBe(0);
+    expect(
+      (await inService("client", `timeout 3 wget -q -O - http://${addressOf("probe", "open", other)}/`, other))
+        .exitCode,
+    ).not.toBe(0);
+    expect((await inService("client", "ip route", other)).output).not.toContain("default");
+  });
+});
+
+/** The device namespace's links whose names start with one of these prefixes. */
+const linksOf = (...prefixes: string[]) =>
+  lab
+    .run(lab.device, ["ip", "-o", "link", "show"])
+    .split("\n")
+    .map((l) => /^\d+: ([^:@]+)/.exec(l)?.[1] ?? "")
+    .filter((name) => prefixes.some((p) => name.startsWith(p)));
+
+/** The host-local leases of a state root, by bridge. */
+function leases(stateRoot = root): string[] {
+  const ipam = join(stateRoot, "network", "ipam");
+  return existsSync(ipam) ? readdirSync(ipam).flatMap((b) => readdirSync(join(ipam, b)).map((f) => `${b}/${f}`)) : [];
+}
+
+describe("an agent killed with SIGKILL", () => {
+  it("is followed by one that adopts the containers with their addresses, and traffic still flows", async () => {
+    // The deployment that runs, as the last document (the refused ones were rolled back from).
+    expect((await inDevice(["apply", desired(services(), backend)])).status).toBe(0);
+    const before = { web: containerOf("web"), db: containerOf("db") };
+    const pids = { web: pidOf(before.web), db: pidOf(before.db) };
+    const addresses = () => new Runtime({ root }).network.addresses(containerOf("web"));
+    const webAddress = addresses();
+    const agentConfig = join(work, "agent-config.json");
+    const config = JSON.parse(readFileSync(join(work, "config.json"), "utf8"));
+    writeFileSync(
+      agentConfig,
+      JSON.stringify({ ...config, api: { listen: "127.0.0.1:7781", socket: join(work, "api.sock") } }),
+    );
+    const cmd = [process.execPath, FLEETLET_BIN, "--root", root, "--config", agentConfig, "agent"];
+    const agent = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    await new Promise<void>((resolve, reject) => {
+      agent.stderr!.on("data", (d) => {
+        stderr += d;
+        if (stderr.includes("fleetlet agent ")) resolve();
+      });
+      agent.once("exit", (code) => reject(new Error(`the agent exited ${code}: ${stderr}`)));
+    });
+    const gone = new Promise((r) => agent.once("exit", r));
+    agent.kill("SIGKILL");
+    await gone;
+    expect({ web: containerOf("web"), db: containerOf("db") }).toEqual(before);
+    expect({ web: pidOf(before.web), db: pidOf(before.db) }).toEqual(pids);
+    expect(addresses()).toEqual(webAddress);
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+    expect(await inService("web", "timeout 5 wget -q -O - http://db/")).toEqual({ exitCode: 0, output: "db-ok\n" });
+  });
+
+  it("is followed by one that makes a container anew whose network was broken while no agent ran", async () => {
+    const db = containerOf("db");
+    const pid = pidOf(db);
+    // The host side of db's veth: the peer of its eth0, by interface index.
+    const eth0 = execFileSync(
+      "nsenter",
+      [`--net=${join(root, "network", db, "ns")}`, "ip", "-o", "link", "show", "eth0"],
+      {
+        encoding: "utf8",
+      },
+    );
+    const peerIndex = /eth0@if(\d+)/.exec(eth0)![1];
+    const peer = new RegExp(`^${peerIndex}: ([^:@]+)`, "m").exec(
+      lab.run(lab.device, ["ip", "-o", "link", "show"]),
+    )![1]!;
+    lab.run(lab.device, ["ip", "link", "del", peer]);
+    expect((await inService("web", "timeout 3 wget -q -O - http://db/")).exitCode).not.toBe(0);
+    const r = await inDevice(["apply", desired(services(), backend)]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain('"type":"networkLost","service":"db"');
+    expect(pidOf(containerOf("db"))).not.toBe(pid);
+    expect(await inService("web", "timeout 5 wget -q -O - http://db/")).toEqual({ exitCode: 0, output: "db-ok\n" });
+  });
+
+  it("leaves nothing behind when it died between a container's network setup and its start", async () => {
+    // What a crash right after the ADD leaves: a pinned namespace, a veth, a lease, for a container never made.
+    const bridge = dbOf().services.db.networks[0];
+    const script = `
+      const { ContainerNetwork } = await import(${JSON.stringify(DIST_NETWORK)});
+      const { loadNative } = await import(${JSON.stringify(DIST_NATIVE)});
+      const net = new ContainerNetwork({ root: ${JSON.stringify(root)}, shimPath: loadNative().shimPath });
+      const attachments = [{ network: "backend", bridge: ${JSON.stringify(bridge.bridge)}, subnet: ${JSON.stringify(bridge.subnet)}, internal: false }];
+      await net.attach("ghost", { attachments, ports: [], aliases: ["ghost"], extraHosts: [], hostname: "ghost" });`;
+    const veths = linksOf("veth").length;
+    lab.run(lab.device, [process.execPath, "--input-type=module", "-e", script]);
+    expect(linksOf("veth").length).toBe(veths + 1);
+    expect(
+      leases().filter((l) => readFileSync(join(root, "network", "ipam", l), "utf8").includes("ghost")),
+    ).toHaveLength(1);
+    // The next agent (an apply adopts first) takes it down.
+    expect((await inDevice(["apply", desired(services(), backend)])).status).toBe(0);
+    expect(linksOf("veth").length).toBe(veths);
+    expect(existsSync(join(root, "network", "ghost"))).toBe(false);
+    expect(leases().filter((l) => readFileSync(join(root, "network", "ipam", l), "utf8").includes("ghost"))).toEqual(
+      [],
+    );
+  });
+});
+
+describe("removing every service", () => {
+  it("takes down the bridges, veths, firewall rules, namespaces and address leases", async () => {
+    const bridges = Object.keys(dbOf().networks);
+    expect(linksOf("fl-")).toEqual(expect.arrayContaining(bridges));
+    const r = await inDevice(["apply", desired({})]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(linksOf("fl-", "veth")).toEqual([]);
+    const rules = lab.run(lab.device, ["iptables-save"]);
+    for (const b of bridges) expect(rules).not.toContain(b);
+    expect(rules).not.toMatch(/10\.89\./);
+    expect(rules).not.toMatch(/^-A CNI-DN-/m);
+    expect(leases()).toEqual([]);
+    expect(readdirSync(join(root, "network")).filter((n) => n !== "ipam")).toEqual([]);
+    expect(dbOf().networks).toEqual({});
+  });
+});

@@ -1,0 +1,121 @@
+import { describe, expect, it } from "vitest";
+import { outwardAttachment, pluginChain, resultAddress } from "../../agent/runtime/cni-config.js";
+import { containerResolvConf, hostsContent } from "../../agent/runtime/hosts-file.js";
+import { containerSpec } from "../../schemas/container.js";
+import { formatIssues } from "../../schemas/format-issues.js";
+
+const attachment = (internal: boolean) => ({
+  network: "backend",
+  bridge: "fl-0123456789ab",
+  subnet: "10.89.0.0/24",
+  internal,
+});
+
+describe("a container's /etc/hosts", () => {
+  it("names localhost, the container and its peers", () => {
+    expect(
+      hostsContent([{ address: "10.89.0.3", names: ["web", "www"] }], [{ address: "10.89.0.2", names: ["db"] }]),
+    ).toBe("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.89.0.3\tweb www\n10.89.0.2\tdb\n");
+  });
+});
+
+describe("a container's /etc/resolv.conf", () => {
+  it("is the host's when no nameserver is on loopback", () => {
+    expect(containerResolvConf("search lan\nnameserver 192.0.2.53", undefined)).toBe(
+      "search lan\nnameserver 192.0.2.53\n",
+    );
+  });
+
+  it("replaces systemd-resolved's stub by its upstream servers", () => {
+    const host = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n";
+    const upstream = "nameserver 192.0.2.1\nnameserver 2001:db8::1\nsearch lan\n";
+    expect(containerResolvConf(host, upstream)).toBe(
+      "# fleetlet: 127.0.0.53 (loopback on the host) replaced by the host's upstream servers\noptions edns0 trust-ad\nsearch lan\nnameserver 192.0.2.1\nnameserver 2001:db8::1\n",
+    );
+  });
+
+  it("drops loopback nameservers, and says so, when no upstream is known", () => {
+    expect(containerResolvConf("nameserver 127.0.0.1\nnameserver ::1\nnameserver 192.0.2.9\n", undefined)).toBe(
+      "# fleetlet: 127.0.0.1, ::1 (loopback on the host) dropped: no upstream server known\nnameserver 192.0.2.9\n",
+    );
+  });
+});
+
+describe("the CNI plugin chain of an attachment", () => {
+  const dir = "/var/lib/fleetlet/network/ipam";
+
+  it("is bridge with host-local, NAT, hairpin and the default route, then portmap for published ports", () => {
+    const ports = [
+      { hostIp: "", hostPort: 8080, containerPort: 80, protocol: "tcp" as const },
+      { hostIp: "127.0.0.1", hostPort: 9090, containerPort: 9090, protocol: "tcp" as const },
+    ];
+    const [bridge, portmap, ...rest] = pluginChain({
+      attachment: attachment(false),
+      ports,
+      defaultRoute: true,
+      ipamDir: dir,
+    });
+    expect(rest).toEqual([]);
+    expect(bridge).toMatchObject({
+      cniVersion: "1.0.0",
+      name: "fl-0123456789ab",
+      type: "bridge",
+      bridge: "fl-0123456789ab",
+      isGateway: true,
+      ipMasq: false,
+      hairpinMode: true,
+      ipam: {
+        type: "host-local",
+        ranges: [[{ subnet: "10.89.0.0/24" }]],
+        routes: [{ dst: "0.0.0.0/0" }],
+        dataDir: dir,
+      },
+    });
+    expect(portmap).toMatchObject({
+      type: "portmap",
+      capabilities: { portMappings: true },
+      runtimeConfig: {
+        portMappings: [
+          { hostPort: 8080, containerPort: 80, protocol: "tcp" },
+          { hostPort: 9090, containerPort: 9090, protocol: "tcp", hostIP: "127.0.0.1" },
+        ],
+      },
+    });
+  });
+
+  it("gives an internal network no gateway and no route", () => {
+    const [bridge, ...rest] = pluginChain({
+      attachment: attachment(true),
+      ports: [],
+      defaultRoute: false,
+      ipamDir: dir,
+    });
+    expect(rest).toEqual([]);
+    expect(bridge).toMatchObject({ isGateway: false, ipMasq: false, ipam: { routes: [] } });
+  });
+
+  it("routes out and publishes through the first attachment that is not internal", () => {
+    expect(outwardAttachment({ attachments: [attachment(true), attachment(false), attachment(false)] })).toBe(1);
+    expect(resultAddress({ ips: [{ address: "10.89.0.7/24", gateway: "10.89.0.1" }] })).toBe("10.89.0.7");
+  });
+});
+
+describe("a container spec's networks", () => {
+  const base = { layers: ["/l"], command: ["/bin/true"] };
+  const refusal = (extra: Record<string, unknown>) => {
+    const r = containerSpec.safeParse({ ...base, ...extra });
+    return r.success ? "" : formatIssues(r.error);
+  };
+
+  it("joins bridges only with network bridge, and publishes ports only there", () => {
+    expect(refusal({ network: "bridge", attachments: [attachment(false)] })).toBe("");
+    expect(refusal({ network: "bridge" })).toContain('attachments: a container joins networks with network "bridge"');
+    expect(refusal({ attachments: [attachment(false)] })).toContain("attachments:");
+    expect(refusal({ ports: [{ hostIp: "", hostPort: 1, containerPort: 1, protocol: "udp" }] })).toContain(
+      'ports: ports are published only with network "bridge"',
+    );
+    expect(refusal({ network: "bridge", attachments: [{ ...attachment(false), bridge: "Bad_Name" }] })).toContain(
+      "attachments.0.bridge",
+    );
+  });
+});
