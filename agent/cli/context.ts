@@ -12,10 +12,13 @@ import type { ImageRecord } from "../store/image-store.js";
 import type { Lease } from "../store/leases.js";
 import { imageContent, LocalStore } from "../store/local-store.js";
 import { loadNative } from "../system/native.js";
+import { pullInWorker } from "./pull-process.js";
 
 export class CliContext {
   private runtimeInstance: Runtime | undefined;
   private storeInstance: Promise<LocalStore> | undefined;
+  /** Set by the daemon: pulls run in a pull worker running this CLI script (pull-process.ts). */
+  private workerScript: string | undefined;
 
   constructor(
     readonly root: string,
@@ -32,6 +35,11 @@ export class CliContext {
     return this.storeInstance;
   }
 
+  /** From now on, each pull runs in a child process running `script` (`fleetlet`'s CLI), not in this one. */
+  pullInWorkers(script: string): void {
+    this.workerScript = script;
+  }
+
   /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
   async pull(
     ref: string,
@@ -46,17 +54,24 @@ export class CliContext {
     } = {},
   ): Promise<ImageRecord> {
     const store = await this.store();
+    const onEvent = opts.onEvent ?? (await eventPrinter(opts.quiet === true));
+    if (this.workerScript) {
+      const request = {
+        root: this.root,
+        config: this.config,
+        ref,
+        unpack: opts.unpack !== false,
+        ...(opts.maxRate !== undefined ? { maxRate: opts.maxRate } : {}),
+        ...(opts.platform ? { platform: opts.platform } : {}),
+        ...(opts.lease ? { leaseId: opts.lease.id } : {}),
+      };
+      const workerOpts = { script: this.workerScript, onEvent, ...(opts.signal ? { signal: opts.signal } : {}) };
+      const image = await pullInWorker(request, workerOpts);
+      await store.db.refresh(); // the records and snapshots the worker wrote
+      return image;
+    }
     // Loaded on demand: the HTTP stack costs a container command that needs no registry.
     const { pullImage } = await import("../registry/pull.js");
-    const { ProgressBars, throttleProgress } = await import("../registry/pull-progress.js");
-    // Warnings (an xattr a layer may not set) are said even when progress is not.
-    const onEvent =
-      opts.onEvent ??
-      (opts.quiet
-        ? (e: PullEvent) => (e.type === "warning" ? printEvent(e) : undefined)
-        : process.stderr.isTTY
-          ? new ProgressBars(process.stderr).handle
-          : throttleProgress(printEvent, 1000));
     const abort = new AbortController();
     opts.signal?.addEventListener("abort", () => abort.abort(opts.signal?.reason), { once: true });
     const onSignal = () =>
@@ -103,6 +118,13 @@ export class CliContext {
     const record = store.isWhole(image) ? image : await this.pull(image.ref, { lease });
     return imageDefaults(store, record);
   }
+}
+
+/** Progress on stderr: bars on a terminal, throttled lines elsewhere; warnings (an xattr a layer may not set) even when quiet. */
+async function eventPrinter(quiet: boolean): Promise<(e: PullEvent) => void> {
+  if (quiet) return (e) => (e.type === "warning" ? printEvent(e) : undefined);
+  const { ProgressBars, throttleProgress } = await import("../registry/pull-progress.js");
+  return process.stderr.isTTY ? new ProgressBars(process.stderr).handle : throttleProgress(printEvent, 1000);
 }
 
 function printEvent(e: PullEvent): void {
