@@ -57,6 +57,12 @@ type Msg = { topic: "reported" | "events"; doc: Record<string, unknown>; t: numb
 
 const rssKiB = (pid: number) =>
   Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? Number.NaN);
+/** VmRSS's two parts: private (anonymous: the heaps, stacks) and file-backed (node's code and data, shared, reclaimable). */
+const rssSplit = (pid: number) => {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? Number.NaN);
+  return `anon ${mib(kib("RssAnon"))}, file ${mib(kib("RssFile"))}`;
+};
 const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
 /** Least-squares slope of ys over their index. */
 function slope(ys: number[]): number {
@@ -323,6 +329,7 @@ export async function agentBench(args: string[]): Promise<void> {
     await converge(services(10, "idle", pinned));
     await sleep(SETTLE_MS);
     const idleRss = rssKiB(agent.pid!);
+    const idleSplit = rssSplit(agent.pid!);
     await stopAgent(agent);
     const reapplied = waitFor(
       "the restarted agent's re-apply",
@@ -332,14 +339,16 @@ export async function agentBench(args: string[]): Promise<void> {
     await reapplied;
     await sleep(SETTLE_MS);
     const restartedRss = rssKiB(agent.pid!);
+    const restartedSplit = rssSplit(agent.pid!);
     const bare = spawn(process.execPath, ["-e", "setInterval(()=>{},1000)"], { stdio: "ignore" });
     children.add(bare);
     await sleep(1500);
     const bareRss = rssKiB(bare.pid!);
+    const bareSplit = rssSplit(bare.pid!);
     bare.kill("SIGKILL");
     children.delete(bare);
     console.log(
-      `\n4. agent VmRSS idle with 10 services, ${SETTLE_MS / 1000} s after its last work: ${mib(idleRss)} ${memoryOnly ? "after pulling the image" : "after 1 and 2"}, ${mib(restartedRss)} after a restart; bare \`node -e "setInterval(()=>{},1000)"\`: ${mib(bareRss)}`,
+      `\n4. agent VmRSS idle with 10 services, ${SETTLE_MS / 1000} s after its last work: ${mib(idleRss)} ${memoryOnly ? "after pulling the image" : "after 1 and 2"} (${idleSplit}), ${mib(restartedRss)} after a restart (${restartedSplit}); bare \`node -e "setInterval(()=>{},1000)"\`: ${mib(bareRss)} (${bareSplit})`,
     );
 
     // 5. Growth over apply cycles, on the restarted agent: s0 changes each time, s1..s9 stay.
