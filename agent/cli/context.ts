@@ -12,6 +12,7 @@ import type { ImageRecord } from "../store/image-store.js";
 import type { Lease } from "../store/leases.js";
 import { imageContent, LocalStore } from "../store/local-store.js";
 import { loadNative } from "../system/native.js";
+import { workerNodeFlags } from "../system/process-memory.js";
 import { pullInWorker } from "./pull-process.js";
 
 export class CliContext {
@@ -65,7 +66,12 @@ export class CliContext {
         ...(opts.platform ? { platform: opts.platform } : {}),
         ...(opts.lease ? { leaseId: opts.lease.id } : {}),
       };
-      const workerOpts = { script: this.workerScript, onEvent, ...(opts.signal ? { signal: opts.signal } : {}) };
+      const workerOpts = {
+        script: this.workerScript,
+        execArgv: workerNodeFlags(process.execArgv),
+        onEvent,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      };
       const image = await pullInWorker(request, workerOpts);
       await store.db.refresh(); // the records and snapshots the worker wrote
       return image;

@@ -45,6 +45,8 @@ export type WorkerMessage =
 export interface WorkerOptions {
   /** The CLI script the worker runs (`fleetlet`'s: process.argv[1] in the daemon). */
   script: string;
+  /** Its Node flags; the daemon's own by default. */
+  execArgv?: string[];
   signal?: AbortSignal;
   onEvent?: (e: PullEvent) => void;
 }
@@ -56,8 +58,11 @@ export function pullInWorker(request: PullRequest, opts: WorkerOptions): Promise
   opts.signal?.throwIfAborted();
   const what = `pull of ${request.ref}`;
   return new Promise((resolve, reject) => {
-    // Node flags as the daemon's; the worker's stderr is the daemon's (a crash's trace lands in its log).
-    const child = fork(opts.script, [PULL_WORKER_COMMAND], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    // The worker's stderr is the daemon's: a crash's trace lands in its log.
+    const child = fork(opts.script, [PULL_WORKER_COMMAND], {
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+      execArgv: opts.execArgv ?? process.execArgv,
+    });
     let outcome: Outcome | undefined;
     let killer: NodeJS.Timeout | undefined;
     const onAbort = () => {

@@ -18,6 +18,7 @@ import { FleetError } from "../../agent/errors.js";
 import type { PullEvent } from "../../agent/registry/pull.js";
 import { imageContent, LocalStore } from "../../agent/store/local-store.js";
 import { loadNative } from "../../agent/system/native.js";
+import { workerNodeFlags } from "../../agent/system/process-memory.js";
 import type { DeviceConfig } from "../../schemas/config.js";
 import { FLEETLET_BIN, fleetctl, fleetlet } from "../support/fleetlet-cli.js";
 import { type RegistryFixture, startRegistry } from "../support/registry.js";
@@ -122,6 +123,7 @@ describe("the pull worker", () => {
 
     const pulling = pullInWorker(request(big, { leaseId: lease.id, maxRate: 256 * 1024 }), {
       script: FLEETLET_BIN,
+      execArgv: workerNodeFlags(["--max-semi-space-size=1", "--lite-mode"]),
       signal: abort.signal,
       onEvent: (e) => {
         if (e.type === "progress") done = Math.max(done, e.done);
@@ -129,6 +131,10 @@ describe("the pull worker", () => {
     }).catch((e: unknown) => e);
     await waitFor("the worker's first 256 KiB", () => done >= 256 * 1024, { timeoutMs: 60_000 });
     expect(workers()).toHaveLength(1);
+    // It runs under the daemon's flags but those a worker drops.
+    const cmdline = readFileSync(`/proc/${workers()[0]}/cmdline`, "utf8").split("\0");
+    expect(cmdline).toContain("--max-semi-space-size=1");
+    expect(cmdline).not.toContain("--lite-mode");
     abort.abort(reason);
     expect(await pulling).toBe(reason);
     // What it had written stays in its ingest, for the next pull to resume from.
