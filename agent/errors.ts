@@ -51,6 +51,8 @@ export type ErrorCode =
   | "E_HOST_NOT_ALLOWED"
   | "E_API_UNAVAILABLE"
   | "E_AGENT_UPDATE_FAILED"
+  /** A pull worker ended before it said anything: it could not be started (cli/pull-process.ts). */
+  | "E_PULL_WORKER"
   | "E_INTERNAL";
 
 export class FleetError extends Error {

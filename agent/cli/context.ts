@@ -15,6 +15,16 @@ import { loadNative } from "../system/native.js";
 import { workerNodeFlags } from "../system/process-memory.js";
 import { pullInWorker } from "./pull-process.js";
 
+export interface PullOpts {
+  maxRate?: number;
+  quiet?: boolean;
+  unpack?: boolean;
+  platform?: import("../registry/platform.js").Platform;
+  onEvent?: (e: PullEvent) => void;
+  signal?: AbortSignal;
+  lease?: Lease;
+}
+
 export class CliContext {
   private runtimeInstance: Runtime | undefined;
   private storeInstance: Promise<LocalStore> | undefined;
@@ -41,40 +51,46 @@ export class CliContext {
     this.workerScript = script;
   }
 
-  /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
-  async pull(
+  /** A pull in a pull worker; undefined when none could start (then this and later pulls run here). */
+  private async pullInWorker(
     ref: string,
-    opts: {
-      maxRate?: number;
-      quiet?: boolean;
-      unpack?: boolean;
-      platform?: import("../registry/platform.js").Platform;
-      onEvent?: (e: PullEvent) => void;
-      signal?: AbortSignal;
-      lease?: Lease;
-    } = {},
-  ): Promise<ImageRecord> {
+    opts: PullOpts,
+    onEvent: (e: PullEvent) => void,
+  ): Promise<ImageRecord | undefined> {
+    const request = {
+      root: this.root,
+      config: this.config,
+      ref,
+      unpack: opts.unpack !== false,
+      ...(opts.maxRate !== undefined ? { maxRate: opts.maxRate } : {}),
+      ...(opts.platform ? { platform: opts.platform } : {}),
+      ...(opts.lease ? { leaseId: opts.lease.id } : {}),
+    };
+    const workerOpts = {
+      script: this.workerScript!,
+      execArgv: workerNodeFlags(process.execArgv),
+      onEvent,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    };
+    try {
+      const image = await pullInWorker(request, workerOpts);
+      await (await this.store()).db.refresh(); // the records and snapshots the worker wrote
+      return image;
+    } catch (err) {
+      if ((err as FleetError).code !== "E_PULL_WORKER") throw err;
+      process.stderr.write(`fleetlet: warning: ${(err as Error).message}; pulling in the agent's process\n`);
+      this.workerScript = undefined;
+      return undefined;
+    }
+  }
+
+  /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
+  async pull(ref: string, opts: PullOpts = {}): Promise<ImageRecord> {
     const store = await this.store();
     const onEvent = opts.onEvent ?? (await eventPrinter(opts.quiet === true));
     if (this.workerScript) {
-      const request = {
-        root: this.root,
-        config: this.config,
-        ref,
-        unpack: opts.unpack !== false,
-        ...(opts.maxRate !== undefined ? { maxRate: opts.maxRate } : {}),
-        ...(opts.platform ? { platform: opts.platform } : {}),
-        ...(opts.lease ? { leaseId: opts.lease.id } : {}),
-      };
-      const workerOpts = {
-        script: this.workerScript,
-        execArgv: workerNodeFlags(process.execArgv),
-        onEvent,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      };
-      const image = await pullInWorker(request, workerOpts);
-      await store.db.refresh(); // the records and snapshots the worker wrote
-      return image;
+      const image = await this.pullInWorker(ref, opts, onEvent);
+      if (image) return image;
     }
     // Loaded on demand: the HTTP stack costs a container command that needs no registry.
     const { pullImage } = await import("../registry/pull.js");

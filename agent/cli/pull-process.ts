@@ -12,7 +12,10 @@
  * id, and any lease or temp dir of the worker's own names the worker as its
  * holder, so it expires with it. Aborting kills the worker (SIGTERM, which
  * ends its pull as an interrupted one, then SIGKILL after KILL_AFTER_MS) and
- * rejects, once it has exited, with the signal's reason.
+ * rejects, once it has exited, with the signal's reason. A worker that ended
+ * before it said anything rejects with E_PULL_WORKER: the caller may then pull
+ * in its own process (CliContext.pull does, e.g. under qemu-user, which cannot
+ * exec a foreign binary).
  */
 import { fork } from "node:child_process";
 import type { DeviceConfig } from "../../schemas/config.js";
@@ -64,6 +67,7 @@ export function pullInWorker(request: PullRequest, opts: WorkerOptions): Promise
       execArgv: opts.execArgv ?? process.execArgv,
     });
     let outcome: Outcome | undefined;
+    let heard = false; // a message came: the worker ran
     let killer: NodeJS.Timeout | undefined;
     const onAbort = () => {
       outcome = { error: opts.signal?.reason };
@@ -72,24 +76,25 @@ export function pullInWorker(request: PullRequest, opts: WorkerOptions): Promise
     };
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     child.on("message", (m: WorkerMessage) => {
+      heard = true;
       if (m.type === "event") opts.onEvent?.(m.event);
       else if (outcome)
         return; // aborted: the reason stands, whatever the worker says last
       else if (m.type === "done") outcome = { image: m.image };
       else outcome = { error: new FleetError(m.code, m.message) };
     });
-    // An exec that failed (no such script): "exit" may not follow, so this settles.
+    // Ended with nothing said: it never ran (an exec the kernel refused), or died before its first event.
+    const failed = (why: string) =>
+      heard
+        ? new FleetError("E_INTERNAL", `${what}: the pull worker ${why} with no result`)
+        : new FleetError("E_PULL_WORKER", `${what}: the pull worker ${why} before it started pulling`);
+    // A spawn or a send that failed: "exit" may not follow, so this settles.
     child.once("error", (err) => {
-      outcome ??= { error: new FleetError("E_INTERNAL", `${what}: the pull worker failed: ${err.message}`) };
+      outcome ??= { error: failed(`failed (${err.message})`) };
       settle();
     });
     child.once("exit", (code, sig) => {
-      outcome ??= {
-        error: new FleetError(
-          "E_INTERNAL",
-          `${what}: the pull worker exited (${sig ?? `status ${code}`}) with no result`,
-        ),
-      };
+      outcome ??= { error: failed(`exited (${sig ?? `status ${code}`})`) };
       settle();
     });
     let settled = false;

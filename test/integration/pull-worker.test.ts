@@ -115,6 +115,13 @@ describe("the pull worker", () => {
     expect(workers()).toEqual([]);
   });
 
+  it("says E_PULL_WORKER for a worker that could not start, so the agent can pull itself", async () => {
+    const err = await pullInWorker(request(small), { script: "/nonexistent/fleetlet.js" }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(FleetError);
+    expect((err as FleetError).code).toBe("E_PULL_WORKER");
+    expect((err as FleetError).message).toContain("before it started pulling");
+  });
+
   it("is killed by an abort mid-pull: rejects with the abort's reason and keeps what it fetched for the next pull", async () => {
     const lease = await store.leases.take("apply cancelled");
     const abort = new AbortController();
