@@ -55,6 +55,8 @@ export type ErrorCode =
   | "E_AGENT_UPDATE_FAILED"
   | "E_NETWORK_CONFLICT"
   | "E_PORT_IN_USE"
+  /** A pull worker ended before it said anything: it could not be started (cli/pull-process.ts). */
+  | "E_PULL_WORKER"
   | "E_INTERNAL";
 
 export class FleetError extends Error {

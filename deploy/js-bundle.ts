@@ -8,10 +8,20 @@
  * license of every package the files hold. Code splitting keeps the CLI's
  * dynamic imports lazy: the daemon's MQTT stack and the pull's HTTP stack
  * are separate chunks, loaded only by the commands that need them.
- * No source maps and no minifying: stack traces keep the source's names.
+ * No source maps and no renaming: stack traces keep the source's names; the
+ * whitespace and comments go (a module's source stays in the heap as long as
+ * the module, and a comment's one character past Latin-1, an em dash, makes
+ * V8 keep its whole chunk as two bytes a character).
+ *
+ * Node's modules are taken with process.getBuiltinModule, not an ES import:
+ * on Node 24 an ES import of a built-in module reads every export it has, and
+ * so runs its lazy getters (`node:http`'s WebSocket loads the whole of undici,
+ * about 770 kB of source, and with it http2, worker_threads and assert): 14 MiB
+ * of resident memory for `import { createServer } from "node:http"` against
+ * 2 MiB for the module itself (measured, README "Memory").
  */
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build, type Metafile, type Plugin } from "esbuild";
 
@@ -31,12 +41,54 @@ const entries: Plugin = {
   },
 };
 
+/**
+ * `import … from "node:X"` becomes a CommonJS module whose exports are
+ * process.getBuiltinModule("node:X"): esbuild reads the names it imports at
+ * their use (`import_node_http.createServer`), so no other export is touched.
+ */
+const builtins: Plugin = {
+  name: "fleetlet-builtins",
+  setup(b) {
+    b.onResolve({ filter: /^node:/ }, (args) =>
+      args.kind === "import-statement"
+        ? { path: args.path, namespace: "builtin" }
+        : { path: args.path, external: true },
+    );
+    b.onLoad({ filter: /.*/, namespace: "builtin" }, (args) => ({
+      contents: `module.exports = process.getBuiltinModule(${JSON.stringify(args.path)});\n`,
+      loader: "js",
+    }));
+  },
+};
+
+/**
+ * zod's `locales` namespace (64 languages, 340 kB of source) becomes English
+ * alone: fleetlet's messages are English, and nothing calls z.config() with
+ * another locale. zod registers English as its default by itself.
+ */
+const zodEnglishOnly: Plugin = {
+  name: "fleetlet-zod-english",
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /node_modules\/zod\//.test(args.importer)
+        ? { path: join(dirname(args.importer), "../locales/en.js"), namespace: "zod-locales" }
+        : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: "zod-locales" }, (args) => ({
+      contents: `export { default as en } from ${JSON.stringify(args.path)};\n`,
+      resolveDir: dirname(args.path),
+      loader: "js",
+    }));
+  },
+};
+
 /** The directory of each npm package that went into the bundle, by the paths esbuild read. */
 function bundledPackages(meta: Metafile): string[] {
   const dirs = new Set<string>();
   for (const input of Object.keys(meta.inputs)) {
-    const m = /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input);
-    if (m) dirs.add(m[1]!);
+    // A plugin's module is named `namespace:/absolute/path`.
+    const m = /^(?:[a-z-]+:)?(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input);
+    if (m) dirs.add(relative(ROOT, resolve(ROOT, m[1]!)));
   }
   return [...dirs].sort();
 }
@@ -63,7 +115,7 @@ async function main(outdir: string): Promise<void> {
   const result = await build({
     absWorkingDir: ROOT,
     entryPoints: CLIS.map((name) => ({ in: `entry:${name}`, out: name })),
-    plugins: [entries],
+    plugins: [entries, builtins, zodEnglishOnly],
     bundle: true,
     splitting: true,
     format: "esm",
@@ -76,6 +128,7 @@ async function main(outdir: string): Promise<void> {
       js: 'import { createRequire as __fleetletCreateRequire } from "node:module";\nconst require = __fleetletCreateRequire(import.meta.url);',
     },
     legalComments: "none",
+    minifyWhitespace: true,
     metafile: true,
     logLevel: "warning",
   });

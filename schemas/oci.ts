@@ -14,6 +14,9 @@ export const MEDIA = {
   dockerLayerGzip: "application/vnd.docker.image.rootfs.diff.tar.gzip",
 } as const;
 
+/** The media type of an agent bundle's one layer: a release bundle's .tar.gz (fleetctl push-agent). */
+export const AGENT_BUNDLE_MEDIA = "application/vnd.fleetlet.agent.bundle.v1.tar+gzip";
+
 export const MANIFEST_TYPES: string[] = [MEDIA.ociManifest, MEDIA.dockerManifest];
 export const INDEX_TYPES: string[] = [MEDIA.ociIndex, MEDIA.dockerList];
 

@@ -169,6 +169,8 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
       "deviceId: the agent needs a device id (in the config file or FLEETLET_DEVICE_ID)",
     );
   const heartbeatMs = heartbeatInterval(options.heartbeat);
+  // The registry client and the HTTP/TLS stack are a pull worker's, never resident here (pull-process.ts).
+  if (process.argv[1]) ctx.pullInWorkers(process.argv[1]);
   let session: MqttSession | undefined;
   let endpoint: StatusEndpoint | undefined;
   let updater: AgentUpdater | undefined;

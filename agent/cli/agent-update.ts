@@ -17,9 +17,9 @@
  * E_AGENT_UPDATE_FAILED, and does not try that version again for the document.
  */
 import type { DesiredState } from "../../schemas/desired.js";
+import { AGENT_BUNDLE_MEDIA } from "../../schemas/oci.js";
 import { FleetError } from "../errors.js";
 import type { Agent } from "../reconcile/agent.js";
-import { AGENT_BUNDLE_MEDIA } from "../registry/agent-push.js";
 import { unpackBundle } from "../store/bundle-unpack.js";
 import {
   type AgentInstall,

@@ -13,12 +13,26 @@ import type { ImageRecord } from "../store/image-store.js";
 import type { Lease } from "../store/leases.js";
 import { imageContent, LocalStore } from "../store/local-store.js";
 import { loadNative } from "../system/native.js";
+import { workerNodeFlags } from "../system/process-memory.js";
+import { pullInWorker } from "./pull-process.js";
+
+export interface PullOpts {
+  maxRate?: number;
+  quiet?: boolean;
+  unpack?: boolean;
+  platform?: import("../registry/platform.js").Platform;
+  onEvent?: (e: PullEvent) => void;
+  signal?: AbortSignal;
+  lease?: Lease;
+}
 
 export class CliContext {
   private runtimeInstance: Runtime | undefined;
   private storeInstance: Promise<LocalStore> | undefined;
   /** Kept across pulls: their connections, tokens, and the tags resolved under a deployment's lease. */
   private registryClients: RegistryClients | undefined;
+  /** Set by the daemon: pulls run in a pull worker running this CLI script (pull-process.ts). */
+  private workerScript: string | undefined;
 
   constructor(
     readonly root: string,
@@ -35,33 +49,56 @@ export class CliContext {
     return this.storeInstance;
   }
 
-  /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
-  async pull(
+  /** From now on, each pull runs in a child process running `script` (`fleetlet`'s CLI), not in this one. */
+  pullInWorkers(script: string): void {
+    this.workerScript = script;
+  }
+
+  /** A pull in a pull worker; undefined when none could start (then this and later pulls run here). */
+  private async pullInWorker(
     ref: string,
-    opts: {
-      maxRate?: number;
-      quiet?: boolean;
-      unpack?: boolean;
-      platform?: import("../registry/platform.js").Platform;
-      onEvent?: (e: PullEvent) => void;
-      signal?: AbortSignal;
-      lease?: Lease;
-    } = {},
-  ): Promise<ImageRecord> {
+    opts: PullOpts,
+    onEvent: (e: PullEvent) => void,
+  ): Promise<ImageRecord | undefined> {
+    const request = {
+      root: this.root,
+      config: this.config,
+      ref,
+      unpack: opts.unpack !== false,
+      ...(opts.maxRate !== undefined ? { maxRate: opts.maxRate } : {}),
+      ...(opts.platform ? { platform: opts.platform } : {}),
+      ...(opts.lease ? { leaseId: opts.lease.id } : {}),
+    };
+    const workerOpts = {
+      script: this.workerScript!,
+      execArgv: workerNodeFlags(process.execArgv),
+      onEvent,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    };
+    try {
+      const image = await pullInWorker(request, workerOpts);
+      await (await this.store()).db.refresh(); // the records and snapshots the worker wrote
+      return image;
+    } catch (err) {
+      if ((err as FleetError).code !== "E_PULL_WORKER") throw err;
+      process.stderr.write(`fleetlet: warning: ${(err as Error).message}; pulling in the agent's process\n`);
+      this.workerScript = undefined;
+      return undefined;
+    }
+  }
+
+  /** Pulls with progress on stderr: bars on a terminal, throttled lines elsewhere. */
+  async pull(ref: string, opts: PullOpts = {}): Promise<ImageRecord> {
     const store = await this.store();
+    const onEvent = opts.onEvent ?? (await eventPrinter(opts.quiet === true));
+    if (this.workerScript) {
+      const image = await this.pullInWorker(ref, opts, onEvent);
+      if (image) return image;
+    }
     // Loaded on demand: the HTTP stack costs a container command that needs no registry.
     const { pullImage } = await import("../registry/pull.js");
-    const { ProgressBars, throttleProgress } = await import("../registry/pull-progress.js");
     const { RegistryClients } = await import("../registry/registry-clients.js");
     this.registryClients ??= new RegistryClients();
-    // Warnings (an xattr a layer may not set) are said even when progress is not.
-    const onEvent =
-      opts.onEvent ??
-      (opts.quiet
-        ? (e: PullEvent) => (e.type === "warning" ? printEvent(e) : undefined)
-        : process.stderr.isTTY
-          ? new ProgressBars(process.stderr).handle
-          : throttleProgress(printEvent, 1000));
     const abort = new AbortController();
     opts.signal?.addEventListener("abort", () => abort.abort(opts.signal?.reason), { once: true });
     const onSignal = () =>
@@ -109,6 +146,13 @@ export class CliContext {
     const record = store.isWhole(image) ? image : await this.pull(image.ref, { lease });
     return imageDefaults(store, record);
   }
+}
+
+/** Progress on stderr: bars on a terminal, throttled lines elsewhere; warnings (an xattr a layer may not set) even when quiet. */
+async function eventPrinter(quiet: boolean): Promise<(e: PullEvent) => void> {
+  if (quiet) return (e) => (e.type === "warning" ? printEvent(e) : undefined);
+  const { ProgressBars, throttleProgress } = await import("../registry/pull-progress.js");
+  return process.stderr.isTTY ? new ProgressBars(process.stderr).handle : throttleProgress(printEvent, 1000);
 }
 
 function printEvent(e: PullEvent): void {

@@ -10,6 +10,7 @@ import { killCommand, logsCommand, psCommand, rmCommand, stopCommand } from "./c
 import { CliContext } from "./context.js";
 import { imagesCommand, pruneCommand, pullCommand, rmiCommand } from "./image-commands.js";
 import { printError } from "./output.js";
+import { PULL_WORKER_COMMAND } from "./pull-process.js";
 import { runCommand } from "./run-command.js";
 import { fleetletVersion } from "./version.js";
 
@@ -98,6 +99,8 @@ function reexecForAgent(): void {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // A child of the daemon, not a command: see pull-process.ts.
+  if (argv[0] === PULL_WORKER_COMMAND) process.exit(await (await import("./pull-worker.js")).runPullWorker());
   try {
     const { name, command, globals, args } = parseCommandLine(argv, FLEETLET_GLOBALS, FLEETLET_COMMANDS);
     if (globals.version) {

@@ -12,7 +12,7 @@ import { createReadStream, statSync } from "node:fs";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
-import { MEDIA } from "../../schemas/oci.js";
+import { AGENT_BUNDLE_MEDIA, MEDIA } from "../../schemas/oci.js";
 import { FleetError } from "../errors.js";
 import { readTar } from "../store/tar-reader.js";
 import { pushBlob } from "./blob-upload.js";
@@ -21,8 +21,8 @@ import { type RegistryAuthConfig, RegistryClient, repoScope } from "./registry-c
 
 /** The artifact type of an agent bundle's manifest. */
 export const AGENT_ARTIFACT_TYPE = "application/vnd.fleetlet.agent.v1";
-/** The media type of its one layer: a release bundle's .tar.gz. */
-export const AGENT_BUNDLE_MEDIA = "application/vnd.fleetlet.agent.bundle.v1.tar+gzip";
+/** The media type of its one layer, in schemas/ so that the agent's updater checks it without loading this pusher. */
+export { AGENT_BUNDLE_MEDIA } from "../../schemas/oci.js";
 /** The manifest annotation that carries the bundle's version. */
 export const AGENT_VERSION_ANNOTATION = "org.fleetlet.agent.version";
 
