@@ -20,7 +20,7 @@ import { type DeviceNode, type DevicePresence, type DeviceRequest, recordedDevic
 import { FleetError, isErrno } from "../errors.js";
 import { writeFileAtomic } from "./container-dir.js";
 import { resolveDevice } from "./device-nodes.js";
-import { DEFAULT_DEVICE_RULES, deviceRule } from "./device-rules.js";
+import { DEFAULT_DEVICE_RULES, deviceRule, ruleChanges } from "./device-rules.js";
 
 const run = promisify(execFile);
 
@@ -128,15 +128,16 @@ export class ContainerDevices {
     });
   }
 
-  /** v1: allow what is new and deny what went, leaving the rest in place; v2: the whole list, replaced atomically. */
+  /** v1: allow what is new and deny what no rule gives any more, leaving the rest in place; v2: the whole list, replaced atomically. */
   private async updateRules(t: DeviceFollowTarget, before: (DeviceNode | null)[], now: (DeviceNode | null)[]) {
     const [was, is] = [rulesOf(before), rulesOf(now)];
     if (t.mode === "v2") {
       await this.shim(["devices", t.cgroupDir, ...DEFAULT_DEVICE_RULES, ...is], `the device program of ${t.id}`);
       return;
     }
-    for (const rule of is) if (!was.has(rule)) writeRule(t.cgroupDir, "devices.allow", rule);
-    for (const rule of was) if (!is.has(rule)) writeRule(t.cgroupDir, "devices.deny", rule);
+    const { allow, deny } = ruleChanges(was, is);
+    for (const rule of allow) writeRule(t.cgroupDir, "devices.allow", rule);
+    for (const rule of deny) writeRule(t.cgroupDir, "devices.deny", rule);
   }
 
   private devnode(t: DeviceFollowTarget, op: "add" | "remove", n: DeviceNode): Promise<void> {
