@@ -198,8 +198,8 @@ export class DeviceServices {
   async restartService(service: string): Promise<void> {
     const rec = this.db.data.services[service];
     if (!rec) throw new FleetError("E_NOT_FOUND", `no service named ${service}`);
+    await this.devices.stop(service); // a start in flight finishes first, so the container stopped is the one it made
     this.supervisors.get(service)?.detach();
-    this.devices.stop(service);
     try {
       await this.deps.runtime.stop(rec.containerId, { timeoutMs: rec.spec.stopTimeoutMs, signal: rec.spec.stopSignal });
     } catch (err) {
@@ -209,9 +209,9 @@ export class DeviceServices {
   }
 
   async stopContainer(service: string, containerId: string, timeoutMs: number, signal: string): Promise<void> {
+    await this.devices.stop(service, containerId); // a start its device brought, in flight, is stopped below
     const sup = this.supervisors.get(service);
     if (sup?.containerId === containerId) sup.detach();
-    this.devices.stop(service, containerId);
     try {
       if (this.deps.runtime.inspect(containerId).status === "running") {
         await this.deps.runtime.stop(containerId, { timeoutMs, signal });
@@ -234,7 +234,7 @@ export class DeviceServices {
     });
     this.supervisors.get(service)?.detach();
     this.supervisors.delete(service);
-    this.devices.stop(service, containerId);
+    await this.devices.stop(service, containerId);
   }
 
   /** Forgets a service whose container vanished while no agent watched. */

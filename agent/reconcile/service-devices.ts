@@ -34,6 +34,8 @@ interface Watched {
   presence?: DevicePresence[];
   /** Follows run one at a time per container. */
   queue: Promise<void>;
+  /** Waiting: a start the device's arrival brought is in flight. */
+  starting?: boolean;
 }
 
 /** A service's device, as its spec names it. */
@@ -43,6 +45,8 @@ const isAbsent = (err: unknown) => (err as FleetError).code === "E_DEVICE_ABSENT
 
 export class ServiceDevices {
   private readonly watched = new Map<string, Watched>();
+  /** Containers stopped while a start was in flight: that start must not follow them. */
+  private readonly cancelled = new Set<string>();
 
   constructor(private readonly deps: ServiceDevicesDeps) {}
 
@@ -52,7 +56,7 @@ export class ServiceDevices {
    * change, until it no longer finds one absent.
    */
   async start(service: string, containerId: string, devices: readonly Device[], begin: () => Promise<void>) {
-    this.stop(service);
+    this.drop(service);
     try {
       await begin();
     } catch (err) {
@@ -72,26 +76,32 @@ export class ServiceDevices {
     w.queue = w.queue.then(async () => {
       if (this.watched.get(service) !== w || !w.absent) return;
       try {
+        w.starting = true;
         await begin(); // calls follow(), which takes this service's place
       } catch (err) {
         if (!isAbsent(err)) {
-          this.stop(service);
+          this.drop(service);
           this.deps.event({ type: "error", service, message: (err as Error).message });
           this.deps.changed();
           return;
         }
+        if (this.watched.get(service) !== w) return; // stopped meanwhile: its container may be gone
         const absent = this.deps.runtime.absentDevices!(w.containerId);
         if (JSON.stringify(absent) === JSON.stringify(w.absent)) return;
         w.absent = absent;
         this.deps.changed();
+      } finally {
+        w.starting = false;
+        this.cancelled.delete(w.containerId);
       }
     });
   }
 
   /** Follows a running container's devices from now on (and once at once: they may have changed meanwhile). */
   follow(service: string, containerId: string, devices: readonly Device[]): void {
-    this.stop(service);
+    this.drop(service);
     const { runtime, deviceWatch } = this.deps;
+    if (this.cancelled.has(containerId)) return; // stopped while its start was in flight
     if (devices.length === 0 || !deviceWatch || !runtime.followDevices) return;
     const w: Watched = { containerId, unsubscribe: () => {}, queue: Promise.resolve() };
     this.watched.set(service, w);
@@ -132,15 +142,29 @@ export class ServiceDevices {
     return this.watched.get(service)?.presence;
   }
 
-  /** Stops waiting for or following a service's devices (for this container only, if named). */
-  stop(service: string, containerId?: string): void {
+  /**
+   * Stops waiting for or following a service's devices (for this container
+   * only, if named). Resolves once what was under way for it is done: a
+   * start its device brought has then started the container (which the
+   * caller then stops) but follows nothing.
+   */
+  stop(service: string, containerId?: string): Promise<void> {
+    const w = this.drop(service, containerId);
+    if (!w) return Promise.resolve();
+    if (w.starting) this.cancelled.add(w.containerId);
+    return w.queue;
+  }
+
+  /** Unsubscribes and forgets a service's entry (for this container only, if named). */
+  private drop(service: string, containerId?: string): Watched | undefined {
     const w = this.watched.get(service);
-    if (!w || (containerId !== undefined && w.containerId !== containerId)) return;
+    if (!w || (containerId !== undefined && w.containerId !== containerId)) return undefined;
     w.unsubscribe();
     this.watched.delete(service);
+    return w;
   }
 
   stopAll(): void {
-    for (const service of [...this.watched.keys()]) this.stop(service);
+    for (const service of [...this.watched.keys()]) void this.stop(service);
   }
 }

@@ -98,4 +98,33 @@ describe("ServiceDevices", () => {
     h.devices.stop("serial");
     expect(h.devices.presence("serial")).toBeUndefined();
   });
+
+  it("does not follow a container whose start, brought by its device, was still in flight when it was stopped", async () => {
+    const h = harness();
+    let open!: () => void;
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    const begin = async () => {
+      if (!h.present.has("/dev/ttyUSB0")) throw new FleetError("E_DEVICE_ABSENT", "device /dev/ttyUSB0 is absent");
+      await gate; // the container is being started
+      await h.begin();
+    };
+    await h.devices.start("serial", "c1", [{ path: "/dev/ttyUSB0" }], begin);
+    h.present.add("/dev/ttyUSB0");
+    await h.change();
+    // The service is removed meanwhile; its stop waits for the start in flight.
+    let stopped = false;
+    const stopping = Promise.resolve(h.devices.stop("serial", "c1")).then(() => {
+      stopped = true;
+    });
+    await tick();
+    expect(stopped).toBe(false);
+    open();
+    await stopping;
+    await tick();
+    expect(h.starts()).toBe(1);
+    expect(h.subscriptions.filter((s) => s.active)).toEqual([]);
+    expect(h.devices.presence("serial")).toBeUndefined();
+  });
 });
