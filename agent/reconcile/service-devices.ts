@@ -127,6 +127,12 @@ export class ServiceDevices {
       if (JSON.stringify(before) !== JSON.stringify(presence)) this.deps.changed();
     } catch (err) {
       if (this.watched.get(service) !== w) return; // stopped meanwhile: the container may be gone
+      // Exited: no /dev to follow, and a restart follows its new container; not an error at each later change.
+      if ((err as FleetError).code === "E_CONFLICT") {
+        this.drop(service, w.containerId);
+        this.deps.changed();
+        return;
+      }
       this.deps.event({ type: "error", service, message: (err as Error).message });
     }
   }

@@ -15,13 +15,15 @@ const tick = () => new Promise((r) => setTimeout(r, 0));
 
 function harness() {
   const present = new Set<string>();
+  const container = { running: true };
   const subscriptions: { paths: readonly string[]; onChange: () => void; active: boolean }[] = [];
   const events: { type: string; [k: string]: unknown }[] = [];
   const runtime = {
     absentDevices: () => ["/dev/ttyUSB0"].filter((p) => !present.has(p)),
-    followDevices: async (): Promise<DevicePresence[]> => [
-      { path: "/dev/ttyUSB0", target: "/dev/ttyUSB0", present: present.has("/dev/ttyUSB0") },
-    ],
+    followDevices: async (): Promise<DevicePresence[]> => {
+      if (!container.running) throw new FleetError("E_CONFLICT", "container c1 is not running");
+      return [{ path: "/dev/ttyUSB0", target: "/dev/ttyUSB0", present: present.has("/dev/ttyUSB0") }];
+    },
   } as unknown as ContainerDriver;
   const deviceWatch = {
     subscribe(paths: readonly string[], onChange: () => void) {
@@ -44,7 +46,7 @@ function harness() {
     starts++;
     devices.follow("serial", "c1", [{ path: "/dev/ttyUSB0" }]);
   };
-  return { present, subscriptions, events, devices, change, begin, starts: () => starts };
+  return { present, container, subscriptions, events, devices, change, begin, starts: () => starts };
 }
 
 describe("ServiceDevices", () => {
@@ -126,5 +128,16 @@ describe("ServiceDevices", () => {
     expect(h.starts()).toBe(1);
     expect(h.subscriptions.filter((s) => s.active)).toEqual([]);
     expect(h.devices.presence("serial")).toBeUndefined();
+  });
+
+  it("stops following a container that has exited, without an error at every later change under the device root", async () => {
+    const h = harness();
+    h.present.add("/dev/ttyUSB0");
+    h.devices.follow("serial", "c1", [{ path: "/dev/ttyUSB0" }]);
+    await tick();
+    h.container.running = false; // exited, and its restart policy says no more
+    for (let i = 0; i < 3; i++) await h.change();
+    expect(h.events.filter((e) => e.type === "error")).toEqual([]);
+    expect(h.subscriptions.filter((s) => s.active)).toEqual([]);
   });
 });
