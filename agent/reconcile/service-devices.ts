@@ -36,6 +36,8 @@ interface Watched {
   queue: Promise<void>;
   /** Waiting: a start the device's arrival brought is in flight. */
   starting?: boolean;
+  /** A look (or a retried start) is queued and has not begun: changes meanwhile need no other. */
+  queued?: boolean;
 }
 
 /** A service's device, as its spec names it. */
@@ -73,7 +75,10 @@ export class ServiceDevices {
   }
 
   private retry(service: string, w: Watched, begin: () => Promise<void>): void {
+    if (w.queued) return;
+    w.queued = true;
     w.queue = w.queue.then(async () => {
+      w.queued = false;
       if (this.watched.get(service) !== w || !w.absent) return;
       try {
         w.starting = true;
@@ -106,7 +111,12 @@ export class ServiceDevices {
     const w: Watched = { containerId, unsubscribe: () => {}, queue: Promise.resolve() };
     this.watched.set(service, w);
     const look = () => {
-      w.queue = w.queue.then(() => this.look(service, w));
+      if (w.queued) return; // the look queued will see this change too
+      w.queued = true;
+      w.queue = w.queue.then(() => {
+        w.queued = false;
+        return this.look(service, w);
+      });
     };
     w.unsubscribe = deviceWatch.subscribe(pathsOf(devices), look);
     look();

@@ -15,12 +15,14 @@ const tick = () => new Promise((r) => setTimeout(r, 0));
 
 function harness() {
   const present = new Set<string>();
-  const container = { running: true };
+  const container = { running: true, follows: 0, slow: Promise.resolve() };
   const subscriptions: { paths: readonly string[]; onChange: () => void; active: boolean }[] = [];
   const events: { type: string; [k: string]: unknown }[] = [];
   const runtime = {
     absentDevices: () => ["/dev/ttyUSB0"].filter((p) => !present.has(p)),
     followDevices: async (): Promise<DevicePresence[]> => {
+      container.follows++;
+      await container.slow;
       if (!container.running) throw new FleetError("E_CONFLICT", "container c1 is not running");
       return [{ path: "/dev/ttyUSB0", target: "/dev/ttyUSB0", present: present.has("/dev/ttyUSB0") }];
     },
@@ -139,5 +141,20 @@ describe("ServiceDevices", () => {
     for (let i = 0; i < 3; i++) await h.change();
     expect(h.events.filter((e) => e.type === "error")).toEqual([]);
     expect(h.subscriptions.filter((s) => s.active)).toEqual([]);
+  });
+
+  it("takes a flood of changes that come while it follows as one more look, not one each", async () => {
+    const h = harness();
+    h.present.add("/dev/ttyUSB0");
+    let release!: () => void;
+    h.container.slow = new Promise<void>((r) => {
+      release = r;
+    });
+    h.devices.follow("serial", "c1", [{ path: "/dev/ttyUSB0" }]);
+    await tick();
+    for (let i = 0; i < 50; i++) await h.change(); // a device flapping while the first look is under way
+    release();
+    for (let i = 0; i < 5; i++) await tick();
+    expect(h.container.follows).toBe(2);
   });
 });
