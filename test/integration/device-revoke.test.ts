@@ -7,7 +7,7 @@
  * device, and no default rule, still needs of the same numbers.
  */
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -76,6 +76,34 @@ describe("a device unplugged from a running container (cgroup v1 devices control
       expect(await opens("/dev/null", "<")).toBe("ok");
     } finally {
       await runtime.delete(c.id, { force: true });
+    }
+  });
+});
+
+describe("a restarted agent following a running container (cgroup v1 devices controller)", () => {
+  it("puts the cgroup's rules in line with what the container's /dev holds, even when no device changed", async () => {
+    if (detectCgroupLayout().mode === "v2")
+      throw new Error("this host has no v1 devices controller: v1 revocation cannot be tested here");
+    mknod("tun2", 10, 200);
+    const before = new Runtime({ root, devRoot });
+    const devices = [{ path: "/dev/tun2", target: "/dev/tun" }];
+    const c = before.create({ layers: [rootfs], command: ["sleep", "1000"], capAdd: ["MKNOD"], devices });
+    try {
+      await before.start(c.id);
+      // An agent that died between a device's allow and the record of its node leaves the rule behind.
+      const list = join(before.cgroups.locate(c.id).dirs.get("devices")!, "devices.list");
+      writeFileSync(join(list, "..", "devices.allow"), "c 10:229 rw");
+      expect(readFileSync(list, "utf8")).toContain("c 10:229 rw");
+      const after = new Runtime({ root, devRoot });
+      expect((await after.followDevices(c.id)).map((d) => d.present)).toEqual([true]);
+      expect(readFileSync(list, "utf8")).not.toContain("c 10:229");
+      const sh = async (script: string) => (await after.exec(c.id, ["/bin/sh", "-c", script])).output.trim();
+      expect(await sh("mknod /dev/stray c 10 229 && (exec 3< /dev/stray) 2>&1 | sed 's/.*: //'")).toBe(
+        "Operation not permitted",
+      );
+      expect(await sh("(exec 3< /dev/tun) && echo ok")).toBe("ok");
+    } finally {
+      await before.delete(c.id, { force: true });
     }
   });
 });
