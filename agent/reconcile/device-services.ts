@@ -118,6 +118,8 @@ export class DeviceServices {
     });
     await this.devices.start(s.service, s.containerId, s.spec.devices, async () => {
       await runtime.start(s.containerId);
+      // Started late (its device came): another container may hold the service's place, and the plan stops this one.
+      if (this.db.data.services[s.service]?.containerId !== s.containerId) return;
       this.supervise(s.service, s.containerId, s.spec, s.failures);
     });
   }

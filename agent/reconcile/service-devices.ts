@@ -58,7 +58,9 @@ export class ServiceDevices {
    * change, until it no longer finds one absent.
    */
   async start(service: string, containerId: string, devices: readonly Device[], begin: () => Promise<void>) {
-    this.drop(service);
+    // Another container's start in flight must not follow it once this one runs.
+    if (this.watched.get(service)?.containerId !== containerId) void this.stop(service);
+    else this.drop(service);
     try {
       await begin();
     } catch (err) {
@@ -104,9 +106,9 @@ export class ServiceDevices {
 
   /** Follows a running container's devices from now on (and once at once: they may have changed meanwhile). */
   follow(service: string, containerId: string, devices: readonly Device[]): void {
+    if (this.cancelled.has(containerId)) return; // stopped while its start was in flight: another's place now
     this.drop(service);
     const { runtime, deviceWatch } = this.deps;
-    if (this.cancelled.has(containerId)) return; // stopped while its start was in flight
     if (devices.length === 0 || !deviceWatch || !runtime.followDevices) return;
     const w: Watched = { containerId, unsubscribe: () => {}, queue: Promise.resolve() };
     this.watched.set(service, w);

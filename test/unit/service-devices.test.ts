@@ -15,13 +15,14 @@ const tick = () => new Promise((r) => setTimeout(r, 0));
 
 function harness() {
   const present = new Set<string>();
-  const container = { running: true, follows: 0, slow: Promise.resolve() };
+  const container = { running: true, follows: 0, followed: [] as string[], slow: Promise.resolve() };
   const subscriptions: { paths: readonly string[]; onChange: () => void; active: boolean }[] = [];
   const events: { type: string; [k: string]: unknown }[] = [];
   const runtime = {
     absentDevices: () => ["/dev/ttyUSB0"].filter((p) => !present.has(p)),
-    followDevices: async (): Promise<DevicePresence[]> => {
+    followDevices: async (id: string): Promise<DevicePresence[]> => {
       container.follows++;
+      container.followed.push(id);
       await container.slow;
       if (!container.running) throw new FleetError("E_CONFLICT", "container c1 is not running");
       return [{ path: "/dev/ttyUSB0", target: "/dev/ttyUSB0", present: present.has("/dev/ttyUSB0") }];
@@ -156,5 +157,31 @@ describe("ServiceDevices", () => {
     release();
     for (let i = 0; i < 5; i++) await tick();
     expect(h.container.follows).toBe(2);
+  });
+
+  it("keeps following the service's new container when the old one's start, brought by its device, ends later", async () => {
+    const h = harness();
+    let open!: () => void;
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    const oldBegin = async () => {
+      if (!h.present.has("/dev/ttyUSB0")) throw new FleetError("E_DEVICE_ABSENT", "device /dev/ttyUSB0 is absent");
+      await gate; // the old container is being started
+      h.devices.follow("serial", "c1", [{ path: "/dev/ttyUSB0" }]);
+    };
+    await h.devices.start("serial", "c1", [{ path: "/dev/ttyUSB0" }], oldBegin);
+    h.present.add("/dev/ttyUSB0");
+    await h.change();
+    // A new deployment starts the service's next container meanwhile.
+    await h.devices.start("serial", "c2", [{ path: "/dev/ttyUSB0" }], async () => {
+      h.devices.follow("serial", "c2", [{ path: "/dev/ttyUSB0" }]);
+    });
+    open();
+    for (let i = 0; i < 4; i++) await tick();
+    h.container.followed.length = 0;
+    await h.change();
+    expect(h.container.followed).toEqual(["c2"]);
+    expect(h.subscriptions.filter((s) => s.active)).toHaveLength(1);
   });
 });
