@@ -25,9 +25,23 @@ const containerPath = z
   .refine((p) => !p.split("/").includes(".."), "must not contain '..'")
   .refine((p) => !/[\t\0]/.test(p), "must not contain tabs or NUL");
 
+/**
+ * A volume's mount point: anywhere but /dev itself, the container's own
+ * tmpfs, where `fleetlet-shim devnode` makes and removes device nodes as
+ * they are plugged: over a volume, those would be made in a host directory.
+ */
+export const volumeTarget = containerPath.refine(
+  (p) =>
+    p
+      .split("/")
+      .filter((c) => c !== "" && c !== ".")
+      .join("/") !== "dev",
+  "must not be /dev: the container's own device directory cannot be a volume",
+);
+
 export const volumeMount = z.object({
   name,
-  target: containerPath,
+  target: volumeTarget,
   readOnly: z.boolean().default(false),
 });
 

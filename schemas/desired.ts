@@ -4,7 +4,7 @@
  * Parse errors name the field path, e.g. "services.web.restart: …".
  */
 import { z } from "zod";
-import { NAME_PATTERN } from "./container.js";
+import { NAME_PATTERN, volumeTarget } from "./container.js";
 import { deviceList, groupRef } from "./device.js";
 import { checkServiceNetworks, networkSpec, portSpec } from "./network.js";
 import { byteQuantity } from "./quantity.js";
@@ -39,7 +39,7 @@ export const serviceSpec = z.object({
     .array(
       z.object({
         name: serviceName,
-        target: z.string().startsWith("/", "expected an absolute path"),
+        target: volumeTarget,
         readOnly: z.boolean().default(false),
       }),
     )

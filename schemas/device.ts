@@ -62,9 +62,16 @@ export const deviceRequest = z.object({
 });
 export type DeviceRequest = z.output<typeof deviceRequest>;
 
+/**
+ * At most this many devices per container: with the default rules and the
+ * limits, the shim's config takes 256 cgroup writes (v1) or device rules (v2).
+ */
+export const MAX_DEVICES = 128;
+
 /** A list of devices, each target at most once. */
 export const deviceList = z
   .array(deviceRequest)
+  .max(MAX_DEVICES, `at most ${MAX_DEVICES} devices per container`)
   .default([])
   .superRefine((devices, ctx) => {
     const seen = new Map<string, number>();

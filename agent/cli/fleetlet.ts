@@ -21,7 +21,7 @@ Containers:
   run [--rm] [-d] [--name N] (--rootfs DIR | IMAGE) [--memory 32Mi] [--cpus 0.5] [--pids N]
       [--hostname H] [-e K=V] [-v NAME:/path[:ro]] [--network none|host|NAME] [-p PORT] [--read-only] [--init]
       [--user UID[:GID]] [-w DIR] [--entrypoint CMD] [--cap-add CAP] [--cap-drop CAP]
-      [--device PATH[:TARGET[:PERMS]]] [--group-add G] [--] [CMD...]
+      [--device PATH[:TARGET][:PERMS]] [--group-add G] [--] [CMD...]
                             run's options go before IMAGE (or --): every word after
                             IMAGE, or after --, is the container's command
   ps [-a] [--json]          list containers (running ones, or all with -a)

@@ -102,16 +102,20 @@ function volumes(given: string[]): ContainerSpecInput["volumes"] {
 }
 
 /**
- * `--device PATH[:TARGET[:PERMS]]`, as Docker spells it. The operator is the
- * policy here: no policy.devices check. A second field of only r, w and m is
- * the permissions (`/dev/ttyUSB0:rw`).
+ * `--device PATH[:TARGET][:PERMS]`, as Docker spells it. The operator is the
+ * policy here: no policy.devices check. TARGET starts at the first ":/", so
+ * PATH may hold colons (udev's by-path names); a last field without a "/"
+ * after TARGET, or of only r, w and m after PATH, is the permissions.
  */
 function devices(given: string[]): ContainerSpecInput["devices"] {
   return given.map((d) => {
-    const [path, second, third, ...extra] = d.split(":");
-    if (!path || extra.length > 0) throw usage(`--device: expected PATH[:TARGET[:PERMS]], got "${d}"`);
-    if (third === undefined && second !== undefined && /^[rwm]+$/.test(second)) return { path, permissions: second };
-    return { path, ...(second ? { target: second } : {}), ...(third !== undefined ? { permissions: third } : {}) };
+    const at = d.indexOf(":/");
+    const [path, tail] = at < 0 ? [d, undefined] : [d.slice(0, at), d.slice(at + 1)];
+    const perms = tail === undefined ? /:([rwm]+)$/.exec(path) : /:([^/]*)$/.exec(tail);
+    const cut = (s: string) => (perms ? s.slice(0, perms.index) : s);
+    const [source, target] = tail === undefined ? [cut(path), undefined] : [path, cut(tail)];
+    if (!source) throw usage(`--device: expected PATH[:TARGET][:PERMS], got "${d}"`);
+    return { path: source, ...(target ? { target } : {}), ...(perms ? { permissions: perms[1] } : {}) };
   });
 }
 

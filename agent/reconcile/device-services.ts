@@ -131,6 +131,8 @@ export class DeviceServices {
     await this.devices.start(s.service, s.containerId, s.spec.devices, async () => {
       await runtime.start(s.containerId);
       await this.networks?.refreshPeers();
+      // Started late (its device came): another container may hold the service's place, and the plan stops this one.
+      if (this.db.data.services[s.service]?.containerId !== s.containerId) return;
       this.supervise(s.service, s.containerId, s.spec, s.failures);
     });
   }
@@ -217,8 +219,8 @@ export class DeviceServices {
   async restartService(service: string): Promise<void> {
     const rec = this.db.data.services[service];
     if (!rec) throw new FleetError("E_NOT_FOUND", `no service named ${service}`);
+    await this.devices.stop(service); // a start in flight finishes first, so the container stopped is the one it made
     this.supervisors.get(service)?.detach();
-    this.devices.stop(service);
     try {
       await this.deps.runtime.stop(rec.containerId, { timeoutMs: rec.spec.stopTimeoutMs, signal: rec.spec.stopSignal });
     } catch (err) {
@@ -228,9 +230,9 @@ export class DeviceServices {
   }
 
   async stopContainer(service: string, containerId: string, timeoutMs: number, signal: string): Promise<void> {
+    await this.devices.stop(service, containerId); // a start its device brought, in flight, is stopped below
     const sup = this.supervisors.get(service);
     if (sup?.containerId === containerId) sup.detach();
-    this.devices.stop(service, containerId);
     try {
       if (this.deps.runtime.inspect(containerId).status === "running") {
         await this.deps.runtime.stop(containerId, { timeoutMs, signal });
@@ -253,7 +255,7 @@ export class DeviceServices {
     });
     this.supervisors.get(service)?.detach();
     this.supervisors.delete(service);
-    this.devices.stop(service, containerId);
+    await this.devices.stop(service, containerId);
     await this.networks?.refreshPeers();
   }
 

@@ -34,6 +34,10 @@ interface Watched {
   presence?: DevicePresence[];
   /** Follows run one at a time per container. */
   queue: Promise<void>;
+  /** Waiting: a start the device's arrival brought is in flight. */
+  starting?: boolean;
+  /** A look (or a retried start) is queued and has not begun: changes meanwhile need no other. */
+  queued?: boolean;
 }
 
 /** A service's device, as its spec names it. */
@@ -43,6 +47,8 @@ const isAbsent = (err: unknown) => (err as FleetError).code === "E_DEVICE_ABSENT
 
 export class ServiceDevices {
   private readonly watched = new Map<string, Watched>();
+  /** Containers stopped while a start was in flight: that start must not follow them. */
+  private readonly cancelled = new Set<string>();
 
   constructor(private readonly deps: ServiceDevicesDeps) {}
 
@@ -52,7 +58,9 @@ export class ServiceDevices {
    * change, until it no longer finds one absent.
    */
   async start(service: string, containerId: string, devices: readonly Device[], begin: () => Promise<void>) {
-    this.stop(service);
+    // Another container's start in flight must not follow it once this one runs.
+    if (this.watched.get(service)?.containerId !== containerId) void this.stop(service);
+    else this.drop(service);
     try {
       await begin();
     } catch (err) {
@@ -69,34 +77,48 @@ export class ServiceDevices {
   }
 
   private retry(service: string, w: Watched, begin: () => Promise<void>): void {
+    if (w.queued) return;
+    w.queued = true;
     w.queue = w.queue.then(async () => {
+      w.queued = false;
       if (this.watched.get(service) !== w || !w.absent) return;
       try {
+        w.starting = true;
         await begin(); // calls follow(), which takes this service's place
       } catch (err) {
         if (!isAbsent(err)) {
-          this.stop(service);
+          this.drop(service);
           this.deps.event({ type: "error", service, message: (err as Error).message });
           this.deps.changed();
           return;
         }
+        if (this.watched.get(service) !== w) return; // stopped meanwhile: its container may be gone
         const absent = this.deps.runtime.absentDevices!(w.containerId);
         if (JSON.stringify(absent) === JSON.stringify(w.absent)) return;
         w.absent = absent;
         this.deps.changed();
+      } finally {
+        w.starting = false;
+        this.cancelled.delete(w.containerId);
       }
     });
   }
 
   /** Follows a running container's devices from now on (and once at once: they may have changed meanwhile). */
   follow(service: string, containerId: string, devices: readonly Device[]): void {
-    this.stop(service);
+    if (this.cancelled.has(containerId)) return; // stopped while its start was in flight: another's place now
+    this.drop(service);
     const { runtime, deviceWatch } = this.deps;
     if (devices.length === 0 || !deviceWatch || !runtime.followDevices) return;
     const w: Watched = { containerId, unsubscribe: () => {}, queue: Promise.resolve() };
     this.watched.set(service, w);
     const look = () => {
-      w.queue = w.queue.then(() => this.look(service, w));
+      if (w.queued) return; // the look queued will see this change too
+      w.queued = true;
+      w.queue = w.queue.then(() => {
+        w.queued = false;
+        return this.look(service, w);
+      });
     };
     w.unsubscribe = deviceWatch.subscribe(pathsOf(devices), look);
     look();
@@ -117,6 +139,12 @@ export class ServiceDevices {
       if (JSON.stringify(before) !== JSON.stringify(presence)) this.deps.changed();
     } catch (err) {
       if (this.watched.get(service) !== w) return; // stopped meanwhile: the container may be gone
+      // Exited: no /dev to follow, and a restart follows its new container; not an error at each later change.
+      if ((err as FleetError).code === "E_CONFLICT") {
+        this.drop(service, w.containerId);
+        this.deps.changed();
+        return;
+      }
       this.deps.event({ type: "error", service, message: (err as Error).message });
     }
   }
@@ -132,15 +160,29 @@ export class ServiceDevices {
     return this.watched.get(service)?.presence;
   }
 
-  /** Stops waiting for or following a service's devices (for this container only, if named). */
-  stop(service: string, containerId?: string): void {
+  /**
+   * Stops waiting for or following a service's devices (for this container
+   * only, if named). Resolves once what was under way for it is done: a
+   * start its device brought has then started the container (which the
+   * caller then stops) but follows nothing.
+   */
+  stop(service: string, containerId?: string): Promise<void> {
+    const w = this.drop(service, containerId);
+    if (!w) return Promise.resolve();
+    if (w.starting) this.cancelled.add(w.containerId);
+    return w.queue;
+  }
+
+  /** Unsubscribes and forgets a service's entry (for this container only, if named). */
+  private drop(service: string, containerId?: string): Watched | undefined {
     const w = this.watched.get(service);
-    if (!w || (containerId !== undefined && w.containerId !== containerId)) return;
+    if (!w || (containerId !== undefined && w.containerId !== containerId)) return undefined;
     w.unsubscribe();
     this.watched.delete(service);
+    return w;
   }
 
   stopAll(): void {
-    for (const service of [...this.watched.keys()]) this.stop(service);
+    for (const service of [...this.watched.keys()]) void this.stop(service);
   }
 }

@@ -20,7 +20,7 @@ import { type DeviceNode, type DevicePresence, type DeviceRequest, recordedDevic
 import { FleetError, isErrno } from "../errors.js";
 import { writeFileAtomic } from "./container-dir.js";
 import { resolveDevice } from "./device-nodes.js";
-import { DEFAULT_DEVICE_RULES, deviceRule } from "./device-rules.js";
+import { DEFAULT_DEVICE_RULES, deviceRule, ruleChanges } from "./device-rules.js";
 
 const run = promisify(execFile);
 
@@ -47,6 +47,9 @@ const same = (a: DeviceNode | null, b: DeviceNode | null) => JSON.stringify(a) =
 const rulesOf = (nodes: (DeviceNode | null)[]) => new Set(nodes.flatMap((n) => (n ? [deviceRule(n)] : [])));
 
 export class ContainerDevices {
+  /** Containers whose cgroup rules this process has put in line with their devices since it began. */
+  private readonly inLine = new Set<string>();
+
   constructor(
     readonly devRoot: string,
     private readonly shimPath: string,
@@ -106,37 +109,52 @@ export class ContainerDevices {
     const changed = requests.map((_, i) => !same(before[i]!, now[i]!));
     const [removeFailed, addFailed] = [new Map<number, string>(), new Map<number, string>()];
     let made = now;
-    if (changed.some(Boolean)) {
+    // The first look of this process puts the rules in line even if no device changed: an agent that
+    // died between a rule and the record of its node may have left a rule devices.json does not name.
+    const check = !this.inLine.has(target.id);
+    this.inLine.delete(target.id); // until this look has done all it has to
+    if (changed.some(Boolean) || check) {
       // A node that cannot be removed (reported) still loses its rule below.
       for (const [i, node] of before.entries()) {
         if (!changed[i] || !node) continue;
         await this.devnode(target, "remove", node).catch((err: Error) => removeFailed.set(i, err.message));
       }
-      await this.updateRules(target, before, now);
+      await this.updateRules(target, now);
       for (const [i, node] of now.entries()) {
         if (!changed[i] || !node) continue;
         await this.devnode(target, "add", node).catch((err: Error) => addFailed.set(i, err.message));
       }
       // A node that could not be made is not there: its rule goes again.
       made = now.map((n, i) => (addFailed.has(i) ? null : n));
-      if (addFailed.size > 0) await this.updateRules(target, now, made);
-      this.record(target.dir, made);
+      if (addFailed.size > 0) await this.updateRules(target, made);
+      if (changed.some(Boolean)) this.record(target.dir, made);
     }
+    this.inLine.add(target.id);
     return requests.map((r, i) => {
       const error = addFailed.get(i) ?? removeFailed.get(i);
       return { path: r.path, target: r.target ?? r.path, present: made[i] !== null, ...(error ? { error } : {}) };
     });
   }
 
-  /** v1: allow what is new and deny what went, leaving the rest in place; v2: the whole list, replaced atomically. */
-  private async updateRules(t: DeviceFollowTarget, before: (DeviceNode | null)[], now: (DeviceNode | null)[]) {
-    const [was, is] = [rulesOf(before), rulesOf(now)];
+  /** Forgets a removed container. */
+  forget(id: string): void {
+    this.inLine.delete(id);
+  }
+
+  /**
+   * v1: allow what is new and deny what no rule gives any more, from what
+   * the cgroup's devices.list holds now, leaving the rest in place; v2: the
+   * whole list, replaced atomically.
+   */
+  private async updateRules(t: DeviceFollowTarget, now: (DeviceNode | null)[]) {
+    const is = rulesOf(now);
     if (t.mode === "v2") {
       await this.shim(["devices", t.cgroupDir, ...DEFAULT_DEVICE_RULES, ...is], `the device program of ${t.id}`);
       return;
     }
-    for (const rule of is) if (!was.has(rule)) writeRule(t.cgroupDir, "devices.allow", rule);
-    for (const rule of was) if (!is.has(rule)) writeRule(t.cgroupDir, "devices.deny", rule);
+    const { allow, deny } = ruleChanges(readRules(t.cgroupDir), is);
+    for (const rule of allow) writeRule(t.cgroupDir, "devices.allow", rule);
+    for (const rule of deny) writeRule(t.cgroupDir, "devices.deny", rule);
   }
 
   private devnode(t: DeviceFollowTarget, op: "add" | "remove", n: DeviceNode): Promise<void> {
@@ -153,6 +171,20 @@ export class ContainerDevices {
       throw new FleetError("E_DEVICE", `${what}: ${(e.stderr || e.message).trim()}`, { cause: err });
     }
   }
+}
+
+/** The rules a v1 devices cgroup holds ("c 1:3 rwm", one per line); E_CGROUP if it allows every device. */
+function readRules(dir: string): string[] {
+  const path = join(dir, "devices.list");
+  let rules: string[];
+  try {
+    rules = readFileSync(path, "utf8").split("\n").filter(Boolean);
+  } catch (err) {
+    throw new FleetError("E_CGROUP", `read ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  if (rules.some((r) => r.startsWith("a ")))
+    throw new FleetError("E_CGROUP", `${path}: the container's devices cgroup allows every device (${rules[0]})`);
+  return rules;
 }
 
 function writeRule(dir: string, file: string, rule: string): void {

@@ -42,7 +42,16 @@ export function hostDevicePath(devRoot: string, path: string): string | undefine
     }
     if (st.isSymbolicLink()) {
       if (++links > MAX_LINKS) throw refuse(path, `more than ${MAX_LINKS} symlinks on the way`);
-      const target = readlinkSync(host);
+      let target: string;
+      try {
+        target = readlinkSync(host);
+      } catch (err) {
+        // udev removed the link (or put something else there) since the lstat: absent, or look at it again.
+        if (isErrno(err, "ENOENT")) return undefined;
+        if (!isErrno(err, "EINVAL")) throw err;
+        rest.unshift(name);
+        continue;
+      }
       if (target.startsWith("/")) {
         if (target !== "/dev" && !target.startsWith("/dev/"))
           throw refuse(path, `the symlink /dev/${[...at, name].join("/")} → ${target} leads outside /dev`);

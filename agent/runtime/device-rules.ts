@@ -41,3 +41,43 @@ export function deviceWrites(mode: CgroupMode, rules: readonly string[] = DEFAUL
 export function deviceRule(node: Pick<DeviceNode, "type" | "major" | "minor" | "permissions">): string {
   return `${node.type} ${node.major}:${node.minor} ${node.permissions}`;
 }
+
+/** Each rule's `TYPE MAJOR:MINOR` and the union of the access the rules give it. */
+function accessByNumbers(rules: Iterable<string>): Map<string, Set<string>> {
+  const out = new Map<string, Set<string>>();
+  for (const rule of rules) {
+    const at = rule.lastIndexOf(" ");
+    const key = rule.slice(0, at);
+    const access = out.get(key) ?? new Set<string>();
+    for (const a of rule.slice(at + 1)) access.add(a);
+    out.set(key, access);
+  }
+  return out;
+}
+
+/**
+ * The v1 writes that take a running container from one list of device
+ * rules to another (the defaults are part of both). The controller keeps
+ * one entry per `TYPE MAJOR:MINOR` with the access of every allow written
+ * for it, and a deny takes its access away from that entry: so a device
+ * that goes denies only the access that no other device, and no default
+ * rule, of the same numbers still gives.
+ */
+export function ruleChanges(before: Iterable<string>, now: Iterable<string>): { allow: string[]; deny: string[] } {
+  const [was, is] = [
+    accessByNumbers([...DEFAULT_DEVICE_RULES, ...before]),
+    accessByNumbers([...DEFAULT_DEVICE_RULES, ...now]),
+  ];
+  const allow: string[] = [];
+  const deny: string[] = [];
+  const order = "rwm";
+  for (const [key, access] of is) {
+    const added = [...order].filter((a) => access.has(a) && !was.get(key)?.has(a)).join("");
+    if (added) allow.push(`${key} ${added}`);
+  }
+  for (const [key, access] of was) {
+    const gone = [...order].filter((a) => access.has(a) && !is.get(key)?.has(a)).join("");
+    if (gone) deny.push(`${key} ${gone}`);
+  }
+  return { allow, deny };
+}

@@ -254,6 +254,7 @@ export class Runtime {
     await this.cgroups.remove(id);
     if (info.spec.network === "bridge") await this.network.detach(id);
     this.catalog.forget(id);
+    this.devices.forget(id);
     // One rename takes the container out of sight at once; its writable layer
     // is then erased in the background (see settled()).
     const retired = join(this.root, "containers", `.removed-${id}-${randomBytes(4).toString("hex")}`);

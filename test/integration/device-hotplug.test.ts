@@ -21,7 +21,16 @@
  * latency a hot-plug costs (printed, not asserted).
  */
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -261,5 +270,35 @@ describe("a container that swaps the parent of a device's target for a symlink",
       expect.objectContaining({ type: "error", service: "hostile", device: "/dev/gpiochip0" }),
     );
     expect(await inside("hostile", "ls /data; readlink /dev/gpio; readlink /dev/serial2")).toBe(`/data\n${hostDir}`);
+  });
+});
+
+/** The inotify watches this process holds, from /proc/self/fdinfo of its inotify descriptors. */
+function inotifyWatches(): number {
+  let n = 0;
+  for (const fd of readdirSync("/proc/self/fd")) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // the descriptor readdir itself used, closed since
+    }
+    if (target !== "anon_inode:inotify") continue;
+    n += readFileSync(`/proc/self/fdinfo/${fd}`, "utf8")
+      .split("\n")
+      .filter((l) => l.startsWith("inotify wd:")).length;
+  }
+  return n;
+}
+
+describe("services removed", () => {
+  it("leave no inotify watch behind", async () => {
+    expect(inotifyWatches()).toBeGreaterThan(0); // the services above are followed
+    await submit({});
+    await agent.idle();
+    await waitFor("every watch released", () => inotifyWatches() === 0, {
+      timeoutMs: 10_000,
+      context: () => `${inotifyWatches()} watches`,
+    });
   });
 });

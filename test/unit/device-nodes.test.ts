@@ -6,6 +6,7 @@
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Worker } from "node:worker_threads";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadDeviceConfig } from "../../agent/config/device-config.js";
 import { hostDevicePath, splitDev } from "../../agent/runtime/device-nodes.js";
@@ -46,6 +47,46 @@ describe("hostDevicePath", () => {
       expect.objectContaining({ code: "E_DEVICE", message: `device ${path}: ${why}` }),
     );
   });
+});
+
+describe("hostDevicePath while udev removes and remakes a link", () => {
+  it("says absent or resolves it, and never throws the lookup's own ENOENT or EINVAL", async () => {
+    const race = mkdtempSync(join(tmpdir(), "fleetlet-devrace-"));
+    writeFileSync(join(race, "ttyUSB0"), "");
+    const stop = new Int32Array(new SharedArrayBuffer(4));
+    // Another thread flips the name between a link, nothing and a plain file as fast as it can.
+    const worker = new Worker(
+      `const fs = require("node:fs");
+       const { workerData: w, parentPort } = require("node:worker_threads");
+       const flip = (f) => { try { f(); } catch (err) { if (err.code !== "ENOENT" && err.code !== "EEXIST") throw err; } };
+       while (Atomics.load(w.stop, 0) === 0) {
+         flip(() => fs.symlinkSync("ttyUSB0", w.link));
+         flip(() => fs.unlinkSync(w.link));
+         flip(() => fs.writeFileSync(w.link, ""));
+         flip(() => fs.unlinkSync(w.link));
+       }
+       parentPort.postMessage("stopped");`,
+      { eval: true, workerData: { link: join(race, "by-id"), stop } },
+    );
+    const stopped = new Promise((resolve, reject) => {
+      worker.once("message", resolve);
+      worker.once("error", reject);
+    });
+    const seen = new Set<string>();
+    try {
+      for (let i = 0; i < 200_000; i++) {
+        const host = hostDevicePath(race, "/dev/by-id");
+        seen.add(host === undefined ? "absent" : host.slice(race.length));
+      }
+    } finally {
+      Atomics.store(stop, 0, 1);
+      await stopped;
+      rmSync(race, { recursive: true, force: true });
+    }
+    // Each lookup saw the link (the node), nothing, or the plain file in its place: never an error.
+    expect([...seen].every((s) => ["absent", "/ttyUSB0", "/by-id"].includes(s))).toBe(true);
+    expect(seen.has("/ttyUSB0")).toBe(true);
+  }, 60_000);
 });
 
 describe("splitDev", () => {

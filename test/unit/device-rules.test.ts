@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { DEFAULT_DEVICE_RULES, deviceWrites } from "../../agent/runtime/device-rules.js";
+import { DEFAULT_DEVICE_RULES, deviceWrites, ruleChanges } from "../../agent/runtime/device-rules.js";
 
 describe("deviceWrites", () => {
   it.each(["v1", "hybrid"] as const)("on %s denies everything, then allows the list, in the devices cgroup", (mode) => {
@@ -27,5 +27,18 @@ describe("deviceWrites", () => {
       "c 136:* rwm",
     ]);
     expect(DEFAULT_DEVICE_RULES.filter((r) => !r.endsWith("rwm"))).toEqual(["c *:* m", "b *:* m"]);
+  });
+});
+
+describe("ruleChanges (v1, a running container)", () => {
+  it("allows what is new and denies what went", () => {
+    expect(ruleChanges(["c 188:0 rw"], ["c 188:1 rw"])).toEqual({ allow: ["c 188:1 rw"], deny: ["c 188:0 rw"] });
+  });
+
+  it("denies only the access no other rule of the same numbers still gives", () => {
+    expect(ruleChanges(["c 10:200 rw", "c 10:200 r"], ["c 10:200 rw"])).toEqual({ allow: [], deny: [] });
+    expect(ruleChanges(["c 10:200 rw", "c 10:200 r"], ["c 10:200 r"])).toEqual({ allow: [], deny: ["c 10:200 w"] });
+    // A device with /dev/null's numbers going leaves the default rule whole.
+    expect(ruleChanges(["c 1:3 r"], [])).toEqual({ allow: [], deny: [] });
   });
 });

@@ -132,6 +132,28 @@ describe("run's image and command", () => {
 });
 
 describe("runSpec", () => {
+  it.each([
+    ["/dev/ttyUSB0", { path: "/dev/ttyUSB0" }],
+    ["/dev/ttyUSB0:rw", { path: "/dev/ttyUSB0", permissions: "rw" }],
+    ["/dev/ttyUSB0:/dev/ttyS0", { path: "/dev/ttyUSB0", target: "/dev/ttyS0" }],
+    ["/dev/ttyUSB0:/dev/ttyS0:r", { path: "/dev/ttyUSB0", target: "/dev/ttyS0", permissions: "r" }],
+    // udev's by-path names hold colons
+    [
+      "/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0",
+      { path: "/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0" },
+    ],
+    [
+      "/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0:/dev/ttyS0:r",
+      { path: "/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0", target: "/dev/ttyS0", permissions: "r" },
+    ],
+  ])("reads --device %s", (flag, device) => {
+    expect(runSpec(runLine(["--rootfs", "/r", "--device", flag, "--", "true"])).spec.devices).toEqual([device]);
+  });
+
+  it.each([":/dev/ttyS0", ":rw"])("refuses --device %s, naming the flag", (flag) => {
+    expect(() => runSpec(runLine(["--rootfs", "/r", "--device", flag, "--", "true"]))).toThrow("--device: expected");
+  });
+
   it("builds a spec from the issue's example command line", () => {
     const { spec, rm } = runSpec(
       runLine([

@@ -17,7 +17,9 @@ import {
   withDefaultLimits,
 } from "../../agent/reconcile/policy.js";
 import { deviceConfig } from "../../schemas/config.js";
+import { containerSpec } from "../../schemas/container.js";
 import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
+import { MAX_DEVICES } from "../../schemas/device.js";
 import { formatIssues } from "../../schemas/format-issues.js";
 
 const REG = "reg.local:5000";
@@ -234,6 +236,24 @@ describe("a service's devices", () => {
     expect(formatIssues(group.error!)).toContain("services.web.groupAdd.0");
     const negative = desiredState.safeParse(doc({ web: { groupAdd: [-1] } }));
     expect(formatIssues(negative.error!)).toContain("services.web.groupAdd.0");
+  });
+  it.each(["/dev", "/dev/", "/./dev", "//dev"])(
+    "refuses a volume at %s, the container's own /dev where plugged devices' nodes are made, naming the field",
+    (target) => {
+      const parsed = desiredState.safeParse(doc({ web: { volumes: [{ name: "data", target }] } }));
+      expect(parsed.success).toBe(false);
+      expect(formatIssues(parsed.error!)).toContain("services.web.volumes.0.target: must not be /dev");
+      expect(() =>
+        containerSpec.parse({ layers: ["/l"], command: ["x"], volumes: [{ name: "data", target }] }),
+      ).toThrow("must not be /dev");
+    },
+  );
+
+  it("refuses more devices than a container's config can carry, naming the field", () => {
+    const devices = Array.from({ length: MAX_DEVICES + 1 }, (_, i) => ({ path: `/dev/ttyUSB${i}` }));
+    const parsed = desiredState.safeParse(doc({ web: { devices } }));
+    expect(formatIssues(parsed.error!)).toContain(`services.web.devices: at most ${MAX_DEVICES} devices`);
+    expect(desiredState.safeParse(doc({ web: { devices: devices.slice(1) } })).success).toBe(true);
   });
 });
 

@@ -15,13 +15,18 @@ const tick = () => new Promise((r) => setTimeout(r, 0));
 
 function harness() {
   const present = new Set<string>();
+  const container = { running: true, follows: 0, followed: [] as string[], slow: Promise.resolve() };
   const subscriptions: { paths: readonly string[]; onChange: () => void; active: boolean }[] = [];
   const events: { type: string; [k: string]: unknown }[] = [];
   const runtime = {
     absentDevices: () => ["/dev/ttyUSB0"].filter((p) => !present.has(p)),
-    followDevices: async (): Promise<DevicePresence[]> => [
-      { path: "/dev/ttyUSB0", target: "/dev/ttyUSB0", present: present.has("/dev/ttyUSB0") },
-    ],
+    followDevices: async (id: string): Promise<DevicePresence[]> => {
+      container.follows++;
+      container.followed.push(id);
+      await container.slow;
+      if (!container.running) throw new FleetError("E_CONFLICT", "container c1 is not running");
+      return [{ path: "/dev/ttyUSB0", target: "/dev/ttyUSB0", present: present.has("/dev/ttyUSB0") }];
+    },
   } as unknown as ContainerDriver;
   const deviceWatch = {
     subscribe(paths: readonly string[], onChange: () => void) {
@@ -44,7 +49,7 @@ function harness() {
     starts++;
     devices.follow("serial", "c1", [{ path: "/dev/ttyUSB0" }]);
   };
-  return { present, subscriptions, events, devices, change, begin, starts: () => starts };
+  return { present, container, subscriptions, events, devices, change, begin, starts: () => starts };
 }
 
 describe("ServiceDevices", () => {
@@ -97,5 +102,86 @@ describe("ServiceDevices", () => {
     expect(h.devices.presence("serial")).toBeDefined();
     h.devices.stop("serial");
     expect(h.devices.presence("serial")).toBeUndefined();
+  });
+
+  it("does not follow a container whose start, brought by its device, was still in flight when it was stopped", async () => {
+    const h = harness();
+    let open!: () => void;
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    const begin = async () => {
+      if (!h.present.has("/dev/ttyUSB0")) throw new FleetError("E_DEVICE_ABSENT", "device /dev/ttyUSB0 is absent");
+      await gate; // the container is being started
+      await h.begin();
+    };
+    await h.devices.start("serial", "c1", [{ path: "/dev/ttyUSB0" }], begin);
+    h.present.add("/dev/ttyUSB0");
+    await h.change();
+    // The service is removed meanwhile; its stop waits for the start in flight.
+    let stopped = false;
+    const stopping = Promise.resolve(h.devices.stop("serial", "c1")).then(() => {
+      stopped = true;
+    });
+    await tick();
+    expect(stopped).toBe(false);
+    open();
+    await stopping;
+    await tick();
+    expect(h.starts()).toBe(1);
+    expect(h.subscriptions.filter((s) => s.active)).toEqual([]);
+    expect(h.devices.presence("serial")).toBeUndefined();
+  });
+
+  it("stops following a container that has exited, without an error at every later change under the device root", async () => {
+    const h = harness();
+    h.present.add("/dev/ttyUSB0");
+    h.devices.follow("serial", "c1", [{ path: "/dev/ttyUSB0" }]);
+    await tick();
+    h.container.running = false; // exited, and its restart policy says no more
+    for (let i = 0; i < 3; i++) await h.change();
+    expect(h.events.filter((e) => e.type === "error")).toEqual([]);
+    expect(h.subscriptions.filter((s) => s.active)).toEqual([]);
+  });
+
+  it("takes a flood of changes that come while it follows as one more look, not one each", async () => {
+    const h = harness();
+    h.present.add("/dev/ttyUSB0");
+    let release!: () => void;
+    h.container.slow = new Promise<void>((r) => {
+      release = r;
+    });
+    h.devices.follow("serial", "c1", [{ path: "/dev/ttyUSB0" }]);
+    await tick();
+    for (let i = 0; i < 50; i++) await h.change(); // a device flapping while the first look is under way
+    release();
+    for (let i = 0; i < 5; i++) await tick();
+    expect(h.container.follows).toBe(2);
+  });
+
+  it("keeps following the service's new container when the old one's start, brought by its device, ends later", async () => {
+    const h = harness();
+    let open!: () => void;
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    const oldBegin = async () => {
+      if (!h.present.has("/dev/ttyUSB0")) throw new FleetError("E_DEVICE_ABSENT", "device /dev/ttyUSB0 is absent");
+      await gate; // the old container is being started
+      h.devices.follow("serial", "c1", [{ path: "/dev/ttyUSB0" }]);
+    };
+    await h.devices.start("serial", "c1", [{ path: "/dev/ttyUSB0" }], oldBegin);
+    h.present.add("/dev/ttyUSB0");
+    await h.change();
+    // A new deployment starts the service's next container meanwhile.
+    await h.devices.start("serial", "c2", [{ path: "/dev/ttyUSB0" }], async () => {
+      h.devices.follow("serial", "c2", [{ path: "/dev/ttyUSB0" }]);
+    });
+    open();
+    for (let i = 0; i < 4; i++) await tick();
+    h.container.followed.length = 0;
+    await h.change();
+    expect(h.container.followed).toEqual(["c2"]);
+    expect(h.subscriptions.filter((s) => s.active)).toHaveLength(1);
   });
 });
