@@ -119,7 +119,13 @@ describe("an agent whose api.listen port is taken", () => {
     expect(ev).toMatchObject({ code: "E_API_UNAVAILABLE", listen: `127.0.0.1:${port}` });
     expect(ev.message).toMatch(/EADDRINUSE/);
     expect(agent.exitCode).toBeNull();
-    expect(agentLog).toMatch(new RegExp(`status on 127\\.0\\.0\\.1:${port} \\(retrying\\) and ${socket}`));
+    // The banner follows the first connection, which the event may overtake.
+    const banner = new RegExp(`status on 127\\.0\\.0\\.1:${port} \\(retrying\\) and ${socket}`);
+    await waitFor("the agent's banner", () => banner.test(agentLog), {
+      timeoutMs: 45_000,
+      intervalMs: 100,
+      context: () => agentLog,
+    });
     expect((await viaSocket("/healthz")).body).toBe("ok");
   });
 
