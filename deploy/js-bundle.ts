@@ -3,7 +3,7 @@
  * pinned Node, which strips the types):
  *   node deploy/js-bundle.ts OUTDIR
  * writes OUTDIR/fleetlet.js and OUTDIR/fleetctl.js, ES modules bundled by
- * esbuild from agent/ and schemas/ with got, lowdb, mqtt and zod, their
+ * esbuild from agent/ and schemas/ with lowdb, mqtt and zod, their
  * shared code in OUTDIR/chunks/, and OUTDIR/THIRD-PARTY-LICENSES with the
  * license of every package the files hold. Code splitting keeps the CLI's
  * dynamic imports lazy: the daemon's MQTT stack and the pull's HTTP stack

@@ -1,7 +1,7 @@
 /**
  * The daemon's pulls, each in a child process (the pull worker,
  * pull-worker.ts): the same Node and the same CLI script, forked with an IPC
- * channel, exiting when its pull is done. The registry client, got and the
+ * channel, exiting when its pull is done. The registry client and the
  * HTTP/TLS stack are loaded there and never in the daemon, which idles for
  * days between pulls: their memory goes back to the system with the child.
  *

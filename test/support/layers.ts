@@ -67,7 +67,6 @@ export const LAYERS: Record<Layer, Layer[]> = {
 /** npm packages that only one layer (or a few) may import. */
 export const PACKAGE_OWNERS: Record<string, Layer[]> = {
   mqtt: ["transport", "fleet"],
-  got: ["registry"],
   lowdb: ["state"],
   zod: ["schemas"],
 };
