@@ -46,8 +46,12 @@ export class RegistryClient {
     this.origin = `${auth.insecure ? "http" : "https"}://${registry}`;
     this.retrier = new RegistryRetry(registry, retry);
     this.retry = this.retrier.policy;
-    this.auth = new RegistryAuth(registry, auth, (url, headers, signal) =>
-      this.withRetry(`token from ${url.origin}`, () => this.http.buffered(url, { method: "GET", headers, signal })),
+    this.auth = new RegistryAuth(
+      registry,
+      auth,
+      (url, headers, signal) =>
+        this.withRetry(`token from ${url.origin}`, () => this.http.buffered(url, { method: "GET", headers, signal })),
+      auth.insecure === true,
     );
     let ca: Buffer | undefined;
     try {
@@ -94,9 +98,7 @@ export class RegistryClient {
         res.statusCode >= 300 && res.statusCode < 400 && res.headers.location && method !== "PUT" && hops < 5;
         hops++
       ) {
-        const next = new URL(String(res.headers.location), url);
-        if (next.origin !== this.origin) delete headers.authorization; // never send credentials to another host
-        url = next;
+        url = this.redirect(url, res.headers.location, headers);
         res = await this.withRetry(`${method} ${url.pathname}`, () =>
           this.http.buffered(url, { method, headers, signal: opts.signal }, opts.maxBytes),
         );
@@ -124,9 +126,7 @@ export class RegistryClient {
       let res = await this.streamOnce(url, headers, opts.signal);
       for (let hops = 0; res.status >= 300 && res.status < 400 && res.headers.location && hops < 5; hops++) {
         res.body.destroy();
-        const next = new URL(String(res.headers.location), url);
-        if (next.origin !== this.origin) delete headers.authorization;
-        url = next;
+        url = this.redirect(url, res.headers.location, headers);
         res = await this.streamOnce(url, headers, opts.signal);
       }
       if (res.status === 401 && authTries === 0) {
@@ -140,6 +140,30 @@ export class RegistryClient {
       }
       return res;
     }
+  }
+
+  /**
+   * Where a redirect from `from` leads. Authorization never goes to another
+   * origin (host, port or scheme): it is dropped from `headers`. A redirect
+   * from https down to plain http (or to anything but http and https) is
+   * refused: what travels there could be read or changed on the way.
+   */
+  private redirect(from: URL, location: string, headers: Record<string, string>): URL {
+    let next: URL;
+    try {
+      next = new URL(location, from);
+    } catch {
+      // Not swallowed: the URL's own error says less than this one.
+      throw new FleetError("E_REGISTRY", `${this.registry}: ${from.pathname} redirects to "${location}", not a URL`);
+    }
+    const allowed = next.protocol === "https:" || (next.protocol === "http:" && from.protocol === "http:");
+    if (!allowed)
+      throw new FleetError(
+        "E_REGISTRY",
+        `${this.registry}: ${from.pathname} redirects from ${from.protocol} to ${next.protocol}//${next.host}; refused`,
+      );
+    if (next.origin !== this.origin) delete headers.authorization; // never send credentials to another origin
+    return next;
   }
 
   private async streamOnce(url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<StreamResponse> {

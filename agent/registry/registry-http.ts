@@ -44,6 +44,12 @@ export interface HttpTimeouts {
 
 const DEFAULT_TIMEOUTS: HttpTimeouts = { connectMs: 10_000, responseMs: 30_000, idleMs: 30_000 };
 const IDLE_CONNECTION_MS = 30_000;
+/**
+ * The most a reply read into memory may hold when its caller names no cap
+ * of its own (tokens, error bodies, answers to uploads): a registry or
+ * token service that streams without end is cut off here.
+ */
+export const MAX_REPLY_BYTES = 1 << 20;
 
 /** An error with the errno-style code registry-retry.ts classifies (ETIMEDOUT is retried). */
 function timeout(what: string, ms: number): Error {
@@ -108,7 +114,7 @@ export class RegistryHttp {
   async buffered(
     url: URL,
     init: HttpInit,
-    maxBytes = Number.POSITIVE_INFINITY,
+    maxBytes = MAX_REPLY_BYTES,
   ): Promise<{ statusCode: number; headers: IncomingHttpHeaders; body: Buffer }> {
     const res = await this.open(url, init);
     const chunks: Buffer[] = [];

@@ -1,0 +1,194 @@
+/**
+ * A registry client against a hostile HTTPS server of the test's own (signed
+ * by a CA the client is configured with): redirects that downgrade to plain
+ * HTTP, token services that stream without end or live on plain HTTP, error
+ * bodies without end. Credentials must never travel in clear, and no answer
+ * may make the client hold more than its caps in memory.
+ */
+import { once } from "node:events";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FleetError } from "../../agent/errors.js";
+import { RegistryClient } from "../../agent/registry/registry-client.js";
+import { makeTls, type TlsFiles } from "../support/registry.js";
+
+const ENDLESS_BYTES = 256 << 20;
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+let work: string;
+let tls: TlsFiles;
+const servers: Server[] = [];
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), "fleetlet-hostile-registry-"));
+  tls = await makeTls(work);
+});
+
+afterAll(async () => {
+  for (const s of servers) {
+    s.closeAllConnections();
+    s.close();
+  }
+  rmSync(work, { recursive: true, force: true });
+});
+
+/** A server on 127.0.0.1 (HTTPS with the test CA's certificate, or plain HTTP); every request it saw is kept. */
+async function serve(
+  secure: boolean,
+  handler: Handler,
+): Promise<{ origin: string; host: string; seen: IncomingMessage[] }> {
+  const seen: IncomingMessage[] = [];
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+    seen.push(req);
+    handler(req, res);
+  };
+  const server = secure
+    ? createHttpsServer({ cert: readFileSync(tls.serverCert), key: readFileSync(tls.serverKey) }, onRequest)
+    : createHttpServer(onRequest);
+  servers.push(server);
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as { port: number };
+  return { origin: `${secure ? "https" : "http"}://127.0.0.1:${port}`, host: `127.0.0.1:${port}`, seen };
+}
+
+/** Streams spaces (256 MiB, far past any cap) until the client goes away; counts what it sent. */
+function endless(res: ServerResponse, sent: { bytes: number }, headers: Record<string, string> = {}): void {
+  res.writeHead(200, { "content-type": "application/json", ...headers });
+  const chunk = Buffer.alloc(64 << 10, 0x20);
+  const pump = () => {
+    while (!res.destroyed && sent.bytes < ENDLESS_BYTES) {
+      sent.bytes += chunk.length;
+      if (!res.write(chunk)) return void res.once("drain", pump);
+    }
+    res.end();
+  };
+  pump();
+}
+
+async function caught(p: Promise<unknown>): Promise<FleetError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(FleetError);
+  return err as FleetError;
+}
+
+const creds = () => ({ username: "alice", password: "s3cret", ca: tls.caCert });
+const basicAlice = `Basic ${Buffer.from("alice:s3cret").toString("base64")}`;
+
+describe("redirects", () => {
+  it("refuses a blob redirect from https down to plain http, and sends it nothing", async () => {
+    const plain = await serve(false, (_req, res) => res.end("blob bytes"));
+    const reg = await serve(true, (req, res) => {
+      if (!req.headers.authorization) {
+        res.writeHead(401, { "www-authenticate": 'Basic realm="r"' }).end();
+        return;
+      }
+      res.writeHead(307, { location: `${plain.origin}/storage/blob` }).end();
+    });
+    const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
+    try {
+      const err = await caught(client.openStream("/v2/a/blobs/sha256:00", { scope: "repository:a:pull" }));
+      expect(err.code).toBe("E_REGISTRY");
+      expect(err.message).toContain("http:");
+      expect(plain.seen).toHaveLength(0);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("refuses a buffered (manifest) redirect from https down to plain http", async () => {
+    const plain = await serve(false, (_req, res) => res.end("{}"));
+    const reg = await serve(true, (_req, res) => {
+      res.writeHead(302, { location: `${plain.origin}/m` }).end();
+    });
+    const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
+    try {
+      const err = await caught(client.request("GET", "/v2/a/manifests/1", { scope: "repository:a:pull" }));
+      expect(err.code).toBe("E_REGISTRY");
+      expect(plain.seen).toHaveLength(0);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("still follows an https redirect to another host, without the Authorization header", async () => {
+    const storage = await serve(true, (_req, res) => res.end("blob bytes"));
+    const reg = await serve(true, (req, res) => {
+      if (!req.headers.authorization) {
+        res.writeHead(401, { "www-authenticate": 'Basic realm="r"' }).end();
+        return;
+      }
+      res.writeHead(307, { location: `${storage.origin}/storage/blob?sig=1` }).end();
+    });
+    const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
+    try {
+      const res = await client.openStream("/v2/a/blobs/sha256:00", { scope: "repository:a:pull" });
+      const chunks: Buffer[] = [];
+      for await (const c of res.body) chunks.push(c as Buffer);
+      expect(Buffer.concat(chunks).toString()).toBe("blob bytes");
+      expect(reg.seen.at(-1)?.headers.authorization).toBe(basicAlice);
+      expect(storage.seen).toHaveLength(1);
+      expect(storage.seen[0]!.headers.authorization).toBeUndefined();
+    } finally {
+      client.close();
+    }
+  });
+});
+
+describe("tokens", () => {
+  it("never sends the credentials to a token realm on plain http when the registry is https", async () => {
+    const realm = await serve(false, (_req, res) => res.end(JSON.stringify({ token: "t" })));
+    const reg = await serve(true, (_req, res) => {
+      res.writeHead(401, { "www-authenticate": `Bearer realm="${realm.origin}/token",service="s"` }).end();
+    });
+    const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
+    try {
+      const err = await caught(client.request("GET", "/v2/a/manifests/1", { scope: "repository:a:pull" }));
+      expect(err.code).toBe("E_REGISTRY_AUTH");
+      expect(err.message).toContain(realm.origin);
+      expect(realm.seen).toHaveLength(0);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("refuses a token answer past its cap instead of buffering a body without end", async () => {
+    const sent = { bytes: 0 };
+    const tokens = await serve(true, (_req, res) => endless(res, sent));
+    const reg = await serve(true, (_req, res) => {
+      res.writeHead(401, { "www-authenticate": `Bearer realm="${tokens.origin}/token",service="s"` }).end();
+    });
+    const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
+    try {
+      const err = await caught(client.request("GET", "/v2/a/manifests/1", { scope: "repository:a:pull" }));
+      expect(err.message).toContain("bytes allowed");
+      expect(err.code).toBe("E_REGISTRY");
+      // Cut off long before the server's 256 MiB: the cap, plus what was in flight.
+      expect(sent.bytes).toBeLessThan(64 << 20);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("refuses an error body past its cap (a reply the caller set no cap for)", async () => {
+    const sent = { bytes: 0 };
+    const reg = await serve(true, (_req, res) => endless(res, sent));
+    const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
+    try {
+      const err = await caught(client.request("POST", "/v2/a/blobs/uploads/", { scope: "repository:a:pull,push" }));
+      expect(err.message).toContain("bytes allowed");
+      expect(err.code).toBe("E_REGISTRY");
+      expect(sent.bytes).toBeLessThan(64 << 20);
+    } finally {
+      client.close();
+    }
+  });
+});
