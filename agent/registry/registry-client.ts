@@ -103,7 +103,8 @@ export class RegistryClient {
           this.http.buffered(url, { method, headers, signal: opts.signal }, opts.maxBytes),
         );
       }
-      if (res.statusCode === 401 && authTries === 0) {
+      // Only the registry's own challenge is answered: a host it redirected to gets no credentials.
+      if (res.statusCode === 401 && authTries === 0 && url.origin === this.origin) {
         await this.auth.authenticate(headerText(res.headers["www-authenticate"]), opts.scope, opts.signal);
         continue;
       }
@@ -129,7 +130,7 @@ export class RegistryClient {
         url = this.redirect(url, res.headers.location, headers);
         res = await this.streamOnce(url, headers, opts.signal);
       }
-      if (res.status === 401 && authTries === 0) {
+      if (res.status === 401 && authTries === 0 && url.origin === this.origin) {
         res.body.destroy();
         await this.auth.authenticate(headerText(res.headers["www-authenticate"]), opts.scope, opts.signal);
         continue;

@@ -192,3 +192,46 @@ describe("tokens", () => {
     }
   });
 });
+
+describe("challenges from elsewhere", () => {
+  it("does not answer a 401 from the storage a blob was redirected to: no credentials go to its realm", async () => {
+    const storage = await serve(true, (req, res) => {
+      if (req.url?.startsWith("/token")) return void res.end(JSON.stringify({ token: "t" }));
+      res.writeHead(401, { "www-authenticate": `Bearer realm="https://${req.headers.host}/token",service="s"` }).end();
+    });
+    // An anonymous registry: the storage's 401 is the first challenge the client meets.
+    const reg = await serve(true, (_req, res) => {
+      res.writeHead(307, { location: `${storage.origin}/storage/blob` }).end();
+    });
+    const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
+    try {
+      const err = await caught(client.openStream("/v2/a/blobs/sha256:00", { scope: "repository:a:pull" }));
+      expect(err.code).toBe("E_REGISTRY_AUTH");
+      expect(storage.seen.length).toBeGreaterThan(0);
+      expect(storage.seen.map((r) => r.headers.authorization)).toEqual(storage.seen.map(() => undefined));
+      expect(storage.seen.some((r) => r.url?.startsWith("/token"))).toBe(false);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("does not answer a 401 from the host a manifest was redirected to either", async () => {
+    const storage = await serve(true, (req, res) => {
+      if (req.url?.startsWith("/token")) return void res.end(JSON.stringify({ token: "t" }));
+      res.writeHead(401, { "www-authenticate": `Bearer realm="https://${req.headers.host}/token",service="s"` }).end();
+    });
+    // An anonymous registry: the storage's 401 is the first challenge the client meets.
+    const reg = await serve(true, (_req, res) => {
+      res.writeHead(307, { location: `${storage.origin}/m` }).end();
+    });
+    const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
+    try {
+      const err = await caught(client.request("GET", "/v2/a/manifests/1", { scope: "repository:a:pull" }));
+      expect(err.code).toBe("E_REGISTRY_AUTH");
+      expect(storage.seen.some((r) => r.url?.startsWith("/token"))).toBe(false);
+      expect(storage.seen.every((r) => r.headers.authorization === undefined)).toBe(true);
+    } finally {
+      client.close();
+    }
+  });
+});
