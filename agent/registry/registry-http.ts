@@ -36,9 +36,9 @@ export interface HttpAnswer {
 
 export interface HttpTimeouts {
   connectMs: number;
-  /** From the request until the answer's headers. */
+  /** From the request's last byte until the answer's headers (an upload's own time does not count). */
   responseMs: number;
-  /** Between two pieces of the body. */
+  /** Between two pieces of the request or of the answer (a connection, an upload or a body that stops). */
   idleMs: number;
 }
 
@@ -83,12 +83,25 @@ export class RegistryHttp {
         agent: secure ? this.https : this.http,
         ...(init.signal ? { signal: init.signal } : {}),
       });
+      let answered = false;
+      let answer: NodeJS.Timeout | undefined;
       const fail = (err: Error) => {
         clearTimeout(answer);
         req.destroy(err);
         reject(err);
       };
-      const answer = setTimeout(() => fail(timeout(`${init.method} ${url.pathname}`, responseMs)), responseMs);
+      // The socket's idle timer, from the start: a connection, an upload or a body that stops moving is cut
+      // (and retried by the caller); an upload that moves, however slowly, is not.
+      req.setTimeout(idleMs, () =>
+        answered
+          ? req.destroy(timeout(`reading ${url.pathname}`, idleMs))
+          : fail(timeout(`sending ${init.method} ${url.pathname}`, idleMs)),
+      );
+      // From the request's last byte until the answer's headers: the time an upload takes does not count.
+      req.once("finish", () => {
+        if (!answered)
+          answer = setTimeout(() => fail(timeout(`${init.method} ${url.pathname}`, responseMs)), responseMs);
+      });
       req.once("socket", (socket) => {
         if (!socket.connecting) return; // a kept-alive connection
         const connect = setTimeout(() => fail(timeout(`connecting to ${url.host}`, connectMs)), connectMs);
@@ -100,9 +113,8 @@ export class RegistryHttp {
         reject(err);
       });
       req.once("response", (res) => {
+        answered = true;
         clearTimeout(answer);
-        // The socket's idle timer, from here on: a body that stops arriving is cut, and retried by the caller.
-        req.setTimeout(idleMs, () => req.destroy(timeout(`reading ${url.pathname}`, idleMs)));
         resolve({ statusCode: res.statusCode ?? 0, headers: res.headers, body: res });
       });
       if (init.body === undefined || Buffer.isBuffer(init.body)) req.end(init.body);

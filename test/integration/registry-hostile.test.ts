@@ -11,9 +11,12 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Readable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FleetError } from "../../agent/errors.js";
 import { RegistryClient } from "../../agent/registry/registry-client.js";
+import { RegistryHttp } from "../../agent/registry/registry-http.js";
 import { makeTls, type TlsFiles } from "../support/registry.js";
 
 const ENDLESS_BYTES = 256 << 20;
@@ -232,6 +235,52 @@ describe("challenges from elsewhere", () => {
       expect(storage.seen.every((r) => r.headers.authorization === undefined)).toBe(true);
     } finally {
       client.close();
+    }
+  });
+});
+
+describe("timeouts", () => {
+  it("gives an upload slower than the answer timeout its time: that timer runs from the request's last byte", async () => {
+    const reg = await serve(true, (req, res) => {
+      let got = 0;
+      req.on("data", (c: Buffer) => {
+        got += c.length;
+      });
+      req.on("end", () => res.writeHead(201, { "x-got": String(got) }).end());
+    });
+    // An upload of 6 pieces a second apart, against an answer timeout of 2 s and an idle one of 4 s.
+    const http = new RegistryHttp(readFileSync(tls.caCert), { responseMs: 2000, idleMs: 4000 });
+    async function* slow() {
+      for (let i = 0; i < 6; i++) {
+        yield Buffer.alloc(1000, i);
+        await sleep(1000);
+      }
+    }
+    try {
+      const url = new URL(`${reg.origin}/v2/a/blobs/uploads/x`);
+      const res = await http.buffered(url, {
+        method: "PATCH",
+        headers: { "content-length": "6000" },
+        body: Readable.from(slow()),
+      });
+      expect(res.statusCode).toBe(201);
+      expect(res.headers["x-got"]).toBe("6000");
+    } finally {
+      http.close();
+    }
+  });
+
+  it("still cuts a request whose answer does not come", async () => {
+    const reg = await serve(true, () => undefined);
+    const http = new RegistryHttp(readFileSync(tls.caCert), { responseMs: 500, idleMs: 60_000 });
+    try {
+      const err = await http.buffered(new URL(`${reg.origin}/v2/`), { method: "GET", headers: {} }).then(
+        () => undefined,
+        (e: unknown) => e as NodeJS.ErrnoException,
+      );
+      expect(err?.code).toBe("ETIMEDOUT");
+    } finally {
+      http.close();
     }
   });
 });
