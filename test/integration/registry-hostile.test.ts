@@ -5,10 +5,8 @@
  * bodies without end. Credentials must never travel in clear, and no answer
  * may make the client hold more than its caps in memory.
  */
-import { once } from "node:events";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { createServer as createHttpsServer } from "node:https";
+import type { ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -17,48 +15,27 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FleetError } from "../../agent/errors.js";
 import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { RegistryHttp } from "../../agent/registry/registry-http.js";
+import { type Handler, HostileServers } from "../support/hostile-server.js";
 import { makeTls, type TlsFiles } from "../support/registry.js";
 
 const ENDLESS_BYTES = 256 << 20;
 
-type Handler = (req: IncomingMessage, res: ServerResponse) => void;
-
 let work: string;
 let tls: TlsFiles;
-const servers: Server[] = [];
+let servers: HostileServers;
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "fleetlet-hostile-registry-"));
   tls = await makeTls(work);
+  servers = new HostileServers(tls);
 });
 
 afterAll(async () => {
-  for (const s of servers) {
-    s.closeAllConnections();
-    s.close();
-  }
+  servers.close();
   rmSync(work, { recursive: true, force: true });
 });
 
-/** A server on 127.0.0.1 (HTTPS with the test CA's certificate, or plain HTTP); every request it saw is kept. */
-async function serve(
-  secure: boolean,
-  handler: Handler,
-): Promise<{ origin: string; host: string; seen: IncomingMessage[] }> {
-  const seen: IncomingMessage[] = [];
-  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
-    seen.push(req);
-    handler(req, res);
-  };
-  const server = secure
-    ? createHttpsServer({ cert: readFileSync(tls.serverCert), key: readFileSync(tls.serverKey) }, onRequest)
-    : createHttpServer(onRequest);
-  servers.push(server);
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const { port } = server.address() as { port: number };
-  return { origin: `${secure ? "https" : "http"}://127.0.0.1:${port}`, host: `127.0.0.1:${port}`, seen };
-}
+const serve = (secure: boolean, handler: Handler) => servers.serve(secure, handler);
 
 /** Streams spaces (256 MiB, far past any cap) until the client goes away; counts what it sent. */
 function endless(res: ServerResponse, sent: { bytes: number }, headers: Record<string, string> = {}): void {
