@@ -50,7 +50,11 @@ export class RegistryClient {
       registry,
       auth,
       (url, headers, signal) =>
-        this.withRetry(`token from ${url.origin}`, () => this.http.buffered(url, { method: "GET", headers, signal })),
+        this.withRetry(
+          `token from ${url.origin}`,
+          () => this.http.buffered(url, { method: "GET", headers, signal }),
+          signal,
+        ),
       auth.insecure === true,
     );
     let ca: Buffer | undefined;
@@ -90,8 +94,10 @@ export class RegistryClient {
       // A body given as a factory is opened anew for each attempt.
       const body = () =>
         opts.body === undefined ? {} : { body: typeof opts.body === "function" ? opts.body() : opts.body };
-      let res = await this.withRetry(`${method} ${url.pathname}`, () =>
-        this.http.buffered(url, { method, headers, signal: opts.signal, ...body() }, opts.maxBytes),
+      let res = await this.withRetry(
+        `${method} ${url.pathname}`,
+        () => this.http.buffered(url, { method, headers, signal: opts.signal, ...body() }, opts.maxBytes),
+        opts.signal,
       );
       for (
         let hops = 0;
@@ -99,8 +105,10 @@ export class RegistryClient {
         hops++
       ) {
         url = this.redirect(url, res.headers.location, headers);
-        res = await this.withRetry(`${method} ${url.pathname}`, () =>
-          this.http.buffered(url, { method, headers, signal: opts.signal }, opts.maxBytes),
+        res = await this.withRetry(
+          `${method} ${url.pathname}`,
+          () => this.http.buffered(url, { method, headers, signal: opts.signal }, opts.maxBytes),
+          opts.signal,
         );
       }
       // Only the registry's own challenge is answered: a host it redirected to gets no credentials.
@@ -176,9 +184,18 @@ export class RegistryClient {
     }
   }
 
-  /** Runs `attempt` until it gives a non-retryable answer, backing off with jitter. */
-  withRetry<T extends { statusCode: number; headers: Headers }>(what: string, attempt: () => Promise<T>): Promise<T> {
-    return this.retrier.run(what, attempt);
+  /** Runs `attempt` until it gives a non-retryable answer, backing off with jitter; `signal` ends a backoff at once. */
+  withRetry<T extends { statusCode: number; headers: Headers }>(
+    what: string,
+    attempt: () => Promise<T>,
+    signal?: AbortSignal,
+  ): Promise<T> {
+    return this.retrier.run(what, attempt, signal);
+  }
+
+  /** Waits `ms` before a retry, or until `signal` aborts: then E_ABORTED. */
+  wait(what: string, ms: number, signal?: AbortSignal): Promise<void> {
+    return this.retrier.wait(what, ms, signal);
   }
 
   /** The wait before retry `attempt` (1-based), or what the registry's Retry-After asked for. */

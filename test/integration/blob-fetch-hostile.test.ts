@@ -11,6 +11,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FleetError } from "../../agent/errors.js";
 import { fetchBlob } from "../../agent/registry/blob-fetch.js";
@@ -185,6 +186,71 @@ describe("resuming against a registry that answers badly", () => {
       expect(store.has(digest)).toBe(false);
       expect(store.partials()).toEqual([]);
     } finally {
+      c.close();
+    }
+  });
+});
+
+describe("a cancel while waiting to retry", () => {
+  it("ends a blob download's backoff at once, with E_ABORTED", async () => {
+    const { data, digest } = blob(1 << 20);
+    const store = storeWithPartial("abort-blob", digest, Buffer.alloc(0));
+    const s = await servers.serve(true, (_req, res) => res.writeHead(503).end());
+    // Backoffs of 30 s: far longer than the test may take.
+    const c = new RegistryClient(s.host, { ca: tls.caCert }, { attempts: 5, baseMs: 30_000, maxMs: 30_000 });
+    const ac = new AbortController();
+    try {
+      const p = fetchBlob(c, "a", { digest, size: data.length }, store, {
+        limiter: new RateLimiter(0),
+        signal: ac.signal,
+      });
+      while (s.seen.length === 0) await sleep(10);
+      ac.abort();
+      const err = await caught(p);
+      expect(err.code).toBe("E_ABORTED");
+      expect(s.seen).toHaveLength(1);
+    } finally {
+      c.close();
+    }
+  }, 20_000);
+
+  it("ends a manifest request's Retry-After wait at once, with E_ABORTED", async () => {
+    const s = await servers.serve(true, (_req, res) => res.writeHead(503, { "retry-after": "600" }).end());
+    const c = new RegistryClient(s.host, { ca: tls.caCert }, { attempts: 5 });
+    const ac = new AbortController();
+    try {
+      const p = c.request("GET", "/v2/a/manifests/1", { scope: "repository:a:pull", signal: ac.signal });
+      while (s.seen.length === 0) await sleep(10);
+      ac.abort();
+      const err = await caught(p);
+      expect(err.code).toBe("E_ABORTED");
+      expect(s.seen).toHaveLength(1);
+    } finally {
+      c.close();
+    }
+  }, 20_000);
+});
+
+describe("a cancel while waiting for another download of the blob", () => {
+  it("ends the wait for the ingest lock at once, with E_ABORTED", async () => {
+    const { data, digest } = blob(1 << 20);
+    const store = storeWithPartial("abort-lock", digest, Buffer.alloc(0));
+    const release = await store.lockIngest(digest);
+    const s = await servers.serve(true, (_req, res) => res.writeHead(200).end(data));
+    const c = new RegistryClient(s.host, { ca: tls.caCert });
+    const ac = new AbortController();
+    try {
+      const p = fetchBlob(c, "a", { digest, size: data.length }, store, {
+        limiter: new RateLimiter(0),
+        signal: ac.signal,
+      });
+      await sleep(50);
+      ac.abort();
+      const err = await caught(p);
+      expect(err.code).toBe("E_ABORTED");
+      expect(s.seen).toHaveLength(0);
+    } finally {
+      release();
       c.close();
     }
   });
