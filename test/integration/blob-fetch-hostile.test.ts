@@ -255,3 +255,48 @@ describe("a cancel while waiting for another download of the blob", () => {
     }
   });
 });
+
+describe("a cancel mid-body", () => {
+  it("closes the connection the body came on and keeps what arrived for a resume", async () => {
+    const { data, digest } = blob(4 << 20);
+    const store = storeWithPartial("abort-body", digest, Buffer.alloc(0));
+    let closed = false;
+    let halfSent = false;
+    const s = await servers.serve(true, (req, res) => {
+      req.socket.once("close", () => {
+        closed = true;
+      });
+      res.writeHead(200, { "content-length": String(data.length) });
+      // Half the blob, then nothing more: the connection stays open until the client lets it go.
+      res.write(data.subarray(0, 2 << 20), () => {
+        halfSent = true;
+      });
+    });
+    const c = new RegistryClient(s.host, { ca: tls.caCert });
+    const ac = new AbortController();
+    try {
+      let received = 0;
+      const p = fetchBlob(c, "a", { digest, size: data.length }, store, {
+        limiter: new RateLimiter(0),
+        signal: ac.signal,
+        onBytes: (n) => {
+          received += n;
+        },
+      });
+      // The first 1 MiB batch is on disk; the rest waits in memory for the next batch, or the end.
+      while (!halfSent || received < 1 << 20) await sleep(10);
+      ac.abort();
+      const err = await caught(p);
+      expect(err.code).toBe("E_ABORTED");
+      while (!closed) await sleep(10);
+      const partial = join(work, "abort-body", "ingest", `${digest.slice(7)}.partial`);
+      // Whatever arrived is written before the error goes up: a resume fetches none of it again.
+      const kept = readFileSync(partial);
+      expect(kept.length).toBeGreaterThanOrEqual(1 << 20);
+      expect(kept.equals(data.subarray(0, kept.length))).toBe(true);
+      expect(store.has(digest)).toBe(false);
+    } finally {
+      c.close();
+    }
+  }, 20_000);
+});

@@ -261,3 +261,26 @@ describe("timeouts", () => {
     }
   });
 });
+
+describe("a registry that refuses every token", () => {
+  it("fetches one new token on a 401, then gives up with E_REGISTRY_AUTH instead of asking forever", async () => {
+    const tokens = await serve(true, (_req, res) => res.end(JSON.stringify({ token: "t", expires_in: 300 })));
+    const reg = await serve(true, (_req, res) => {
+      res.writeHead(401, { "www-authenticate": `Bearer realm="${tokens.origin}/token",service="s"` }).end();
+    });
+    const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
+    try {
+      const err = await caught(client.request("GET", "/v2/a/manifests/1", { scope: "repository:a:pull" }));
+      expect(err.code).toBe("E_REGISTRY_AUTH");
+      expect(tokens.seen).toHaveLength(1);
+      expect(reg.seen.map((r) => r.headers.authorization)).toEqual([undefined, "Bearer t"]);
+      // The next request has a cached token the registry refuses: it is refreshed once, no more.
+      const again = await caught(client.request("GET", "/v2/a/manifests/1", { scope: "repository:a:pull" }));
+      expect(again.code).toBe("E_REGISTRY_AUTH");
+      expect(tokens.seen).toHaveLength(2);
+      expect(reg.seen).toHaveLength(4);
+    } finally {
+      client.close();
+    }
+  });
+});
