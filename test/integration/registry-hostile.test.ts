@@ -284,3 +284,19 @@ describe("a registry that refuses every token", () => {
     }
   });
 });
+
+describe("TLS", () => {
+  it("refuses a registry whose certificate the configured CA did not sign, sending it no request", async () => {
+    const reg = await serve(true, (_req, res) => res.end("{}"));
+    // The CA of another test run: a well-formed bundle that did not sign this server's certificate.
+    const other = await makeTls(mkdtempSync(join(work, "other-ca-")));
+    const client = new RegistryClient(reg.host, { ...creds(), ca: other.caCert }, { attempts: 1 });
+    try {
+      const err = await caught(client.request("GET", "/v2/", { scope: "" }));
+      expect(err.code).toBe("E_REGISTRY_TLS");
+      expect(reg.seen).toHaveLength(0);
+    } finally {
+      client.close();
+    }
+  });
+});
