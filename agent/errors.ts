@@ -31,6 +31,7 @@ export type ErrorCode =
   | "E_MANIFEST_UNKNOWN"
   | "E_NO_PLATFORM"
   | "E_NO_SPACE"
+  | "E_STORE_IO"
   | "E_ABORTED"
   | "E_IMAGE_NOT_FOUND"
   | "E_IMAGE_IN_USE"

@@ -7,7 +7,6 @@
  */
 import type { Readable, Writable } from "node:stream";
 import { finished } from "node:stream/promises";
-import { setTimeout as sleep } from "node:timers/promises";
 import { FleetError } from "../errors.js";
 import type { ContentStore } from "../store/content-store.js";
 import type { Ingest } from "../store/ingest.js";
@@ -191,7 +190,10 @@ export async function fetchBlob(
   opts: BlobFetchOptions,
 ): Promise<boolean> {
   if (store.has(desc.digest)) return false;
-  const release = await store.lockIngest(desc.digest, opts.signal);
+  const release = await store.lockIngest(desc.digest, opts.signal).catch((err: unknown) => {
+    // A cancel is E_ABORTED like any other; the lock's own errors pass as they are.
+    throw opts.signal?.aborted ? client.networkError(`waiting for another download of blob ${desc.digest}`, err) : err;
+  });
   try {
     // Another process may have finished it while we waited for the lock.
     return store.has(desc.digest) ? false : await fetchLocked(client, repository, desc, store, opts);
@@ -223,7 +225,7 @@ async function fetchLocked(
         if (e.code !== "E_REGISTRY_UNREACHABLE") throw err;
         failures = ingest.offset > before ? 1 : failures + 1;
         if (failures >= client.retry.attempts) throw err;
-        await sleep(client.backoff(failures), undefined, { signal: opts.signal });
+        await client.wait(`GET blob ${desc.digest}`, client.backoff(failures), opts.signal);
       }
     }
   } finally {

@@ -136,7 +136,10 @@ async function fetchLayer(layer: LayerRecord, f: LayerFetch): Promise<void> {
   };
   const unpack = opts.unpack !== false;
   const feed = unpack && !deps.store.has(layer.digest) ? new PassThrough({ highWaterMark: FEED_BYTES }) : undefined;
-  const streaming = feed && settled(deps.snapshots.unpack(layer, feed, unpackOpts));
+  // The fed unpack names its snapshot only once the blob is committed, and every byte of it was fed.
+  const committed = settlement();
+  const streaming =
+    feed && settled(deps.snapshots.unpack(layer, feed, { ...unpackOpts, committed: committed.promise }));
   // An unpack that stops reading (a refused layer) lets the download go on without it.
   void streaming?.then(() => feed?.destroy());
   let done = deps.store.has(layer.digest) ? layer.size : 0;
@@ -154,10 +157,13 @@ async function fetchLayer(layer: LayerRecord, f: LayerFetch): Promise<void> {
       },
     });
   } catch (err) {
+    committed.reject(err);
     feed?.destroy();
     await streaming; // its tmp directory is gone before the error goes up
     throw err;
   }
+  if (followed) committed.resolve();
+  else committed.reject(new FleetError("E_ABORTED", `layer ${layer.digest}: the unpack missed bytes of the blob`));
   opts.onEvent?.({ type: "downloaded", layer: layer.digest });
   if (!unpack) return;
   if (feed && followed) {
@@ -170,6 +176,18 @@ async function fetchLayer(layer: LayerRecord, f: LayerFetch): Promise<void> {
     await deps.snapshots.unpack(layer, deps.store.createReadStream(layer.digest), unpackOpts);
   }
   opts.onEvent?.({ type: "unpacked", layer: layer.digest });
+}
+
+/** A promise with its resolve and reject, its rejection handled (whoever awaits it reports it). */
+function settlement(): { promise: Promise<void>; resolve: () => void; reject: (err: unknown) => void } {
+  let resolve!: () => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined); // the unpack, when it waits for it, fails with it and reports that
+  return { promise, resolve, reject };
 }
 
 /** What an unpack threw, or undefined once it succeeded. */

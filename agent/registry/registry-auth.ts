@@ -23,10 +23,12 @@ export class RegistryAuth {
   private readonly tokens = new Map<string, { value: string; expires: number }>();
   private challenge: Challenge | undefined;
 
+  /** `plainRealm`: a token service on plain HTTP is acceptable (the registry itself is configured `insecure`). */
   constructor(
     private readonly registry: string,
     private readonly credentials: RegistryCredentials,
     private readonly requestToken: TokenRequest,
+    private readonly plainRealm = false,
   ) {}
 
   /** The Authorization header for a repository scope, when one is known. */
@@ -50,7 +52,7 @@ export class RegistryAuth {
     }
     if (challenge.scheme !== "bearer" || !challenge.params.realm)
       throw this.error(`unsupported authentication scheme "${challenge.scheme}"`);
-    const url = new URL(challenge.params.realm);
+    const url = this.realmUrl(challenge.params.realm);
     if (challenge.params.service) url.searchParams.set("service", challenge.params.service);
     url.searchParams.append("scope", scope);
     const headers: Record<string, string> = {};
@@ -60,17 +62,45 @@ export class RegistryAuth {
       throw this.error(`the token service at ${url.origin} refused the credentials (HTTP ${res.statusCode})`);
     if (res.statusCode !== 200)
       throw new FleetError("E_REGISTRY", `${this.registry}: token service answered HTTP ${res.statusCode}`);
-    const body = JSON.parse(res.body.toString("utf8")) as {
-      token?: string;
-      access_token?: string;
-      expires_in?: number;
-      issued_at?: string;
-    };
+    const body = this.tokenBody(res.body, url);
     const value = body.token ?? body.access_token;
-    if (!value) throw new FleetError("E_REGISTRY", `${this.registry}: the token service sent no token`);
+    if (typeof value !== "string" || !value)
+      throw new FleetError("E_REGISTRY", `${this.registry}: the token service sent no token`);
     const lifetime = Math.max(60, body.expires_in ?? 60) * 1000;
     // Refresh a little early, so a token never expires mid-request.
     this.tokens.set(scope, { value, expires: Date.now() + lifetime - 10_000 });
+  }
+
+  /**
+   * The token service's URL from the challenge: https only, unless the
+   * registry is plain HTTP anyway, since the request carries the
+   * credentials and the token that comes back is one.
+   */
+  private realmUrl(realm: string): URL {
+    let url: URL;
+    try {
+      url = new URL(realm);
+    } catch {
+      // Not swallowed: the URL's own error says less than this one.
+      throw this.error(`the token service's realm "${realm}" is not a URL`);
+    }
+    if (url.protocol === "https:" || (url.protocol === "http:" && this.plainRealm)) return url;
+    throw this.error(
+      `the registry sends for tokens to ${url.origin}, which is not https; no credentials were sent there`,
+    );
+  }
+
+  private tokenBody(bytes: Buffer, url: URL): { token?: string; access_token?: string; expires_in?: number } {
+    try {
+      const body: unknown = JSON.parse(bytes.toString("utf8"));
+      if (body !== null && typeof body === "object") return body as { token?: string; access_token?: string };
+    } catch (err) {
+      throw new FleetError(
+        "E_REGISTRY",
+        `${this.registry}: the token service at ${url.origin} sent no JSON: ${(err as Error).message}`,
+      );
+    }
+    throw new FleetError("E_REGISTRY", `${this.registry}: the token service at ${url.origin} sent no JSON object`);
   }
 
   /** E_REGISTRY_AUTH, with a hint to configure credentials when there are none. */

@@ -46,8 +46,16 @@ export class RegistryClient {
     this.origin = `${auth.insecure ? "http" : "https"}://${registry}`;
     this.retrier = new RegistryRetry(registry, retry);
     this.retry = this.retrier.policy;
-    this.auth = new RegistryAuth(registry, auth, (url, headers, signal) =>
-      this.withRetry(`token from ${url.origin}`, () => this.http.buffered(url, { method: "GET", headers, signal })),
+    this.auth = new RegistryAuth(
+      registry,
+      auth,
+      (url, headers, signal) =>
+        this.withRetry(
+          `token from ${url.origin}`,
+          () => this.http.buffered(url, { method: "GET", headers, signal }),
+          signal,
+        ),
+      auth.insecure === true,
     );
     let ca: Buffer | undefined;
     try {
@@ -86,22 +94,25 @@ export class RegistryClient {
       // A body given as a factory is opened anew for each attempt.
       const body = () =>
         opts.body === undefined ? {} : { body: typeof opts.body === "function" ? opts.body() : opts.body };
-      let res = await this.withRetry(`${method} ${url.pathname}`, () =>
-        this.http.buffered(url, { method, headers, signal: opts.signal, ...body() }, opts.maxBytes),
+      let res = await this.withRetry(
+        `${method} ${url.pathname}`,
+        () => this.http.buffered(url, { method, headers, signal: opts.signal, ...body() }, opts.maxBytes),
+        opts.signal,
       );
       for (
         let hops = 0;
         res.statusCode >= 300 && res.statusCode < 400 && res.headers.location && method !== "PUT" && hops < 5;
         hops++
       ) {
-        const next = new URL(String(res.headers.location), url);
-        if (next.origin !== this.origin) delete headers.authorization; // never send credentials to another host
-        url = next;
-        res = await this.withRetry(`${method} ${url.pathname}`, () =>
-          this.http.buffered(url, { method, headers, signal: opts.signal }, opts.maxBytes),
+        url = this.redirect(url, res.headers.location, headers);
+        res = await this.withRetry(
+          `${method} ${url.pathname}`,
+          () => this.http.buffered(url, { method, headers, signal: opts.signal }, opts.maxBytes),
+          opts.signal,
         );
       }
-      if (res.statusCode === 401 && authTries === 0) {
+      // Only the registry's own challenge is answered: a host it redirected to gets no credentials.
+      if (res.statusCode === 401 && authTries === 0 && url.origin === this.origin) {
         await this.auth.authenticate(headerText(res.headers["www-authenticate"]), opts.scope, opts.signal);
         continue;
       }
@@ -124,12 +135,10 @@ export class RegistryClient {
       let res = await this.streamOnce(url, headers, opts.signal);
       for (let hops = 0; res.status >= 300 && res.status < 400 && res.headers.location && hops < 5; hops++) {
         res.body.destroy();
-        const next = new URL(String(res.headers.location), url);
-        if (next.origin !== this.origin) delete headers.authorization;
-        url = next;
+        url = this.redirect(url, res.headers.location, headers);
         res = await this.streamOnce(url, headers, opts.signal);
       }
-      if (res.status === 401 && authTries === 0) {
+      if (res.status === 401 && authTries === 0 && url.origin === this.origin) {
         res.body.destroy();
         await this.auth.authenticate(headerText(res.headers["www-authenticate"]), opts.scope, opts.signal);
         continue;
@@ -142,6 +151,30 @@ export class RegistryClient {
     }
   }
 
+  /**
+   * Where a redirect from `from` leads. Authorization never goes to another
+   * origin (host, port or scheme): it is dropped from `headers`. A redirect
+   * from https down to plain http (or to anything but http and https) is
+   * refused: what travels there could be read or changed on the way.
+   */
+  private redirect(from: URL, location: string, headers: Record<string, string>): URL {
+    let next: URL;
+    try {
+      next = new URL(location, from);
+    } catch {
+      // Not swallowed: the URL's own error says less than this one.
+      throw new FleetError("E_REGISTRY", `${this.registry}: ${from.pathname} redirects to "${location}", not a URL`);
+    }
+    const allowed = next.protocol === "https:" || (next.protocol === "http:" && from.protocol === "http:");
+    if (!allowed)
+      throw new FleetError(
+        "E_REGISTRY",
+        `${this.registry}: ${from.pathname} redirects from ${from.protocol} to ${next.protocol}//${next.host}; refused`,
+      );
+    if (next.origin !== this.origin) delete headers.authorization; // never send credentials to another origin
+    return next;
+  }
+
   private async streamOnce(url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<StreamResponse> {
     try {
       const res = await this.http.open(url, { method: "GET", headers, signal });
@@ -151,9 +184,18 @@ export class RegistryClient {
     }
   }
 
-  /** Runs `attempt` until it gives a non-retryable answer, backing off with jitter. */
-  withRetry<T extends { statusCode: number; headers: Headers }>(what: string, attempt: () => Promise<T>): Promise<T> {
-    return this.retrier.run(what, attempt);
+  /** Runs `attempt` until it gives a non-retryable answer, backing off with jitter; `signal` ends a backoff at once. */
+  withRetry<T extends { statusCode: number; headers: Headers }>(
+    what: string,
+    attempt: () => Promise<T>,
+    signal?: AbortSignal,
+  ): Promise<T> {
+    return this.retrier.run(what, attempt, signal);
+  }
+
+  /** Waits `ms` before a retry, or until `signal` aborts: then E_ABORTED. */
+  wait(what: string, ms: number, signal?: AbortSignal): Promise<void> {
+    return this.retrier.wait(what, ms, signal);
   }
 
   /** The wait before retry `attempt` (1-based), or what the registry's Retry-After asked for. */

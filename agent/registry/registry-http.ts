@@ -36,14 +36,20 @@ export interface HttpAnswer {
 
 export interface HttpTimeouts {
   connectMs: number;
-  /** From the request until the answer's headers. */
+  /** From the request's last byte until the answer's headers (an upload's own time does not count). */
   responseMs: number;
-  /** Between two pieces of the body. */
+  /** Between two pieces of the request or of the answer (a connection, an upload or a body that stops). */
   idleMs: number;
 }
 
 const DEFAULT_TIMEOUTS: HttpTimeouts = { connectMs: 10_000, responseMs: 30_000, idleMs: 30_000 };
 const IDLE_CONNECTION_MS = 30_000;
+/**
+ * The most a reply read into memory may hold when its caller names no cap
+ * of its own (tokens, error bodies, answers to uploads): a registry or
+ * token service that streams without end is cut off here.
+ */
+export const MAX_REPLY_BYTES = 1 << 20;
 
 /** An error with the errno-style code registry-retry.ts classifies (ETIMEDOUT is retried). */
 function timeout(what: string, ms: number): Error {
@@ -77,12 +83,25 @@ export class RegistryHttp {
         agent: secure ? this.https : this.http,
         ...(init.signal ? { signal: init.signal } : {}),
       });
+      let answered = false;
+      let answer: NodeJS.Timeout | undefined;
       const fail = (err: Error) => {
         clearTimeout(answer);
         req.destroy(err);
         reject(err);
       };
-      const answer = setTimeout(() => fail(timeout(`${init.method} ${url.pathname}`, responseMs)), responseMs);
+      // The socket's idle timer, from the start: a connection, an upload or a body that stops moving is cut
+      // (and retried by the caller); an upload that moves, however slowly, is not.
+      req.setTimeout(idleMs, () =>
+        answered
+          ? req.destroy(timeout(`reading ${url.pathname}`, idleMs))
+          : fail(timeout(`sending ${init.method} ${url.pathname}`, idleMs)),
+      );
+      // From the request's last byte until the answer's headers: the time an upload takes does not count.
+      req.once("finish", () => {
+        if (!answered)
+          answer = setTimeout(() => fail(timeout(`${init.method} ${url.pathname}`, responseMs)), responseMs);
+      });
       req.once("socket", (socket) => {
         if (!socket.connecting) return; // a kept-alive connection
         const connect = setTimeout(() => fail(timeout(`connecting to ${url.host}`, connectMs)), connectMs);
@@ -94,9 +113,8 @@ export class RegistryHttp {
         reject(err);
       });
       req.once("response", (res) => {
+        answered = true;
         clearTimeout(answer);
-        // The socket's idle timer, from here on: a body that stops arriving is cut, and retried by the caller.
-        req.setTimeout(idleMs, () => req.destroy(timeout(`reading ${url.pathname}`, idleMs)));
         resolve({ statusCode: res.statusCode ?? 0, headers: res.headers, body: res });
       });
       if (init.body === undefined || Buffer.isBuffer(init.body)) req.end(init.body);
@@ -108,7 +126,7 @@ export class RegistryHttp {
   async buffered(
     url: URL,
     init: HttpInit,
-    maxBytes = Number.POSITIVE_INFINITY,
+    maxBytes = MAX_REPLY_BYTES,
   ): Promise<{ statusCode: number; headers: IncomingHttpHeaders; body: Buffer }> {
     const res = await this.open(url, init);
     const chunks: Buffer[] = [];

@@ -51,8 +51,12 @@ export class RegistryRetry {
     this.policy = { ...DEFAULT_RETRY, ...policy };
   }
 
-  /** Runs `attempt` until it gives a non-retryable answer, backing off with jitter. */
-  async run<T extends { statusCode: number; headers: Headers }>(what: string, attempt: () => Promise<T>): Promise<T> {
+  /** Runs `attempt` until it gives a non-retryable answer, backing off with jitter; `signal` ends a backoff at once. */
+  async run<T extends { statusCode: number; headers: Headers }>(
+    what: string,
+    attempt: () => Promise<T>,
+    signal?: AbortSignal,
+  ): Promise<T> {
     for (let n = 1; ; n++) {
       let res: T | undefined;
       let error: FleetError | undefined;
@@ -70,7 +74,16 @@ export class RegistryRetry {
           `${this.registry}: ${what} kept failing with HTTP ${res!.statusCode} after ${n} attempts`,
         );
       }
-      await sleep(this.backoff(n, res?.headers["retry-after"]));
+      await this.wait(what, this.backoff(n, res?.headers["retry-after"]), signal);
+    }
+  }
+
+  /** Sleeps `ms`, or until `signal` aborts: then E_ABORTED. */
+  async wait(what: string, ms: number, signal?: AbortSignal): Promise<void> {
+    try {
+      await sleep(ms, undefined, signal ? { signal } : {});
+    } catch (err) {
+      throw this.networkError(what, err);
     }
   }
 

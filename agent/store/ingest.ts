@@ -7,7 +7,7 @@
 import { unlinkSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import type { Writable } from "node:stream";
-import { FleetError } from "../errors.js";
+import { errnoName, FleetError } from "../errors.js";
 import type { NativeBlobWriter } from "../system/native.js";
 
 interface IngestInit {
@@ -111,9 +111,22 @@ export class Ingest {
         `blob ${this.digest}: more than the ${this.expectedSize} bytes the manifest declares`,
       );
     }
-    await this.writer.write(chunks, this.written);
+    try {
+      await this.writer.write(chunks, this.written);
+    } catch (err) {
+      throw this.diskError(err);
+    }
     this.written += total;
     await this.feed(chunks);
+  }
+
+  /** A failed write as the FleetError that names the partial: E_NO_SPACE for a full disk or quota. */
+  private diskError(err: unknown): FleetError {
+    const code = errnoName(err) ?? "";
+    const why = `blob ${this.digest}: cannot write ${this.path} at byte ${this.written}: ${(err as Error).message}`;
+    if (code === "ENOSPC" || code === "EDQUOT")
+      return new FleetError("E_NO_SPACE", `${why} (${code}); the partial is kept to resume`, { cause: err });
+    return new FleetError("E_STORE_IO", `${why}${code ? ` (${code})` : ""}`, { cause: err });
   }
 
   /** Drops what was written, for a server that ignored the range and resent from the start. */

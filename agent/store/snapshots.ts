@@ -46,6 +46,12 @@ export interface SnapshotUnpackOptions {
   onWarning?: (message: string) => void;
   /** Tests lower them; everything else keeps layer-limits.ts's defaults. */
   limits?: Partial<LayerLimits>;
+  /**
+   * For an unpack fed while its blob downloads: settles once the blob is
+   * committed (or rejects when it is not). The snapshot is named only after,
+   * even when its tar ended before the blob did (bytes after a gzip stream).
+   */
+  committed?: Promise<void>;
 }
 
 export class Snapshots {
@@ -96,6 +102,7 @@ export class Snapshots {
           `layer ${diffId}: its uncompressed content hashes to ${result.diffId}`,
         );
       }
+      await opts.committed;
       try {
         renameSync(tmp, this.path(chainId));
       } catch (err) {

@@ -47,7 +47,7 @@ export function runTool(file: string, args: string[]): Promise<string> {
   });
 }
 
-interface TlsFiles {
+export interface TlsFiles {
   caCert: string;
   serverCert: string;
   serverKey: string;
@@ -55,7 +55,7 @@ interface TlsFiles {
 
 const EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
 
-async function makeTls(dir: string): Promise<TlsFiles> {
+export async function makeTls(dir: string): Promise<TlsFiles> {
   const f = (name: string) => join(dir, name);
   await runTool("openssl", [
     "req",
