@@ -1,6 +1,7 @@
 /* fleetlet-shim CONFIG SYNC_FD [--foreground]
  *
- * Detaches (fork, setsid, fork), forks the container's init into a new pid
+ * Detaches (fork, setsid, fork; or, started as a session leader, as the
+ * runtime starts it, just fork), forks the container's init into a new pid
  * namespace, joins it to its cgroups and reports one line on SYNC_FD:
  *   "ok SHIM_PID SHIM_START INIT_PID INIT_START" once the command is exec'd, or
  *   "err CODE ERRNO MESSAGE" if anything before exec failed.
@@ -224,6 +225,29 @@ static void supervise(const struct shim_config *cfg, pid_t init, int sigfd, int 
   write_exit(cfg, init, status, started);
 }
 
+/* Leaves the launcher: the shim goes on in a child whose parent exits, so it
+ * is reparented away from the launcher, in a session of its own that it
+ * does not lead (it can never gain a controlling terminal). Started as a
+ * session leader (posix_spawn's POSIX_SPAWN_SETSID, by the runtime) one
+ * fork does; otherwise fork, setsid, fork. Each fork is a new process to
+ * schedule, on the start's critical path. */
+static void detach(int sync_fd) {
+  struct shim_error err = {0};
+  int forks = getsid(0) == getpid() ? 1 : 2;
+  for (int i = 0; i < forks; i++) {
+    if (i == 1 && setsid() < 0) {
+      set_error(&err, EXIT_RUNTIME, errno, "setsid");
+      fail(sync_fd, &err);
+    }
+    pid_t p = fork();
+    if (p < 0) {
+      set_error(&err, EXIT_RUNTIME, errno, "fork the shim");
+      fail(sync_fd, &err);
+    }
+    if (p > 0) _exit(0);
+  }
+}
+
 int main(int argc, char **argv) {
   struct shim_config cfg;
   struct shim_error err = {0};
@@ -247,22 +271,7 @@ int main(int argc, char **argv) {
   int sync_fd = atoi(argv[2]);
   int fg = argc > 3 && strcmp(argv[3], "--foreground") == 0;
 
-  pid_t p = fork();
-  if (p < 0) {
-    set_error(&err, EXIT_RUNTIME, errno, "fork the shim");
-    fail(sync_fd, &err);
-  }
-  if (p > 0) _exit(0);
-  if (setsid() < 0) {
-    set_error(&err, EXIT_RUNTIME, errno, "setsid");
-    fail(sync_fd, &err);
-  }
-  p = fork();
-  if (p < 0) {
-    set_error(&err, EXIT_RUNTIME, errno, "fork the shim");
-    fail(sync_fd, &err);
-  }
-  if (p > 0) _exit(0);
+  detach(sync_fd);
 
   if (config_read(argv[1], &cfg, &err) < 0) fail(sync_fd, &err);
   /* Nothing the launcher handed over or leaked (the status pipe, the config
