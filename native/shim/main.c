@@ -148,14 +148,24 @@ static int release(int go_fd, char step, struct shim_error *err) {
   return -1;
 }
 
+struct started_pids {
+  pid_t shim, init;
+  unsigned long long shim_start, init_start; /* read once: for running.json and the "ok" line */
+};
+
 /* running.json: what a later process needs to find this container again.
- * Written once, before the launcher hears "ok"; readers check its shape. */
-static int write_running(const struct shim_config *cfg, pid_t init, const char *started, struct shim_error *err) {
+ * Written once, before the launcher hears "ok"; readers check its shape.
+ * Fills in the start times, which the "ok" line repeats. */
+
+static int write_running(const struct shim_config *cfg, struct started_pids *p, const char *started,
+                         struct shim_error *err) {
   char json[512];
+  p->shim_start = start_time(p->shim);
+  p->init_start = start_time(p->init);
   int n = snprintf(json, sizeof(json),
                    "{\"shim\":{\"pid\":%d,\"startTime\":\"%llu\"},\"init\":{\"pid\":%d,\"startTime\":\"%llu\"},"
                    "\"startedAt\":\"%s\"}\n",
-                   getpid(), start_time(getpid()), init, start_time(init), started);
+                   p->shim, p->shim_start, p->init, p->init_start, started);
   cleanup_fd int fd = open(cfg->running_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0 || write(fd, json, n) != n) {
     set_error(err, EXIT_RUNTIME, errno, "record the running container in `%s`", cfg->running_path);
@@ -328,8 +338,9 @@ int main(int argc, char **argv) {
    * records, so the files and the cgroup move cost no time of their own. */
   char started[40];
   iso_now(started, sizeof(started));
+  struct started_pids pids = {.shim = getpid(), .init = init};
   if (prepare_dirs(&cfg, &err) < 0 || release(go[1], 'd', &err) < 0 || join_cgroups(&cfg, init, &err) < 0 ||
-      release(go[1], 'g', &err) < 0 || write_running(&cfg, init, started, &err) < 0 ||
+      release(go[1], 'g', &err) < 0 || write_running(&cfg, &pids, started, &err) < 0 ||
       log_file_open(&log, cfg.log_path, cfg.log_max, cfg.log_keep, &err) < 0) {
     kill(init, SIGKILL);
     waitpid(init, NULL, 0);
@@ -355,7 +366,7 @@ int main(int argc, char **argv) {
     if (n != sizeof(child_err)) set_error(&child_err, EXIT_RUNTIME, 0, "container init died before exec");
     fail(sync_fd, &child_err);
   }
-  report(sync_fd, "ok %d %llu %d %llu", getpid(), start_time(getpid()), init, start_time(init));
+  report(sync_fd, "ok %d %llu %d %llu", pids.shim, pids.shim_start, pids.init, pids.init_start);
   close(sync_fd);
   if (!fg) {
     int devnull = open("/dev/null", O_RDWR);
