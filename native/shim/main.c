@@ -1,6 +1,7 @@
 /* fleetlet-shim CONFIG SYNC_FD [--foreground]
  *
- * Detaches (fork, setsid, fork), forks the container's init into a new pid
+ * Detaches (fork, setsid, fork; or, started as a session leader, as the
+ * runtime starts it, just fork), forks the container's init into a new pid
  * namespace, joins it to its cgroups and reports one line on SYNC_FD:
  *   "ok SHIM_PID SHIM_START INIT_PID INIT_START" once the command is exec'd, or
  *   "err CODE ERRNO MESSAGE" if anything before exec failed.
@@ -147,14 +148,24 @@ static int release(int go_fd, char step, struct shim_error *err) {
   return -1;
 }
 
+struct started_pids {
+  pid_t shim, init;
+  unsigned long long shim_start, init_start; /* read once: for running.json and the "ok" line */
+};
+
 /* running.json: what a later process needs to find this container again.
- * Written once, before the launcher hears "ok"; readers check its shape. */
-static int write_running(const struct shim_config *cfg, pid_t init, const char *started, struct shim_error *err) {
+ * Written once, before the launcher hears "ok"; readers check its shape.
+ * Fills in the start times, which the "ok" line repeats. */
+
+static int write_running(const struct shim_config *cfg, struct started_pids *p, const char *started,
+                         struct shim_error *err) {
   char json[512];
+  p->shim_start = start_time(p->shim);
+  p->init_start = start_time(p->init);
   int n = snprintf(json, sizeof(json),
                    "{\"shim\":{\"pid\":%d,\"startTime\":\"%llu\"},\"init\":{\"pid\":%d,\"startTime\":\"%llu\"},"
                    "\"startedAt\":\"%s\"}\n",
-                   getpid(), start_time(getpid()), init, start_time(init), started);
+                   p->shim, p->shim_start, p->init, p->init_start, started);
   cleanup_fd int fd = open(cfg->running_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0 || write(fd, json, n) != n) {
     set_error(err, EXIT_RUNTIME, errno, "record the running container in `%s`", cfg->running_path);
@@ -224,6 +235,29 @@ static void supervise(const struct shim_config *cfg, pid_t init, int sigfd, int 
   write_exit(cfg, init, status, started);
 }
 
+/* Leaves the launcher: the shim goes on in a child whose parent exits, so it
+ * is reparented away from the launcher, in a session of its own that it
+ * does not lead (it can never gain a controlling terminal). Started as a
+ * session leader (posix_spawn's POSIX_SPAWN_SETSID, by the runtime) one
+ * fork does; otherwise fork, setsid, fork. Each fork is a new process to
+ * schedule, on the start's critical path. */
+static void detach(int sync_fd) {
+  struct shim_error err = {0};
+  int forks = getsid(0) == getpid() ? 1 : 2;
+  for (int i = 0; i < forks; i++) {
+    if (i == 1 && setsid() < 0) {
+      set_error(&err, EXIT_RUNTIME, errno, "setsid");
+      fail(sync_fd, &err);
+    }
+    pid_t p = fork();
+    if (p < 0) {
+      set_error(&err, EXIT_RUNTIME, errno, "fork the shim");
+      fail(sync_fd, &err);
+    }
+    if (p > 0) _exit(0);
+  }
+}
+
 int main(int argc, char **argv) {
   struct shim_config cfg;
   struct shim_error err = {0};
@@ -247,22 +281,7 @@ int main(int argc, char **argv) {
   int sync_fd = atoi(argv[2]);
   int fg = argc > 3 && strcmp(argv[3], "--foreground") == 0;
 
-  pid_t p = fork();
-  if (p < 0) {
-    set_error(&err, EXIT_RUNTIME, errno, "fork the shim");
-    fail(sync_fd, &err);
-  }
-  if (p > 0) _exit(0);
-  if (setsid() < 0) {
-    set_error(&err, EXIT_RUNTIME, errno, "setsid");
-    fail(sync_fd, &err);
-  }
-  p = fork();
-  if (p < 0) {
-    set_error(&err, EXIT_RUNTIME, errno, "fork the shim");
-    fail(sync_fd, &err);
-  }
-  if (p > 0) _exit(0);
+  detach(sync_fd);
 
   if (config_read(argv[1], &cfg, &err) < 0) fail(sync_fd, &err);
   /* Nothing the launcher handed over or leaked (the status pipe, the config
@@ -319,8 +338,9 @@ int main(int argc, char **argv) {
    * records, so the files and the cgroup move cost no time of their own. */
   char started[40];
   iso_now(started, sizeof(started));
+  struct started_pids pids = {.shim = getpid(), .init = init};
   if (prepare_dirs(&cfg, &err) < 0 || release(go[1], 'd', &err) < 0 || join_cgroups(&cfg, init, &err) < 0 ||
-      release(go[1], 'g', &err) < 0 || write_running(&cfg, init, started, &err) < 0 ||
+      release(go[1], 'g', &err) < 0 || write_running(&cfg, &pids, started, &err) < 0 ||
       log_file_open(&log, cfg.log_path, cfg.log_max, cfg.log_keep, &err) < 0) {
     kill(init, SIGKILL);
     waitpid(init, NULL, 0);
@@ -346,7 +366,7 @@ int main(int argc, char **argv) {
     if (n != sizeof(child_err)) set_error(&child_err, EXIT_RUNTIME, 0, "container init died before exec");
     fail(sync_fd, &child_err);
   }
-  report(sync_fd, "ok %d %llu %d %llu", getpid(), start_time(getpid()), init, start_time(init));
+  report(sync_fd, "ok %d %llu %d %llu", pids.shim, pids.shim_start, pids.init, pids.init_start);
   close(sync_fd);
   if (!fg) {
     int devnull = open("/dev/null", O_RDWR);

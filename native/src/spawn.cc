@@ -147,8 +147,14 @@ Napi::Value SpawnShim(const Napi::CallbackInfo& info) {
   posix_spawn_file_actions_adddup2(&fa, cfg, 4);
   const char* argv[] = {shim.c_str(), "/proc/self/fd/4", "3", foreground ? "--foreground" : nullptr, nullptr};
   const char* envp[] = {nullptr};
+  // The shim starts as the leader of a session of its own, so it detaches
+  // with one fork rather than two (see native/shim/main.c).
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
   pid_t pid;
-  int rc = posix_spawn(&pid, shim.c_str(), &fa, nullptr, const_cast<char* const*>(argv), const_cast<char* const*>(envp));
+  int rc = posix_spawn(&pid, shim.c_str(), &fa, &attr, const_cast<char* const*>(argv), const_cast<char* const*>(envp));
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&fa);
   close(fds[1]);
   close(cfg);
