@@ -242,14 +242,15 @@ describe("a document whose networks or ports clash with the host", () => {
   it("is refused with E_NETWORK_CONFLICT before anything stops", async () => {
     const web = containerOf("web");
     const pid = pidOf(web);
-    const clash = { networks: { backend: { subnet: lab.deviceIp.replace(/\.2$/, ".0/24") } } };
+    // A private range the device routes to (the lab's own link is in 198.18.0.0/15, which no subnet may take).
+    lab.run(lab.device, ["ip", "route", "add", "10.77.0.0/24", "via", lab.outsideIp]);
+    const clash = { networks: { backend: { subnet: "10.77.0.0/25" } } };
     const r = await inDevice(["apply", desired(services(), clash)]);
+    lab.run(lab.device, ["ip", "route", "del", "10.77.0.0/24"]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).not.toContain("networkLost");
     expect(r.stderr).toContain("[E_NETWORK_CONFLICT]");
-    expect(r.stderr).toContain(
-      `networks.backend.subnet: ${lab.deviceIp.replace(/\.2$/, ".0/24")} overlaps the host's route`,
-    );
+    expect(r.stderr).toContain("networks.backend.subnet: 10.77.0.0/25 overlaps the host's route to 10.77.0.0/24");
     expect(containerOf("web")).toBe(web);
     expect(pidOf(web)).toBe(pid);
   });

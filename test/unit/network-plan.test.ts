@@ -28,7 +28,7 @@ function planInput(doc: Partial<DesiredStateInput>, over: Partial<NetworkPlanInp
   return {
     desired: desiredState.parse(input(doc)),
     recorded: {},
-    host: { routes: [route("0.0.0.0/0"), route("192.0.2.0/24")], bound: [] },
+    host: { routes: [route("0.0.0.0/0"), route("192.168.2.0/24")], bound: [] },
     ownPorts: [],
     bridgeName: (n) => `fl-${n}`.slice(0, 15),
     ...over,
@@ -85,6 +85,14 @@ describe("the desired document's networks and ports", () => {
     ],
     [{ networks: { n: { subnet: "10.0.0.1/24" } } }, 'networks.n.subnet: expected "auto" or an IPv4 network'],
     [{ networks: { n: { subnet: "10.0.0.0/30" } } }, "networks.n.subnet: expected"],
+    // Outside the private ranges a bridge would take the host's own routes (its loopback, the cloud's
+    // 169.254.169.254, a public DNS server or broker) to the containers.
+    ...["127.0.0.0/8", "169.254.169.0/24", "224.0.0.0/8", "0.0.0.0/8", "240.0.0.0/8", "8.8.8.0/28", "11.0.0.0/8"].map(
+      (subnet): [object, string] => [
+        { networks: { n: { subnet } } },
+        "networks.n.subnet: expected a private network (within 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16)",
+      ],
+    ),
     [{ networks: { n: { ipv6: true } } }, "networks.n.ipv6: IPv6 container networks are not supported yet"],
     [{ networks: { n: { mtu: 1400 } } }, 'networks.n: Unrecognized key: "mtu"'],
     [
@@ -93,6 +101,11 @@ describe("the desired document's networks and ports", () => {
     ],
   ])("refuses %j naming the field", (doc, message) => {
     expect(refusal(doc as Partial<DesiredStateInput>)).toContain(message);
+  });
+
+  it("takes subnets within the private ranges, up to a whole range", () => {
+    for (const subnet of ["10.0.0.0/8", "10.20.0.0/24", "172.16.0.0/12", "172.31.255.240/28", "192.168.0.0/16"])
+      expect(refusal({ networks: { n: { subnet } } })).toBe("");
   });
 
   it("lets the same host port be published for TCP and UDP, and on two host addresses", () => {
@@ -148,9 +161,9 @@ describe("placing networks on the host", () => {
   });
 
   it("refuses an explicit subnet that overlaps a host route, with E_NETWORK_CONFLICT naming both", () => {
-    const doc = { networks: { a: { subnet: "192.0.2.128/25" } }, services: { s: { ...web, networks: ["a"] } } };
+    const doc = { networks: { a: { subnet: "192.168.2.128/25" } }, services: { s: { ...web, networks: ["a"] } } };
     expect(codeOf(() => placeNetworks(planInput(doc)))).toBe(
-      "E_NETWORK_CONFLICT: networks.a.subnet: 192.0.2.128/25 overlaps the host's route to 192.0.2.0/24 (dev eth0)",
+      "E_NETWORK_CONFLICT: networks.a.subnet: 192.168.2.128/25 overlaps the host's route to 192.168.2.0/24 (dev eth0)",
     );
   });
 
