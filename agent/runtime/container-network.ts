@@ -10,7 +10,7 @@
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Attachment, ContainerSpec } from "../../schemas/container.js";
 import type { HostNetworkFacts } from "../../schemas/network.js";
@@ -154,6 +154,7 @@ export class ContainerNetwork {
         this.isolated.add(a.bridge);
         intent.results[i] = (await this.chain(id, intent, i, "ADD"))!;
         this.writeIntent(id, intent);
+        closeIpv6(a.bridge);
       }
       // The peers known now are there before the command runs; the agent rewrites the file as they change.
       rewriteInPlace(join(dir, "hosts"), hostsContent(selfEntries(intent), spec.extraHosts));
@@ -224,6 +225,21 @@ export class ContainerNetwork {
     await removeBridgeRules(network.bridge);
     this.isolated.delete(network.bridge);
     rmSync(join(this.ipamDir(), network.bridge), { recursive: true, force: true });
+  }
+}
+
+/**
+ * Takes IPv6 off the bridge (the bridge plugin leaves it on): its link-local
+ * address would be an address of the device on every network, internal ones
+ * included, so a container reached the device's programs on all addresses
+ * (`::`) through `fe80::…%eth0` with no route and no capability.
+ */
+function closeIpv6(bridge: string): void {
+  try {
+    writeFileSync(`/proc/sys/net/ipv6/conf/${bridge}/disable_ipv6`, "1");
+  } catch (err) {
+    // No IPv6 in this kernel (or turned off at boot): the bridge has no IPv6 address to take away.
+    if (!isErrno(err, "ENOENT")) throw err;
   }
 }
 

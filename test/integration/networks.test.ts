@@ -406,6 +406,27 @@ describe("two deployments on one device", () => {
     ).not.toBe(0);
     expect((await inService("client", "ip route", other)).output).not.toContain("default");
   });
+
+  it("gives the device no IPv6 address on its bridges, so no container reaches its programs by fe80::…", async () => {
+    const listener = spawn(
+      "nsenter",
+      nsArgs(lab.device, ["busybox", "nc", "-l", "-p", "7171", "-e", "echo", "device-secret"]),
+    );
+    servers.push(listener);
+    await waitForListener(7171);
+    const bridges = Object.values(dbOf(other).networks as Record<string, { bridge: string }>).map((n) => n.bridge);
+    const linkLocal = bridges.flatMap(
+      (b) => lab.run(lab.device, ["ip", "-6", "-o", "addr", "show", "dev", b]).match(/fe80::[0-9a-f:]+/g) ?? [],
+    );
+    // Checked to fail before: the bridge plugin left one on each bridge, and `client`, on the internal
+    // network only, got the device's answer through it.
+    for (const address of linkLocal)
+      expect((await inService("client", `timeout 3 nc ${address}%eth0 7171 </dev/null`, other)).output).not.toContain(
+        "device-secret",
+      );
+    expect(linkLocal).toEqual([]);
+    listener.kill("SIGKILL");
+  });
 });
 
 /** The device namespace's links whose names start with one of these prefixes. */
