@@ -1,8 +1,9 @@
 /**
  * The firewall rules of our bridges, in two chains of our own: in the filter
  * table FLEETLET-ISOLATION (jumped to first from FORWARD) drops what one of
- * our bridges (all named `fl-…`) would route to another, and for an internal
- * network everything routed in or out; in the nat table FLEETLET-MASQ
+ * our bridges (all named `fl-…`) would route to another, what is routed in
+ * to a bridge that is neither a published port nor a reply, and for an
+ * internal network everything routed in or out; in the nat table FLEETLET-MASQ
  * (jumped to from POSTROUTING) masquerades what leaves a network that is not
  * internal by any other link. One masquerade rule per network, rather than
  * the bridge plugin's chain per container: cheaper, and nothing is left
@@ -47,6 +48,9 @@ function rulesOf(bridge: string, subnet: string, internal: boolean): [Chain, str
   return [
     own,
     [ISOLATION, ["-i", bridge, "-o", `${BRIDGE_PREFIX}+`, "-j", "DROP"]],
+    // Routed in from elsewhere: only a published port (DNAT) or a reply. The bridge plugin turns
+    // forwarding on, so a host that routes the subnet through the device reached every port.
+    [ISOLATION, ["-o", bridge, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP"]],
     [MASQ, ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]],
   ];
 }

@@ -230,6 +230,21 @@ describe("published ports", () => {
     expect(await udpAsk(lab.device, "127.0.0.1", 5353)).toBe("udp-ok ping");
   });
 
+  it("are all another host reaches of a container, even one that routes the bridge's subnet through the device", async () => {
+    const { subnet } = Object.values(dbOf().networks as Record<string, { subnet: string }>)[0]!;
+    const { db, web } = dbOf().services;
+    lab.run(lab.outside, ["ip", "route", "add", subnet, "via", lab.deviceIp]);
+    try {
+      // Checked to fail before: the bridge plugin turns forwarding on, and nothing stopped a routed packet.
+      expect(await fetchFrom(lab.outside, `http://${db.addresses.backend}/`)).toBe("");
+      expect(await fetchFrom(lab.outside, `http://${web.addresses.backend}:9090/`)).toBe("");
+      expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+      expect(await udpAsk(lab.outside, lab.deviceIp, 5353)).toBe("udp-ok ping");
+    } finally {
+      lab.run(lab.outside, ["ip", "route", "del", subnet]);
+    }
+  });
+
   it("reach a container from itself through the host's address (hairpin)", async () => {
     expect(await inService("web", `timeout 5 wget -q -O - http://${lab.deviceIp}:8080/`)).toEqual({
       exitCode: 0,
