@@ -259,4 +259,14 @@ describe("reading the host's network from /proc", () => {
     const udp = `${header}\n   0: 00000000:14E9 00000000:0000 07 0`;
     expect(parseSockets(udp, "udp")).toEqual([{ protocol: "udp", ip: "", port: 5353 }]);
   });
+
+  it("leaves out sockets on one IPv6 address: published ports are IPv4 only, and such a socket takes none", () => {
+    // [::1]:8080 and [fe80::1]:8080: a document publishing 8080 was refused for them.
+    const header = "  sl  local_address rem_address   st tx_queue rx_queue";
+    const tcp6 = `${header}\n 0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0\n 1: 000080FE000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0`;
+    const bound = parseSockets(tcp6, "tcp");
+    expect(bound).toEqual([]);
+    const doc = { services: { web: { ...web, ports: ["8080:80"] } } };
+    expect(codeOf(() => checkPorts(planInput(doc, { host: { routes: [], bound } })))).toBe("");
+  });
 });
