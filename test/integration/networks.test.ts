@@ -245,6 +245,20 @@ describe("published ports", () => {
     }
   });
 
+  it("and the way out work on a host whose firewall drops what it forwards by default (ufw's, Docker's policy)", async () => {
+    lab.run(lab.device, ["iptables", "-P", "FORWARD", "DROP"]);
+    try {
+      // Checked to fail before: our chain only dropped, so the policy dropped the rest.
+      expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+      expect(await udpAsk(lab.outside, lab.deviceIp, 5353)).toBe("udp-ok ping");
+      expect((await inService("db", `timeout 5 wget -q -O - http://${lab.outsideIp}:8000/`)).output).toBe(
+        "outside-ok\n",
+      );
+    } finally {
+      lab.run(lab.device, ["iptables", "-P", "FORWARD", "ACCEPT"]);
+    }
+  });
+
   it("reach a container from itself through the host's address (hairpin)", async () => {
     expect(await inService("web", `timeout 5 wget -q -O - http://${lab.deviceIp}:8080/`)).toEqual({
       exitCode: 0,
