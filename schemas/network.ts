@@ -64,7 +64,9 @@ export function cidrOverlaps(a: Cidr, b: Cidr): boolean {
 export function parsePort(text: string): PortMapping | undefined {
   const m = PORT_SYNTAX.exec(text);
   if (!m) return undefined;
-  const hostIp = m[1] ?? "";
+  // 0.0.0.0 is every address, to the portmap plugin as to the planner (it was one address to the planner
+  // only, so a port bound on 127.0.0.1 (the agent's API) or on one of the device's addresses was taken).
+  const hostIp = m[1] === "0.0.0.0" ? "" : (m[1] ?? "");
   const hostPort = Number(m[2]);
   const containerPort = Number(m[3]);
   if (hostIp && ipv4ToNumber(hostIp) === undefined) return undefined;

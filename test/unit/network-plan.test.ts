@@ -8,7 +8,7 @@ import { parseForwardedPorts, parseRoutes, parseSockets } from "../../agent/runt
 import type { NetworkRecord } from "../../schemas/db.js";
 import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
 import { formatIssues } from "../../schemas/format-issues.js";
-import { type BoundPort, type HostRoute, parseCidr } from "../../schemas/network.js";
+import { type BoundPort, type HostRoute, parseCidr, parsePort } from "../../schemas/network.js";
 
 const D1 = `sha256:${"1".repeat(64)}`;
 
@@ -73,6 +73,10 @@ describe("the desired document's networks and ports", () => {
     [{ services: { web: { ...web, ports: ["300.1.1.1:80:80"] } } }, "services.web.ports.0: expected"],
     [
       { services: { a: { ...web, ports: ["8080:80"] }, b: { ...web, ports: ["127.0.0.1:8080:81"] } } },
+      "services.b.ports.0: host port 8080/tcp is already published by services.a.ports[0]",
+    ],
+    [
+      { services: { a: { ...web, ports: ["0.0.0.0:8080:80"] }, b: { ...web, ports: ["127.0.0.1:8080:81"] } } },
       "services.b.ports.0: host port 8080/tcp is already published by services.a.ports[0]",
     ],
     [
@@ -197,6 +201,15 @@ describe("checking published ports against the host", () => {
     [[bound("udp", "", 5353)], "E_PORT_IN_USE: services.web.ports[2]"],
   ])("refuses a port the host has bound: %j", (b, message) => {
     expect(check(b)).toContain(message);
+  });
+
+  it("takes 0.0.0.0 as every address, as the portmap plugin does: the agent's API on 127.0.0.1 is not taken", () => {
+    // portmap publishes "0.0.0.0:7780:80" on every address, 127.0.0.1:7780 (the status endpoint) included.
+    const api = { services: { web: { ...web, ports: ["0.0.0.0:7780:80"] } } };
+    expect(
+      codeOf(() => checkPorts(planInput(api, { host: { routes: [], bound: [bound("tcp", "127.0.0.1", 7780)] } }))),
+    ).toBe("E_PORT_IN_USE: services.web.ports[0]: host port 7780/tcp is already bound on the host (127.0.0.1)");
+    expect(parsePort("0.0.0.0:7780:80")).toEqual({ hostIp: "", hostPort: 7780, containerPort: 80, protocol: "tcp" });
   });
 
   it("passes a port bound for the other protocol, or on another address than the one published", () => {
