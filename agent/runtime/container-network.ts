@@ -154,7 +154,7 @@ export class ContainerNetwork {
         this.isolated.add(a.bridge);
         intent.results[i] = (await this.chain(id, intent, i, "ADD"))!;
         this.writeIntent(id, intent);
-        closeIpv6(a.bridge);
+        closeIpv6(a.bridge); // once the plugin has made the bridge
       }
       // The peers known now are there before the command runs; the agent rewrites the file as they change.
       rewriteInPlace(join(dir, "hosts"), hostsContent(selfEntries(intent), spec.extraHosts));
@@ -184,6 +184,14 @@ export class ContainerNetwork {
     const intent = this.readIntent(id);
     if (!intent) throw new FleetError("E_RUNTIME", `container ${id}: no network set up`);
     for (let i = 0; i < intent.attachments.length; i++) await this.chain(id, intent, i, "CHECK");
+    // The bridges' rules too (a firewall reload, or an older agent's, while no agent ran): once per process.
+    for (const a of intent.attachments) await this.isolate(a);
+  }
+
+  private async isolate(a: Attachment): Promise<void> {
+    if (!this.isolated.has(a.bridge)) await addBridgeRules(a.bridge, a.subnet, a.internal);
+    this.isolated.add(a.bridge);
+    closeIpv6(a.bridge);
   }
 
   /** The container's address on each network it joined, by network name. */

@@ -506,6 +506,19 @@ describe("an agent killed with SIGKILL", () => {
     expect(await inService("web", "timeout 5 wget -q -O - http://db/")).toEqual({ exitCode: 0, output: "db-ok\n" });
   });
 
+  it("is followed by one that puts back, for the containers it adopts, the bridge rules a firewall reload took", async () => {
+    const { bridge } = dbOf().services.db.networks[0];
+    const db = containerOf("db");
+    lab.run(lab.device, ["iptables", "-F", "FLEETLET-ISOLATION"]);
+    lab.run(lab.device, ["sysctl", "-q", "-w", `net.ipv6.conf.${bridge}.disable_ipv6=0`]);
+    const r = await inDevice(["apply", desired(services(), backend)]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(containerOf("db")).toBe(db);
+    // Checked to fail before: only a container's start on the bridge put them back.
+    expect(lab.run(lab.device, ["iptables", "-S", "FLEETLET-ISOLATION"])).toContain(`-o ${bridge} -m conntrack`);
+    expect(lab.run(lab.device, ["sysctl", "-n", `net.ipv6.conf.${bridge}.disable_ipv6`]).trim()).toBe("1");
+  });
+
   it("is followed by one that makes a container anew whose network was broken while no agent ran", async () => {
     const db = containerOf("db");
     const pid = pidOf(db);
