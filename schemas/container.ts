@@ -9,6 +9,11 @@ import { ipv4ToNumber, parseCidr } from "./network.js";
 import { byteQuantity } from "./quantity.js";
 
 export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+
+/** A host name (sethostname, /etc/hosts): unlike NAME_PATTERN, no '_'. */
+export const hostName = z
+  .string()
+  .regex(/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$/, "expected a host name of letters, digits, '.' and '-' (at most 63)");
 const name = z
   .string()
   .regex(NAME_PATTERN, "expected letters, digits, '_', '.' or '-' (at most 63), starting with a letter or digit");
@@ -84,10 +89,7 @@ const containerFields = z.object({
       groups: z.array(z.number().int().min(0)).default([]),
     })
     .default({ uid: 0, gid: 0, groups: [] }),
-  hostname: z
-    .string()
-    .regex(/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$/, "expected a host name of letters, digits, '.' and '-' (at most 63)")
-    .optional(),
+  hostname: hostName.optional(),
   resources,
   /** "bridge": the container joins `attachments`, each a bridge, in a network namespace of its own. */
   network: z.enum(["none", "host", "bridge"]).default("none"),

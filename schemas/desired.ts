@@ -4,7 +4,7 @@
  * Parse errors name the field path, e.g. "services.web.restart: …".
  */
 import { z } from "zod";
-import { NAME_PATTERN, volumeTarget } from "./container.js";
+import { hostName, NAME_PATTERN, volumeTarget } from "./container.js";
 import { deviceList, groupRef } from "./device.js";
 import { checkServiceNetworks, networkSpec, portSpec } from "./network.js";
 import { byteQuantity } from "./quantity.js";
@@ -25,7 +25,7 @@ export const serviceSpec = z.object({
   env: z.record(z.string().regex(/^[^=\0]+$/, "expected a variable name"), z.string()).default({}),
   workingDir: z.string().optional(),
   user: z.string().optional(),
-  hostname: z.string().optional(),
+  hostname: hostName.optional(),
   resources: z
     .object({
       memory: byteQuantity.optional(),

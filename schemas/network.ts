@@ -64,7 +64,9 @@ export function cidrOverlaps(a: Cidr, b: Cidr): boolean {
 export function parsePort(text: string): PortMapping | undefined {
   const m = PORT_SYNTAX.exec(text);
   if (!m) return undefined;
-  const hostIp = m[1] ?? "";
+  // 0.0.0.0 is every address, to the portmap plugin as to the planner (it was one address to the planner
+  // only, so a port bound on 127.0.0.1 (the agent's API) or on one of the device's addresses was taken).
+  const hostIp = m[1] === "0.0.0.0" ? "" : (m[1] ?? "");
   const hostPort = Number(m[2]);
   const containerPort = Number(m[3]);
   if (hostIp && ipv4ToNumber(hostIp) === undefined) return undefined;
@@ -79,11 +81,31 @@ export const portSpec = z
     'expected "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]" with ports 1-65535 and an IPv4 host address',
   );
 
+/**
+ * The private ranges (RFC 1918) an explicit subnet must lie in. Anywhere else
+ * the bridge's route would take from the host the addresses it reaches by its
+ * default route or its local table (127.0.0.0/8, the cloud's 169.254.169.254,
+ * a public DNS server, the broker or the registry), for containers to answer.
+ */
+const PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+
+/** Whether `inner` lies wholly within `outer`. */
+const within = (inner: Cidr, outer: Cidr) =>
+  inner.prefix >= outer.prefix &&
+  Math.floor(inner.base / 2 ** (32 - outer.prefix)) === outer.base / 2 ** (32 - outer.prefix);
+
 const subnet = z
   .string()
   .refine(
     (s) => s === "auto" || (parseCidr(s) !== undefined && parseCidr(s)!.prefix >= 8 && parseCidr(s)!.prefix <= 28),
-    'expected "auto" or an IPv4 network such as 10.20.0.0/24 (prefix 8 to 28, no host bits set)',
+    {
+      message: 'expected "auto" or an IPv4 network such as 10.20.0.0/24 (prefix 8 to 28, no host bits set)',
+      abort: true,
+    },
+  )
+  .refine(
+    (s) => s === "auto" || PRIVATE_RANGES.some((r) => within(parseCidr(s)!, parseCidr(r)!)),
+    `expected a private network (within ${PRIVATE_RANGES.join(", ").replace(/, (?=[^,]*$)/, " or ")}): any other would take the host's own routes to those addresses`,
   );
 
 export const networkSpec = z.strictObject({

@@ -40,7 +40,8 @@ export function serviceContainerSpec(
     ),
     workingDir: spec.workingDir ?? image.workingDir ?? "/",
     user: { ...resolved, groups: [...resolved.groups, ...groupAdd] },
-    hostname: spec.hostname ?? service,
+    // A service name may hold '_', a host name not; its peers know it by its name (an alias) all the same.
+    hostname: spec.hostname ?? service.replaceAll("_", "-"),
     resources: { memory: spec.resources.memory, cpus: spec.resources.cpus, pids: spec.resources.pids },
     ...containerNetwork(service, spec, opts.networks ?? [], opts.peers ?? []),
     readOnlyRootfs: spec.readOnlyRootfs,

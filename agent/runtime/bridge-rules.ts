@@ -1,8 +1,11 @@
 /**
  * The firewall rules of our bridges, in two chains of our own: in the filter
- * table FLEETLET-ISOLATION (jumped to first from FORWARD) drops what one of
- * our bridges (all named `fl-…`) would route to another, and for an internal
- * network everything routed in or out; in the nat table FLEETLET-MASQ
+ * table FLEETLET-ISOLATION (jumped to first from FORWARD) drops, at its head,
+ * what one of our bridges (all named `fl-…`) would route to another, what is
+ * routed in to a bridge that is neither a published port nor a reply, and
+ * for an internal network everything routed in or out; at its end it
+ * accepts what is left of our bridges' traffic, so a FORWARD policy of DROP
+ * (ufw's, Docker's) does not stop it; in the nat table FLEETLET-MASQ
  * (jumped to from POSTROUTING) masquerades what leaves a network that is not
  * internal by any other link. One masquerade rule per network, rather than
  * the bridge plugin's chain per container: cheaper, and nothing is left
@@ -41,14 +44,31 @@ async function must(table: string, args: string[], what: string): Promise<void> 
   if (!r.ok) throw new FleetError("E_RUNTIME", `${what}: iptables -t ${table} ${args.join(" ")}: ${r.stderr.trim()}`);
 }
 
-function rulesOf(bridge: string, subnet: string, internal: boolean): [Chain, string[]][] {
-  const own: [Chain, string[]] = [ISOLATION, ["-i", bridge, "-o", bridge, "-j", "RETURN"]];
-  if (internal) return [own, [ISOLATION, ["-i", bridge, "-j", "DROP"]], [ISOLATION, ["-o", bridge, "-j", "DROP"]]];
-  return [
-    own,
-    [ISOLATION, ["-i", bridge, "-o", `${BRIDGE_PREFIX}+`, "-j", "DROP"]],
-    [MASQ, ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]],
-  ];
+interface BridgeRules {
+  /** At the head of FLEETLET-ISOLATION, in this order: what one bridge lets through within itself, then drops. */
+  head: string[][];
+  /** At its end, below every bridge's drops: what the bridge lets through (a FORWARD policy of DROP stops the rest). */
+  tail: string[][];
+  masq: string[][];
+}
+
+function rulesOf(bridge: string, subnet: string, internal: boolean): BridgeRules {
+  const own = ["-i", bridge, "-o", bridge, "-j", "ACCEPT"];
+  if (internal) return { head: [own, ["-i", bridge, "-j", "DROP"], ["-o", bridge, "-j", "DROP"]], tail: [], masq: [] };
+  return {
+    head: [
+      own,
+      ["-i", bridge, "-o", `${BRIDGE_PREFIX}+`, "-j", "DROP"],
+      // Routed in from elsewhere: only a published port (DNAT) or a reply. The bridge plugin turns
+      // forwarding on, so a host that routes the subnet through the device reached every port.
+      ["-o", bridge, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP"],
+    ],
+    tail: [
+      ["-i", bridge, "-j", "ACCEPT"],
+      ["-o", bridge, "-j", "ACCEPT"],
+    ],
+    masq: [["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]],
+  };
 }
 
 /** Changes to the chains made by this process, one at a time (containers start side by side). */
@@ -73,12 +93,21 @@ async function ensureChain(chain: Chain, what: string): Promise<void> {
     await must(table, [...chain.from, "-j", name], what);
 }
 
+const present = async (chain: Chain, rule: string[]) => (await iptables(chain.table, ["-C", chain.name, ...rule])).ok;
+
 async function addRules(bridge: string, subnet: string, internal: boolean): Promise<void> {
   const what = `firewall rules of bridge ${bridge}`;
   for (const chain of [ISOLATION, MASQ]) await ensureChain(chain, what);
-  for (const [chain, rule] of rulesOf(bridge, subnet, internal))
-    if (!(await iptables(chain.table, ["-C", chain.name, ...rule])).ok)
-      await must(chain.table, ["-A", chain.name, ...rule], what);
+  const { head, tail, masq } = rulesOf(bridge, subnet, internal);
+  // The head goes in whole, in order (a drop above the bridge's own ACCEPT would cut it in two).
+  const missing = [];
+  for (const rule of head) if (!(await present(ISOLATION, rule))) missing.push(rule);
+  if (missing.length > 0) {
+    for (const rule of head) if (!missing.includes(rule)) await must("filter", ["-D", ISOLATION.name, ...rule], what);
+    for (const rule of [...head].reverse()) await must("filter", ["-I", ISOLATION.name, "1", ...rule], what);
+  }
+  for (const [chain, rule] of [...tail.map((r) => [ISOLATION, r] as const), ...masq.map((r) => [MASQ, r] as const)])
+    if (!(await present(chain, rule))) await must(chain.table, ["-A", chain.name, ...rule], what);
 }
 
 /** Removes every rule of ours that names the bridge; nothing to do when there are none. */

@@ -10,7 +10,7 @@
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Attachment, ContainerSpec } from "../../schemas/container.js";
 import type { HostNetworkFacts } from "../../schemas/network.js";
@@ -109,7 +109,7 @@ export class ContainerNetwork {
       ipamDir: this.ipamDir(),
     });
     const ns = join(this.dir(id), "ns");
-    const netns = existsSync(ns) ? ns : "";
+    const netns = pinned(ns) ? ns : "";
     const what = `container ${id}: network ${attachment.network}`;
     const call = { pluginDir: this.pluginDir, containerId: id, netns, ifname: `eth${index}`, what, command };
     if (command !== "ADD") {
@@ -154,6 +154,7 @@ export class ContainerNetwork {
         this.isolated.add(a.bridge);
         intent.results[i] = (await this.chain(id, intent, i, "ADD"))!;
         this.writeIntent(id, intent);
+        closeIpv6(a.bridge); // once the plugin has made the bridge
       }
       // The peers known now are there before the command runs; the agent rewrites the file as they change.
       rewriteInPlace(join(dir, "hosts"), hostsContent(selfEntries(intent), spec.extraHosts));
@@ -183,6 +184,14 @@ export class ContainerNetwork {
     const intent = this.readIntent(id);
     if (!intent) throw new FleetError("E_RUNTIME", `container ${id}: no network set up`);
     for (let i = 0; i < intent.attachments.length; i++) await this.chain(id, intent, i, "CHECK");
+    // The bridges' rules too (a firewall reload, or an older agent's, while no agent ran): once per process.
+    for (const a of intent.attachments) await this.isolate(a);
+  }
+
+  private async isolate(a: Attachment): Promise<void> {
+    if (!this.isolated.has(a.bridge)) await addBridgeRules(a.bridge, a.subnet, a.internal);
+    this.isolated.add(a.bridge);
+    closeIpv6(a.bridge);
   }
 
   /** The container's address on each network it joined, by network name. */
@@ -224,6 +233,39 @@ export class ContainerNetwork {
     await removeBridgeRules(network.bridge);
     this.isolated.delete(network.bridge);
     rmSync(join(this.ipamDir(), network.bridge), { recursive: true, force: true });
+  }
+}
+
+/** statfs(2)'s type of a namespace file (nsfs). */
+const NSFS_MAGIC = 0x6e736673;
+
+/**
+ * Whether the pin holds a namespace still: after a reboot (or a crash between
+ * the pin's file and its mount) it is an empty file, which the plugins' DEL
+ * refuses ("unknown FS magic"); the namespace and its links are gone then,
+ * and a DEL without one releases the leases.
+ */
+function pinned(ns: string): boolean {
+  try {
+    return statfsSync(ns).type === NSFS_MAGIC;
+  } catch (err) {
+    if (isErrno(err, "ENOENT")) return false;
+    throw err;
+  }
+}
+
+/**
+ * Takes IPv6 off the bridge (the bridge plugin leaves it on): its link-local
+ * address would be an address of the device on every network, internal ones
+ * included, so a container reached the device's programs on all addresses
+ * (`::`) through `fe80::…%eth0` with no route and no capability.
+ */
+function closeIpv6(bridge: string): void {
+  try {
+    writeFileSync(`/proc/sys/net/ipv6/conf/${bridge}/disable_ipv6`, "1");
+  } catch (err) {
+    // No IPv6 in this kernel (or turned off at boot): the bridge has no IPv6 address to take away.
+    if (!isErrno(err, "ENOENT")) throw err;
   }
 }
 

@@ -61,7 +61,10 @@ export function parseSockets(text: string, protocol: "tcp" | "udp"): BoundPort[]
     const f = line.trim().split(/\s+/);
     if (f.length < 4 || f[3] !== wanted) continue;
     const [addr, port] = f[1]!.split(":");
-    out.push({ protocol, ip: socketAddress(addr!), port: Number.parseInt(port!, 16) });
+    const ip = socketAddress(addr!);
+    // A socket on one IPv6 address ([::1], fe80::…) takes no published port: those are IPv4 only.
+    if (ip.includes(":")) continue;
+    out.push({ protocol, ip, port: Number.parseInt(port!, 16) });
   }
   return out;
 }

@@ -230,6 +230,35 @@ describe("published ports", () => {
     expect(await udpAsk(lab.device, "127.0.0.1", 5353)).toBe("udp-ok ping");
   });
 
+  it("are all another host reaches of a container, even one that routes the bridge's subnet through the device", async () => {
+    const { subnet } = Object.values(dbOf().networks as Record<string, { subnet: string }>)[0]!;
+    const { db, web } = dbOf().services;
+    lab.run(lab.outside, ["ip", "route", "add", subnet, "via", lab.deviceIp]);
+    try {
+      // Checked to fail before: the bridge plugin turns forwarding on, and nothing stopped a routed packet.
+      expect(await fetchFrom(lab.outside, `http://${db.addresses.backend}/`)).toBe("");
+      expect(await fetchFrom(lab.outside, `http://${web.addresses.backend}:9090/`)).toBe("");
+      expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+      expect(await udpAsk(lab.outside, lab.deviceIp, 5353)).toBe("udp-ok ping");
+    } finally {
+      lab.run(lab.outside, ["ip", "route", "del", subnet]);
+    }
+  });
+
+  it("and the way out work on a host whose firewall drops what it forwards by default (ufw's, Docker's policy)", async () => {
+    lab.run(lab.device, ["iptables", "-P", "FORWARD", "DROP"]);
+    try {
+      // Checked to fail before: our chain only dropped, so the policy dropped the rest.
+      expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8080/`)).toBe("web-ok");
+      expect(await udpAsk(lab.outside, lab.deviceIp, 5353)).toBe("udp-ok ping");
+      expect((await inService("db", `timeout 5 wget -q -O - http://${lab.outsideIp}:8000/`)).output).toBe(
+        "outside-ok\n",
+      );
+    } finally {
+      lab.run(lab.device, ["iptables", "-P", "FORWARD", "ACCEPT"]);
+    }
+  });
+
   it("reach a container from itself through the host's address (hairpin)", async () => {
     expect(await inService("web", `timeout 5 wget -q -O - http://${lab.deviceIp}:8080/`)).toEqual({
       exitCode: 0,
@@ -242,14 +271,15 @@ describe("a document whose networks or ports clash with the host", () => {
   it("is refused with E_NETWORK_CONFLICT before anything stops", async () => {
     const web = containerOf("web");
     const pid = pidOf(web);
-    const clash = { networks: { backend: { subnet: lab.deviceIp.replace(/\.2$/, ".0/24") } } };
+    // A private range the device routes to (the lab's own link is in 198.18.0.0/15, which no subnet may take).
+    lab.run(lab.device, ["ip", "route", "add", "10.77.0.0/24", "via", lab.outsideIp]);
+    const clash = { networks: { backend: { subnet: "10.77.0.0/25" } } };
     const r = await inDevice(["apply", desired(services(), clash)]);
+    lab.run(lab.device, ["ip", "route", "del", "10.77.0.0/24"]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).not.toContain("networkLost");
     expect(r.stderr).toContain("[E_NETWORK_CONFLICT]");
-    expect(r.stderr).toContain(
-      `networks.backend.subnet: ${lab.deviceIp.replace(/\.2$/, ".0/24")} overlaps the host's route`,
-    );
+    expect(r.stderr).toContain("networks.backend.subnet: 10.77.0.0/25 overlaps the host's route to 10.77.0.0/24");
     expect(containerOf("web")).toBe(web);
     expect(pidOf(web)).toBe(pid);
   });
@@ -405,6 +435,27 @@ describe("two deployments on one device", () => {
     ).not.toBe(0);
     expect((await inService("client", "ip route", other)).output).not.toContain("default");
   });
+
+  it("gives the device no IPv6 address on its bridges, so no container reaches its programs by fe80::…", async () => {
+    const listener = spawn(
+      "nsenter",
+      nsArgs(lab.device, ["busybox", "nc", "-l", "-p", "7171", "-e", "echo", "device-secret"]),
+    );
+    servers.push(listener);
+    await waitForListener(7171);
+    const bridges = Object.values(dbOf(other).networks as Record<string, { bridge: string }>).map((n) => n.bridge);
+    const linkLocal = bridges.flatMap(
+      (b) => lab.run(lab.device, ["ip", "-6", "-o", "addr", "show", "dev", b]).match(/fe80::[0-9a-f:]+/g) ?? [],
+    );
+    // Checked to fail before: the bridge plugin left one on each bridge, and `client`, on the internal
+    // network only, got the device's answer through it.
+    for (const address of linkLocal)
+      expect((await inService("client", `timeout 3 nc ${address}%eth0 7171 </dev/null`, other)).output).not.toContain(
+        "device-secret",
+      );
+    expect(linkLocal).toEqual([]);
+    listener.kill("SIGKILL");
+  });
 });
 
 /** The device namespace's links whose names start with one of these prefixes. */
@@ -455,6 +506,19 @@ describe("an agent killed with SIGKILL", () => {
     expect(await inService("web", "timeout 5 wget -q -O - http://db/")).toEqual({ exitCode: 0, output: "db-ok\n" });
   });
 
+  it("is followed by one that puts back, for the containers it adopts, the bridge rules a firewall reload took", async () => {
+    const { bridge } = dbOf().services.db.networks[0];
+    const db = containerOf("db");
+    lab.run(lab.device, ["iptables", "-F", "FLEETLET-ISOLATION"]);
+    lab.run(lab.device, ["sysctl", "-q", "-w", `net.ipv6.conf.${bridge}.disable_ipv6=0`]);
+    const r = await inDevice(["apply", desired(services(), backend)]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(containerOf("db")).toBe(db);
+    // Checked to fail before: only a container's start on the bridge put them back.
+    expect(lab.run(lab.device, ["iptables", "-S", "FLEETLET-ISOLATION"])).toContain(`-o ${bridge} -m conntrack`);
+    expect(lab.run(lab.device, ["sysctl", "-n", `net.ipv6.conf.${bridge}.disable_ipv6`]).trim()).toBe("1");
+  });
+
   it("is followed by one that makes a container anew whose network was broken while no agent ran", async () => {
     const db = containerOf("db");
     const pid = pidOf(db);
@@ -501,6 +565,32 @@ describe("an agent killed with SIGKILL", () => {
     expect(leases().filter((l) => readFileSync(join(root, "network", "ipam", l), "utf8").includes("ghost"))).toEqual(
       [],
     );
+  });
+});
+
+describe("a device that rebooted", () => {
+  it("takes down a container's network whose namespace pin did not survive (an empty file is left)", async () => {
+    // What a reboot (or a crash between the pin's file and its mount) leaves: intent.json, a lease,
+    // and at network/<id>/ns a file that is no longer a namespace.
+    const bridge = dbOf().services.db.networks[0];
+    const script = `
+      const { ContainerNetwork } = await import(${JSON.stringify(DIST_NETWORK)});
+      const { loadNative } = await import(${JSON.stringify(DIST_NATIVE)});
+      const net = new ContainerNetwork({ root: ${JSON.stringify(root)}, shimPath: loadNative().shimPath });
+      const attachments = [{ network: "backend", bridge: ${JSON.stringify(bridge.bridge)}, subnet: ${JSON.stringify(bridge.subnet)}, internal: false }];
+      await net.attach("rebooted", { attachments, ports: [], aliases: ["rebooted"], extraHosts: [], hostname: "rebooted" });`;
+    lab.run(lab.device, [process.execPath, "--input-type=module", "-e", script]);
+    const pin = join(root, "network", "rebooted", "ns");
+    execFileSync("umount", [pin]);
+    expect(existsSync(pin)).toBe(true);
+    const mine = () =>
+      leases().filter((l) => readFileSync(join(root, "network", "ipam", l), "utf8").includes("rebooted"));
+    expect(mine()).toHaveLength(1);
+    // Checked to fail before: the bridge plugin's DEL refused the file ("unknown FS magic"), and so did every apply.
+    const r = await inDevice(["apply", desired(services(), backend)]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(existsSync(join(root, "network", "rebooted"))).toBe(false);
+    expect(mine()).toEqual([]);
   });
 });
 

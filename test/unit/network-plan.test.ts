@@ -8,7 +8,7 @@ import { parseForwardedPorts, parseRoutes, parseSockets } from "../../agent/runt
 import type { NetworkRecord } from "../../schemas/db.js";
 import { type DesiredStateInput, desiredState } from "../../schemas/desired.js";
 import { formatIssues } from "../../schemas/format-issues.js";
-import { type BoundPort, type HostRoute, parseCidr } from "../../schemas/network.js";
+import { type BoundPort, type HostRoute, parseCidr, parsePort } from "../../schemas/network.js";
 
 const D1 = `sha256:${"1".repeat(64)}`;
 
@@ -28,7 +28,7 @@ function planInput(doc: Partial<DesiredStateInput>, over: Partial<NetworkPlanInp
   return {
     desired: desiredState.parse(input(doc)),
     recorded: {},
-    host: { routes: [route("0.0.0.0/0"), route("192.0.2.0/24")], bound: [] },
+    host: { routes: [route("0.0.0.0/0"), route("192.168.2.0/24")], bound: [] },
     ownPorts: [],
     bridgeName: (n) => `fl-${n}`.slice(0, 15),
     ...over,
@@ -76,6 +76,10 @@ describe("the desired document's networks and ports", () => {
       "services.b.ports.0: host port 8080/tcp is already published by services.a.ports[0]",
     ],
     [
+      { services: { a: { ...web, ports: ["0.0.0.0:8080:80"] }, b: { ...web, ports: ["127.0.0.1:8080:81"] } } },
+      "services.b.ports.0: host port 8080/tcp is already published by services.a.ports[0]",
+    ],
+    [
       { services: { web: { ...web, network: "host", ports: ["80:80"] } } },
       'services.web.ports: cannot publish ports with network "host"',
     ],
@@ -85,6 +89,14 @@ describe("the desired document's networks and ports", () => {
     ],
     [{ networks: { n: { subnet: "10.0.0.1/24" } } }, 'networks.n.subnet: expected "auto" or an IPv4 network'],
     [{ networks: { n: { subnet: "10.0.0.0/30" } } }, "networks.n.subnet: expected"],
+    // Outside the private ranges a bridge would take the host's own routes (its loopback, the cloud's
+    // 169.254.169.254, a public DNS server or broker) to the containers.
+    ...["127.0.0.0/8", "169.254.169.0/24", "224.0.0.0/8", "0.0.0.0/8", "240.0.0.0/8", "8.8.8.0/28", "11.0.0.0/8"].map(
+      (subnet): [object, string] => [
+        { networks: { n: { subnet } } },
+        "networks.n.subnet: expected a private network (within 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16)",
+      ],
+    ),
     [{ networks: { n: { ipv6: true } } }, "networks.n.ipv6: IPv6 container networks are not supported yet"],
     [{ networks: { n: { mtu: 1400 } } }, 'networks.n: Unrecognized key: "mtu"'],
     [
@@ -93,6 +105,11 @@ describe("the desired document's networks and ports", () => {
     ],
   ])("refuses %j naming the field", (doc, message) => {
     expect(refusal(doc as Partial<DesiredStateInput>)).toContain(message);
+  });
+
+  it("takes subnets within the private ranges, up to a whole range", () => {
+    for (const subnet of ["10.0.0.0/8", "10.20.0.0/24", "172.16.0.0/12", "172.31.255.240/28", "192.168.0.0/16"])
+      expect(refusal({ networks: { n: { subnet } } })).toBe("");
   });
 
   it("lets the same host port be published for TCP and UDP, and on two host addresses", () => {
@@ -148,9 +165,9 @@ describe("placing networks on the host", () => {
   });
 
   it("refuses an explicit subnet that overlaps a host route, with E_NETWORK_CONFLICT naming both", () => {
-    const doc = { networks: { a: { subnet: "192.0.2.128/25" } }, services: { s: { ...web, networks: ["a"] } } };
+    const doc = { networks: { a: { subnet: "192.168.2.128/25" } }, services: { s: { ...web, networks: ["a"] } } };
     expect(codeOf(() => placeNetworks(planInput(doc)))).toBe(
-      "E_NETWORK_CONFLICT: networks.a.subnet: 192.0.2.128/25 overlaps the host's route to 192.0.2.0/24 (dev eth0)",
+      "E_NETWORK_CONFLICT: networks.a.subnet: 192.168.2.128/25 overlaps the host's route to 192.168.2.0/24 (dev eth0)",
     );
   });
 
@@ -184,6 +201,15 @@ describe("checking published ports against the host", () => {
     [[bound("udp", "", 5353)], "E_PORT_IN_USE: services.web.ports[2]"],
   ])("refuses a port the host has bound: %j", (b, message) => {
     expect(check(b)).toContain(message);
+  });
+
+  it("takes 0.0.0.0 as every address, as the portmap plugin does: the agent's API on 127.0.0.1 is not taken", () => {
+    // portmap publishes "0.0.0.0:7780:80" on every address, 127.0.0.1:7780 (the status endpoint) included.
+    const api = { services: { web: { ...web, ports: ["0.0.0.0:7780:80"] } } };
+    expect(
+      codeOf(() => checkPorts(planInput(api, { host: { routes: [], bound: [bound("tcp", "127.0.0.1", 7780)] } }))),
+    ).toBe("E_PORT_IN_USE: services.web.ports[0]: host port 7780/tcp is already bound on the host (127.0.0.1)");
+    expect(parsePort("0.0.0.0:7780:80")).toEqual({ hostIp: "", hostPort: 7780, containerPort: 80, protocol: "tcp" });
   });
 
   it("passes a port bound for the other protocol, or on another address than the one published", () => {
@@ -245,5 +271,15 @@ describe("reading the host's network from /proc", () => {
     ]);
     const udp = `${header}\n   0: 00000000:14E9 00000000:0000 07 0`;
     expect(parseSockets(udp, "udp")).toEqual([{ protocol: "udp", ip: "", port: 5353 }]);
+  });
+
+  it("leaves out sockets on one IPv6 address: published ports are IPv4 only, and such a socket takes none", () => {
+    // [::1]:8080 and [fe80::1]:8080: a document publishing 8080 was refused for them.
+    const header = "  sl  local_address rem_address   st tx_queue rx_queue";
+    const tcp6 = `${header}\n 0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0\n 1: 000080FE000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0`;
+    const bound = parseSockets(tcp6, "tcp");
+    expect(bound).toEqual([]);
+    const doc = { services: { web: { ...web, ports: ["8080:80"] } } };
+    expect(codeOf(() => checkPorts(planInput(doc, { host: { routes: [], bound } })))).toBe("");
   });
 });
