@@ -14,7 +14,7 @@ import type { Lease } from "../store/leases.js";
 import { imageContent, LocalStore } from "../store/local-store.js";
 import { loadNative } from "../system/native.js";
 import { workerNodeFlags } from "../system/process-memory.js";
-import { pullInWorker } from "./pull-process.js";
+import { PULL_WORKER_IDLE_MS, pullInWorker } from "./pull-process.js";
 
 export interface PullOpts {
   maxRate?: number;
@@ -72,6 +72,7 @@ export class CliContext {
     const workerOpts = {
       script: this.workerScript!,
       execArgv: workerNodeFlags(process.execArgv),
+      idleMs: PULL_WORKER_IDLE_MS,
       onEvent,
       ...(opts.signal ? { signal: opts.signal } : {}),
     };

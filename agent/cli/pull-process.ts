@@ -1,9 +1,12 @@
 /**
- * The daemon's pulls, each in a child process (the pull worker,
- * pull-worker.ts): the same Node and the same CLI script, forked with an IPC
- * channel, exiting when its pull is done. The registry client and the
- * HTTP/TLS stack are loaded there and never in the daemon, which idles for
- * days between pulls: their memory goes back to the system with the child.
+ * The daemon's pulls, in a child process (the pull worker, pull-worker.ts):
+ * the same Node and the same CLI script, forked with an IPC channel. The
+ * registry client and the HTTP/TLS stack are loaded there and never in the
+ * daemon, which idles for days between pulls: their memory goes back to the
+ * system with the child. A worker whose pull is done waits `idleMs` for the
+ * next one (one is kept), so the pulls of an apply, and the tags the next
+ * apply resolves again, reuse its connections, TLS sessions and tokens
+ * instead of paying a process start and a TLS handshake each; then it exits.
  *
  * What crosses the channel: the request (state root, device config, image,
  * the caller's lease by id), the pull's events as they come, and its result,
@@ -17,7 +20,7 @@
  * in its own process (CliContext.pull does, e.g. under qemu-user, which cannot
  * exec a foreign binary).
  */
-import { fork } from "node:child_process";
+import { type ChildProcess, fork } from "node:child_process";
 import type { DeviceConfig } from "../../schemas/config.js";
 import { type ErrorCode, FleetError } from "../errors.js";
 import type { Platform } from "../registry/platform.js";
@@ -28,6 +31,10 @@ import type { ImageRecord } from "../store/image-store.js";
 export const PULL_WORKER_COMMAND = "__pull-worker";
 /** Between SIGTERM and SIGKILL for a worker whose pull was aborted. */
 export const KILL_AFTER_MS = 5_000;
+/** How long the daemon's worker waits for another pull once one is done. */
+export const PULL_WORKER_IDLE_MS = 30_000;
+/** How the worker is told its idle time. */
+export const PULL_WORKER_IDLE_ENV = "FLEETLET_PULL_WORKER_IDLE_MS";
 
 export interface PullRequest {
   root: string;
@@ -52,57 +59,101 @@ export interface WorkerOptions {
   execArgv?: string[];
   signal?: AbortSignal;
   onEvent?: (e: PullEvent) => void;
+  /** How long the worker waits for another pull once this one is done; 0 (the default): it exits. */
+  idleMs?: number;
 }
 
 type Outcome = { image: ImageRecord } | { error: unknown };
 
-/** Pulls `request.ref` in a pull worker; resolves with its image record once the worker has exited. */
+/** The worker waiting for a pull, if any, with the options it was forked with. */
+let spare: { key: string; child: ChildProcess } | undefined;
+
+function takeSpare(key: string): ChildProcess | undefined {
+  const kept = spare;
+  if (!kept || kept.key !== key || !kept.child.connected) return undefined;
+  spare = undefined;
+  kept.child.removeAllListeners("exit");
+  kept.child.channel?.ref();
+  return kept.child;
+}
+
+/** Keeps a worker whose pull is done for the next; one is kept, and a waiting worker holds no caller open. */
+function keepSpare(key: string, child: ChildProcess): void {
+  if (spare || !child.connected) {
+    child.disconnect(); // it exits: its channel closed
+    return;
+  }
+  spare = { key, child };
+  child.channel?.unref();
+  child.once("exit", () => {
+    if (spare?.child === child) spare = undefined;
+  });
+}
+
+function forkWorker(opts: WorkerOptions): ChildProcess {
+  // The worker's stderr is the daemon's: a crash's trace lands in its log.
+  return fork(opts.script, [PULL_WORKER_COMMAND], {
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+    execArgv: opts.execArgv ?? process.execArgv,
+    env: { ...process.env, [PULL_WORKER_IDLE_ENV]: String(opts.idleMs ?? 0) },
+  });
+}
+
+/** Pulls `request.ref` in a pull worker (the waiting one, or a new one); resolves with its image record. */
 export function pullInWorker(request: PullRequest, opts: WorkerOptions): Promise<ImageRecord> {
   opts.signal?.throwIfAborted();
   const what = `pull of ${request.ref}`;
+  const key = JSON.stringify([opts.script, opts.execArgv ?? process.execArgv, opts.idleMs ?? 0]);
   return new Promise((resolve, reject) => {
-    // The worker's stderr is the daemon's: a crash's trace lands in its log.
-    const child = fork(opts.script, [PULL_WORKER_COMMAND], {
-      stdio: ["ignore", "inherit", "inherit", "ipc"],
-      execArgv: opts.execArgv ?? process.execArgv,
-    });
+    const child = takeSpare(key) ?? forkWorker(opts);
     let outcome: Outcome | undefined;
     let heard = false; // a message came: the worker ran
+    let aborted = false;
     let killer: NodeJS.Timeout | undefined;
     const onAbort = () => {
+      aborted = true;
       outcome = { error: opts.signal?.reason };
       child.kill("SIGTERM");
       killer = setTimeout(() => child.kill("SIGKILL"), KILL_AFTER_MS);
     };
     opts.signal?.addEventListener("abort", onAbort, { once: true });
-    child.on("message", (m: WorkerMessage) => {
+    const onMessage = (m: WorkerMessage) => {
       heard = true;
       if (m.type === "event") opts.onEvent?.(m.event);
-      else if (outcome)
-        return; // aborted: the reason stands, whatever the worker says last
-      else if (m.type === "done") outcome = { image: m.image };
-      else outcome = { error: new FleetError(m.code, m.message) };
-    });
+      else if (aborted)
+        return; // the reason stands, whatever the worker says last; it is settled when it has exited
+      else {
+        outcome = m.type === "done" ? { image: m.image } : { error: new FleetError(m.code, m.message) };
+        settle(true);
+      }
+    };
     // Ended with nothing said: it never ran (an exec the kernel refused), or died before its first event.
     const failed = (why: string) =>
       heard
         ? new FleetError("E_INTERNAL", `${what}: the pull worker ${why} with no result`)
         : new FleetError("E_PULL_WORKER", `${what}: the pull worker ${why} before it started pulling`);
     // A spawn or a send that failed: "exit" may not follow, so this settles.
-    child.once("error", (err) => {
+    const onError = (err: Error) => {
       outcome ??= { error: failed(`failed (${err.message})`) };
-      settle();
-    });
-    child.once("exit", (code, sig) => {
+      settle(false);
+    };
+    const onExit = (code: number | null, sig: NodeJS.Signals | null) => {
       outcome ??= { error: failed(`exited (${sig ?? `status ${code}`})`) };
-      settle();
-    });
+      settle(false);
+    };
+    child.on("message", onMessage);
+    child.once("error", onError);
+    child.once("exit", onExit);
     let settled = false;
-    function settle(): void {
+    function settle(answered: boolean): void {
       if (settled) return;
       settled = true;
       clearTimeout(killer);
       opts.signal?.removeEventListener("abort", onAbort);
+      child.off("message", onMessage);
+      child.off("error", onError);
+      child.off("exit", onExit);
+      if (answered && (opts.idleMs ?? 0) > 0) keepSpare(key, child);
       if (outcome && "image" in outcome) resolve(outcome.image);
       else reject(outcome?.error);
     }

@@ -1,16 +1,21 @@
 /**
  * The pull worker's side of pull-process.ts: `fleetlet __pull-worker`, forked
- * by the daemon with an IPC channel. It reads one request, pulls through the
- * same entry point as `fleetlet pull` (CliContext.pull), sends each event and
- * then the result, and exits. It stops its pull as an interrupted one on
- * SIGTERM (CliContext.pull's handler) and when the daemon goes away (the
- * channel closes), so a worker never outlives the agent that asked for it.
+ * by the daemon with an IPC channel. It takes one request at a time, pulls
+ * through the same entry point as `fleetlet pull` (CliContext.pull), sends
+ * each event and then the result, and waits for the next request; one
+ * CliContext per state root and config, so later pulls (the next service's
+ * image, the tag an apply resolves again) reuse its registry connections,
+ * TLS sessions and tokens. It exits once no request came for its idle time,
+ * or when the daemon goes away (the channel closes: a pull under way stops as
+ * an interrupted one), and stops a pull as interrupted on SIGTERM
+ * (CliContext.pull's handler), so a worker never outlives the agent that
+ * asked for it.
  */
 import { FleetError } from "../errors.js";
 import type { PullEvent } from "../registry/pull.js";
 import { Lease } from "../store/leases.js";
 import { CliContext } from "./context.js";
-import type { PullRequest, WorkerMessage } from "./pull-process.js";
+import { PULL_WORKER_IDLE_ENV, type PullRequest, type WorkerMessage } from "./pull-process.js";
 
 function send(m: WorkerMessage): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -19,19 +24,33 @@ function send(m: WorkerMessage): Promise<void> {
   });
 }
 
-function nextRequest(): Promise<PullRequest> {
-  return new Promise((resolve, reject) => {
-    const onDisconnect = () => reject(new Error("the agent closed the pull worker's channel before asking"));
-    process.once("disconnect", onDisconnect);
-    process.once("message", (m: PullRequest) => {
+/** The next request; undefined when the channel closed or none came within `idleMs` (if given). */
+function nextRequest(idleMs: number | undefined): Promise<PullRequest | undefined> {
+  return new Promise((resolve) => {
+    const done = (m: PullRequest | undefined) => {
+      clearTimeout(timer);
       process.off("disconnect", onDisconnect);
+      process.off("message", done);
       resolve(m);
-    });
+    };
+    const onDisconnect = () => done(undefined);
+    const timer = idleMs === undefined ? undefined : setTimeout(() => done(undefined), idleMs);
+    process.once("disconnect", onDisconnect);
+    process.once("message", done);
   });
 }
 
+/** One context per state root and config: its registry clients outlive a pull. */
+const contexts = new Map<string, CliContext>();
+function contextFor(req: PullRequest): CliContext {
+  const key = JSON.stringify([req.root, req.config]);
+  const ctx = contexts.get(key) ?? new CliContext(req.root, req.config);
+  contexts.set(key, ctx);
+  return ctx;
+}
+
 async function pull(req: PullRequest, signal: AbortSignal): Promise<WorkerMessage> {
-  const ctx = new CliContext(req.root, req.config);
+  const ctx = contextFor(req);
   const onEvent = (event: PullEvent) => {
     // Harmless to drop: a send fails only once the channel is closed, and then the
     // pull is being aborted (the "disconnect" handler) and nobody is listening.
@@ -57,20 +76,29 @@ async function pull(req: PullRequest, signal: AbortSignal): Promise<WorkerMessag
 }
 
 /**
- * Runs one pull for the agent that forked this process; resolves with the exit
- * status (for the log only) once the result is sent. The caller exits then:
- * the HTTP client's kept-alive sockets would keep the process alive.
+ * Runs the pulls the agent that forked this process asks for, one at a time,
+ * until it asks for none within its idle time (the first request comes at
+ * once) or goes away; resolves with the exit status (for the log only). The
+ * caller exits then: the HTTP client's kept-alive sockets would keep the
+ * process alive.
  */
 export async function runPullWorker(): Promise<number> {
-  const req = await nextRequest();
-  const abort = new AbortController();
-  process.once("disconnect", () =>
-    abort.abort(new FleetError("E_ABORTED", `pull of ${req.ref}: the agent that asked for it went away`)),
-  );
-  const result = await pull(req, abort.signal);
-  if (process.connected) {
+  const idleMs = Number(process.env[PULL_WORKER_IDLE_ENV] ?? 0) || 0;
+  let status = 0;
+  for (let first = true; ; first = false) {
+    if (!first && idleMs === 0) break;
+    const req = await nextRequest(first ? undefined : idleMs);
+    if (!req) break;
+    const abort = new AbortController();
+    const onDisconnect = () =>
+      abort.abort(new FleetError("E_ABORTED", `pull of ${req.ref}: the agent that asked for it went away`));
+    process.once("disconnect", onDisconnect);
+    const result = await pull(req, abort.signal);
+    process.off("disconnect", onDisconnect);
+    if (!process.connected) break;
     await send(result);
-    process.disconnect();
+    status = result.type === "done" ? 0 : 1;
   }
-  return result.type === "done" ? 0 : 1;
+  if (process.connected) process.disconnect();
+  return status;
 }

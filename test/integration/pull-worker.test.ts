@@ -99,7 +99,8 @@ describe("the pull worker", () => {
       script: FLEETLET_BIN,
       onEvent: (e) => events.push(e),
     });
-    expect(workers()).toEqual([]); // it has exited when the image is handed back
+    // Asked to wait for no other pull, it exits once it has handed the image back.
+    await waitFor("the worker to exit", () => workers().length === 0, { timeoutMs: 10_000 });
     expect(image.ref).toBe(small);
     expect(events.map((e) => e.type)).toContain("resolved");
     expect(events.map((e) => e.type)).toContain("unpacked");
@@ -122,6 +123,18 @@ describe("the pull worker", () => {
     expect(err).toBeInstanceOf(FleetError);
     expect((err as FleetError).code).toBe(printed);
     expect(cli.stderr).toContain((err as FleetError).message);
+    await waitFor("the worker to exit", () => workers().length === 0, { timeoutMs: 10_000 });
+  });
+
+  it("with an idle time, serves the next pull in the same process, then exits when none comes", async () => {
+    const opts = { script: FLEETLET_BIN, idleMs: 3_000 };
+    const first = await pullInWorker(request(small), opts);
+    const [pid] = workers();
+    expect(pid).toBeDefined(); // waiting for the next pull
+    const again = await pullInWorker(request(small), opts); // the tag resolved again, as the next apply does
+    expect(again.digest).toBe(first.digest);
+    expect(workers()).toEqual([pid]); // the same worker: no new process, its connections and token kept
+    await waitFor("the idle worker to exit", () => !isWorker(String(pid)), { timeoutMs: 20_000 });
     expect(workers()).toEqual([]);
   });
 
