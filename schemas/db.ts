@@ -5,7 +5,7 @@
  * garbage collection while a pull or an apply uses it.
  */
 import { z } from "zod";
-import type { DesiredState, ServiceSpec } from "./desired.js";
+import { type DesiredState, documentWithAddedFields, type ServiceSpec, withAddedFields } from "./desired.js";
 import { networkSpec } from "./network.js";
 import { imageProcessConfig } from "./oci.js";
 import { acceptedDocument } from "./reported.js";
@@ -56,7 +56,10 @@ export const serviceRecord = z.object({
   digest: z.string(),
   restarts: z.number().int().nonnegative(),
   deployment: z.string(),
-  spec: z.custom<ServiceSpec>((v) => typeof v === "object" && v !== null, "expected a service spec"),
+  /** As stored, read with the fields added since at their defaults. */
+  spec: z
+    .custom<ServiceSpec>((v) => typeof v === "object" && v !== null, "expected a service spec")
+    .transform(withAddedFields),
   /** The networks the container joined, in the service's order. */
   networks: z.array(networkRecord).optional(),
   /** The container's address on each network, by network name (from its CNI results). */
@@ -78,10 +81,13 @@ export const leaseRecord = z.object({
 });
 export type LeaseRecord = z.infer<typeof leaseRecord>;
 
-const document = z.custom<DesiredState>(
-  (v) => typeof v === "object" && v !== null,
-  "expected a desired-state document",
-);
+/** A document as stored, read with the fields added since at their defaults. */
+const document = z
+  .custom<DesiredState>(
+    (v) => typeof v === "object" && v !== null && typeof (v as { services?: unknown }).services === "object",
+    "expected a desired-state document",
+  )
+  .transform(documentWithAddedFields);
 
 export const dbData = z.looseObject({
   images: z.record(z.string(), imageRecord),

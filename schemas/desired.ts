@@ -105,6 +105,32 @@ const documentFields = z.object({
   signature: z.string().optional(),
 });
 
+/**
+ * Service fields added after the first release, at their defaults. A spec an
+ * older agent stored in db.json lacks them and is read with them filled in
+ * (withAddedFields); a field that holds its default is left out of the spec
+ * hash (reconcile/plan.ts). So an agent upgrade neither trips over a running
+ * service nor replaces it.
+ */
+export const ADDED_SERVICE_FIELDS = {
+  init: false,
+  devices: [],
+  groupAdd: [],
+  networks: [],
+  ports: [],
+} as const satisfies Partial<ServiceSpec>;
+
+/** A stored spec with the fields added since it was stored, at their defaults. */
+export function withAddedFields(spec: ServiceSpec): ServiceSpec {
+  return { ...(structuredClone(ADDED_SERVICE_FIELDS) as Partial<ServiceSpec>), ...spec } as ServiceSpec;
+}
+
+/** A stored document with the fields added since it was stored (its networks, its services'), at their defaults. */
+export function documentWithAddedFields(doc: DesiredState): DesiredState {
+  const services = Object.fromEntries(Object.entries(doc.services).map(([name, s]) => [name, withAddedFields(s)]));
+  return { ...doc, networks: doc.networks ?? {}, services };
+}
+
 /** The document, held also to the rules that span its services and networks. */
 export const desiredState = documentFields.superRefine((doc, ctx) => {
   for (const issue of checkServiceNetworks(doc)) ctx.addIssue({ code: "custom", input: doc, ...issue });

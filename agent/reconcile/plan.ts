@@ -8,7 +8,7 @@
  * left alone, running.
  */
 import { createHash } from "node:crypto";
-import type { DesiredState, ServiceSpec } from "../../schemas/desired.js";
+import { ADDED_SERVICE_FIELDS, type DesiredState, type ServiceSpec } from "../../schemas/desired.js";
 import { serviceNetworks } from "../../schemas/network.js";
 import { canonicalJson } from "../protocol/canonical-json.js";
 
@@ -48,13 +48,7 @@ export type StepKind = Step["kind"];
  * use it hashes as it did before the field existed: upgrading the agent
  * replaces no running container.
  */
-export const ADDED_FIELD_DEFAULTS: Partial<ServiceSpec> = {
-  init: false,
-  devices: [],
-  groupAdd: [],
-  networks: [],
-  ports: [],
-};
+export const ADDED_FIELD_DEFAULTS: Partial<ServiceSpec> = ADDED_SERVICE_FIELDS;
 
 /**
  * The spec and image digest as canonical JSON (RFC 8785), hashed: equal specs

@@ -82,3 +82,48 @@ describe("db.json between writers", () => {
     expect(JSON.parse(readFileSync(join(root, "db.json"), "utf8"))).toEqual({ images: { x: { ref: 1 } } });
   });
 });
+
+describe("db.json written by an older agent", () => {
+  // A service and its documents as the agent before devices and networks stored them.
+  const oldSpec = {
+    image: "registry.local:5000/acme/web@sha256:" + "a".repeat(64),
+    env: {},
+    restart: "always",
+    resources: {},
+    volumes: [],
+    network: "none",
+    readOnlyRootfs: false,
+    stopSignal: "SIGTERM",
+    stopTimeoutMs: 10000,
+  };
+  const oldDoc = { apiVersion: "fleetlet/v1", deployment: "web-1", generation: 3, services: { web: oldSpec } };
+
+  it("is read with the fields added since at their defaults, so nothing trips over a missing list", async () => {
+    const root = fresh();
+    const data = {
+      images: {},
+      desired: oldDoc,
+      lastGood: oldDoc,
+      previousGood: null,
+      services: { web: { ...record("web.1"), spec: oldSpec } },
+      generation: 3,
+      generations: { device: 3 },
+      desiredSource: "device",
+      leases: {},
+    };
+    writeFileSync(join(root, "db.json"), JSON.stringify(data));
+    const db = await StateDb.open(root, native);
+    const added = { init: false, devices: [], groupAdd: [], networks: [], ports: [] };
+    expect(db.data.services.web!.spec).toEqual({ ...oldSpec, ...added });
+    for (const doc of [db.data.desired!, db.data.lastGood!]) {
+      expect(doc.networks).toEqual({});
+      expect(doc.services.web).toEqual({ ...oldSpec, ...added });
+    }
+    // A later field of the stored spec is kept as it was, not replaced by a default.
+    writeFileSync(
+      join(root, "db.json"),
+      JSON.stringify({ ...data, services: { web: { ...record("web.1"), spec: { ...oldSpec, init: true } } } }),
+    );
+    expect((await StateDb.open(root, native)).data.services.web!.spec.init).toBe(true);
+  });
+});
