@@ -74,6 +74,15 @@ export class ContainerCatalog {
     }
   }
 
+  /** The container's init while it runs (its pid checked against its start time); undefined otherwise. */
+  liveInit(id: string): { pid: number; startTime: string } | undefined {
+    const paths = this.paths(id);
+    const running = readRunning(paths);
+    if (!running || readExit(paths)) return undefined;
+    const { pid, startTime } = running.init;
+    return this.native.core.startTime(pid) === BigInt(startTime) ? { pid, startTime } : undefined;
+  }
+
   private describe(state: ContainerState, paths: ContainerPaths): ContainerInfo {
     const exit = readExit(paths);
     const running = readRunning(paths);

@@ -21,7 +21,7 @@ import { outwardAttachment, pluginChain, resultAddress } from "./cni-config.js";
 import { type CniCommand, runCniPlugin } from "./cni-plugin.js";
 import { writeFileAtomic } from "./container-dir.js";
 import { parseForwardedPorts, readHostNetwork } from "./host-network.js";
-import { containerResolvConf, type HostsEntry, hostsContent, rewriteInPlace } from "./hosts-file.js";
+import { type HostsEntry, hostResolvConf, hostsContent, rewriteInPlace } from "./hosts-file.js";
 
 export const DEFAULT_CNI_PATH = "/usr/lib/cni";
 
@@ -44,6 +44,13 @@ export interface ContainerNetworkOptions {
   root: string;
   shimPath: string;
   pluginDir?: string;
+  /**
+   * The container's running init, if it runs: its namespace is pinned again
+   * when the pin is not there. A pin is a bind mount, and an agent that
+   * systemd starts again gets a mount namespace of its own (the unit's
+   * ProtectSystem and PrivateTmp), without the previous agent's mounts.
+   */
+  liveInit?: (id: string) => { pid: number; startTime: string } | undefined;
 }
 
 function run(file: string, args: string[]): Promise<{ ok: boolean; stdout: string; stderr: string }> {
@@ -109,7 +116,7 @@ export class ContainerNetwork {
       ipamDir: this.ipamDir(),
     });
     const ns = join(this.dir(id), "ns");
-    const netns = pinned(ns) ? ns : "";
+    const netns = pinned(ns) || (await this.repin(id, ns)) ? ns : "";
     const what = `container ${id}: network ${attachment.network}`;
     const call = { pluginDir: this.pluginDir, containerId: id, netns, ifname: `eth${index}`, what, command };
     if (command !== "ADD") {
@@ -177,6 +184,15 @@ export class ContainerNetwork {
     const unpinned = await run(this.opts.shimPath, ["netns", "del", join(this.dir(id), "ns")]);
     if (!unpinned.ok) throw new FleetError("E_RUNTIME", `container ${id}: ${unpinned.stderr}`);
     rmSync(this.dir(id), { recursive: true, force: true });
+  }
+
+  /** Pins the running container's namespace again where its pin is not mounted (see liveInit); false when it does not run. */
+  private async repin(id: string, ns: string): Promise<boolean> {
+    const init = this.opts.liveInit?.(id);
+    if (!init || !existsSync(ns)) return false;
+    const r = await run(this.opts.shimPath, ["netns", "pin", String(init.pid), init.startTime, ns]);
+    if (!r.ok) throw new FleetError("E_RUNTIME", `container ${id}: ${r.stderr}`);
+    return true;
   }
 
   /** Asks the plugins whether the container's networking is as they set it up (CNI CHECK); throws what is wrong. */
@@ -275,17 +291,4 @@ function selfEntries(intent: Intent): HostsEntry[] {
     const address = resultAddress(r);
     return address ? [{ address, names: intent.names }] : [];
   });
-}
-
-/** /etc/resolv.conf for containers: the host's, its loopback nameservers replaced or dropped. */
-function hostResolvConf(): string {
-  const read = (p: string) => {
-    try {
-      return readFileSync(p, "utf8");
-    } catch (err) {
-      if (isErrno(err, "ENOENT")) return undefined;
-      throw err;
-    }
-  };
-  return containerResolvConf(read("/etc/resolv.conf") ?? "", read("/run/systemd/resolve/resolv.conf"));
 }

@@ -4,7 +4,8 @@
  * peers change, so the bind mount sees the new content) and /etc/resolv.conf
  * (the host's, less the loopback nameservers, which mean nothing inside).
  */
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
+import { isErrno } from "../errors.js";
 
 export interface HostsEntry {
   address: string;
@@ -48,4 +49,17 @@ export function containerResolvConf(host: string, upstream: string | undefined):
     ? `# fleetlet: ${dropped.map(server).join(", ")} (loopback on the host) replaced by the host's upstream servers`
     : `# fleetlet: ${dropped.map(server).join(", ")} (loopback on the host) dropped: no upstream server known`;
   return `${[note, ...kept.filter((l) => l.trim()), ...upstreams.map((s) => `nameserver ${s}`)].join("\n")}\n`;
+}
+
+/** /etc/resolv.conf for containers: the host's, its loopback nameservers replaced or dropped. */
+export function hostResolvConf(): string {
+  const read = (p: string) => {
+    try {
+      return readFileSync(p, "utf8");
+    } catch (err) {
+      if (isErrno(err, "ENOENT")) return undefined;
+      throw err;
+    }
+  };
+  return containerResolvConf(read("/etc/resolv.conf") ?? "", read("/run/systemd/resolve/resolv.conf"));
 }

@@ -77,7 +77,11 @@ export class Runtime {
     this.catalog = new ContainerCatalog(this.root, this.native);
     this.fdScan = opts.fdScan ?? false;
     this.devices = new ContainerDevices(opts.devRoot ?? "/dev", this.native.shimPath);
-    this.network = new ContainerNetwork({ root: this.root, shimPath: this.native.shimPath });
+    this.network = new ContainerNetwork({
+      root: this.root,
+      shimPath: this.native.shimPath,
+      liveInit: (id) => this.catalog.liveInit(id),
+    });
     this.eraser = new BackgroundEraser((dir) => this.native.core.removeTree(dir));
   }
 

@@ -275,7 +275,7 @@ int main(int argc, char **argv) {
                     "       fleetlet-shim devices CGROUP2_DIR [RULE]...\n"
                     "       fleetlet-shim devnode PID START_TIME add|remove TARGET [c|b MAJOR MINOR MODE UID GID]\n"
                     "       fleetlet-shim init [--error-fd N] -- CMD...   (PID 1 of a container with `init`)\n"
-                    "       fleetlet-shim netns add|del PATH\n");
+                    "       fleetlet-shim netns add|del PATH | pin PID START_TIME PATH\n");
     return EXIT_RUNTIME;
   }
   int sync_fd = atoi(argv[2]);

@@ -2,7 +2,12 @@
  * pinned by a bind mount of /proc/self/ns/net on PATH (a new, empty file), so
  * that the runtime can set its links up before a container joins it and it
  * outlives the container's processes until `netns del PATH` unpins it.
- * `del` is idempotent: a PATH that is gone or no longer mounted is fine. */
+ * `del` is idempotent: a PATH that is gone or no longer mounted is fine.
+ * `pin PID START PATH` pins again, on the existing PATH, the namespace of a
+ * container's running init (checked by its start time once the namespace is
+ * open): a pin is a mount, and an agent started in a mount namespace of its
+ * own (as systemd starts a unit with ProtectSystem or PrivateTmp) does not
+ * see the previous agent's. */
 #include "shim.h"
 
 #include <fcntl.h>
@@ -40,13 +45,35 @@ static int netns_del(const char *path, struct shim_error *err) {
   return 0;
 }
 
+static int netns_pin(const char *pid_text, const char *start_text, const char *path, struct shim_error *err) {
+  char *end;
+  errno = 0;
+  long pid = strtol(pid_text, &end, 10);
+  if (errno || *end || pid <= 0) return set_error(err, EXIT_RUNTIME, EINVAL, "bad pid `%s`", pid_text), -1;
+  unsigned long long start = strtoull(start_text, &end, 10);
+  if (errno || *end) return set_error(err, EXIT_RUNTIME, EINVAL, "bad start time `%s`", start_text), -1;
+  char ns_path[64], fd_path[64];
+  snprintf(ns_path, sizeof(ns_path), "/proc/%ld/ns/net", pid);
+  cleanup_fd int ns = open(ns_path, O_RDONLY | O_CLOEXEC);
+  if (ns < 0) return set_error(err, EXIT_RUNTIME, errno, "open `%s`", ns_path), -1;
+  if (start_time((pid_t)pid) != start)
+    return set_error(err, EXIT_RUNTIME, ESRCH, "container init %ld is gone", pid), -1;
+  snprintf(fd_path, sizeof(fd_path), "/proc/self/fd/%d", ns);
+  if (mount(fd_path, path, NULL, MS_BIND, NULL) < 0)
+    return set_error(err, EXIT_RUNTIME, errno, "pin the network namespace of pid %ld on `%s`", pid, path), -1;
+  return 0;
+}
+
 int netns_main(int argc, char **argv) {
   struct shim_error err = {0};
-  if (argc != 3 || (strcmp(argv[1], "add") != 0 && strcmp(argv[1], "del") != 0)) {
-    fprintf(stderr, "usage: fleetlet-shim netns add|del PATH\n");
+  int rc;
+  if (argc == 3 && strcmp(argv[1], "add") == 0) rc = netns_add(argv[2], &err);
+  else if (argc == 3 && strcmp(argv[1], "del") == 0) rc = netns_del(argv[2], &err);
+  else if (argc == 5 && strcmp(argv[1], "pin") == 0) rc = netns_pin(argv[2], argv[3], argv[4], &err);
+  else {
+    fprintf(stderr, "usage: fleetlet-shim netns add|del PATH | pin PID START_TIME PATH\n");
     return EXIT_RUNTIME;
   }
-  int rc = strcmp(argv[1], "add") == 0 ? netns_add(argv[2], &err) : netns_del(argv[2], &err);
   if (rc < 0) {
     fprintf(stderr, "fleetlet-shim: %s\n", err.message);
     return err.code ? err.code : EXIT_RUNTIME;

@@ -519,6 +519,35 @@ describe("an agent killed with SIGKILL", () => {
     expect(lab.run(lab.device, ["sysctl", "-n", `net.ipv6.conf.${bridge}.disable_ipv6`]).trim()).toBe("1");
   });
 
+  it("is followed by one in a mount namespace of its own, without the pins (as systemd starts it), that adopts them as they are", async () => {
+    const pids = { web: pidOf(containerOf("web")), db: pidOf(containerOf("db")) };
+    // The unit's ProtectSystem and PrivateTmp give each agent systemd starts a mount namespace of its
+    // own: the namespace pins (bind mounts) the previous agent made are not there.
+    const unpinned = `for p in ${root}/network/*/ns; do umount "$p"; done; exec "$@"`;
+    const cmd = [
+      process.execPath,
+      FLEETLET_BIN,
+      "--root",
+      root,
+      "--config",
+      config,
+      "apply",
+      desired(services(), backend),
+    ];
+    const wrapped = ["unshare", "-m", "--propagation", "slave", "sh", "-c", unpinned, "sh", ...cmd];
+    const r = await new Promise<CliResult>((resolve) => {
+      const child = spawn("nsenter", nsArgs(lab.device, wrapped), { stdio: ["ignore", "pipe", "pipe"] });
+      let [stdout, stderr] = ["", ""];
+      child.stdout.on("data", (d) => (stdout += d));
+      child.stderr.on("data", (d) => (stderr += d));
+      child.on("close", (status) => resolve({ status, stdout, stderr }));
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).not.toContain("networkLost"); // checked to fail before: CHECK had no namespace to look in
+    expect({ web: pidOf(containerOf("web")), db: pidOf(containerOf("db")) }).toEqual(pids);
+    expect(await inService("web", "timeout 5 wget -q -O - http://db/")).toEqual({ exitCode: 0, output: "db-ok\n" });
+  });
+
   it("is followed by one that makes a container anew whose network was broken while no agent ran", async () => {
     const db = containerOf("db");
     const pid = pidOf(db);
