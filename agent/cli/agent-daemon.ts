@@ -19,6 +19,7 @@ import { createAgent } from "./agent-commands.js";
 import { AgentUpdater } from "./agent-update.js";
 import type { ParsedArgs } from "./args.js";
 import type { CliContext } from "./context.js";
+import { releaseSpareWorker } from "./pull-process.js";
 import { StatusEndpoint } from "./status-endpoint.js";
 import { fleetletVersion } from "./version.js";
 
@@ -202,6 +203,7 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
   await agent.stop();
   await session?.stop();
   await endpoint.close();
+  releaseSpareWorker(); // a waiting pull worker exits; an exec would leave it unreaped
   if (handingOver && updater.install) {
     process.stderr.write(`fleetlet: ${handingOver}; detached from the containers at ${new Date().toISOString()}\n`);
     reexecute(updater.install.prefix);

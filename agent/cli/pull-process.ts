@@ -73,6 +73,7 @@ function takeSpare(key: string): ChildProcess | undefined {
   if (!kept || kept.key !== key || !kept.child.connected) return undefined;
   spare = undefined;
   kept.child.removeAllListeners("exit");
+  kept.child.ref();
   kept.child.channel?.ref();
   return kept.child;
 }
@@ -80,14 +81,22 @@ function takeSpare(key: string): ChildProcess | undefined {
 /** Keeps a worker whose pull is done for the next; one is kept, and a waiting worker holds no caller open. */
 function keepSpare(key: string, child: ChildProcess): void {
   if (spare || !child.connected) {
-    child.disconnect(); // it exits: its channel closed
+    if (child.connected) child.disconnect(); // it exits: its channel closed
     return;
   }
   spare = { key, child };
+  child.unref();
   child.channel?.unref();
   child.once("exit", () => {
     if (spare?.child === child) spare = undefined;
   });
+}
+
+/** Lets the waiting worker go (it exits once its channel closes): before the agent stops or re-executes. */
+export function releaseSpareWorker(): void {
+  const kept = spare;
+  spare = undefined;
+  if (kept?.child.connected) kept.child.disconnect();
 }
 
 function forkWorker(opts: WorkerOptions): ChildProcess {
@@ -99,13 +108,28 @@ function forkWorker(opts: WorkerOptions): ChildProcess {
   });
 }
 
-/** Pulls `request.ref` in a pull worker (the waiting one, or a new one); resolves with its image record. */
-export function pullInWorker(request: PullRequest, opts: WorkerOptions): Promise<ImageRecord> {
+/**
+ * Pulls `request.ref` in a pull worker (the waiting one, or a new one);
+ * resolves with its image record. A waiting worker whose idle time ran out
+ * just as it was asked ends without a word: the pull goes to a new one then.
+ */
+export async function pullInWorker(request: PullRequest, opts: WorkerOptions): Promise<ImageRecord> {
   opts.signal?.throwIfAborted();
-  const what = `pull of ${request.ref}`;
   const key = JSON.stringify([opts.script, opts.execArgv ?? process.execArgv, opts.idleMs ?? 0]);
+  const waiting = takeSpare(key);
+  if (waiting) {
+    try {
+      return await pullIn(waiting, key, request, opts);
+    } catch (err) {
+      if ((err as FleetError).code !== "E_PULL_WORKER") throw err;
+    }
+  }
+  return pullIn(forkWorker(opts), key, request, opts);
+}
+
+function pullIn(child: ChildProcess, key: string, request: PullRequest, opts: WorkerOptions): Promise<ImageRecord> {
+  const what = `pull of ${request.ref}`;
   return new Promise((resolve, reject) => {
-    const child = takeSpare(key) ?? forkWorker(opts);
     let outcome: Outcome | undefined;
     let heard = false; // a message came: the worker ran
     let aborted = false;

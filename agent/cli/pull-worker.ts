@@ -13,6 +13,7 @@
  */
 import { FleetError } from "../errors.js";
 import type { PullEvent } from "../registry/pull.js";
+import type { StateDb } from "../state/db.js";
 import { Lease } from "../store/leases.js";
 import { CliContext } from "./context.js";
 import { PULL_WORKER_IDLE_ENV, type PullRequest, type WorkerMessage } from "./pull-process.js";
@@ -49,6 +50,18 @@ function contextFor(req: PullRequest): CliContext {
   return ctx;
 }
 
+/**
+ * One Lease object per lease id: the registry clients keep a deployment's tag
+ * resolutions by its lease object, so the pulls of one apply share them.
+ * A worker lives for one burst of applies, so these stay few.
+ */
+const leases = new Map<string, Lease>();
+function leaseFor(db: StateDb, id: string): Lease {
+  const lease = leases.get(id) ?? new Lease(db, id);
+  leases.set(id, lease);
+  return lease;
+}
+
 async function pull(req: PullRequest, signal: AbortSignal): Promise<WorkerMessage> {
   const ctx = contextFor(req);
   const onEvent = (event: PullEvent) => {
@@ -65,7 +78,7 @@ async function pull(req: PullRequest, signal: AbortSignal): Promise<WorkerMessag
       unpack: req.unpack,
       ...(req.maxRate !== undefined ? { maxRate: req.maxRate } : {}),
       ...(req.platform ? { platform: req.platform } : {}),
-      ...(req.leaseId ? { lease: new Lease(store.db, req.leaseId) } : {}),
+      ...(req.leaseId ? { lease: leaseFor(store.db, req.leaseId) } : {}),
     });
     return { type: "done", image };
   } catch (err) {

@@ -5,14 +5,14 @@
  * registry: the image, the events, the caller's lease, errors with their
  * code, an abort mid-pull, and a worker whose agent died.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { type PullRequest, pullInWorker } from "../../agent/cli/pull-process.js";
+import { type PullRequest, pullInWorker, releaseSpareWorker } from "../../agent/cli/pull-process.js";
 import { loadDeviceConfig } from "../../agent/config/device-config.js";
 import { FleetError } from "../../agent/errors.js";
 import type { PullEvent } from "../../agent/registry/pull.js";
@@ -136,6 +136,40 @@ describe("the pull worker", () => {
     expect(workers()).toEqual([pid]); // the same worker: no new process, its connections and token kept
     await waitFor("the idle worker to exit", () => !isWorker(String(pid)), { timeoutMs: 20_000 });
     expect(workers()).toEqual([]);
+  });
+
+  it("gives the pull to a new worker when the waiting one ended just as it was asked", async () => {
+    const opts = { script: FLEETLET_BIN, idleMs: 30_000 };
+    await pullInWorker(request(small), opts);
+    const [waiting] = workers();
+    expect(waiting).toBeDefined();
+    // Killed in the same tick as it is asked: its channel still looks open, as when its idle time runs out.
+    process.kill(waiting!, "SIGKILL");
+    const image = await pullInWorker(request(small), opts);
+    expect(image.ref).toBe(small);
+    const [next] = workers();
+    expect(next).toBeDefined();
+    expect(next).not.toBe(waiting);
+    releaseSpareWorker();
+    await waitFor("the released worker to exit", () => workers().length === 0, { timeoutMs: 10_000 });
+  });
+
+  it("keeps no caller alive while its worker waits for another pull", () => {
+    const module = fileURLToPath(new URL("../../dist/agent/cli/pull-process.js", import.meta.url));
+    const script = join(mkdtempSync(join(tmpdir(), "fleetlet-pull-worker-caller-")), "caller.mjs");
+    writeFileSync(
+      script,
+      `import { pullInWorker } from ${JSON.stringify(module)};
+      await pullInWorker(JSON.parse(process.argv[2]), { script: ${JSON.stringify(FLEETLET_BIN)}, idleMs: 120000 });
+      console.log("pulled");`,
+    );
+    // Checked to fail before: the waiting worker's handle held the caller until the worker's idle time ran out.
+    const r = spawnSync(process.execPath, [script, JSON.stringify(request(small))], {
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    expect(r.signal, r.stderr).toBeNull();
+    expect(r.stdout, r.stderr).toBe("pulled\n");
   });
 
   it("says E_PULL_WORKER for a worker that could not start, so the agent can pull itself", async () => {
