@@ -254,6 +254,9 @@ install() {
   if [ ! -x /usr/lib/cni/bridge ] || [ ! -x /usr/lib/cni/portmap ] || [ ! -x /usr/lib/cni/host-local ]; then
     say "note: services with networks or ports need the CNI plugins in /usr/lib/cni: apt-get install containernetworking-plugins"
   fi
+  if ! command -v iptables >/dev/null 2>&1; then
+    say "note: services with networks or ports need iptables (either variant): apt-get install iptables"
+  fi
   if [ "$DRY_RUN" = 1 ]; then
     say "dry run done: nothing was changed"
   else

@@ -19,7 +19,7 @@ import { type DevicePolicy, withDefaultLimits } from "./policy.js";
 import { shouldRestart } from "./restart-policy.js";
 import { serviceContainerSpec } from "./service-container.js";
 import { type DeviceWatcher, ServiceDevices } from "./service-devices.js";
-import { serviceReport } from "./service-report.js";
+import { serviceReport, unhealthyReason } from "./service-report.js";
 import { ServiceSupervisor } from "./service-supervisor.js";
 
 export interface DeviceServicesDeps {
@@ -89,16 +89,7 @@ export class DeviceServices {
   }
 
   unhealthyReason(service: string): string | undefined {
-    const waiting = this.devices.waitingFor(service);
-    if (waiting) return `waiting for device ${waiting.join(", ")}, absent`;
-    const sup = this.supervisors.get(service);
-    if (!sup) return "not started";
-    if (sup.isHealthy()) return undefined;
-    if (sup.state !== "running") {
-      const oom = sup.lastExit?.oomKilled ? " (out of memory)" : "";
-      return sup.lastExit ? `${sup.state}, last exit ${sup.lastExit.exitCode}${oom}` : sup.state;
-    }
-    return sup.health === "unhealthy" ? "healthcheck failing" : "starting";
+    return unhealthyReason(this.devices.waitingFor(service), this.supervisors.get(service));
   }
 
   async startService(s: ServiceStart): Promise<void> {
@@ -128,13 +119,24 @@ export class DeviceServices {
         ...(s.networks?.length ? { networks: s.networks } : {}),
       };
     });
+    // Its old address is gone: peers forget it now, not when the new container starts (it may wait for a device).
+    await this.peersChanged();
     await this.devices.start(s.service, s.containerId, s.spec.devices, async () => {
       await runtime.start(s.containerId);
-      await this.networks?.refreshPeers();
       // Started late (its device came): another container may hold the service's place, and the plan stops this one.
       if (this.db.data.services[s.service]?.containerId !== s.containerId) return;
       this.supervise(s.service, s.containerId, s.spec, s.failures);
+      await this.peersChanged();
     });
+  }
+
+  /** Rewrites the peers' /etc/hosts; a failure is told as an event, never fails the start that caused it. */
+  private async peersChanged(): Promise<void> {
+    try {
+      await this.networks?.refreshPeers();
+    } catch (err) {
+      this.deps.event({ type: "error", message: `updating the services' /etc/hosts: ${(err as Error).message}` });
+    }
   }
 
   /**

@@ -1,4 +1,4 @@
-/** One service as the reported document shows it: its record, its supervisor's view, its container's figures. */
+/** One service as the reported document shows it (its record, its supervisor's view, its container's figures), and why it is not healthy. */
 import type { ServiceRecord } from "../../schemas/db.js";
 import type { DevicePresence } from "../../schemas/device.js";
 import type { ServiceReport } from "../../schemas/reported.js";
@@ -40,4 +40,19 @@ export function serviceReport(rec: ServiceRecord, view: ServiceView): ServiceRep
     ...(sup?.lastExit ? { exitCode: sup.lastExit.exitCode } : {}),
     ...(sup ? { startedAt: new Date(sup.startedAt).toISOString() } : {}),
   };
+}
+
+/** Why a service is not healthy, in a few words; undefined when it is. */
+export function unhealthyReason(
+  waitingFor: string[] | undefined,
+  sup: ServiceSupervisor | undefined,
+): string | undefined {
+  if (waitingFor) return `waiting for device ${waitingFor.join(", ")}, absent`;
+  if (!sup) return "not started";
+  if (sup.isHealthy()) return undefined;
+  if (sup.state !== "running") {
+    const oom = sup.lastExit?.oomKilled ? " (out of memory)" : "";
+    return sup.lastExit ? `${sup.state}, last exit ${sup.lastExit.exitCode}${oom}` : sup.state;
+  }
+  return sup.health === "unhealthy" ? "healthcheck failing" : "starting";
 }
