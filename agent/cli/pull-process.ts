@@ -73,6 +73,7 @@ function takeSpare(key: string): ChildProcess | undefined {
   if (!kept || kept.key !== key || !kept.child.connected) return undefined;
   spare = undefined;
   kept.child.removeAllListeners("exit");
+  kept.child.removeAllListeners("error");
   kept.child.ref();
   kept.child.channel?.ref();
   return kept.child;
@@ -90,6 +91,8 @@ function keepSpare(key: string, child: ChildProcess): void {
   child.once("exit", () => {
     if (spare?.child === child) spare = undefined;
   });
+  // A waiting worker is asked nothing; an error it raised (a failed kill) must not go unheard and stop the agent.
+  child.on("error", () => undefined);
 }
 
 /** Lets the waiting worker go (it exits once its channel closes): before the agent stops or re-executes. */
