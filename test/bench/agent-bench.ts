@@ -24,7 +24,7 @@ import mqtt from "mqtt";
 import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
-import { startRegistry } from "../support/registry.js";
+import { registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot } from "../support/state-root.js";
 import { agentLaunch, cpuMs } from "./agent-launch.js";
 import { specWithSeccomp } from "./oci-seccomp.js";
@@ -158,7 +158,7 @@ export async function agentBench(args: string[]): Promise<void> {
       JSON.stringify({
         deviceId: DEVICE,
         mqtt: { url: broker.url, insecure: true },
-        registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+        registries: registriesConfig(reg),
         api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock") },
       }),
     );

@@ -22,7 +22,7 @@ import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
 import { type CountingProxy, startCountingProxy } from "../support/counting-proxy.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
-import { startRegistry } from "../support/registry.js";
+import { registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot } from "../support/state-root.js";
 import { waitFor } from "../support/wait-for.js";
 
@@ -137,7 +137,7 @@ export async function trafficBench(args: string[]): Promise<void> {
       ...cert,
       ...(keepaliveSec ? { keepaliveSec } : {}),
     });
-    const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+    const registries = registriesConfig(reg);
     writeFileSync(cfg, JSON.stringify({ mqtt: mqttOf(b.url, opCert), registries }));
     const push = spawn(
       process.execPath,

@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import type { ReportedState } from "../../schemas/reported.js";
 import { FLEETLET_BIN, fleetctl, runCli } from "../support/fleetlet-cli.js";
 import { startMosquitto } from "../support/mosquitto.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { type WaitForOptions, waitFor } from "../support/wait-for.js";
 
@@ -73,7 +73,7 @@ beforeAll(async () => {
     JSON.stringify({
       deviceId: DEVICE,
       mqtt: { url: broker.url, insecure: true },
-      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      registries: registriesConfig(reg),
       api: { listen: `127.0.0.1:${port}`, socket, token: "s3cret-endpoint" },
     }),
   );

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { AGENT_NODE_FLAGS } from "../../agent/system/process-memory.js";
 import { FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
-import { startRegistry } from "../support/registry.js";
+import { registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const NATIVE = new URL("../../native/build/Release/fleetlet_native.node", import.meta.url).pathname;
@@ -143,7 +143,7 @@ describe("a pinned image", () => {
       config,
       JSON.stringify({
         deviceId: "dev-pinned",
-        registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+        registries: registriesConfig(reg),
       }),
     );
     let pinned: string;

@@ -14,7 +14,7 @@ import { resolveImage } from "../../agent/registry/manifest-resolve.js";
 import { parseReference } from "../../agent/registry/reference.js";
 import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { fleetctl } from "../support/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 
 const work = mkdtempSync(join(tmpdir(), "fleetlet-agent-push-"));
 let reg: RegistryFixture;
@@ -36,10 +36,7 @@ function fakeBundle(version: string, arch: string): string {
 beforeAll(async () => {
   reg = await startRegistry({ auth: "htpasswd" });
   config = join(work, "ops.json");
-  writeFileSync(
-    config,
-    JSON.stringify({ registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } } }),
-  );
+  writeFileSync(config, JSON.stringify({ registries: registriesConfig(reg) }));
 }, 60_000);
 
 afterAll(async () => {

@@ -29,7 +29,7 @@ import type { ReportedState } from "../../schemas/reported.js";
 import { fleetctl } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import {
   BUILD_TIMEOUT_MS,
   deviceToolsDir,
@@ -156,7 +156,7 @@ beforeAll(async () => {
     JSON.stringify({
       deviceId: DEVICE,
       mqtt: { url: broker.url, insecure: true },
-      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      registries: registriesConfig(reg),
       api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "api.sock") },
       agentUpdate: { commitWithinMs: COMMIT_WITHIN_MS },
     }),

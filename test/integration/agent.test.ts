@@ -15,7 +15,7 @@ import type { ReportedState } from "../../schemas/reported.js";
 import { fleetctl, runCli, spawnAgent } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { startMosquitto } from "../support/mosquitto.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { type WaitForOptions, waitFor } from "../support/wait-for.js";
 
@@ -69,7 +69,7 @@ beforeAll(async () => {
       deviceId: DEVICE,
       groups: ["pilot"],
       mqtt: { url: broker.url, insecure: true },
-      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      registries: registriesConfig(reg),
       api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock"), token: "s3cret" },
     }),
   );

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { Runtime } from "../../agent/runtime/runtime.js";
 import { type CliResult, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
@@ -73,7 +73,7 @@ beforeAll(async () => {
     config,
     JSON.stringify({
       deviceId: "dev-apply",
-      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      registries: registriesConfig(reg),
     }),
   );
   image = `${reg.host}/apply/busybox:1`;

@@ -5,7 +5,7 @@
  * connection that breaks mid-body. The blob is stored only when whole and
  * verified, and a resumed download never fetches again what it has.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
@@ -13,7 +13,6 @@ import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FleetError } from "../../agent/errors.js";
 import { fetchBlob } from "../../agent/registry/blob-fetch.js";
 import { RateLimiter } from "../../agent/registry/rate-limit.js";
 import { RegistryClient } from "../../agent/registry/registry-client.js";
@@ -21,6 +20,7 @@ import { ContentStore } from "../../agent/store/content-store.js";
 import { loadNative } from "../../agent/system/native.js";
 import { HostileServers } from "../support/hostile-server.js";
 import { makeTls, type TlsFiles } from "../support/registry.js";
+import { randomBlob as blob, caught } from "../support/test-blobs.js";
 
 let work: string;
 let tls: TlsFiles;
@@ -37,11 +37,6 @@ afterAll(() => {
   rmSync(work, { recursive: true, force: true });
 });
 
-function blob(size: number): { data: Buffer; digest: string } {
-  const data = randomBytes(size);
-  return { data, digest: `sha256:${createHash("sha256").update(data).digest("hex")}` };
-}
-
 /** A fresh store whose partial of `digest` already holds `prefix`. */
 function storeWithPartial(name: string, digest: string, prefix: Buffer): ContentStore {
   const store = new ContentStore(join(work, name), loadNative().core);
@@ -54,15 +49,6 @@ const rangeStart = (req: IncomingMessage) => Number(/bytes=(\d+)-/.exec(req.head
 async function client(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<RegistryClient> {
   const s = await servers.serve(true, handler);
   return new RegistryClient(s.host, { ca: tls.caCert }, { attempts: 3, baseMs: 10, maxMs: 20 });
-}
-
-async function caught(p: Promise<unknown>): Promise<FleetError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(FleetError);
-  return err as FleetError;
 }
 
 describe("resuming against a registry that answers badly", () => {

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { runCli, spawnAgent } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
@@ -67,7 +67,7 @@ function documentFile(deployment: string): string {
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "fleetlet-cli-"));
   [reg, broker] = await Promise.all([startRegistry({ auth: "htpasswd" }), startMosquitto()]);
-  const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+  const registries = registriesConfig(reg);
   config = join(work, "config.json");
   writeFileSync(
     config,

@@ -40,7 +40,7 @@ import type { Agent } from "../../agent/reconcile/agent.js";
 import { deviceConfig } from "../../schemas/config.js";
 import type { ServiceReport } from "../../schemas/reported.js";
 import { fleetctl } from "../support/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { waitFor } from "../support/wait-for.js";
 
@@ -128,7 +128,7 @@ beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "fleetlet-hotplug-"));
   devRoot = join(work, "dev");
   mkdirSync(devRoot);
-  const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+  const registries = registriesConfig(reg);
   const config = deviceConfig.parse({
     devRoot,
     registries,

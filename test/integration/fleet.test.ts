@@ -17,7 +17,7 @@ import type { ReportedState } from "../../schemas/reported.js";
 import { FLEETCTL_BIN, runCli, spawnAgent } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { startMosquitto } from "../support/mosquitto.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { type WaitForOptions, waitFor } from "../support/wait-for.js";
 
@@ -125,7 +125,7 @@ beforeAll(async () => {
   const keygen = await runCli("fleetctl", ["keygen", keyFile]);
   expect(keygen.status, keygen.stderr).toBe(0);
   const pub = keygen.stdout.trim();
-  const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+  const registries = registriesConfig(reg);
   const op = broker.clientCert("operator");
   opConfig = join(work, "operator.json");
   writeFileSync(opConfig, JSON.stringify({ mqtt: { url: broker.url, ca: broker.caFile, ...op }, registries }));

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { readImageFile } from "../../agent/runtime/image-file.js";
 import { fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const busybox = inject("busyboxRootfs");
@@ -152,7 +152,7 @@ describe("a pushed image whose /etc/passwd is a FIFO", () => {
       config,
       JSON.stringify({
         deviceId: "dev-hostile",
-        registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+        registries: registriesConfig(reg),
       }),
     );
     good = `${reg.host}/hostile/good:1`;

@@ -18,7 +18,7 @@ import { FLEETLET_BIN, fleetctl } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
 import { type MqttFrame, mqttFrameReader } from "../support/mqtt-frames.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { type WaitForOptions, waitFor } from "../support/wait-for.js";
 
@@ -79,7 +79,7 @@ beforeAll(async () => {
     JSON.stringify({
       deviceId: DEVICE,
       mqtt: { url: `mqtt://${proxy.host}`, insecure: true, keepaliveSec: KEEPALIVE_SEC },
-      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      registries: registriesConfig(reg),
       api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock"), token: "s3cret" },
     }),
   );

@@ -5,7 +5,6 @@
  * never stored. The store lives on a 1 MiB tmpfs of the test's own.
  */
 import { execFileSync } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
@@ -13,13 +12,13 @@ import { createServer } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FleetError } from "../../agent/errors.js";
 import { fetchBlob } from "../../agent/registry/blob-fetch.js";
 import { RateLimiter } from "../../agent/registry/rate-limit.js";
 import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { ContentStore } from "../../agent/store/content-store.js";
 import { loadNative } from "../../agent/system/native.js";
 import { makeTls } from "../support/registry.js";
+import { randomBlob as blob, caught } from "../support/test-blobs.js";
 
 const work = mkdtempSync(join(tmpdir(), "fleetlet-disk-full-"));
 const small = join(work, "small");
@@ -35,20 +34,6 @@ afterAll(() => {
   execFileSync("umount", [small]);
   rmSync(work, { recursive: true, force: true });
 });
-
-function blob(size: number): { data: Buffer; digest: string } {
-  const data = randomBytes(size);
-  return { data, digest: `sha256:${createHash("sha256").update(data).digest("hex")}` };
-}
-
-async function caught(p: Promise<unknown>): Promise<FleetError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(FleetError);
-  return err as FleetError;
-}
 
 describe("a full disk under an ingest", () => {
   it("fails the write with E_NO_SPACE naming the partial", async () => {

@@ -1,5 +1,3 @@
-/** An ingest's follower: the stream a layer unpacks from while its blob downloads. */
-import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,15 +5,11 @@ import { PassThrough } from "node:stream";
 import { afterAll, describe, expect, it } from "vitest";
 import { ContentStore } from "../../agent/store/content-store.js";
 import { loadNative } from "../../agent/system/native.js";
+import { randomBlob as blob } from "../support/test-blobs.js";
 
 const work = mkdtempSync(join(tmpdir(), "fleetlet-ingest-follow-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 const store = new ContentStore(work, loadNative().core);
-
-function blob(size: number): { data: Buffer; digest: string } {
-  const data = randomBytes(size);
-  return { data, digest: `sha256:${createHash("sha256").update(data).digest("hex")}` };
-}
 
 /** Everything the stream gives until it ends. */
 async function collect(stream: PassThrough): Promise<Buffer> {

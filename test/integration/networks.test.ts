@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { Runtime } from "../../agent/runtime/runtime.js";
 import { type CliResult, FLEETLET_BIN, fleetctl, fleetlet } from "../support/fleetlet-cli.js";
 import { makeNetnsLab, type NetnsLab, nsArgs } from "../support/netns-lab.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
@@ -110,7 +110,7 @@ beforeAll(async () => {
     config,
     JSON.stringify({
       deviceId: "dev-net",
-      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      registries: registriesConfig(reg),
     }),
   );
   // busybox has no UDP server: a static one of ours goes into the image.

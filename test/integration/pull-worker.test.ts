@@ -21,7 +21,7 @@ import { loadNative } from "../../agent/system/native.js";
 import { workerNodeFlags } from "../../agent/system/process-memory.js";
 import type { DeviceConfig } from "../../schemas/config.js";
 import { FLEETLET_BIN, fleetctl, fleetlet } from "../support/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { waitFor } from "../support/wait-for.js";
 
@@ -71,10 +71,7 @@ beforeAll(async () => {
   root = freshRoot();
   const work = mkdtempSync(join(tmpdir(), "fleetlet-pull-worker-"));
   configPath = join(work, "config.json");
-  writeFileSync(
-    configPath,
-    JSON.stringify({ registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } } }),
-  );
+  writeFileSync(configPath, JSON.stringify({ registries: registriesConfig(reg) }));
   config = loadDeviceConfig(configPath);
   small = `${reg.host}/worker/busybox:1`;
   expect(fleetctl(["--config", configPath, "push", rootfs, small]).status).toBe(0);

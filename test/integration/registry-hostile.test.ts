@@ -12,11 +12,11 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FleetError } from "../../agent/errors.js";
 import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { RegistryHttp } from "../../agent/registry/registry-http.js";
 import { type Handler, HostileServers } from "../support/hostile-server.js";
 import { makeTls, type TlsFiles } from "../support/registry.js";
+import { caught } from "../support/test-blobs.js";
 
 const ENDLESS_BYTES = 256 << 20;
 
@@ -49,15 +49,6 @@ function endless(res: ServerResponse, sent: { bytes: number }, headers: Record<s
     res.end();
   };
   pump();
-}
-
-async function caught(p: Promise<unknown>): Promise<FleetError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(FleetError);
-  return err as FleetError;
 }
 
 const creds = () => ({ username: "alice", password: "s3cret", ca: tls.caCert });

@@ -27,7 +27,7 @@ import { EM_AARCH64, ET_DYN, ET_EXEC, readElfHeader } from "../support/elf-heade
 import { fleetctl } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { BUILD_TIMEOUT_MS, releaseBundle, unpackBundle, VERSION } from "../support/release-bundle.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { type WaitForOptions, waitFor } from "../support/wait-for.js";
@@ -101,7 +101,7 @@ beforeAll(async () => {
     JSON.stringify({
       deviceId: DEVICE,
       mqtt: { url: broker.url, insecure: true },
-      registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+      registries: registriesConfig(reg),
       api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "api.sock") },
     }),
   );

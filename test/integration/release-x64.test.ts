@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import type { ReportedState } from "../../schemas/reported.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { BUILD_TIMEOUT_MS, deviceToolsDir, releaseBundle, unpackBundle, VERSION } from "../support/release-bundle.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { type WaitForOptions, waitFor } from "../support/wait-for.js";
@@ -88,7 +88,7 @@ describe("the installed x64 bundle", () => {
       JSON.stringify({
         deviceId: DEVICE,
         mqtt: { url: broker.url, insecure: true },
-        registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } },
+        registries: registriesConfig(reg),
         api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "api.sock") },
       }),
     );

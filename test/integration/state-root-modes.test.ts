@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { fleetctl, fleetlet } from "../support/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
@@ -28,10 +28,7 @@ beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "fleetlet-modes-"));
   chmodSync(work, 0o755);
   config = join(work, "config.json");
-  writeFileSync(
-    config,
-    JSON.stringify({ registries: { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } } }),
-  );
+  writeFileSync(config, JSON.stringify({ registries: registriesConfig(reg) }));
   image = `${reg.host}/modes/busybox:1`;
   const pushed = fleetctl(["--config", config, "push", "--cmd", "/bin/sh", rootfs, image]);
   expect(pushed.status, pushed.stderr).toBe(0);

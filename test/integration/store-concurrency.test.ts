@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import type { DbData } from "../../schemas/db.js";
 import { type CliResult, fleetctl, runCli } from "../support/fleetlet-cli.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
@@ -32,7 +32,7 @@ beforeAll(async () => {
   root = freshRoot();
   work = mkdtempSync(join(tmpdir(), "fleetlet-stress-"));
   config = join(work, "config.json");
-  const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+  const registries = registriesConfig(reg);
   writeFileSync(config, JSON.stringify({ deviceId: "dev-stress", registries }));
   const base = `${reg.host}/stress/base:1`;
   expect(fleetctl(["--config", config, "push", rootfs, base]).status).toBe(0);

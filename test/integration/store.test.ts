@@ -23,7 +23,7 @@ import { unpackLayer } from "../../agent/store/layer-unpack.js";
 import { LocalStore } from "../../agent/store/local-store.js";
 import { buildTar } from "../../agent/store/tar-writer.js";
 import { loadNative } from "../../agent/system/native.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 
 const native = loadNative().core;
 let work: string;
@@ -110,7 +110,7 @@ describe("pulls and the device's resources", () => {
   let ref: string;
   beforeAll(async () => {
     reg = await startRegistry({ auth: "htpasswd" });
-    registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+    registries = registriesConfig(reg);
     const dir = join(work, "img");
     mkdirSync(dir);
     writeFileSync(join(dir, "blob.bin"), randomBytes(24 * 1024 * 1024));

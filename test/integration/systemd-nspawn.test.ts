@@ -30,7 +30,7 @@ import type { ReportedState } from "../../schemas/reported.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
 import { bootGuest, type Guest, guestRootfs, missingTools, ROOTFS_TIMEOUT_MS } from "../support/nspawn-guest.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { BUILD_TIMEOUT_MS, releaseBundle, unpackBundle } from "../support/release-bundle.js";
 import { waitFor } from "../support/wait-for.js";
 
@@ -218,7 +218,7 @@ describe("the bundle installed in a guest on the unified cgroup2 hierarchy", () 
   it("refuses a service, which always has the policy's default limits, by naming the missing controller", async () => {
     const image = `${reg.host}/nspawn/busybox:1`;
     const host = join(work, "operator.json");
-    const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+    const registries = registriesConfig(reg);
     writeFileSync(host, JSON.stringify({ registries }));
     const push = spawnSync(join(bundle, "bin/fleetctl"), ["--config", host, "push", busybox, image], {
       encoding: "utf8",

@@ -17,7 +17,7 @@ import type { ReportedState } from "../../schemas/reported.js";
 import { FLEETLET_BIN, runCli } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { startMosquitto } from "../support/mosquitto.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { type WaitForOptions, waitFor } from "../support/wait-for.js";
 
@@ -87,7 +87,7 @@ beforeAll(async () => {
   keyFile = join(work, "ops.key");
   const keygen = await runCli("fleetctl", ["keygen", keyFile]);
   expect(keygen.status, keygen.stderr).toBe(0);
-  const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+  const registries = registriesConfig(reg);
   opConfig = join(work, "operator.json");
   writeFileSync(opConfig, JSON.stringify({ mqtt: { url: broker.url, insecure: true }, registries }));
   config = join(work, "device.json");

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_LAYER_LIMITS } from "../../agent/store/layer-limits.js";
 import { fleetctl, runCli } from "../support/fleetlet-cli.js";
 import { END_OF_ARCHIVE, entryHeader, padding } from "../support/hostile-tar.js";
-import { type RegistryFixture, startRegistry } from "../support/registry.js";
+import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 
 const MiB = 1024 * 1024;
 const LAYER_BYTES = 200 * MiB;
@@ -39,7 +39,7 @@ beforeAll(async () => {
   reg = await startRegistry({ auth: "htpasswd" });
   work = mkdtempSync(join(tmpdir(), "fleetlet-reserve-"));
   config = join(work, "config.json");
-  const registries = { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+  const registries = registriesConfig(reg);
   await pipeline([JSON.stringify({ registries })], createWriteStream(config));
   const tar = join(work, "big.tar");
   await writeCompressibleTar(tar);

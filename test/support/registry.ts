@@ -36,6 +36,13 @@ export interface RegistryFixture {
 
 export type RegistryAuth = "htpasswd" | "token" | "none";
 
+/** The config's `registries` section for a fixture: its host with its credentials and CA. */
+export function registriesConfig(
+  reg: RegistryFixture,
+): Record<string, { username: string; password: string; ca: string }> {
+  return { [reg.host]: { username: reg.username, password: reg.password, ca: reg.caFile } };
+}
+
 /** Runs a tool with arguments (no shell); a failure names the tool and carries its stderr. */
 export function runTool(file: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
