@@ -34,6 +34,8 @@ import { fleetlet } from "../support/fleetlet-cli.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 
 const rootfs = inject("busyboxRootfs");
+/** `fleetlet run --rm --rootfs` of the busybox rootfs, with the test's config and what follows. */
+const runOnce = (args: string[]) => fleetlet(root, ["--config", config, "run", "--rm", "--rootfs", rootfs, ...args]);
 const layout = detectCgroupLayout();
 const v2Parent = `fleetlet-test-hostdev-${process.pid}`;
 let root: string;
@@ -133,23 +135,7 @@ afterAll(async () => {
 function runProbe(extra: string[] = []) {
   const devices = DEVICES.flatMap((d) => ["--device", d]);
   const groups = ["--group-add", "app", "--group-add", "997"];
-  return fleetlet(root, [
-    "--config",
-    config,
-    "run",
-    "--rm",
-    "--rootfs",
-    rootfs,
-    "--cap-add",
-    "MKNOD",
-    ...devices,
-    ...groups,
-    ...extra,
-    "--",
-    "/bin/sh",
-    "-c",
-    PROBE,
-  ]);
+  return runOnce(["--cap-add", "MKNOD", ...devices, ...groups, ...extra, "--", "/bin/sh", "-c", PROBE]);
 }
 
 describe("host devices", () => {
@@ -218,50 +204,17 @@ describe("host devices", () => {
   });
 
   it("refuses to start without a device that is absent, naming it", () => {
-    const r = fleetlet(root, [
-      "--config",
-      config,
-      "run",
-      "--rm",
-      "--rootfs",
-      rootfs,
-      "--device",
-      "/dev/ttyACM0",
-      "--",
-      "true",
-    ]);
+    const r = runOnce(["--device", "/dev/ttyACM0", "--", "true"]);
     expect(r.status).toBe(125);
     expect(r.stderr).toContain(`E_DEVICE_ABSENT`);
     expect(r.stderr).toContain(`device /dev/ttyACM0 is absent (device root ${devRoot})`);
   });
 
   it("refuses a symlink that leads out of the device directory, and what is not a device", () => {
-    const out = fleetlet(root, [
-      "--config",
-      config,
-      "run",
-      "--rm",
-      "--rootfs",
-      rootfs,
-      "--device",
-      "/dev/escape",
-      "--",
-      "true",
-    ]);
+    const out = runOnce(["--device", "/dev/escape", "--", "true"]);
     expect(out.status).toBe(125);
     expect(out.stderr).toContain("device /dev/escape: the symlink /dev/escape → /etc/passwd leads outside /dev");
-    const dir = fleetlet(root, [
-      "--config",
-      config,
-      "run",
-      "--rm",
-      "--rootfs",
-      rootfs,
-      "--device",
-      "/dev/serial",
-      "--",
-      "true",
-    ]);
+    const dir = runOnce(["--device", "/dev/serial", "--", "true"]);
     expect(dir.status).toBe(125);
     expect(dir.stderr).toContain(`device /dev/serial: ${join(devRoot, "serial")} is not a character or block device`);
   });
