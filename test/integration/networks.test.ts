@@ -32,8 +32,28 @@ const servers: ChildProcess[] = [];
 
 /** Runs `fleetlet` in the device namespace. */
 function inDevice(args: string[], stateRoot = root): Promise<CliResult> {
+  return commandInDevice([process.execPath, FLEETLET_BIN, "--root", stateRoot, "--config", config, ...args]);
+}
+
+/**
+ * Sets up db's network for a container id that is never made, as an agent
+ * that crashed right after the CNI ADD (or a reboot after it) leaves it.
+ */
+function attachWithoutContainer(id: string): void {
+  const bridge = dbOf().services.db.networks[0];
+  const attachments = [{ network: "backend", bridge: bridge.bridge, subnet: bridge.subnet, internal: false }];
+  const spec = { attachments, ports: [], aliases: [id], extraHosts: [], hostname: id };
+  const script = `
+    const { ContainerNetwork } = await import(${JSON.stringify(DIST_NETWORK)});
+    const { loadNative } = await import(${JSON.stringify(DIST_NATIVE)});
+    const net = new ContainerNetwork({ root: ${JSON.stringify(root)}, shimPath: loadNative().shimPath });
+    await net.attach(${JSON.stringify(id)}, ${JSON.stringify(spec)});`;
+  lab.run(lab.device, [process.execPath, "--input-type=module", "-e", script]);
+}
+
+/** Runs a command in the device's network namespace. */
+function commandInDevice(cmd: string[]): Promise<CliResult> {
   return new Promise((resolve) => {
-    const cmd = [process.execPath, FLEETLET_BIN, "--root", stateRoot, "--config", config, ...args];
     const child = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
@@ -535,13 +555,7 @@ describe("an agent killed with SIGKILL", () => {
       desired(services(), backend),
     ];
     const wrapped = ["unshare", "-m", "--propagation", "slave", "sh", "-c", unpinned, "sh", ...cmd];
-    const r = await new Promise<CliResult>((resolve) => {
-      const child = spawn("nsenter", nsArgs(lab.device, wrapped), { stdio: ["ignore", "pipe", "pipe"] });
-      let [stdout, stderr] = ["", ""];
-      child.stdout.on("data", (d) => (stdout += d));
-      child.stderr.on("data", (d) => (stderr += d));
-      child.on("close", (status) => resolve({ status, stdout, stderr }));
-    });
+    const r = await commandInDevice(wrapped);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).not.toContain("networkLost"); // checked to fail before: CHECK had no namespace to look in
     expect({ web: pidOf(containerOf("web")), db: pidOf(containerOf("db")) }).toEqual(pids);
@@ -574,15 +588,8 @@ describe("an agent killed with SIGKILL", () => {
 
   it("leaves nothing behind when it died between a container's network setup and its start", async () => {
     // What a crash right after the ADD leaves: a pinned namespace, a veth, a lease, for a container never made.
-    const bridge = dbOf().services.db.networks[0];
-    const script = `
-      const { ContainerNetwork } = await import(${JSON.stringify(DIST_NETWORK)});
-      const { loadNative } = await import(${JSON.stringify(DIST_NATIVE)});
-      const net = new ContainerNetwork({ root: ${JSON.stringify(root)}, shimPath: loadNative().shimPath });
-      const attachments = [{ network: "backend", bridge: ${JSON.stringify(bridge.bridge)}, subnet: ${JSON.stringify(bridge.subnet)}, internal: false }];
-      await net.attach("ghost", { attachments, ports: [], aliases: ["ghost"], extraHosts: [], hostname: "ghost" });`;
     const veths = linksOf("veth").length;
-    lab.run(lab.device, [process.execPath, "--input-type=module", "-e", script]);
+    attachWithoutContainer("ghost");
     expect(linksOf("veth").length).toBe(veths + 1);
     expect(
       leases().filter((l) => readFileSync(join(root, "network", "ipam", l), "utf8").includes("ghost")),
@@ -601,14 +608,7 @@ describe("a device that rebooted", () => {
   it("takes down a container's network whose namespace pin did not survive (an empty file is left)", async () => {
     // What a reboot (or a crash between the pin's file and its mount) leaves: intent.json, a lease,
     // and at network/<id>/ns a file that is no longer a namespace.
-    const bridge = dbOf().services.db.networks[0];
-    const script = `
-      const { ContainerNetwork } = await import(${JSON.stringify(DIST_NETWORK)});
-      const { loadNative } = await import(${JSON.stringify(DIST_NATIVE)});
-      const net = new ContainerNetwork({ root: ${JSON.stringify(root)}, shimPath: loadNative().shimPath });
-      const attachments = [{ network: "backend", bridge: ${JSON.stringify(bridge.bridge)}, subnet: ${JSON.stringify(bridge.subnet)}, internal: false }];
-      await net.attach("rebooted", { attachments, ports: [], aliases: ["rebooted"], extraHosts: [], hostname: "rebooted" });`;
-    lab.run(lab.device, [process.execPath, "--input-type=module", "-e", script]);
+    attachWithoutContainer("rebooted");
     const pin = join(root, "network", "rebooted", "ns");
     execFileSync("umount", [pin]);
     expect(existsSync(pin)).toBe(true);
