@@ -41,7 +41,7 @@ export class DeviceNetworks {
     if (usedNetworks(desired).size === 0) return {};
     const recorded = this.db.data.networks ?? {};
     const ownPorts: PortMapping[] = Object.values(this.db.data.services).flatMap((s) =>
-      (s.spec.ports ?? []).flatMap((p) => parsePort(p) ?? []),
+      s.spec.ports.flatMap((p) => parsePort(p) ?? []),
     );
     const input = {
       desired,

@@ -105,6 +105,7 @@ export class DeviceServices {
     const ids = { containerId: s.containerId, hash: s.hash, deployment: s.deployment, networks, peers };
     const spec = withDefaultLimits(s.spec, this.deps.defaultLimits);
     runtime.create(serviceContainerSpec(s.service, spec, defaults, ids));
+    const hadAddress = this.db.data.services[s.service]?.addresses !== undefined;
     await this.db.update((d) => {
       const previous = d.services[s.service];
       const sameRun = previous?.containerId === s.containerId || s.failures > 0;
@@ -120,7 +121,7 @@ export class DeviceServices {
       };
     });
     // Its old address is gone: peers forget it now, not when the new container starts (it may wait for a device).
-    await this.peersChanged();
+    if (hadAddress) await this.peersChanged();
     await this.devices.start(s.service, s.containerId, s.spec.devices, async () => {
       await runtime.start(s.containerId);
       // Started late (its device came): another container may hold the service's place, and the plan stops this one.
