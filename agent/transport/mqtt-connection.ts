@@ -25,6 +25,36 @@ export interface MqttSettings {
   keepaliveSec?: number;
 }
 
+/**
+ * The TLS key-exchange groups offered to the broker. Node 24's OpenSSL sends
+ * two key shares by default: X25519 and the post-quantum hybrid
+ * X25519MLKEM768, whose share alone is 1,184 bytes. Brokers on an OpenSSL
+ * without ML-KEM (Debian's mosquitto, for one) ignore it, and a device would
+ * send it on every handshake. So the hybrid is offered but only X25519's share
+ * is sent (`*`): a broker that prefers the hybrid asks for its share (one more
+ * round trip, then the same post-quantum key exchange as before), and one that
+ * does not have it saves ~1.2 KB per connection. `?` skips a group the local
+ * OpenSSL does not know.
+ */
+export const MQTT_TLS_GROUPS = "?X25519MLKEM768:*X25519:P-256:P-384";
+let groups: { ecdhCurve?: string } | undefined;
+
+/** MQTT_TLS_GROUPS, or nothing (Node's default) on an OpenSSL older than 3.5, which has no `*` syntax. */
+function tlsGroups(): { ecdhCurve?: string } {
+  if (groups) return groups;
+  try {
+    createSecureContext({ ecdhCurve: MQTT_TLS_GROUPS });
+    groups = { ecdhCurve: MQTT_TLS_GROUPS };
+  } catch {
+    // Not an error of the config: this Node's OpenSSL cannot say it, so its default stands.
+    groups = {};
+  }
+  return groups;
+}
+
+/** The TLS part of the client's options: the files' contents, and the groups to offer. */
+export type MqttTlsOptions = Pick<IClientOptions, "ca" | "cert" | "key"> & { ecdhCurve?: string };
+
 /** What a broker without MQTT 5 answers a v5 CONNECT with: 3.1.1's "unacceptable protocol version", v5's "unsupported protocol version". */
 const PROTOCOL_REFUSALS = new Set([1, 132]);
 /** CONNACK refusals that retrying cannot fix: identifier, credentials, authorisation, ban, auth method. */
@@ -58,9 +88,10 @@ function readPem(field: "ca" | "cert" | "key", path: string): Buffer {
 }
 
 /** The TLS material of the config, read now (files may be rotated on disk between connects) and checked to be usable. */
-export function tlsOptions(m: MqttSettings): Pick<IClientOptions, "ca" | "cert" | "key"> {
-  if (!m.ca && !m.cert && !m.key) return {};
-  if (!/^(mqtts|wss):/.test(m.url))
+export function tlsOptions(m: MqttSettings): MqttTlsOptions {
+  const tls = /^(mqtts|wss):/.test(m.url);
+  if (!m.ca && !m.cert && !m.key) return tls ? tlsGroups() : {};
+  if (!tls)
     throw new FleetError(
       "E_INVALID_CONFIG",
       `mqtt.url ${displayUrl(m.url)}: mqtt.ca, mqtt.cert or mqtt.key is set but the URL is not TLS; use mqtts:// or wss://`,
@@ -83,7 +114,7 @@ export function tlsOptions(m: MqttSettings): Pick<IClientOptions, "ca" | "cert" 
       { cause: err },
     );
   }
-  return files;
+  return { ...files, ...tlsGroups() };
 }
 
 /** A sentence for a failed connection, and whether retrying could ever help. */

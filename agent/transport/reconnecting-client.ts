@@ -21,6 +21,7 @@ import {
 import { DEFAULT_MQTT_KEEPALIVE_SEC } from "../../schemas/config.js";
 import { FleetError } from "../errors.js";
 import { describeFailure, displayUrl, isProtocolRefusal, type MqttSettings, tlsOptions } from "./mqtt-connection.js";
+import { TlsResumption, tlsIdentity } from "./tls-resumption.js";
 
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 60_000;
@@ -61,6 +62,7 @@ export class ReconnectingClient {
   private retryTimer: NodeJS.Timeout | undefined;
   private retryAtOnce = false;
   private lastFailure = "";
+  private readonly tls = new TlsResumption();
 
   constructor(private readonly opts: ReconnectingClientOptions) {
     this.broker = `MQTT broker ${displayUrl(opts.mqtt.url)}`;
@@ -95,7 +97,7 @@ export class ReconnectingClient {
       try {
         prepare();
         this.client = this.createClient();
-        this.client.connect();
+        this.connectClient();
       } catch (err) {
         this.isClosed = true;
         this.client?.end(true);
@@ -195,7 +197,7 @@ export class ReconnectingClient {
     this.connectedAt = Date.now();
     this.lastFailure = "";
     this.opts.log(
-      `connected to ${this.broker} as ${this.opts.deviceId} (MQTT ${v5 ? "5" : "3.1.1"}${connack.sessionPresent ? ", session resumed" : ""})`,
+      `connected to ${this.broker} as ${this.opts.deviceId} (MQTT ${v5 ? "5" : "3.1.1"}${connack.sessionPresent ? ", session resumed" : ""}${this.tls.resumed(this.client!.stream) ? ", TLS resumed" : ""})`,
     );
     this.opts.onConnect(v5, connack.sessionPresent);
     this.firstConnect?.settle();
@@ -253,7 +255,19 @@ export class ReconnectingClient {
       // A cert being rotated may be briefly unreadable: connect with the material read last time.
       this.logFailure(`${(err as Error).message}; using the TLS files read before`);
     }
-    this.client.connect();
+    this.connectClient();
+  }
+
+  /** One connect, offering the TLS session the broker gave last when it was given under the same URL and TLS files. */
+  private connectClient(): void {
+    const client = this.client!;
+    const options = client.options as IClientOptions & { session?: Buffer };
+    const identity = tlsIdentity(this.opts.mqtt.url, options);
+    const session = this.tls.offer(identity);
+    if (session) options.session = session;
+    else delete options.session;
+    client.connect();
+    this.tls.watch(client.stream, identity);
   }
 }
 
