@@ -4,7 +4,7 @@
  * peers change, so the bind mount sees the new content) and /etc/resolv.conf
  * (the host's, less the loopback nameservers, which mean nothing inside).
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
 import { isErrno } from "../errors.js";
 
 export interface HostsEntry {
@@ -22,9 +22,22 @@ export function hostsContent(self: HostsEntry[], peers: HostsEntry[]): string {
   return `${lines.join("\n")}\n`;
 }
 
-/** Overwrites the file's content without replacing the file: a bind mount of it sees the change. */
+/**
+ * Overwrites the file's content without replacing the file: a bind mount of
+ * it sees the change. The new content is written over the old before the
+ * file is cut to its length, so a resolver reading it meanwhile never finds
+ * it empty (as it could between a truncate and the write).
+ */
 export function rewriteInPlace(path: string, content: string): void {
-  writeFileSync(path, content, { flag: "w" });
+  const data = Buffer.from(content);
+  const fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o644);
+  try {
+    let done = 0;
+    while (done < data.length) done += writeSync(fd, data, done, data.length - done, done);
+    ftruncateSync(fd, data.length);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 const isLoopback = (ns: string) => ns.startsWith("127.") || ns === "::1";

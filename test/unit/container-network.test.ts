@@ -1,6 +1,10 @@
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
 import { describe, expect, it } from "vitest";
 import { outwardAttachment, pluginChain, resultAddress } from "../../agent/runtime/cni-config.js";
-import { containerResolvConf, hostsContent } from "../../agent/runtime/hosts-file.js";
+import { containerResolvConf, hostsContent, rewriteInPlace } from "../../agent/runtime/hosts-file.js";
 import { containerSpec } from "../../schemas/container.js";
 import { formatIssues } from "../../schemas/format-issues.js";
 
@@ -16,6 +20,51 @@ describe("a container's /etc/hosts", () => {
     expect(
       hostsContent([{ address: "10.89.0.3", names: ["web", "www"] }], [{ address: "10.89.0.2", names: ["db"] }]),
     ).toBe("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.89.0.3\tweb www\n10.89.0.2\tdb\n");
+  });
+});
+
+describe("rewriting a bind-mounted name file in place", () => {
+  it("keeps the file (its inode) and leaves exactly the new content, longer or shorter", () => {
+    const dir = mkdtempSync(join(tmpdir(), "fleetlet-hosts-"));
+    try {
+      const path = join(dir, "hosts");
+      rewriteInPlace(path, "first\n");
+      const inode = statSync(path).ino;
+      rewriteInPlace(path, "a much longer second content\n");
+      expect(readFileSync(path, "utf8")).toBe("a much longer second content\n");
+      rewriteInPlace(path, "third\n");
+      expect(readFileSync(path, "utf8")).toBe("third\n");
+      expect(statSync(path).ino).toBe(inode);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("is never seen empty by a reader while it changes", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "fleetlet-hosts-race-"));
+    const path = join(dir, "hosts");
+    writeFileSync(path, hostsContent([], []));
+    // A reader on another thread, as a resolver in the container would read the file while the agent rewrites it.
+    const reader = new Worker(
+      `const { readFileSync } = require("node:fs"); const { parentPort, workerData } = require("node:worker_threads");
+       let reads = 0, empty = 0; let stop = false; parentPort.on("message", () => { stop = true; });
+       (function loop() { for (let i = 0; i < 200; i++) { reads++; if (readFileSync(workerData, "utf8") === "") empty++; }
+         if (stop) parentPort.postMessage({ reads, empty }); else setImmediate(loop); })();`,
+      { eval: true, workerData: path },
+    );
+    try {
+      await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 20_000; i++)
+        rewriteInPlace(path, hostsContent([], i % 2 ? [{ address: "10.89.0.2", names: ["db"] }] : []));
+      const seen = new Promise<{ reads: number; empty: number }>((r) => reader.once("message", r));
+      reader.postMessage("stop");
+      const { reads, empty } = await seen;
+      expect(reads).toBeGreaterThan(1000);
+      expect(empty).toBe(0);
+    } finally {
+      await reader.terminate();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
