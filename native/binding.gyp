@@ -5,7 +5,8 @@
       "sources": ["src/addon.cc", "src/spawn.cc", "src/process.cc", "src/remove-tree.cc", "src/fs-nodes.cc", "src/sd-notify.cc", "src/agent-process.cc", "src/file-lock.cc", "src/blob-writer.cc"],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
-      "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-O2"]
+      "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-O2", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2"],
+      "ldflags": ["-Wl,-z,relro,-z,now"]
     },
     {
       "target_name": "fleetlet-shim",
@@ -25,8 +26,8 @@
         }
       ],
       "include_dirs": ["<(SHARED_INTERMEDIATE_DIR)"],
-      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-fno-pie"],
-      "ldflags": ["-static", "-no-pie", "-Wl,--gc-sections"]
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-fno-pie", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2"],
+      "ldflags": ["-static", "-no-pie", "-Wl,--gc-sections", "-Wl,-z,relro,-z,now"]
     }
   ]
 }
