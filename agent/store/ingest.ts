@@ -83,7 +83,7 @@ export class Ingest {
     return this.followedAll;
   }
 
-  private async feed(chunks: Buffer[]): Promise<void> {
+  private async feed(chunks: readonly Buffer[]): Promise<void> {
     const f = this.follower;
     if (!f) return;
     if (f.destroyed) {
@@ -103,8 +103,8 @@ export class Ingest {
     await this.writeMany([chunk], chunk.length);
   }
 
-  /** Appends several chunks with one write call, without copying them together; `total` is their length. */
-  async writeMany(chunks: Buffer[], total: number): Promise<void> {
+  /** Appends several chunks with one write call, without copying them together; `total` is their length. `chunks` must not change until this settles. */
+  async writeMany(chunks: readonly Buffer[], total: number): Promise<void> {
     if (this.written + total > this.expectedSize) {
       throw new FleetError(
         "E_DIGEST_MISMATCH",

@@ -22,8 +22,13 @@ export interface ExitWatchHandle {
 
 /** A blob being written: writes and SHA-256 on a worker thread, one operation at a time (blob-writer.cc). */
 export interface NativeBlobWriter {
-  /** pwritev(2) of the buffers at `position`, whole, then their bytes added to the hash. */
-  write(buffers: Buffer[], position: number): Promise<void>;
+  /**
+   * pwritev(2) of the buffers at `position`, whole, then their bytes added to
+   * the hash. The array is held, not copied, until the promise settles: it
+   * must not change meanwhile, or a buffer taken out of it could be collected
+   * under the worker thread.
+   */
+  write(buffers: readonly Buffer[], position: number): Promise<void>;
   /** Hashes the first `length` bytes of the file (a partial being resumed). */
   hashFile(length: number): Promise<void>;
   /** The hex sha256 of everything hashed; the hash starts over. */
