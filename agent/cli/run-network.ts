@@ -1,11 +1,13 @@
 /**
  * `fleetlet run --network NAME [-p PORT]…`: a container joins a network of
  * the deployment the device runs, by its name in the document, with the
- * services on it in its /etc/hosts, and may publish ports from it.
+ * services on it in its /etc/hosts, and may publish ports from it: a port
+ * the host has bound, or that a firewall rule forwards already, is refused.
  */
 import type { ContainerSpecInput } from "../../schemas/container.js";
 import { parsePort } from "../../schemas/network.js";
 import { FleetError } from "../errors.js";
+import { portHolder, portInUse } from "../reconcile/network-plan.js";
 import type { ParsedArgs } from "./args.js";
 import type { CliContext } from "./context.js";
 
@@ -40,6 +42,15 @@ export async function runNetwork(
   });
   if (rec.spec.internal && ports.length > 0)
     throw usage(`--publish: network ${name} is internal: nothing is published from it`);
+  if (ports.length > 0) {
+    // As for a service's ports: a port the host has bound, or that a rule forwards (the services' own too), is refused.
+    const host = await ctx.runtime.network.hostNetwork();
+    ports.forEach((p, i) => {
+      const busy = portHolder(p, host, []);
+      if (busy)
+        throw new FleetError("E_PORT_IN_USE", `--publish ${publish[i]}: ${portInUse(p, busy)}`, { exitCode: 125 });
+    });
+  }
   const peers = Object.entries(db.data.services).flatMap(([service, s]) => {
     const address = s.addresses?.[name];
     return address ? [{ address, names: [service] }] : [];

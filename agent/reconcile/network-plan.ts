@@ -114,21 +114,28 @@ export function placeNetworks(input: NetworkPlanInput): Record<string, NetworkRe
 
 const covers = (a: string, b: string) => !a || !b || a === b;
 
+/** What holds a published port on the host: a bound socket or a DNAT rule that is not one of `ownPorts`; undefined when free. */
+export function portHolder(p: PortMapping, host: HostNetworkFacts, ownPorts: PortMapping[]): BoundPort | undefined {
+  const ours = (b: BoundPort) =>
+    ownPorts.some((o) => o.protocol === b.protocol && o.hostPort === b.port && covers(o.hostIp, b.ip));
+  return host.bound.find(
+    (b) => b.protocol === p.protocol && b.port === p.hostPort && covers(b.ip, p.hostIp) && !ours(b),
+  );
+}
+
+/** Why a published port cannot be had, for E_PORT_IN_USE. */
+export function portInUse(p: PortMapping, busy: BoundPort): string {
+  const how = busy.forwarded ? "forwarded by a firewall rule (another container's published port?)" : "bound";
+  return `host port ${p.hostPort}/${p.protocol} is already ${how} on the host (${busy.ip || "all addresses"})`;
+}
+
 /** Refuses a published port that something on the host (not one of our services) has bound. */
 export function checkPorts(input: NetworkPlanInput): void {
-  const ours = (b: BoundPort) =>
-    input.ownPorts.some((p) => p.protocol === b.protocol && p.hostPort === b.port && covers(p.hostIp, b.ip));
   for (const [name, s] of Object.entries(input.desired.services).sort(([a], [b]) => (a < b ? -1 : 1))) {
     s.ports.forEach((text, i) => {
       const p = parsePort(text)!;
-      const busy = input.host.bound.find(
-        (b) => b.protocol === p.protocol && b.port === p.hostPort && covers(b.ip, p.hostIp) && !ours(b),
-      );
-      if (busy)
-        throw new FleetError(
-          "E_PORT_IN_USE",
-          `services.${name}.ports[${i}]: host port ${p.hostPort}/${p.protocol} is already ${busy.forwarded ? "forwarded by a firewall rule (another container's published port?)" : "bound"} on the host (${busy.ip || "all addresses"})`,
-        );
+      const busy = portHolder(p, input.host, input.ownPorts);
+      if (busy) throw new FleetError("E_PORT_IN_USE", `services.${name}.ports[${i}]: ${portInUse(p, busy)}`);
     });
   }
 }

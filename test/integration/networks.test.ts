@@ -198,6 +198,11 @@ describe("a deployment on a bridge network", () => {
     for (let i = 0; i < 50 && page !== "adhoc-ok"; i++)
       page = await fetchFrom(lab.outside, `http://${lab.deviceIp}:8282/`);
     expect(page).toBe("adhoc-ok");
+    const twice = await inDevice(["run", "--rm", "--network", "backend", "-p", "8282:80", image, "true"]);
+    expect(twice.status).toBe(125);
+    expect(twice.stderr).toContain("[E_PORT_IN_USE]");
+    expect(twice.stderr).toContain("--publish 8282:80: host port 8282/tcp is already forwarded by a firewall rule");
+    expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8282/`)).toBe("adhoc-ok");
     expect((await inDevice(["rm", "-f", "adhoc"])).status).toBe(0);
     expect(await fetchFrom(lab.outside, `http://${lab.deviceIp}:8282/`)).toBe("");
     const unknown = await inDevice(["run", "--rm", "--network", "nowhere", image, "true"]);
@@ -318,6 +323,9 @@ describe("a document whose networks or ports clash with the host", () => {
     expect(r.stderr).toContain("services.web.ports[0]: host port 7070/tcp is already bound on the host");
     expect(containerOf("web")).toBe(web);
     expect(pidOf(web)).toBe(pid);
+    const adhoc = await inDevice(["run", "--rm", "--network", "backend", "-p", "7070:80", image, "true"]);
+    expect(adhoc.status).toBe(125);
+    expect(adhoc.stderr).toContain("--publish 7070:80: host port 7070/tcp is already bound on the host");
     listener.kill("SIGKILL");
   });
 });
