@@ -20,7 +20,7 @@ import { addBridgeRules, BRIDGE_PREFIX, removeBridgeRules } from "./bridge-rules
 import { outwardAttachment, pluginChain, resultAddress } from "./cni-config.js";
 import { type CniCommand, runCniPlugin } from "./cni-plugin.js";
 import { writeFileAtomic } from "./container-dir.js";
-import { parseForwardedPorts, readHostNetwork } from "./host-network.js";
+import { hasLegacyNatTable, parseForwardedPorts, readHostNetwork } from "./host-network.js";
 import { type HostsEntry, hostResolvConf, hostsContent, rewriteInPlace } from "./hosts-file.js";
 
 export const DEFAULT_CNI_PATH = "/usr/lib/cni";
@@ -82,7 +82,12 @@ export class ContainerNetwork {
   async hostNetwork(): Promise<HostNetworkFacts> {
     const nat = await run("iptables", ["-w", "-t", "nat", "-S"]);
     // Without iptables (or its nat table) nothing is forwarded: there is nothing to read.
-    return readHostNetwork(nat.ok ? parseForwardedPorts(nat.stdout) : []);
+    const rules = [nat.ok ? nat.stdout : ""];
+    if (hasLegacyNatTable()) {
+      const legacy = await run("iptables-legacy", ["-w", "-t", "nat", "-S"]);
+      if (legacy.ok) rules.push(legacy.stdout);
+    }
+    return readHostNetwork(parseForwardedPorts(rules.join("\n")));
   }
 
   /** `fl-` and 12 hex digits of the state root, network and subnet: two agents on a host never share a bridge. */

@@ -79,24 +79,46 @@ function table(name: string): string {
   }
 }
 
+/** The ports of a `--dport 80`, `--dports 80,443,8000:8010` or `--ports …` value. */
+function portList(value: string): number[] {
+  return value.split(",").flatMap((part) => {
+    const [from, to = from] = part.split(":").map(Number);
+    if (!from || !to || to < from || to > 65535) return [];
+    return Array.from({ length: to - from + 1 }, (_, i) => from + i);
+  });
+}
+
 /**
- * Host ports that DNAT rules of `iptables -t nat -S` forward (portmap's
- * `CNI-DN-…` chains, Docker's): taken as surely as a bound socket.
+ * Host ports that DNAT or REDIRECT rules of `iptables -t nat -S` take
+ * (portmap's `CNI-DN-…` chains, Docker's, a transparent proxy's), one port
+ * or a multiport list or range: taken as surely as a bound socket.
  */
 export function parseForwardedPorts(rules: string): BoundPort[] {
   const out: BoundPort[] = [];
   for (const line of rules.split("\n")) {
     const args = line.trim().split(/\s+/);
-    if (args[0] !== "-A" || !line.includes("-j DNAT")) continue;
+    const target = args[args.indexOf("-j") + 1];
+    if (args[0] !== "-A" || (target !== "DNAT" && target !== "REDIRECT")) continue;
     const at = (flag: string) => args.indexOf(flag);
     const protocol = args[at("-p") + 1];
-    const port = Number(args[at("--dport") + 1]);
-    if (at("-p") < 0 || at("--dport") < 0 || (protocol !== "tcp" && protocol !== "udp") || !port) continue;
+    const flag = ["--dport", "--dports", "--ports"].find((f) => at(f) > 0);
+    if (at("-p") < 0 || !flag || (protocol !== "tcp" && protocol !== "udp")) continue;
     const d = at("-d");
     const ip = d > 0 && args[d - 1] !== "!" ? (args[d + 1] ?? "").replace(/\/32$/, "") : "";
-    out.push({ protocol, ip, port, forwarded: true });
+    for (const port of portList(args[at(flag) + 1] ?? "")) out.push({ protocol, ip, port, forwarded: true });
   }
   return out;
+}
+
+/**
+ * Whether the legacy iptables has a nat table here: a firewall written with
+ * the other variant than `iptables` (legacy beside nf_tables) forwards ports
+ * that `iptables -S` does not list. Read from /proc, which loads nothing.
+ */
+export function hasLegacyNatTable(): boolean {
+  return table("ip_tables_names")
+    .split("\n")
+    .some((l) => l.trim() === "nat");
 }
 
 /** The host's routes and bound ports; `forwarded` is what parseForwardedPorts found in its firewall. */

@@ -328,6 +328,29 @@ describe("a document whose networks or ports clash with the host", () => {
     expect(adhoc.stderr).toContain("--publish 7070:80: host port 7070/tcp is already bound on the host");
     listener.kill("SIGKILL");
   });
+
+  it("is refused with E_PORT_IN_USE for a port a rule of the other iptables variant (legacy) forwards", async () => {
+    const web = containerOf("web");
+    const rule = ["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-m", "multiport", "--dports", "7300:7399"];
+    lab.run(lab.device, ["iptables-legacy", ...rule, "-j", "REDIRECT", "--to-ports", "3128"]);
+    try {
+      const moved = services();
+      moved.web.ports = ["7373:80"];
+      const r = await inDevice(["apply", desired(moved, backend)]);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain("services.web.ports[0]: host port 7373/tcp is already forwarded by a firewall rule");
+      expect(containerOf("web")).toBe(web);
+    } finally {
+      lab.run(lab.device, [
+        "iptables-legacy",
+        ...rule.map((a) => (a === "-A" ? "-D" : a)),
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "3128",
+      ]);
+    }
+  });
 });
 
 /** Waits until something in the device namespace listens on the TCP port. */

@@ -247,6 +247,22 @@ describe("reading the ports the host's firewall forwards", () => {
       { protocol: "tcp", ip: "", port: 5000, forwarded: true },
     ]);
   });
+
+  it("takes REDIRECT rules and multiport lists and ranges too", () => {
+    const rules = [
+      "-A PREROUTING -i eth0 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 3128",
+      "-A PREROUTING -p udp -m multiport --dports 5000,6000:6002 -j DNAT --to-destination 10.0.0.2",
+      "-A PREROUTING -p tcp -m multiport --dports 9000:8000 -j DNAT --to-destination 10.0.0.2",
+      "-A POSTROUTING -p tcp -m tcp --dport 25 -j MASQUERADE",
+    ].join("\n");
+    expect(parseForwardedPorts(rules).map((b) => `${b.port}/${b.protocol}`)).toEqual([
+      "80/tcp",
+      "5000/udp",
+      "6000/udp",
+      "6001/udp",
+      "6002/udp",
+    ]);
+  });
 });
 
 describe("reading the host's network from /proc", () => {
