@@ -7,12 +7,13 @@
  * prefers it.
  */
 import { randomBytes } from "node:crypto";
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { createServer as createTlsServer, type TLSSocket, connect as tlsConnect } from "node:tls";
+import { connectAsync } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { tlsOptions } from "../../agent/transport/mqtt-connection.js";
 import { MqttSession } from "../../agent/transport/mqtt-session.js";
@@ -26,9 +27,12 @@ let dir: string;
 const cleanups: (() => unknown)[] = [];
 
 beforeAll(async () => {
-  broker = await startMosquitto({ tls: true, clientCerts: true });
-  proxy = await startCountingProxy({ host: "127.0.0.1", port: broker.port });
   dir = mkdtempSync(join(tmpdir(), "fleetlet-tls-reconnect-"));
+  // Each device may write only its own topics, by the identity in its certificate: a resumed session must keep it.
+  const aclFile = join(dir, "acl");
+  writeFileSync(aclFile, "pattern readwrite fleet/devices/%u/#\nuser operator\ntopic read fleet/#\n");
+  broker = await startMosquitto({ tls: true, clientCerts: true, aclFile });
+  proxy = await startCountingProxy({ host: "127.0.0.1", port: broker.port });
 });
 afterAll(async () => {
   for (const undo of cleanups.reverse()) await undo();
@@ -62,6 +66,7 @@ async function tlsSession(deviceId: string) {
 
 /** Cuts the link, waits for the session to connect again, and returns the bytes each way and the connect's log line. */
 async function reconnect(logs: string[]) {
+  const at = Date.now();
   const mark = logs.length;
   const conns = proxy.connections();
   proxy.reset();
@@ -71,12 +76,33 @@ async function reconnect(logs: string[]) {
   });
   expect(proxy.connections()).toBeGreaterThan(conns);
   await delay(300);
-  return { line, up: proxy.bytesUp(), down: proxy.bytesDown() };
+  return { line, at, up: proxy.bytesUp(), down: proxy.bytesDown() };
+}
+
+/** The retained status of `deviceId`, as the operator (by its own certificate) reads it. */
+async function retainedStatus(deviceId: string): Promise<Record<string, unknown>> {
+  const cert = broker.clientCert("operator");
+  const op = await connectAsync(broker.url, {
+    clientId: `op-${randomBytes(3).toString("hex")}`,
+    protocolVersion: 5,
+    reconnectPeriod: 0,
+    ca: readFileSync(broker.caFile),
+    cert: readFileSync(cert.cert),
+    key: readFileSync(cert.key),
+  });
+  try {
+    const got = new Promise<Buffer>((r) => op.once("message", (_t, payload) => r(payload)));
+    await op.subscribeAsync(`fleet/devices/${deviceId}/status`, { qos: 1 });
+    return JSON.parse((await got).toString());
+  } finally {
+    await op.endAsync(true);
+  }
 }
 
 describe("a reconnect over TLS with a client certificate", () => {
   it("resumes the TLS session: no certificates cross, about half the bytes of a full handshake", async () => {
-    const { logs } = await tlsSession(`dev-${randomBytes(3).toString("hex")}`);
+    const deviceId = `dev-${randomBytes(3).toString("hex")}`;
+    const { logs } = await tlsSession(deviceId);
     expect(logs.find((l) => l.startsWith("connected to"))).not.toContain("TLS resumed");
     const first = { up: proxy.bytesUp(), down: proxy.bytesDown() };
     const again = await reconnect(logs);
@@ -86,6 +112,10 @@ describe("a reconnect over TLS with a client certificate", () => {
     expect(again.up + again.down).toBeLessThan(first.up + first.down);
     const third = await reconnect(logs);
     expect(third.line).toContain("TLS resumed");
+    // The broker still knows the device by its certificate: the status it publishes at each connect is let through.
+    const status = await retainedStatus(deviceId);
+    expect(status).toMatchObject({ online: true, deviceId });
+    expect(Date.parse(String(status.ts))).toBeGreaterThan(third.at);
   });
 
   it("makes a full handshake, and checks everything again, once the client certificate is replaced on disk", async () => {
