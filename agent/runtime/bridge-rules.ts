@@ -7,7 +7,13 @@
  * accepts what is left of our bridges' traffic, so a FORWARD policy of DROP
  * (ufw's, Docker's) does not stop it; in the nat table FLEETLET-MASQ
  * (jumped to from POSTROUTING) masquerades what leaves a network that is not
- * internal by any other link. One masquerade rule per network, rather than
+ * internal by any other link; and in the filter table FLEETLET-LOCALNET
+ * (jumped to first from INPUT) drops what arrives from any of our bridges
+ * for 127.0.0.0/8 unless it is a published port's traffic or a reply: the
+ * portmap plugin turns route_localnet on for the bridges (for ports
+ * published on 127.0.0.1), which otherwise lets a container that can forge
+ * packets (NET_RAW, granted only by `fleetlet run --cap-add`) reach what the
+ * device serves on its loopback. One masquerade rule per network, rather than
  * the bridge plugin's chain per container: cheaper, and nothing is left
  * behind when a container's veth vanished before its DEL (the plugin finds
  * the addresses to unmasquerade in the container's interface). The CNI
@@ -28,6 +34,12 @@ interface Chain {
 
 const ISOLATION: Chain = { table: "filter", name: "FLEETLET-ISOLATION", from: ["-I", "FORWARD", "1"] };
 const MASQ: Chain = { table: "nat", name: "FLEETLET-MASQ", from: ["-A", "POSTROUTING"] };
+const LOCALNET: Chain = { table: "filter", name: "FLEETLET-LOCALNET", from: ["-I", "INPUT", "1"] };
+/** One rule for every bridge of ours (`fl-+`): made with the first bridge, and harmless with none. */
+const LOCALNET_DROP = [
+  ...["-i", `${BRIDGE_PREFIX}+`, "-d", "127.0.0.0/8", "-m", "conntrack", "!"],
+  ...["--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP"],
+];
 
 function iptables(table: string, args: string[]): Promise<{ ok: boolean; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -97,7 +109,8 @@ const present = async (chain: Chain, rule: string[]) => (await iptables(chain.ta
 
 async function addRules(bridge: string, subnet: string, internal: boolean): Promise<void> {
   const what = `firewall rules of bridge ${bridge}`;
-  for (const chain of [ISOLATION, MASQ]) await ensureChain(chain, what);
+  for (const chain of [ISOLATION, MASQ, LOCALNET]) await ensureChain(chain, what);
+  if (!(await present(LOCALNET, LOCALNET_DROP))) await must("filter", ["-A", LOCALNET.name, ...LOCALNET_DROP], what);
   const { head, tail, masq } = rulesOf(bridge, subnet, internal);
   // The head goes in whole, in order (a drop above the bridge's own ACCEPT would cut it in two).
   const missing = [];

@@ -6,7 +6,7 @@
  * the test host through NAT, publish TCP and UDP ports to it and to the
  * device's 127.0.0.1, and reach their own published port (hairpin).
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -289,6 +289,55 @@ describe("published ports", () => {
       exitCode: 0,
       output: "web-ok\n",
     });
+  });
+});
+
+describe("the device's loopback", () => {
+  it("is out of reach of a neighbour on a bridge that forges packets for 127.0.0.1 (route_localnet is on)", async () => {
+    const net = Object.values(dbOf().networks as Record<string, { bridge: string; subnet: string }>)[0]!;
+    expect(lab.run(lab.device, ["cat", `/proc/sys/net/ipv4/conf/${net.bridge}/route_localnet`]).trim()).toBe("1");
+    const www = mkdtempSync(join(tmpdir(), "fleetlet-loopback-www-"));
+    writeFileSync(join(www, "index.html"), "loopback-secret\n");
+    const listener = spawn(
+      "nsenter",
+      nsArgs(lab.device, ["busybox", "httpd", "-f", "-p", "127.0.0.1:7474", "-h", www]),
+    );
+    servers.push(listener);
+    expect(await fetchFrom(lab.device, "http://127.0.0.1:7474/")).toBe("loopback-secret");
+    // The neighbour: a namespace on the bridge (as a container with NET_ADMIN and NET_RAW would be), routing 127.0.0.1 to the gateway.
+    const att = `${lab.device.slice(0, 10)}-att`;
+    const veth = `fla${process.pid % 100000}`;
+    const prefix = net.subnet.replace(/\.0\/\d+$/, "");
+    execFileSync("ip", ["netns", "add", att]);
+    try {
+      execFileSync("ip", [
+        "link",
+        "add",
+        `${veth}a`,
+        "netns",
+        lab.device,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        `${veth}b`,
+        "netns",
+        att,
+      ]);
+      lab.run(lab.device, ["ip", "link", "set", `${veth}a`, "master", net.bridge, "up"]);
+      lab.run(att, ["ip", "addr", "add", `${prefix}.250/24`, "dev", `${veth}b`]);
+      lab.run(att, ["ip", "link", "set", `${veth}b`, "up"]);
+      lab.run(att, ["sh", "-c", `echo 1 > /proc/sys/net/ipv4/conf/${veth}b/route_localnet`]);
+      lab.run(att, ["ip", "route", "add", "127.0.0.1/32", "via", `${prefix}.1`, "dev", `${veth}b`]);
+      expect(await fetchFrom(att, `http://${dbOf().services.db.addresses.backend}/`)).toBe("db-ok"); // on the link
+      expect(await fetchFrom(att, "http://127.0.0.1:7474/")).toBe("");
+      expect(await fetchFrom(lab.device, "http://127.0.0.1:7474/")).toBe("loopback-secret");
+      expect(await fetchFrom(lab.device, "http://127.0.0.1:9090/")).toBe("web-ok"); // published on 127.0.0.1: still served
+    } finally {
+      listener.kill("SIGKILL");
+      spawnSync("ip", ["netns", "del", att]);
+      rmSync(www, { recursive: true, force: true });
+    }
   });
 });
 
