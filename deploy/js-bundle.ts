@@ -28,13 +28,20 @@ import { build, type Metafile, type Plugin } from "esbuild";
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const CLIS = ["fleetlet", "fleetctl"] as const;
 
-/** `entry:NAME` is a two-line module that runs agent/cli/NAME.ts as bin/load.js does in a checkout. */
+/**
+ * `entry:NAME` is a small module that runs agent/cli/NAME.ts as bin/load.js
+ * does in a checkout: `fleetlet` turns on the compile cache first
+ * (agent/cli/startup-cache.ts), then imports the CLI, a chunk of its own.
+ */
 const entries: Plugin = {
   name: "fleetlet-entries",
   setup(b) {
     b.onResolve({ filter: /^entry:/ }, (args) => ({ path: args.path.slice("entry:".length), namespace: "entry" }));
     b.onLoad({ filter: /.*/, namespace: "entry" }, (args) => ({
-      contents: `import { main } from "./agent/cli/${args.path}.ts";\nprocess.exitCode = await main(process.argv.slice(2));\n`,
+      contents:
+        args.path === "fleetlet"
+          ? `import { startCompileCache } from "./agent/cli/startup-cache.ts";\nstartCompileCache(process.argv.slice(2));\nconst { main } = await import("./agent/cli/fleetlet.ts");\nprocess.exitCode = await main(process.argv.slice(2));\n`
+          : `import { main } from "./agent/cli/${args.path}.ts";\nprocess.exitCode = await main(process.argv.slice(2));\n`,
       resolveDir: ROOT,
       loader: "js",
     }));

@@ -6,12 +6,9 @@ import { z } from "zod";
 import { devicePolicy } from "./policy.js";
 import { byteQuantity } from "./quantity.js";
 
-/** The device state directory unless `--root` or FLEETLET_ROOT says otherwise. */
-export const DEFAULT_ROOT = "/var/lib/fleetlet";
+export { DEFAULT_CONFIG_PATH, DEFAULT_ROOT } from "./default-paths.js";
 /** Where host devices are looked up unless the config's `devRoot` or FLEETLET_DEV_ROOT says otherwise. */
 export const DEFAULT_DEV_ROOT = "/dev";
-/** The device config file unless `--config` or FLEETLET_CONFIG says otherwise. */
-export const DEFAULT_CONFIG_PATH = "/etc/fleetlet/config.json";
 /**
  * The agent's MQTT keepalive: one PINGREQ every 4 minutes on an idle link.
  * Over TLS a ping and its answer are 48 bytes of TCP payload, so an idle

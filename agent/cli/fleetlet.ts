@@ -4,10 +4,10 @@ import { FleetError } from "../errors.js";
 import { loadNative } from "../system/native.js";
 import { execWithAgentFlags } from "../system/process-memory.js";
 import { applyCommand } from "./agent-commands.js";
-import type { OptionSpec } from "./args.js";
 import { type Command, parseCommandLine } from "./command-line.js";
 import { killCommand, logsCommand, psCommand, rmCommand, stopCommand } from "./container-commands.js";
 import { CliContext } from "./context.js";
+import { FLEETLET_GLOBALS } from "./fleetlet-globals.js";
 import { imagesCommand, pruneCommand, pullCommand, rmiCommand } from "./image-commands.js";
 import { printError } from "./output.js";
 import { PULL_WORKER_COMMAND } from "./pull-process.js";
@@ -55,13 +55,7 @@ as --root DIR or --root=DIR:
   --version      print fleetlet's version
 `;
 
-/** Taken before the command word and anywhere among a command's options (not after `--` or `run`'s IMAGE). */
-export const FLEETLET_GLOBALS: OptionSpec[] = [
-  { name: "root", type: "string" },
-  { name: "config", type: "string" },
-  { name: "help", type: "boolean" },
-  { name: "version", type: "boolean" },
-];
+export { FLEETLET_GLOBALS };
 
 export const FLEETLET_COMMANDS: Record<string, Command<CliContext>> = {
   run: runCommand,

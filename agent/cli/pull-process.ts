@@ -102,12 +102,13 @@ export function releaseSpareWorker(): void {
   if (kept?.child.connected) kept.child.disconnect();
 }
 
-function forkWorker(opts: WorkerOptions): ChildProcess {
+function forkWorker(root: string, opts: WorkerOptions): ChildProcess {
   // The worker's stderr is the daemon's: a crash's trace lands in its log.
+  // FLEETLET_ROOT: the root whose compile cache its start uses (cli/startup-cache.ts); its pulls name theirs.
   return fork(opts.script, [PULL_WORKER_COMMAND], {
     stdio: ["ignore", "inherit", "inherit", "ipc"],
     execArgv: opts.execArgv ?? process.execArgv,
-    env: { ...process.env, [PULL_WORKER_IDLE_ENV]: String(opts.idleMs ?? 0) },
+    env: { ...process.env, FLEETLET_ROOT: root, [PULL_WORKER_IDLE_ENV]: String(opts.idleMs ?? 0) },
   });
 }
 
@@ -118,7 +119,7 @@ function forkWorker(opts: WorkerOptions): ChildProcess {
  */
 export async function pullInWorker(request: PullRequest, opts: WorkerOptions): Promise<ImageRecord> {
   opts.signal?.throwIfAborted();
-  const key = JSON.stringify([opts.script, opts.execArgv ?? process.execArgv, opts.idleMs ?? 0]);
+  const key = JSON.stringify([opts.script, opts.execArgv ?? process.execArgv, opts.idleMs ?? 0, request.root]);
   const waiting = takeSpare(key);
   if (waiting) {
     try {
@@ -127,7 +128,7 @@ export async function pullInWorker(request: PullRequest, opts: WorkerOptions): P
       if ((err as FleetError).code !== "E_PULL_WORKER") throw err;
     }
   }
-  return pullIn(forkWorker(opts), key, request, opts);
+  return pullIn(forkWorker(request.root, opts), key, request, opts);
 }
 
 function pullIn(child: ChildProcess, key: string, request: PullRequest, opts: WorkerOptions): Promise<ImageRecord> {

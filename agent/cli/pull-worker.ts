@@ -11,6 +11,7 @@
  * (CliContext.pull's handler), so a worker never outlives the agent that
  * asked for it.
  */
+import { flushCompileCache } from "node:module";
 import { FleetError } from "../errors.js";
 import type { PullEvent } from "../registry/pull.js";
 import type { StateDb } from "../state/db.js";
@@ -111,6 +112,8 @@ export async function runPullWorker(): Promise<number> {
     if (!process.connected) break;
     await send(result);
     status = result.type === "done" ? 0 : 1;
+    // The code its first pull compiled, to the state root's compile cache now, not when it exits after waiting.
+    if (first) flushCompileCache();
   }
   if (process.connected) process.disconnect();
   return status;

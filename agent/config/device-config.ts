@@ -4,10 +4,11 @@
  */
 import { readFileSync } from "node:fs";
 import { DEFAULT_CONFIG_PATH, DEFAULT_ROOT, type DeviceConfig, deviceConfig } from "../../schemas/config.js";
+import { resolveRoot } from "../../schemas/default-paths.js";
 import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError, isErrno } from "../errors.js";
 
-export { DEFAULT_CONFIG_PATH, DEFAULT_ROOT };
+export { DEFAULT_CONFIG_PATH, DEFAULT_ROOT, resolveRoot };
 
 /** FLEETLET_DEVICE_ID, FLEETLET_MQTT_URL, …: env name → config path. */
 const ENV_OVERRIDES: Record<string, string[]> = {
@@ -57,8 +58,4 @@ export function loadDeviceConfig(path: string | undefined, env: NodeJS.ProcessEn
   const parsed = deviceConfig.safeParse(raw);
   if (!parsed.success) throw new FleetError("E_INVALID_CONFIG", `config ${file}: ${formatIssues(parsed.error)}`);
   return parsed.data;
-}
-
-export function resolveRoot(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
-  return flag ?? env.FLEETLET_ROOT ?? DEFAULT_ROOT;
 }

@@ -21,7 +21,14 @@ export const CONTENT_DIRS = ["blobs", "blobs/sha256", "ingest", "layers", "conta
 export const PRIVATE_MODE = 0o700;
 
 /** Names only fleetlet puts at the top of a state root (and what mkfs leaves on a dedicated filesystem). */
-const OWN_NAMES = new Set([...CONTENT_DIRS, "db.json", "db.json.lock", "volumes.lock", "volumes.migrating"]);
+const OWN_NAMES = new Set([
+  ...CONTENT_DIRS,
+  "db.json",
+  "db.json.lock",
+  "volumes.lock",
+  "volumes.migrating",
+  "compile-cache", // system/compile-cache.ts
+]);
 const IGNORED_NAMES = new Set(["lost+found"]);
 
 /** Writes one warning line (stderr by default). */
@@ -87,6 +94,11 @@ export function secureStateRoot(root: string, warn: Warn = warnOnStderr): void {
   }
 }
 
+/** True when `root` holds something only fleetlet puts there: it is a state root fleetlet has used. */
+export function holdsFleetletState(root: string): boolean {
+  return readdirSync(root).some((n) => OWN_NAMES.has(n) || n.startsWith(".db.json."));
+}
+
 /**
  * A directory that holds things, none of them fleetlet's (`--root /tmp`, a
  * home directory), is not made private behind its owner's back: fleetlet
@@ -94,7 +106,7 @@ export function secureStateRoot(root: string, warn: Warn = warnOnStderr): void {
  */
 function refuseForeignRoot(root: string): void {
   const names = readdirSync(root).filter((n) => !IGNORED_NAMES.has(n));
-  if (names.length === 0 || names.some((n) => OWN_NAMES.has(n) || n.startsWith(".db.json."))) return;
+  if (names.length === 0 || holdsFleetletState(root)) return;
   throw new FleetError(
     "E_INVALID_ARGUMENT",
     `state root ${root} holds files that are not fleetlet's (${names.slice(0, 3).join(", ")}${names.length > 3 ? ", …" : ""}) and none that are; fleetlet makes its root private (0700), so name a new or empty directory`,

@@ -1,10 +1,10 @@
 /**
- * How the agent bench starts `fleetlet agent`, from its options:
+ * How the agent and pull benches start `fleetlet`, from their options:
  *   --bundle             the release bundle's JavaScript (deploy/js-bundle.ts, one
  *                        file per CLI and shared chunks) instead of dist/'s modules
- *   --agent-flags "F…"   Node flags for the agent process only (not the bench, not
- *                        the bare node it is compared with)
- *   --agent-env K=V      an environment variable for the agent only (repeatable)
+ *   --agent-flags "F…"   Node flags for fleetlet's processes only (not the bench, not
+ *                        the bare node or the other tools it is compared with)
+ *   --agent-env K=V      an environment variable for fleetlet only (repeatable)
  * The agent still adds its own flags (agent/system/process-memory.ts) unless
  * these name them.
  */

@@ -10,6 +10,9 @@
  * wall time and the CPU time (user + sys) of its whole process tree.
  *   resume               bytes on the wire after kill -9 at ~50% and a second pull, vs the image size
  * and, for the first two, the same pulls in a warm process as the agent makes them (warm-pull.ts).
+ * `--bundle` runs the release bundle's lib/fleetlet.js, as a device does, instead of
+ * dist/'s modules; `--agent-flags` and `--agent-env` give fleetlet's processes Node
+ * flags or environment (agent-launch.ts). The warm rows use dist/'s modules either way.
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -29,9 +32,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { pushImage } from "../../agent/registry/push.js";
 import { startCountingProxy } from "../support/counting-proxy.js";
 import { startRegistry } from "../support/registry.js";
+import { agentLaunch } from "./agent-launch.js";
 import { warmPulls } from "./warm-pull.js";
 
-const FLEETLET = new URL("../../../bin/fleetlet.js", import.meta.url).pathname;
 const UNPACK_ONE = new URL("./unpack-one.js", import.meta.url).pathname;
 
 /** Wall and CPU (user + sys of the process tree) milliseconds of one run, or of several in a row. */
@@ -43,9 +46,12 @@ interface Cost {
 const plus = (a: Cost, b: Cost): Cost => ({ wall: a.wall + b.wall, cpu: a.cpu + b.cpu });
 
 /** Runs cmd under /usr/bin/time: its wall time, and the user + sys time of it and every child it waited for. */
-function timed(cmd: string, args: string[], timesFile: string): Cost {
+function timed(cmd: string, args: string[], timesFile: string, env?: NodeJS.ProcessEnv): Cost {
   const t0 = performance.now();
-  const r = spawnSync("/usr/bin/time", ["-f", "%U %S", "-o", timesFile, cmd, ...args], { encoding: "utf8" });
+  const r = spawnSync("/usr/bin/time", ["-f", "%U %S", "-o", timesFile, cmd, ...args], {
+    encoding: "utf8",
+    ...(env ? { env } : {}),
+  });
   const wall = performance.now() - t0;
   if (r.status !== 0)
     throw new Error(
@@ -53,6 +59,18 @@ function timed(cmd: string, args: string[], timesFile: string): Cost {
     );
   const [user, sys] = readFileSync(timesFile, "utf8").trim().split("\n").at(-1)!.split(" ").map(Number);
   return { wall, cpu: ((user ?? Number.NaN) + (sys ?? Number.NaN)) * 1000 };
+}
+
+/** The bytes of the files in dir now; a file (a lock, a finished ingest) gone between the listing and its stat counts 0. */
+function bytesIn(dir: string): number {
+  if (!existsSync(dir)) return 0;
+  return readdirSync(dir).reduce((n, f) => n + (statSync(join(dir, f), { throwIfNoEntry: false })?.size ?? 0), 0);
+}
+
+/** A state root as a device's is after `rmi` and `prune`: all gone but the compile cache. */
+function emptyRoot(root: string): void {
+  for (const name of readdirSync(root))
+    if (name !== "compile-cache") rmSync(join(root, name), { recursive: true, force: true });
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -83,8 +101,9 @@ export async function pullBench(args: string[]): Promise<void> {
     };
     const config = join(work, "config.json");
     writeFileSync(config, JSON.stringify({ registries }));
+    const launch = agentLaunch(args, work);
     console.log(
-      `pull: ${totalMiB} MiB of incompressible data in ${layers} layers, local TLS registry ${reg.host}, ${runs} runs each, medians`,
+      `pull: ${totalMiB} MiB of incompressible data in ${layers} layers, local TLS registry ${reg.host}, ${runs} runs each, medians; fleetlet from ${launch.describe}`,
     );
     let base: string | undefined;
     for (let i = 0; i < layers; i++) {
@@ -115,20 +134,31 @@ export async function pullBench(args: string[]): Promise<void> {
     const full: Cost[] = [];
     const fullSkopeo: Cost[] = [];
     const fleetlet = (root: string, ...rest: string[]) =>
-      timed(process.execPath, [FLEETLET, "--root", root, "--config", config, "pull", "--quiet", ...rest, image], times);
+      timed(
+        process.execPath,
+        [...launch.argv, "--root", root, "--config", config, "pull", "--quiet", ...rest, image],
+        times,
+        launch.env,
+      );
+    // fleetlet's state roots outlive the runs, as a device's does: each run starts with the image gone
+    // but the compile cache kept (agent/system/compile-cache.ts), warmed by one pull before the first.
+    const ourRoots = [join(work, "fleetlet-dl"), join(work, "fleetlet-full")];
+    for (const root of ourRoots) fleetlet(root, "--download-only");
     for (let r = 0; r < runs; r++) {
-      const roots = [join(work, `r${r}a`), join(work, `r${r}b`), join(work, `o${r}a`), join(work, `o${r}b`)];
-      dl.push(fleetlet(roots[0]!, "--download-only"));
-      dlSkopeo.push(timed("skopeo", skopeo(roots[2]!), times));
-      full.push(fleetlet(roots[1]!));
+      for (const root of ourRoots) emptyRoot(root);
+      const roots = [join(work, `o${r}a`), join(work, `o${r}b`)];
+      dl.push(fleetlet(ourRoots[0]!, "--download-only"));
+      dlSkopeo.push(timed("skopeo", skopeo(roots[0]!), times));
+      full.push(fleetlet(ourRoots[1]!));
       fullSkopeo.push(
         plus(
-          timed("skopeo", skopeo(roots[3]!), times),
-          timed("umoci", ["unpack", "--image", `${roots[3]}:img`, join(roots[3]!, "bundle")], times),
+          timed("skopeo", skopeo(roots[1]!), times),
+          timed("umoci", ["unpack", "--image", `${roots[1]}:img`, join(roots[1]!, "bundle")], times),
         ),
       );
       for (const d of roots) rmSync(d, { recursive: true, force: true });
     }
+    for (const root of ourRoots) rmSync(root, { recursive: true, force: true });
     console.log("");
     row("download and verify", dl, dlSkopeo, "skopeo copy", { wall: "<= 0.8", cpu: "<= 1.0" });
     row("pull and unpack", full, fullSkopeo, "skopeo copy + umoci unpack", { wall: "<= 0.6", cpu: "-" });
@@ -140,17 +170,11 @@ export async function pullBench(args: string[]): Promise<void> {
 
     // Unpack alone: one layer blob, from disk, into an empty directory.
     const store = join(work, "unpack-store");
-    execFileSync(process.execPath, [
-      FLEETLET,
-      "--root",
-      store,
-      "--config",
-      config,
-      "pull",
-      "--quiet",
-      "--download-only",
-      image,
-    ]);
+    execFileSync(
+      process.execPath,
+      [...launch.argv, "--root", store, "--config", config, "pull", "--quiet", "--download-only", image],
+      { env: launch.env },
+    );
     const blobDir = join(store, "blobs", "sha256");
     const blob = readdirSync(blobDir)
       .map((n) => join(blobDir, n))
@@ -179,21 +203,14 @@ export async function pullBench(args: string[]): Promise<void> {
     proxy.reset();
     const child = spawn(
       process.execPath,
-      [FLEETLET, "--root", resumeRoot, "--config", config, "pull", "--quiet", "--max-rate", "100M", viaProxy],
-      { stdio: "ignore" },
+      [...launch.argv, "--root", resumeRoot, "--config", config, "pull", "--quiet", "--max-rate", "100M", viaProxy],
+      { stdio: "ignore", env: launch.env },
     );
     const ingest = join(resumeRoot, "ingest");
     for (;;) {
       await sleep(20);
-      const partial = existsSync(ingest)
-        ? readdirSync(ingest).reduce((n, f) => n + statSync(join(ingest, f)).size, 0)
-        : 0;
-      const blobs = existsSync(join(resumeRoot, "blobs", "sha256"))
-        ? readdirSync(join(resumeRoot, "blobs", "sha256")).reduce(
-            (n, f) => n + statSync(join(resumeRoot, "blobs", "sha256", f)).size,
-            0,
-          )
-        : 0;
+      const partial = bytesIn(ingest);
+      const blobs = bytesIn(join(resumeRoot, "blobs", "sha256"));
       if (partial + blobs >= imageBytes / 2 || child.exitCode !== null) break;
     }
     child.kill("SIGKILL");
@@ -202,8 +219,8 @@ export async function pullBench(args: string[]): Promise<void> {
     const second = await new Promise<number>((resolve, reject) => {
       const again = spawn(
         process.execPath,
-        [FLEETLET, "--root", resumeRoot, "--config", config, "pull", "--quiet", viaProxy],
-        { stdio: "ignore" },
+        [...launch.argv, "--root", resumeRoot, "--config", config, "pull", "--quiet", viaProxy],
+        { stdio: "ignore", env: launch.env },
       );
       again.on("exit", (code) =>
         code === 0 ? resolve(proxy.bytesDown() - first) : reject(new Error(`resumed pull exited ${code}`)),

@@ -6,7 +6,16 @@
  * real container.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import {
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import mqtt from "mqtt";
@@ -141,6 +150,12 @@ describe("the installed x64 bundle", () => {
     expect(readFileSync(`/proc/${agent.pid}/cmdline`, "utf8").split("\0")).toEqual(
       expect.arrayContaining(["--max-semi-space-size=1", join(prefix, "versions", VERSION, "lib/fleetlet.js")]),
     );
+    // Its pull worker started with the root's compile cache on, and wrote the code it compiled there.
+    const cache = join(root, "compile-cache");
+    expect(statSync(cache).mode & 0o777).toBe(0o700);
+    expect(
+      readdirSync(cache, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).length,
+    ).toBeGreaterThan(0);
 
     agent.kill("SIGTERM");
     expect(await exited, agentLog).toEqual([0, null]);
