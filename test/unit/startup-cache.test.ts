@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseCommandLine } from "../../agent/cli/command-line.js";
 import { FLEETLET_COMMANDS, FLEETLET_GLOBALS } from "../../agent/cli/fleetlet.js";
-import { earlyStateRoot } from "../../agent/cli/startup-cache.js";
+import { cachedCommand, earlyStateRoot } from "../../agent/cli/startup-cache.js";
 import { DEFAULT_ROOT, resolveRoot } from "../../schemas/default-paths.js";
 
 describe("the state root the entry reads before the commands load", () => {
@@ -31,5 +31,14 @@ describe("the state root the entry reads before the commands load", () => {
     [["--root"]],
   ])("is not told for %j (a --root after the command word, or a usage error): no cache", (argv) => {
     expect(earlyStateRoot(argv, env)).toBeUndefined();
+  });
+});
+
+describe("the commands the compile cache serves", () => {
+  it("are the one-shot commands and the pull worker, not the daemon, whose resident memory counts", () => {
+    expect(cachedCommand(["pull", "img"])).toBe(true);
+    expect(cachedCommand(["--root", "/r", "__pull-worker"])).toBe(true);
+    expect(cachedCommand(["agent"])).toBe(false);
+    expect(cachedCommand(["--root", "/r", "--config", "/c", "agent", "--lite-mode"])).toBe(false);
   });
 });
