@@ -1,7 +1,8 @@
 /**
  * How the agent and pull benches start `fleetlet`, from their options:
  *   --bundle             the release bundle's JavaScript (deploy/js-bundle.ts, one
- *                        file per CLI and shared chunks) instead of dist/'s modules
+ *                        file per CLI and shared chunks) instead of dist/'s modules,
+ *                        under the Node flags its launcher (deploy/launcher.sh) gives
  *   --agent-flags "F…"   Node flags for fleetlet's processes only (not the bench, not
  *                        the bare node or the other tools it is compared with)
  *   --agent-env K=V      an environment variable for fleetlet only (repeatable)
@@ -36,8 +37,16 @@ function bundle(work: string): string {
   return join(dir, "lib", "fleetlet.js");
 }
 
+/** The Node flags a release bundle's bin/fleetlet runs every command with: its `node_flags=` line. */
+export function launcherFlags(): string[] {
+  const line = /^node_flags="(.*)"$/m.exec(readFileSync(join(ROOT, "deploy/launcher.sh"), "utf8"));
+  if (!line) throw new Error("deploy/launcher.sh has no node_flags= line");
+  return line[1]!.split(/\s+/).filter(Boolean);
+}
+
 export function agentLaunch(args: string[], work: string): AgentLaunch {
-  const flags: string[] = [];
+  // --agent-flags come after the launcher's: V8 takes the last of a flag given twice.
+  const flags: string[] = args.includes("--bundle") ? launcherFlags() : [];
   const env: NodeJS.ProcessEnv = { ...process.env };
   let script = join(ROOT, "bin/fleetlet.js");
   for (let i = 0; i < args.length; i++) {

@@ -150,6 +150,27 @@ describe("the installed x64 bundle", () => {
     expect(readFileSync(`/proc/${agent.pid}/cmdline`, "utf8").split("\0")).toEqual(
       expect.arrayContaining(["--max-semi-space-size=1", join(prefix, "versions", VERSION, "lib/fleetlet.js")]),
     );
+    // A one-shot command runs under the launcher's Node flags too (fleetctl's watch, as it waits).
+    const watch = spawn(
+      join(prefix, "current/bin/fleetctl"),
+      ["--config", join(etc, "config.json"), "status", "--watch"],
+      {
+        env: device,
+        stdio: ["ignore", "pipe", "ignore"],
+      },
+    );
+    try {
+      await new Promise((resolve) => watch.stdout!.once("data", resolve));
+      expect(readFileSync(`/proc/${watch.pid}/cmdline`, "utf8").split("\0")).toEqual(
+        expect.arrayContaining([
+          "--max-semi-space-size=1",
+          "--v8-pool-size=1",
+          join(prefix, "versions", VERSION, "lib/fleetctl.js"),
+        ]),
+      );
+    } finally {
+      watch.kill("SIGKILL");
+    }
     // Its pull worker started with the root's compile cache on, and wrote the code it compiled there.
     const cache = join(root, "compile-cache");
     expect(statSync(cache).mode & 0o777).toBe(0o700);
