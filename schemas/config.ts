@@ -2,9 +2,10 @@
  * The device config file (`/etc/fleetlet/config.json`). docs/contract.md
  * describes every field; test/unit/docs.test.ts holds it to this schema.
  */
-import { z } from "zod";
+
 import { devicePolicy } from "./policy.js";
 import { byteQuantity } from "./quantity.js";
+import { z } from "./zod.js";
 
 /** The device state directory unless `--root` or FLEETLET_ROOT says otherwise. */
 export const DEFAULT_ROOT = "/var/lib/fleetlet";
