@@ -7,7 +7,8 @@
  * shared code in OUTDIR/chunks/, and OUTDIR/THIRD-PARTY-LICENSES with the
  * license of every package the files hold. Code splitting keeps the CLI's
  * dynamic imports lazy: the daemon's MQTT stack and the pull's HTTP stack
- * are separate chunks, loaded only by the commands that need them.
+ * are separate chunks, loaded only by the commands that need them, and
+ * mqtt.js is trimmed of what the daemon never uses (mqttTrim).
  * No source maps and no renaming: stack traces keep the source's names; the
  * whitespace and comments go (a module's source stays in the heap as long as
  * the module, and a comment's one character past Latin-1, an em dash, makes
@@ -96,7 +97,7 @@ const zodEnglishOnly: Plugin = {
 
 /**
  * What the daemon's MQTT stack (mqtt.js 5) loads and never uses, left out of
- * the bundle's resident memory (js-bundle.ts applies these to the bundle):
+ * the bundle's resident memory by the mqttTrim plugin:
  *
  * - mqtt.js requires every transport at its first connect: WebSockets (ws,
  *   with zlib and https), TLS (node:tls, crypto's keys and contexts) and TCP.
