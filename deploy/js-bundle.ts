@@ -7,7 +7,8 @@
  * shared code in OUTDIR/chunks/, and OUTDIR/THIRD-PARTY-LICENSES with the
  * license of every package the files hold. Code splitting keeps the CLI's
  * dynamic imports lazy: the daemon's MQTT stack and the pull's HTTP stack
- * are separate chunks, loaded only by the commands that need them.
+ * are separate chunks, loaded only by the commands that need them, and
+ * mqtt.js is trimmed of what the daemon never uses (mqttTrim).
  * No source maps and no renaming: stack traces keep the source's names; the
  * whitespace and comments go (a module's source stays in the heap as long as
  * the module, and a comment's one character past Latin-1, an em dash, makes
@@ -49,9 +50,14 @@ const entries: Plugin = {
 };
 
 /**
- * `import … from "node:X"` becomes a CommonJS module whose exports are
- * process.getBuiltinModule("node:X"): esbuild reads the names it imports at
- * their use (`import_node_http.createServer`), so no other export is touched.
+ * `import … from "node:X"` becomes a CommonJS module with a getter for each
+ * export of node:X (its names read from this Node at build time) that takes
+ * process.getBuiltinModule("node:X") at the first use of any: esbuild reads
+ * the names it imports at their use (`import_node_http.createServer`), so no
+ * other export is touched, and a module is loaded only when code first uses
+ * it, not when the chunk that imports it is. The daemon imports, through
+ * code it shares with the CLI, modules that only some commands or only a
+ * pull use (zlib, for one).
  */
 const builtins: Plugin = {
   name: "fleetlet-builtins",
@@ -61,10 +67,17 @@ const builtins: Plugin = {
         ? { path: args.path, namespace: "builtin" }
         : { path: args.path, external: true },
     );
-    b.onLoad({ filter: /.*/, namespace: "builtin" }, (args) => ({
-      contents: `module.exports = process.getBuiltinModule(${JSON.stringify(args.path)});\n`,
-      loader: "js",
-    }));
+    b.onLoad({ filter: /.*/, namespace: "builtin" }, (args) => {
+      const id = JSON.stringify(args.path);
+      const names = Object.getOwnPropertyNames(process.getBuiltinModule(args.path));
+      const getters = names.map(
+        (n) => `${JSON.stringify(n)}: { enumerable: true, get: () => load()[${JSON.stringify(n)}] }`,
+      );
+      return {
+        contents: `let m;\nconst load = () => (m ??= process.getBuiltinModule(${id}));\nmodule.exports = Object.defineProperties({}, {\n${getters.join(",\n")}\n});\n`,
+        loader: "js",
+      };
+    });
   },
 };
 
@@ -86,6 +99,101 @@ const zodEnglishOnly: Plugin = {
       resolveDir: dirname(args.path),
       loader: "js",
     }));
+  },
+};
+
+/**
+ * What the daemon's MQTT stack (mqtt.js 5) loads and never uses, left out of
+ * the bundle's resident memory by the mqttTrim plugin:
+ *
+ * - mqtt.js requires every transport at its first connect: WebSockets (ws,
+ *   with zlib and https), TLS (node:tls, crypto's keys and contexts) and TCP.
+ *   Each is required here on its first use instead, so a plaintext broker
+ *   never loads TLS nor a TLS broker WebSockets.
+ * - SOCKS (socks, ip-address, smart-buffer; node:dns and assert) is required
+ *   only when mqtt's socksProxy option is set, which fleetlet never sets.
+ * - worker-timers (a browser's timers in a Web Worker) only when a client
+ *   asks for them (timerVariant "worker"; fleetlet never does).
+ * - readable-stream, a copy of Node 18's streams for browsers, is Node's own
+ *   node:stream, which the daemon has loaded anyway.
+ *
+ * Each rewrite names the exact text it replaces: a new mqtt.js whose text
+ * differs fails the bundle's build rather than silently loading it all again.
+ */
+
+interface Rewrite {
+  /** The file, under node_modules/mqtt/build/lib/. */
+  file: string;
+  from: string;
+  to: string;
+}
+
+/** A transport's module, required when the connection first asks for it. */
+const lazyTransport = (proto: string, mod: string, member: string) =>
+  `Object.defineProperty(protocols, '${proto}', { enumerable: true, configurable: true, get: () => require('./${mod}').${member} });`;
+
+const REWRITES: readonly Rewrite[] = [
+  {
+    file: "connect/index.js",
+    from: `            protocols.ws = require('./ws').streamBuilder;
+            protocols.wss = require('./ws').streamBuilder;
+            protocols.mqtt = require('./tcp').default;
+            protocols.tcp = require('./tcp').default;
+            protocols.ssl = require('./tls').default;
+            protocols.tls = protocols.ssl;
+            protocols.mqtts = require('./tls').default;`,
+    to: [
+      lazyTransport("ws", "ws", "streamBuilder"),
+      lazyTransport("wss", "ws", "streamBuilder"),
+      lazyTransport("mqtt", "tcp", "default"),
+      lazyTransport("tcp", "tcp", "default"),
+      lazyTransport("ssl", "tls", "default"),
+      lazyTransport("tls", "tls", "default"),
+      lazyTransport("mqtts", "tls", "default"),
+    ].join("\n"),
+  },
+  ...["connect/tcp.js", "connect/tls.js"].flatMap((file) => [
+    { file, from: `const socks_1 = __importDefault(require("./socks"));`, to: "" },
+    { file, from: "(0, socks_1.default)(", to: `(0, __importDefault(require("./socks")).default)(` },
+  ]),
+  {
+    file: "get-timer.js",
+    from: `const worker_timers_1 = require("worker-timers");`,
+    to: "",
+  },
+  {
+    file: "get-timer.js",
+    from: `    set: worker_timers_1.setInterval,
+    clear: worker_timers_1.clearInterval,`,
+    to: `    set: (func, time) => require("worker-timers").setInterval(func, time),
+    clear: (timerId) => require("worker-timers").clearInterval(timerId),`,
+  },
+];
+
+/** mqtt.js's source with REWRITES applied; throws naming the file and text when one no longer matches. */
+function rewritten(path: string, rewrites: readonly Rewrite[]): string {
+  let text = readFileSync(path, "utf8");
+  for (const r of rewrites) {
+    const at = text.indexOf(r.from);
+    if (at < 0 || text.indexOf(r.from, at + 1) >= 0)
+      throw new Error(`mqtt-trim: ${path} no longer holds (exactly once) the text to rewrite: ${r.from.slice(0, 60)}…`);
+    text = text.slice(0, at) + r.to + text.slice(at + r.from.length);
+  }
+  return text;
+}
+
+const mqttTrim: Plugin = {
+  name: "fleetlet-mqtt-trim",
+  setup(b) {
+    const byFile = new Map<string, Rewrite[]>();
+    for (const r of REWRITES) byFile.set(r.file, [...(byFile.get(r.file) ?? []), r]);
+    const files = new RegExp(`node_modules/mqtt/build/lib/(${[...byFile.keys()].join("|").replaceAll(".", "\\.")})$`);
+    b.onLoad({ filter: files }, (args) => {
+      const file = files.exec(args.path)![1]!;
+      return { contents: rewritten(args.path, byFile.get(file)!), loader: "js" };
+    });
+    // Its importers are mqtt, mqtt-packet and bl.
+    b.onResolve({ filter: /^readable-stream$/ }, () => ({ path: "node:stream", namespace: "builtin" }));
   },
 };
 
@@ -122,7 +230,7 @@ async function main(outdir: string): Promise<void> {
   const result = await build({
     absWorkingDir: ROOT,
     entryPoints: CLIS.map((name) => ({ in: `entry:${name}`, out: name })),
-    plugins: [entries, builtins, zodEnglishOnly],
+    plugins: [entries, builtins, zodEnglishOnly, mqttTrim],
     bundle: true,
     splitting: true,
     format: "esm",

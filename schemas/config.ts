@@ -2,9 +2,10 @@
  * The device config file (`/etc/fleetlet/config.json`). docs/contract.md
  * describes every field; test/unit/docs.test.ts holds it to this schema.
  */
-import { z } from "zod";
+
 import { devicePolicy } from "./policy.js";
 import { byteQuantity } from "./quantity.js";
+import { z } from "./zod.js";
 
 export { DEFAULT_CONFIG_PATH, DEFAULT_ROOT } from "./default-paths.js";
 /** Where host devices are looked up unless the config's `devRoot` or FLEETLET_DEV_ROOT says otherwise. */

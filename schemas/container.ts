@@ -3,10 +3,11 @@
  * in `<root>/containers/<id>/`. The CLI and the reconciler both build a
  * ContainerSpec; the runtime validates it once, here.
  */
-import { z } from "zod";
+
 import { deviceList } from "./device.js";
 import { ipv4ToNumber, parseCidr } from "./network.js";
 import { byteQuantity } from "./quantity.js";
+import { z } from "./zod.js";
 
 export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 

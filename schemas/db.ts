@@ -4,11 +4,12 @@
  * the generations seen per topic, and the leases that keep content from
  * garbage collection while a pull or an apply uses it.
  */
-import { z } from "zod";
+
 import { type DesiredState, documentWithAddedFields, type ServiceSpec, withAddedFields } from "./desired.js";
 import { networkSpec } from "./network.js";
 import { imageProcessConfig } from "./oci.js";
 import { acceptedDocument } from "./reported.js";
+import { z } from "./zod.js";
 
 const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, "expected sha256:<64 hex digits>");
 

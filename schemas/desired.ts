@@ -3,11 +3,12 @@
  * services run, from which images, with which limits, and how updates roll.
  * Parse errors name the field path, e.g. "services.web.restart: …".
  */
-import { z } from "zod";
+
 import { hostName, NAME_PATTERN, volumeTarget } from "./container.js";
 import { deviceList, groupRef } from "./device.js";
 import { checkServiceNetworks, networkSpec, portSpec } from "./network.js";
 import { byteQuantity } from "./quantity.js";
+import { z } from "./zod.js";
 
 const serviceName = z.string().regex(NAME_PATTERN, "expected letters, digits, '_', '.' or '-'");
 

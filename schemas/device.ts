@@ -6,7 +6,7 @@
  * node appears in the container's /dev; `permissions` are what the device
  * cgroup allows (r read, w write, m mknod).
  */
-import { z } from "zod";
+import { z } from "./zod.js";
 
 /** Names the container's /dev already has (rootfs.c): a device cannot take their place. */
 export const RESERVED_DEV_NAMES = [

@@ -4,7 +4,7 @@
  * broker's ACL is generated from it (`fleetctl acl`). A device id and an
  * operator name are also the CN of that client's certificate.
  */
-import { z } from "zod";
+import { z } from "./zod.js";
 
 /** The same rule as deviceId and groups in the device config: one safe MQTT topic level. */
 const FLEET_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;

@@ -6,7 +6,7 @@
  * ports with `network: host`) are checked by `checkServiceNetworks`, which
  * desired.ts runs as a refinement so each message names the field.
  */
-import { z } from "zod";
+import { z } from "./zod.js";
 
 const PORT_SYNTAX = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/;
 

@@ -1,5 +1,5 @@
 /** The OCI image (and Docker schema 2) documents fleetlet reads and writes. */
-import { z } from "zod";
+import { z } from "./zod.js";
 
 export const MEDIA = {
   ociManifest: "application/vnd.oci.image.manifest.v1+json",

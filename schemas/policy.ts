@@ -7,8 +7,9 @@
  * (`registries`, `requireSigned`), so they are left absent here and worked
  * out by `resolvePolicy` in agent/reconcile/policy.ts.
  */
-import { z } from "zod";
+
 import { byteQuantity } from "./quantity.js";
+import { z } from "./zod.js";
 
 /** What a service gets when its document sets no limit. */
 export const DEFAULT_LIMITS = { memory: 256 * 1024 ** 2, pids: 512 } as const;

@@ -3,7 +3,7 @@
  * plain number of bytes. As in Docker and Kubernetes memory limits, the
  * single-letter suffixes are binary (m = MiB); "KB", "MB" and "GB" are decimal.
  */
-import { z } from "zod";
+import { z } from "./zod.js";
 
 const UNITS: Record<string, number> = {
   "": 1,

@@ -1,6 +1,7 @@
 /** The reported-state document an agent publishes and serves (docs/contract.md). */
-import { z } from "zod";
+
 import { devicePresence } from "./device.js";
+import { z } from "./zod.js";
 
 export const PHASES = ["idle", "pulling", "applying", "converged", "failed", "rolledBack", "rejected"] as const;
 

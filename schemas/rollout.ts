@@ -2,7 +2,7 @@
  * A staged rollout's progress, kept retained on `<prefix>/groups/<group>/rollout`
  * so that a restarted fleetctl picks the rollout up and every operator sees it.
  */
-import { z } from "zod";
+import { z } from "./zod.js";
 
 export const failureLimit = z.union([
   z.object({ percent: z.number().min(0).max(100) }),

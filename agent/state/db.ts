@@ -9,7 +9,6 @@
  * another process's latest changes call `refresh()` first.
  */
 import { randomBytes } from "node:crypto";
-import { open, readFile, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { type Adapter, Low, Memory } from "lowdb";
 import { type DbData, dbData } from "../../schemas/db.js";
@@ -17,6 +16,7 @@ import { formatIssues } from "../../schemas/format-issues.js";
 import { FleetError } from "../errors.js";
 import { FlockLock } from "../system/flock-lock.js";
 import type { NativeCore } from "../system/native.js";
+import { closeFd, openFd, readText, renamePath, statBig, unlinkPath, writeFd } from "../system/promised-fs.js";
 import { secureStateRoot, type Warn } from "../system/state-root.js";
 
 export type { DbData, ImageRecord, LayerRecord, LeaseRecord, ServiceRecord } from "../../schemas/db.js";
@@ -56,7 +56,7 @@ class JsonFile implements Adapter<DbData> {
 
   async read(): Promise<DbData | null> {
     try {
-      return JSON.parse(await readFile(this.file, "utf8")) as DbData;
+      return JSON.parse(await readText(this.file, "utf8")) as DbData;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
       throw err;
@@ -68,25 +68,25 @@ class JsonFile implements Adapter<DbData> {
       dirname(this.file),
       `.${basename(this.file)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`,
     );
-    const fh = await open(tmp, "w", 0o600);
+    const fd = await openFd(tmp, "w", 0o600);
     try {
       // No fsync per write: ext4 (auto_da_alloc) flushes a file replaced by
       // rename before the rename, and the agent writes often.
-      await fh.writeFile(JSON.stringify(data, null, 1));
+      await writeFd(fd, JSON.stringify(data, null, 1));
     } finally {
-      await fh.close();
+      await closeFd(fd);
     }
     try {
-      await rename(tmp, this.file);
+      await renamePath(tmp, this.file);
     } catch (err) {
-      await unlink(tmp).catch(() => undefined); // the rename's error is the one that matters
+      await unlinkPath(tmp).catch(() => undefined); // the rename's error is the one that matters
       throw err;
     }
   }
 
   async version(): Promise<FileVersion> {
     try {
-      const st = await stat(this.file, { bigint: true });
+      const st = await statBig(this.file, { bigint: true });
       return `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;

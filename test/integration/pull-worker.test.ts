@@ -184,7 +184,7 @@ describe("the pull worker", () => {
 
     const pulling = pullInWorker(request(big, { leaseId: lease.id, maxRate: 256 * 1024 }), {
       script: FLEETLET_BIN,
-      execArgv: workerNodeFlags(["--max-semi-space-size=1", "--lite-mode"]),
+      execArgv: workerNodeFlags(["--max-semi-space-size=1", "--lite-mode", "--bytecode-old-age=2"]),
       signal: abort.signal,
       onEvent: (e) => {
         if (e.type === "progress") done = Math.max(done, e.done);
@@ -196,6 +196,7 @@ describe("the pull worker", () => {
     const cmdline = readFileSync(`/proc/${workers()[0]}/cmdline`, "utf8").split("\0");
     expect(cmdline).toContain("--max-semi-space-size=1");
     expect(cmdline).not.toContain("--lite-mode");
+    expect(cmdline).not.toContain("--bytecode-old-age=2");
     abort.abort(reason);
     expect(await pulling).toBe(reason);
     // What it had written stays in its ingest, for the next pull to resume from.

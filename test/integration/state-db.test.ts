@@ -127,3 +127,25 @@ describe("db.json written by an older agent", () => {
     expect((await StateDb.open(root, native)).data.services.web!.spec.init).toBe(true);
   });
 });
+
+describe("db.json's cost to the daemon", () => {
+  it("is read, written and locked without loading node:fs/promises (readline and REPL history come with it)", async () => {
+    const root = fresh();
+    const dist = new URL("../../dist/agent/", import.meta.url).pathname;
+    const script = `
+      const { StateDb } = await import(${JSON.stringify(`${dist}state/db.js`)});
+      const { loadNative } = await import(${JSON.stringify(`${dist}system/native.js`)});
+      const db = await StateDb.open(${JSON.stringify(root)}, loadNative().core);
+      await db.update((d) => { d.generation = 7; });
+      await db.refresh();
+      console.log(JSON.stringify({ generation: db.data.generation, loaded: process.moduleLoadList.filter((m) => m.endsWith(" fs/promises")) }));
+    `;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    await once(child, "close");
+    expect(JSON.parse(out)).toEqual({ generation: 7, loaded: [] });
+  });
+});
