@@ -42,7 +42,7 @@ let groups: { ecdhCurve?: string } | undefined;
 function tlsGroups(): { ecdhCurve?: string } {
   if (groups) return groups;
   try {
-    createSecureContext({ ecdhCurve: MQTT_TLS_GROUPS });
+    process.getBuiltinModule("node:tls").createSecureContext({ ecdhCurve: MQTT_TLS_GROUPS });
     groups = { ecdhCurve: MQTT_TLS_GROUPS };
   } catch {
     // Not an error of the config: this Node's OpenSSL cannot say it, so its default stands.

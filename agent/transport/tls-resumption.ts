@@ -14,14 +14,19 @@
  * everything again. A broker that no longer accepts the ticket (restarted,
  * or its ticket key rotated) just does a full handshake.
  */
-import { createHash } from "node:crypto";
-import { TLSSocket } from "node:tls";
+import type { TLSSocket } from "node:tls";
 import type { MqttTlsOptions } from "./mqtt-connection.js";
 
-/** What a ticket is bound to: the URL and the TLS files' contents, as a digest. */
+/** A TLS socket, told apart without loading node:tls (an agent on a plaintext broker never needs it). */
+const isTls = (stream: unknown): stream is TLSSocket =>
+  typeof (stream as Partial<TLSSocket> | undefined)?.isSessionReused === "function";
+
+/** What a ticket is bound to: the URL and the TLS files' contents, as a digest (the URL alone without files). */
 export function tlsIdentity(url: string, tls: MqttTlsOptions): string {
-  const h = createHash("sha256").update(url);
-  for (const part of [tls.ca, tls.cert, tls.key]) {
+  const parts = [tls.ca, tls.cert, tls.key];
+  if (parts.every((p) => p === undefined)) return url;
+  const h = process.getBuiltinModule("node:crypto").createHash("sha256").update(url);
+  for (const part of parts) {
     h.update("\0");
     for (const item of [part ?? []].flat()) h.update(Buffer.isBuffer(item) ? item : String(item));
   }
@@ -41,7 +46,7 @@ export class TlsResumption {
 
   /** Keeps the tickets that `stream` (a TLS socket; anything else is left alone) receives, under `identity`. */
   watch(stream: unknown, identity: string): void {
-    if (!(stream instanceof TLSSocket)) return;
+    if (!isTls(stream)) return;
     stream.on("session", (session: Buffer) => {
       this.ticket = { identity, session };
     });
@@ -49,6 +54,6 @@ export class TlsResumption {
 
   /** Whether `stream` resumed the session offered for it. */
   resumed(stream: unknown): boolean {
-    return this.offered !== undefined && stream instanceof TLSSocket && stream.isSessionReused();
+    return this.offered !== undefined && isTls(stream) && stream.isSessionReused();
   }
 }
