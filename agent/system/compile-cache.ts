@@ -15,10 +15,15 @@
  * here is said in a warning, since nothing of ours makes it so. Node itself
  * ignores a corrupt or foreign entry (its checksum or its Node version
  * differs) and compiles the module afresh.
+ *
+ * Each install (the directory the entry script runs from: an installed
+ * version's lib/, a checkout's dist/) has a subdirectory of its own, touched
+ * at each start; one no command has touched for STALE_MS is removed (the
+ * version an upgrade replaced, about 1 MB each), so upgrades do not pile up.
  */
-import { lstatSync, mkdirSync } from "node:fs";
+import { lstatSync, mkdirSync, readdirSync, realpathSync, rmSync, utimesSync } from "node:fs";
 import { constants, enableCompileCache } from "node:module";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { holdsFleetletState } from "./state-root.js";
 
 /** Its name under the state root (state-root.ts counts it as fleetlet's). */
@@ -31,6 +36,42 @@ export type CompileCacheOutcome =
 
 const uid = () => process.geteuid?.() ?? -1;
 
+/** An install's cache untouched this long belongs to a version no longer run here. */
+export const STALE_MS = 7 * 86_400_000;
+
+/** The subdirectory for the install `entry` (the running script) belongs to: FNV-1a of its real directory, in hex. */
+export function installKey(entry: string): string {
+  let dir = dirname(entry);
+  try {
+    dir = realpathSync(dir);
+  } catch {
+    // A script path that cannot be resolved still names its install well enough.
+  }
+  let h = 0x811c9dc5;
+  for (let i = 0; i < dir.length; i++) h = Math.imul(h ^ dir.charCodeAt(i), 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, "0");
+}
+
+/** Removes the other installs' subdirectories of `dir` that no start has touched for STALE_MS (ours only, no links). */
+function pruneStale(dir: string, keep: string, now: number): void {
+  for (const name of readdirSync(dir)) {
+    if (name === keep) continue;
+    const st = lstatSync(join(dir, name), { throwIfNoEntry: false });
+    if (st?.isDirectory() && st.uid === uid() && now - st.mtimeMs > STALE_MS)
+      rmSync(join(dir, name), { recursive: true, force: true });
+  }
+}
+
+/** Makes `path` (mode 0700) unless it is there; the reason it cannot, or undefined. */
+function makeDir(path: string): string | undefined {
+  try {
+    mkdirSync(path, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") return `cannot make ${path}: ${(err as Error).message}`;
+  }
+  return undefined;
+}
+
 /** Why `path` may not hold code this process runs, or undefined when it may: `perm` is the bits no one else may have. */
 function untrusted(path: string, perm: number): string | undefined {
   const st = lstatSync(path, { throwIfNoEntry: false });
@@ -41,21 +82,36 @@ function untrusted(path: string, perm: number): string | undefined {
   return undefined;
 }
 
-/** Turns the compile cache on in ROOT/compile-cache when the root and the directory are safe to trust; see the top. */
-export function enableStateCompileCache(root: string): CompileCacheOutcome {
+/**
+ * Turns the compile cache on in ROOT/compile-cache/<install> when the root
+ * and the directories are safe to trust (see the top), for the install of
+ * `entry` (the running script: process.argv[1]).
+ */
+export function enableStateCompileCache(
+  root: string,
+  entry = process.argv[1] ?? "",
+  now = Date.now(),
+): CompileCacheOutcome {
   const rootProblem = untrusted(root, 0o022);
   if (rootProblem) return { status: "skipped", reason: rootProblem, warn: false };
   if (!holdsFleetletState(root))
     return { status: "skipped", reason: `${root} holds no fleetlet state yet`, warn: false };
-  const dir = join(root, COMPILE_CACHE_DIR);
-  try {
-    mkdirSync(dir, { mode: 0o700 });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EEXIST")
-      return { status: "skipped", reason: `cannot make ${dir}: ${(err as Error).message}`, warn: true };
+  const top = join(root, COMPILE_CACHE_DIR);
+  const key = installKey(entry);
+  const dir = join(top, key);
+  for (const [path, perm] of [
+    [top, 0o077],
+    [dir, 0o077],
+  ] as const) {
+    const problem = makeDir(path) ?? untrusted(path, perm);
+    if (problem) return { status: "skipped", reason: problem, warn: true };
   }
-  const dirProblem = untrusted(dir, 0o077);
-  if (dirProblem) return { status: "skipped", reason: dirProblem, warn: true };
+  try {
+    utimesSync(dir, now / 1000, now / 1000); // in use: not stale for another STALE_MS
+    pruneStale(top, key, now);
+  } catch (err) {
+    return { status: "skipped", reason: `cannot keep ${dir}: ${(err as Error).message}`, warn: true };
+  }
   const result = enableCompileCache(dir);
   if (result.status === constants.compileCacheStatus.FAILED)
     return {

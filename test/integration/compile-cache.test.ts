@@ -3,7 +3,8 @@
  * root's in a state root fleetlet has used, filled by a command, and left
  * alone (the command runs without it, with a warning) when it is not as made
  * there: another user's, a symbolic link, open to others. Corrupt entries
- * are compiled afresh, never run.
+ * are compiled afresh, never run. Each install has a cache of its own, and
+ * one no command has used for a week is removed.
  */
 import { randomBytes } from "node:crypto";
 import {
@@ -17,6 +18,7 @@ import {
   rmSync,
   statSync,
   symlinkSync,
+  utimesSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -115,6 +117,30 @@ describe("the compile cache in the state root", () => {
     expect(r.stderr).toMatch(why);
     expect(filesUnder(dir)).toEqual([]);
     if (lstatSync(dir).isSymbolicLink()) expect(filesUnder(`${dir}-target`)).toEqual([]);
+  });
+
+  it("keeps a cache per install, and removes another install's that no command has touched for a week", () => {
+    const root = usedRoot("installs");
+    images(root); // fills this install's cache
+    const top = join(root, "compile-cache");
+    const [own, ...others] = readdirSync(top);
+    expect(others).toEqual([]);
+    expect(own).toMatch(/^[0-9a-f]{8}$/);
+    const day = 86_400;
+    const now = Date.now() / 1000;
+    for (const [name, age] of [
+      ["0ld1n5ta", 8 * day],
+      ["rec3ntly", 6 * day],
+    ] as const) {
+      mkdirSync(join(top, name), { mode: 0o700 });
+      writeFileSync(join(top, name, "entry"), "code of another version");
+      utimesSync(join(top, name), now - age, now - age);
+    }
+    utimesSync(join(top, own!), now - 30 * day, now - 30 * day); // our own: touched again by the next start
+    images(root);
+    expect(readdirSync(top).sort()).toEqual([own, "rec3ntly"].sort());
+    expect(Date.now() - statSync(join(top, own!)).mtimeMs).toBeLessThan(3_600_000);
+    expect(filesUnder(join(top, own!)).length).toBeGreaterThan(0);
   });
 
   it("compiles afresh, and writes anew, entries that are corrupt", () => {
