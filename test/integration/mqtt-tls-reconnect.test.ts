@@ -132,6 +132,25 @@ describe("a reconnect over TLS with a client certificate", () => {
   });
 });
 
+describe("a reconnect to a restarted broker", () => {
+  it("offers a ticket the broker no longer knows, and connects by a full handshake", async () => {
+    const deviceId = `dev-${randomBytes(3).toString("hex")}`;
+    const { s, logs } = await tlsSession(deviceId);
+    expect((await reconnect(logs)).line).toContain("TLS resumed");
+    const mark = logs.length;
+    await broker.restart(); // new ticket keys: the saved ticket is worthless now
+    const line = await waitFor(
+      "the reconnection to the restarted broker",
+      () => logs.slice(mark).find((l) => l.startsWith("connected to")),
+      { timeoutMs: 60_000 },
+    );
+    expect(line).not.toContain("TLS resumed");
+    expect(s.connected).toBe(true);
+    await delay(300);
+    expect((await reconnect(logs)).line).toContain("TLS resumed");
+  });
+});
+
 describe("the TLS groups the session offers", () => {
   it("sends one key share (X25519) in its ClientHello, not Node's default 1.2 KB post-quantum share as well", async () => {
     const hello = await firstFlight(tlsOptions({ url: "mqtts://127.0.0.1", prefix: "fleet", ca: broker.caFile }));
