@@ -97,7 +97,7 @@ export class CliContext {
       if (image) return image;
     }
     // Loaded on demand: the HTTP stack costs a container command that needs no registry.
-    const { pullImage } = await import("../registry/pull.js");
+    const { pullImage, storePullDeps } = await import("../registry/pull.js");
     const { RegistryClients } = await import("../registry/registry-clients.js");
     this.registryClients ??= new RegistryClients();
     const abort = new AbortController();
@@ -107,27 +107,15 @@ export class CliContext {
     process.once("SIGINT", onSignal);
     process.once("SIGTERM", onSignal);
     try {
-      return await pullImage(
-        ref,
-        {
-          root: this.root,
-          store: store.content,
-          snapshots: store.snapshots,
-          images: store.images,
-          leases: store.leases,
-          registries: this.config.registries,
-          clients: this.registryClients,
-        },
-        {
-          maxRateBytesPerSec: opts.maxRate ?? this.config.pull.maxRateBytesPerSec,
-          concurrency: this.config.pull.concurrency,
-          signal: abort.signal,
-          unpack: opts.unpack !== false,
-          ...(opts.platform ? { platform: opts.platform } : {}),
-          onEvent,
-          ...(opts.lease ? { lease: opts.lease } : {}),
-        },
-      );
+      return await pullImage(ref, storePullDeps(store, this.config.registries, this.registryClients), {
+        maxRateBytesPerSec: opts.maxRate ?? this.config.pull.maxRateBytesPerSec,
+        concurrency: this.config.pull.concurrency,
+        signal: abort.signal,
+        unpack: opts.unpack !== false,
+        ...(opts.platform ? { platform: opts.platform } : {}),
+        onEvent,
+        ...(opts.lease ? { lease: opts.lease } : {}),
+      });
     } finally {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);

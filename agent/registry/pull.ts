@@ -13,6 +13,7 @@ import type { ContentStore } from "../store/content-store.js";
 import type { ImageRecord, ImageStore, LayerRecord } from "../store/image-store.js";
 import { DEFAULT_LAYER_LIMITS } from "../store/layer-limits.js";
 import type { Lease, Leases } from "../store/leases.js";
+import type { LocalStore } from "../store/local-store.js";
 import { chainIds, type Snapshots } from "../store/snapshots.js";
 import { fetchBlob } from "./blob-fetch.js";
 import { type ResolvedImage, resolveImage } from "./manifest-resolve.js";
@@ -44,6 +45,16 @@ export interface PullDeps {
    * client of its own and closes it at the end.
    */
   clients?: RegistryClients;
+}
+
+/** A pull's dependencies on a store opened on its state root (`clients` as in PullDeps). */
+export function storePullDeps(
+  local: LocalStore,
+  registries: Record<string, RegistryAuthConfig>,
+  clients?: RegistryClients,
+): PullDeps {
+  const { root, content: store, snapshots, images, leases } = local;
+  return { root, store, snapshots, images, leases, registries, ...(clients ? { clients } : {}) };
 }
 
 export interface PullOptions {

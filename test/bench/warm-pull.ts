@@ -6,7 +6,7 @@
  */
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { pullImage } from "../../agent/registry/pull.js";
+import { pullImage, storePullDeps } from "../../agent/registry/pull.js";
 import type { RegistryAuthConfig } from "../../agent/registry/registry-client.js";
 import { RegistryClients } from "../../agent/registry/registry-clients.js";
 import { LocalStore } from "../../agent/store/local-store.js";
@@ -33,15 +33,7 @@ export async function warmPulls(
       const root = join(work, `warm-${opts.unpack ? "full" : "dl"}-${r}`);
       mkdirSync(root, 0o700);
       const store = await LocalStore.open(root, native);
-      const deps = {
-        root,
-        store: store.content,
-        snapshots: store.snapshots,
-        images: store.images,
-        leases: store.leases,
-        registries,
-        clients,
-      };
+      const deps = storePullDeps(store, registries, clients);
       const t0 = performance.now();
       const c0 = process.cpuUsage();
       await pullImage(image, deps, { unpack: opts.unpack });

@@ -15,7 +15,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FleetError } from "../../agent/errors.js";
-import { pullImage } from "../../agent/registry/pull.js";
+import { pullImage, storePullDeps } from "../../agent/registry/pull.js";
 import { LocalStore } from "../../agent/store/local-store.js";
 import { chainIds } from "../../agent/store/snapshots.js";
 import { buildTar } from "../../agent/store/tar-writer.js";
@@ -80,14 +80,7 @@ describe("a layer whose tar is whole before its blob is", () => {
     const root = join(work, name);
     mkdirSync(root, 0o700);
     const store = await LocalStore.open(root, loadNative().core);
-    const deps = {
-      root,
-      store: store.content,
-      snapshots: store.snapshots,
-      images: store.images,
-      leases: store.leases,
-      registries: { [s.host]: { ca: tls.caCert } },
-    };
+    const deps = storePullDeps(store, { [s.host]: { ca: tls.caCert } });
     const platform = { os: "linux", architecture: "amd64" };
     const outcome = await pullImage(`${s.host}/gate/image:1`, deps, { platform }).then(
       () => undefined,

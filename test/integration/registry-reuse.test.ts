@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { pullImage } from "../../agent/registry/pull.js";
+import { pullImage, storePullDeps } from "../../agent/registry/pull.js";
 import { pushImage } from "../../agent/registry/push.js";
 import { RegistryClients } from "../../agent/registry/registry-clients.js";
 import { LocalStore } from "../../agent/store/local-store.js";
@@ -34,15 +34,7 @@ async function pushSmall(name: string): Promise<string> {
 async function depsAt(name: string) {
   const root = join(work, name);
   mkdirSync(root, 0o700);
-  const store = await LocalStore.open(root, native);
-  return {
-    root,
-    store: store.content,
-    snapshots: store.snapshots,
-    images: store.images,
-    leases: store.leases,
-    registries,
-  };
+  return storePullDeps(await LocalStore.open(root, native), registries);
 }
 
 beforeAll(async () => {

@@ -17,7 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { pullImage } from "../../agent/registry/pull.js";
+import { pullImage, storePullDeps } from "../../agent/registry/pull.js";
 import { pushImage } from "../../agent/registry/push.js";
 import { unpackLayer } from "../../agent/store/layer-unpack.js";
 import { LocalStore } from "../../agent/store/local-store.js";
@@ -123,17 +123,7 @@ describe("pulls and the device's resources", () => {
 
   async function storeAt(root: string) {
     const store = await LocalStore.open(root, native);
-    return {
-      store,
-      deps: {
-        root,
-        store: store.content,
-        snapshots: store.snapshots,
-        images: store.images,
-        leases: store.leases,
-        registries,
-      },
-    };
+    return { store, deps: storePullDeps(store, registries) };
   }
 
   it("refuses a pull that would fill the disk, before downloading anything", async () => {
