@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { AGENT_NODE_FLAGS } from "../../agent/system/process-memory.js";
-import { FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
+import { agentStarted, FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
@@ -38,14 +38,7 @@ async function startAgent(root: string, nodeFlags: string[] = []): Promise<{ age
   const agent = spawn(process.execPath, [...nodeFlags, FLEETLET_BIN, "--root", root, "--config", config, "agent"], {
     stdio: ["ignore", "ignore", "pipe"],
   });
-  let stderr = "";
-  await new Promise<void>((resolve, reject) => {
-    agent.stderr!.on("data", (d) => {
-      stderr += d;
-      if (stderr.includes("fleetlet agent ")) resolve();
-    });
-    agent.once("exit", (code) => reject(new Error(`the agent exited ${code}: ${stderr}`)));
-  });
+  await agentStarted(agent);
   const cmdline = readFileSync(`/proc/${agent.pid}/cmdline`, "utf8").split("\0").filter(Boolean);
   return { agent, cmdline };
 }

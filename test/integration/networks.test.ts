@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { Runtime } from "../../agent/runtime/runtime.js";
-import { type CliResult, FLEETLET_BIN, fleetctl, fleetlet } from "../support/fleetlet-cli.js";
+import { agentStarted, type CliResult, FLEETLET_BIN, fleetctl, fleetlet } from "../support/fleetlet-cli.js";
 import { makeNetnsLab, type NetnsLab, nsArgs } from "../support/netns-lab.js";
 import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
@@ -588,14 +588,7 @@ describe("an agent killed with SIGKILL", () => {
     );
     const cmd = [process.execPath, FLEETLET_BIN, "--root", root, "--config", agentConfig, "agent"];
     const agent = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "ignore", "pipe"] });
-    let stderr = "";
-    await new Promise<void>((resolve, reject) => {
-      agent.stderr!.on("data", (d) => {
-        stderr += d;
-        if (stderr.includes("fleetlet agent ")) resolve();
-      });
-      agent.once("exit", (code) => reject(new Error(`the agent exited ${code}: ${stderr}`)));
-    });
+    await agentStarted(agent);
     const gone = new Promise((r) => agent.once("exit", r));
     agent.kill("SIGKILL");
     await gone;

@@ -23,6 +23,18 @@ export function fleetletAsync(root: string, args: string[]) {
   return spawn(process.execPath, [FLEETLET_BIN, "--root", root, ...args], { stdio: ["ignore", "pipe", "pipe"] });
 }
 
+/** Resolves once `fleetlet agent` (a child with piped stderr) says it has started; rejects, with its stderr, if it exits first. */
+export function agentStarted(agent: ChildProcess): Promise<void> {
+  let stderr = "";
+  return new Promise<void>((resolve, reject) => {
+    agent.stderr!.on("data", (d) => {
+      stderr += d;
+      if (stderr.includes("fleetlet agent ")) resolve();
+    });
+    agent.once("exit", (code) => reject(new Error(`the agent exited ${code}: ${stderr}`)));
+  });
+}
+
 /** `fleetlet agent` as a child process, its stderr drained so it never blocks on a full pipe. */
 export function spawnAgent(root: string, config: string, opts: { heartbeatSeconds?: number } = {}): ChildProcess {
   const heartbeat = opts.heartbeatSeconds === undefined ? [] : ["--heartbeat", String(opts.heartbeatSeconds)];
