@@ -4,7 +4,7 @@
  * peers change, so the bind mount sees the new content) and /etc/resolv.conf
  * (the host's, less the loopback nameservers, which mean nothing inside).
  */
-import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, constants, fstatSync, ftruncateSync, openSync, readFileSync, readSync, writeSync } from "node:fs";
 import { isErrno } from "../errors.js";
 
 export interface HostsEntry {
@@ -26,12 +26,18 @@ export function hostsContent(self: HostsEntry[], peers: HostsEntry[]): string {
  * Overwrites the file's content without replacing the file: a bind mount of
  * it sees the change. The new content is written over the old before the
  * file is cut to its length, so a resolver reading it meanwhile never finds
- * it empty (as it could between a truncate and the write).
+ * it empty (as it could between a truncate and the write). A file that
+ * holds the content already is not written: each service's start refreshes
+ * the peers of every service on its networks, and most of them are as they were.
  */
 export function rewriteInPlace(path: string, content: string): void {
   const data = Buffer.from(content);
   const fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o644);
   try {
+    if (fstatSync(fd).size === data.length) {
+      const held = Buffer.alloc(data.length);
+      if (readSync(fd, held, 0, held.length, 0) === held.length && held.equals(data)) return;
+    }
     let done = 0;
     while (done < data.length) done += writeSync(fd, data, done, data.length - done, done);
     ftruncateSync(fd, data.length);
