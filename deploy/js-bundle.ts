@@ -116,13 +116,19 @@ const zodEnglishOnly: Plugin = {
  *   asks for them (timerVariant "worker"; fleetlet never does).
  * - readable-stream, a copy of Node 18's streams for browsers, is Node's own
  *   node:stream, which the daemon has loaded anyway.
+ * - Its browser check reads `navigator` when it loads, to tell React Native
+ *   apart; in Node that global loads Node's navigator module (0.2 MiB).
+ * - lru-cache (its topic aliases) reads `performance` when it loads, for a
+ *   clock; in Node that global loads perf_hooks (1.4 MiB). A clock of
+ *   process.hrtime serves it the same: a monotonic count of milliseconds.
  *
- * Each rewrite names the exact text it replaces: a new mqtt.js whose text
- * differs fails the bundle's build rather than silently loading it all again.
+ * Each rewrite names the exact text it replaces: a new mqtt.js or lru-cache
+ * whose text differs fails the bundle's build rather than silently loading it
+ * all again.
  */
 
 interface Rewrite {
-  /** The file, under node_modules/mqtt/build/lib/. */
+  /** The file, under node_modules/. */
   file: string;
   from: string;
   to: string;
@@ -134,7 +140,7 @@ const lazyTransport = (proto: string, mod: string, member: string) =>
 
 const REWRITES: readonly Rewrite[] = [
   {
-    file: "connect/index.js",
+    file: "mqtt/build/lib/connect/index.js",
     from: `            protocols.ws = require('./ws').streamBuilder;
             protocols.wss = require('./ws').streamBuilder;
             protocols.mqtt = require('./tcp').default;
@@ -152,25 +158,39 @@ const REWRITES: readonly Rewrite[] = [
       lazyTransport("mqtts", "tls", "default"),
     ].join("\n"),
   },
-  ...["connect/tcp.js", "connect/tls.js"].flatMap((file) => [
+  ...["mqtt/build/lib/connect/tcp.js", "mqtt/build/lib/connect/tls.js"].flatMap((file) => [
     { file, from: `const socks_1 = __importDefault(require("./socks"));`, to: "" },
     { file, from: "(0, socks_1.default)(", to: `(0, __importDefault(require("./socks")).default)(` },
   ]),
   {
-    file: "get-timer.js",
+    file: "mqtt/build/lib/get-timer.js",
     from: `const worker_timers_1 = require("worker-timers");`,
     to: "",
   },
   {
-    file: "get-timer.js",
+    file: "mqtt/build/lib/get-timer.js",
     from: `    set: worker_timers_1.setInterval,
     clear: worker_timers_1.clearInterval,`,
     to: `    set: (func, time) => require("worker-timers").setInterval(func, time),
     clear: (timerId) => require("worker-timers").clearInterval(timerId),`,
   },
+  {
+    file: "mqtt/build/lib/is-browser.js",
+    from: `const isReactNativeEnv = () => typeof navigator !== 'undefined' && navigator.product === 'ReactNative';`,
+    to: "const isReactNativeEnv = () => false;",
+  },
+  {
+    file: "lru-cache/dist/commonjs/index.js",
+    from: `const perf = typeof performance === 'object' &&
+    performance &&
+    typeof performance.now === 'function'
+    ? performance
+    : Date;`,
+    to: "const perf = { now: () => Number(process.hrtime.bigint()) / 1e6 };",
+  },
 ];
 
-/** mqtt.js's source with REWRITES applied; throws naming the file and text when one no longer matches. */
+/** A package's source with REWRITES applied; throws naming the file and text when one no longer matches. */
 function rewritten(path: string, rewrites: readonly Rewrite[]): string {
   let text = readFileSync(path, "utf8");
   for (const r of rewrites) {
@@ -187,7 +207,7 @@ const mqttTrim: Plugin = {
   setup(b) {
     const byFile = new Map<string, Rewrite[]>();
     for (const r of REWRITES) byFile.set(r.file, [...(byFile.get(r.file) ?? []), r]);
-    const files = new RegExp(`node_modules/mqtt/build/lib/(${[...byFile.keys()].join("|").replaceAll(".", "\\.")})$`);
+    const files = new RegExp(`node_modules/(${[...byFile.keys()].join("|").replaceAll(".", "\\.")})$`);
     b.onLoad({ filter: files }, (args) => {
       const file = files.exec(args.path)![1]!;
       return { contents: rewritten(args.path, byFile.get(file)!), loader: "js" };

@@ -7,6 +7,7 @@
  */
 import type { DesiredState } from "../../schemas/desired.js";
 import type { AgentMetrics, ReportedState } from "../../schemas/reported.js";
+import { monotonicMs } from "../clock.js";
 import { FleetError } from "../errors.js";
 import type { AgentStore, PullImage } from "./agent-store.js";
 import { converge } from "./converge.js";
@@ -78,7 +79,7 @@ async function recover(doc: DesiredState, err: unknown, signal: AbortSignal, hos
  * aborts `signal`: the run then ends quietly and the newer one owns the phase.
  */
 export async function runDeployment(doc: DesiredState, signal: AbortSignal, host: RunHost, rolledBack?: Outcome) {
-  const t0 = performance.now();
+  const t0 = monotonicMs();
   host.metrics.appliesTotal++;
   try {
     const gate = await applyDoc(doc, signal, host);
@@ -102,7 +103,7 @@ export async function runDeployment(doc: DesiredState, signal: AbortSignal, host
     if (signal.aborted) return; // a newer document took over
     await recover(doc, err, signal, host);
   } finally {
-    host.metrics.applyDurationsMs.push(performance.now() - t0);
+    host.metrics.applyDurationsMs.push(monotonicMs() - t0);
     if (host.metrics.applyDurationsMs.length > 100) host.metrics.applyDurationsMs.shift();
     host.changed();
   }

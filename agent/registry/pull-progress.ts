@@ -4,6 +4,7 @@
  * events, throttled to one progress event per layer per interval, for a log
  * or (later) the events topic.
  */
+import { monotonicMs } from "../clock.js";
 import type { PullEvent } from "./pull.js";
 
 /** Passes every event but progress, which it passes at most once per `ms` per layer (and always at 100%). */
@@ -11,7 +12,7 @@ export function throttleProgress(onEvent: (e: PullEvent) => void, ms: number): (
   const last = new Map<string, number>();
   return (e) => {
     if (e.type === "progress") {
-      const now = performance.now();
+      const now = monotonicMs();
       if (e.done < e.total && now - (last.get(e.layer) ?? Number.NEGATIVE_INFINITY) < ms) return;
       last.set(e.layer, now);
     }
@@ -49,7 +50,7 @@ export class ProgressBars {
         l.state = "downloading";
       } else l.state = e.type === "downloaded" ? "unpacking" : "done";
     }
-    const now = performance.now();
+    const now = monotonicMs();
     if (e.type === "progress" && now - this.lastDraw < 100) return;
     this.lastDraw = now;
     this.draw();

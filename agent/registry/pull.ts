@@ -8,6 +8,7 @@
 import { statfsSync } from "node:fs";
 import { PassThrough } from "node:stream";
 import { runBounded } from "../bounded.js";
+import { monotonicMs } from "../clock.js";
 import { FleetError } from "../errors.js";
 import type { ContentStore } from "../store/content-store.js";
 import type { ImageRecord, ImageStore, LayerRecord } from "../store/image-store.js";
@@ -232,7 +233,7 @@ async function pullLeased(
   deps: PullDeps & { clients: RegistryClients },
   opts: PullOptions,
 ): Promise<ImageRecord> {
-  const started = performance.now();
+  const started = monotonicMs();
   const client = deps.clients.client(ref.registry, deps.registries[ref.registry] ?? {});
   const platform = opts.platform ?? hostPlatform();
   const resolve = () => resolveImage(client, ref, platform, opts.signal);
@@ -281,7 +282,7 @@ async function pullLeased(
 
   const record = imageRecord(formatReference(ref), resolved, layers, platform);
   await deps.images.put(record);
-  const ms = performance.now() - started;
+  const ms = monotonicMs() - started;
   opts.onEvent?.({ type: "done", ref: record.ref, digest: record.digest, fetchedBytes, ms });
   return record;
 }

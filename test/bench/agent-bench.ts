@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- agent [--quick] [--memory] [--cycles N] [--bundle] [--agent-flags F] [--agent-env K=V]`: `fleetlet agent`
+ * `npm run bench -- agent [--quick] [--memory] [--tls] [--cycles N] [--bundle] [--agent-flags F] [--agent-env K=V]`: `fleetlet agent`
  * end to end on a real mosquitto, a real TLS registry and real containers, as
  * the agent integration test drives it:
  *   1. publish of a desired state → reported `converged`, 1 service changed (image cached)
@@ -7,11 +7,15 @@
  *   3. bring-up of 50 services by `fleetlet apply` (fresh root, image pulled before)
  *      against a shell loop of `crun run -d` over 50 equivalent OCI bundles
  *   4. the agent's resident memory, idle with 10 services (and a bare node's):
- *      the agent of 1 and 2, then a restarted one that reattached to them
+ *      the agent of 1 and 2, then a restarted one that reattached to them;
+ *      beside them the floor, a node that uses what the daemon uses of Node
+ *      itself (node-floor.ts) under the agent's flags
  *   5. the restarted agent's growth over N publish→converged cycles (1000; 100 with --quick)
  * --memory runs 4 and 5 only. Sections 1 to 3 name the image by tag, as
  * pushed; 4 and 5 pin it by digest, as docs/contract.md advises for desired documents.
  * Every VmRSS is read the same way: SETTLE_MS after the agent's last work.
+ * --tls puts TLS on the broker (mqtts:// with its CA, as a device runs):
+ * node:tls and OpenSSL's contexts then count in every figure.
  * --bundle, --agent-flags and --agent-env change how the agent is started
  * (agent-launch.ts); the bare node is always started plainly.
  */
@@ -21,6 +25,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import mqtt from "mqtt";
+import { AGENT_NODE_FLAGS } from "../../agent/system/process-memory.js";
 import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
@@ -87,6 +92,26 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
  */
 const SETTLE_MS = 20_000;
 
+/**
+ * The floor of idle memory: node-floor.ts, under the agent's Node flags, on
+ * the same broker; its VmRSS 1.5 s after it is ready, as the bare node's.
+ */
+async function floorRss(broker: MosquittoFixture, socket: string): Promise<{ rss: number; split: string }> {
+  const script = new URL("./node-floor.js", import.meta.url).pathname;
+  const args = [script, broker.url, ...(broker.caFile ? [broker.caFile] : []), socket];
+  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, ...args], { stdio: ["ignore", "pipe", "inherit"] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.on("data", (d) => String(d).includes("ready") && resolve());
+      child.once("exit", (code) => reject(new Error(`node-floor.js exited ${code}`)));
+    });
+    await sleep(1500);
+    return { rss: rssKiB(child.pid!), split: rssSplit(child.pid!) };
+  } finally {
+    child.kill("SIGKILL");
+  }
+}
+
 /** Runs a command to its exit; resolves with the wall time from spawn to exit (and when it began, its stdout and stderr), or rejects with its stderr. */
 function timed(argv: string[]): Promise<{ ms: number; began: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -149,7 +174,8 @@ export async function agentBench(args: string[]): Promise<void> {
   let operator: mqtt.MqttClient | undefined;
   let broker: MosquittoFixture | undefined;
   try {
-    broker = await startMosquitto();
+    broker = await startMosquitto({ tls: args.includes("--tls") });
+    const brokerTls = broker.caFile ? { ca: broker.caFile } : { insecure: true };
     const rootfs = buildBusyboxRootfs(join(work, "rootfs"));
     const config = join(work, "config.json");
     const apiPort = await freePort();
@@ -157,7 +183,7 @@ export async function agentBench(args: string[]): Promise<void> {
       config,
       JSON.stringify({
         deviceId: DEVICE,
-        mqtt: { url: broker.url, insecure: true },
+        mqtt: { url: broker.url, ...brokerTls },
         registries: registriesConfig(reg),
         api: { listen: `127.0.0.1:${apiPort}`, socket: join(work, "api.sock") },
       }),
@@ -174,7 +200,10 @@ export async function agentBench(args: string[]): Promise<void> {
       throw new Error(`fleetctl push printed no pinned reference: ${JSON.stringify(pinned)}`);
 
     // The operator's side: every reported doc and event, with its arrival time.
-    operator = mqtt.connect(broker.url, { clientId: "bench-operator" });
+    operator = mqtt.connect(broker.url, {
+      clientId: "bench-operator",
+      ...(broker.caFile ? { ca: readFileSync(broker.caFile) } : {}),
+    });
     await new Promise((r) => operator!.once("connect", r));
     await operator.subscribeAsync([`fleet/devices/${DEVICE}/reported`, `fleet/devices/${DEVICE}/events`], { qos: 1 });
     const log: Msg[] = [];
@@ -347,8 +376,9 @@ export async function agentBench(args: string[]): Promise<void> {
     const bareSplit = rssSplit(bare.pid!);
     bare.kill("SIGKILL");
     children.delete(bare);
+    const floor = await floorRss(broker, join(work, "floor.sock"));
     console.log(
-      `\n4. agent VmRSS idle with 10 services, ${SETTLE_MS / 1000} s after its last work: ${mib(idleRss)} ${memoryOnly ? "after pulling the image" : "after 1 and 2"} (${idleSplit}), ${mib(restartedRss)} after a restart (${restartedSplit}); bare \`node -e "setInterval(()=>{},1000)"\`: ${mib(bareRss)} (${bareSplit})`,
+      `\n4. agent VmRSS idle with 10 services, ${SETTLE_MS / 1000} s after its last work: ${mib(idleRss)} ${memoryOnly ? "after pulling the image" : "after 1 and 2"} (${idleSplit}), ${mib(restartedRss)} after a restart (${restartedSplit}); bare \`node -e "setInterval(()=>{},1000)"\`: ${mib(bareRss)} (${bareSplit}); floor, node with what the daemon uses of Node (node-floor.ts, ${broker.caFile ? "TLS" : "plaintext"} broker): ${mib(floor.rss)} (${floor.split})`,
     );
 
     // 5. Growth over apply cycles, on the restarted agent: s0 changes each time, s1..s9 stay.
@@ -394,6 +424,8 @@ export async function agentBench(args: string[]): Promise<void> {
         restartedRss <= bareRss + 8 * 1024,
       ],
       ["  bare node, the same run", mib(bareRss), "-", undefined],
+      ["  floor: the daemon's Node modules alone", mib(floor.rss), "-", undefined],
+      ["  agent over the floor, after a restart", mib(restartedRss - floor.rss), "-", undefined],
       [
         `VmRSS growth, cycles 50 → ${cycles}`,
         `${((rssN - rss50) / 1024).toFixed(2)} MiB`,

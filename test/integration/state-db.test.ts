@@ -86,7 +86,7 @@ describe("db.json between writers", () => {
 describe("db.json written by an older agent", () => {
   // A service and its documents as the agent before devices and networks stored them.
   const oldSpec = {
-    image: "registry.local:5000/acme/web@sha256:" + "a".repeat(64),
+    image: `registry.local:5000/acme/web@sha256:${"a".repeat(64)}`,
     env: {},
     restart: "always",
     resources: {},
