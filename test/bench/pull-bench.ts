@@ -4,6 +4,8 @@
  * docker-registry), against the tools a user would pick instead, in the
  * same run:
  *   download and verify  fleetlet pull --download-only  vs  skopeo copy docker://… oci:DIR
+ *                        and beside them the floor, plain Node fetching and hashing the same
+ *                        blobs under fleetlet's Node flags (download-floor.ts)
  *   pull and unpack      fleetlet pull                   vs  skopeo copy, then umoci unpack
  *   unpack alone         fleetlet's layer unpack         vs  tar -xzf of the same layer
  * Each side runs as a child process under /usr/bin/time, which reports its
@@ -36,6 +38,7 @@ import { agentLaunch } from "./agent-launch.js";
 import { warmPulls } from "./warm-pull.js";
 
 const UNPACK_ONE = new URL("./unpack-one.js", import.meta.url).pathname;
+const DOWNLOAD_FLOOR = new URL("./download-floor.js", import.meta.url).pathname;
 
 /** Wall and CPU (user + sys of the process tree) milliseconds of one run, or of several in a row. */
 interface Cost {
@@ -131,6 +134,13 @@ export async function pullBench(args: string[]): Promise<void> {
     const times = join(work, "times");
     const dl: Cost[] = [];
     const dlSkopeo: Cost[] = [];
+    const dlFloor: Cost[] = [];
+    const [repo, tag] = image.slice(reg.host.length + 1).split(":") as [string, string];
+    const floorArgs = (dest: string) => [
+      ...launch.argv.slice(0, -1), // fleetlet's Node flags, not its script
+      DOWNLOAD_FLOOR,
+      ...[reg.host, repo, tag, reg.username, reg.password, reg.caFile, dest],
+    ];
     const full: Cost[] = [];
     const fullSkopeo: Cost[] = [];
     const fleetlet = (root: string, ...rest: string[]) =>
@@ -146,9 +156,11 @@ export async function pullBench(args: string[]): Promise<void> {
     for (const root of ourRoots) fleetlet(root, "--download-only");
     for (let r = 0; r < runs; r++) {
       for (const root of ourRoots) emptyRoot(root);
-      const roots = [join(work, `o${r}a`), join(work, `o${r}b`)];
+      const roots = [join(work, `o${r}a`), join(work, `o${r}b`), join(work, `o${r}c`)];
       dl.push(fleetlet(ourRoots[0]!, "--download-only"));
       dlSkopeo.push(timed("skopeo", skopeo(roots[0]!), times));
+      mkdirSync(roots[2]!);
+      dlFloor.push(timed(process.execPath, floorArgs(roots[2]!), times));
       full.push(fleetlet(ourRoots[1]!));
       fullSkopeo.push(
         plus(
@@ -161,6 +173,7 @@ export async function pullBench(args: string[]): Promise<void> {
     for (const root of ourRoots) rmSync(root, { recursive: true, force: true });
     console.log("");
     row("download and verify", dl, dlSkopeo, "skopeo copy", { wall: "<= 0.8", cpu: "<= 1.0" });
+    row("  floor: plain Node", dlFloor, dlSkopeo, "skopeo copy", { wall: "-", cpu: "-" });
     row("pull and unpack", full, fullSkopeo, "skopeo copy + umoci unpack", { wall: "<= 0.6", cpu: "-" });
     // The same pulls in a warm process (the agent's case): no Node start, no module loads, kept connections.
     const warmDl = await warmPulls(image, registries, work, { runs, unpack: false });
