@@ -59,7 +59,7 @@ export const LAYERS: Record<Layer, Layer[]> = {
   protocol: [...BELOW_ALL],
   /** The native core's binding, the process's own memory, the lock across processes and the state root's modes. */
   system: [...BELOW_ALL],
-  /** The error type and a bounded-concurrency loop. */
+  /** The error type, a bounded-concurrency loop and a monotonic clock. */
   base: ["schemas"],
   schemas: [],
 };
