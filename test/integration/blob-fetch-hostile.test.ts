@@ -177,6 +177,15 @@ describe("resuming against a registry that answers badly", () => {
   });
 });
 
+/** Aborts once the server has seen one request; `p` must then fail with E_ABORTED, no second request sent. */
+async function abortAfterFirstRequest(seen: unknown[], ac: AbortController, p: Promise<unknown>): Promise<void> {
+  while (seen.length === 0) await sleep(10);
+  ac.abort();
+  const err = await caught(p);
+  expect(err.code).toBe("E_ABORTED");
+  expect(seen).toHaveLength(1);
+}
+
 describe("a cancel while waiting to retry", () => {
   it("ends a blob download's backoff at once, with E_ABORTED", async () => {
     const { data, digest } = blob(1 << 20);
@@ -190,11 +199,7 @@ describe("a cancel while waiting to retry", () => {
         limiter: new RateLimiter(0),
         signal: ac.signal,
       });
-      while (s.seen.length === 0) await sleep(10);
-      ac.abort();
-      const err = await caught(p);
-      expect(err.code).toBe("E_ABORTED");
-      expect(s.seen).toHaveLength(1);
+      await abortAfterFirstRequest(s.seen, ac, p);
     } finally {
       c.close();
     }
@@ -206,11 +211,7 @@ describe("a cancel while waiting to retry", () => {
     const ac = new AbortController();
     try {
       const p = c.request("GET", "/v2/a/manifests/1", { scope: "repository:a:pull", signal: ac.signal });
-      while (s.seen.length === 0) await sleep(10);
-      ac.abort();
-      const err = await caught(p);
-      expect(err.code).toBe("E_ABORTED");
-      expect(s.seen).toHaveLength(1);
+      await abortAfterFirstRequest(s.seen, ac, p);
     } finally {
       c.close();
     }
