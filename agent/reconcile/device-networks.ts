@@ -23,10 +23,11 @@ export interface NetworkDriver {
   sweep(): Promise<void>;
   /** Throws what is wrong when the container's networking is not as it was set up (CNI CHECK). */
   check(containerId: string): Promise<void>;
-  /** A container's address on each network it joined, by network name. */
-  addresses(containerId: string): Record<string, string>;
-  /** Rewrites the container's /etc/hosts in place with these peers. */
-  writePeers(containerId: string, peers: { address: string; names: string[] }[]): void;
+  /** A container's address on each network it joined, by network name, and a rewrite in place of its /etc/hosts with peers. */
+  peerFile(containerId: string): {
+    addresses: Record<string, string>;
+    write(peers: { address: string; names: string[] }[]): void;
+  };
 }
 
 export class DeviceNetworks {
@@ -69,13 +70,13 @@ export class DeviceNetworks {
   async refreshPeers(): Promise<void> {
     const members = Object.entries(this.db.data.services)
       .filter(([, r]) => (r.networks ?? []).length > 0)
-      .map(([name, r]) => ({ name, id: r.containerId, addresses: this.driver.addresses(r.containerId) }));
+      .map(([name, r]) => ({ name, id: r.containerId, ...this.driver.peerFile(r.containerId) }));
     for (const m of members) {
       const peers = members.flatMap((o) => {
         const shared = o === m ? undefined : Object.keys(m.addresses).find((n) => o.addresses[n]);
         return shared ? [{ address: o.addresses[shared]!, names: [o.name] }] : [];
       });
-      this.driver.writePeers(m.id, peers);
+      m.write(peers);
     }
     // Each service's addresses, by network, in its record: what a restarted agent (or an operator) reads.
     const stale = members.filter(

@@ -215,22 +215,20 @@ export class ContainerNetwork {
     closeIpv6(a.bridge);
   }
 
-  /** The container's address on each network it joined, by network name. */
-  addresses(id: string): Record<string, string> {
+  /**
+   * From one read of its intent: the container's address on each network it
+   * joined, by network name, and a rewrite in place of its /etc/hosts
+   * (itself, then the peers given; nothing for a container on no network).
+   */
+  peerFile(id: string): { addresses: Record<string, string>; write(peers: HostsEntry[]): void } {
     const intent = this.readIntent(id);
-    const out: Record<string, string> = {};
+    const addresses: Record<string, string> = {};
     for (const [i, a] of intent?.attachments.entries() ?? []) {
       const address = intent?.results[i] && resultAddress(intent.results[i]);
-      if (address) out[a.network] = address;
+      if (address) addresses[a.network] = address;
     }
-    return out;
-  }
-
-  /** Rewrites the container's /etc/hosts in place: itself, then its peers. */
-  writePeers(id: string, peers: HostsEntry[]): void {
-    const intent = this.readIntent(id);
-    if (!intent) return;
-    rewriteInPlace(join(this.dir(id), "hosts"), hostsContent(selfEntries(intent), peers));
+    const hosts = join(this.dir(id), "hosts");
+    return { addresses, write: (peers) => intent && rewriteInPlace(hosts, hostsContent(selfEntries(intent), peers)) };
   }
 
   /** Takes down what a container that no longer exists left (a crash mid-start or mid-removal). */

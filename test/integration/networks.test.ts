@@ -578,7 +578,7 @@ describe("an agent killed with SIGKILL", () => {
     expect((await inDevice(["apply", desired(services(), backend)])).status).toBe(0);
     const before = { web: containerOf("web"), db: containerOf("db") };
     const pids = { web: pidOf(before.web), db: pidOf(before.db) };
-    const addresses = () => new Runtime({ root }).network.addresses(containerOf("web"));
+    const addresses = () => new Runtime({ root }).network.peerFile(containerOf("web")).addresses;
     const webAddress = addresses();
     const agentConfig = join(work, "agent-config.json");
     const config = JSON.parse(readFileSync(join(work, "config.json"), "utf8"));

@@ -17,8 +17,7 @@ function fakeDriver(host: Partial<Awaited<ReturnType<NetworkDriver["hostNetwork"
     removeNetwork: async (n) => void calls.push(`remove ${n.bridge}`),
     sweep: async () => undefined,
     check: async () => undefined,
-    addresses: () => ({}),
-    writePeers: () => undefined,
+    peerFile: () => ({ addresses: {}, write: () => undefined }),
   };
   return { driver, calls };
 }
