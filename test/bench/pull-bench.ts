@@ -34,17 +34,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { pushImage } from "../../agent/registry/push.js";
 import { startCountingProxy } from "../support/counting-proxy.js";
 import { startRegistry } from "../support/registry.js";
-import { agentLaunch } from "./agent-launch.js";
+import { agentLaunch, cpuMs } from "./agent-launch.js";
+import { type Cost, printCoreBound } from "./core-bound.js";
 import { warmPulls } from "./warm-pull.js";
 
 const UNPACK_ONE = new URL("./unpack-one.js", import.meta.url).pathname;
 const DOWNLOAD_FLOOR = new URL("./download-floor.js", import.meta.url).pathname;
-
-/** Wall and CPU (user + sys of the process tree) milliseconds of one run, or of several in a row. */
-interface Cost {
-  wall: number;
-  cpu: number;
-}
 
 const plus = (a: Cost, b: Cost): Cost => ({ wall: a.wall + b.wall, cpu: a.cpu + b.cpu });
 
@@ -143,6 +138,12 @@ export async function pullBench(args: string[]): Promise<void> {
     ];
     const full: Cost[] = [];
     const fullSkopeo: Cost[] = [];
+    /** A run's cost with the registry's CPU over it: the download rows' bound (core-bound.ts). */
+    const served = (run: () => Cost): Cost => {
+      const before = cpuMs(reg.pid);
+      const cost = run();
+      return { ...cost, server: cpuMs(reg.pid) - before };
+    };
     const fleetlet = (root: string, ...rest: string[]) =>
       timed(
         process.execPath,
@@ -157,10 +158,10 @@ export async function pullBench(args: string[]): Promise<void> {
     for (let r = 0; r < runs; r++) {
       for (const root of ourRoots) emptyRoot(root);
       const roots = [join(work, `o${r}a`), join(work, `o${r}b`), join(work, `o${r}c`)];
-      dl.push(fleetlet(ourRoots[0]!, "--download-only"));
-      dlSkopeo.push(timed("skopeo", skopeo(roots[0]!), times));
+      dl.push(served(() => fleetlet(ourRoots[0]!, "--download-only")));
+      dlSkopeo.push(served(() => timed("skopeo", skopeo(roots[0]!), times)));
       mkdirSync(roots[2]!);
-      dlFloor.push(timed(process.execPath, floorArgs(roots[2]!), times));
+      dlFloor.push(served(() => timed(process.execPath, floorArgs(roots[2]!), times)));
       full.push(fleetlet(ourRoots[1]!));
       fullSkopeo.push(
         plus(
@@ -180,6 +181,16 @@ export async function pullBench(args: string[]): Promise<void> {
     row("  warm, as the agent", warmDl, dlSkopeo, "skopeo copy", { wall: "-", cpu: "-" });
     const warmFull = await warmPulls(image, registries, work, { runs, unpack: true });
     row("  warm, as the agent", warmFull, fullSkopeo, "skopeo copy + umoci unpack", { wall: "-", cpu: "-" });
+    printCoreBound(
+      [
+        ["fleetlet", dl],
+        ["skopeo copy", dlSkopeo],
+        ["plain Node", dlFloor],
+      ],
+      dlSkopeo,
+      0.8,
+      totalMiB * 1048576,
+    );
 
     // Unpack alone: one layer blob, from disk, into an empty directory.
     const store = join(work, "unpack-store");

@@ -25,6 +25,7 @@ const READY_TIMEOUT_MS = 10_000;
 export interface RegistryFixture {
   host: string; // "127.0.0.1:PORT"
   port: number;
+  pid: number; // the registry process (its CPU time is a bench's to read)
   caFile: string; // PEM of the CA that signed the server cert
   certDir: string; // a dir holding that CA as ca.crt (what skopeo's --*-cert-dir wants)
   username: string;
@@ -287,6 +288,7 @@ export async function startRegistry(opts: { auth: RegistryAuth } = { auth: "htpa
     return {
       host: `127.0.0.1:${started.port}`,
       port: started.port,
+      pid: started.child.pid!,
       caFile: layout.tls.caCert,
       certDir: layout.certDir,
       username,
