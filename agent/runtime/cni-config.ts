@@ -67,3 +67,17 @@ export function resultAddress(result: Record<string, unknown>): string | undefin
   const ips = result.ips as { address?: string }[] | undefined;
   return ips?.[0]?.address?.split("/")[0];
 }
+
+/**
+ * The ADD result a CHECK is given, with the bridge's MAC address as it is
+ * now (`mac`; undefined when the bridge is gone, and CHECK then says so). A
+ * Linux bridge takes the lowest MAC of its ports unless one was set, so it
+ * changes as containers come and go; the bridge plugin's CHECK compares it
+ * with the one recorded at ADD, and would call the network of every
+ * container that joined before a peer left broken.
+ */
+export function checkResult(result: Record<string, unknown>, bridge: string, mac: string | undefined) {
+  const interfaces = result.interfaces as { name?: string; mac?: string; sandbox?: string }[] | undefined;
+  if (!mac || !interfaces) return result;
+  return { ...result, interfaces: interfaces.map((i) => (i.name === bridge && !i.sandbox ? { ...i, mac } : i)) };
+}

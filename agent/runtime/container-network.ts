@@ -10,14 +10,15 @@
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync, statfsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Attachment, ContainerSpec } from "../../schemas/container.js";
 import type { HostNetworkFacts } from "../../schemas/network.js";
 import { FleetError, isErrno } from "../errors.js";
 import { privateDir } from "../system/state-root.js";
+import { bridgeMac, closeIpv6 } from "./bridge-link.js";
 import { addBridgeRules, BRIDGE_PREFIX, removeBridgeRules } from "./bridge-rules.js";
-import { outwardAttachment, pluginChain, resultAddress } from "./cni-config.js";
+import { checkResult, outwardAttachment, pluginChain, resultAddress } from "./cni-config.js";
 import { type CniCommand, runCniPlugin } from "./cni-plugin.js";
 import { writeFileAtomic } from "./container-dir.js";
 import { hasLegacyNatTable, parseForwardedPorts, readHostNetwork } from "./host-network.js";
@@ -126,8 +127,12 @@ export class ContainerNetwork {
     const call = { pluginDir: this.pluginDir, containerId: id, netns, ifname: `eth${index}`, what, command };
     if (command !== "ADD") {
       // DEL and CHECK get the chain's result as prevResult: DEL in reverse order, CHECK in order.
-      const prevResult = intent.results[index];
-      if (command === "CHECK" && !prevResult) throw new FleetError("E_RUNTIME", `${what}: no ADD result recorded`);
+      const recorded = intent.results[index];
+      if (command === "CHECK" && !recorded) throw new FleetError("E_RUNTIME", `${what}: no ADD result recorded`);
+      const prevResult =
+        recorded && command === "CHECK"
+          ? checkResult(recorded, attachment.bridge, await bridgeMac(attachment.bridge))
+          : recorded;
       // portmap 1.1.1's CHECK looks for an IPv6 DNAT chain even for a container without IPv6, and
       // fails: only bridge (with host-local) is asked.
       const order = command === "DEL" ? chain.reverse() : chain.filter((p) => p.type !== "portmap");
@@ -270,21 +275,6 @@ function pinned(ns: string): boolean {
   } catch (err) {
     if (isErrno(err, "ENOENT")) return false;
     throw err;
-  }
-}
-
-/**
- * Takes IPv6 off the bridge (the bridge plugin leaves it on): its link-local
- * address would be an address of the device on every network, internal ones
- * included, so a container reached the device's programs on all addresses
- * (`::`) through `fe80::…%eth0` with no route and no capability.
- */
-function closeIpv6(bridge: string): void {
-  try {
-    writeFileSync(`/proc/sys/net/ipv6/conf/${bridge}/disable_ipv6`, "1");
-  } catch (err) {
-    // No IPv6 in this kernel (or turned off at boot): the bridge has no IPv6 address to take away.
-    if (!isErrno(err, "ENOENT")) throw err;
   }
 }
 

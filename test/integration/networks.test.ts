@@ -17,6 +17,7 @@ import { agentStarted, type CliResult, FLEETLET_BIN, fleetctl, fleetlet } from "
 import { makeNetnsLab, type NetnsLab, nsArgs } from "../support/netns-lab.js";
 import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
+import { waitFor } from "../support/wait-for.js";
 
 const rootfs = inject("busyboxRootfs");
 const DIST_NETWORK = fileURLToPath(new URL("../../dist/agent/runtime/container-network.js", import.meta.url));
@@ -421,6 +422,13 @@ describe("two deployments on one device", () => {
     command: ["/bin/sh", "-c", `${httpd("other-ok", [80])} && exec sleep 100000`],
     stopTimeoutMs: 300,
   });
+  /** A service that prints the /etc/hosts it started with. */
+  const lateSpec = () => ({
+    image,
+    networks: ["secret"],
+    command: ["/bin/sh", "-c", "cat /etc/hosts; exec sleep 100000"],
+    stopTimeoutMs: 300,
+  });
   const addressOf = (service: string, network: string, stateRoot = root) => {
     const hosts = readFileSync(join(stateRoot, "network", containerOf(service, stateRoot), "hosts"), "utf8");
     expect(dbOf(stateRoot).services[service].networks[0].name).toBe(network);
@@ -478,12 +486,7 @@ describe("two deployments on one device", () => {
   });
 
   it("starts a service with its running peers already in its /etc/hosts, before its command runs", async () => {
-    const late = {
-      image,
-      networks: ["secret"],
-      command: ["/bin/sh", "-c", "cat /etc/hosts; exec sleep 100000"],
-      stopTimeoutMs: 300,
-    };
+    const late = lateSpec();
     const doc = desired(
       {
         probe: sleeper(["open"]),
@@ -500,6 +503,79 @@ describe("two deployments on one device", () => {
     for (const peer of ["vault", "client", "gateway"])
       expect(seen).toMatch(new RegExp(`^10\\.89\\.\\d+\\.\\d+\\t${peer}$`, "m"));
     expect(seen).not.toMatch(/\tprobe$/m); // not on its network
+  });
+
+  it("drops a replaced service from its peers' /etc/hosts while its new container waits for a device, and adds it back once it starts", async () => {
+    // The device lives under a directory of the test's: the config points devRoot there and lets it through.
+    const devRoot = join(work, "dev-late");
+    mkdirSync(devRoot, { recursive: true });
+    const lateConfig = join(work, "config-late.json");
+    const base = JSON.parse(readFileSync(config, "utf8"));
+    writeFileSync(lateConfig, JSON.stringify({ ...base, devRoot, policy: { devices: ["/dev/late-tty"] } }));
+    const clientHosts = () => readFileSync(join(other, "network", containerOf("client", other), "hosts"), "utf8");
+    const before = addressOf("vault", "secret", other);
+    expect(clientHosts()).toMatch(new RegExp(`^${before.replaceAll(".", "\\.")}\\tvault$`, "m"));
+    const oldVault = containerOf("vault", other);
+    const late = containerOf("late", other);
+    const doc = desired(
+      {
+        probe: sleeper(["open"]),
+        vault: { ...sleeper(["secret"]), devices: [{ path: "/dev/late-tty", target: "/dev/ttyS0" }] },
+        client: sleeper(["secret"]),
+        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
+        late: lateSpec(), // unchanged: no other service's removal or start refreshes the peers meanwhile
+      },
+      { networks: { open: {}, secret: { internal: true } }, update: { healthyWithinMs: 60_000 } },
+    );
+    const applied = commandInDevice([
+      process.execPath,
+      FLEETLET_BIN,
+      "--root",
+      other,
+      "--config",
+      lateConfig,
+      "apply",
+      doc,
+    ]);
+    // The old vault is stopped and the new one waits: its old address must be gone from its peers' files already.
+    await waitFor("the new vault to wait for its device", () => containerOf("vault", other) !== oldVault, {
+      timeoutMs: 20_000,
+    });
+    await waitFor("client's /etc/hosts to forget vault", () => !/\tvault$/m.test(clientHosts()), {
+      timeoutMs: 10_000,
+      context: clientHosts,
+    });
+    expect(existsSync(join(other, "containers", containerOf("vault", other), "running.json"))).toBe(false);
+    expect(containerOf("late", other)).toBe(late);
+    const node = spawnSync("mknod", ["-m", "660", join(devRoot, "late-tty"), "c", "1", "3"], { encoding: "utf8" });
+    expect(node.status, node.stderr).toBe(0);
+    const r = await applied;
+    expect(r.status, r.stderr).toBe(0);
+    expect(clientHosts()).toMatch(
+      new RegExp(`^${addressOf("vault", "secret", other).replaceAll(".", "\\.")}\\tvault$`, "m"),
+    );
+    expect((await inService("client", "timeout 5 wget -q -O - http://vault/", other)).output).toBe("other-ok\n");
+    // vault as it was, so the agents the next cases run, under the config without the device, start from there.
+    const back = desired(
+      {
+        probe: sleeper(["open"]),
+        vault: sleeper(["secret"]),
+        client: sleeper(["secret"]),
+        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
+      },
+      { networks: { open: {}, secret: { internal: true } } },
+    );
+    const restored = await commandInDevice([
+      process.execPath,
+      FLEETLET_BIN,
+      "--root",
+      other,
+      "--config",
+      lateConfig,
+      "apply",
+      back,
+    ]);
+    expect(restored.status, restored.stderr).toBe(0);
   });
 
   it("refuses to publish a host port the other deployment publishes, with E_PORT_IN_USE", async () => {
@@ -610,6 +686,19 @@ describe("an agent killed with SIGKILL", () => {
     // Checked to fail before: only a container's start on the bridge put them back.
     expect(lab.run(lab.device, ["iptables", "-S", "FLEETLET-ISOLATION"])).toContain(`-o ${bridge} -m conntrack`);
     expect(lab.run(lab.device, ["sysctl", "-n", `net.ipv6.conf.${bridge}.disable_ipv6`]).trim()).toBe("1");
+  });
+
+  it("is followed by one that adopts the containers on a bridge whose MAC address changed since they joined", async () => {
+    // A bridge takes the lowest MAC of its ports: a peer replaced since (its veth gone) changes it. Set
+    // here, so that it surely differs from what each container's ADD recorded.
+    const { bridge } = dbOf().services.db.networks[0];
+    const pids = { web: pidOf(containerOf("web")), db: pidOf(containerOf("db")) };
+    lab.run(lab.device, ["ip", "link", "set", "dev", bridge, "address", "02:00:00:00:0f:01"]);
+    const r = await inDevice(["apply", desired(services(), backend)]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).not.toContain("networkLost"); // checked to fail before: CHECK compared the recorded MAC
+    expect({ web: pidOf(containerOf("web")), db: pidOf(containerOf("db")) }).toEqual(pids);
+    expect(await inService("web", "timeout 5 wget -q -O - http://db/")).toEqual({ exitCode: 0, output: "db-ok\n" });
   });
 
   it("is followed by one in a mount namespace of its own, without the pins (as systemd starts it), that adopts them as they are", async () => {

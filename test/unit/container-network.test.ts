@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { describe, expect, it } from "vitest";
-import { outwardAttachment, pluginChain, resultAddress } from "../../agent/runtime/cni-config.js";
+import { checkResult, outwardAttachment, pluginChain, resultAddress } from "../../agent/runtime/cni-config.js";
 import { containerResolvConf, hostsContent, rewriteInPlace } from "../../agent/runtime/hosts-file.js";
 import { containerSpec } from "../../schemas/container.js";
 import { formatIssues } from "../../schemas/format-issues.js";
@@ -146,6 +146,26 @@ describe("the CNI plugin chain of an attachment", () => {
   it("routes out and publishes through the first attachment that is not internal", () => {
     expect(outwardAttachment({ attachments: [attachment(true), attachment(false), attachment(false)] })).toBe(1);
     expect(resultAddress({ ips: [{ address: "10.89.0.7/24", gateway: "10.89.0.1" }] })).toBe("10.89.0.7");
+  });
+
+  it("is checked against the bridge's MAC address as it is now, and nothing else of the recorded result changes", () => {
+    const recorded = {
+      cniVersion: "1.0.0",
+      interfaces: [
+        { name: "fl-abc", mac: "0e:00:00:00:00:01" },
+        { name: "veth1", mac: "0e:00:00:00:00:02" },
+        { name: "eth0", mac: "0e:00:00:00:00:03", sandbox: "/run/ns" },
+      ],
+      ips: [{ address: "10.89.0.7/24", interface: 2 }],
+    };
+    const checked = checkResult(recorded, "fl-abc", "02:00:00:00:0f:01");
+    expect(checked).toEqual({
+      ...recorded,
+      interfaces: [{ name: "fl-abc", mac: "02:00:00:00:0f:01" }, recorded.interfaces[1], recorded.interfaces[2]],
+    });
+    expect(recorded.interfaces[0]!.mac).toBe("0e:00:00:00:00:01"); // the record itself is left as it was
+    // A bridge that is gone: CHECK gets the record as it is, and says the bridge is missing.
+    expect(checkResult(recorded, "fl-abc", undefined)).toBe(recorded);
   });
 });
 
