@@ -1,6 +1,6 @@
 /**
- * What the agent reads and sets on a bridge's link itself, beside the bridge
- * plugin: its IPv6 switch and its MAC address.
+ * What the agent does with a bridge's link itself, beside the bridge plugin:
+ * it turns IPv6 off, and reads the MAC address.
  */
 import { execFile } from "node:child_process";
 import { writeFileSync } from "node:fs";

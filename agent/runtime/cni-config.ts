@@ -71,10 +71,11 @@ export function resultAddress(result: Record<string, unknown>): string | undefin
 /**
  * The ADD result a CHECK is given, with the bridge's MAC address as it is
  * now (`mac`; undefined when the bridge is gone, and CHECK then says so). A
- * Linux bridge takes the lowest MAC of its ports unless one was set, so it
- * changes as containers come and go; the bridge plugin's CHECK compares it
- * with the one recorded at ADD, and would call the network of every
- * container that joined before a peer left broken.
+ * Linux bridge takes the lowest MAC of its ports unless one was set, and the
+ * plugin sets one only on a bridge it gives a gateway address: an internal
+ * network's bridge changes its MAC as containers come and go. The plugin's
+ * CHECK compares it with the one recorded at ADD, and would call broken the
+ * network of every container that joined before a peer left.
  */
 export function checkResult(result: Record<string, unknown>, bridge: string, mac: string | undefined) {
   const interfaces = result.interfaces as { name?: string; mac?: string; sandbox?: string }[] | undefined;

@@ -10,7 +10,7 @@
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, rmSync, statfsSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Attachment, ContainerSpec } from "../../schemas/container.js";
 import type { HostNetworkFacts } from "../../schemas/network.js";
@@ -23,6 +23,7 @@ import { type CniCommand, runCniPlugin } from "./cni-plugin.js";
 import { writeFileAtomic } from "./container-dir.js";
 import { hasLegacyNatTable, parseForwardedPorts, readHostNetwork } from "./host-network.js";
 import { type HostsEntry, hostResolvConf, hostsContent, rewriteInPlace } from "./hosts-file.js";
+import { pinned } from "./netns-pin.js";
 
 export const DEFAULT_CNI_PATH = "/usr/lib/cni";
 
@@ -257,24 +258,6 @@ export class ContainerNetwork {
     await removeBridgeRules(network.bridge);
     this.isolated.delete(network.bridge);
     rmSync(join(this.ipamDir(), network.bridge), { recursive: true, force: true });
-  }
-}
-
-/** statfs(2)'s type of a namespace file (nsfs). */
-const NSFS_MAGIC = 0x6e736673;
-
-/**
- * Whether the pin holds a namespace still: after a reboot (or a crash between
- * the pin's file and its mount) it is an empty file, which the plugins' DEL
- * refuses ("unknown FS magic"); the namespace and its links are gone then,
- * and a DEL without one releases the leases.
- */
-function pinned(ns: string): boolean {
-  try {
-    return statfsSync(ns).type === NSFS_MAGIC;
-  } catch (err) {
-    if (isErrno(err, "ENOENT")) return false;
-    throw err;
   }
 }
 

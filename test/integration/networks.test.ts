@@ -689,8 +689,9 @@ describe("an agent killed with SIGKILL", () => {
   });
 
   it("is followed by one that adopts the containers on a bridge whose MAC address changed since they joined", async () => {
-    // A bridge takes the lowest MAC of its ports: a peer replaced since (its veth gone) changes it. Set
-    // here, so that it surely differs from what each container's ADD recorded.
+    // A bridge the plugin gives no gateway address (an internal network's) takes the lowest MAC of its
+    // ports, so a peer replaced since (its veth gone) changes it. Set here by hand, on this network's
+    // bridge, so that it surely differs from what each container's ADD recorded.
     const { bridge } = dbOf().services.db.networks[0];
     const pids = { web: pidOf(containerOf("web")), db: pidOf(containerOf("db")) };
     lab.run(lab.device, ["ip", "link", "set", "dev", bridge, "address", "02:00:00:00:0f:01"]);
