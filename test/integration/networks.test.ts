@@ -505,7 +505,7 @@ describe("two deployments on one device", () => {
     expect(seen).not.toMatch(/\tprobe$/m); // not on its network
   });
 
-  it("drops a replaced service from its peers' /etc/hosts while its new container waits for a device, and adds it back once it starts", async () => {
+  it("drops a service from its peers' /etc/hosts while its new container waits for a device, replaced or restarted, and adds it back once it starts", async () => {
     // The device lives under a directory of the test's: the config points devRoot there and lets it through.
     const devRoot = join(work, "dev-late");
     mkdirSync(devRoot, { recursive: true });
@@ -555,6 +555,33 @@ describe("two deployments on one device", () => {
       new RegExp(`^${addressOf("vault", "secret", other).replaceAll(".", "\\.")}\\tvault$`, "m"),
     );
     expect((await inService("client", "timeout 5 wget -q -O - http://vault/", other)).output).toBe("other-ok\n");
+
+    // The same when vault's own container ends while its device is away: made anew by its restart
+    // policy under the same id, it waits, and its peers forget the address it had meanwhile.
+    const agentConfig = join(work, "config-late-agent.json");
+    const api = { listen: "127.0.0.1:7782", socket: join(work, "api-late.sock") };
+    writeFileSync(agentConfig, JSON.stringify({ ...JSON.parse(readFileSync(lateConfig, "utf8")), api }));
+    const cmd = [process.execPath, FLEETLET_BIN, "--root", other, "--config", agentConfig, "agent"];
+    const agent = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "ignore", "pipe"] });
+    try {
+      await agentStarted(agent);
+      rmSync(join(devRoot, "late-tty"));
+      process.kill(pidOf(containerOf("vault", other), other), "SIGKILL");
+      // Checked to fail before (b702568's line reverted): the peers kept its old address until it started again.
+      await waitFor("client's /etc/hosts to forget the crashed vault", () => !/\tvault$/m.test(clientHosts()), {
+        timeoutMs: 15_000,
+        context: clientHosts,
+      });
+      const again = spawnSync("mknod", ["-m", "660", join(devRoot, "late-tty"), "c", "1", "3"], { encoding: "utf8" });
+      expect(again.status, again.stderr).toBe(0);
+      await waitFor("vault back in client's /etc/hosts", () => /\tvault$/m.test(clientHosts()), { timeoutMs: 15_000 });
+    } finally {
+      const exited = new Promise((r) => agent.once("exit", r));
+      agent.kill("SIGTERM");
+      await exited;
+    }
+    expect((await inService("client", "timeout 5 wget -q -O - http://vault/", other)).output).toBe("other-ok\n");
+
     // vault as it was, so the agents the next cases run, under the config without the device, start from there.
     const back = desired(
       {
