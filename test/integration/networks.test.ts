@@ -435,21 +435,25 @@ describe("two deployments on one device", () => {
     return /^(10\.89\.\d+\.\d+)\t/m.exec(hosts)![1]!;
   };
 
-  beforeAll(async () => {
-    // A second state root: another agent's deployment, with its own bridges.
-    other = freshRoot();
-    expect(fleetlet(other, ["--config", config, "pull", image]).status).toBe(0);
-    const doc = desired(
+  /** The other deployment's document: its four services, with `changes` (a service replaced, or one more), on its two networks. */
+  const otherDesired = (changes: Record<string, unknown> = {}, extra: Record<string, unknown> = {}) =>
+    desired(
       {
         probe: sleeper(["open"]),
         vault: sleeper(["secret"]),
         client: sleeper(["secret"]),
         // On both: eth0 on the internal one, eth1 (its way out, and its port) on the other.
         gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
+        ...changes,
       },
-      { networks: { open: {}, secret: { internal: true } } },
+      { networks: { open: {}, secret: { internal: true } }, ...extra },
     );
-    const r = await inDevice(["apply", doc], other);
+
+  beforeAll(async () => {
+    // A second state root: another agent's deployment, with its own bridges.
+    other = freshRoot();
+    expect(fleetlet(other, ["--config", config, "pull", image]).status).toBe(0);
+    const r = await inDevice(["apply", otherDesired()], other);
     expect(r.status, r.stderr).toBe(0);
   });
 
@@ -486,18 +490,7 @@ describe("two deployments on one device", () => {
   });
 
   it("starts a service with its running peers already in its /etc/hosts, before its command runs", async () => {
-    const late = lateSpec();
-    const doc = desired(
-      {
-        probe: sleeper(["open"]),
-        vault: sleeper(["secret"]),
-        client: sleeper(["secret"]),
-        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
-        late,
-      },
-      { networks: { open: {}, secret: { internal: true } } },
-    );
-    const r = await inDevice(["apply", doc], other);
+    const r = await inDevice(["apply", otherDesired({ late: lateSpec() })], other);
     expect(r.status, r.stderr).toBe(0);
     const seen = fleetlet(other, ["logs", "late"]).stdout;
     for (const peer of ["vault", "client", "gateway"])
@@ -517,15 +510,12 @@ describe("two deployments on one device", () => {
     expect(clientHosts()).toMatch(new RegExp(`^${before.replaceAll(".", "\\.")}\\tvault$`, "m"));
     const oldVault = containerOf("vault", other);
     const late = containerOf("late", other);
-    const doc = desired(
+    const doc = otherDesired(
       {
-        probe: sleeper(["open"]),
         vault: { ...sleeper(["secret"]), devices: [{ path: "/dev/late-tty", target: "/dev/ttyS0" }] },
-        client: sleeper(["secret"]),
-        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
         late: lateSpec(), // unchanged: no other service's removal or start refreshes the peers meanwhile
       },
-      { networks: { open: {}, secret: { internal: true } }, update: { healthyWithinMs: 60_000 } },
+      { update: { healthyWithinMs: 60_000 } },
     );
     const applied = commandInDevice([
       process.execPath,
@@ -583,15 +573,7 @@ describe("two deployments on one device", () => {
     expect((await inService("client", "timeout 5 wget -q -O - http://vault/", other)).output).toBe("other-ok\n");
 
     // vault as it was, so the agents the next cases run, under the config without the device, start from there.
-    const back = desired(
-      {
-        probe: sleeper(["open"]),
-        vault: sleeper(["secret"]),
-        client: sleeper(["secret"]),
-        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
-      },
-      { networks: { open: {}, secret: { internal: true } } },
-    );
+    const back = otherDesired();
     const restored = await commandInDevice([
       process.execPath,
       FLEETLET_BIN,
@@ -607,15 +589,7 @@ describe("two deployments on one device", () => {
 
   it("refuses to publish a host port the other deployment publishes, with E_PORT_IN_USE", async () => {
     const probe = containerOf("probe", other);
-    const doc = desired(
-      {
-        probe: { ...sleeper(["open"]), ports: ["8080:80"] },
-        vault: sleeper(["secret"]),
-        client: sleeper(["secret"]),
-        gateway: { ...sleeper(["secret", "open"]), ports: ["8181:80"] },
-      },
-      { networks: { open: {}, secret: { internal: true } } },
-    );
+    const doc = otherDesired({ probe: { ...sleeper(["open"]), ports: ["8080:80"] } });
     const r = await inDevice(["apply", doc], other);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toContain("services.probe.ports[0]: host port 8080/tcp is already forwarded by a firewall rule");
