@@ -32,8 +32,8 @@ let generation = 0;
 const servers: ChildProcess[] = [];
 
 /** Runs `fleetlet` in the device namespace. */
-function inDevice(args: string[], stateRoot = root): Promise<CliResult> {
-  return commandInDevice([process.execPath, FLEETLET_BIN, "--root", stateRoot, "--config", config, ...args]);
+function inDevice(args: string[], stateRoot = root, configFile = config): Promise<CliResult> {
+  return commandInDevice([process.execPath, FLEETLET_BIN, "--root", stateRoot, "--config", configFile, ...args]);
 }
 
 /**
@@ -505,6 +505,11 @@ describe("two deployments on one device", () => {
     const lateConfig = join(work, "config-late.json");
     const base = JSON.parse(readFileSync(config, "utf8"));
     writeFileSync(lateConfig, JSON.stringify({ ...base, devRoot, policy: { devices: ["/dev/late-tty"] } }));
+    /** The device appears: a node of /dev/null's numbers. */
+    const plugIn = () => {
+      const r = spawnSync("mknod", ["-m", "660", join(devRoot, "late-tty"), "c", "1", "3"], { encoding: "utf8" });
+      expect(r.status, r.stderr).toBe(0);
+    };
     const clientHosts = () => readFileSync(join(other, "network", containerOf("client", other), "hosts"), "utf8");
     const before = addressOf("vault", "secret", other);
     expect(clientHosts()).toMatch(new RegExp(`^${before.replaceAll(".", "\\.")}\\tvault$`, "m"));
@@ -517,16 +522,7 @@ describe("two deployments on one device", () => {
       },
       { update: { healthyWithinMs: 60_000 } },
     );
-    const applied = commandInDevice([
-      process.execPath,
-      FLEETLET_BIN,
-      "--root",
-      other,
-      "--config",
-      lateConfig,
-      "apply",
-      doc,
-    ]);
+    const applied = inDevice(["apply", doc], other, lateConfig);
     // The old vault is stopped and the new one waits: its old address must be gone from its peers' files already.
     await waitFor("the new vault to wait for its device", () => containerOf("vault", other) !== oldVault, {
       timeoutMs: 20_000,
@@ -537,8 +533,7 @@ describe("two deployments on one device", () => {
     });
     expect(existsSync(join(other, "containers", containerOf("vault", other), "running.json"))).toBe(false);
     expect(containerOf("late", other)).toBe(late);
-    const node = spawnSync("mknod", ["-m", "660", join(devRoot, "late-tty"), "c", "1", "3"], { encoding: "utf8" });
-    expect(node.status, node.stderr).toBe(0);
+    plugIn();
     const r = await applied;
     expect(r.status, r.stderr).toBe(0);
     expect(clientHosts()).toMatch(
@@ -562,8 +557,7 @@ describe("two deployments on one device", () => {
         timeoutMs: 15_000,
         context: clientHosts,
       });
-      const again = spawnSync("mknod", ["-m", "660", join(devRoot, "late-tty"), "c", "1", "3"], { encoding: "utf8" });
-      expect(again.status, again.stderr).toBe(0);
+      plugIn();
       await waitFor("vault back in client's /etc/hosts", () => /\tvault$/m.test(clientHosts()), { timeoutMs: 15_000 });
     } finally {
       const exited = new Promise((r) => agent.once("exit", r));
@@ -573,17 +567,7 @@ describe("two deployments on one device", () => {
     expect((await inService("client", "timeout 5 wget -q -O - http://vault/", other)).output).toBe("other-ok\n");
 
     // vault as it was, so the agents the next cases run, under the config without the device, start from there.
-    const back = otherDesired();
-    const restored = await commandInDevice([
-      process.execPath,
-      FLEETLET_BIN,
-      "--root",
-      other,
-      "--config",
-      lateConfig,
-      "apply",
-      back,
-    ]);
+    const restored = await inDevice(["apply", otherDesired()], other, lateConfig);
     expect(restored.status, restored.stderr).toBe(0);
   });
 
