@@ -16,7 +16,8 @@
  * Every VmRSS is read the same way: SETTLE_MS after the agent's last work.
  * --tls puts TLS on the broker (mqtts:// with its CA, as a device runs):
  * node:tls and OpenSSL's contexts then count in every figure.
- * --bundle, --agent-flags and --agent-env change how the agent is started
+ * --bundle, --agent-flags and --agent-env change how the agent, and the
+ * bring-up's `fleetlet pull` and `fleetlet apply`, are started
  * (agent-launch.ts); the bare node is always started plainly.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
@@ -35,8 +36,7 @@ import { agentLaunch, cpuMs } from "./agent-launch.js";
 import { specWithSeccomp } from "./oci-seccomp.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
 
-// From build/test/bench/ as from test/bench/: the bin scripts at the top of the project.
-const FLEETLET_BIN = new URL("../../../bin/fleetlet.js", import.meta.url).pathname;
+// From build/test/bench/ as from test/bench/: the bin script at the top of the project.
 const FLEETCTL_BIN = new URL("../../../bin/fleetctl.js", import.meta.url).pathname;
 const DEVICE = "bench-agent-1";
 const DONE_PHASES = new Set(["converged", "failed", "rolledBack", "rejected"]);
@@ -113,11 +113,14 @@ async function floorRss(broker: MosquittoFixture, socket: string): Promise<{ rss
 }
 
 /** Runs a command to its exit; resolves with the wall time from spawn to exit (and when it began, its stdout and stderr), or rejects with its stderr. */
-function timed(argv: string[]): Promise<{ ms: number; began: number; stdout: string; stderr: string }> {
+function timed(
+  argv: string[],
+  env?: NodeJS.ProcessEnv,
+): Promise<{ ms: number; began: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const began = Date.now();
     const t0 = performance.now();
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], ...(env ? { env } : {}) });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d) => {
@@ -470,17 +473,9 @@ export async function agentBench(args: string[]): Promise<void> {
     const cruns: number[] = [];
     const rounds = quick ? 1 : 3;
     for (let round = 0; round < rounds; round++) {
-      await timed([process.execPath, FLEETLET_BIN, "--root", applyRoot, "--config", config, "pull", "--quiet", image]);
-      const r = await timed([
-        process.execPath,
-        FLEETLET_BIN,
-        "--root",
-        applyRoot,
-        "--config",
-        config,
-        "apply",
-        desired,
-      ]);
+      const fleetlet = [process.execPath, ...launch.argv, "--root", applyRoot, "--config", config];
+      await timed([...fleetlet, "pull", "--quiet", image], launch.env);
+      const r = await timed([...fleetlet, "apply", desired], launch.env);
       const at = (type: string) =>
         r.stderr
           .split("\n")
