@@ -37,6 +37,21 @@ function inDevice(args: string[], stateRoot = root, configFile = config): Promis
 }
 
 /**
+ * `fleetlet agent` in the device namespace, under `configFile` plus a status
+ * endpoint of its own (`name` tells apart its config and socket); resolves
+ * once it has started.
+ */
+async function agentInDevice(stateRoot: string, configFile: string, name: string, port: number): Promise<ChildProcess> {
+  const agentConfig = join(work, `${name}.json`);
+  const api = { listen: `127.0.0.1:${port}`, socket: join(work, `${name}.sock`) };
+  writeFileSync(agentConfig, JSON.stringify({ ...JSON.parse(readFileSync(configFile, "utf8")), api }));
+  const cmd = [process.execPath, FLEETLET_BIN, "--root", stateRoot, "--config", agentConfig, "agent"];
+  const agent = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "ignore", "pipe"] });
+  await agentStarted(agent);
+  return agent;
+}
+
+/**
  * Sets up db's network for a container id that is never made, as an agent
  * that crashed right after the CNI ADD (or a reboot after it) leaves it.
  */
@@ -543,13 +558,8 @@ describe("two deployments on one device", () => {
 
     // The same when vault's own container ends while its device is away: made anew by its restart
     // policy under the same id, it waits, and its peers forget the address it had meanwhile.
-    const agentConfig = join(work, "config-late-agent.json");
-    const api = { listen: "127.0.0.1:7782", socket: join(work, "api-late.sock") };
-    writeFileSync(agentConfig, JSON.stringify({ ...JSON.parse(readFileSync(lateConfig, "utf8")), api }));
-    const cmd = [process.execPath, FLEETLET_BIN, "--root", other, "--config", agentConfig, "agent"];
-    const agent = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "ignore", "pipe"] });
+    const agent = await agentInDevice(other, lateConfig, "agent-late", 7782);
     try {
-      await agentStarted(agent);
       rmSync(join(devRoot, "late-tty"));
       process.kill(pidOf(containerOf("vault", other), other), "SIGKILL");
       // Checked to fail before (b702568's line reverted): the peers kept its old address until it started again.
@@ -641,15 +651,7 @@ describe("an agent killed with SIGKILL", () => {
     const pids = { web: pidOf(before.web), db: pidOf(before.db) };
     const addresses = () => new Runtime({ root }).network.peerFile(containerOf("web")).addresses;
     const webAddress = addresses();
-    const agentConfig = join(work, "agent-config.json");
-    const config = JSON.parse(readFileSync(join(work, "config.json"), "utf8"));
-    writeFileSync(
-      agentConfig,
-      JSON.stringify({ ...config, api: { listen: "127.0.0.1:7781", socket: join(work, "api.sock") } }),
-    );
-    const cmd = [process.execPath, FLEETLET_BIN, "--root", root, "--config", agentConfig, "agent"];
-    const agent = spawn("nsenter", nsArgs(lab.device, cmd), { stdio: ["ignore", "ignore", "pipe"] });
-    await agentStarted(agent);
+    const agent = await agentInDevice(root, config, "agent", 7781);
     const gone = new Promise((r) => agent.once("exit", r));
     agent.kill("SIGKILL");
     await gone;
