@@ -14,7 +14,8 @@
       "sources": [
         "shim/main.c", "shim/config.c", "shim/init.c", "shim/rootfs.c",
         "shim/security.c", "shim/seccomp.c", "shim/log-file.c", "shim/exec.c",
-        "shim/fds.c", "shim/devices.c", "shim/devnodes.c", "shim/pid1.c", "shim/netns.c"
+        "shim/fds.c", "shim/devices.c", "shim/devnodes.c", "shim/pid1.c", "shim/netns.c",
+        "shim/cgroup-join.c"
       ],
       "actions": [
         {

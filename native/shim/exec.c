@@ -92,21 +92,6 @@ static int parse(int argc, char **argv, struct shim_config *cfg, pid_t *pid, uns
   return 0;
 }
 
-/* Moves `pid` into each cgroup directory of `dirs` (one per hierarchy). */
-int cgroups_add_pid(const struct str_list *dirs, pid_t pid, struct shim_error *err) {
-  char path[4096], value[32];
-  int len = snprintf(value, sizeof(value), "%d", pid);
-  for (size_t i = 0; i < dirs->len; i++) {
-    snprintf(path, sizeof(path), "%s/cgroup.procs", dirs->items[i]);
-    cleanup_fd int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || write(fd, value, len) != len) {
-      set_error(err, EXIT_RUNTIME, errno, "join cgroup `%s`", dirs->items[i]);
-      return -1;
-    }
-  }
-  return 0;
-}
-
 /* The environment this process was started with is wiped where it lies, not
  * only unlinked from `environ`: /proc/PID/environ reads the original block. */
 static void scrub_environment(void) {
@@ -144,7 +129,7 @@ static int enter(const struct shim_config *cfg, pid_t pid, unsigned long long st
   if (start_time(pid) != start) {
     set_error(err, EXIT_RUNTIME, ESRCH, "container init %d is gone", pid);
     r = -1;
-  } else if (cgroups_add_pid(&cfg->cgroups, getpid(), err) < 0) {
+  } else if (cgroups_join_self(&cfg->cgroups, err) < 0) {
     r = -1;
   }
   for (size_t i = 0; i < NNS; i++) {

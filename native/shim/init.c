@@ -1,7 +1,7 @@
-/* The container's init, from fork to exec. It waits until the shim has put
- * it in its cgroups, unshares the remaining namespaces (the cgroup namespace
- * last, so that its root is the container's cgroup), builds the rootfs,
- * drops privileges and execs. Any failure is reported to the shim through
+/* The container's init, from fork to exec. It unshares its namespaces,
+ * builds the rootfs while the shim writes the cgroup limits, joins its
+ * cgroups, unshares the cgroup namespace (last, so that its root is the
+ * container's cgroup), drops privileges and execs. Any failure is reported to the shim through
  * `err` and the error pipe; success is the pipe closing at exec. */
 #include "shim.h"
 
@@ -117,19 +117,20 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
     }
   }
 
-  /* The rootfs is built while the shim moves us into our cgroups: on cgroup
-   * v1 that move waits for an RCU grace period, and doing both at once
-   * hides most of it. */
   if (unshare(flags) < 0) {
     set_error(err, EXIT_RUNTIME, errno, "unshare mount, uts, ipc%s namespaces", cfg->net_host ? "" : ", net");
     return;
   }
-  /* The shim sends 'd' once the overlay's dirs exist, 'g' once we are in our
-   * cgroups; EOF means it gave up. */
+  /* The shim sends 'd' once the overlay's and the cgroups' dirs exist, 'g'
+   * once the limits are written (and we are in the v2 cgroups); EOF means it
+   * gave up. */
   if (read(go_fd, &go, 1) != 1) {
     set_error(err, EXIT_RUNTIME, errno, "wait for the container dirs");
     return;
   }
+  /* Opened while the host's cgroup mounts are in view; written after 'g'. */
+  int cgroup_fds[MAX_LIST];
+  if (cgroups_open_v1(&cfg->cgroups, cgroup_fds, err) < 0) return;
   /* The agent protects itself from the OOM killer (OOMScoreAdjust=-900); a
    * container must not inherit that, or it would be the last to go. */
   int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
@@ -161,12 +162,14 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
     set_error(err, EXIT_RUNTIME, errno, "set up stdio");
     return;
   }
-  /* Only once in our cgroups the cgroup namespace, so that its root is our cgroup. */
+  /* Limits first, then the move; only once in our cgroups the cgroup
+   * namespace, so that its root is our cgroup. */
   if (read(go_fd, &go, 1) != 1) {
-    set_error(err, EXIT_RUNTIME, errno, "wait for cgroup placement");
+    set_error(err, EXIT_RUNTIME, errno, "wait for the cgroup limits");
     return;
   }
   close(go_fd);
+  if (cgroups_join_opened(&cfg->cgroups, cgroup_fds, err) < 0) return;
   if (unshare(CLONE_NEWCGROUP) < 0) {
     set_error(err, EXIT_RUNTIME, errno, "unshare the cgroup namespace");
     return;

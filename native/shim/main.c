@@ -73,15 +73,22 @@ static void iso_now(char *buf, size_t len) {
            (int)(secs % 60), (int)(ts.tv_nsec / 1000000));
 }
 
-/* Creates the container's cgroups, writes their limits and moves the init
- * in. This runs while the init builds its rootfs, so the two overlap. */
-static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_error *err) {
+/* Creates the container's cgroups, before the init is let past its first
+ * wait: it opens their v1 `tasks` files next (cgroup-join.c). */
+static int make_cgroups(const struct shim_config *cfg, struct shim_error *err) {
   for (size_t i = 0; i < cfg->cgroups.len; i++) {
     if (mkdir(cfg->cgroups.items[i], 0755) < 0 && errno != EEXIST) {
       set_error(err, EXIT_RUNTIME, errno, "create cgroup `%s`", cfg->cgroups.items[i]);
       return -1;
     }
   }
+  return 0;
+}
+
+/* Writes the cgroups' limits and moves the init into the v2 ones; the init
+ * joins the v1 ones itself once released. This runs while the init builds
+ * its rootfs, so the two overlap. */
+static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_error *err) {
   for (size_t i = 0; i < cfg->ncg_limits; i++) {
     const struct cg_limit *l = &cfg->cg_limits[i];
     cleanup_fd int fd = open(l->file, O_WRONLY | O_CLOEXEC);
@@ -94,7 +101,7 @@ static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_er
   }
   /* cgroup v2: the device program is in place before the init joins. */
   if (cfg->dev_cgroup && devices_attach(cfg->dev_cgroup, &cfg->dev_rules, err) < 0) return -1;
-  return cgroups_add_pid(&cfg->cgroups, pid, err);
+  return cgroups_add_pid_v2(&cfg->cgroups, pid, err);
 }
 
 /* The kernel counts OOM kills per memory cgroup: "oom_kill N" in v1's
@@ -334,12 +341,13 @@ int main(int argc, char **argv) {
   close(errout[1]);
 
   /* While the init unshares its namespaces, prepare what it needs next; then
-   * while it builds its rootfs, move it into its cgroups and create the
-   * records, so the files and the cgroup move cost no time of their own. */
+   * while it builds its rootfs, write the cgroup limits and create the
+   * records, so the files cost no time of their own. */
   char started[40];
   iso_now(started, sizeof(started));
   struct started_pids pids = {.shim = getpid(), .init = init};
-  if (prepare_dirs(&cfg, &err) < 0 || release(go[1], 'd', &err) < 0 || join_cgroups(&cfg, init, &err) < 0 ||
+  if (prepare_dirs(&cfg, &err) < 0 || make_cgroups(&cfg, &err) < 0 || release(go[1], 'd', &err) < 0 ||
+      join_cgroups(&cfg, init, &err) < 0 ||
       release(go[1], 'g', &err) < 0 || write_running(&cfg, &pids, started, &err) < 0 ||
       log_file_open(&log, cfg.log_path, cfg.log_max, cfg.log_keep, &err) < 0) {
     kill(init, SIGKILL);

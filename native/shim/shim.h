@@ -123,7 +123,11 @@ void exec_command(char *const argv[], char *const envp[], struct shim_error *err
 int init_main(int argc, char **argv);
 unsigned long long start_time(pid_t pid);
 int exec_main(int argc, char **argv);
-int cgroups_add_pid(const struct str_list *dirs, pid_t pid, struct shim_error *err);
+/* Joining the container's cgroups (cgroup-join.c). */
+int cgroups_add_pid_v2(const struct str_list *dirs, pid_t pid, struct shim_error *err);
+int cgroups_open_v1(const struct str_list *dirs, int *fds, struct shim_error *err);
+int cgroups_join_opened(const struct str_list *dirs, int *fds, struct shim_error *err);
+int cgroups_join_self(const struct str_list *dirs, struct shim_error *err);
 
 /* Closes every descriptor from `low` up, or marks it close-on-exec (fds.c). */
 enum { FDS_CLOEXEC, FDS_CLOSE };

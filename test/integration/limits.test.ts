@@ -129,6 +129,24 @@ describe("resource limits", () => {
     for (const dir of runtime.cgroups.locate(id).dirs.values()) expect(existsSync(dir)).toBe(false);
   });
 
+  it("runs an exec'd command (a healthcheck) in the container's cgroups, every hierarchy of them", async () => {
+    const { id } = runtime.create({ layers: [rootfs], command: ["/bin/sleep", "30"], resources: { pids: 20 } });
+    await runtime.start(id);
+    try {
+      // The helper joins the cgroups, then enters the cgroup namespace: a
+      // hierarchy it did not join would show a path above that root ("/..").
+      const r = await runtime.exec(id, ["/bin/cat", "/proc/self/cgroup"]);
+      expect(r.exitCode).toBe(0);
+      const lines = r.output.trim().split("\n");
+      // Each of the container's hierarchies (pids, memory, … on v1; the one on v2) is its root.
+      const joined = lines.filter((l) => l.split(":")[2] === "/").map((l) => l.split(":")[1]);
+      for (const hierarchy of runtime.cgroups.locate(id).dirs.keys())
+        expect(joined.some((h) => (hierarchy === "unified" ? h === "" : h.split(",").includes(hierarchy)))).toBe(true);
+    } finally {
+      await runtime.delete(id, { force: true });
+    }
+  });
+
   it("shows the container its own cgroup as the root", () => {
     const r = fleetlet(root, [
       "run",
