@@ -139,9 +139,12 @@ describe("resource limits", () => {
       expect(r.exitCode).toBe(0);
       const lines = r.output.trim().split("\n");
       // Each of the container's hierarchies (pids, memory, … on v1; the one on v2) is its root.
-      const joined = lines.filter((l) => l.split(":")[2] === "/").map((l) => l.split(":")[1]);
+      const joined = lines.filter((l) => l.split(":")[2] === "/").map((l) => l.split(":")[1] ?? "");
       for (const hierarchy of runtime.cgroups.locate(id).dirs.keys())
-        expect(joined.some((h) => (hierarchy === "unified" ? h === "" : h.split(",").includes(hierarchy)))).toBe(true);
+        expect(
+          joined.some((h) => (hierarchy === "unified" ? h === "" : h.split(",").includes(hierarchy))),
+          hierarchy,
+        ).toBe(true);
     } finally {
       await runtime.delete(id, { force: true });
     }
