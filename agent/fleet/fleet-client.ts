@@ -9,6 +9,7 @@ import { hostname } from "node:os";
 import { connect, type IPublishPacket, type MqttClient } from "mqtt";
 import { FleetError } from "../errors.js";
 import { type TopicNames, topicNames } from "../protocol/topics.js";
+import { sendAtOnce } from "../transport/mqtt-connection.js";
 import { describeFailure, displayUrl, type MqttSettings, tlsOptions } from "../transport/mqtt-session.js";
 
 export type { MqttSettings };
@@ -61,6 +62,7 @@ export class FleetClient {
       ...(mqtt.password ? { password: mqtt.password } : {}),
       ...tlsOptions(mqtt),
     });
+    sendAtOnce(client.stream);
     try {
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(

@@ -38,10 +38,15 @@ export function cgroupParentFor(root: string): string {
   return r === DEFAULT_ROOT ? "fleetlet" : `fleetlet-${createHash("sha256").update(r).digest("hex").slice(0, 12)}`;
 }
 
+/** Bound on the remembered cgroup locations. */
+const LOCATED_KEPT = 1024;
+
 export class Cgroups {
   private controllersEnabled = false;
   /** v2: the controllers the hierarchy root offers (read when they are enabled). */
   private available: string[] = [];
+  /** Each container's cgroups, located once: the agent reads their figures at every report. */
+  private readonly located = new Map<string, ContainerCgroups>();
 
   constructor(
     private readonly layout: CgroupLayout,
@@ -52,8 +57,18 @@ export class Cgroups {
     return this.layout.mode;
   }
 
-  /** The directories a container's cgroups have (or would have). */
+  /** The directories a container's cgroups have (or would have). Not to be changed by the caller. */
   locate(id: string): ContainerCgroups {
+    let found = this.located.get(id);
+    if (!found) {
+      if (this.located.size >= LOCATED_KEPT) this.located.clear();
+      found = this.find(id);
+      this.located.set(id, found);
+    }
+    return found;
+  }
+
+  private find(id: string): ContainerCgroups {
     const dirs = new Map<string, string>();
     for (const c of V1_CONTROLLERS) {
       const mount = this.layout.v1.get(c);
@@ -152,7 +167,7 @@ export class Cgroups {
       const dir = dirs.get(spec.hierarchy);
       if (!dir) continue;
       try {
-        const text = readFileSync(join(dir, spec.file), "utf8");
+        const text = readFileSync(`${dir}/${spec.file}`, "utf8");
         const raw = spec.key ? new RegExp(`^${spec.key} (\\d+)$`, "m").exec(text)?.[1] : text.trim();
         out[key] = Number(raw ?? 0) * spec.scale;
       } catch (err) {
@@ -180,6 +195,7 @@ export class Cgroups {
         }
       }
     }
+    this.located.delete(id);
   }
 
   /**

@@ -12,8 +12,13 @@ import { FleetError, isErrno } from "../errors.js";
 import type { NativeBinding } from "../system/native.js";
 import { type ContainerPaths, containerPaths, readExit, readRunning, readState } from "./container-dir.js";
 
+/** Bound on the remembered paths. */
+const PATHS_KEPT = 1024;
+
 export class ContainerCatalog {
   private readonly states = new Map<string, { state: ContainerState; ino: number; mtimeMs: number }>();
+  /** Each container's paths, made once: the agent looks them up at every report. */
+  private readonly pathsOf = new Map<string, ContainerPaths>();
 
   constructor(
     private readonly root: string,
@@ -21,7 +26,13 @@ export class ContainerCatalog {
   ) {}
 
   paths(id: string): ContainerPaths {
-    return containerPaths(this.root, id);
+    let paths = this.pathsOf.get(id);
+    if (!paths) {
+      if (this.pathsOf.size >= PATHS_KEPT) this.pathsOf.clear(); // ids asked for that never were containers
+      paths = containerPaths(this.root, id);
+      this.pathsOf.set(id, paths);
+    }
+    return paths;
   }
 
   /**
@@ -48,6 +59,7 @@ export class ContainerCatalog {
   /** Drops the cached state of a container being removed. */
   forget(id: string): void {
     this.states.delete(id);
+    this.pathsOf.delete(id);
   }
 
   inspect(id: string): ContainerInfo {

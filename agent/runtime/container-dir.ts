@@ -41,16 +41,18 @@ export interface ContainerPaths {
 }
 
 export function containerPaths(root: string, id: string): ContainerPaths {
+  // One join; the rest are fixed names under it (join's normalising is the
+  // costly part of a lookup, and the agent makes many).
   const dir = join(root, "containers", id);
   return {
     dir,
-    state: join(dir, "state.json"),
-    running: join(dir, "running.json"),
-    exit: join(dir, "exit.json"),
-    log: join(dir, "container.log"),
-    upper: join(dir, "upper"),
-    upperFs: join(dir, "upper", "fs"),
-    work: join(dir, "work"),
+    state: `${dir}/state.json`,
+    running: `${dir}/running.json`,
+    exit: `${dir}/exit.json`,
+    log: `${dir}/container.log`,
+    upper: `${dir}/upper`,
+    upperFs: `${dir}/upper/fs`,
+    work: `${dir}/work`,
     // The overlay is mounted over the container dir itself, in the init's
     // own mount namespace: the host keeps seeing the dir, and no mount point
     // needs creating.

@@ -142,3 +142,17 @@ export function describeFailure(m: MqttSettings, err: Error): { message: string;
   }
   return { message: `${broker}: ${err.message}`, permanent: false };
 }
+
+/**
+ * Turns Nagle's algorithm off on a broker connection. With it on, a write
+ * waits while an earlier small segment is unacknowledged, and the broker
+ * delays the ACK of a segment it does not answer (our PUBACK of a desired
+ * document) by up to 40 ms: every event and report of an apply waited for
+ * it, as does an operator's publish for its previous PUBACK. MQTT.js
+ * already gathers the packets written in one tick into one write, so the
+ * bytes are the same; only a burst's segments go out apart. A WebSocket
+ * stream has no such switch, and keeps its own buffering.
+ */
+export function sendAtOnce(stream: unknown): void {
+  (stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
+}

@@ -20,7 +20,14 @@ import {
 } from "mqtt";
 import { DEFAULT_MQTT_KEEPALIVE_SEC } from "../../schemas/config.js";
 import { FleetError } from "../errors.js";
-import { describeFailure, displayUrl, isProtocolRefusal, type MqttSettings, tlsOptions } from "./mqtt-connection.js";
+import {
+  describeFailure,
+  displayUrl,
+  isProtocolRefusal,
+  type MqttSettings,
+  sendAtOnce,
+  tlsOptions,
+} from "./mqtt-connection.js";
 import { TlsResumption, tlsIdentity } from "./tls-resumption.js";
 
 const RECONNECT_MIN_MS = 500;
@@ -268,6 +275,7 @@ export class ReconnectingClient {
     else delete options.session;
     client.connect();
     this.tls.watch(client.stream, identity);
+    sendAtOnce(client.stream);
   }
 }
 

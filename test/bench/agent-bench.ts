@@ -27,6 +27,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import mqtt from "mqtt";
 import { AGENT_NODE_FLAGS } from "../../agent/system/process-memory.js";
+import { sendAtOnce } from "../../agent/transport/mqtt-connection.js";
 import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
 import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
@@ -208,6 +209,7 @@ export async function agentBench(args: string[]): Promise<void> {
       ...(broker.caFile ? { ca: readFileSync(broker.caFile) } : {}),
     });
     await new Promise((r) => operator!.once("connect", r));
+    sendAtOnce(operator.stream); // as fleetctl does
     await operator.subscribeAsync([`fleet/devices/${DEVICE}/reported`, `fleet/devices/${DEVICE}/events`], { qos: 1 });
     const log: Msg[] = [];
     let lastReport: Record<string, unknown> | undefined;

@@ -138,6 +138,8 @@ function configText(root: string, port: number, opts: MosquittoOptions, tls: Ser
     "user root",
     `listener ${port} 127.0.0.1`,
     "persistence false",
+    // As deploy/mosquitto/mosquitto.conf: each delivery goes out at once, not behind the last one's ACK.
+    "set_tcp_nodelay true",
     "log_dest stderr",
     "log_type error",
     "log_type warning",
