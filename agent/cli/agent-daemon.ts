@@ -104,7 +104,7 @@ async function startUpdater(
     install: agentInstallOf(process.execPath),
     desired: () => store.db.data.desired ?? undefined,
     event: (e) => session()?.publishEvent(e),
-    changed: () => session()?.publishReported(reported()),
+    changed: () => session()?.publishReported(reported),
     connected: () => session()?.connected === true,
     handOver,
     log: (line) => process.stderr.write(`fleetlet: ${line}\n`),
@@ -136,6 +136,7 @@ function heartbeatInterval(option: unknown): number | undefined {
 function brokerReports(get: {
   session(): MqttSession | undefined;
   reported(): ReportedState;
+  phase(): ReportedState["phase"];
   updater(): AgentUpdater | undefined;
 }) {
   let lastPhase: string | undefined;
@@ -147,9 +148,10 @@ function brokerReports(get: {
     },
     changed: (settled: boolean) => {
       if (settled) get.updater()?.settled();
-      const doc = get.reported();
-      get.session()?.publishReported(doc, { settled: settled && doc.phase !== lastPhase, force: rejected });
-      lastPhase = doc.phase;
+      const phase = get.phase();
+      // A builder: during an apply, the doc is built once, when it is due, not at every step.
+      get.session()?.publishReported(get.reported, { settled: settled && phase !== lastPhase, force: rejected });
+      lastPhase = phase;
       rejected = false;
     },
   };
@@ -176,10 +178,15 @@ export async function agentCommand(ctx: CliContext, { options }: ParsedArgs): Pr
   let endpoint: StatusEndpoint | undefined;
   let updater: AgentUpdater | undefined;
   const reported = () => endpoint?.reported() ?? agent.reported();
-  const toBroker = brokerReports({ session: () => session, reported, updater: () => updater });
+  const toBroker = brokerReports({
+    session: () => session,
+    reported,
+    phase: () => agent.phase,
+    updater: () => updater,
+  });
   const agent: Agent = await createAgent(ctx, toBroker.event, toBroker.changed);
   endpoint = new StatusEndpoint(agent, {
-    changed: () => session?.publishReported(reported()),
+    changed: () => session?.publishReported(reported),
     event: (e) => session?.publishEvent(e),
     warn: (line) => process.stderr.write(`fleetlet: ${line}\n`),
   });

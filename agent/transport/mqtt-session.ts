@@ -10,7 +10,7 @@ import type { ClientSubscribeCallback, IClientOptions, ISubscriptionMap } from "
 import { FleetError } from "../errors.js";
 import { type DeviceChannel, type TopicNames, topicNames } from "../protocol/topics.js";
 import type { MqttSettings } from "./mqtt-connection.js";
-import { type EventDoc, EventPacer, ReportedPacer } from "./publish-pacing.js";
+import { type DocSource, type EventDoc, EventPacer, ReportedPacer } from "./publish-pacing.js";
 import { ReconnectingClient } from "./reconnecting-client.js";
 
 /** fleetctl's client connects the same way (agent/fleet/fleet-client.ts imports these from here). */
@@ -99,9 +99,10 @@ export class MqttSession {
    * since the doc published last. A change waits reportedMinIntervalMs for
    * the changes that follow it, and the latest doc goes out once; `settled`
    * (an apply reached its outcome) goes out at once. `force` publishes it
-   * at once even unchanged (the opt-in heartbeat).
+   * at once even unchanged (the opt-in heartbeat). Given a function, the
+   * doc is built only when it is due.
    */
-  publishReported(doc: object, opts: { settled?: boolean; force?: boolean } = {}): void {
+  publishReported(doc: DocSource, opts: { settled?: boolean; force?: boolean } = {}): void {
     if (this.connection.closed) return;
     this.reported.offer(doc, opts.settled ?? false, opts.force ?? false);
   }

@@ -74,29 +74,35 @@ export interface ReportedPacerOptions {
   changeKey?: (doc: object) => string;
 }
 
+/** A reported doc, or what builds it: a doc built only when it is due saves building one at every change. */
+export type DocSource = object | (() => object);
+
+const built = (source: DocSource): object => (typeof source === "function" ? source() : source);
+
 /**
  * The reported doc's publishes: a change waits minIntervalMs for the changes
  * that follow it (a restart is several: stopped, starting, running) and the
  * latest doc goes out once; a settled doc (an apply's outcome) goes out at
  * once. A doc that changes nothing since the one published last is dropped.
+ * A change offered as a builder is built once, when it is due.
  */
 export class ReportedPacer {
-  private pending: { doc: object; key: string | undefined } | undefined;
+  private pending: { source: DocSource; force: boolean } | undefined;
   private sent: { doc: object; key: string } | undefined;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: ReportedPacerOptions) {}
 
-  /** The doc offered last and not yet published. */
+  /** The doc offered last and not yet published, when it changes something (or was forced). */
   get unsent(): object | undefined {
-    return this.pending?.doc;
+    if (this.pending === undefined) return undefined;
+    const doc = built(this.pending.source);
+    return this.pending.force || this.key(doc) !== this.sent?.key ? doc : undefined;
   }
 
-  /** Takes the latest doc: dropped when it changes nothing (unless `force`d), published at once when `settled` or `force`d. */
-  offer(doc: object, settled: boolean, force = false): void {
-    const key = this.key(doc);
-    if (!force && this.pending === undefined && key === this.sent?.key) return;
-    this.pending = { doc, key: force ? undefined : key };
+  /** Takes the latest doc: published at once when `settled` or `force`d, else when the interval is over; dropped then if it changes nothing (unless `force`d). */
+  offer(source: DocSource, settled: boolean, force = false): void {
+    this.pending = { source, force: force || (this.pending?.force ?? false) };
     if (settled || force) this.flush();
     else this.timer ??= setTimeout(() => this.opts.guard(() => this.flush()), this.opts.minIntervalMs);
   }
@@ -106,15 +112,18 @@ export class ReportedPacer {
     clearTimeout(this.timer);
     this.timer = undefined;
     if (this.pending === undefined || !this.opts.ready()) return;
-    const { doc, key } = this.pending;
-    this.sent = { doc, key: key ?? this.key(doc) };
+    const { source, force } = this.pending;
     this.pending = undefined;
+    const doc = built(source);
+    const key = this.key(doc);
+    if (!force && key === this.sent?.key) return;
+    this.sent = { doc, key };
     this.opts.publish(doc);
   }
 
   /** Publishes the doc published last once more (the broker lost its retained copy), unless a newer one waits. */
   republish(): void {
-    if (this.pending === undefined && this.sent) this.pending = { ...this.sent };
+    if (this.pending === undefined && this.sent) this.pending = { source: this.sent.doc, force: true };
     this.flush();
   }
 
