@@ -149,6 +149,34 @@ describe("MqttSession against mosquitto", () => {
     expect(await retained(broker.url, topic)).toEqual({ n: 10 });
   });
 
+  it("builds a reported doc offered as a builder once, when it is due, and drops one that changes nothing", async () => {
+    const deviceId = newId();
+    const topic = `fleet/devices/${deviceId}/reported`;
+    const watcher = await operator(broker.url, { subscribe: [topic] });
+    const { s } = session(broker.url, { deviceId, reportedMinIntervalMs: 300 });
+    await s.start();
+    let n = 0;
+    let builds = 0;
+    const build = () => {
+      builds++;
+      return { n };
+    };
+    for (let step = 1; step <= 10; step++) {
+      n = step;
+      s.publishReported(build); // the steps of an apply
+    }
+    expect(builds).toBe(0);
+    await waitFor("the doc of the last step", () => watcher.docs(topic).some((d) => d.n === 10));
+    expect(builds).toBe(1);
+    s.publishReported(build, { settled: true }); // the same doc: built to compare, not published
+    expect(builds).toBe(2);
+    n = 11;
+    s.publishReported(build, { settled: true });
+    await waitFor("the settled doc", () => watcher.docs(topic).some((d) => d.n === 11));
+    expect(builds).toBe(3);
+    expect(watcher.docs(topic)).toEqual([{ n: 10 }, { n: 11 }]);
+  });
+
   it("rate-limits events by dropping progress events, never lifecycle ones", async () => {
     const deviceId = newId();
     const topic = `fleet/devices/${deviceId}/events`;
