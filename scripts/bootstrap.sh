@@ -19,8 +19,9 @@ fi
 # (with the aarch64 static libc) and qemu-user-static: the arm64 release bundle, built and run in its test;
 # debootstrap and systemd-container (systemd-nspawn): the Debian guest with systemd as PID 1 that the
 # release bundle's unit is tested in (test/integration/systemd-nspawn.test.ts); containernetworking-plugins
-# (with iptables): the CNI plugins that container networks run (README, "Container networks").
-PACKAGES="busybox-static crun runc hyperfine g++ make python3 libseccomp-dev docker-registry skopeo umoci apache2-utils openssl chromium mosquitto mosquitto-clients g++-aarch64-linux-gnu qemu-user-static debootstrap systemd-container containernetworking-plugins iptables"
+# (with iptables): the CNI plugins that container networks run (README, "Container networks"); strace:
+# shows which call placed a container's init in its cgroup v2 (test/integration/cgroup-v2-birth.test.ts).
+PACKAGES="busybox-static crun runc hyperfine g++ make python3 libseccomp-dev docker-registry skopeo umoci apache2-utils openssl chromium mosquitto mosquitto-clients g++-aarch64-linux-gnu qemu-user-static debootstrap systemd-container containernetworking-plugins iptables strace"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -46,11 +46,13 @@ export interface RuntimeOptions {
   cgroups?: Cgroups;
   cgroupParent?: string;
   /**
-   * Have the shim list /proc/self/fd to keep descriptors from containers, as
-   * it must on kernels before 5.11, even where close_range can do it: tests
-   * use it to exercise that path on a newer kernel.
+   * Older kernels' paths, forced where the newer call works (tests): the shim
+   * lists /proc/self/fd to keep descriptors from containers (before 5.11's
+   * close_range), and forks an init then moves it into its cgroup v2 (before
+   * 5.7's clone3 placing it there at birth).
    */
   fdScan?: boolean;
+  cgroupMove?: boolean;
   /** Where the one warning about a state root left open goes (stderr by default). */
   warn?: Warn;
   /** The host's device directory: a device's `/dev/…` path is looked up under it (default /dev). */
@@ -65,7 +67,7 @@ export class Runtime {
   private readonly catalog: ContainerCatalog;
   private readonly volumes: VolumeDirs;
   private readonly eraser: BackgroundEraser;
-  private readonly fdScan: boolean;
+  private readonly fallbacks: { fdScan: boolean; cgroupMove: boolean };
   readonly devices: ContainerDevices;
 
   constructor(opts: RuntimeOptions) {
@@ -75,7 +77,7 @@ export class Runtime {
     this.volumes = new VolumeDirs(this.root, this.native.core);
     this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
     this.catalog = new ContainerCatalog(this.root, this.native);
-    this.fdScan = opts.fdScan ?? false;
+    this.fallbacks = { fdScan: opts.fdScan ?? false, cgroupMove: opts.cgroupMove ?? false };
     this.devices = new ContainerDevices(opts.devRoot ?? "/dev", this.native.shimPath);
     this.network = new ContainerNetwork({
       root: this.root,
@@ -141,7 +143,7 @@ export class Runtime {
       capabilities: capabilitySet(spec.capAdd, spec.capDrop),
       volumeDir: (n) => this.volumeDir(n),
       devices,
-      fdScan: this.fdScan,
+      ...this.fallbacks,
     });
     let started: SpawnResult;
     try {
@@ -209,7 +211,7 @@ export class Runtime {
       return Promise.reject(new FleetError("E_CONFLICT", `container ${id} is not running`));
     const cgroupDirs = this.cgroups.locate(id).dirs.values();
     return execInContainer(
-      { shimPath: this.native.shimPath, id, spec: state.spec, init: running.init, cgroupDirs, fdScan: this.fdScan },
+      { shimPath: this.native.shimPath, id, spec: state.spec, init: running.init, cgroupDirs, ...this.fallbacks },
       command,
       opts,
     );

@@ -23,6 +23,8 @@ export interface ShimConfigInput {
   devices?: DeviceNode[];
   /** List /proc/self/fd to mark descriptors close-on-exec even where close_range can (tests). */
   fdScan?: boolean;
+  /** Fork the init and then move it into its cgroup v2, even where clone3 can place it at birth (tests). */
+  cgroupMove?: boolean;
   /** The namespace and name files of a container on bridges (container-network.ts). */
   joined?: JoinedNetwork | undefined;
 }
@@ -71,6 +73,7 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ...(c.cgroups.devices ? [["devcgroup", c.cgroups.devices.dir] as [string, string]] : []),
     ...(c.cgroups.devices?.rules ?? []).map((r): [string, string] => ["device", r]),
     ...(c.fdScan ? [["fdscan", 1] as [string, number]] : []),
+    ...(c.cgroupMove ? [["cgroup-move", 1] as [string, number]] : []),
     ...(c.spec.init ? [["init", 1] as [string, number]] : []),
     ["log", c.paths.log],
     ["logmax", c.spec.log.maxBytes],

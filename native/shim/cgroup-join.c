@@ -11,10 +11,20 @@
  * directories hold a `tasks` file: the shim and the init apply that same
  * test, so each v1 directory is joined by the init and each v2 one by the
  * shim, never both nor neither. Older kernels take the lock either way; the
- * writes are the same and only slower there. */
+ * writes are the same and only slower there.
+ *
+ * On v2, where there is no `tasks`, the init is instead born in its cgroup:
+ * clone3 with CLONE_INTO_CGROUP (Linux 5.7) places the child at fork, which
+ * takes that lock only for reading. A kernel without it (ENOSYS, E2BIG,
+ * EINVAL) gets a fork and the move through `cgroup.procs`. */
 #include "shim.h"
 
 #include <fcntl.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <linux/magic.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
 
 static int open_in(const char *dir, const char *file, char *path, size_t len) {
   snprintf(path, len, "%s/%s", dir, file);
@@ -26,6 +36,53 @@ static int cgroup_is_v1(const char *dir) {
   char path[4096];
   snprintf(path, sizeof(path), "%s/tasks", dir);
   return access(path, F_OK) == 0;
+}
+
+/* The v2 directory of `dirs` (there is at most one), or NULL: asked of the
+ * file system of each one's parent, since the directories themselves are
+ * not made yet (the runtime made the parents). */
+const char *cgroup_v2_dir(const struct str_list *dirs) {
+  char parent[4096];
+  for (size_t i = 0; i < dirs->len; i++) {
+    snprintf(parent, sizeof(parent), "%s", dirs->items[i]);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) *slash = '\0';
+    struct statfs fs;
+    if (statfs(parent, &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC) return dirs->items[i];
+  }
+  return NULL;
+}
+
+/* fork(), the child born in the cgroup `dir` (v2) when it is given and
+ * `allowed`. *placed says whether it was: when not, the caller moves it.
+ * The caller is single-threaded, as clone3 without a stack requires. */
+pid_t fork_into_cgroup(const char *dir, int allowed, int *placed) {
+  *placed = 0;
+  if (dir && allowed) {
+#if defined(CLONE_INTO_CGROUP) && defined(SYS_clone3)
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      struct clone_args args;
+      memset(&args, 0, sizeof(args));
+      args.flags = CLONE_INTO_CGROUP;
+      args.exit_signal = SIGCHLD;
+      args.cgroup = (uint64_t)fd;
+      long pid = syscall(SYS_clone3, &args, sizeof(args));
+      int e = errno;
+      close(fd); /* in the child too */
+      if (pid == 0) return 0;
+      if (pid > 0) {
+        *placed = 1;
+        return (pid_t)pid;
+      }
+      if (e != ENOSYS && e != E2BIG && e != EINVAL) {
+        errno = e;
+        return -1;
+      }
+    }
+#endif
+  }
+  return fork();
 }
 
 /* Moves `pid` into each v2 directory of `dirs`, through its cgroup.procs

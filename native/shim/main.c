@@ -85,10 +85,10 @@ static int make_cgroups(const struct shim_config *cfg, struct shim_error *err) {
   return 0;
 }
 
-/* Writes the cgroups' limits and moves the init into the v2 ones; the init
- * joins the v1 ones itself once released. This runs while the init builds
- * its rootfs, so the two overlap. */
-static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_error *err) {
+/* Writes the cgroups' limits and, on v2, attaches the device program: before
+ * the init joins. On v1 this runs while the init builds its rootfs, so the
+ * two overlap; on v2 before the init is forked into its cgroup. */
+static int configure_cgroups(const struct shim_config *cfg, struct shim_error *err) {
   for (size_t i = 0; i < cfg->ncg_limits; i++) {
     const struct cg_limit *l = &cfg->cg_limits[i];
     cleanup_fd int fd = open(l->file, O_WRONLY | O_CLOEXEC);
@@ -99,9 +99,8 @@ static int join_cgroups(const struct shim_config *cfg, pid_t pid, struct shim_er
       return -1;
     }
   }
-  /* cgroup v2: the device program is in place before the init joins. */
   if (cfg->dev_cgroup && devices_attach(cfg->dev_cgroup, &cfg->dev_rules, err) < 0) return -1;
-  return cgroups_add_pid_v2(&cfg->cgroups, pid, err);
+  return 0;
 }
 
 /* The kernel counts OOM kills per memory cgroup: "oom_kill N" in v1's
@@ -322,9 +321,14 @@ int main(int argc, char **argv) {
     fail(sync_fd, &err);
   }
 
-  pid_t init = fork();
+  /* On v2 the init is born in its cgroup (cgroup-join.c): the cgroup is
+   * made and set up first. On v1 that waits until the init runs. */
+  const char *v2 = cgroup_v2_dir(&cfg.cgroups);
+  if (v2 && (make_cgroups(&cfg, &err) < 0 || configure_cgroups(&cfg, &err) < 0)) fail(sync_fd, &err);
+  int placed;
+  pid_t init = fork_into_cgroup(v2, !cfg.cgroup_move, &placed);
   if (init < 0) {
-    set_error(&err, EXIT_RUNTIME, errno, "fork the container init");
+    set_error(&err, EXIT_RUNTIME, errno, "fork the container init%s%s", v2 ? " into " : "", v2 ? v2 : "");
     fail(sync_fd, &err);
   }
   if (init == 0) {
@@ -346,8 +350,8 @@ int main(int argc, char **argv) {
   char started[40];
   iso_now(started, sizeof(started));
   struct started_pids pids = {.shim = getpid(), .init = init};
-  if (prepare_dirs(&cfg, &err) < 0 || make_cgroups(&cfg, &err) < 0 || release(go[1], 'd', &err) < 0 ||
-      join_cgroups(&cfg, init, &err) < 0 ||
+  if (prepare_dirs(&cfg, &err) < 0 || (!v2 && make_cgroups(&cfg, &err) < 0) || release(go[1], 'd', &err) < 0 ||
+      (!v2 && configure_cgroups(&cfg, &err) < 0) || (!placed && cgroups_add_pid_v2(&cfg.cgroups, init, &err) < 0) ||
       release(go[1], 'g', &err) < 0 || write_running(&cfg, &pids, started, &err) < 0 ||
       log_file_open(&log, cfg.log_path, cfg.log_max, cfg.log_keep, &err) < 0) {
     kill(init, SIGKILL);

@@ -89,6 +89,7 @@ struct shim_config {
   const char *dev_cgroup;      /* cgroup v2: the dir the device program is attached to */
   struct str_list dev_rules;   /* allowed devices, "c 1:3 rwm" as in v1's devices.allow */
   int fd_scan;                 /* list /proc/self/fd even where close_range works (tests) */
+  int cgroup_move;             /* fork, then move into the v2 cgroup, even where clone3 can (tests) */
   int init;                    /* PID 1 is the shim's init role (pid1.c), the command its child */
   struct host_device devnodes[MAX_LIST]; /* host devices made in the container's /dev */
   size_t ndevnodes;
@@ -125,6 +126,8 @@ unsigned long long start_time(pid_t pid);
 int exec_main(int argc, char **argv);
 /* Joining the container's cgroups (cgroup-join.c). */
 int cgroups_add_pid_v2(const struct str_list *dirs, pid_t pid, struct shim_error *err);
+const char *cgroup_v2_dir(const struct str_list *dirs);
+pid_t fork_into_cgroup(const char *dir, int allowed, int *placed);
 int cgroups_open_v1(const struct str_list *dirs, int *fds, struct shim_error *err);
 int cgroups_join_opened(const struct str_list *dirs, int *fds, struct shim_error *err);
 int cgroups_join_self(const struct str_list *dirs, struct shim_error *err);

@@ -5,7 +5,9 @@
  * Then 20 more of each, every one after an idle pause (IDLE_MS), as an
  * agent starts the one container of a swap on a quiet device: moving a
  * process into a cgroup can then wait for an RCU grace period, which starts
- * back to back do not see (native/shim/cgroup-join.c).
+ * back to back do not see (native/shim/cgroup-join.c). On cgroup v2 it
+ * also compares an init born in its cgroup with one moved there
+ * (cgroup-birth-bench.ts).
  * Debian's crun 1.8 refuses a hybrid cgroup host, so it runs inside
  * `unshare -m` with /sys/fs/cgroup/unified unmounted, as the issue asks.
  * Also reports the resident memory of each shim, and how long a stop takes
@@ -18,6 +20,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Runtime } from "../../agent/runtime/runtime.js";
 import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
+import { cgroupBirthBench } from "./cgroup-birth-bench.js";
 import { specWithSeccomp } from "./oci-seccomp.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
 import { stopBench } from "./stop-bench.js";
@@ -175,6 +178,7 @@ export async function startBench(args: string[]): Promise<void> {
       `per-container time, each start after ${IDLE_MS} ms idle (as an agent's swap on a quiet device)`,
       await compare(IDLE_RUNS, IDLE_MS),
     );
+    await cgroupBirthBench(work, rootfs, IDLE_MS);
     const rss = await shimFootprint(runtime, rootfs, 10);
     console.log(
       `\nshim resident memory over ${rss.length} running containers: max ${Math.max(...rss)} kB, mean ${(rss.reduce((a, b) => a + b, 0) / rss.length).toFixed(0)} kB (goal: <= 1024 kB)`,

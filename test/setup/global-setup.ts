@@ -1,4 +1,4 @@
-/** Builds the busybox test rootfs once for the whole run, and names the run's directory for release bundles. */
+/** Builds the busybox test rootfs once for the whole run, and names the run's directory for release bundles; removes both at the end. */
 import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -18,5 +18,8 @@ export default function setup(project: TestProject): () => void {
   project.provide("busyboxRootfs", dir);
   const releaseDir = join(tmpdir(), `fleetlet-test-release-${process.pid}`);
   project.provide("releaseDir", releaseDir);
-  return () => rmSync(releaseDir, { recursive: true, force: true });
+  return () => {
+    rmSync(releaseDir, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
+  };
 }
