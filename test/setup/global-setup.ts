@@ -1,5 +1,12 @@
-/** Builds the busybox test rootfs once for the whole run, and names the run's directory for release bundles; removes both at the end. */
-import { rmSync } from "node:fs";
+/**
+ * Gives the run a temporary directory of its own, in which the test files
+ * make theirs (TMPDIR, inherited by the test workers and whatever they
+ * start), builds the busybox test rootfs in it once for the whole run, and
+ * names the run's directory for release bundles. At the end the whole
+ * directory goes, so that a run leaves nothing behind in /tmp, even what a
+ * test file forgot.
+ */
+import { chmodSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestProject } from "vitest/node";
@@ -14,12 +21,18 @@ declare module "vitest" {
 }
 
 export default function setup(project: TestProject): () => void {
-  const dir = buildBusyboxRootfs(join(tmpdir(), `fleetlet-test-busybox-${process.pid}`));
-  project.provide("busyboxRootfs", dir);
-  const releaseDir = join(tmpdir(), `fleetlet-test-release-${process.pid}`);
-  project.provide("releaseDir", releaseDir);
+  const run = join(tmpdir(), `fleetlet-test-run-${process.pid}`);
+  mkdirSync(run, { recursive: true });
+  chmodSync(run, 0o1777); // as /tmp: the test brokers and registries may run as other users
+  process.env.TMPDIR = run;
+  project.provide("busyboxRootfs", buildBusyboxRootfs(join(run, "busybox")));
+  project.provide("releaseDir", join(run, "release"));
   return () => {
-    rmSync(releaseDir, { recursive: true, force: true });
-    rmSync(dir, { recursive: true, force: true });
+    try {
+      rmSync(run, { recursive: true, force: true });
+    } catch (err) {
+      // A mount a failed test left behind, say: the rest is gone, and this says where to look.
+      process.stderr.write(`test teardown: could not remove ${run} whole: ${(err as Error).message}\n`);
+    }
   };
 }
