@@ -68,6 +68,12 @@ Napi::Value Execve(const Napi::CallbackInfo& info) {
       return env.Undefined();
     }
   }
+  // A profiler (node --cpu-prof) samples with SIGPROF: one sent while the
+  // image is replaced stays pending across execve, and would end the new
+  // image before it installs a handler (the default action). Ignored, it is
+  // dropped when sent and any pending one is discarded; node restores the
+  // default at start-up. (Should execve fail, profiling goes without samples.)
+  signal(SIGPROF, SIG_IGN);
   // The new image starts with the signal mask it inherits: start it with none
   // blocked. (Should execve fail, the process goes on with the standard
   // streams inheritable and nothing blocked, which is harmless.)

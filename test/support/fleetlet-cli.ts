@@ -31,7 +31,7 @@ export function agentStarted(agent: ChildProcess): Promise<void> {
       stderr += d;
       if (stderr.includes("fleetlet agent ")) resolve();
     });
-    agent.once("exit", (code) => reject(new Error(`the agent exited ${code}: ${stderr}`)));
+    agent.once("exit", (code, signal) => reject(new Error(`the agent exited ${code ?? signal}: ${stderr}`)));
   });
 }
 
