@@ -6,8 +6,8 @@
  * attempt is reported and tried again after a delay that doubles from 1 s
  * up to 15 s, until the listener binds or is closed.
  */
-import type { Server } from "node:http";
 import { FleetError } from "../errors.js";
+import type { LazyHttpListener } from "./lazy-http.js";
 
 export interface BindRetry {
   /** An attempt failed; the next one comes in `retryInMs`. Must not throw. */
@@ -21,14 +21,7 @@ export interface BindRetry {
 const FIRST_DELAY_MS = 1000;
 const MAX_DELAY_MS = 15_000;
 
-export function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    if (!server.listening) return resolve();
-    server.close(() => resolve());
-    // Keep-alive clients (a browser tab refreshing the page) would otherwise hold close() open.
-    server.closeAllConnections();
-  });
-}
+type Server = LazyHttpListener;
 
 export class EndpointListener {
   private server: Server | undefined;
@@ -70,7 +63,7 @@ export class EndpointListener {
       this.delayMs = Math.min(this.delayMs * 2, this.retry.maxDelayMs ?? MAX_DELAY_MS);
       return;
     }
-    if (this.closed) return closeServer(server);
+    if (this.closed) return server.close();
     this.server = server;
     this.delayMs = this.retry?.firstDelayMs ?? FIRST_DELAY_MS;
     this.retry?.onBound(this.where);
@@ -79,6 +72,6 @@ export class EndpointListener {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
-    if (this.server) await closeServer(this.server);
+    if (this.server) await this.server.close();
   }
 }

@@ -1,6 +1,6 @@
 /**
  * The local status endpoint (docs/contract.md, "Local status endpoint"): plain
- * node:http on loopback TCP and on a unix socket, the same routes on both
+ * node:http, made at the first connection (lazy-http.ts), on loopback TCP and on a unix socket, the same routes on both
  * (status-routes.ts). Over TCP a request must be addressed to an IP literal
  * or localhost (host-header.ts) and logs need `Authorization: Bearer
  * <api.token>`; anything that changes state needs the token everywhere, and
@@ -9,10 +9,10 @@
  * background (endpoint-listener.ts) instead of failing the start.
  */
 import { chmodSync } from "node:fs";
-import { createServer, type Server } from "node:http";
 import type { AddressInfo, ListenOptions } from "node:net";
 import { FleetError, isErrno } from "../errors.js";
 import { type BindRetry, EndpointListener } from "./endpoint-listener.js";
+import { LazyHttpListener } from "./lazy-http.js";
 import { prepareSocketPath } from "./socket-path.js";
 import { type RouteOptions, respond, type Transport } from "./status-routes.js";
 
@@ -37,15 +37,18 @@ export interface StatusServerOptions extends RouteOptions {
 
 const DEFAULT_LISTEN = "127.0.0.1:7780";
 
-function makeServer(opts: StatusServerOptions, transport: Transport): Server {
-  const server = createServer((req, res) => {
-    // respond() turns every handler error into a reply; what is left is a broken connection.
-    respond(req, res, opts, transport).catch((err: unknown) => res.destroy(err instanceof Error ? err : undefined));
+/** A listener that makes its HTTP server, with the routes, at its first connection (lazy-http.ts). */
+function makeListener(opts: StatusServerOptions, transport: Transport): LazyHttpListener {
+  return new LazyHttpListener((http) => {
+    const server = http.createServer((req, res) => {
+      // respond() turns every handler error into a reply; what is left is a broken connection.
+      respond(req, res, opts, transport).catch((err: unknown) => res.destroy(err instanceof Error ? err : undefined));
+    });
+    // Bound how long a slow or stuck client may hold a connection on a small device.
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 15_000;
+    return server;
   });
-  // Bound how long a slow or stuck client may hold a connection on a small device.
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 15_000;
-  return server;
 }
 
 /** "HOST:PORT" or "[V6]:PORT" (an empty host is 127.0.0.1), or E_INVALID_CONFIG naming api.listen. */
@@ -57,25 +60,25 @@ export function parseListen(listen: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || "127.0.0.1"), port };
 }
 
-function listenOn(server: Server, target: ListenOptions, what: string): Promise<void> {
+function listenOn(server: LazyHttpListener, target: ListenOptions, what: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    server.once("error", (err) => {
+    server.listener.once("error", (err) => {
       const code = isErrno(err, "EADDRINUSE") ? "E_CONFLICT" : "E_RUNTIME";
       reject(new FleetError(code, `status endpoint cannot listen on ${what}: ${err.message}`, { cause: err }));
     });
-    server.listen(target, () => resolve());
+    server.listener.listen(target, () => resolve());
   });
 }
 
-async function listenTcp(host: string, port: number, opts: StatusServerOptions): Promise<Server> {
-  const server = makeServer(opts, "tcp");
+async function listenTcp(host: string, port: number, opts: StatusServerOptions): Promise<LazyHttpListener> {
+  const server = makeListener(opts, "tcp");
   await listenOn(server, { host, port }, `${host}:${port}`);
   return server;
 }
 
-async function listenUnix(path: string, opts: StatusServerOptions): Promise<Server> {
+async function listenUnix(path: string, opts: StatusServerOptions): Promise<LazyHttpListener> {
   await prepareSocketPath(path);
-  const server = makeServer(opts, "unix");
+  const server = makeListener(opts, "unix");
   await listenOn(server, { path }, path);
   chmodSync(path, 0o660);
   return server;

@@ -6,18 +6,18 @@
  * it holds a connection to the broker (TLS with the CA when the URL is
  * mqtts://, as a device's is), a status endpoint on TCP and on a unix socket,
  * a child process, a watch on a directory and a SHA-256, then prints "ready"
- * and idles. Its VmRSS less a bare node's is what Node's own modules cost
- * the daemon before any code of ours runs.
+ * and idles. The endpoint's listeners are node:net servers, as the
+ * daemon's are until someone connects (agent/api/lazy-http.ts). Its VmRSS
+ * less a bare node's is what Node's own modules cost the daemon before any
+ * code of ours runs.
  */
 
-// As the bundle takes them (deploy/js-bundle.ts): an ES import of node:http
-// would run its lazy getters and load undici, which the daemon never does;
-// node:tls is taken only for a TLS broker, as the daemon takes it.
+// As the bundle takes them (deploy/js-bundle.ts): node:tls is taken only
+// for a TLS broker, as the daemon takes it.
 const { spawn } = process.getBuiltinModule("node:child_process");
 const { createHash, randomBytes } = process.getBuiltinModule("node:crypto");
 const { readFileSync, watch } = process.getBuiltinModule("node:fs");
-const { createServer } = process.getBuiltinModule("node:http");
-const { connect: tcpConnect } = process.getBuiltinModule("node:net");
+const { connect: tcpConnect, createServer } = process.getBuiltinModule("node:net");
 
 const [url, ...rest] = process.argv.slice(2);
 const socketPath = rest.at(-1);
@@ -41,8 +41,8 @@ const connected = new Promise<void>((resolve, reject) => {
 const listening = (target: string | number) =>
   new Promise<void>((resolve) =>
     typeof target === "number"
-      ? createServer((_q, res) => res.end()).listen(target, "127.0.0.1", resolve)
-      : createServer((_q, res) => res.end()).listen(target, resolve),
+      ? createServer((socket) => socket.end()).listen(target, "127.0.0.1", resolve)
+      : createServer((socket) => socket.end()).listen(target, resolve),
   );
 const child = new Promise((resolve) => spawn("/bin/true", { stdio: "ignore" }).once("exit", resolve));
 watch("/tmp", () => {});

@@ -29,6 +29,8 @@ const NOT_LOADED: Record<string, string> = {
   tls: "a plaintext broker and no pull",
   zlib: "no WebSocket transport and no pull",
   "internal/deps/undici/undici": "fetch and node:http's WebSocket getter",
+  http: "nobody has asked the status endpoint yet (agent/api/lazy-http.ts)",
+  _http_server: "nobody has asked the status endpoint yet",
 };
 
 const work = mkdtempSync(join(tmpdir(), "fleetlet-bundle-daemon-"));
@@ -58,15 +60,29 @@ afterAll(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
+/** The Node modules the agent has loaded, as its preload writes them on SIGUSR2. */
+async function moduleList(agent: ChildProcess, listFile: string): Promise<Set<string>> {
+  rmSync(listFile, { force: true });
+  agent.kill("SIGUSR2");
+  await waitFor("the daemon's module list", () => existsSync(listFile), { timeoutMs: 10_000 });
+  return new Set(
+    readFileSync(listFile, "utf8")
+      .split("\n")
+      .filter((l) => l.startsWith("NativeModule "))
+      .map((l) => l.slice("NativeModule ".length)),
+  );
+}
+
 describe("the bundled daemon, idle after an apply", () => {
-  it("has loaded none of the Node modules it does not use", async () => {
+  it("has loaded none of the Node modules it does not use, node:http only once the endpoint is asked", async () => {
+    const port = await freePort();
     const config = join(work, "config.json");
     writeFileSync(
       config,
       JSON.stringify({
         deviceId: DEVICE,
         mqtt: { url: broker.url, insecure: true },
-        api: { listen: `127.0.0.1:${await freePort()}`, socket: join(work, "api.sock") },
+        api: { listen: `127.0.0.1:${port}`, socket: join(work, "api.sock") },
       }),
     );
     // Loaded first: writes the process's module list when asked, by a signal.
@@ -74,7 +90,8 @@ describe("the bundled daemon, idle after an apply", () => {
     const preload = join(work, "list-modules.mjs");
     writeFileSync(
       preload,
-      `import { writeFileSync } from "node:fs";\nprocess.on("SIGUSR2", () => writeFileSync(${JSON.stringify(listFile)}, process.moduleLoadList.join("\\n")));\n`,
+      // Written whole, then renamed: the test reads it once it exists.
+      `import { renameSync, writeFileSync } from "node:fs";\nprocess.on("SIGUSR2", () => { writeFileSync(${JSON.stringify(`${listFile}.tmp`)}, process.moduleLoadList.join("\\n")); renameSync(${JSON.stringify(`${listFile}.tmp`)}, ${JSON.stringify(listFile)}); });\n`,
     );
     agent = spawn(
       process.execPath,
@@ -111,20 +128,18 @@ describe("the bundled daemon, idle after an apply", () => {
       },
     );
 
-    agent.kill("SIGUSR2");
-    await waitFor("the daemon's module list", () => existsSync(listFile), { timeoutMs: 10_000 });
-    const loaded = new Set(
-      readFileSync(listFile, "utf8")
-        .split("\n")
-        .filter((l) => l.startsWith("NativeModule "))
-        .map((l) => l.slice("NativeModule ".length)),
-    );
-    // The list is the daemon's: it holds what an MQTT client and a status endpoint need.
+    const loaded = await moduleList(agent, listFile);
+    // The list is the daemon's: it holds what an MQTT client and the endpoint's listeners need.
     expect(loaded).toContain("net");
-    expect(loaded).toContain("http");
     const unexpected = Object.entries(NOT_LOADED)
       .filter(([m]) => loaded.has(m))
       .map(([m, why]) => `${m} (${why})`);
     expect(unexpected).toEqual([]);
+
+    // The first request makes the endpoint's HTTP server: it answers at once.
+    const res = await fetch(`http://127.0.0.1:${port}/v1/status`);
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { deviceId: string }).deviceId).toBe(DEVICE);
+    expect(await moduleList(agent, listFile)).toContain("_http_server");
   }, 90_000);
 });
