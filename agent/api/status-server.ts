@@ -1,12 +1,13 @@
 /**
- * The local status endpoint (docs/contract.md, "Local status endpoint"): plain
- * node:http, made at the first connection (lazy-http.ts), on loopback TCP and on a unix socket, the same routes on both
- * (status-routes.ts). Over TCP a request must be addressed to an IP literal
- * or localhost (host-header.ts) and logs need `Authorization: Bearer
- * <api.token>`; anything that changes state needs the token everywhere, and
- * with no token configured such calls are refused outright rather than left
- * open. Given `retry`, a listener that cannot bind is retried in the
- * background (endpoint-listener.ts) instead of failing the start.
+ * The local status endpoint (docs/contract.md, "Local status endpoint"):
+ * plain node:http, made at the first connection (lazy-http.ts), on loopback
+ * TCP and on a unix socket, the same routes on both (status-routes.ts). Over
+ * TCP a request must be addressed to an IP literal or localhost
+ * (host-header.ts) and logs need `Authorization: Bearer <api.token>`;
+ * anything that changes state needs the token everywhere, and with no token
+ * configured such calls are refused outright rather than left open. Given
+ * `retry`, a listener that cannot bind is retried in the background
+ * (endpoint-listener.ts) instead of failing the start.
  */
 import { chmodSync } from "node:fs";
 import type { AddressInfo, ListenOptions } from "node:net";
