@@ -29,6 +29,8 @@ const NOT_LOADED: Record<string, string> = {
   tls: "a plaintext broker and no pull",
   zlib: "no WebSocket transport and no pull",
   "internal/deps/undici/undici": "fetch and node:http's WebSocket getter",
+  "internal/fs/promises": "db.json and its lock take node:fs's callbacks (readline and REPL history come with it)",
+  "internal/readline/interface": "no terminal: node:fs/promises would bring it",
   http: "nobody has asked the status endpoint yet (agent/api/lazy-http.ts)",
   _http_server: "nobody has asked the status endpoint yet",
 };
@@ -90,8 +92,10 @@ describe("the bundled daemon, idle after an apply", () => {
     const preload = join(work, "list-modules.mjs");
     writeFileSync(
       preload,
-      // Written whole, then renamed: the test reads it once it exists.
-      `import { renameSync, writeFileSync } from "node:fs";\nprocess.on("SIGUSR2", () => { writeFileSync(${JSON.stringify(`${listFile}.tmp`)}, process.moduleLoadList.join("\\n")); renameSync(${JSON.stringify(`${listFile}.tmp`)}, ${JSON.stringify(listFile)}); });\n`,
+      // Written whole, then renamed: the test reads it once it exists. node:fs
+      // as the bundle takes it: an ES import would load fs/promises, readline
+      // and fs streams through node:fs's getters, into the list it writes.
+      `const { renameSync, writeFileSync } = process.getBuiltinModule("node:fs");\nprocess.on("SIGUSR2", () => { writeFileSync(${JSON.stringify(`${listFile}.tmp`)}, process.moduleLoadList.join("\\n")); renameSync(${JSON.stringify(`${listFile}.tmp`)}, ${JSON.stringify(listFile)}); });\n`,
     );
     agent = spawn(
       process.execPath,
