@@ -15,8 +15,8 @@
  *
  * On v2, where there is no `tasks`, the init is instead born in its cgroup:
  * clone3 with CLONE_INTO_CGROUP (Linux 5.7) places the child at fork, which
- * takes that lock only for reading. A kernel without it (ENOSYS, E2BIG,
- * EINVAL) gets a fork and the move through `cgroup.procs`. */
+ * takes that lock only for reading. Where clone3 or the flag is refused,
+ * the init is forked and moved through `cgroup.procs`. */
 #include "shim.h"
 
 #include <fcntl.h>
@@ -68,17 +68,16 @@ pid_t fork_into_cgroup(const char *dir, int allowed, int *placed) {
       args.exit_signal = SIGCHLD;
       args.cgroup = (uint64_t)fd;
       long pid = syscall(SYS_clone3, &args, sizeof(args));
-      int e = errno;
       close(fd); /* in the child too */
       if (pid == 0) return 0;
       if (pid > 0) {
         *placed = 1;
         return (pid_t)pid;
       }
-      if (e != ENOSYS && e != E2BIG && e != EINVAL) {
-        errno = e;
-        return -1;
-      }
+      /* Whatever the refusal, the fork and move either work or fail
+       * themselves, naming the file: ENOSYS or EPERM from a seccomp
+       * profile that predates clone3 (a runtime's, when the agent itself
+       * runs in a container), E2BIG or EINVAL from a kernel before 5.7. */
     }
 #endif
   }

@@ -4,8 +4,9 @@
  * waits on the kernel's global lock; on an older kernel, forked and then
  * moved. Both paths run here, on the host's cgroup2 mount, by a Runtime with
  * a v2 layout rooted there (the host's own layout is hybrid); the older one is
- * forced with `cgroupMove`. The runtime runs from dist/ in a child process
- * under strace, which shows which call placed the init.
+ * forced with `cgroupMove`, and taken when clone3 is refused (strace injects
+ * the refusal). The runtime runs from dist/ in a child process under
+ * strace, which shows which call placed the init.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmdirSync, rmSync, statfsSync } from "node:fs";
@@ -39,7 +40,7 @@ const v2Line = (cgroup: string) => cgroup.split("\n").find((l) => l.startsWith("
 
 /** Starts a container on the v2 layout under strace; returns its id, its init's cgroup, and strace's lines for
  * clone3 into a cgroup and for opening the container's cgroup.procs (a move). */
-function startTraced(cgroupMove: boolean) {
+function startTraced(cgroupMove: boolean, straceArgs: string[] = []) {
   const script = `
     const { Runtime } = await import(${JSON.stringify(`${dist}runtime/runtime.js`)});
     const { Cgroups } = await import(${JSON.stringify(`${dist}runtime/cgroup.js`)});
@@ -52,10 +53,22 @@ function startTraced(cgroupMove: boolean) {
     await runtime.delete(c.id, { force: true });
     console.log(JSON.stringify({ id: c.id, cgroup }));
   `;
-  const log = join(logs, `clone3-${cgroupMove}.log`);
+  const log = join(logs, `clone3-${cgroupMove}-${straceArgs.length}.log`);
   const r = spawnSync(
     "strace",
-    ["-f", "-qq", "-e", "trace=clone3,openat", "-o", log, process.execPath, "--input-type=module", "-e", script],
+    [
+      "-f",
+      "-qq",
+      "-e",
+      "trace=clone3,openat",
+      ...straceArgs,
+      "-o",
+      log,
+      process.execPath,
+      "--input-type=module",
+      "-e",
+      script,
+    ],
     {
       encoding: "utf8",
       timeout: 60_000,
@@ -76,6 +89,15 @@ describe("a container's init on cgroup v2", () => {
     expect(intoCgroup).toHaveLength(1);
     expect(intoCgroup[0]).toMatch(/= [1-9]\d*$/);
     expect(moves).toEqual([]);
+  });
+
+  it("is forked and then moved into it when clone3 is refused, as a seccomp profile older than clone3 refuses it", () => {
+    // strace makes every clone3 fail with ENOSYS (glibc then makes node's threads with clone).
+    const { id, cgroup, intoCgroup, moves } = startTraced(false, ["-e", "inject=clone3:error=ENOSYS"]);
+    expect(v2Line(cgroup)).toBe(`0::/${parent}/${id}`);
+    expect(intoCgroup).toHaveLength(1);
+    expect(intoCgroup[0]).toMatch(/ENOSYS/);
+    expect(moves).toHaveLength(1);
   });
 
   it("is forked and then moved into it where clone3 cannot place it (forced here, as before Linux 5.7)", () => {
