@@ -21,10 +21,8 @@ export interface BindRetry {
 const FIRST_DELAY_MS = 1000;
 const MAX_DELAY_MS = 15_000;
 
-type Server = LazyHttpListener;
-
 export class EndpointListener {
-  private server: Server | undefined;
+  private server: LazyHttpListener | undefined;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   private delayMs: number;
@@ -32,21 +30,21 @@ export class EndpointListener {
   /** `where` names the listener in reports ("127.0.0.1:7780", a socket path); `bind` makes one attempt. */
   constructor(
     readonly where: string,
-    private readonly bind: () => Promise<Server>,
+    private readonly bind: () => Promise<LazyHttpListener>,
     private readonly retry?: BindRetry,
   ) {
     this.delayMs = retry?.firstDelayMs ?? FIRST_DELAY_MS;
   }
 
   /** The bound server, or undefined while it is not bound. */
-  get bound(): Server | undefined {
+  get bound(): LazyHttpListener | undefined {
     return this.server;
   }
 
   /** One attempt to bind. Without `retry` a failure is thrown; with it, reported and tried again later. */
   async attempt(): Promise<void> {
     this.timer = undefined;
-    let server: Server;
+    let server: LazyHttpListener;
     try {
       server = await this.bind();
     } catch (err) {

@@ -46,10 +46,9 @@ export interface RuntimeOptions {
   cgroups?: Cgroups;
   cgroupParent?: string;
   /**
-   * Older kernels' paths, forced where the newer call works (tests): the shim
-   * lists /proc/self/fd to keep descriptors from containers (before 5.11's
-   * close_range), and forks an init then moves it into its cgroup v2 (before
-   * 5.7's clone3 placing it there at birth).
+   * Older kernels' paths, forced where the newer call works (tests): the shim lists /proc/self/fd
+   * to keep descriptors from containers (before 5.11's close_range), and forks an init then moves
+   * it into its cgroup v2 (before 5.7's clone3 placing it there at birth).
    */
   fdScan?: boolean;
   cgroupMove?: boolean;
@@ -210,8 +209,9 @@ export class Runtime {
     if (!running || readExit(this.paths(id)))
       return Promise.reject(new FleetError("E_CONFLICT", `container ${id} is not running`));
     const cgroupDirs = this.cgroups.locate(id).dirs.values();
+    const { fdScan } = this.fallbacks; // no init to place: cgroupMove is not the helper's
     return execInContainer(
-      { shimPath: this.native.shimPath, id, spec: state.spec, init: running.init, cgroupDirs, ...this.fallbacks },
+      { shimPath: this.native.shimPath, id, spec: state.spec, init: running.init, cgroupDirs, fdScan },
       command,
       opts,
     );

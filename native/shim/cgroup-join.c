@@ -7,10 +7,10 @@
  * through a v1 hierarchy's `tasks` file by the process itself, which the
  * kernel does without that lock. So a process that joins by itself writes
  * "0" (itself) to `tasks` where the hierarchy has one (v1), and to
- * `cgroup.procs` where it does not (v2). A hierarchy is v1 exactly when its
- * directories hold a `tasks` file: the shim and the init apply that same
- * test, so each v1 directory is joined by the init and each v2 one by the
- * shim, never both nor neither. Older kernels take the lock either way; the
+ * `cgroup.procs` where it does not (v2). Every choice here between the two
+ * rests on one test, cgroup_is_v2, which the shim, the init and the exec
+ * helper all apply: each v1 directory is joined by the init and each v2 one
+ * by the shim, never both nor neither. Older kernels take the lock either way; the
  * writes are the same and only slower there.
  *
  * On v2, where there is no `tasks`, the init is instead born in its cgroup:
@@ -31,25 +31,22 @@ static int open_in(const char *dir, const char *file, char *path, size_t len) {
   return open(path, O_WRONLY | O_CLOEXEC);
 }
 
-/* True when `dir` belongs to a v1 hierarchy, which the process joins itself. */
-static int cgroup_is_v1(const char *dir) {
-  char path[4096];
-  snprintf(path, sizeof(path), "%s/tasks", dir);
-  return access(path, F_OK) == 0;
+/* True when `dir` is in a cgroup2 hierarchy: asked of its parent's file
+ * system, which the runtime made, so the answer is the same before the shim
+ * makes `dir` and after. */
+static int cgroup_is_v2(const char *dir) {
+  char parent[4096];
+  snprintf(parent, sizeof(parent), "%s", dir);
+  char *slash = strrchr(parent, '/');
+  if (slash && slash != parent) *slash = '\0';
+  struct statfs fs;
+  return statfs(parent, &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC;
 }
 
-/* The v2 directory of `dirs` (there is at most one), or NULL: asked of the
- * file system of each one's parent, since the directories themselves are
- * not made yet (the runtime made the parents). */
+/* The v2 directory of `dirs` (there is at most one), or NULL. */
 const char *cgroup_v2_dir(const struct str_list *dirs) {
-  char parent[4096];
-  for (size_t i = 0; i < dirs->len; i++) {
-    snprintf(parent, sizeof(parent), "%s", dirs->items[i]);
-    char *slash = strrchr(parent, '/');
-    if (slash && slash != parent) *slash = '\0';
-    struct statfs fs;
-    if (statfs(parent, &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC) return dirs->items[i];
-  }
+  for (size_t i = 0; i < dirs->len; i++)
+    if (cgroup_is_v2(dirs->items[i])) return dirs->items[i];
   return NULL;
 }
 
@@ -90,7 +87,7 @@ int cgroups_add_pid_v2(const struct str_list *dirs, pid_t pid, struct shim_error
   char path[4096], value[32];
   int len = snprintf(value, sizeof(value), "%d", pid);
   for (size_t i = 0; i < dirs->len; i++) {
-    if (cgroup_is_v1(dirs->items[i])) continue;
+    if (!cgroup_is_v2(dirs->items[i])) continue;
     cleanup_fd int fd = open_in(dirs->items[i], "cgroup.procs", path, sizeof(path));
     if (fd < 0 || write(fd, value, len) != len) {
       set_error(err, EXIT_RUNTIME, errno, "join cgroup `%s`", dirs->items[i]);
@@ -106,10 +103,13 @@ int cgroups_add_pid_v2(const struct str_list *dirs, pid_t pid, struct shim_error
 int cgroups_open_v1(const struct str_list *dirs, int *fds, struct shim_error *err) {
   char path[4096];
   for (size_t i = 0; i < dirs->len; i++) {
+    fds[i] = -1;
+    if (cgroup_is_v2(dirs->items[i])) continue;
     fds[i] = open_in(dirs->items[i], "tasks", path, sizeof(path));
-    if (fds[i] >= 0 || errno == ENOENT) continue;
+    if (fds[i] >= 0) continue;
     set_error(err, EXIT_RUNTIME, errno, "open `%s`", path);
-    while (i > 0) close(fds[--i]);
+    while (i > 0)
+      if (fds[--i] >= 0) close(fds[i]);
     return -1;
   }
   return 0;
@@ -134,8 +134,8 @@ int cgroups_join_opened(const struct str_list *dirs, int *fds, struct shim_error
 int cgroups_join_self(const struct str_list *dirs, struct shim_error *err) {
   char path[4096];
   for (size_t i = 0; i < dirs->len; i++) {
-    cleanup_fd int fd = open_in(dirs->items[i], "tasks", path, sizeof(path));
-    if (fd < 0 && errno == ENOENT) fd = open_in(dirs->items[i], "cgroup.procs", path, sizeof(path));
+    const char *file = cgroup_is_v2(dirs->items[i]) ? "cgroup.procs" : "tasks";
+    cleanup_fd int fd = open_in(dirs->items[i], file, path, sizeof(path));
     if (fd < 0 || write(fd, "0", 1) != 1) {
       set_error(err, EXIT_RUNTIME, errno, "join cgroup `%s`", dirs->items[i]);
       return -1;
