@@ -8,7 +8,6 @@
  */
 import { statfsSync } from "node:fs";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { Cgroups } from "../../agent/runtime/cgroup.js";
 import { CGROUP2_SUPER_MAGIC, detectCgroupLayout } from "../../agent/runtime/cgroup-layout.js";
 import { Runtime } from "../../agent/runtime/runtime.js";
@@ -17,23 +16,10 @@ import { printSummaries, summarize } from "./stats.js";
 const ROUNDS = 3;
 const PER_ROUND = 8;
 
-async function timedStarts(runtime: Runtime, rootfs: string, runs: number, idleMs: number): Promise<number[]> {
-  const samples: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    await sleep(idleMs);
-    const t0 = process.hrtime.bigint();
-    const { id } = runtime.create({ layers: [rootfs], command: ["/bin/true"] });
-    await runtime.start(id);
-    const exit = await runtime.wait(id);
-    await runtime.delete(id);
-    samples.push(Number(process.hrtime.bigint() - t0) / 1e6);
-    if (exit.exitCode !== 0) throw new Error(`container ${id} exited ${exit.exitCode}`);
-  }
-  await runtime.settled();
-  return samples;
-}
+/** Per-container times of `n` starts with `runtime`, each after the idle pause (start-bench.ts). */
+type TimedStarts = (runtime: Runtime, n: number) => Promise<number[]>;
 
-export async function cgroupBirthBench(work: string, rootfs: string, idleMs: number): Promise<void> {
+export async function cgroupBirthBench(work: string, idleMs: number, timedStarts: TimedStarts): Promise<void> {
   const layout = detectCgroupLayout();
   const unified = layout.unified;
   if (!unified || statfsSync(unified).type !== CGROUP2_SUPER_MAGIC) {
@@ -49,7 +35,7 @@ export async function cgroupBirthBench(work: string, rootfs: string, idleMs: num
   try {
     for (let r = 0; r < ROUNDS; r++)
       for (const name of ["born", "moved"] as const)
-        samples[name].push(...(await timedStarts(runtimes[name], rootfs, PER_ROUND, idleMs)));
+        samples[name].push(...(await timedStarts(runtimes[name], PER_ROUND)));
   } finally {
     cgroups.removeParent();
   }
