@@ -5,13 +5,13 @@
  * it over. Broken connections are retried from where they broke; attempts
  * that made progress do not count towards giving up.
  */
-import type { Readable, Writable } from "node:stream";
-import { finished } from "node:stream/promises";
+import type { Writable } from "node:stream";
 import { FleetError } from "../errors.js";
 import type { ContentStore } from "../store/content-store.js";
 import type { Ingest } from "../store/ingest.js";
+import { type BlobAnswer, connectionError } from "./blob-http.js";
 import type { RateLimiter } from "./rate-limit.js";
-import { type RegistryClient, repoScope, type StreamResponse } from "./registry-client.js";
+import { type RegistryClient, repoScope } from "./registry-client.js";
 
 export interface BlobFetchOptions {
   limiter: RateLimiter;
@@ -22,8 +22,6 @@ export interface BlobFetchOptions {
   /** Given every byte of the blob as it reaches the disk, when the download starts from its first (Ingest.follow). */
   follower?: Writable;
 }
-
-const FLUSH_BYTES = 1 << 20;
 
 /** Bytes per range request when `parallel` downloads share a cap of `rate` bytes/s. */
 export function rangeBytes(rate: number, parallel = 1): number {
@@ -47,11 +45,11 @@ async function openRange(
   ingest: Ingest,
   range: { offset: number; end: number },
   signal: AbortSignal | undefined,
-): Promise<StreamResponse> {
+): Promise<BlobAnswer> {
   const { digest, expectedSize: size } = ingest;
   const { offset, end } = range;
   const headers: Record<string, string> = offset > 0 || end < size - 1 ? { range: `bytes=${offset}-${end}` } : {};
-  const res = await client.openStream(`/v2/${repository}/blobs/${digest}`, {
+  const res = await client.openBlob(`/v2/${repository}/blobs/${digest}`, {
     scope: repoScope(repository, "pull"),
     headers,
     signal,
@@ -82,79 +80,54 @@ async function openRange(
   return res;
 }
 
-/** Writes a rate-limited body into the ingest chunk by chunk, each after the limiter lets it through. */
-async function copyLimited(
-  client: RegistryClient,
-  body: AsyncIterable<Buffer>,
-  ingest: Ingest,
-  opts: BlobFetchOptions,
-): Promise<void> {
-  try {
-    for await (const chunk of body) {
-      await opts.limiter.take(chunk.length, opts.signal);
-      await ingest.writeMany([chunk], chunk.length);
-      opts.onBytes?.(chunk.length);
-    }
-  } catch (err) {
-    throw client.networkError(`GET blob ${ingest.digest}`, err);
-  }
-}
+/** Bytes per receive: a step between two looks at progress, the follower and a cancel. */
+const STEP_BYTES = 2 << 20;
 
 /**
- * Writes the body into the ingest in batches of FLUSH_BYTES, taking the
- * chunks as they arrive (no copies): one batch is on its way to disk (and
- * the hash) while the next fills, and only past that does the socket wait.
- * Whatever arrived before a broken connection is written, so the next
- * attempt resumes after it.
+ * Receives the body into the ingest step by step: the native core writes
+ * and hashes each byte as it comes off the socket. Whatever arrived before
+ * a broken connection is on disk and hashed, so the next attempt resumes
+ * after it. `paid`: the bytes the rate limiter let through before the
+ * request; a body longer than that (a 200 that ignored the range) waits
+ * for the limiter step by step.
  */
-async function copyToIngest(
+async function receiveBody(
   client: RegistryClient,
-  body: Readable,
+  res: BlobAnswer,
   ingest: Ingest,
   opts: BlobFetchOptions,
-): Promise<void> {
-  if (opts.limiter.limited) return copyLimited(client, body, ingest, opts);
-  let pending: Buffer[] = [];
-  let pendingBytes = 0;
-  let writes = Promise.resolve();
-  let inFlight = 0;
-  const flush = () => {
-    if (pendingBytes === 0) return writes;
-    const chunks = pending;
-    const total = pendingBytes;
-    pending = [];
-    pendingBytes = 0;
-    inFlight++;
-    writes = writes.then(async () => {
-      await ingest.writeMany(chunks, total);
-      inFlight--;
-      opts.onBytes?.(total);
-    });
-    writes.catch((err: unknown) => body.destroy(err as Error)); // stop receiving; the error is thrown below
-    return writes;
-  };
-  body.on("data", (chunk: Buffer) => {
-    pending.push(chunk);
-    pendingBytes += chunk.length;
-    if (pendingBytes < FLUSH_BYTES) return;
-    const written = flush();
-    if (inFlight < 2) return;
-    body.pause();
-    written.then(
-      () => body.resume(),
-      () => undefined, // flush() destroys the body on a failed write
-    );
-  });
-  // The end, an error, or a close before the end (a premature close, which is retried).
-  const received = finished(body);
+  paid: number,
+) {
   try {
-    await received;
+    for (;;) {
+      if (ingest.offset >= ingest.expectedSize) {
+        // Full: the body must end here, or the registry sends more than the manifest declares.
+        const probe = await ingest.receive(res.body, 0);
+        if (probe.error) throw probe.error;
+        if (probe.end) return;
+        throw new FleetError(
+          "E_DIGEST_MISMATCH",
+          `blob ${ingest.digest}: more than the ${ingest.expectedSize} bytes the manifest declares`,
+        );
+      }
+      // What was paid for first; past it, a slice the limiter lets through at once.
+      const unpaid = opts.limiter.limited ? Math.max(16 << 10, Math.round(opts.limiter.rate / 8)) : STEP_BYTES;
+      const want = Math.min(STEP_BYTES, paid > 0 ? paid : unpaid);
+      if (paid < want) {
+        await opts.limiter.take(want - paid, opts.signal);
+        paid = want;
+      }
+      const r = await ingest.receive(res.body, want);
+      paid -= r.bytes;
+      if (r.bytes > 0) opts.onBytes?.(r.bytes);
+      if (r.error) throw r.error;
+      if (r.end) return;
+    }
   } catch (err) {
-    await flush().catch(() => undefined); // a failed write is the error the caller sees below, once
-    await writes;
-    throw client.networkError(`GET blob ${ingest.digest}`, err);
+    throw client.networkError(`GET blob ${ingest.digest}`, connectionError(err));
+  } finally {
+    res.body.destroy(); // back to the kept connections when read whole, else closed
   }
-  await flush();
 }
 
 async function downloadRange(
@@ -164,8 +137,14 @@ async function downloadRange(
   opts: BlobFetchOptions,
 ): Promise<void> {
   const range = nextRange(ingest, opts);
+  // The limiter lets the range through before it is asked for: no byte waits in the socket for it (bytes
+  // there are lost when the process is killed), and each range comes at the link's own speed.
+  const paid = range.end + 1 - range.offset;
+  await opts.limiter.take(paid, opts.signal).catch((err: unknown) => {
+    throw client.networkError(`GET blob ${ingest.digest}`, err);
+  });
   const res = await openRange(client, repository, ingest, range, opts.signal);
-  await copyToIngest(client, res.body, ingest, opts);
+  await receiveBody(client, res, ingest, opts, paid);
   const size = ingest.expectedSize;
   const expectedEnd = res.status === 206 ? range.end + 1 : size;
   if (ingest.offset < expectedEnd) {

@@ -11,6 +11,8 @@
 import { readFileSync } from "node:fs";
 import type { Readable } from "node:stream";
 import { FleetError } from "../errors.js";
+import { loadNative } from "../system/native.js";
+import { type BlobAnswer, BlobHttp } from "./blob-http.js";
 import { RegistryAuth, type RegistryCredentials } from "./registry-auth.js";
 import { type Headers, RegistryHttp } from "./registry-http.js";
 import { RegistryRetry, type RetryPolicy } from "./registry-retry.js";
@@ -27,16 +29,12 @@ export interface RegistryResponse {
   body: Buffer;
 }
 
-export interface StreamResponse {
-  status: number;
-  headers: Headers;
-  body: Readable;
-}
-
 export class RegistryClient {
   readonly registry: string;
   readonly origin: string;
   private readonly http: RegistryHttp;
+  private readonly ca: Buffer | undefined;
+  private blobs: BlobHttp | undefined;
   private readonly auth: RegistryAuth;
   private readonly retrier: RegistryRetry;
   readonly retry: RetryPolicy;
@@ -66,12 +64,14 @@ export class RegistryClient {
         `registries."${registry}".ca: cannot read ${auth.ca}: ${(err as Error).message}`,
       );
     }
+    this.ca = ca;
     this.http = new RegistryHttp(ca);
   }
 
   /** Closes the client's kept-alive connections (a client not closed lets the process exit all the same). */
   close(): void {
     this.http.close();
+    this.blobs?.close();
   }
 
   /** A request with auth, redirects and retries; the body is buffered (manifests, configs, small replies). */
@@ -122,21 +122,24 @@ export class RegistryClient {
     }
   }
 
-  /** Opens a GET as a stream (blob downloads), with the same auth and redirect handling. */
-  async openStream(
+  /**
+   * Opens a blob's GET (blob-http.ts: its body goes from the socket to the
+   * ingest natively), with the same auth and redirect handling.
+   */
+  async openBlob(
     path: string,
     opts: { scope: string; headers?: Record<string, string>; signal?: AbortSignal },
-  ): Promise<StreamResponse> {
+  ): Promise<BlobAnswer> {
     for (let authTries = 0; ; authTries++) {
       const headers: Record<string, string> = { ...opts.headers };
       const authz = this.auth.authorization(opts.scope);
       if (authz) headers.authorization = authz;
       let url = new URL(path, this.origin);
-      let res = await this.streamOnce(url, headers, opts.signal);
+      let res = await this.blobOnce(url, headers, opts.signal);
       for (let hops = 0; res.status >= 300 && res.status < 400 && res.headers.location && hops < 5; hops++) {
         res.body.destroy();
         url = this.redirect(url, res.headers.location, headers);
-        res = await this.streamOnce(url, headers, opts.signal);
+        res = await this.blobOnce(url, headers, opts.signal);
       }
       if (res.status === 401 && authTries === 0 && url.origin === this.origin) {
         res.body.destroy();
@@ -175,10 +178,10 @@ export class RegistryClient {
     return next;
   }
 
-  private async streamOnce(url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<StreamResponse> {
+  private async blobOnce(url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<BlobAnswer> {
+    this.blobs ??= new BlobHttp(loadNative().core, this.ca, `registries."${this.registry}".ca`);
     try {
-      const res = await this.http.open(url, { method: "GET", headers, signal });
-      return { status: res.statusCode, headers: res.headers, body: res.body };
+      return await this.blobs.open(url, headers, signal);
     } catch (err) {
       throw this.networkError(`GET ${url.pathname}`, err);
     }

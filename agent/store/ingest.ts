@@ -8,7 +8,12 @@ import { unlinkSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import type { Writable } from "node:stream";
 import { errnoName, FleetError } from "../errors.js";
-import type { NativeBlobWriter } from "../system/native.js";
+import type { NativeBlobWriter, NativeReceive } from "../system/native.js";
+
+/** A body that writes into the ingest's file and hash itself (a native HTTP body, registry/blob-http.ts). */
+export interface BodySource {
+  receive(writer: NativeBlobWriter, position: number, want: number, copy?: Buffer): Promise<NativeReceive>;
+}
 
 interface IngestInit {
   /** Moves the verified file into the store as the blob `digest`. */
@@ -48,6 +53,8 @@ export class Ingest {
   /** A stream given every byte of the blob from its first, as it reaches the disk (follow()). */
   private follower: Writable | undefined;
   private followedAll = false;
+  /** The follower's last batch, on its way: the next is received meanwhile. */
+  private feeding: Promise<void> = Promise.resolve();
 
   constructor(init: IngestInit) {
     this.adopt = init.adopt;
@@ -120,6 +127,29 @@ export class Ingest {
     await this.feed(chunks);
   }
 
+  /**
+   * Up to `want` more bytes of `body`, written and hashed by the body
+   * itself, never past the declared size. The bytes it wrote count even
+   * when it stopped with a network error (returned, for the caller to
+   * retry from there); a failed write to the file throws. The follower gets
+   * each batch while the next is received.
+   */
+  async receive(body: BodySource, want: number): Promise<NativeReceive> {
+    const take = Math.min(want, this.expectedSize - this.written);
+    const copy = this.follower ? Buffer.allocUnsafe(take) : undefined;
+    const r = await body.receive(this.writer, this.written, take, copy);
+    this.written += r.bytes;
+    if (r.error?.disk) throw this.diskError(r.error);
+    if (copy && r.bytes > 0) {
+      // A short batch (a slow link) is copied out, so the follower does not hold the whole step's buffer.
+      const batch = r.bytes < take / 2 ? Buffer.from(copy.subarray(0, r.bytes)) : copy.subarray(0, r.bytes);
+      const before = this.feeding;
+      this.feeding = before.then(() => this.feed([batch]));
+      await before;
+    }
+    return r;
+  }
+
   /** A failed write as the FleetError that names the partial: E_NO_SPACE for a full disk or quota. */
   private diskError(err: unknown): FleetError {
     const code = errnoName(err) ?? "";
@@ -131,6 +161,7 @@ export class Ingest {
 
   /** Drops what was written, for a server that ignored the range and resent from the start. */
   async restart(): Promise<void> {
+    await this.feeding;
     await this.fh.truncate(0);
     this.writer.reset();
     this.written = 0;
@@ -139,6 +170,7 @@ export class Ingest {
 
   /** Verifies size and digest, then moves the blob into the store; a mismatch deletes the partial. */
   async commit(): Promise<void> {
+    await this.feeding;
     if (this.written !== this.expectedSize) {
       throw new FleetError(
         "E_DIGEST_MISMATCH",

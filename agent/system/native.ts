@@ -36,6 +36,30 @@ export interface NativeBlobWriter {
   reset(): void;
 }
 
+/** The CAs one registry client trusts, and the TLS sessions it may resume (http-conn.cc). */
+export type NativeTlsContext = object;
+
+/** What one receive of a body wrote: `bytes` are on disk and hashed even when `error` is set. */
+export interface NativeReceive {
+  bytes: number;
+  /** The body is over. */
+  end: boolean;
+  /** Set when the receive stopped early; `disk` when writing the file failed, not the connection. */
+  error?: Error & { code?: string; errno?: number; disk?: boolean };
+}
+
+/** One HTTP/1.1 connection whose bodies go from the socket to a blob's file and hash on a worker thread (http-connection.cc). */
+export interface NativeHttpConnection {
+  /** Connects if it is not, sends the request head and resolves with the answer's head. */
+  exchange(requestHead: string): Promise<string>;
+  /** Up to `want` body bytes into the writer's file at `position`, hashed, and copied into `copy` when given. */
+  receive(writer: NativeBlobWriter, position: number, want: number, copy?: Buffer): Promise<NativeReceive>;
+  /** True when the last answer was read whole and the server keeps the connection. */
+  reusable(): boolean;
+  /** Ends the connection; an operation under way fails at once. */
+  close(): void;
+}
+
 export interface NativeCore {
   /** Starts a detached shim with this config (see shim-config.ts); resolves once the command is exec'd. */
   spawnShim(shimPath: string, config: Buffer, foreground: boolean): Promise<SpawnResult>;
@@ -63,6 +87,22 @@ export interface NativeCore {
   BlobWriter: new (
     fd: number,
   ) => NativeBlobWriter;
+  /** From a PEM bundle; throws when it holds no certificate. */
+  TlsContext: new (
+    caPem: string,
+  ) => NativeTlsContext;
+  /**
+   * To the first of `addresses` (IPs, space-separated) that answers; `servername` "" is plain HTTP,
+   * else the name the server's certificate must carry.
+   */
+  HttpConnection: new (
+    addresses: string,
+    port: number,
+    servername: string,
+    tls: NativeTlsContext | null,
+    connectMs: number,
+    idleMs: number,
+  ) => NativeHttpConnection;
 }
 
 export interface NativeBinding {

@@ -21,6 +21,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("execve", Napi::Function::New(env, Execve));
   exports.Set("tryLock", Napi::Function::New(env, TryLock));
   InitBlobWriter(env, exports);
+  InitHttpConnection(env, exports);
   return InitExitWatch(env, exports);
 }
 

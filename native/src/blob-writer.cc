@@ -26,6 +26,8 @@ namespace {
 
 constexpr size_t kReadChunk = 1 << 20;
 constexpr size_t kMaxIov = 1024;
+// Marks the objects that are BlobWriters, so that ClaimBlobWriter can tell one from any other object.
+constexpr napi_type_tag kBlobWriterTag = {0x6a1f3c2b9d4e5f60ULL, 0x8b7a6c5d4e3f2a1bULL};
 
 class BlobWriter : public Napi::ObjectWrap<BlobWriter> {
  public:
@@ -41,6 +43,7 @@ class BlobWriter : public Napi::ObjectWrap<BlobWriter> {
       return;
     }
     fd_ = info[0].As<Napi::Number>().Int32Value();
+    napi_type_tag_object(info.Env(), info.This(), &kBlobWriterTag);
     ctx_ = EVP_MD_CTX_new();
     if (!ctx_ || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1)
       Napi::Error::New(info.Env(), "sha256: cannot initialise").ThrowAsJavaScriptException();
@@ -53,13 +56,13 @@ class BlobWriter : public Napi::ObjectWrap<BlobWriter> {
   // Set while a worker owns the context; cleared back on the main thread.
   bool busy = false;
 
- private:
   bool Claim(Napi::Env env) {
     if (!busy) return busy = true;
     Napi::Error::New(env, "BlobWriter: an operation is already running").ThrowAsJavaScriptException();
     return false;
   }
 
+ private:
   Napi::Value Write(const Napi::CallbackInfo& info);
   Napi::Value HashFile(const Napi::CallbackInfo& info);
 
@@ -229,6 +232,19 @@ Napi::Value BlobWriter::HashFile(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+bool ClaimBlobWriter(Napi::Env env, Napi::Value value, BlobTarget* target) {
+  bool tagged = false;
+  if (value.IsObject()) napi_check_object_type_tag(env, value, &kBlobWriterTag, &tagged);
+  if (!tagged) {
+    Napi::TypeError::New(env, "expected a BlobWriter").ThrowAsJavaScriptException();
+    return false;
+  }
+  BlobWriter* writer = BlobWriter::Unwrap(value.As<Napi::Object>());
+  if (!writer->Claim(env)) return false;
+  *target = {writer->fd(), writer->ctx(), &writer->busy};
+  return true;
+}
 
 Napi::Object InitBlobWriter(Napi::Env env, Napi::Object exports) {
   exports.Set("BlobWriter", BlobWriter::Define(env));

@@ -28,5 +28,15 @@ Napi::Value Execve(const Napi::CallbackInfo& info);
 Napi::Value TryLock(const Napi::CallbackInfo& info);
 Napi::Object InitExitWatch(Napi::Env env, Napi::Object exports);
 Napi::Object InitBlobWriter(Napi::Env env, Napi::Object exports);
+Napi::Object InitHttpConnection(Napi::Env env, Napi::Object exports);
+
+// A BlobWriter's file and hash, for one operation another object runs on them (an HTTP body's receive).
+struct BlobTarget {
+  int fd;
+  struct evp_md_ctx_st* ctx;
+  bool* busy;  // set by the claim; the operation clears it on the main thread when it settles
+};
+// Claims the BlobWriter `value` (throwing, and false, when it is none or is busy).
+bool ClaimBlobWriter(Napi::Env env, Napi::Value value, BlobTarget* target);
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what);

@@ -17,7 +17,8 @@ import { cleanupRoot, freshRoot } from "../support/state-root.js";
 const MiB = 1024 * 1024;
 const LAYER_MIB = 200;
 /**
- * Node itself and the pull's fixed buffers (1 MiB batches, a 4 MiB feed, 8 MiB
+ * Node itself and the pull's fixed buffers (2 MiB steps copied out for the
+ * unpack, 256 KiB of staging per connection, a 4 MiB feed, 8 MiB
  * of hashing ahead, zlib, tar), with room for a collector that runs late on a
  * loaded machine; measured at 150 MiB for 50 MiB, 174 for 200 and 196 for 400.
  * Holding the blob whole would put it past 330 MiB.

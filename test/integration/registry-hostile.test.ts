@@ -5,7 +5,7 @@
  * bodies without end. Credentials must never travel in clear, and no answer
  * may make the client hold more than its caps in memory.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import type { ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,6 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { RegistryHttp } from "../../agent/registry/registry-http.js";
+import { loadNative } from "../../agent/system/native.js";
 import { type Handler, HostileServers } from "../support/hostile-server.js";
 import { makeTls, type TlsFiles } from "../support/registry.js";
 import { caught } from "../support/test-blobs.js";
@@ -66,7 +67,7 @@ describe("redirects", () => {
     });
     const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
     try {
-      const err = await caught(client.openStream("/v2/a/blobs/sha256:00", { scope: "repository:a:pull" }));
+      const err = await caught(client.openBlob("/v2/a/blobs/sha256:00", { scope: "repository:a:pull" }));
       expect(err.code).toBe("E_REGISTRY");
       expect(err.message).toContain("http:");
       expect(plain.seen).toHaveLength(0);
@@ -101,10 +102,17 @@ describe("redirects", () => {
     });
     const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
     try {
-      const res = await client.openStream("/v2/a/blobs/sha256:00", { scope: "repository:a:pull" });
-      const chunks: Buffer[] = [];
-      for await (const c of res.body) chunks.push(c as Buffer);
-      expect(Buffer.concat(chunks).toString()).toBe("blob bytes");
+      const res = await client.openBlob("/v2/a/blobs/sha256:00", { scope: "repository:a:pull" });
+      const file = join(work, "redirected-blob");
+      const fd = openSync(file, "w+");
+      try {
+        const got = await res.body.receive(new (loadNative().core.BlobWriter)(fd), 0, 64);
+        expect(got).toEqual({ bytes: 10, end: true });
+      } finally {
+        res.body.destroy();
+        closeSync(fd);
+      }
+      expect(readFileSync(file, "utf8")).toBe("blob bytes");
       expect(reg.seen.at(-1)?.headers.authorization).toBe(basicAlice);
       expect(storage.seen).toHaveLength(1);
       expect(storage.seen[0]!.headers.authorization).toBeUndefined();
@@ -176,7 +184,7 @@ describe("challenges from elsewhere", () => {
     });
     const client = new RegistryClient(reg.host, creds(), { attempts: 1 });
     try {
-      const err = await caught(client.openStream("/v2/a/blobs/sha256:00", { scope: "repository:a:pull" }));
+      const err = await caught(client.openBlob("/v2/a/blobs/sha256:00", { scope: "repository:a:pull" }));
       expect(err.code).toBe("E_REGISTRY_AUTH");
       expect(storage.seen.length).toBeGreaterThan(0);
       expect(storage.seen.map((r) => r.headers.authorization)).toEqual(storage.seen.map(() => undefined));

@@ -52,7 +52,7 @@ afterAll(async () => {
 });
 
 describe("one client per registry", () => {
-  it("serves two pulls from the registry over one connection and one token", async () => {
+  it("serves two pulls from the registry over the first one's two connections (requests, blob bodies) and one token", async () => {
     const a = await pushSmall("app:a");
     const b = await pushSmall("app:b");
     const clients = new RegistryClients();
@@ -61,15 +61,16 @@ describe("one client per registry", () => {
       const connections = proxy.connections();
       const tokens = reg.tokenRequests!();
       await pullImage(a, deps);
+      expect(proxy.connections() - connections).toBe(2);
       await pullImage(b, deps);
-      expect(proxy.connections() - connections).toBe(1);
+      expect(proxy.connections() - connections).toBe(2);
       expect(reg.tokenRequests!() - tokens).toBe(1);
     } finally {
       clients.close();
     }
   });
 
-  it("makes a client of its own for each pull given none, and so a connection and a token each", async () => {
+  it("makes a client of its own for each pull given none, and so connections and a token each", async () => {
     const a = await pushSmall("solo:a");
     const b = await pushSmall("solo:b");
     const deps = await depsAt("solo");
@@ -77,7 +78,7 @@ describe("one client per registry", () => {
     const tokens = reg.tokenRequests!();
     await pullImage(a, deps);
     await pullImage(b, deps);
-    expect(proxy.connections() - connections).toBe(2);
+    expect(proxy.connections() - connections).toBe(4);
     expect(reg.tokenRequests!() - tokens).toBe(2);
   });
 });
