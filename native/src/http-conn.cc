@@ -118,6 +118,7 @@ void TlsTrust::Keep(const std::string& server, SSL_SESSION* session) {
 HttpConn::~HttpConn() { Close(); }
 
 void HttpConn::Close() {
+  std::lock_guard<std::mutex> lock(fd_mu_);  // a Shutdown() from another thread never meets a reused fd number
   int fd = fd_.exchange(-1);
   // Marked as shut down, though no close_notify is sent: else OpenSSL makes the session unresumable.
   if (ssl_) SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
@@ -127,7 +128,8 @@ void HttpConn::Close() {
 }
 
 void HttpConn::Shutdown() {
-  // Only a connection an operation is using is shut down; Close() runs on that operation's thread, after it.
+  std::lock_guard<std::mutex> lock(fd_mu_);
+  closing_ = true;  // a connect under way gives up before its next step
   int fd = fd_.load();
   if (fd >= 0) shutdown(fd, SHUT_RDWR);
 }
@@ -140,6 +142,7 @@ bool HttpConn::Connect(HttpError* err) {
     size_t space = t_.addresses.find(' ', from);
     std::string address = t_.addresses.substr(from, space == std::string::npos ? std::string::npos : space - from);
     *err = HttpError{};
+    if (closing_) return Fail(err, ECANCELED, "the connection was closed");
     if (ConnectTo(address, err)) return t_.servername.empty() || Handshake(err);
     if (space == std::string::npos) return false;
     from = space + 1;
@@ -160,7 +163,11 @@ bool HttpConn::ConnectTo(const std::string& address, HttpError* err) {
     freeaddrinfo(found);
     return Fail(err, errno, "socket");
   }
-  fd_ = fd;
+  {
+    std::lock_guard<std::mutex> lock(fd_mu_);
+    fd_ = fd;
+    if (closing_) shutdown(fd, SHUT_RDWR);  // closed between the check above and now
+  }
   int rc = connect(fd, found->ai_addr, found->ai_addrlen);
   freeaddrinfo(found);
   if (rc < 0 && errno != EINPROGRESS) return Fail(err, errno, "connect to " + address);

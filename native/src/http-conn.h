@@ -87,6 +87,8 @@ class HttpConn {
   HttpTarget t_;
   TlsTrust* trust_;
   std::atomic<int> fd_{-1};
+  std::mutex fd_mu_;  // between Close() and Shutdown(), which run on different threads
+  std::atomic<bool> closing_{false};
   SSL* ssl_ = nullptr;
   std::string server_;  // host:port, the key of its TLS sessions
   // Raw bytes read past the head (and chunk framing): in_[in_pos_, in_len_).
