@@ -1,10 +1,11 @@
 /**
  * One registry: TLS with the configured CA (plain HTTP only when the
  * registry is configured `insecure`) over kept-alive connections
- * (registry-http.ts), anonymous, basic or bearer-token auth
- * (registry-auth.ts), redirects followed by hand so that Authorization
- * never goes to another host, and retries with exponential backoff and
- * jitter on network errors, 5xx and 429 (registry-retry.ts). A client
+ * (registry-http.ts; blob bodies over the native core's, blob-http.ts),
+ * anonymous, basic or bearer-token auth (registry-auth.ts), redirects
+ * followed by hand so that Authorization never goes to another host, and
+ * retries with exponential backoff and jitter on network errors, 5xx and
+ * 429 (registry-retry.ts). A client
  * lives as long as its owner keeps it: its connections and tokens serve
  * every pull from the registry (registry-clients.ts).
  */
