@@ -38,6 +38,12 @@ function nextRange(ingest: Ingest, opts: BlobFetchOptions): { offset: number; en
   return { offset, end };
 }
 
+/** Gives up the answer's connection, then throws `err`. */
+function fail(res: BlobAnswer, err: unknown): never {
+  res.body.destroy();
+  throw err;
+}
+
 /** Opens the GET for the range and checks the answer: a 206 at the offset, or a 200 that restarts the ingest. */
 async function openRange(
   client: RegistryClient,
@@ -68,7 +74,8 @@ async function openRange(
       );
     }
   } else if (res.status === 200) {
-    if (offset > 0) await ingest.restart(); // the registry ignored the range and sends it all
+    // The registry ignored the range and sends it all.
+    if (offset > 0) await ingest.restart().catch((err: unknown) => fail(res, err));
   } else {
     res.body.destroy();
     const retryable = res.status >= 500 || res.status === 429;
@@ -87,24 +94,29 @@ const STEP_BYTES = 2 << 20;
  * Receives the body into the ingest step by step: the native core writes
  * and hashes each byte as it comes off the socket. Whatever arrived before
  * a broken connection is on disk and hashed, so the next attempt resumes
- * after it. `paid`: the bytes the rate limiter let through before the
- * request; a body longer than that (a 200 that ignored the range) waits
- * for the limiter step by step.
+ * after it. `end`: where the body should end (the range's end, or the
+ * blob's); there, whether it does is read without paying the limiter for
+ * more. `paid`: the bytes the rate limiter let through before the request;
+ * a body longer than that (a 200 that ignored the range) waits for the
+ * limiter step by step.
  */
 async function receiveBody(
   client: RegistryClient,
   res: BlobAnswer,
   ingest: Ingest,
   opts: BlobFetchOptions,
-  paid: number,
+  { end, paid }: { end: number; paid: number },
 ) {
+  let probed = false;
   try {
     for (;;) {
-      if (ingest.offset >= ingest.expectedSize) {
-        // Full: the body must end here, or the registry sends more than the manifest declares.
+      if (ingest.offset >= end && !probed) {
+        probed = true;
         const probe = await ingest.receive(res.body, 0);
         if (probe.error) throw probe.error;
         if (probe.end) return;
+      }
+      if (ingest.offset >= ingest.expectedSize) {
         throw new FleetError(
           "E_DIGEST_MISMATCH",
           `blob ${ingest.digest}: more than the ${ingest.expectedSize} bytes the manifest declares`,
@@ -144,9 +156,9 @@ async function downloadRange(
     throw client.networkError(`GET blob ${ingest.digest}`, err);
   });
   const res = await openRange(client, repository, ingest, range, opts.signal);
-  await receiveBody(client, res, ingest, opts, paid);
   const size = ingest.expectedSize;
   const expectedEnd = res.status === 206 ? range.end + 1 : size;
+  await receiveBody(client, res, ingest, opts, { end: expectedEnd, paid });
   if (ingest.offset < expectedEnd) {
     throw new FleetError(
       "E_REGISTRY_UNREACHABLE",

@@ -8,7 +8,7 @@
  * retries stay with registry-client.ts, as for every other request.
  */
 import { lookup } from "node:dns"; // not dns/promises: node:net loads node:dns already
-import { FleetError } from "../errors.js";
+import { errnoName, FleetError } from "../errors.js";
 import type {
   NativeBlobWriter,
   NativeCore,
@@ -62,6 +62,7 @@ export class BlobBody {
   async receive(writer: NativeBlobWriter, position: number, want: number, copy?: Buffer): Promise<NativeReceive> {
     const r = await abortable(this.conn, this.signal, () => this.conn.receive(writer, position, want, copy));
     if (r.error && this.signal?.aborted) return { ...r, error: abortError() };
+    if (r.error) connectionError(r.error);
     return r;
   }
 
@@ -104,12 +105,17 @@ export function parseHead(head: string): { status: number; headers: Headers } {
   return { status, headers };
 }
 
-/** The HTTP error a native failure stands for, with the errno-style code registry-retry.ts classifies. */
+/** The error a native failure stands for, with the errno-style code registry-retry.ts classifies. */
 export function connectionError(err: unknown): unknown {
   const e = err as Error & { code?: string };
   if (e.code === "HTTP_PROTOCOL")
     return new FleetError("E_REGISTRY", `the registry's answer is not valid HTTP: ${e.message}`);
+  if (e instanceof Error && e.code === undefined) e.code = errnoName(e); // ETIMEDOUT, ECONNRESET, …: retried
   return err;
+}
+
+function lateError(ms: number): Error {
+  return Object.assign(new Error(`the registry's answer did not come within ${ms} ms`), { code: "ETIMEDOUT" });
 }
 
 export class BlobHttp {
@@ -122,19 +128,30 @@ export class BlobHttp {
     private readonly native: NativeHttp,
     private readonly ca: Buffer | undefined,
     private readonly caField: string,
-    private readonly timeouts: Pick<HttpTimeouts, "connectMs" | "idleMs"> = { connectMs: 10_000, idleMs: 30_000 },
+    private readonly timeouts: HttpTimeouts = { connectMs: 10_000, responseMs: 30_000, idleMs: 30_000 },
   ) {}
 
   /** Sends a GET for `url`; resolves when the answer's head is in. */
   async open(url: URL, headers: Record<string, string>, signal?: AbortSignal): Promise<BlobAnswer> {
     const head = requestHead(url, headers);
     const conn = this.take(url.origin) ?? (await this.connect(url));
+    // The idle timeout bounds each read; this bounds the whole of connect, handshake and head, which a
+    // server trickling a byte at a time would otherwise stretch without end.
+    const limit = this.timeouts.connectMs + this.timeouts.responseMs;
+    let late = false;
+    const timer = setTimeout(() => {
+      late = true;
+      conn.close();
+    }, limit);
     try {
       const answer = parseHead(await abortable(conn, signal, () => conn.exchange(head)));
       return { ...answer, body: new BlobBody(conn, (c) => this.giveBack(url.origin, c), signal) };
     } catch (err) {
       conn.close();
-      throw signal?.aborted ? abortError() : connectionError(err);
+      if (signal?.aborted) throw abortError();
+      throw late ? lateError(limit) : connectionError(err);
+    } finally {
+      clearTimeout(timer);
     }
   }
 

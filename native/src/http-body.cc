@@ -1,7 +1,6 @@
 // The HTTP half of http-conn.h: one request out, the answer's head in, its
 // framing (Content-Length, chunked, or until the close) and the body into a
 // blob's file and hash, staged in 128 to 256 KiB writes.
-#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -14,8 +13,6 @@
 namespace {
 
 constexpr size_t kStage = 256 << 10;
-// Written bytes past this are handed to the disk at once (writeback started, not waited for).
-constexpr off_t kWriteback = 8 << 20;
 // A receive that has bytes returns after this long, so that a slow link still shows progress.
 constexpr int64_t kReportMs = 200;
 
@@ -48,8 +45,10 @@ bool HttpConn::Exchange(const std::string& request, std::string* head, HttpError
   bool reused = Reusable() && in_pos_ == in_len_;
   if (!reused && !Connect(err)) return false;
   if (Send(request, head, err)) return true;
-  // A kept connection the server closed meanwhile fails before a byte of answer: the GET goes once more, anew.
-  if (!reused || in_len_ != 0 || !err->code.empty() || err->disk) return false;
+  // A kept connection the server closed meanwhile fails before a byte of answer, and one that held stray
+  // bytes of the last answer gives a garbled head: either way the GET goes once more, on a new connection.
+  bool stale = err->errnum != 0 && err->errnum != ECANCELED && in_len_ == 0;
+  if (!reused || !(stale || err->code == "HTTP_PROTOCOL")) return false;
   *err = HttpError{};
   return Connect(err) && Send(request, head, err);
 }
@@ -57,7 +56,15 @@ bool HttpConn::Exchange(const std::string& request, std::string* head, HttpError
 bool HttpConn::Send(const std::string& request, std::string* head, HttpError* err) {
   in_pos_ = in_len_ = 0;
   body_end_ = keep_alive_ = chunk_started_ = false;
-  return WriteAll(request.data(), request.size(), err) && ReadHead(head, err) && Frame(*head, err);
+  if (!WriteAll(request.data(), request.size(), err) || !ReadHead(head, err)) return false;
+  // An interim answer (100 Continue, 103 Early Hints) comes before the real one, which follows on the same
+  // connection; 101 would switch protocols, which a GET never asks for.
+  auto interim = [](const std::string& h) {
+    return h.size() >= 12 && h.compare(0, 7, "HTTP/1.") == 0 && h[9] == '1' && h.compare(9, 3, "101") != 0;
+  };
+  while (interim(*head))
+    if (!ReadHead(head, err)) return false;
+  return Frame(*head, err);
 }
 
 bool HttpConn::Fill(HttpError* err) {
@@ -82,6 +89,14 @@ bool HttpConn::Fill(HttpError* err) {
 bool HttpConn::ReadHead(std::string* head, HttpError* err) {
   size_t scanned = 0;
   for (;;) {
+    // Empty lines before the status line are skipped (RFC 9112 2.2): a server's stray CRLF after a body.
+    while (in_pos_ < in_len_ && (in_[in_pos_] == '\r' || in_[in_pos_] == '\n')) in_pos_++;
+    if (in_pos_ > 0) {
+      std::memmove(in_.data(), in_.data() + in_pos_, in_len_ - in_pos_);
+      in_len_ -= in_pos_;
+      in_pos_ = 0;
+      scanned = 0;
+    }
     const uint8_t* at = in_.data();
     for (size_t i = scanned; i + 3 < in_len_; i++) {
       if (std::memcmp(at + i, "\r\n\r\n", 4) != 0) continue;
@@ -126,6 +141,8 @@ bool HttpConn::Frame(const std::string& head, HttpError* err) {
     }
   }
   left_ = 0;
+  // Both framings at once is how requests get smuggled: the chunked one is read, and the connection not kept.
+  if (chunked && has_length) keep_alive_ = false;
   if (status < 200 || status == 204 || status == 304) {
     framing_ = Framing::kLength;
     body_end_ = true;
@@ -205,40 +222,6 @@ bool HttpConn::Payload(uint8_t* out, size_t room, size_t* n, HttpError* err) {
   if (framing_ == Framing::kClose) return true;
   left_ -= take;
   if (framing_ == Framing::kLength && left_ == 0) body_end_ = true;
-  return true;
-}
-
-bool HttpConn::Flush(int fd, EVP_MD_CTX* md, off_t at, const uint8_t* data, size_t len, uint8_t* copy,
-                     HttpError* err) {
-  // Written first, hashed after, as BlobWriter does: the hash covers exactly the bytes on disk.
-  for (size_t done = 0; done < len;) {
-    ssize_t n = pwrite(fd, data + done, len - done, at + static_cast<off_t>(done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      err->disk = true;
-      err->errnum = errno;
-      err->message = "write";
-      return false;
-    }
-    done += static_cast<size_t>(n);
-  }
-  // Start the writeback of what piled up: the commit's fsync then waits for little, and a small device does not
-  // fill its memory with dirty pages of one blob. Advisory: a file system without it writes back as usual.
-  off_t end = at + static_cast<off_t>(len);
-  if (fd != wb_fd_ || at < wb_from_) {
-    wb_fd_ = fd;
-    wb_from_ = at;
-  }
-  if (end - wb_from_ >= kWriteback) {
-    sync_file_range(fd, wb_from_, end - wb_from_, SYNC_FILE_RANGE_WRITE);
-    wb_from_ = end;
-  }
-  if (EVP_DigestUpdate(md, data, len) != 1) {
-    err->disk = true;
-    err->message = "sha256: cannot update";
-    return false;
-  }
-  if (copy) std::memcpy(copy, data, len);
   return true;
 }
 

@@ -1,13 +1,14 @@
 // The connection and TLS half of http-conn.h: connect with a deadline, the
-// handshake with the server's name checked, and reads and writes that give
-// up after the idle timeout. The HTTP half is in http-body.cc.
+// handshake with the server's name checked, reads and writes that give up
+// after the idle timeout, and the body's bytes onto the disk and into the
+// hash. The HTTP half is in http-body.cc, the CAs and sessions in
+// tls-trust.cc.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -19,6 +20,9 @@
 #include "http-conn.h"
 
 namespace {
+
+// Written bytes past this are handed to the disk at once (writeback started, not waited for).
+constexpr off_t kWriteback = 8 << 20;
 
 // Node's names for the verify results a misconfigured CA gives, so the caller classifies them as Node's own.
 const char* VerifyCode(long v) {
@@ -46,74 +50,12 @@ bool FailCode(HttpError* err, const char* code, const std::string& message) {
   return false;
 }
 
-// OpenSSL's reason for the last failure, or `fallback`.
-std::string SslReason(const char* fallback) {
-  unsigned long e = ERR_get_error();
-  ERR_clear_error();
-  if (e == 0) return fallback;
-  char buf[256];
-  ERR_error_string_n(e, buf, sizeof buf);
-  return buf;
-}
-
 bool IsIpLiteral(const std::string& name) {
   unsigned char addr[sizeof(in6_addr)];
   return inet_pton(AF_INET, name.c_str(), addr) == 1 || inet_pton(AF_INET6, name.c_str(), addr) == 1;
 }
 
 }  // namespace
-
-bool TlsTrust::Init(const std::string& ca_pem, std::string* why) {
-  ctx_ = SSL_CTX_new(TLS_client_method());
-  if (!ctx_) return *why = SslReason("cannot make a TLS context"), false;
-  SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
-  // A close without close_notify ends a body only where the framing allows it; the digest checks the rest.
-  SSL_CTX_set_options(ctx_, SSL_OP_IGNORE_UNEXPECTED_EOF);
-  // TLS 1.3 sends its session tickets after the handshake: each is kept as it comes, for the next connection.
-  SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-  SSL_CTX_set_app_data(ctx_, this);
-  SSL_CTX_sess_set_new_cb(ctx_, [](SSL* ssl, SSL_SESSION* session) {
-    auto* trust = static_cast<TlsTrust*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
-    auto* server = static_cast<const std::string*>(SSL_get_app_data(ssl));
-    if (!trust || !server || !SSL_SESSION_is_resumable(session)) return 0;
-    trust->Keep(*server, session);
-    return 1;  // the reference is the trust's now
-  });
-  SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
-  BIO* bio = BIO_new_mem_buf(ca_pem.data(), static_cast<int>(ca_pem.size()));
-  if (!bio) return *why = SslReason("cannot read the CA bundle"), false;
-  X509_STORE* store = SSL_CTX_get_cert_store(ctx_);
-  int added = 0;
-  while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
-    if (X509_STORE_add_cert(store, cert) == 1) added++;
-    X509_free(cert);
-  }
-  BIO_free(bio);
-  ERR_clear_error();  // the end of the bundle reads as an error
-  if (added == 0) return *why = "the CA bundle holds no certificate", false;
-  return true;
-}
-
-TlsTrust::~TlsTrust() {
-  for (auto& [server, session] : sessions_) SSL_SESSION_free(session);
-  SSL_CTX_free(ctx_);
-}
-
-SSL_SESSION* TlsTrust::Session(const std::string& server) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = sessions_.find(server);
-  if (it == sessions_.end()) return nullptr;
-  SSL_SESSION_up_ref(it->second);
-  return it->second;
-}
-
-void TlsTrust::Keep(const std::string& server, SSL_SESSION* session) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto [it, fresh] = sessions_.emplace(server, session);
-  if (fresh) return;
-  SSL_SESSION_free(it->second);
-  it->second = session;
-}
 
 HttpConn::~HttpConn() { Close(); }
 
@@ -166,8 +108,8 @@ bool HttpConn::ConnectTo(const std::string& address, HttpError* err) {
   {
     std::lock_guard<std::mutex> lock(fd_mu_);
     fd_ = fd;
-    if (closing_) shutdown(fd, SHUT_RDWR);  // closed between the check above and now
   }
+  if (closing_) return Fail(err, ECANCELED, "the connection was closed");  // between the check in Connect and now
   int rc = connect(fd, found->ai_addr, found->ai_addrlen);
   freeaddrinfo(found);
   if (rc < 0 && errno != EINPROGRESS) return Fail(err, errno, "connect to " + address);
@@ -215,10 +157,26 @@ bool HttpConn::Handshake(HttpError* err) {
     return FailCode(err, VerifyCode(verify),
                     std::string("TLS: the server's certificate is not trusted: ") +
                         X509_verify_cert_error_string(verify));
+  SslOutcome outcome = SslFailed(rc, "handshake", err);
+  if (outcome == SslOutcome::kEof) return Fail(err, ECONNRESET, "the server closed the connection in the handshake");
+  return false;  // a handshake is not repeated: kRetry (EINTR) is as good as a failure here
+}
+
+// What a failed SSL_* call on a blocking socket with timeouts means. OpenSSL reports the socket's EAGAIN (the
+// SO_RCVTIMEO/SO_SNDTIMEO timeout) and EINTR as WANT_READ or WANT_WRITE, not as a system call error.
+HttpConn::SslOutcome HttpConn::SslFailed(int rc, const char* what, HttpError* err) {
+  int e = errno;
   int why = SSL_get_error(ssl_, rc);
-  if (why == SSL_ERROR_SYSCALL && errno != 0)
-    return Fail(err, errno == EAGAIN ? ETIMEDOUT : errno, "TLS handshake");
-  return FailCode(err, "EPROTO", "TLS handshake: " + SslReason("the server closed the connection"));
+  if (why == SSL_ERROR_ZERO_RETURN || (why == SSL_ERROR_SYSCALL && e == 0)) return SslOutcome::kEof;
+  bool socket = why == SSL_ERROR_WANT_READ || why == SSL_ERROR_WANT_WRITE || why == SSL_ERROR_SYSCALL;
+  if (socket && e == EINTR) return SslOutcome::kRetry;
+  if (socket && (e == EAGAIN || e == EWOULDBLOCK || e == 0))
+    Fail(err, ETIMEDOUT, std::string(what) + ": nothing moved for " + std::to_string(t_.idle_ms) + " ms");
+  else if (socket)
+    Fail(err, e, what);
+  else
+    FailCode(err, "EPROTO", "TLS: " + SslReason(what));  // the protocol's own failure, not the link's
+  return SslOutcome::kFailed;
 }
 
 bool HttpConn::Readable(int ms) {
@@ -233,28 +191,34 @@ bool HttpConn::Readable(int ms) {
 ssize_t HttpConn::Read(uint8_t* buf, size_t len, HttpError* err) {
   for (;;) {
     if (!ssl_) {
+      errno = 0;
       ssize_t n = recv(fd_, buf, len, 0);
-      if (n >= 0) return n;
+      if (n > 0) return n;
+      if (n == 0) return Eof(err);
       if (errno == EINTR) continue;
     } else {
       ERR_clear_error();  // SSL_get_error reads the thread's queue: an old entry would be taken for this call's
       errno = 0;
       int n = SSL_read(ssl_, buf, static_cast<int>(std::min<size_t>(len, 1 << 30)));
       if (n > 0) return n;
-      int why = SSL_get_error(ssl_, n);
-      if (why == SSL_ERROR_ZERO_RETURN || (why == SSL_ERROR_SYSCALL && errno == 0)) return 0;
-      if (why == SSL_ERROR_SYSCALL && errno == EINTR) continue;
-      if (why != SSL_ERROR_SYSCALL) {
-        FailCode(err, "EPROTO", "TLS: " + SslReason("cannot read"));
-        return -1;
-      }
+      SslOutcome outcome = SslFailed(n, "read", err);
+      if (outcome == SslOutcome::kRetry) continue;
+      if (outcome == SslOutcome::kFailed) return -1;
+      return Eof(err);
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK)
-      Fail(err, ETIMEDOUT, "no data for " + std::to_string(t_.idle_ms) + " ms");
+      Fail(err, ETIMEDOUT, "read: nothing moved for " + std::to_string(t_.idle_ms) + " ms");
     else
       Fail(err, errno, "read");
     return -1;
   }
+}
+
+// The end of the stream: 0, or a failure when the connection was closed from our side (a cancel).
+ssize_t HttpConn::Eof(HttpError* err) {
+  if (!closing_) return 0;
+  Fail(err, ECANCELED, "the connection was closed");
+  return -1;
 }
 
 bool HttpConn::WriteAll(const char* data, size_t len, HttpError* err) {
@@ -264,16 +228,57 @@ bool HttpConn::WriteAll(const char* data, size_t len, HttpError* err) {
       ERR_clear_error();
       errno = 0;
       int w = SSL_write(ssl_, data, static_cast<int>(len));
-      if (w <= 0 && SSL_get_error(ssl_, w) != SSL_ERROR_SYSCALL)
-        return FailCode(err, "EPROTO", "TLS: " + SslReason("cannot write"));
-      n = w > 0 ? w : -1;
+      if (w > 0) {
+        data += w;
+        len -= static_cast<size_t>(w);
+        continue;
+      }
+      SslOutcome outcome = SslFailed(w, "write", err);
+      if (outcome == SslOutcome::kRetry) continue;
+      return outcome == SslOutcome::kEof ? Fail(err, EPIPE, "write: the server closed the connection") : false;
     } else {
       n = send(fd_, data, len, MSG_NOSIGNAL);
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Fail(err, errno == EAGAIN ? ETIMEDOUT : (errno ? errno : EPIPE), "write");
+    if (n < 0 && errno == EAGAIN)
+      return Fail(err, ETIMEDOUT, "write: nothing moved for " + std::to_string(t_.idle_ms) + " ms");
+    if (n < 0) return Fail(err, errno, "write");
     data += n;
     len -= static_cast<size_t>(n);
   }
+  return true;
+}
+
+bool HttpConn::Flush(int fd, EVP_MD_CTX* md, off_t at, const uint8_t* data, size_t len, uint8_t* copy,
+                     HttpError* err) {
+  // Written first, hashed after, as BlobWriter does: the hash covers exactly the bytes on disk.
+  for (size_t done = 0; done < len;) {
+    ssize_t n = pwrite(fd, data + done, len - done, at + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      err->disk = true;
+      err->errnum = errno;
+      err->message = "write";
+      return false;
+    }
+    done += static_cast<size_t>(n);
+  }
+  // Start the writeback of what piled up: the commit's fsync then waits for little, and a small device does not
+  // fill its memory with dirty pages of one blob. Advisory: a file system without it writes back as usual.
+  off_t end = at + static_cast<off_t>(len);
+  if (fd != wb_fd_ || at < wb_from_) {
+    wb_fd_ = fd;
+    wb_from_ = at;
+  }
+  if (end - wb_from_ >= kWriteback) {
+    sync_file_range(fd, wb_from_, end - wb_from_, SYNC_FILE_RANGE_WRITE);
+    wb_from_ = end;
+  }
+  if (EVP_DigestUpdate(md, data, len) != 1) {
+    err->disk = true;
+    err->message = "sha256: cannot update";
+    return false;
+  }
+  if (copy) std::memcpy(copy, data, len);
   return true;
 }

@@ -23,6 +23,9 @@ struct HttpError {
   bool disk = false;  // writing the blob's file failed, not the connection
 };
 
+// OpenSSL's reason for the thread's last failure (the queue cleared), or `fallback`.
+std::string SslReason(const char* fallback);
+
 // The trust of one registry client: its CAs, and the TLS sessions it may resume, per server.
 class TlsTrust {
  public:
@@ -71,6 +74,9 @@ class HttpConn {
   bool ConnectTo(const std::string& address, HttpError* err);
   bool Handshake(HttpError* err);
   bool Readable(int ms);
+  enum class SslOutcome { kRetry, kEof, kFailed };
+  SslOutcome SslFailed(int rc, const char* what, HttpError* err);
+  ssize_t Eof(HttpError* err);
   ssize_t Read(uint8_t* buf, size_t len, HttpError* err);
   bool WriteAll(const char* data, size_t len, HttpError* err);
   bool ReadHead(std::string* head, HttpError* err);

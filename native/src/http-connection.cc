@@ -21,6 +21,9 @@ Napi::Error ToError(Napi::Env env, const HttpError& err) {
   return e;
 }
 
+// Marks the objects that are TlsContexts, so that an HttpConnection is never given another object as one.
+constexpr napi_type_tag kTlsContextTag = {0x2c4e6a8b1d3f5a7cULL, 0x9e0b2d4f6a8c1e3bULL};
+
 class TlsContext : public Napi::ObjectWrap<TlsContext> {
  public:
   static Napi::Function Define(Napi::Env env) { return DefineClass(env, "TlsContext", {}); }
@@ -30,6 +33,7 @@ class TlsContext : public Napi::ObjectWrap<TlsContext> {
       Napi::TypeError::New(info.Env(), "expected (caPem: string)").ThrowAsJavaScriptException();
       return;
     }
+    napi_type_tag_object(info.Env(), info.This(), &kTlsContextTag);
     std::string why;
     if (!trust.Init(info[0].As<Napi::String>().Utf8Value(), &why))
       Napi::Error::New(info.Env(), "TLS: " + why).ThrowAsJavaScriptException();
@@ -92,7 +96,9 @@ HttpConnection::HttpConnection(const Napi::CallbackInfo& info) : Napi::ObjectWra
                info[5].As<Napi::Number>().Int32Value()};
   TlsTrust* trust = nullptr;
   if (!t.servername.empty()) {
-    if (!info[3].IsObject()) {
+    bool tagged = false;
+    if (info[3].IsObject()) napi_check_object_type_tag(env, info[3], &kTlsContextTag, &tagged);
+    if (!tagged) {
       Napi::TypeError::New(env, "a TLS connection needs a TlsContext").ThrowAsJavaScriptException();
       return;
     }

@@ -102,6 +102,33 @@ describe("the framings a registry may send a body in", () => {
     }
   });
 
+  it("charges a capped download for the blob's bytes alone when its ranges come chunked", async () => {
+    const { data, digest } = blob(1 << 20);
+    const s = await serve((req, res) => {
+      const [, from, to] = /bytes=(\d+)-(\d+)/.exec(req.headers.range ?? "") ?? [];
+      res.writeHead(206, { "content-range": `bytes ${from}-${to}/${data.length}` }); // no length: chunked
+      res.end(data.subarray(Number(from), Number(to) + 1));
+    });
+    const c = client(`127.0.0.1:${s.port}`);
+    // 1 MiB/s: ranges of 256 KiB, so four of them.
+    const limiter = new (class extends RateLimiter {
+      taken = 0;
+      override take(n: number, signal?: AbortSignal) {
+        this.taken += n;
+        return super.take(n, signal);
+      }
+    })(1 << 20);
+    try {
+      await fetchBlob(c, "a", { digest, size: data.length }, storeAt("chunked-ranges"), { limiter });
+      expect(s.requests.map((r) => r.headers.range)).toHaveLength(4);
+      expect(stored("chunked-ranges", digest).equals(data)).toBe(true);
+      // Not a slice more for each range's last chunk: reading where a range ends costs the cap nothing.
+      expect(limiter.taken).toBe(data.length);
+    } finally {
+      c.close();
+    }
+  });
+
   it("refuses a chunked body longer than the blob, storing nothing", async () => {
     const { data, digest } = blob(1 << 20);
     const s = await serve((_req, res) => {

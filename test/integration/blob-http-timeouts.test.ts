@@ -1,0 +1,146 @@
+/**
+ * The native blob connections' clocks and interim answers (blob-http.ts),
+ * against HTTPS servers of the test's own, with timeouts short enough for a
+ * test: a server that never answers, one that trickles its head a byte at a
+ * time, a body that stops half way, and a 103 before the real answer. A
+ * stalled link must read as a link that may come back (retried), never as
+ * an untrusted certificate.
+ */
+import { once } from "node:events";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer, type Server } from "node:https";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BlobHttp } from "../../agent/registry/blob-http.js";
+import { RegistryRetry } from "../../agent/registry/registry-retry.js";
+import { loadNative } from "../../agent/system/native.js";
+import { makeTls, type TlsFiles } from "../support/registry.js";
+
+const native = loadNative().core;
+let work: string;
+let tls: TlsFiles;
+const servers: Server[] = [];
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), "fleetlet-blob-http-timeouts-"));
+  tls = await makeTls(work);
+});
+
+afterAll(() => {
+  for (const s of servers) {
+    s.closeAllConnections();
+    s.close();
+  }
+  rmSync(work, { recursive: true, force: true });
+});
+
+async function serve(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<URL> {
+  const server = createServer({ cert: readFileSync(tls.serverCert), key: readFileSync(tls.serverKey) }, handler);
+  servers.push(server);
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return new URL(`https://127.0.0.1:${(server.address() as { port: number }).port}/v2/a/blobs/sha256:00`);
+}
+
+const blobHttp = (timeouts: { connectMs: number; responseMs: number; idleMs: number }) =>
+  new BlobHttp(native, readFileSync(tls.caCert), "registries.test.ca", timeouts);
+
+/** The error `p` rejects with, as the retry logic classifies it. */
+async function classified(p: Promise<unknown>) {
+  const err = (await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as (Error & { code?: string }) | undefined;
+  expect(err).toBeInstanceOf(Error);
+  return { err: err!, fleet: new RegistryRetry("test").networkError("GET blob", err) };
+}
+
+describe("a registry that stops answering", () => {
+  it("reads a server that never answers as a timeout, retried, not as an untrusted certificate", async () => {
+    const url = await serve(() => undefined); // the TLS handshake completes; the request gets no answer
+    const http = blobHttp({ connectMs: 2000, responseMs: 10_000, idleMs: 300 });
+    try {
+      const { err, fleet } = await classified(http.open(url, {}));
+      expect(err.code).toBe("ETIMEDOUT");
+      expect(err.message).not.toMatch(/TLS|SSL|certificate/);
+      expect(fleet.code).toBe("E_REGISTRY_UNREACHABLE");
+    } finally {
+      http.close();
+    }
+  });
+
+  it("cuts a head that trickles in a byte at a time once connect and answer time are spent", async () => {
+    const url = await serve((req) => {
+      req.socket.write("HTTP/1.1 200 OK\r\n");
+      // Each byte comes well within the idle timeout; the head never ends.
+      const drip = setInterval(() => req.socket.write("x"), 50);
+      req.socket.once("close", () => clearInterval(drip));
+    });
+    const http = blobHttp({ connectMs: 200, responseMs: 300, idleMs: 5000 });
+    try {
+      const { err, fleet } = await classified(http.open(url, {}));
+      expect(err.message).toBe("the registry's answer did not come within 500 ms");
+      expect(fleet.code).toBe("E_REGISTRY_UNREACHABLE");
+    } finally {
+      http.close();
+    }
+  });
+
+  it("stops a body that stalls half way with a timeout, keeping the bytes that came", async () => {
+    const data = Buffer.alloc(256 << 10, 7);
+    const url = await serve((_req, res) => {
+      res.writeHead(200, { "content-length": String(data.length) });
+      res.write(data.subarray(0, 100_000)); // and no more
+    });
+    const http = blobHttp({ connectMs: 2000, responseMs: 2000, idleMs: 300 });
+    const fd = openSync(join(work, "stalled"), "w+");
+    try {
+      const answer = await http.open(url, {});
+      expect(answer.status).toBe(200);
+      let got = 0;
+      let error: (Error & { code?: string }) | undefined;
+      while (!error) {
+        const r = await answer.body.receive(new native.BlobWriter(fd), got, data.length - got);
+        got += r.bytes;
+        error = r.error;
+      }
+      answer.body.destroy();
+      expect(got).toBe(100_000);
+      expect(error.code).toBe("ETIMEDOUT");
+      expect(new RegistryRetry("test").networkError("GET blob", error).code).toBe("E_REGISTRY_UNREACHABLE");
+    } finally {
+      closeSync(fd);
+      http.close();
+    }
+  });
+});
+
+describe("interim answers", () => {
+  it("reads past a 103 Early Hints to the real answer, and keeps the connection for the next", async () => {
+    const data = Buffer.from("the blob's bytes");
+    let connections = 0;
+    const url = await serve((_req, res) => {
+      res.writeEarlyHints({ link: "</v2/>; rel=preload" });
+      res.end(data);
+    });
+    servers.at(-1)!.on("secureConnection", () => connections++);
+    const http = blobHttp({ connectMs: 2000, responseMs: 2000, idleMs: 2000 });
+    try {
+      for (const name of ["first", "second"]) {
+        const answer = await http.open(url, {});
+        expect(answer.status).toBe(200);
+        const fd = openSync(join(work, name), "w+");
+        const r = await answer.body.receive(new native.BlobWriter(fd), 0, 64);
+        closeSync(fd);
+        answer.body.destroy();
+        expect(r).toEqual({ bytes: data.length, end: true });
+        expect(readFileSync(join(work, name)).equals(data)).toBe(true);
+      }
+      expect(connections).toBe(1);
+    } finally {
+      http.close();
+    }
+  });
+});
