@@ -6,42 +6,39 @@
  * stalled link must read as a link that may come back (retried), never as
  * an untrusted certificate.
  */
-import { once } from "node:events";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { createServer, type Server } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BlobHttp } from "../../agent/registry/blob-http.js";
 import { RegistryRetry } from "../../agent/registry/registry-retry.js";
 import { loadNative } from "../../agent/system/native.js";
+import { HostileServers, type Served } from "../support/hostile-server.js";
 import { makeTls, type TlsFiles } from "../support/registry.js";
 
 const native = loadNative().core;
 let work: string;
 let tls: TlsFiles;
-const servers: Server[] = [];
+let servers: HostileServers;
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "fleetlet-blob-http-timeouts-"));
   tls = await makeTls(work);
+  servers = new HostileServers(tls);
 });
 
 afterAll(() => {
-  for (const s of servers) {
-    s.closeAllConnections();
-    s.close();
-  }
+  servers.close();
   rmSync(work, { recursive: true, force: true });
 });
 
+let last: Served;
+
+/** An HTTPS server's blob URL; `last` is the server. */
 async function serve(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<URL> {
-  const server = createServer({ cert: readFileSync(tls.serverCert), key: readFileSync(tls.serverKey) }, handler);
-  servers.push(server);
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  return new URL(`https://127.0.0.1:${(server.address() as { port: number }).port}/v2/a/blobs/sha256:00`);
+  last = await servers.serve(true, handler);
+  return new URL(`${last.origin}/v2/a/blobs/sha256:00`);
 }
 
 const blobHttp = (timeouts: { connectMs: number; responseMs: number; idleMs: number }) =>
@@ -125,7 +122,7 @@ describe("interim answers", () => {
       res.writeEarlyHints({ link: "</v2/>; rel=preload" });
       res.end(data);
     });
-    servers.at(-1)!.on("secureConnection", () => connections++);
+    last.server.on("secureConnection", () => connections++);
     const http = blobHttp({ connectMs: 2000, responseMs: 2000, idleMs: 2000 });
     try {
       for (const name of ["first", "second"]) {

@@ -5,10 +5,8 @@
  * certificate, kept connections and TLS sessions reused, and answers that
  * are not HTTP at all.
  */
-import { once } from "node:events";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { createServer, type Server } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TLSSocket } from "node:tls";
@@ -18,47 +16,31 @@ import { RateLimiter } from "../../agent/registry/rate-limit.js";
 import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { ContentStore } from "../../agent/store/content-store.js";
 import { loadNative } from "../../agent/system/native.js";
+import { HostileServers } from "../support/hostile-server.js";
 import { makeTls, type TlsFiles } from "../support/registry.js";
 import { randomBlob as blob, caught } from "../support/test-blobs.js";
 
 let work: string;
 let tls: TlsFiles;
-const servers: Server[] = [];
+let servers: HostileServers;
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "fleetlet-blob-http-"));
   tls = await makeTls(work);
+  servers = new HostileServers(tls);
 });
 
 afterAll(() => {
-  for (const s of servers) {
-    s.closeAllConnections();
-    s.close();
-  }
+  servers.close();
   rmSync(work, { recursive: true, force: true });
 });
 
-interface TestServer {
-  port: number;
-  requests: IncomingMessage[];
-  /** Per TLS connection: whether it resumed an earlier session. */
-  resumed: boolean[];
-  server: Server;
-}
-
+/** An HTTPS server that also says, per TLS connection, whether it resumed an earlier session. */
 async function serve(handler: (req: IncomingMessage, res: ServerResponse) => void, address = "127.0.0.1") {
-  const key = readFileSync(tls.serverKey);
-  const s: TestServer = { port: 0, requests: [], resumed: [], server: undefined as unknown as Server };
-  s.server = createServer({ cert: readFileSync(tls.serverCert), key }, (req, res) => {
-    s.requests.push(req);
-    handler(req, res);
-  });
-  s.server.on("secureConnection", (socket: TLSSocket) => s.resumed.push(socket.isSessionReused()));
-  servers.push(s.server);
-  s.server.listen(0, address);
-  await once(s.server, "listening");
-  s.port = (s.server.address() as { port: number }).port;
-  return s;
+  const s = await servers.serve(true, handler, address);
+  const resumed: boolean[] = [];
+  s.server.on("secureConnection", (socket: TLSSocket) => resumed.push(socket.isSessionReused()));
+  return { ...s, requests: s.seen, resumed };
 }
 
 const client = (host: string, attempts = 1) => new RegistryClient(host, { ca: tls.caCert }, { attempts, baseMs: 10 });

@@ -15,7 +15,9 @@ export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 export interface Served {
   origin: string; // https://127.0.0.1:PORT (or http://)
   host: string; // 127.0.0.1:PORT
+  port: number;
   seen: IncomingMessage[];
+  server: Server;
 }
 
 export class HostileServers {
@@ -23,7 +25,8 @@ export class HostileServers {
 
   constructor(private readonly tls: TlsFiles) {}
 
-  async serve(secure: boolean, handler: Handler): Promise<Served> {
+  /** A server on `address` (a loopback address: 127.0.0.1 unless the test needs another). */
+  async serve(secure: boolean, handler: Handler, address = "127.0.0.1"): Promise<Served> {
     const seen: IncomingMessage[] = [];
     const onRequest = (req: IncomingMessage, res: ServerResponse) => {
       seen.push(req);
@@ -33,10 +36,16 @@ export class HostileServers {
       ? createHttpsServer({ cert: readFileSync(this.tls.serverCert), key: readFileSync(this.tls.serverKey) }, onRequest)
       : createHttpServer(onRequest);
     this.servers.push(server);
-    server.listen(0, "127.0.0.1");
+    server.listen(0, address);
     await once(server, "listening");
     const { port } = server.address() as { port: number };
-    return { origin: `${secure ? "https" : "http"}://127.0.0.1:${port}`, host: `127.0.0.1:${port}`, seen };
+    return {
+      origin: `${secure ? "https" : "http"}://${address}:${port}`,
+      host: `${address}:${port}`,
+      port,
+      seen,
+      server,
+    };
   }
 
   close(): void {
