@@ -68,6 +68,18 @@ describe("a registry that stops answering", () => {
     }
   });
 
+  it("reads a plain HTTP server that never answers as a timeout too", async () => {
+    last = await servers.serve(false, () => undefined);
+    const http = blobHttp({ connectMs: 2000, responseMs: 10_000, idleMs: 300 });
+    try {
+      const { err, fleet } = await classified(http.open(new URL(`${last.origin}/v2/a/blobs/sha256:00`), {}));
+      expect(err.code).toBe("ETIMEDOUT");
+      expect(fleet.code).toBe("E_REGISTRY_UNREACHABLE");
+    } finally {
+      http.close();
+    }
+  });
+
   it("cuts a head that trickles in a byte at a time once connect and answer time are spent", async () => {
     const url = await serve((req) => {
       req.socket.write("HTTP/1.1 200 OK\r\n");

@@ -175,6 +175,25 @@ describe("the framings a registry may send a body in", () => {
   });
 });
 
+describe("a registry configured insecure (plain HTTP)", () => {
+  it("stores a blob fetched over plain HTTP, in pieces and chunked", async () => {
+    const { data, digest } = blob(3 << 20);
+    const s = await servers.serve(false, (_req, res) => {
+      res.writeHead(200);
+      for (let at = 0; at < data.length; at += 300_000) res.write(data.subarray(at, at + 300_000));
+      res.end();
+    });
+    const c = new RegistryClient(s.host, { insecure: true }, { attempts: 1 });
+    try {
+      await fetchBlob(c, "a", { digest, size: data.length }, storeAt("plain"), { limiter: new RateLimiter(0) });
+      expect(s.seen).toHaveLength(1);
+      expect(stored("plain", digest).equals(data)).toBe(true);
+    } finally {
+      c.close();
+    }
+  });
+});
+
 describe("the registry's name", () => {
   it("refuses a certificate that does not name the address asked for, sending it no request", async () => {
     const { data, digest } = blob(1024);
