@@ -9,7 +9,7 @@ import type { Writable } from "node:stream";
 import { FleetError } from "../errors.js";
 import type { ContentStore } from "../store/content-store.js";
 import type { Ingest } from "../store/ingest.js";
-import { type BlobAnswer, connectionError } from "./blob-http.js";
+import type { BlobAnswer } from "./blob-http.js";
 import type { RateLimiter } from "./rate-limit.js";
 import { type RegistryClient, repoScope } from "./registry-client.js";
 
@@ -60,28 +60,29 @@ async function openRange(
     headers,
     signal,
   });
-  if (res.status === 404) {
-    res.body.destroy();
-    throw new FleetError("E_REGISTRY", `${client.registry}/${repository}: blob ${digest} is not in the registry`);
-  }
+  if (res.status === 404)
+    fail(res, new FleetError("E_REGISTRY", `${client.registry}/${repository}: blob ${digest} is not in the registry`));
   if (res.status === 206) {
     const start = Number(/bytes (\d+)-/.exec(String(res.headers["content-range"] ?? ""))?.[1] ?? Number.NaN);
-    if (start !== offset) {
-      res.body.destroy();
-      throw new FleetError(
-        "E_REGISTRY_UNREACHABLE",
-        `${client.registry}: asked for blob ${digest} from byte ${offset}, got a range starting at ${start}`,
+    if (start !== offset)
+      fail(
+        res,
+        new FleetError(
+          "E_REGISTRY_UNREACHABLE",
+          `${client.registry}: asked for blob ${digest} from byte ${offset}, got a range starting at ${start}`,
+        ),
       );
-    }
   } else if (res.status === 200) {
     // The registry ignored the range and sends it all.
     if (offset > 0) await ingest.restart().catch((err: unknown) => fail(res, err));
   } else {
-    res.body.destroy();
     const retryable = res.status >= 500 || res.status === 429;
-    throw new FleetError(
-      retryable ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY",
-      `${client.registry}: GET blob ${digest} answered HTTP ${res.status}`,
+    fail(
+      res,
+      new FleetError(
+        retryable ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY",
+        `${client.registry}: GET blob ${digest} answered HTTP ${res.status}`,
+      ),
     );
   }
   return res;
@@ -136,7 +137,7 @@ async function receiveBody(
       if (r.end) return;
     }
   } catch (err) {
-    throw client.networkError(`GET blob ${ingest.digest}`, connectionError(err));
+    throw client.networkError(`GET blob ${ingest.digest}`, err);
   } finally {
     res.body.destroy(); // back to the kept connections when read whole, else closed
   }

@@ -62,8 +62,7 @@ export class BlobBody {
   async receive(writer: NativeBlobWriter, position: number, want: number, copy?: Buffer): Promise<NativeReceive> {
     const r = await abortable(this.conn, this.signal, () => this.conn.receive(writer, position, want, copy));
     if (r.error && this.signal?.aborted) return { ...r, error: abortError() };
-    if (r.error) connectionError(r.error);
-    return r;
+    return r.error ? { ...r, error: connectionError(r.error) as NonNullable<NativeReceive["error"]> } : r;
   }
 
   /** Gives the connection back when its answer was read whole, else closes it. */
@@ -165,8 +164,10 @@ export class BlobHttp {
 
   private take(origin: string): NativeHttpConnection | undefined {
     const conn = this.idle.get(origin)?.pop();
-    if (conn) clearTimeout(this.timers.get(conn));
-    if (conn) this.timers.delete(conn);
+    if (conn) {
+      clearTimeout(this.timers.get(conn));
+      this.timers.delete(conn);
+    }
     return conn;
   }
 

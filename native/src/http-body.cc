@@ -67,12 +67,15 @@ bool HttpConn::Send(const std::string& request, std::string* head, HttpError* er
   return Frame(*head, err);
 }
 
+void HttpConn::Compact() {
+  if (in_pos_ == 0) return;
+  std::memmove(in_.data(), in_.data() + in_pos_, in_len_ - in_pos_);
+  in_len_ -= in_pos_;
+  in_pos_ = 0;
+}
+
 bool HttpConn::Fill(HttpError* err) {
-  if (in_pos_ > 0) {
-    std::memmove(in_.data(), in_.data() + in_pos_, in_len_ - in_pos_);
-    in_len_ -= in_pos_;
-    in_pos_ = 0;
-  }
+  Compact();
   if (in_len_ == in_.size()) return Protocol(err, "a line of the answer is longer than 64 KiB");
   ssize_t n = Read(in_.data() + in_len_, in_.size() - in_len_, err);
   if (n < 0) return false;
@@ -91,12 +94,8 @@ bool HttpConn::ReadHead(std::string* head, HttpError* err) {
   for (;;) {
     // Empty lines before the status line are skipped (RFC 9112 2.2): a server's stray CRLF after a body.
     while (in_pos_ < in_len_ && (in_[in_pos_] == '\r' || in_[in_pos_] == '\n')) in_pos_++;
-    if (in_pos_ > 0) {
-      std::memmove(in_.data(), in_.data() + in_pos_, in_len_ - in_pos_);
-      in_len_ -= in_pos_;
-      in_pos_ = 0;
-      scanned = 0;
-    }
+    if (in_pos_ > 0) scanned = 0;
+    Compact();
     const uint8_t* at = in_.data();
     for (size_t i = scanned; i + 3 < in_len_; i++) {
       if (std::memcmp(at + i, "\r\n\r\n", 4) != 0) continue;

@@ -82,6 +82,7 @@ class HttpConn {
   bool ReadHead(std::string* head, HttpError* err);
   bool Frame(const std::string& head, HttpError* err);
   bool NextChunk(HttpError* err);
+  void Compact();  // moves the unread bytes of in_ to its start
   bool Fill(HttpError* err);
   bool Line(std::string* line, HttpError* err);
   bool Probe(HttpError* err);
