@@ -36,7 +36,7 @@ export interface NativeBlobWriter {
   reset(): void;
 }
 
-/** The CAs one registry client trusts, and the TLS sessions it may resume (http-conn.cc). */
+/** The CAs one registry client trusts, and the TLS sessions it may resume (tls-trust.cc). */
 export type NativeTlsContext = object;
 
 /** What one receive of a body wrote: `bytes` are on disk and hashed even when `error` is set. */
