@@ -102,10 +102,10 @@ static void exec_init(const struct shim_config *cfg, int err_fd, struct shim_err
   set_error(err, EXIT_RUNTIME, errno, "exec the init `%s`", INIT_PATH);
 }
 
-void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd, int err_fd,
+void container_init(const struct shim_config *cfg, pid_t shim, int go_fd, int stdout_fd, int stderr_fd, int err_fd,
                     struct shim_error *err) {
   char go;
-  int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (cfg->net_host || cfg->netns ? 0 : CLONE_NEWNET);
+  const struct netns_handoff handoff = {.go_fd = go_fd, .shim = shim};
 
   /* A container on a bridge joins the namespace the runtime pinned and set
    * up before the start, so its network is there before its command runs. */
@@ -117,13 +117,15 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
     }
   }
 
-  if (unshare(flags) < 0) {
-    set_error(err, EXIT_RUNTIME, errno, "unshare mount, uts, ipc%s namespaces", cfg->net_host ? "" : ", net");
+  /* A new network namespace comes from the shim, made while this builds the
+   * rootfs (netns.c), and joined in rootfs_setup. */
+  if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "unshare mount, uts, ipc namespaces");
     return;
   }
-  /* The shim sends 'd' once the overlay's and the cgroups' dirs exist, 'g'
-   * once the limits are written (and we are in the v2 cgroups); EOF means it
-   * gave up. */
+  /* The shim sends 'd' once the overlay's and the cgroups' dirs exist, 'n'
+   * once it has made our network namespace (if it makes one), 'g' once the
+   * limits are written (and we are in the v2 cgroups); EOF means it gave up. */
   if (read(go_fd, &go, 1) != 1) {
     set_error(err, EXIT_RUNTIME, errno, "wait for the container dirs");
     return;
@@ -146,12 +148,11 @@ void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int
     set_error(err, EXIT_RUNTIME, errno, "open `/dev/null`");
     return;
   }
-  if (rootfs_setup(cfg, err) < 0) return;
+  if (rootfs_setup(cfg, shim_makes_netns(cfg) ? &handoff : NULL, err) < 0) return;
   if (cfg->hostname && sethostname(cfg->hostname, strlen(cfg->hostname)) < 0) {
     set_error(err, EXIT_RUNTIME, errno, "sethostname `%s`", cfg->hostname);
     return;
   }
-  if (!cfg->net_host && loopback_up(err) < 0) return;
   umask(022);
   const char *cwd = cfg->cwd && *cfg->cwd ? cfg->cwd : "/";
   if (mkdir_p(cwd) < 0 || chdir(cwd) < 0) {

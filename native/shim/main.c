@@ -326,6 +326,7 @@ int main(int argc, char **argv) {
   const char *v2 = cgroup_v2_dir(&cfg.cgroups);
   if (v2 && (make_cgroups(&cfg, &err) < 0 || configure_cgroups(&cfg, &err) < 0)) fail(sync_fd, &err);
   int placed;
+  pid_t shim = getpid();
   pid_t init = fork_into_cgroup(v2, !cfg.cgroup_move, &placed);
   if (init < 0) {
     set_error(&err, EXIT_RUNTIME, errno, "fork the container init%s%s", v2 ? " into " : "", v2 ? v2 : "");
@@ -334,7 +335,7 @@ int main(int argc, char **argv) {
   if (init == 0) {
     signal(SIGPIPE, SIG_DFL);
     sigprocmask(SIG_SETMASK, &old, NULL);
-    container_init(&cfg, go[0], out[1], errout[1], errpipe[1], &err);
+    container_init(&cfg, shim, go[0], out[1], errout[1], errpipe[1], &err);
     while (write(errpipe[1], &err, sizeof(err)) < 0 && errno == EINTR) {
     }
     _exit(err.code);
@@ -345,12 +346,13 @@ int main(int argc, char **argv) {
   close(errout[1]);
 
   /* While the init unshares its namespaces, prepare what it needs next; then
-   * while it builds its rootfs, write the cgroup limits and create the
-   * records, so the files cost no time of their own. */
+   * while it builds its rootfs, make its network namespace, write the cgroup
+   * limits and create the records, so they cost no time of their own. */
   char started[40];
   iso_now(started, sizeof(started));
-  struct started_pids pids = {.shim = getpid(), .init = init};
+  struct started_pids pids = {.shim = shim, .init = init};
   if (prepare_dirs(&cfg, &err) < 0 || (!v2 && make_cgroups(&cfg, &err) < 0) || release(go[1], 'd', &err) < 0 ||
+      (shim_makes_netns(&cfg) && netns_make_for_init(go[1], &err) < 0) ||
       (!v2 && configure_cgroups(&cfg, &err) < 0) || (!placed && cgroups_add_pid_v2(&cfg.cgroups, init, &err) < 0) ||
       release(go[1], 'g', &err) < 0 || write_running(&cfg, &pids, started, &err) < 0 ||
       log_file_open(&log, cfg.log_path, cfg.log_max, cfg.log_keep, &err) < 0) {

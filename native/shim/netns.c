@@ -33,6 +33,41 @@ static int netns_add(const char *path, struct shim_error *err) {
   return 0;
 }
 
+/* A container's own network namespace, made by the shim rather than by the
+ * init: it is the dearest namespace to make (the loopback device and every
+ * per-namespace sysctl table, some 0.4 ms here), and the shim makes it, `lo`
+ * up, while the init mounts the overlay, /proc and /dev. The init joins it
+ * just before mounting /sys. The shim stays in it, which costs nothing: it
+ * uses no network and holds no socket, and it ends with the container. */
+int netns_make_for_init(int go_fd, struct shim_error *err) {
+  char step = 'n';
+  if (unshare(CLONE_NEWNET) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "unshare the network namespace");
+    return -1;
+  }
+  if (loopback_up(err) < 0) return -1;
+  if (write(go_fd, &step, 1) == 1) return 0;
+  set_error(err, EXIT_RUNTIME, errno, "hand the network namespace to the container init");
+  return -1;
+}
+
+/* In the init: waits for the shim's 'n', then joins the shim's namespace,
+ * through the host's /proc, still mounted while the rootfs is being built. */
+int netns_join_shims(const struct netns_handoff *from, struct shim_error *err) {
+  char step, path[40];
+  if (read(from->go_fd, &step, 1) != 1) {
+    set_error(err, EXIT_RUNTIME, errno, "wait for the network namespace");
+    return -1;
+  }
+  snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)from->shim);
+  cleanup_fd int ns = open(path, O_RDONLY | O_CLOEXEC);
+  if (ns < 0 || setns(ns, CLONE_NEWNET) < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "join the network namespace `%s`", path);
+    return -1;
+  }
+  return 0;
+}
+
 static int netns_del(const char *path, struct shim_error *err) {
   if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 && errno != EINVAL && errno != ENOENT) {
     set_error(err, EXIT_RUNTIME, errno, "unpin the network namespace on `%s`", path);

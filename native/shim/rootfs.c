@@ -311,7 +311,7 @@ static int remount_root_readonly(struct shim_error *err) {
   return 0;
 }
 
-int rootfs_setup(const struct shim_config *cfg, struct shim_error *err) {
+int rootfs_setup(const struct shim_config *cfg, const struct netns_handoff *netns, struct shim_error *err) {
   if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
     set_error(err, EXIT_RUNTIME, errno, "make mount propagation private");
     return -1;
@@ -325,6 +325,8 @@ int rootfs_setup(const struct shim_config *cfg, struct shim_error *err) {
   if (mount_at(rootfd, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, err) < 0) return -1;
   if (populate_dev(cfg, rootfd, err) < 0) return -1;
   if (cfg->init && bind_init(rootfd, err) < 0) return -1;
+  /* sysfs shows the network of the namespace it is mounted in. */
+  if (netns && netns_join_shims(netns, err) < 0) return -1;
   if (mount_sys(cfg, rootfd, err) < 0) return -1;
   if (mount_binds(cfg, rootfd, err) < 0) return -1;
   if (enter_root(cfg, rootfd, err) < 0) return -1;

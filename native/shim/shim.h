@@ -115,7 +115,7 @@ int config_read(const char *path, struct shim_config *cfg, struct shim_error *er
 
 /* Runs in the container's init between fork and exec; returns only on
  * failure, with err filled in. `err_fd` is the error pipe's write end. */
-void container_init(const struct shim_config *cfg, int go_fd, int stdout_fd, int stderr_fd, int err_fd,
+void container_init(const struct shim_config *cfg, pid_t shim, int go_fd, int stdout_fd, int stderr_fd, int err_fd,
                     struct shim_error *err);
 
 /* Execs argv[0], searched in envp's PATH; returns only on failure. */
@@ -146,8 +146,18 @@ int devnode_main(int argc, char **argv);
 int netns_main(int argc, char **argv);
 /* Brings `lo` up in the current network namespace (init.c). */
 int loopback_up(struct shim_error *err);
+/* A container with a network namespace of its own gets it from the shim (netns.c). */
+static inline int shim_makes_netns(const struct shim_config *cfg) { return !cfg->net_host && !cfg->netns; }
+/* Where the init finds that namespace: the shim's, once it sends 'n' down the go pipe. */
+struct netns_handoff {
+  int go_fd;
+  pid_t shim;
+};
+int netns_make_for_init(int go_fd, struct shim_error *err);
+int netns_join_shims(const struct netns_handoff *from, struct shim_error *err);
 
-int rootfs_setup(const struct shim_config *cfg, struct shim_error *err);
+/* `netns`, when not NULL, is joined just before /sys is mounted. */
+int rootfs_setup(const struct shim_config *cfg, const struct netns_handoff *netns, struct shim_error *err);
 int security_apply(const struct shim_config *cfg, struct shim_error *err);
 int seccomp_install(struct shim_error *err);
 
