@@ -115,8 +115,14 @@ export class RegistryRetry {
     const transient = RETRYABLE_CODES.has(code) || code.startsWith("ERR_STREAM") || code === "";
     return new FleetError(
       transient ? "E_REGISTRY_UNREACHABLE" : "E_REGISTRY",
-      `${this.registry}: ${what} failed: ${code || e.message}`,
+      `${this.registry}: ${what} failed: ${reason(code, e.message)}`,
       { cause: err },
     );
   }
+}
+
+/** The error's code, and its message where that says more ("read ECONNRESET" does not; "the server closed the connection in the middle of the answer" does). */
+function reason(code: string, message: string | undefined): string {
+  if (!code) return message ?? "";
+  return message && !message.includes(code) ? `${code}: ${message}` : code;
 }

@@ -80,7 +80,8 @@ bool HttpConn::Fill(HttpError* err) {
   ssize_t n = Read(in_.data() + in_len_, in_.size() - in_len_, err);
   if (n < 0) return false;
   if (n == 0) {
-    err->errnum = ECONNRESET;
+    err->errnum = ECONNRESET;  // a stale kept connection, when nothing came (Exchange)
+    err->code = "ECONNRESET";
     err->message = in_len_ == 0 && !chunk_started_ ? "the server closed the connection before answering"
                                                     : "the server closed the connection in the middle of the answer";
     return false;
@@ -212,7 +213,7 @@ bool HttpConn::Payload(uint8_t* out, size_t room, size_t* n, HttpError* err) {
     if (r == 0 && framing_ == Framing::kClose) return body_end_ = true;
     if (r == 0) {
       err->code = "ERR_STREAM_PREMATURE_CLOSE";
-      err->message = "the connection closed " + std::to_string(left_) + " bytes before the body's end";
+      err->message = "the connection closed " + std::to_string(left_) + (left_ == 1 ? " byte" : " bytes") + " before the body's end";
       return false;
     }
     take = static_cast<size_t>(r);

@@ -14,9 +14,13 @@
 
 namespace {
 
+// The kernel's errno says why in strerror's words; a code of our own (a close read as ECONNRESET, so that it is
+// retried, though nothing was reset) has its message say it.
 Napi::Error ToError(Napi::Env env, const HttpError& err) {
-  Napi::Error e = err.errnum != 0 ? ErrnoError(env, err.errnum, err.message) : Napi::Error::New(env, err.message);
-  if (!err.code.empty()) e.Set("code", err.code);
+  bool ours = !err.code.empty();
+  Napi::Error e = err.errnum != 0 && !ours ? ErrnoError(env, err.errnum, err.message) : Napi::Error::New(env, err.message);
+  if (ours) e.Set("code", err.code);
+  if (ours && err.errnum != 0) e.Set("errno", Napi::Number::New(env, err.errnum));
   if (err.disk) e.Set("disk", true);
   return e;
 }
