@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "fleetlet_native",
-      "sources": ["src/addon.cc", "src/spawn.cc", "src/process.cc", "src/remove-tree.cc", "src/fs-nodes.cc", "src/sd-notify.cc", "src/agent-process.cc", "src/file-lock.cc", "src/blob-writer.cc", "src/http-conn.cc", "src/http-body.cc", "src/http-connection.cc", "src/tls-trust.cc"],
+      "sources": ["src/addon.cc", "src/spawn.cc", "src/process.cc", "src/remove-tree.cc", "src/fs-nodes.cc", "src/sd-notify.cc", "src/agent-process.cc", "src/file-lock.cc", "src/blob-writer.cc", "src/http-conn.cc", "src/http-connect.cc", "src/http-body.cc", "src/http-connection.cc", "src/tls-trust.cc"],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-O2", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2"],

@@ -5,7 +5,6 @@
 // tls-trust.cc.
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -14,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -77,61 +77,29 @@ void HttpConn::Shutdown() {
 }
 
 bool HttpConn::Connect(HttpError* err) {
-  // Each address in turn, as happy eyeballs would fall back: a name with an IPv6 and an IPv4 address
-  // still reaches a registry that listens on one of them only.
-  size_t from = 0;
-  for (;;) {
-    size_t space = t_.addresses.find(' ', from);
-    std::string address = t_.addresses.substr(from, space == std::string::npos ? std::string::npos : space - from);
-    *err = HttpError{};
-    if (closing_) return Fail(err, ECANCELED, "the connection was closed");
-    if (ConnectTo(address, err)) return t_.servername.empty() || Handshake(err);
-    if (space == std::string::npos) return false;
+  Close();
+  std::vector<std::string> addresses;
+  for (size_t from = 0; from <= t_.addresses.size();) {
+    size_t space = std::min(t_.addresses.find(' ', from), t_.addresses.size());
+    if (space > from) addresses.push_back(t_.addresses.substr(from, space - from));
     from = space + 1;
   }
-}
-
-bool HttpConn::ConnectTo(const std::string& address, HttpError* err) {
-  Close();
-  addrinfo hints{};
-  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  std::string port = std::to_string(t_.port);
-  if (getaddrinfo(address.c_str(), port.c_str(), &hints, &found) != 0 || !found)
-    return Fail(err, EINVAL, "connect: " + address + " is not an IP address");
-  int fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) {
-    freeaddrinfo(found);
-    return Fail(err, errno, "socket");
-  }
+  *err = HttpError{};
+  int fd = RaceConnect(addresses, t_.port, t_.connect_ms, closing_, err);
+  if (fd < 0) return false;
   {
     std::lock_guard<std::mutex> lock(fd_mu_);
     fd_ = fd;
   }
-  if (closing_) return Fail(err, ECANCELED, "the connection was closed");  // between the check in Connect and now
-  int rc = connect(fd, found->ai_addr, found->ai_addrlen);
-  freeaddrinfo(found);
-  if (rc < 0 && errno != EINPROGRESS) return Fail(err, errno, "connect to " + address);
-  if (rc < 0) {
-    pollfd p{fd, POLLOUT, 0};
-    int n;
-    while ((n = poll(&p, 1, t_.connect_ms)) < 0 && errno == EINTR) {
-    }
-    if (n == 0)
-      return Fail(err, ETIMEDOUT, "connecting to " + address + " took longer than " + std::to_string(t_.connect_ms) + " ms");
-    int so = 0;
-    socklen_t len = sizeof so;
-    if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &len) < 0) return Fail(err, errno, "connect to " + address);
-    if (so != 0) return Fail(err, so, "connect to " + address);
-  }
+  // A Shutdown() after the race's last look and before fd_ was set shut nothing down: it is seen here.
+  if (closing_) return Fail(err, ECANCELED, "the connection was closed");
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   timeval idle{t_.idle_ms / 1000, (t_.idle_ms % 1000) * 1000};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof idle);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &idle, sizeof idle);
-  return true;
+  return t_.servername.empty() || Handshake(err);
 }
 
 bool HttpConn::Handshake(HttpError* err) {

@@ -45,12 +45,17 @@ class TlsTrust {
 };
 
 struct HttpTarget {
-  std::string addresses;   // IP literals separated by spaces, tried in order (the caller resolved the name)
+  std::string addresses;   // IP literals separated by spaces, in the order to try them (the caller resolved the name)
   int port = 0;
   std::string servername;  // the name the certificate must carry; empty for plain HTTP
   int connect_ms = 10000;
   int idle_ms = 30000;
 };
+
+// A connected, non-blocking socket to the first of `addresses` (IP literals) to answer on `port`, racing them
+// 250 ms apart (http-connect.cc); -1 with `err` set when none did, or when `closing` became true meanwhile.
+int RaceConnect(const std::vector<std::string>& addresses, int port, int connect_ms, const std::atomic<bool>& closing,
+                HttpError* err);
 
 class HttpConn {
  public:
@@ -71,7 +76,6 @@ class HttpConn {
 
  private:
   bool Connect(HttpError* err);
-  bool ConnectTo(const std::string& address, HttpError* err);
   bool Handshake(HttpError* err);
   bool Readable(int ms);
   enum class SslOutcome { kRetry, kEof, kFailed };

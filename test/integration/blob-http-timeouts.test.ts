@@ -2,12 +2,15 @@
  * The native blob connections' clocks and interim answers (blob-http.ts),
  * against HTTPS servers of the test's own, with timeouts short enough for a
  * test: a server that never answers, one that trickles its head a byte at a
- * time, a body that stops half way, and a 103 before the real answer. A
- * stalled link must read as a link that may come back (retried), never as
- * an untrusted certificate.
+ * time, a body that stops half way, a 103 before the real answer, and a
+ * name whose first address does not answer. A stalled link must read as a
+ * link that may come back (retried), never as an untrusted certificate.
  */
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -150,6 +153,86 @@ describe("interim answers", () => {
       expect(connections).toBe(1);
     } finally {
       http.close();
+    }
+  });
+});
+
+/**
+ * A listener on `host`:`port` that takes no connection: its process is
+ * stopped and its queue (backlog 1) filled, so the kernel drops every SYN
+ * that follows, as a broken route would: a connect there hangs.
+ */
+async function blackHole(host: string, port: number): Promise<() => void> {
+  const listen = `require("net").createServer().listen({ host: "${host}", port: ${port}, backlog: 1 }, () => console.log("ready"))`;
+  const child: ChildProcess = spawn(process.execPath, ["-e", listen], { stdio: ["ignore", "pipe", "inherit"] });
+  await once(child.stdout!, "data");
+  process.kill(child.pid!, "SIGSTOP");
+  const fillers: Socket[] = [];
+  for (let i = 0; i < 2; i++) {
+    const s = connect({ host, port });
+    fillers.push(s);
+    await once(s, "connect");
+  }
+  return () => {
+    for (const s of fillers) s.destroy();
+    child.kill("SIGKILL");
+  };
+}
+
+describe("a name with more than one address", () => {
+  const request = (port: number) => `GET /v2/a/blobs/sha256:00 HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`;
+
+  it("reaches the next address 250 ms after the first did not answer, not after the connect timeout", async () => {
+    const s = await servers.serve(false, (_req, res) => res.end("ok"));
+    const unplug = await blackHole("127.0.0.3", s.port);
+    const conn = new native.HttpConnection(`127.0.0.3 127.0.0.1`, s.port, "", null, 30_000, 5000);
+    try {
+      const t0 = Date.now();
+      const head = await conn.exchange(request(s.port));
+      expect(head).toMatch(/^HTTP\/1\.1 200 /);
+      expect(Date.now() - t0).toBeLessThan(10_000); // tried in turn, it would wait out the 30 s connect timeout
+      expect(s.seen).toHaveLength(1);
+    } finally {
+      conn.close();
+      unplug();
+    }
+  });
+
+  it("goes on to the next address at once when the first refuses, and names the last failure when all do", async () => {
+    const s = await servers.serve(false, (_req, res) => res.end("ok"));
+    const conn = new native.HttpConnection(`127.0.0.4 127.0.0.1`, s.port, "", null, 30_000, 5000);
+    const refused = new native.HttpConnection(`127.0.0.4 127.0.0.5`, s.port, "", null, 30_000, 5000);
+    try {
+      expect(await conn.exchange(request(s.port))).toMatch(/^HTTP\/1\.1 200 /);
+      const err = await refused.exchange(request(s.port)).then(
+        () => undefined,
+        (e: Error & { errno?: number }) => e,
+      );
+      expect(err?.message).toMatch(/^connect to 127\.0\.0\.5: /);
+      expect(new RegistryRetry("test").networkError("GET blob", err).code).toBe("E_REGISTRY_UNREACHABLE");
+    } finally {
+      conn.close();
+      refused.close();
+    }
+  });
+
+  it("gives up the race at once when the connection is closed", async () => {
+    const s = await servers.serve(false, (_req, res) => res.end("ok"));
+    const unplug = await blackHole("127.0.0.3", s.port);
+    const conn = new native.HttpConnection("127.0.0.3", s.port, "", null, 30_000, 5000);
+    try {
+      const pending = conn.exchange(request(s.port)).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      const t0 = Date.now();
+      conn.close();
+      const err = await pending;
+      expect(err?.message).toBe("the connection was closed: Operation canceled");
+      expect(Date.now() - t0).toBeLessThan(5000);
+    } finally {
+      unplug();
     }
   });
 });
