@@ -105,7 +105,7 @@ static void exec_init(const struct shim_config *cfg, int err_fd, struct shim_err
 void container_init(const struct shim_config *cfg, pid_t shim, int go_fd, int stdout_fd, int stderr_fd, int err_fd,
                     struct shim_error *err) {
   char go;
-  const struct netns_handoff handoff = {.go_fd = go_fd, .shim = shim};
+  struct netns_handoff handoff = {.go_fd = go_fd, .shim = shim};
 
   /* A container on a bridge joins the namespace the runtime pinned and set
    * up before the start, so its network is there before its command runs. */
@@ -123,6 +123,9 @@ void container_init(const struct shim_config *cfg, pid_t shim, int go_fd, int st
     set_error(err, EXIT_RUNTIME, errno, "unshare mount, uts, ipc namespaces");
     return;
   }
+  /* Read while the shim cannot be gone (it is about to send 'd'), so that
+   * the namespace joined later is known to be its own (netns.c). */
+  if (shim_makes_netns(cfg)) handoff.shim_start = start_time(shim);
   /* The shim sends 'd' once the overlay's and the cgroups' dirs exist, 'n'
    * once it has made our network namespace (if it makes one), 'g' once the
    * limits are written (and we are in the v2 cgroups); EOF means it gave up. */

@@ -333,6 +333,7 @@ int main(int argc, char **argv) {
     fail(sync_fd, &err);
   }
   if (init == 0) {
+    close(go[1]); /* so that a shim that dies leaves the init reading EOF, not waiting */
     signal(SIGPIPE, SIG_DFL);
     sigprocmask(SIG_SETMASK, &old, NULL);
     container_init(&cfg, shim, go[0], out[1], errout[1], errpipe[1], &err);

@@ -38,7 +38,12 @@ static int netns_add(const char *path, struct shim_error *err) {
  * per-namespace sysctl table, some 0.4 ms here), and the shim makes it, `lo`
  * up, while the init mounts the overlay, /proc and /dev. The init joins it
  * just before mounting /sys. The shim stays in it, which costs nothing: it
- * uses no network and holds no socket, and it ends with the container. */
+ * uses no network and, once `lo` is up, holds and opens no socket (keep it
+ * so: a socket of the shim's would be reachable from the container), and it
+ * ends with the container. The kernel memory the namespace takes at its
+ * making (about 90 kB measured on 6.x) is charged to the shim's cgroup, the
+ * agent's, as it always was on cgroup v1, where the init joins its cgroups
+ * only after its rootfs; on v2 the init born in its cgroup used to pay it. */
 int netns_make_for_init(int go_fd, struct shim_error *err) {
   char step = 'n';
   if (unshare(CLONE_NEWNET) < 0) {
@@ -52,16 +57,27 @@ int netns_make_for_init(int go_fd, struct shim_error *err) {
 }
 
 /* In the init: waits for the shim's 'n', then joins the shim's namespace,
- * through the host's /proc, still mounted while the rootfs is being built. */
+ * through the host's /proc, still mounted while the rootfs is being built.
+ * The namespace is checked to be the shim's by its start time once open: a
+ * shim killed meanwhile, its pid taken by another process, fails the start. */
 int netns_join_shims(const struct netns_handoff *from, struct shim_error *err) {
   char step, path[40];
-  if (read(from->go_fd, &step, 1) != 1) {
-    set_error(err, EXIT_RUNTIME, errno, "wait for the network namespace");
+  ssize_t n = read(from->go_fd, &step, 1);
+  if (n != 1 || step != 'n') {
+    set_error(err, EXIT_RUNTIME, n < 0 ? errno : EPIPE, "wait for the network namespace");
     return -1;
   }
   snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)from->shim);
   cleanup_fd int ns = open(path, O_RDONLY | O_CLOEXEC);
-  if (ns < 0 || setns(ns, CLONE_NEWNET) < 0) {
+  if (ns < 0) {
+    set_error(err, EXIT_RUNTIME, errno, "open the network namespace `%s`", path);
+    return -1;
+  }
+  if (from->shim_start == 0 || start_time(from->shim) != from->shim_start) {
+    set_error(err, EXIT_RUNTIME, ESRCH, "the shim (pid %d) is gone", (int)from->shim);
+    return -1;
+  }
+  if (setns(ns, CLONE_NEWNET) < 0) {
     set_error(err, EXIT_RUNTIME, errno, "join the network namespace `%s`", path);
     return -1;
   }

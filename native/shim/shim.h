@@ -152,6 +152,7 @@ static inline int shim_makes_netns(const struct shim_config *cfg) { return !cfg-
 struct netns_handoff {
   int go_fd;
   pid_t shim;
+  unsigned long long shim_start; /* the shim's start time, read by the init while the shim waits on it */
 };
 int netns_make_for_init(int go_fd, struct shim_error *err);
 int netns_join_shims(const struct netns_handoff *from, struct shim_error *err);

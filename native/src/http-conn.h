@@ -53,7 +53,8 @@ struct HttpTarget {
 };
 
 // A connected, non-blocking socket to the first of `addresses` (IP literals) to answer on `port`, racing them
-// 250 ms apart (http-connect.cc); -1 with `err` set when none did, or when `closing` became true meanwhile.
+// 250 ms apart, the families in turn (http-connect.cc); -1 with `err` set when none did, or when `closing`
+// became true meanwhile.
 int RaceConnect(const std::vector<std::string>& addresses, int port, int connect_ms, const std::atomic<bool>& closing,
                 HttpError* err);
 

@@ -158,20 +158,24 @@ describe("interim answers", () => {
 });
 
 /**
- * A listener on `host`:`port` that takes no connection: its process is
- * stopped and its queue (backlog 1) filled, so the kernel drops every SYN
- * that follows, as a broken route would: a connect there hangs.
+ * Listeners on each of `hosts` at `port` that take no connection: their
+ * process is stopped and each queue (backlog 1) filled, so the kernel drops
+ * every SYN that follows, as a broken route would: a connect there hangs.
  */
-async function blackHole(host: string, port: number): Promise<() => void> {
-  const listen = `require("net").createServer().listen({ host: "${host}", port: ${port}, backlog: 1 }, () => console.log("ready"))`;
+async function blackHoles(hosts: string[], port: number): Promise<() => void> {
+  const listen = `const net = require("net"); let n = 0;
+    for (const host of ${JSON.stringify(hosts)})
+      net.createServer().listen({ host, port: ${port}, backlog: 1 }, () => ++n === ${hosts.length} && console.log("ready"));`;
   const child: ChildProcess = spawn(process.execPath, ["-e", listen], { stdio: ["ignore", "pipe", "inherit"] });
   await once(child.stdout!, "data");
   process.kill(child.pid!, "SIGSTOP");
   const fillers: Socket[] = [];
-  for (let i = 0; i < 2; i++) {
-    const s = connect({ host, port });
-    fillers.push(s);
-    await once(s, "connect");
+  for (const host of hosts) {
+    for (let i = 0; i < 2; i++) {
+      const s = connect({ host, port });
+      fillers.push(s);
+      await once(s, "connect");
+    }
   }
   return () => {
     for (const s of fillers) s.destroy();
@@ -184,7 +188,7 @@ describe("a name with more than one address", () => {
 
   it("reaches the next address 250 ms after the first did not answer, not after the connect timeout", async () => {
     const s = await servers.serve(false, (_req, res) => res.end("ok"));
-    const unplug = await blackHole("127.0.0.3", s.port);
+    const unplug = await blackHoles(["127.0.0.3"], s.port);
     const conn = new native.HttpConnection(`127.0.0.3 127.0.0.1`, s.port, "", null, 30_000, 5000);
     try {
       const t0 = Date.now();
@@ -192,6 +196,22 @@ describe("a name with more than one address", () => {
       expect(head).toMatch(/^HTTP\/1\.1 200 /);
       expect(Date.now() - t0).toBeLessThan(10_000); // tried in turn, it would wait out the 30 s connect timeout
       expect(s.seen).toHaveLength(1);
+    } finally {
+      conn.close();
+      unplug();
+    }
+  });
+
+  it("tries the families in turn: an IPv6 address after one IPv4 address that does not answer, not after all of them", async () => {
+    const s = await servers.serve(false, (_req, res) => res.end("ok"), "::1");
+    const v4 = ["127.0.0.3", "127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"];
+    const unplug = await blackHoles(v4, s.port);
+    const conn = new native.HttpConnection([...v4, "::1"].join(" "), s.port, "", null, 30_000, 5000);
+    try {
+      const t0 = Date.now();
+      expect(await conn.exchange(request(s.port))).toMatch(/^HTTP\/1\.1 200 /);
+      // ::1 second, 250 ms in; in the order given it would come sixth, 1,250 ms in.
+      expect(Date.now() - t0).toBeLessThan(1000);
     } finally {
       conn.close();
       unplug();
@@ -218,7 +238,7 @@ describe("a name with more than one address", () => {
 
   it("gives up the race at once when the connection is closed", async () => {
     const s = await servers.serve(false, (_req, res) => res.end("ok"));
-    const unplug = await blackHole("127.0.0.3", s.port);
+    const unplug = await blackHoles(["127.0.0.3"], s.port);
     const conn = new native.HttpConnection("127.0.0.3", s.port, "", null, 30_000, 5000);
     try {
       const pending = conn.exchange(request(s.port)).then(
