@@ -152,9 +152,13 @@ export async function pullBench(args: string[]): Promise<void> {
         launch.env,
       );
     // fleetlet's state roots outlive the runs, as a device's does: each run starts with the image gone
-    // but the compile cache kept (agent/system/compile-cache.ts), warmed by one pull before the first.
+    // but the compile cache kept (agent/system/compile-cache.ts). A command keeps one only in a root
+    // that already holds state, so the first pull makes the state and the second the cache.
     const ourRoots = [join(work, "fleetlet-dl"), join(work, "fleetlet-full")];
-    for (const root of ourRoots) fleetlet(root, "--download-only");
+    for (const [i, root] of ourRoots.entries()) {
+      for (let warm = 0; warm < 2; warm++) fleetlet(root, ...(i === 0 ? ["--download-only"] : []));
+      if (!existsSync(join(root, "compile-cache"))) throw new Error(`${root}: no compile cache after two pulls`);
+    }
     for (let r = 0; r < runs; r++) {
       for (const root of ourRoots) emptyRoot(root);
       const roots = [join(work, `o${r}a`), join(work, `o${r}b`), join(work, `o${r}c`)];
