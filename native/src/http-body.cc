@@ -79,13 +79,9 @@ bool HttpConn::Fill(HttpError* err) {
   if (in_len_ == in_.size()) return Protocol(err, "a line of the answer is longer than 64 KiB");
   ssize_t n = Read(in_.data() + in_len_, in_.size() - in_len_, err);
   if (n < 0) return false;
-  if (n == 0) {
-    err->errnum = ECONNRESET;  // a stale kept connection, when nothing came (Exchange)
-    err->code = "ECONNRESET";
-    err->message = in_len_ == 0 && !chunk_started_ ? "the server closed the connection before answering"
-                                                    : "the server closed the connection in the middle of the answer";
-    return false;
-  }
+  if (n == 0)
+    return Closed(err, in_len_ == 0 && !chunk_started_ ? "the server closed the connection before answering"
+                                                        : "the server closed the connection in the middle of the answer");
   in_len_ += static_cast<size_t>(n);
   return true;
 }

@@ -126,10 +126,7 @@ bool HttpConn::Handshake(HttpError* err) {
                     std::string("TLS: the server's certificate is not trusted: ") +
                         X509_verify_cert_error_string(verify));
   SslOutcome outcome = SslFailed(rc, "handshake", err);
-  if (outcome == SslOutcome::kEof) {
-    err->errnum = ECONNRESET;
-    return FailCode(err, "ECONNRESET", "the server closed the connection in the handshake");
-  }
+  if (outcome == SslOutcome::kEof) return Closed(err, "the server closed the connection in the handshake");
   return false;  // a handshake is not repeated: kRetry (EINTR) is as good as a failure here
 }
 

@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -22,6 +23,15 @@ struct HttpError {
   std::string message;
   bool disk = false;  // writing the blob's file failed, not the connection
 };
+
+// The server closed the connection: ECONNRESET, so that it is retried (and, when nothing came, taken for a
+// stale kept connection), with a code of its own, so that no "Connection reset by peer" joins `message`.
+inline bool Closed(HttpError* err, const std::string& message) {
+  err->errnum = ECONNRESET;
+  err->code = "ECONNRESET";
+  err->message = message;
+  return false;
+}
 
 // OpenSSL's reason for the thread's last failure (the queue cleared), or `fallback`.
 std::string SslReason(const char* fallback);

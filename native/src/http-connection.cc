@@ -14,8 +14,8 @@
 
 namespace {
 
-// The kernel's errno says why in strerror's words; a code of our own (a close read as ECONNRESET, so that it is
-// retried, though nothing was reset) has its message say it.
+// The kernel's errno says why in strerror's words; a code of our own (Closed() in http-conn.h) has its message
+// say it.
 Napi::Error ToError(Napi::Env env, const HttpError& err) {
   bool ours = !err.code.empty();
   Napi::Error e = err.errnum != 0 && !ours ? ErrnoError(env, err.errnum, err.message) : Napi::Error::New(env, err.message);
