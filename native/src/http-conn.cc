@@ -148,7 +148,9 @@ HttpConn::SslOutcome HttpConn::SslFailed(int rc, const char* what, HttpError* er
 }
 
 bool HttpConn::Readable(int ms) {
-  if (in_pos_ < in_len_ || (ssl_ && SSL_pending(ssl_) > 0)) return true;
+  // With read-ahead, OpenSSL may hold whole records it has read but not yet decrypted: SSL_pending does not
+  // count those, SSL_has_pending does.
+  if (in_pos_ < in_len_ || (ssl_ && SSL_has_pending(ssl_))) return true;
   pollfd p{fd_, POLLIN, 0};
   int n;
   while ((n = poll(&p, 1, ms)) < 0 && errno == EINTR) {

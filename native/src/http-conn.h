@@ -36,6 +36,9 @@ inline bool Closed(HttpError* err, const std::string& message) {
 // OpenSSL's reason for the thread's last failure (the queue cleared), or `fallback`.
 std::string SslReason(const char* fallback);
 
+// How much of the socket one TLS read takes at most (read-ahead, tls-trust.cc): four full records.
+constexpr size_t kTlsReadBuffer = 64 << 10;
+
 // The trust of one registry client: its CAs, and the TLS sessions it may resume, per server.
 class TlsTrust {
  public:

@@ -256,3 +256,34 @@ describe("a name with more than one address", () => {
     }
   });
 });
+
+describe("TLS read-ahead", () => {
+  /** The read(2) calls this process has made so far (TLS reads a socket with read, not recv). */
+  const reads = () => Number(/^syscr: (\d+)$/m.exec(readFileSync("/proc/self/io", "utf8"))![1]);
+
+  it("reads several TLS records per read(2), and a body that came at once in one receive", async () => {
+    // Without read-ahead each record takes two reads, its 5-byte header and then its body (tls-trust.cc).
+    const data = Buffer.alloc(4 << 20, 9);
+    const records = data.length / 16384;
+    const url = await serve((_req, res) => {
+      res.writeHead(200, { "content-length": String(data.length) });
+      res.end(data); // and the connection is kept
+    });
+    const http = blobHttp({ connectMs: 2000, responseMs: 2000, idleMs: 5000 });
+    const fd = openSync(join(work, "read-ahead"), "w+");
+    try {
+      const answer = await http.open(url, {});
+      const before = reads();
+      const r = await answer.body.receive(new native.BlobWriter(fd), 0, data.length);
+      const used = reads() - before;
+      answer.body.destroy();
+      expect(r).toEqual({ bytes: data.length, end: true });
+      expect(readFileSync(join(work, "read-ahead")).equals(data)).toBe(true);
+      // Measured: about 130 reads with read-ahead, 516 without (this process's server reads a few too).
+      expect(used).toBeLessThan(records);
+    } finally {
+      closeSync(fd);
+      http.close();
+    }
+  });
+});
