@@ -2,7 +2,8 @@
  * How the agent and pull benches start `fleetlet`, from their options:
  *   --bundle             the release bundle's JavaScript (deploy/js-bundle.ts, one
  *                        file per CLI and shared chunks) instead of dist/'s modules,
- *                        under the Node flags its launcher (deploy/launcher.sh) gives
+ *                        under the Node flags and the malloc tunable its launcher
+ *                        (deploy/launcher.sh) gives
  *   --agent-flags "F…"   Node flags for fleetlet's processes only (not the bench, not
  *                        the bare node or the other tools it is compared with)
  *   --agent-env K=V      an environment variable for fleetlet only (repeatable)
@@ -12,6 +13,7 @@
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { BULK_MALLOC_MARK, twoMiBHugePages } from "../../agent/system/process-memory.js";
 
 // From build/test/bench/ as from test/bench/: the top of the project.
 const ROOT = new URL("../../../", import.meta.url).pathname;
@@ -44,6 +46,18 @@ export function launcherFlags(): string[] {
   return line[1]!.split(/\s+/).filter(Boolean);
 }
 
+/**
+ * The GLIBC_TUNABLES a release bundle's bin/fleetlet runs every command with:
+ * its `malloc_tunables=` line added to `current`, where huge pages are 2 MiB,
+ * as the launcher does.
+ */
+export function launcherTunables(current: string | undefined): string | undefined {
+  const line = /^malloc_tunables="(.*)"$/m.exec(readFileSync(join(ROOT, "deploy/launcher.sh"), "utf8"));
+  if (!line) throw new Error("deploy/launcher.sh has no malloc_tunables= line");
+  if (!twoMiBHugePages()) return current;
+  return current ? `${current}:${line[1]}` : line[1];
+}
+
 export function agentLaunch(args: string[], work: string): AgentLaunch {
   // --agent-flags come after the launcher's: V8 takes the last of a flag given twice.
   const flags: string[] = args.includes("--bundle") ? launcherFlags() : [];
@@ -60,6 +74,8 @@ export function agentLaunch(args: string[], work: string): AgentLaunch {
   if (args.includes("--bundle")) {
     script = bundle(work);
     env.FLEETLET_NATIVE_DIR = join(ROOT, "native/build/Release");
+    env.GLIBC_TUNABLES = launcherTunables(env.GLIBC_TUNABLES);
+    if (env.GLIBC_TUNABLES !== process.env.GLIBC_TUNABLES) env[BULK_MALLOC_MARK] = "1";
   }
   const extraEnv = Object.keys(env).filter((k) => env[k] !== process.env[k] && k !== "FLEETLET_NATIVE_DIR");
   return {

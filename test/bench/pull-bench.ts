@@ -214,7 +214,9 @@ export async function pullBench(args: string[]): Promise<void> {
       const b = join(work, `u${r}b`);
       mkdirSync(a);
       mkdirSync(b);
-      ours.push(timed(process.execPath, [UNPACK_ONE, blob, "application/vnd.oci.image.layer.v1.tar+gzip", a], times));
+      // Under fleetlet's Node flags and environment (the launcher's, with --bundle), as a command unpacks.
+      const unpackArgs = [UNPACK_ONE, blob, "application/vnd.oci.image.layer.v1.tar+gzip", a];
+      ours.push(timed(process.execPath, [...launch.argv.slice(0, -1), ...unpackArgs], times, launch.env));
       tar.push(timed("tar", ["-xzf", blob, "-C", b], times));
       rmSync(a, { recursive: true });
       rmSync(b, { recursive: true });

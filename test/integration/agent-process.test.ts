@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { AGENT_NODE_FLAGS } from "../../agent/system/process-memory.js";
+import { AGENT_NODE_FLAGS, BULK_MALLOC_MARK, BULK_MALLOC_TUNABLE } from "../../agent/system/process-memory.js";
 import { agentStarted, FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { registriesConfig, startRegistry } from "../support/registry.js";
@@ -26,7 +26,11 @@ afterAll(() => {
 });
 
 /** Starts `fleetlet agent` with no broker; resolves once it says it runs. */
-async function startAgent(root: string, nodeFlags: string[] = []): Promise<{ agent: ChildProcess; cmdline: string[] }> {
+async function startAgent(
+  root: string,
+  nodeFlags: string[] = [],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ agent: ChildProcess; cmdline: string[] }> {
   const config = join(work, `config-${Date.now()}.json`);
   writeFileSync(
     config,
@@ -37,6 +41,7 @@ async function startAgent(root: string, nodeFlags: string[] = []): Promise<{ age
   );
   const agent = spawn(process.execPath, [...nodeFlags, FLEETLET_BIN, "--root", root, "--config", config, "agent"], {
     stdio: ["ignore", "ignore", "pipe"],
+    env,
   });
   await agentStarted(agent);
   const cmdline = readFileSync(`/proc/${agent.pid}/cmdline`, "utf8").split("\0").filter(Boolean);
@@ -81,6 +86,30 @@ describe("the agent process", () => {
       expect(cmdline).toContain("--max-semi-space-size=4");
       expect(cmdline).not.toContain("--max-semi-space-size=1");
       expect(cmdline).toContain("--v8-pool-size=1");
+      await stop(agent);
+    } finally {
+      await cleanupRoot(root);
+    }
+  });
+});
+
+describe("the agent process and the launcher's malloc tunable", () => {
+  it("re-executes itself without it, other tunables kept, even with every Node flag given", async () => {
+    const root = freshRoot();
+    try {
+      // As the launcher starts it: glibc takes the tunable out of the process's own environment, so the
+      // mark is what tells the daemon, and what shows it re-executed (only the re-execution drops it).
+      const tunables = `glibc.malloc.arena_max=2:${BULK_MALLOC_TUNABLE}`;
+      const env = { ...process.env, GLIBC_TUNABLES: tunables, [BULK_MALLOC_MARK]: "1" };
+      const { agent, cmdline } = await startAgent(root, [...AGENT_NODE_FLAGS], env);
+      const environ = readFileSync(`/proc/${agent.pid}/environ`, "utf8").split("\0");
+      expect(environ.filter((e) => e.startsWith("GLIBC_TUNABLES="))).toEqual([
+        "GLIBC_TUNABLES=glibc.malloc.arena_max=2",
+      ]);
+      expect(environ.filter((e) => e.startsWith(`${BULK_MALLOC_MARK}=`))).toEqual([]);
+      expect(cmdline.filter((a) => a.startsWith("--")).slice(0, AGENT_NODE_FLAGS.length)).toEqual([
+        ...AGENT_NODE_FLAGS,
+      ]);
       await stop(agent);
     } finally {
       await cleanupRoot(root);

@@ -1,0 +1,80 @@
+/**
+ * The malloc tunable for processes that move bulk data
+ * (agent/system/process-memory.ts): glibc's heap in 2 MiB huge pages for
+ * one-shot commands (the launcher sets it) and pull workers, never for the
+ * daemon, and only where the kernel's huge page is 2 MiB.
+ */
+import { spawnSync } from "node:child_process";
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import {
+  BULK_MALLOC_MARK,
+  BULK_MALLOC_TUNABLE,
+  tunablesForBulk,
+  tunablesWithoutBulk,
+  twoMiBHugePages,
+} from "../../agent/system/process-memory.js";
+import { REPO } from "../support/release-bundle.js";
+
+const work = mkdtempSync(join(tmpdir(), "fleetlet-malloc-tunables-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+describe("GLIBC_TUNABLES for bulk work", () => {
+  it("adds the tunable once, after the ones already set, and only where huge pages are 2 MiB", () => {
+    expect(tunablesForBulk(undefined, true)).toBe(BULK_MALLOC_TUNABLE);
+    expect(tunablesForBulk("glibc.malloc.arena_max=2", true)).toBe(`glibc.malloc.arena_max=2:${BULK_MALLOC_TUNABLE}`);
+    expect(tunablesForBulk(`${BULK_MALLOC_TUNABLE}:a=1`, true)).toBe(`a=1:${BULK_MALLOC_TUNABLE}`);
+    expect(tunablesForBulk("a=1", false)).toBe("a=1");
+    expect(tunablesForBulk(undefined, false)).toBeUndefined();
+  });
+
+  it("takes only the tunable out, and nothing is left of a variable that held only it", () => {
+    expect(tunablesWithoutBulk(`a=1:${BULK_MALLOC_TUNABLE}:b=2`)).toBe("a=1:b=2");
+    expect(tunablesWithoutBulk(BULK_MALLOC_TUNABLE)).toBeUndefined();
+    expect(tunablesWithoutBulk("glibc.malloc.hugetlb=2")).toBe("glibc.malloc.hugetlb=2"); // the operator's own
+    expect(tunablesWithoutBulk(undefined)).toBeUndefined();
+  });
+
+  it("reads the kernel's huge page size: 2 MiB yes; 512 MiB (64 KiB pages), none or unreadable no", () => {
+    const file = (text: string) => {
+      const path = join(work, `pmd-${text.trim() || "empty"}`);
+      writeFileSync(path, text);
+      return path;
+    };
+    expect(twoMiBHugePages(file("2097152\n"))).toBe(true);
+    expect(twoMiBHugePages(file("536870912\n"))).toBe(false);
+    expect(twoMiBHugePages(file(""))).toBe(false);
+    expect(twoMiBHugePages(join(work, "absent"))).toBe(false);
+  });
+});
+
+describe("the launcher (deploy/launcher.sh)", () => {
+  /** A release layout whose "node" prints the GLIBC_TUNABLES it was given. */
+  function layout(): string {
+    const home = join(work, "versions", "v1");
+    mkdirSync(join(home, "bin"), { recursive: true });
+    mkdirSync(join(home, "node/bin"), { recursive: true });
+    copyFileSync(join(REPO, "deploy/launcher.sh"), join(home, "bin/fleetlet"));
+    chmodSync(join(home, "bin/fleetlet"), 0o755);
+    const value = (name: string) => `"\${${name}-unset}"`; // the variable, or "unset"
+    const print = `#!/bin/sh\nprintf "%s %s" ${value("GLIBC_TUNABLES")} ${value(BULK_MALLOC_MARK)}\n`;
+    writeFileSync(join(home, "node/bin/node"), print, { mode: 0o755 });
+    return join(home, "bin/fleetlet");
+  }
+
+  it("gives every command the tunable after the caller's own where huge pages are 2 MiB, and none elsewhere", () => {
+    const bin = layout();
+    const run = (env: NodeJS.ProcessEnv) => spawnSync(bin, ["images"], { encoding: "utf8", env });
+    const { GLIBC_TUNABLES: _, [BULK_MALLOC_MARK]: __, ...base } = process.env;
+    if (twoMiBHugePages()) {
+      expect(run(base).stdout).toBe(`${BULK_MALLOC_TUNABLE} 1`);
+      expect(run({ ...base, GLIBC_TUNABLES: "a=1" }).stdout).toBe(`a=1:${BULK_MALLOC_TUNABLE} 1`);
+    } else {
+      // This kernel has no 2 MiB transparent huge pages: the launcher must leave the variables alone.
+      expect(run(base).stdout).toBe("unset unset");
+      expect(run({ ...base, GLIBC_TUNABLES: "a=1" }).stdout).toBe("a=1 unset");
+    }
+  });
+});
