@@ -87,6 +87,7 @@ const DENIED = [
 const NEWER = ["statmount", "listmount", "mseal", "open_tree_attr"];
 const ALLOWED = ["getpid", "socket_unix", "clone_process", "unshare_fs", "personality_query"];
 const SIGSYS = 31;
+const SIGSEGV = 11;
 
 describe("the default seccomp filter", () => {
   let filtered: Map<string, number>;
@@ -110,12 +111,19 @@ describe("the default seccomp filter", () => {
     for (const name of ALLOWED) expect([name, filtered.get(name)]).toEqual([name, 0]);
   });
 
-  it("kills a call from the x32 or the i386 ABI with SIGSYS", () => {
+  it("kills a call from the x32 or the i386 ABI with SIGSYS (i386: where the kernel runs such calls at all)", () => {
     expect(process.arch, "this test probes the ABIs of x86_64").toBe("x64");
     expect(filtered.get("x32_getpid")).toBe(-SIGSYS);
-    expect(filtered.get("i386_getpid")).toBe(-SIGSYS);
-    expect(unconfined.get("i386_getpid"), "the kernel runs i386 calls (CONFIG_IA32_EMULATION)").toBe(0);
     expect(unconfined.get("x32_getpid"), "x32 calls reach the kernel").not.toBe(-SIGSYS);
+    if (unconfined.get("i386_getpid") === 0) {
+      expect(filtered.get("i386_getpid")).toBe(-SIGSYS);
+      return;
+    }
+    // A kernel without ia32 emulation (CONFIG_IA32_EMULATION off, or ia32_emulation=0) faults `int 0x80`
+    // before any filter sees it: the ABI is unreachable there, with or without the filter.
+    console.warn("seccomp: this kernel runs no i386 calls (ia32 emulation is off): checked unreachable, not filtered");
+    expect(unconfined.get("i386_getpid")).toBe(-SIGSEGV);
+    expect(filtered.get("i386_getpid")).toBe(-SIGSEGV);
   });
 
   it("is what refused them: without it the kernel answers the same calls otherwise", () => {
