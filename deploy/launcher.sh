@@ -18,7 +18,7 @@ node_flags="--max-semi-space-size=1 --v8-pool-size=1"
 # glibc's malloc in 2 MiB transparent huge pages, so that the fresh buffers a
 # pull and an unpack go through fault once per 2 MiB rather than per 4 KiB;
 # only where a huge page is 2 MiB (with 64 KiB pages it is 512 MiB). The
-# daemon re-executes itself without it and gives it to its pull workers
+# daemon re-executes itself without it, and its pull workers go without it
 # (agent/system/process-memory.ts, which has the figures). agent-launch.ts
 # reads this line too.
 malloc_tunables="glibc.malloc.hugetlb=1"

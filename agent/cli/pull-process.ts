@@ -26,7 +26,6 @@ import { type ErrorCode, FleetError } from "../errors.js";
 import type { Platform } from "../registry/platform.js";
 import type { PullEvent } from "../registry/pull.js";
 import type { ImageRecord } from "../store/image-store.js";
-import { tunablesForBulk } from "../system/process-memory.js";
 
 /** The hidden first argument that makes `fleetlet` a pull worker. */
 export const PULL_WORKER_COMMAND = "__pull-worker";
@@ -105,17 +104,12 @@ export function releaseSpareWorker(): void {
 
 function forkWorker(root: string, opts: WorkerOptions): ChildProcess {
   // The worker's stderr is the daemon's: a crash's trace lands in its log.
-  // GLIBC_TUNABLES: malloc in huge pages, which the daemon goes without (system/process-memory.ts).
+  // No malloc in huge pages (system/process-memory.ts, BULK_MALLOC_TUNABLE): the daemon's env has none to pass.
   // FLEETLET_ROOT: the root whose compile cache its start uses (cli/startup-cache.ts); its pulls name theirs.
   return fork(opts.script, [PULL_WORKER_COMMAND], {
     stdio: ["ignore", "inherit", "inherit", "ipc"],
     execArgv: opts.execArgv ?? process.execArgv,
-    env: {
-      ...process.env,
-      GLIBC_TUNABLES: tunablesForBulk(process.env.GLIBC_TUNABLES),
-      FLEETLET_ROOT: root,
-      [PULL_WORKER_IDLE_ENV]: String(opts.idleMs ?? 0),
-    },
+    env: { ...process.env, FLEETLET_ROOT: root, [PULL_WORKER_IDLE_ENV]: String(opts.idleMs ?? 0) },
   });
 }
 

@@ -59,16 +59,19 @@ export const WORKER_DROPS: readonly string[] = ["--lite-mode", "--bytecode-old-a
 
 /**
  * glibc's malloc in 2 MiB transparent huge pages (it madvises its heap and
- * its large blocks, where the kernel's THP mode is "madvise"), for the
- * processes that move bulk data: one-shot commands (deploy/launcher.sh sets
- * it) and pull workers (cli/pull-process.ts). A pull or an unpack goes
+ * its large blocks, where the kernel's THP mode is "madvise"), for one-shot
+ * commands, which deploy/launcher.sh starts with it. A pull or an unpack goes
  * through a fresh buffer per batch: the body's copy for the unpack, the
  * decompressor's output, a layer's reads from disk. Each 4 KiB page of them
- * is a page fault, which costs 10 µs in the VM the benchmarks run in.
+ * is a page fault, which costs 10 µs in the VM the benchmarks ran in.
  * Measured with `npm run bench -- pull --bundle`: a 50 MiB layer's unpack
  * 15,800 → 4,600 faults, 0.38 → 0.23 s; a 200 MiB pull and unpack 34,600 →
- * 15,500 faults, 1.35 → 1.20 s wall, 1.87 → 1.56 s CPU. The daemon runs
- * without it: idle with 10 services it held 3.8 MiB more anonymous memory.
+ * 15,500 faults, 1.35 → 1.20 s wall, 1.87 → 1.56 s CPU.
+ * Not for the daemon (idle with 10 services it held 3.8 MiB more), which
+ * re-executes itself without it, nor so for its pull workers: with it, 20
+ * services whose images were cached took 620 and 652 ms from publish to
+ * converged, against 446 without (`npm run bench -- agent --quick`), each
+ * pull's short work paying for the huge pages it touched.
  * Only where a huge page is 2 MiB: with 64 KiB base pages it is 512 MiB.
  */
 export const BULK_MALLOC_TUNABLE = "glibc.malloc.hugetlb=1";
@@ -93,13 +96,6 @@ export function twoMiBHugePages(sizeFile = THP_SIZE_FILE): boolean {
 export function tunablesWithoutBulk(value: string | undefined): string | undefined {
   const rest = (value ?? "").split(":").filter((t) => t !== "" && t !== BULK_MALLOC_TUNABLE);
   return rest.length ? rest.join(":") : undefined;
-}
-
-/** GLIBC_TUNABLES for a process that moves bulk data: `value` and BULK_MALLOC_TUNABLE, where huge pages are 2 MiB. */
-export function tunablesForBulk(value: string | undefined, hugePages = twoMiBHugePages()): string | undefined {
-  const rest = tunablesWithoutBulk(value);
-  if (!hugePages) return rest;
-  return rest ? `${rest}:${BULK_MALLOC_TUNABLE}` : BULK_MALLOC_TUNABLE;
 }
 
 /** Quiet this long (no apply step, no event) before reclaiming. */

@@ -1,8 +1,8 @@
 /**
  * The malloc tunable for processes that move bulk data
  * (agent/system/process-memory.ts): glibc's heap in 2 MiB huge pages for
- * one-shot commands (the launcher sets it) and pull workers, never for the
- * daemon, and only where the kernel's huge page is 2 MiB.
+ * one-shot commands (the launcher sets it), never for the daemon or its
+ * pull workers, and only where the kernel's huge page is 2 MiB.
  */
 import { spawnSync } from "node:child_process";
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -12,7 +12,6 @@ import { afterAll, describe, expect, it } from "vitest";
 import {
   BULK_MALLOC_MARK,
   BULK_MALLOC_TUNABLE,
-  tunablesForBulk,
   tunablesWithoutBulk,
   twoMiBHugePages,
 } from "../../agent/system/process-memory.js";
@@ -22,14 +21,6 @@ const work = mkdtempSync(join(tmpdir(), "fleetlet-malloc-tunables-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 describe("GLIBC_TUNABLES for bulk work", () => {
-  it("adds the tunable once, after the ones already set, and only where huge pages are 2 MiB", () => {
-    expect(tunablesForBulk(undefined, true)).toBe(BULK_MALLOC_TUNABLE);
-    expect(tunablesForBulk("glibc.malloc.arena_max=2", true)).toBe(`glibc.malloc.arena_max=2:${BULK_MALLOC_TUNABLE}`);
-    expect(tunablesForBulk(`${BULK_MALLOC_TUNABLE}:a=1`, true)).toBe(`a=1:${BULK_MALLOC_TUNABLE}`);
-    expect(tunablesForBulk("a=1", false)).toBe("a=1");
-    expect(tunablesForBulk(undefined, false)).toBeUndefined();
-  });
-
   it("takes only the tunable out, and nothing is left of a variable that held only it", () => {
     expect(tunablesWithoutBulk(`a=1:${BULK_MALLOC_TUNABLE}:b=2`)).toBe("a=1:b=2");
     expect(tunablesWithoutBulk(BULK_MALLOC_TUNABLE)).toBeUndefined();
