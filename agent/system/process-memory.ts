@@ -68,10 +68,11 @@ export const WORKER_DROPS: readonly string[] = ["--lite-mode", "--bytecode-old-a
  * 15,800 → 4,600 faults, 0.38 → 0.23 s; a 200 MiB pull and unpack 34,600 →
  * 15,500 faults, 1.35 → 1.20 s wall, 1.87 → 1.56 s CPU.
  * Not for the daemon (idle with 10 services it held 3.8 MiB more), which
- * re-executes itself without it, nor so for its pull workers: with it, 20
- * services whose images were cached took 620 and 652 ms from publish to
- * converged, against 446 without (`npm run bench -- agent --quick`), each
- * pull's short work paying for the huge pages it touched.
+ * re-executes itself without it, nor for its pull workers, which it forks
+ * with its own environment: with it, 20 services whose images were cached
+ * took 620 and 652 ms from publish to converged, against 446 without
+ * (`npm run bench -- agent --quick`), each pull's short work paying for the
+ * huge pages it touched.
  * Only where a huge page is 2 MiB: with 64 KiB base pages it is 512 MiB.
  */
 export const BULK_MALLOC_TUNABLE = "glibc.malloc.hugetlb=1";
