@@ -9,7 +9,7 @@ export default defineConfig({
     // Three files at a time: most integration tests wait on containers, brokers and
     // registries rather than compute, and vitest's default on 2 cores is one. On a
     // 2-core VM where each page fault traps to the hypervisor, the suite took 700 s
-    // with two (the CPU busy 72% of it) and 599 s with three; with four, 544 s, but
+    // with two and 599 s with three (the CPU busy 72% of it); with four, 544 s, but
     // a systemd guest's boot (systemd-nspawn.test.ts) then outran its 120 s.
     maxWorkers: 3,
     minWorkers: 1,

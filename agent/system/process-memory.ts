@@ -15,7 +15,6 @@
  * idles. So, a few seconds after the last sign of work, the native core runs
  * V8's low-memory collection and hands glibc's free pages back to the kernel.
  */
-import { readFileSync } from "node:fs";
 import type { NativeCore } from "./native.js";
 
 /**
@@ -73,7 +72,8 @@ export const WORKER_DROPS: readonly string[] = ["--lite-mode", "--bytecode-old-a
  * took 620 and 652 ms from publish to converged, against 446 without
  * (`npm run bench -- agent --quick`), each pull's short work paying for the
  * huge pages it touched.
- * Only where a huge page is 2 MiB: with 64 KiB base pages it is 512 MiB.
+ * Only where a huge page is 2 MiB: with 64 KiB base pages it is 512 MiB
+ * (the launcher reads hpage_pmd_size).
  */
 export const BULK_MALLOC_TUNABLE = "glibc.malloc.hugetlb=1";
 /**
@@ -82,16 +82,6 @@ export const BULK_MALLOC_TUNABLE = "glibc.malloc.hugetlb=1";
  * daemon knows it was started with it.
  */
 export const BULK_MALLOC_MARK = "FLEETLET_BULK_MALLOC";
-const THP_SIZE_FILE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size";
-
-/** Whether the kernel's transparent huge page is 2 MiB (it has none, or another size, otherwise). */
-export function twoMiBHugePages(sizeFile = THP_SIZE_FILE): boolean {
-  try {
-    return readFileSync(sizeFile, "utf8").trim() === String(2 << 20);
-  } catch {
-    return false;
-  }
-}
 
 /** GLIBC_TUNABLES (colon-separated) without BULK_MALLOC_TUNABLE; undefined when nothing is left. */
 export function tunablesWithoutBulk(value: string | undefined): string | undefined {

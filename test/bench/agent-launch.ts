@@ -13,7 +13,8 @@
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { BULK_MALLOC_MARK, twoMiBHugePages } from "../../agent/system/process-memory.js";
+import { BULK_MALLOC_MARK } from "../../agent/system/process-memory.js";
+import { twoMiBHugePages } from "../support/huge-pages.js";
 
 // From build/test/bench/ as from test/bench/: the top of the project.
 const ROOT = new URL("../../../", import.meta.url).pathname;
@@ -39,23 +40,16 @@ function bundle(work: string): string {
   return join(dir, "lib", "fleetlet.js");
 }
 
-/** The Node flags a release bundle's bin/fleetlet runs every command with: its `node_flags=` line. */
-export function launcherFlags(): string[] {
-  const line = /^node_flags="(.*)"$/m.exec(readFileSync(join(ROOT, "deploy/launcher.sh"), "utf8"));
-  if (!line) throw new Error("deploy/launcher.sh has no node_flags= line");
-  return line[1]!.split(/\s+/).filter(Boolean);
+/** The value of deploy/launcher.sh's `name="…"` line. */
+function launcherLine(name: string): string {
+  const line = new RegExp(`^${name}="(.*)"$`, "m").exec(readFileSync(join(ROOT, "deploy/launcher.sh"), "utf8"));
+  if (!line) throw new Error(`deploy/launcher.sh has no ${name}= line`);
+  return line[1]!;
 }
 
-/**
- * The GLIBC_TUNABLES a release bundle's bin/fleetlet runs every command with:
- * its `malloc_tunables=` line added to `current`, where huge pages are 2 MiB,
- * as the launcher does.
- */
-export function launcherTunables(current: string | undefined): string | undefined {
-  const line = /^malloc_tunables="(.*)"$/m.exec(readFileSync(join(ROOT, "deploy/launcher.sh"), "utf8"));
-  if (!line) throw new Error("deploy/launcher.sh has no malloc_tunables= line");
-  if (!twoMiBHugePages()) return current;
-  return current ? `${current}:${line[1]}` : line[1];
+/** The Node flags a release bundle's bin/fleetlet runs every command with: its `node_flags=` line. */
+export function launcherFlags(): string[] {
+  return launcherLine("node_flags").split(/\s+/).filter(Boolean);
 }
 
 export function agentLaunch(args: string[], work: string): AgentLaunch {
@@ -74,8 +68,12 @@ export function agentLaunch(args: string[], work: string): AgentLaunch {
   if (args.includes("--bundle")) {
     script = bundle(work);
     env.FLEETLET_NATIVE_DIR = join(ROOT, "native/build/Release");
-    env.GLIBC_TUNABLES = launcherTunables(env.GLIBC_TUNABLES);
-    if (env.GLIBC_TUNABLES !== process.env.GLIBC_TUNABLES) env[BULK_MALLOC_MARK] = "1";
+    if (twoMiBHugePages()) {
+      // As the launcher does: its `malloc_tunables=` after the caller's own, and the mark beside them.
+      const tunables = launcherLine("malloc_tunables");
+      env.GLIBC_TUNABLES = env.GLIBC_TUNABLES ? `${env.GLIBC_TUNABLES}:${tunables}` : tunables;
+      env[BULK_MALLOC_MARK] = "1";
+    }
   }
   const extraEnv = Object.keys(env).filter((k) => env[k] !== process.env[k] && k !== "FLEETLET_NATIVE_DIR");
   return {

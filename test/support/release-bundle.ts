@@ -6,7 +6,17 @@
  */
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -50,6 +60,19 @@ export async function releaseBundle(releaseDir: string, arch: Arch): Promise<str
     timeoutMs: BUILD_TIMEOUT_MS,
   });
   return tarball;
+}
+
+/**
+ * A release's version directory `home` as far as its launcher needs: bin/fleetlet (deploy/launcher.sh) and a
+ * node/bin/node that is the shell script `nodeScript`. Returns bin/fleetlet's path.
+ */
+export function fakeReleaseHome(home: string, nodeScript: string): string {
+  mkdirSync(join(home, "bin"), { recursive: true });
+  mkdirSync(join(home, "node/bin"), { recursive: true });
+  copyFileSync(join(REPO, "deploy/launcher.sh"), join(home, "bin/fleetlet"));
+  chmodSync(join(home, "bin/fleetlet"), 0o755);
+  writeFileSync(join(home, "node/bin/node"), `#!/bin/sh\n${nodeScript}\n`, { mode: 0o755 });
+  return join(home, "bin/fleetlet");
 }
 
 /** Unpacks a tarball into `dir` (which must exist) and returns the bundle's directory. */

@@ -7,8 +7,6 @@
  */
 import { spawnSync } from "node:child_process";
 import {
-  chmodSync,
-  copyFileSync,
   createReadStream,
   existsSync,
   mkdirSync,
@@ -24,7 +22,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { unpackBundle } from "../../agent/store/bundle-unpack.js";
 import { agentInstallOf, pointLink, readUpdateState, writeUpdateState } from "../../agent/system/agent-install.js";
-import { manifestOf, REPO } from "../support/release-bundle.js";
+import { fakeReleaseHome, manifestOf } from "../support/release-bundle.js";
 
 const work = mkdtempSync(join(tmpdir(), "fleetlet-agent-bundle-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -122,13 +120,8 @@ describe("the install layout and the update state", () => {
 function fakeInstall(codes: { a: number; b: number | "hang" }): string {
   const prefix = join(work, `install-${++n}`);
   for (const v of ["a", "b"] as const) {
-    const home = join(prefix, "versions", v);
-    mkdirSync(join(home, "bin"), { recursive: true });
-    mkdirSync(join(home, "node/bin"), { recursive: true });
-    copyFileSync(join(REPO, "deploy/launcher.sh"), join(home, "bin/fleetlet"));
-    chmodSync(join(home, "bin/fleetlet"), 0o755);
     const body = codes[v] === "hang" ? "exec sleep 1000" : `exit ${codes[v]}`;
-    writeFileSync(join(home, "node/bin/node"), `#!/bin/sh\necho ${v}\n${body}\n`, { mode: 0o755 });
+    fakeReleaseHome(join(prefix, "versions", v), `echo ${v}\n${body}`);
   }
   pointLink(prefix, "current", "b");
   pointLink(prefix, "previous", "a");

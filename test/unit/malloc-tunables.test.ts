@@ -5,17 +5,13 @@
  * pull workers, and only where the kernel's huge page is 2 MiB.
  */
 import { spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  BULK_MALLOC_MARK,
-  BULK_MALLOC_TUNABLE,
-  tunablesWithoutBulk,
-  twoMiBHugePages,
-} from "../../agent/system/process-memory.js";
-import { REPO } from "../support/release-bundle.js";
+import { BULK_MALLOC_MARK, BULK_MALLOC_TUNABLE, tunablesWithoutBulk } from "../../agent/system/process-memory.js";
+import { twoMiBHugePages } from "../support/huge-pages.js";
+import { fakeReleaseHome } from "../support/release-bundle.js";
 
 const work = mkdtempSync(join(tmpdir(), "fleetlet-malloc-tunables-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -42,17 +38,13 @@ describe("GLIBC_TUNABLES for bulk work", () => {
 });
 
 describe("the launcher (deploy/launcher.sh)", () => {
-  /** A release layout whose "node" prints the GLIBC_TUNABLES it was given. */
+  /** A release layout whose "node" prints the GLIBC_TUNABLES and the mark it was given. */
   function layout(): string {
-    const home = join(work, "versions", "v1");
-    mkdirSync(join(home, "bin"), { recursive: true });
-    mkdirSync(join(home, "node/bin"), { recursive: true });
-    copyFileSync(join(REPO, "deploy/launcher.sh"), join(home, "bin/fleetlet"));
-    chmodSync(join(home, "bin/fleetlet"), 0o755);
     const value = (name: string) => `"\${${name}-unset}"`; // the variable, or "unset"
-    const print = `#!/bin/sh\nprintf "%s %s" ${value("GLIBC_TUNABLES")} ${value(BULK_MALLOC_MARK)}\n`;
-    writeFileSync(join(home, "node/bin/node"), print, { mode: 0o755 });
-    return join(home, "bin/fleetlet");
+    return fakeReleaseHome(
+      join(work, "versions", "v1"),
+      `printf "%s %s" ${value("GLIBC_TUNABLES")} ${value(BULK_MALLOC_MARK)}`,
+    );
   }
 
   it("gives every command the tunable after the caller's own where huge pages are 2 MiB, and none elsewhere", () => {
