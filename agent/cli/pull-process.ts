@@ -104,7 +104,7 @@ export function releaseSpareWorker(): void {
 
 function forkWorker(root: string, opts: WorkerOptions): ChildProcess {
   // The worker's stderr is the daemon's: a crash's trace lands in its log.
-  // No malloc in huge pages (system/process-memory.ts, BULK_MALLOC_TUNABLE): the daemon's env has none to pass.
+  // None of the bulk malloc tunables (system/process-memory.ts, BULK_MALLOC_TUNABLES): the daemon's env has none to pass.
   // FLEETLET_ROOT: the root whose compile cache its start uses (cli/startup-cache.ts); its pulls name theirs.
   return fork(opts.script, [PULL_WORKER_COMMAND], {
     stdio: ["ignore", "inherit", "inherit", "ipc"],

@@ -57,35 +57,44 @@ export const AGENT_NODE_FLAGS: readonly string[] = [
 export const WORKER_DROPS: readonly string[] = ["--lite-mode", "--bytecode-old-age"];
 
 /**
- * glibc's malloc in 2 MiB transparent huge pages (it madvises its heap and
- * its large blocks, where the kernel's THP mode is "madvise"), for one-shot
- * commands, which deploy/launcher.sh starts with it. A pull or an unpack goes
- * through a fresh buffer per batch: the body's copy for the unpack, the
- * decompressor's output, a layer's reads from disk. Each 4 KiB page of them
- * is a page fault, which costs 10 µs in the VM the benchmarks ran in.
- * Measured with `npm run bench -- pull --bundle`: a 50 MiB layer's unpack
- * 15,800 → 4,600 faults, 0.38 → 0.23 s; a 200 MiB pull and unpack 34,600 →
- * 15,500 faults, 1.35 → 1.20 s wall, 1.87 → 1.56 s CPU.
+ * glibc's malloc for one-shot commands, which deploy/launcher.sh starts with
+ * these tunables. A pull or an unpack goes through a fresh buffer per batch:
+ * the body's copy for the unpack, the decompressor's output, a layer's reads
+ * from disk. Each 4 KiB page of them is a page fault, which costs 10 µs in
+ * the VM the benchmarks ran in.
+ * - `hugetlb=1`: the heap in 2 MiB transparent huge pages (glibc madvises
+ *   it, where the kernel's THP mode is "madvise"). Measured with
+ *   `npm run bench -- pull --bundle`: a 50 MiB layer's unpack 15,800 → 4,600
+ *   faults, 0.38 → 0.23 s; a 200 MiB pull and unpack 34,600 → 15,500 faults,
+ *   1.35 → 1.20 s wall, 1.87 → 1.56 s CPU.
+ * - `mmap_threshold=4194304`: blocks up to 4 MiB (the decompressor's 256 KiB
+ *   outputs, the 1 MiB reads of a stored blob) come from that heap. Left to
+ *   itself, glibc maps each block over 128 KiB on its own (4 KiB pages) until
+ *   one is freed, which for a Buffer is the next garbage collection. Measured
+ *   alternating with and without it, 11 rounds each: the unpack of a 50 MiB
+ *   layer 124 → 108 ms, 4,640 → 4,070 faults.
  * Not for the daemon (idle with 10 services it held 3.8 MiB more), which
- * re-executes itself without it, nor for its pull workers, which it forks
- * with its own environment: with it, 20 services whose images were cached
+ * re-executes itself without them, nor for its pull workers, which it forks
+ * with its own environment: with them, 20 services whose images were cached
  * took 620 and 652 ms from publish to converged, against 446 without
  * (`npm run bench -- agent --quick`), each pull's short work paying for the
  * huge pages it touched.
  * Only where a huge page is 2 MiB: with 64 KiB base pages it is 512 MiB
  * (the launcher reads hpage_pmd_size).
  */
-export const BULK_MALLOC_TUNABLE = "glibc.malloc.hugetlb=1";
+export const BULK_MALLOC_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4194304";
 /**
- * Set by the launcher beside the tunable: glibc (2.36 here) takes the
- * tunable out of the environment it hands the process, so this is how the
- * daemon knows it was started with it.
+ * Set by the launcher beside the tunables: glibc (2.36 here) takes the
+ * hugetlb tunable out of the environment it hands the process, so this is
+ * how the daemon knows it was started with them.
  */
 export const BULK_MALLOC_MARK = "FLEETLET_BULK_MALLOC";
 
-/** GLIBC_TUNABLES (colon-separated) without BULK_MALLOC_TUNABLE; undefined when nothing is left. */
+const BULK = new Set(BULK_MALLOC_TUNABLES.split(":"));
+
+/** GLIBC_TUNABLES (colon-separated) without the BULK_MALLOC_TUNABLES; undefined when nothing is left. */
 export function tunablesWithoutBulk(value: string | undefined): string | undefined {
-  const rest = (value ?? "").split(":").filter((t) => t !== "" && t !== BULK_MALLOC_TUNABLE);
+  const rest = (value ?? "").split(":").filter((t) => t !== "" && !BULK.has(t));
   return rest.length ? rest.join(":") : undefined;
 }
 
@@ -104,8 +113,8 @@ export function workerNodeFlags(execArgv: readonly string[]): string[] {
 
 /**
  * Re-executes this process with the agent's Node flags if any is missing, or
- * without BULK_MALLOC_TUNABLE if it was started with it (the launcher sets
- * it for every command); returns, having done nothing, when neither is so.
+ * without the BULK_MALLOC_TUNABLES if it was started with them (the launcher
+ * sets them for every command); returns, having done nothing, when neither is so.
  */
 export function execWithAgentFlags(native: Pick<NativeCore, "execve">): void {
   if (process.env[REEXECUTED] !== undefined) {

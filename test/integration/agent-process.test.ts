@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { AGENT_NODE_FLAGS, BULK_MALLOC_MARK, BULK_MALLOC_TUNABLE } from "../../agent/system/process-memory.js";
+import { AGENT_NODE_FLAGS, BULK_MALLOC_MARK, BULK_MALLOC_TUNABLES } from "../../agent/system/process-memory.js";
 import { agentStarted, FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
 import { freePort } from "../support/free-port.js";
 import { registriesConfig, startRegistry } from "../support/registry.js";
@@ -93,13 +93,13 @@ describe("the agent process", () => {
   });
 });
 
-describe("the agent process and the launcher's malloc tunable", () => {
-  it("re-executes itself without it, other tunables kept, even with every Node flag given", async () => {
+describe("the agent process and the launcher's malloc tunables", () => {
+  it("re-executes itself without them, other tunables kept, even with every Node flag given", async () => {
     const root = freshRoot();
     try {
-      // As the launcher starts it: glibc takes the tunable out of the process's own environment, so the
+      // As the launcher starts it: glibc takes the tunables out of the process's own environment, so the
       // mark is what tells the daemon, and what shows it re-executed (only the re-execution drops it).
-      const tunables = `glibc.malloc.arena_max=2:${BULK_MALLOC_TUNABLE}`;
+      const tunables = `glibc.malloc.arena_max=2:${BULK_MALLOC_TUNABLES}`;
       const env = { ...process.env, GLIBC_TUNABLES: tunables, [BULK_MALLOC_MARK]: "1" };
       const { agent, cmdline } = await startAgent(root, [...AGENT_NODE_FLAGS], env);
       const environ = readFileSync(`/proc/${agent.pid}/environ`, "utf8").split("\0");
