@@ -3,6 +3,13 @@
  * pick this platform's entry from an index or manifest list, and check every
  * document against its digest. Sizes are bounded: a registry cannot make a
  * device buffer a huge "manifest".
+ *
+ * A document named by its digest (a manifest picked from an index, a config,
+ * a reference pinned by digest) is taken from the local store when the store
+ * has it and its bytes still hash to that digest: only a tag needs asking the
+ * registry. A cached image's tag then costs one request, not two or three:
+ * on a link with a 150 ms round trip, that is 150 to 300 ms less per image
+ * and per deployment.
  */
 import { createHash } from "node:crypto";
 import { formatIssues } from "../../schemas/format-issues.js";
@@ -36,6 +43,15 @@ export interface ResolvedImage {
   index?: { digest: string; mediaType: string; bytes: Buffer } | undefined;
 }
 
+/** The local store's bytes of a small document by its digest (at most `maxBytes`), or undefined. */
+export type StoredDocument = (digest: string, maxBytes: number) => Buffer | undefined;
+
+export interface ResolveOptions {
+  signal?: AbortSignal | undefined;
+  /** Where documents named by digest are looked for before the registry is asked. */
+  stored?: StoredDocument | undefined;
+}
+
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
 function parseJson(bytes: Buffer, what: string): unknown {
@@ -46,16 +62,49 @@ function parseJson(bytes: Buffer, what: string): unknown {
   }
 }
 
+/** `bytes` as the stored copy of `digest`, if they hash to it; undefined otherwise (asked of the registry then). */
+function verifiedCopy(bytes: Buffer | undefined, digest: string): Buffer | undefined {
+  return bytes && sha256(bytes) === digest ? bytes : undefined;
+}
+
+const KNOWN_TYPES: readonly string[] = [...MANIFEST_TYPES, ...INDEX_TYPES];
+
+type ManifestDoc = { digest: string; mediaType: string; bytes: Buffer };
+
+/**
+ * A manifest or index named by digest, from the store: its media type is the
+ * descriptor's that named it (`known`), else the one it states itself, if
+ * either is a type fleetlet reads; undefined otherwise, or when the store has
+ * no good copy (the registry is asked then, and its answer judged as ever).
+ */
+function storedManifest(reference: string, known: string | undefined, opts: ResolveOptions): ManifestDoc | undefined {
+  if (!reference.startsWith("sha256:")) return undefined;
+  const bytes = verifiedCopy(opts.stored?.(reference, MAX_MANIFEST_BYTES), reference);
+  if (!bytes) return undefined;
+  let stated: unknown;
+  try {
+    stated = (JSON.parse(bytes.toString("utf8")) as { mediaType?: unknown }).mediaType;
+  } catch {
+    return undefined;
+  }
+  const mediaType = [known, stated].find((t): t is string => KNOWN_TYPES.includes(t as string));
+  return mediaType ? { digest: reference, mediaType, bytes } : undefined;
+}
+
 async function getManifest(
   client: RegistryClient,
   ref: ImageRef,
   reference: string,
-  signal?: AbortSignal,
-): Promise<{ digest: string; mediaType: string; bytes: Buffer }> {
+  opts: ResolveOptions,
+  known?: string,
+): Promise<ManifestDoc> {
+  const stored = storedManifest(reference, known, opts);
+  if (stored) return stored;
+  const { signal } = opts;
   const name = `${client.registry}/${ref.repository}:${reference}`;
   const res = await client.request("GET", `/v2/${ref.repository}/manifests/${reference}`, {
     scope: repoScope(ref.repository, "pull"),
-    headers: { accept: [...MANIFEST_TYPES, ...INDEX_TYPES].join(", ") },
+    headers: { accept: KNOWN_TYPES.join(", ") },
     maxBytes: MAX_MANIFEST_BYTES,
     ...(signal ? { signal } : {}),
   });
@@ -85,7 +134,7 @@ async function getManifest(
     "";
   return {
     digest,
-    mediaType: [...MANIFEST_TYPES, ...INDEX_TYPES].includes(mediaType) ? mediaType : (bodyType ?? mediaType),
+    mediaType: KNOWN_TYPES.includes(mediaType) ? mediaType : (bodyType ?? mediaType),
     bytes: res.body,
   };
 }
@@ -103,10 +152,10 @@ export async function resolveImage(
   client: RegistryClient,
   ref: ImageRef,
   platform: Platform,
-  signal?: AbortSignal,
+  opts: ResolveOptions = {},
 ): Promise<ResolvedImage> {
   const name = formatReference(ref);
-  let doc = await getManifest(client, ref, ref.digest ?? ref.tag ?? "latest", signal);
+  let doc = await getManifest(client, ref, ref.digest ?? ref.tag ?? "latest", opts);
   let index: ResolvedImage["index"];
   if (INDEX_TYPES.includes(doc.mediaType)) {
     const parsed = imageIndex.safeParse(parseJson(doc.bytes, `index ${name}`));
@@ -124,7 +173,7 @@ export async function resolveImage(
       );
     }
     index = doc;
-    doc = await getManifest(client, ref, entries[i]!.digest, signal);
+    doc = await getManifest(client, ref, entries[i]!.digest, opts, entries[i]!.mediaType);
     if (INDEX_TYPES.includes(doc.mediaType))
       throw new FleetError("E_UNSUPPORTED", `${name}: an index inside an index is not supported`);
   }
@@ -132,7 +181,7 @@ export async function resolveImage(
   const parsed = imageManifest.safeParse(parseJson(doc.bytes, `manifest ${name}`));
   if (!parsed.success) throw new FleetError("E_REGISTRY", `manifest ${name}: ${formatIssues(parsed.error)}`);
   const manifest = parsed.data;
-  const configBytes = await getConfig(client, ref, manifest.config, signal);
+  const configBytes = await getConfig(client, ref, manifest.config, opts);
   const config = imageConfig.safeParse(parseJson(configBytes, `config of ${name}`));
   if (!config.success) throw new FleetError("E_REGISTRY", `config of ${name}: ${formatIssues(config.error)}`);
   if (config.data.rootfs.diff_ids.length !== manifest.layers.length) {
@@ -156,7 +205,7 @@ async function getConfig(
   client: RegistryClient,
   ref: ImageRef,
   desc: Descriptor,
-  signal?: AbortSignal,
+  opts: ResolveOptions,
 ): Promise<Buffer> {
   if (![MEDIA.ociConfig, MEDIA.dockerConfig].includes(desc.mediaType as never)) {
     throw new FleetError(
@@ -169,6 +218,9 @@ async function getConfig(
       "E_REGISTRY",
       `${formatReference(ref)}: config of ${desc.size} bytes is more than the ${MAX_CONFIG_BYTES} allowed`,
     );
+  const stored = verifiedCopy(opts.stored?.(desc.digest, MAX_CONFIG_BYTES), desc.digest);
+  if (stored) return stored;
+  const { signal } = opts;
   const res = await client.request("GET", `/v2/${ref.repository}/blobs/${desc.digest}`, {
     scope: repoScope(ref.repository, "pull"),
     maxBytes: MAX_CONFIG_BYTES,

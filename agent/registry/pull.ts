@@ -3,7 +3,8 @@
  * and unpack the layers the store lacks, several at a time under one shared
  * bandwidth cap. Each layer is unpacked as soon as its blob is verified,
  * while the others still download. The local store is consulted first: an
- * image whose layers are present costs one manifest request.
+ * image whose layers are present costs one manifest request (a tag's; what
+ * it names by digest, the store has).
  */
 import { statfsSync } from "node:fs";
 import { PassThrough } from "node:stream";
@@ -236,7 +237,8 @@ async function pullLeased(
   const started = monotonicMs();
   const client = deps.clients.client(ref.registry, deps.registries[ref.registry] ?? {});
   const platform = opts.platform ?? hostPlatform();
-  const resolve = () => resolveImage(client, ref, platform, opts.signal);
+  const stored = (digest: string, maxBytes: number) => deps.store.readSmall(digest, maxBytes);
+  const resolve = () => resolveImage(client, ref, platform, { signal: opts.signal, stored });
   // Under the caller's lease (a deployment's), a reference is resolved once; a pull's own lease is its alone.
   const resolved = opts.lease
     ? await deps.clients.resolution(opts.lease, `${formatReference(ref)} ${formatPlatform(platform)}`, resolve)

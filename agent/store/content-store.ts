@@ -6,7 +6,17 @@
  * so a blob that exists is a verified blob. A power cut leaves either that
  * or a partial in `ingest/` that the next pull resumes.
  */
-import { constants, createReadStream, existsSync, readdirSync, renameSync, statSync, unlinkSync } from "node:fs";
+import { createHash } from "node:crypto";
+import {
+  constants,
+  createReadStream,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+} from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -50,6 +60,27 @@ export class ContentStore {
 
   size(digest: string): number {
     return statSync(this.blobPath(digest)).size;
+  }
+
+  /**
+   * A small blob's bytes (a manifest, a config) if the store has it, it is
+   * at most `maxBytes` and it still hashes to its digest; undefined
+   * otherwise. A copy that no longer does (damaged on disk since it was
+   * stored) is removed, so that the next put stores a good one.
+   */
+  readSmall(digest: string, maxBytes: number): Buffer | undefined {
+    const path = this.blobPath(digest);
+    let bytes: Buffer;
+    try {
+      if (statSync(path).size > maxBytes) return undefined;
+      bytes = readFileSync(path);
+    } catch (err) {
+      if (isErrno(err, "ENOENT")) return undefined; // never stored, or collected meanwhile
+      throw err;
+    }
+    if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` === digest) return bytes;
+    this.delete(digest);
+    return undefined;
   }
 
   createReadStream(digest: string, opts: { highWaterMark?: number } = {}): Readable {

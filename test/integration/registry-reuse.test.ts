@@ -1,15 +1,17 @@
 /**
  * What pulls share through one RegistryClients: the registry's connections
  * and tokens across pulls, and a tag's resolution under one lease (a
- * deployment's).
+ * deployment's). And what a pull does not ask the registry for: the
+ * documents a tag leads to by digest, when the store has them.
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pullImage, storePullDeps } from "../../agent/registry/pull.js";
 import { pushImage } from "../../agent/registry/push.js";
+import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { RegistryClients } from "../../agent/registry/registry-clients.js";
 import { LocalStore } from "../../agent/store/local-store.js";
 import { loadNative } from "../../agent/system/native.js";
@@ -38,7 +40,7 @@ async function depsAt(name: string) {
 }
 
 beforeAll(async () => {
-  reg = await startRegistry({ auth: "token" });
+  reg = await startRegistry({ auth: "token", accessLog: true });
   proxy = await startCountingProxy({ host: "127.0.0.1", port: reg.port });
   work = mkdtempSync(join(tmpdir(), "fleetlet-reuse-"));
   const creds = { username: reg.username, password: reg.password, ca: reg.caFile };
@@ -101,6 +103,83 @@ describe("tags resolved under a lease", () => {
       const fresh = await pullImage(ref, deps, { lease: next });
       expect(fresh.digest).not.toBe(first.digest);
       await next.release();
+    } finally {
+      clients.close();
+    }
+  });
+});
+
+describe("documents named by digest", () => {
+  const INDEX = "application/vnd.oci.image.index.v1+json";
+
+  /** Puts an index with this platform's entry over `ref`'s manifest as `<repo>:<tag>`; returns the manifest's digest. */
+  async function putIndex(ref: string, tag: string): Promise<string> {
+    const repo = ref.slice(ref.indexOf("/") + 1, ref.lastIndexOf(":"));
+    const client = new RegistryClient(reg.host, registries[reg.host]!);
+    try {
+      const scope = `repository:${repo}:pull,push`;
+      const accept = "application/vnd.oci.image.manifest.v1+json";
+      const m = await client.request("GET", `/v2/${repo}/manifests/${ref.slice(ref.lastIndexOf(":") + 1)}`, {
+        scope,
+        headers: { accept },
+      });
+      const digest = `sha256:${createHash("sha256").update(m.body).digest("hex")}`;
+      const platform = { os: "linux", architecture: process.arch === "arm64" ? "arm64" : "amd64" };
+      const index = {
+        schemaVersion: 2,
+        mediaType: INDEX,
+        manifests: [{ mediaType: accept, digest, size: m.body.length, platform }],
+      };
+      const put = await client.request("PUT", `/v2/${repo}/manifests/${tag}`, {
+        scope,
+        headers: { "content-type": INDEX },
+        body: Buffer.from(JSON.stringify(index)),
+      });
+      expect(put.status).toBe(201);
+      return digest;
+    } finally {
+      client.close();
+    }
+  }
+
+  it("asks only for the tag of a stored image, and again for a stored copy that no longer hashes right", async () => {
+    const pushed = await pushSmall("stored:1");
+    const manifest = await putIndex(pushed, "idx");
+    const ref = pushed.replace(/:1$/, ":idx");
+    const clients = new RegistryClients();
+    try {
+      const deps = { ...(await depsAt("stored")), clients };
+      /** Pulls `ref` as a new deployment does (a lease of its own); resolves with the image and the requests it made. */
+      const deploy = async (what: string) => {
+        const before = (await reg.requests!()).length;
+        const lease = await deps.leases.take(what);
+        const image = await pullImage(ref, deps, { lease }).finally(() => lease.release());
+        return { image, requests: (await reg.requests!()).slice(before) };
+      };
+      const tag = "GET /v2/reuse/stored/manifests/idx";
+      const first = await deploy("apply one");
+      expect(first.image.digest).toBe(manifest);
+      const config = first.image.configDigest;
+      expect(first.requests).toEqual(
+        expect.arrayContaining([
+          tag,
+          `GET /v2/reuse/stored/manifests/${manifest}`,
+          `GET /v2/reuse/stored/blobs/${config}`,
+        ]),
+      );
+
+      // The next deployment resolves the tag again: one request, the rest is the store's.
+      const second = await deploy("apply two");
+      expect(second.image.digest).toBe(manifest);
+      expect(second.requests).toEqual([tag]);
+
+      // A stored config damaged on disk is not used: the registry gives it again, and the store keeps the good copy.
+      writeFileSync(deps.store.blobPath(config), "{}");
+      const third = await deploy("apply three");
+      expect(third.image.digest).toBe(manifest);
+      expect(third.requests).toEqual([tag, `GET /v2/reuse/stored/blobs/${config}`]);
+      expect(deps.store.readSmall(config, 1 << 20)).toBeDefined();
+      expect((await deploy("apply four")).requests).toEqual([tag]);
     } finally {
       clients.close();
     }

@@ -32,6 +32,8 @@ export interface RegistryFixture {
   password: string; // valid credentials (htpasswd and token modes)
   storageDir: string; // the registry's filesystem storage root
   tokenRequests?: () => number; // token mode: how many tokens were issued so far
+  /** With accessLog: "GET /v2/…" for each request served so far, in order, once a marker request made now is logged. */
+  requests?: () => Promise<string[]>;
   stop(): Promise<void>; // kills the registry (and issuer), waits for exit, removes temp dirs
 }
 
@@ -170,13 +172,13 @@ async function authSection(
   return { yaml, issuer };
 }
 
-function configYaml(layout: Layout, port: number, auth: string): string {
+function configYaml(layout: Layout, port: number, auth: string, accessLog: boolean): string {
   const q = JSON.stringify;
   return `version: 0.1
 log:
   level: error
   accesslog:
-    disabled: true
+    disabled: ${!accessLog}
 storage:
   filesystem:
     rootdirectory: ${q(layout.storageDir)}
@@ -236,11 +238,11 @@ function spawnRegistry(configFile: string): LoggedChild {
 }
 
 /** Starts the registry, retrying with another port when the free one was taken meanwhile. */
-async function serve(layout: Layout, auth: string): Promise<{ child: ChildProcess; port: number }> {
+async function serve(layout: Layout, auth: string, accessLog: boolean): Promise<{ child: ChildProcess; port: number }> {
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     const configFile = join(layout.root, "config.yml");
-    writeFileSync(configFile, configYaml(layout, port, auth));
+    writeFileSync(configFile, configYaml(layout, port, auth, accessLog));
     const { child, output } = spawnRegistry(configFile);
     // If the test process dies without stop(), the registry must not outlive it.
     const reap = () => child.kill("SIGKILL");
@@ -268,7 +270,38 @@ async function makeLayout(): Promise<Layout> {
   return { root, tls, certDir, storageDir };
 }
 
-export async function startRegistry(opts: { auth: RegistryAuth } = { auth: "htpasswd" }): Promise<RegistryFixture> {
+/**
+ * The method and path of each request in the registry's access log (combined
+ * format). The registry writes a request's line after its answer, so a
+ * marker request (`GET /v2/?mark=N`, not counted) is made and waited for.
+ */
+function requestLog(child: ChildProcess, url: string, ca: string): () => Promise<string[]> {
+  const seen: string[] = [];
+  let marks = 0;
+  let partial = "";
+  child.stdout?.on("data", (chunk: Buffer) => {
+    const lines = (partial + chunk.toString()).split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) {
+      const m = /"([A-Z]+) (\S+) HTTP\/[\d.]+"/.exec(line);
+      if (m) seen.push(`${m[1]} ${m[2]}`);
+    }
+  });
+  return async () => {
+    const mark = `GET /v2/?mark=${++marks}`;
+    await probe(`${url}?mark=${marks}`, ca);
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    while (!seen.includes(mark)) {
+      if (Date.now() > deadline) throw new Error(`the registry's access log never showed ${mark}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return seen.filter((r) => !r.startsWith("GET /v2/?mark="));
+  };
+}
+
+export async function startRegistry(
+  opts: { auth: RegistryAuth; accessLog?: boolean } = { auth: "htpasswd" },
+): Promise<RegistryFixture> {
   const layout = await makeLayout();
   const username = "fleetlet";
   const password = randomBytes(12).toString("hex");
@@ -282,8 +315,10 @@ export async function startRegistry(opts: { auth: RegistryAuth } = { auth: "htpa
   try {
     const auth = await authSection(opts.auth, layout, username, password);
     issuer = auth.issuer;
-    const started = await serve(layout, auth.yaml);
+    const started = await serve(layout, auth.yaml, opts.accessLog ?? false);
     child = started.child;
+    const ca = readFileSync(layout.tls.caCert, "utf8");
+    const requests = opts.accessLog ? requestLog(child, `https://127.0.0.1:${started.port}/v2/`, ca) : undefined;
     let stopping: Promise<void> | undefined;
     return {
       host: `127.0.0.1:${started.port}`,
@@ -295,6 +330,7 @@ export async function startRegistry(opts: { auth: RegistryAuth } = { auth: "htpa
       password,
       storageDir: layout.storageDir,
       ...(issuer ? { tokenRequests: issuer.tokenRequests } : {}),
+      ...(requests ? { requests } : {}),
       stop: () => {
         stopping ??= cleanup();
         return stopping;
