@@ -50,20 +50,35 @@ function complete(data: Partial<DbData> | null): DbData {
   return { ...emptyDbData(), ...(data ?? {}) };
 }
 
-/** db.json written whole or not at all: to a temp file of this process's own, then renamed over. */
+/**
+ * db.json written whole or not at all: to a temp file of this process's own,
+ * then renamed over. A write that would give the file the text it already
+ * has (an update that changed nothing: a lease that names the content
+ * already, an image record pulled again) is skipped, so the file, its
+ * version and the flash it sits on are left alone, and the other processes
+ * have nothing to read again.
+ */
 class JsonFile implements Adapter<DbData> {
+  /** The file's text as this process last read or wrote it (updates re-read a file another process wrote). */
+  private text: string | undefined;
+
   constructor(readonly file: string) {}
 
   async read(): Promise<DbData | null> {
     try {
-      return JSON.parse(await readText(this.file, "utf8")) as DbData;
+      const text = await readText(this.file, "utf8");
+      this.text = text;
+      return JSON.parse(text) as DbData;
     } catch (err) {
+      this.text = undefined;
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
       throw err;
     }
   }
 
   async write(data: DbData): Promise<void> {
+    const text = JSON.stringify(data, null, 1);
+    if (text === this.text) return;
     const tmp = join(
       dirname(this.file),
       `.${basename(this.file)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`,
@@ -72,7 +87,7 @@ class JsonFile implements Adapter<DbData> {
     try {
       // No fsync per write: ext4 (auto_da_alloc) flushes a file replaced by
       // rename before the rename, and the agent writes often.
-      await writeFd(fd, JSON.stringify(data, null, 1));
+      await writeFd(fd, text);
     } finally {
       await closeFd(fd);
     }
@@ -82,6 +97,7 @@ class JsonFile implements Adapter<DbData> {
       await unlinkPath(tmp).catch(() => undefined); // the rename's error is the one that matters
       throw err;
     }
+    this.text = text;
   }
 
   async version(): Promise<FileVersion> {

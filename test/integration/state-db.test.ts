@@ -5,7 +5,7 @@
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -48,6 +48,29 @@ describe("db.json between writers", () => {
     expect(Object.keys(onDisk.services).length).toBe(40);
     await a.refresh();
     expect(Object.keys(a.data.services).length).toBe(40);
+  });
+
+  it("leaves the file alone for an update that changes nothing, and writes the next one that does", async () => {
+    const root = fresh();
+    const [a, b] = await Promise.all([StateDb.open(root, native), StateDb.open(root, native)]);
+    await a.update((d) => {
+      d.services.web = record("c-1") as never;
+    });
+    const file = join(root, "db.json");
+    const before = statSync(file, { bigint: true });
+    // The same record again, from the writer that wrote it and from one that must read it first.
+    for (const db of [a, b, a])
+      await db.update((d) => {
+        d.services.web = record("c-1") as never;
+      });
+    const after = statSync(file, { bigint: true });
+    expect([after.ino, after.mtimeNs, after.ctimeNs]).toEqual([before.ino, before.mtimeNs, before.ctimeNs]);
+    await b.update((d) => {
+      d.services.web!.restarts = 1;
+    });
+    expect(statSync(file).ino).not.toBe(Number(before.ino));
+    await a.refresh();
+    expect(a.data.services.web?.restarts).toBe(1);
   });
 
   it("is not blocked by a writer killed while it held the lock", async () => {
