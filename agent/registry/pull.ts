@@ -282,8 +282,7 @@ async function pullLeased(
     for (const dir of deps.snapshots.abandoned()) await deps.snapshots.erase(dir);
   await runBounded(todo, concurrency, (layer) => fetchLayer(layer, fetch));
 
-  const record = imageRecord(formatReference(ref), resolved, layers, platform);
-  await deps.images.put(record);
+  const record = await deps.images.put(imageRecord(formatReference(ref), resolved, layers, platform));
   const ms = monotonicMs() - started;
   opts.onEvent?.({ type: "done", ref: record.ref, digest: record.digest, fetchedBytes, ms });
   return record;

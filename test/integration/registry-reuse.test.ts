@@ -102,6 +102,7 @@ describe("tags resolved under a lease", () => {
       const next = await deps.leases.take("apply two");
       const fresh = await pullImage(ref, deps, { lease: next });
       expect(fresh.digest).not.toBe(first.digest);
+      expect(fresh.pulledAt).not.toBe(first.pulledAt);
       await next.release();
     } finally {
       clients.close();
@@ -172,6 +173,8 @@ describe("documents named by digest", () => {
       const second = await deploy("apply two");
       expect(second.image.digest).toBe(manifest);
       expect(second.requests).toEqual([tag]);
+      // Nothing changed: the record stays as it was, from when the tag came to name this image.
+      expect(second.image.pulledAt).toBe(first.image.pulledAt);
 
       // A stored config damaged on disk is not used: the registry gives it again, and the store keeps the good copy.
       writeFileSync(deps.store.blobPath(config), "{}");
