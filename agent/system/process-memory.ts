@@ -73,20 +73,20 @@ export const WORKER_DROPS: readonly string[] = ["--lite-mode", "--bytecode-old-a
  *   one is freed, which for a Buffer is the next garbage collection. Measured
  *   alternating with and without it, 11 rounds each: the unpack of a 50 MiB
  *   layer 124 → 108 ms, 4,640 → 4,070 faults.
- * Not for the daemon (idle with 10 services it held 3.8 MiB more), which
- * re-executes itself without them, nor for its pull workers, which it forks
- * with its own environment: with them, 20 services whose images were cached
- * took 620 and 652 ms from publish to converged, against 446 without
- * (`npm run bench -- agent --quick`), each pull's short work paying for the
- * huge pages it touched.
+ * Not for the daemon (with hugetlb, idle with 10 services it held 3.8 MiB
+ * more), which re-executes itself without them, nor for its pull workers,
+ * which it forks with its own environment: with hugetlb, 20 services whose
+ * images were cached took 620 and 652 ms from publish to converged, against
+ * 446 without (`npm run bench -- agent --quick`), each pull's short work
+ * paying for the huge pages it touched.
  * Only where a huge page is 2 MiB: with 64 KiB base pages it is 512 MiB
  * (the launcher reads hpage_pmd_size).
  */
 export const BULK_MALLOC_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4194304";
 /**
- * Set by the launcher beside the tunables: glibc (2.36 here) takes the
- * hugetlb tunable out of the environment it hands the process, so this is
- * how the daemon knows it was started with them.
+ * Set by the launcher beside the tunables: glibc (2.36 here) takes them
+ * out of the environment it hands the process (other tunables stay), so
+ * this is how the daemon knows it was started with them.
  */
 export const BULK_MALLOC_MARK = "FLEETLET_BULK_MALLOC";
 
