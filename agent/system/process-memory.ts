@@ -84,9 +84,11 @@ export const WORKER_DROPS: readonly string[] = ["--lite-mode", "--bytecode-old-a
  */
 export const BULK_MALLOC_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4194304";
 /**
- * Set by the launcher beside the tunables: glibc (2.36 here) takes them
- * out of the environment it hands the process (other tunables stay), so
- * this is how the daemon knows it was started with them.
+ * Set by the launcher beside the tunables, so that the daemon knows it was
+ * started with them whatever glibc makes of the variable: glibc 2.36
+ * rewrites the process's environment block without them (other tunables
+ * stay; that is what /proc/<pid>/environ shows), while Node's process.env
+ * still has them.
  */
 export const BULK_MALLOC_MARK = "FLEETLET_BULK_MALLOC";
 

@@ -97,8 +97,9 @@ describe("the agent process and the launcher's malloc tunables", () => {
   it("re-executes itself without them, other tunables kept, even with every Node flag given", async () => {
     const root = freshRoot();
     try {
-      // As the launcher starts it: glibc takes the tunables out of the process's own environment, so the
-      // mark is what tells the daemon, and what shows it re-executed (only the re-execution drops it).
+      // As the launcher starts it. glibc rewrites the environment block that /proc/<pid>/environ shows
+      // without the tunables, so the mark is what shows it re-executed (only the re-execution drops it);
+      // tunablesWithoutBulk itself is held to the set by malloc-tunables.test.ts.
       const tunables = `glibc.malloc.arena_max=2:${BULK_MALLOC_TUNABLES}`;
       const env = { ...process.env, GLIBC_TUNABLES: tunables, [BULK_MALLOC_MARK]: "1" };
       const { agent, cmdline } = await startAgent(root, [...AGENT_NODE_FLAGS], env);
