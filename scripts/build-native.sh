@@ -18,4 +18,5 @@ fi
 # node-gyp takes npm's `nodedir` setting (npm_config_nodedir, from an npmrc
 # such as a distribution's nodedir=/usr) over --nodedir: set both.
 export npm_config_nodedir="$nodedir"
-exec node-gyp rebuild --directory native --nodedir="$nodedir"
+# One compiler per CPU (`--jobs max`): 20 s rather than 35 s on 2 cores.
+exec node-gyp rebuild --directory native --nodedir="$nodedir" --jobs max
