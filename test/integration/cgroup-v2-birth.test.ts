@@ -38,6 +38,26 @@ afterAll(async () => {
 /** The cgroup2 line of /proc/PID/cgroup (on this hybrid host, the v1 hierarchies' lines come before it). */
 const v2Line = (cgroup: string) => cgroup.split("\n").find((l) => l.startsWith("0::"));
 
+/**
+ * strace's lines, each call whole: with -f, a call that another thread's
+ * output cuts short is written as `PID  call(args <unfinished ...>` and later
+ * `PID  <... call resumed>) = result`; the two are joined into one line.
+ */
+function wholeCalls(text: string): string[] {
+  const cut = new Map<string, string>();
+  const out: string[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^(\d+)\s+(.*)$/.exec(line);
+    const resumed = m && /^<\.\.\. \S+ resumed>(.*)$/.exec(m[2]!);
+    if (m && line.endsWith("<unfinished ...>")) cut.set(m[1]!, line.slice(0, -"<unfinished ...>".length));
+    else if (m && resumed && cut.has(m[1]!)) {
+      out.push(cut.get(m[1]!)! + resumed[1]!);
+      cut.delete(m[1]!);
+    } else out.push(line);
+  }
+  return out;
+}
+
 /** Starts a container on the v2 layout under strace; returns its id, its init's cgroup, and strace's lines for
  * clone3 into a cgroup and for opening the container's cgroup.procs (a move). */
 function startTraced(cgroupMove: boolean, straceArgs: string[] = []) {
@@ -76,7 +96,7 @@ function startTraced(cgroupMove: boolean, straceArgs: string[] = []) {
   );
   expect(r.status, r.stderr).toBe(0);
   const { id, cgroup } = JSON.parse(r.stdout) as { id: string; cgroup: string };
-  const lines = readFileSync(log, "utf8").split("\n");
+  const lines = wholeCalls(readFileSync(log, "utf8"));
   const intoCgroup = lines.filter((l) => l.includes("CLONE_INTO_CGROUP"));
   const moves = lines.filter((l) => l.includes(`${parent}/${id}/cgroup.procs`));
   return { id, cgroup, intoCgroup, moves };
