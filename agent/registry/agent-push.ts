@@ -14,6 +14,7 @@ import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
 import { AGENT_BUNDLE_MEDIA, MEDIA } from "../../schemas/oci.js";
 import { FleetError } from "../errors.js";
+import { sha256Digest } from "../store/digest.js";
 import { readTar } from "../store/tar-reader.js";
 import { pushBlob } from "./blob-upload.js";
 import { formatReference, type ImageRef, parseReference } from "./reference.js";
@@ -86,8 +87,6 @@ export async function readAgentBundle(path: string): Promise<AgentBundleInfo> {
   };
 }
 
-const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
-
 /** PUTs a manifest or index under `reference` (a tag or its own digest); returns its digest. */
 async function putDocument(
   client: RegistryClient,
@@ -107,7 +106,7 @@ async function putDocument(
       "E_REGISTRY",
       `${formatReference(ref)}: putting ${reference} answered HTTP ${res.status}: ${res.body.toString("utf8").slice(0, 300)}`,
     );
-  return { digest: sha256(body), size: body.length };
+  return { digest: sha256Digest(body), size: body.length };
 }
 
 /** Pushes one bundle's layer, config and manifest; returns the manifest's index entry. */
@@ -120,7 +119,7 @@ async function pushBundle(client: RegistryClient, ref: ImageRef, b: AgentBundleI
       rootfs: { type: "layers", diff_ids: [b.diffId] },
     }),
   );
-  const configDigest = sha256(config);
+  const configDigest = sha256Digest(config);
   const bundleSource = {
     digest: b.digest,
     size: b.size,
@@ -145,7 +144,7 @@ async function pushBundle(client: RegistryClient, ref: ImageRef, b: AgentBundleI
   const put = await putDocument(
     client,
     ref,
-    sha256(Buffer.from(JSON.stringify(manifest))),
+    sha256Digest(Buffer.from(JSON.stringify(manifest))),
     MEDIA.ociManifest,
     manifest,
   );

@@ -6,12 +6,12 @@
  *
  * A document named by its digest (a manifest picked from an index, a config,
  * a reference pinned by digest) is taken from the local store when the store
- * has it and its bytes still hash to that digest: only a tag needs asking the
+ * has it and its bytes still hash to that digest (the store checks them as it
+ * reads them, `StoredDocument`): only a tag needs asking the
  * registry. A cached image's tag then costs one request, not two or three:
  * on a link with a 150 ms round trip, that is 150 to 300 ms less per image
  * and per deployment.
  */
-import { createHash } from "node:crypto";
 import { formatIssues } from "../../schemas/format-issues.js";
 import {
   type Descriptor,
@@ -25,6 +25,7 @@ import {
   MEDIA,
 } from "../../schemas/oci.js";
 import { FleetError } from "../errors.js";
+import { sha256Digest } from "../store/digest.js";
 import { formatPlatform, type Platform, selectPlatform } from "./platform.js";
 import { formatReference, type ImageRef } from "./reference.js";
 import { type RegistryClient, repoScope } from "./registry-client.js";
@@ -43,7 +44,11 @@ export interface ResolvedImage {
   index?: { digest: string; mediaType: string; bytes: Buffer } | undefined;
 }
 
-/** The local store's bytes of a small document by its digest (at most `maxBytes`), or undefined. */
+/**
+ * The local store's bytes of a small document by its digest (at most
+ * `maxBytes`), already checked to hash to it (ContentStore.readSmall), or
+ * undefined.
+ */
 export type StoredDocument = (digest: string, maxBytes: number) => Buffer | undefined;
 
 export interface ResolveOptions {
@@ -52,19 +57,12 @@ export interface ResolveOptions {
   stored?: StoredDocument | undefined;
 }
 
-const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
-
 function parseJson(bytes: Buffer, what: string): unknown {
   try {
     return JSON.parse(bytes.toString("utf8"));
   } catch (err) {
     throw new FleetError("E_REGISTRY", `${what} is not valid JSON: ${(err as Error).message}`);
   }
-}
-
-/** `bytes` as the stored copy of `digest`, if they hash to it; undefined otherwise (asked of the registry then). */
-function verifiedCopy(bytes: Buffer | undefined, digest: string): Buffer | undefined {
-  return bytes && sha256(bytes) === digest ? bytes : undefined;
 }
 
 const KNOWN_TYPES: readonly string[] = [...MANIFEST_TYPES, ...INDEX_TYPES];
@@ -79,7 +77,7 @@ type ManifestDoc = { digest: string; mediaType: string; bytes: Buffer };
  */
 function storedManifest(reference: string, known: string | undefined, opts: ResolveOptions): ManifestDoc | undefined {
   if (!reference.startsWith("sha256:")) return undefined;
-  const bytes = verifiedCopy(opts.stored?.(reference, MAX_MANIFEST_BYTES), reference);
+  const bytes = opts.stored?.(reference, MAX_MANIFEST_BYTES);
   if (!bytes) return undefined;
   let stated: unknown;
   try {
@@ -115,7 +113,7 @@ async function getManifest(
     );
   if (res.status !== 200)
     throw new FleetError("E_REGISTRY", `${name}: the registry answered HTTP ${res.status} for the manifest`);
-  const digest = sha256(res.body);
+  const digest = sha256Digest(res.body);
   if (reference.startsWith("sha256:") && digest !== reference)
     throw new FleetError("E_DIGEST_MISMATCH", `manifest ${reference}: its content hashes to ${digest}`);
   const announced = res.headers["docker-content-digest"];
@@ -218,7 +216,7 @@ async function getConfig(
       "E_REGISTRY",
       `${formatReference(ref)}: config of ${desc.size} bytes is more than the ${MAX_CONFIG_BYTES} allowed`,
     );
-  const stored = verifiedCopy(opts.stored?.(desc.digest, MAX_CONFIG_BYTES), desc.digest);
+  const stored = opts.stored?.(desc.digest, MAX_CONFIG_BYTES);
   if (stored) return stored;
   const { signal } = opts;
   const res = await client.request("GET", `/v2/${ref.repository}/blobs/${desc.digest}`, {
@@ -231,7 +229,10 @@ async function getConfig(
       "E_REGISTRY",
       `${formatReference(ref)}: config blob ${desc.digest} answered HTTP ${res.status}`,
     );
-  if (sha256(res.body) !== desc.digest)
-    throw new FleetError("E_DIGEST_MISMATCH", `config blob ${desc.digest}: its content hashes to ${sha256(res.body)}`);
+  if (sha256Digest(res.body) !== desc.digest)
+    throw new FleetError(
+      "E_DIGEST_MISMATCH",
+      `config blob ${desc.digest}: its content hashes to ${sha256Digest(res.body)}`,
+    );
   return res.body;
 }

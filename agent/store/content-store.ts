@@ -6,7 +6,6 @@
  * so a blob that exists is a verified blob. A power cut leaves either that
  * or a partial in `ingest/` that the next pull resumes.
  */
-import { createHash } from "node:crypto";
 import {
   constants,
   createReadStream,
@@ -23,7 +22,7 @@ import type { Readable } from "node:stream";
 import { isErrno } from "../errors.js";
 import type { NativeBlobWriter, NativeCore } from "../system/native.js";
 import { privateDir } from "../system/state-root.js";
-import { digestHex } from "./digest.js";
+import { digestHex, sha256Digest } from "./digest.js";
 import { Ingest } from "./ingest.js";
 import { IngestLocks } from "./ingest-lock.js";
 
@@ -78,7 +77,7 @@ export class ContentStore {
       if (isErrno(err, "ENOENT")) return undefined; // never stored, or collected meanwhile
       throw err;
     }
-    if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` === digest) return bytes;
+    if (sha256Digest(bytes) === digest) return bytes;
     this.delete(digest);
     return undefined;
   }

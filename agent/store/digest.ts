@@ -1,5 +1,11 @@
 /** Content digests: only sha256, as `sha256:<64 lowercase hex>`. */
+import { createHash } from "node:crypto";
 import { FleetError } from "../errors.js";
+
+/** The digest of bytes held in memory (a manifest, a config). */
+export function sha256Digest(bytes: Buffer): string {
+  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+}
 
 const DIGEST = /^sha256:[a-f0-9]{64}$/;
 

@@ -9,10 +9,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { buildTar } from "../../agent/store/tar-writer.js";
 import { type CountingProxy, startCountingProxy } from "../support/counting-proxy.js";
 import { FLEETLET_BIN, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
+import { type IndexPlatform, putIndex as putIndexOver } from "../support/oci-index.js";
 import { type RegistryFixture, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
 import { waitFor } from "../support/wait-for.js";
@@ -73,33 +73,8 @@ describe("integrity", () => {
 });
 
 describe("platforms", () => {
-  async function putIndex(
-    tag: string,
-    platforms: { os: string; architecture: string; variant?: string }[],
-  ): Promise<void> {
-    const client = new RegistryClient(reg.host, creds(reg));
-    const m = await client.request("GET", "/v2/base/busybox/manifests/1", {
-      scope: "repository:base/busybox:pull,push",
-      headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
-    });
-    const digest = `sha256:${(await import("node:crypto")).createHash("sha256").update(m.body).digest("hex")}`;
-    const index = {
-      schemaVersion: 2,
-      mediaType: "application/vnd.oci.image.index.v1+json",
-      manifests: platforms.map((platform) => ({
-        mediaType: "application/vnd.oci.image.manifest.v1+json",
-        digest,
-        size: m.body.length,
-        platform,
-      })),
-    };
-    const res = await client.request("PUT", `/v2/base/busybox/manifests/${tag}`, {
-      scope: "repository:base/busybox:pull,push",
-      headers: { "content-type": "application/vnd.oci.image.index.v1+json" },
-      body: Buffer.from(JSON.stringify(index)),
-    });
-    expect(res.status).toBe(201);
-  }
+  const putIndex = (tag: string, platforms: IndexPlatform[]) =>
+    putIndexOver(reg.host, creds(reg), { repo: "base/busybox", from: "1", tag }, platforms);
 
   it("says which platforms an index offers when none is this device's", async () => {
     await putIndex("arm-only", [

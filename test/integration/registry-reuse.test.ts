@@ -4,18 +4,18 @@
  * deployment's). And what a pull does not ask the registry for: the
  * documents a tag leads to by digest, when the store has them.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { pullImage, storePullDeps } from "../../agent/registry/pull.js";
 import { pushImage } from "../../agent/registry/push.js";
-import { RegistryClient } from "../../agent/registry/registry-client.js";
 import { RegistryClients } from "../../agent/registry/registry-clients.js";
 import { LocalStore } from "../../agent/store/local-store.js";
 import { loadNative } from "../../agent/system/native.js";
 import { type CountingProxy, startCountingProxy } from "../support/counting-proxy.js";
+import { putIndex } from "../support/oci-index.js";
 import { type RegistryFixture, startRegistry } from "../support/registry.js";
 
 const native = loadNative().core;
@@ -111,41 +111,11 @@ describe("tags resolved under a lease", () => {
 });
 
 describe("documents named by digest", () => {
-  const INDEX = "application/vnd.oci.image.index.v1+json";
-
-  /** Puts an index with this platform's entry over `ref`'s manifest as `<repo>:<tag>`; returns the manifest's digest. */
-  async function putIndex(ref: string, tag: string): Promise<string> {
-    const repo = ref.slice(ref.indexOf("/") + 1, ref.lastIndexOf(":"));
-    const client = new RegistryClient(reg.host, registries[reg.host]!);
-    try {
-      const scope = `repository:${repo}:pull,push`;
-      const accept = "application/vnd.oci.image.manifest.v1+json";
-      const m = await client.request("GET", `/v2/${repo}/manifests/${ref.slice(ref.lastIndexOf(":") + 1)}`, {
-        scope,
-        headers: { accept },
-      });
-      const digest = `sha256:${createHash("sha256").update(m.body).digest("hex")}`;
-      const platform = { os: "linux", architecture: process.arch === "arm64" ? "arm64" : "amd64" };
-      const index = {
-        schemaVersion: 2,
-        mediaType: INDEX,
-        manifests: [{ mediaType: accept, digest, size: m.body.length, platform }],
-      };
-      const put = await client.request("PUT", `/v2/${repo}/manifests/${tag}`, {
-        scope,
-        headers: { "content-type": INDEX },
-        body: Buffer.from(JSON.stringify(index)),
-      });
-      expect(put.status).toBe(201);
-      return digest;
-    } finally {
-      client.close();
-    }
-  }
-
   it("asks only for the tag of a stored image, and again for a stored copy that no longer hashes right", async () => {
     const pushed = await pushSmall("stored:1");
-    const manifest = await putIndex(pushed, "idx");
+    const repo = pushed.slice(pushed.indexOf("/") + 1, pushed.lastIndexOf(":"));
+    const platform = { os: "linux", architecture: process.arch === "arm64" ? "arm64" : "amd64" };
+    const manifest = await putIndex(reg.host, registries[reg.host]!, { repo, from: "1", tag: "idx" }, [platform]);
     const ref = pushed.replace(/:1$/, ":idx");
     const clients = new RegistryClients();
     try {
