@@ -73,6 +73,56 @@ describe("db.json between writers", () => {
     expect(a.data.services.web?.restarts).toBe(1);
   });
 
+  it("writes a burst of changes once, in call order, each caller resolved with its own result", async () => {
+    const root = fresh();
+    const db = await StateDb.open(root, native);
+    const before = db.writeCount;
+    const order: number[] = [];
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        db.update((d) => {
+          order.push(i);
+          d.services[`svc-${i}`] = record(`c-${i}`) as never;
+          return i * 2;
+        }),
+      ),
+    );
+    expect(results).toEqual(Array.from({ length: 20 }, (_, i) => i * 2));
+    expect(order).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    // The first change is written alone; the nineteen called for meanwhile share the next write.
+    expect(db.writeCount - before).toBe(2);
+    const onDisk = JSON.parse(readFileSync(join(root, "db.json"), "utf8"));
+    expect(Object.keys(onDisk.services)).toHaveLength(20);
+  });
+
+  it("drops only the change that throws from a shared write: its half-made edit too", async () => {
+    const root = fresh();
+    const db = await StateDb.open(root, native);
+    const outcomes = await Promise.allSettled([
+      db.update((d) => {
+        d.generation = 1;
+      }),
+      db.update((d) => {
+        d.services.a = record("a") as never;
+      }),
+      db.update((d) => {
+        d.services.half = record("half") as never;
+        throw new Error("refused half-way");
+      }),
+      db.update((d) => {
+        d.services.b = record("b") as never;
+        return "b written";
+      }),
+    ]);
+    expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "fulfilled", "rejected", "fulfilled"]);
+    expect((outcomes[2] as PromiseRejectedResult).reason.message).toBe("refused half-way");
+    expect((outcomes[3] as PromiseFulfilledResult<string>).value).toBe("b written");
+    const onDisk = JSON.parse(readFileSync(join(root, "db.json"), "utf8"));
+    expect(Object.keys(onDisk.services).sort()).toEqual(["a", "b"]);
+    expect(onDisk.generation).toBe(1);
+    expect(Object.keys(db.data.services).sort()).toEqual(["a", "b"]);
+  });
+
   it("is not blocked by a writer killed while it held the lock", async () => {
     const root = fresh();
     const db = await StateDb.open(root, native);
