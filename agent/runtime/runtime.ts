@@ -48,10 +48,12 @@ export interface RuntimeOptions {
   /**
    * Older kernels' paths, forced where the newer call works (tests): the shim lists /proc/self/fd
    * to keep descriptors from containers (before 5.11's close_range), and forks an init then moves
-   * it into its cgroup v2 (before 5.7's clone3 placing it there at birth).
+   * it into its cgroup v2 (before 5.7's clone3 placing it there at birth), and mounts the overlay
+   * without `volatile` (before 5.10), so its upper layer is synced when the container exits.
    */
   fdScan?: boolean;
   cgroupMove?: boolean;
+  overlaySync?: boolean;
   /** Where the one warning about a state root left open goes (stderr by default). */
   warn?: Warn;
   /** The host's device directory: a device's `/dev/…` path is looked up under it (default /dev). */
@@ -66,7 +68,7 @@ export class Runtime {
   private readonly catalog: ContainerCatalog;
   private readonly volumes: VolumeDirs;
   private readonly eraser: BackgroundEraser;
-  private readonly fallbacks: { fdScan: boolean; cgroupMove: boolean };
+  private readonly fallbacks: { fdScan: boolean; cgroupMove: boolean; overlaySync: boolean };
   readonly devices: ContainerDevices;
 
   constructor(opts: RuntimeOptions) {
@@ -76,7 +78,11 @@ export class Runtime {
     this.volumes = new VolumeDirs(this.root, this.native.core);
     this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
     this.catalog = new ContainerCatalog(this.root, this.native);
-    this.fallbacks = { fdScan: opts.fdScan ?? false, cgroupMove: opts.cgroupMove ?? false };
+    this.fallbacks = {
+      fdScan: opts.fdScan ?? false,
+      cgroupMove: opts.cgroupMove ?? false,
+      overlaySync: opts.overlaySync ?? false,
+    };
     this.devices = new ContainerDevices(opts.devRoot ?? "/dev", this.native.shimPath);
     this.network = new ContainerNetwork({
       root: this.root,

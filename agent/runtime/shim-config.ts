@@ -25,6 +25,8 @@ export interface ShimConfigInput {
   fdScan?: boolean;
   /** Fork the init and then move it into its cgroup v2, even where clone3 can place it at birth (tests). */
   cgroupMove?: boolean;
+  /** Mount the overlay without `volatile`, even where the kernel has it (tests). */
+  overlaySync?: boolean;
   /** The namespace and name files of a container on bridges (container-network.ts). */
   joined?: JoinedNetwork | undefined;
 }
@@ -74,6 +76,7 @@ export function encodeShimConfig(c: ShimConfigInput): Buffer {
     ...(c.cgroups.devices?.rules ?? []).map((r): [string, string] => ["device", r]),
     ...(c.fdScan ? [["fdscan", 1] as [string, number]] : []),
     ...(c.cgroupMove ? [["cgroup-move", 1] as [string, number]] : []),
+    ...(c.overlaySync ? [["overlay-sync", 1] as [string, number]] : []),
     ...(c.spec.init ? [["init", 1] as [string, number]] : []),
     ["log", c.paths.log],
     ["logmax", c.spec.log.maxBytes],

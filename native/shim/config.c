@@ -71,6 +71,7 @@ static int apply(struct shim_config *cfg, const char *key, const char *value, st
     return devnode_parse((char *)value, &cfg->devnodes[cfg->ndevnodes++], err);
   } else if (IS("fdscan")) cfg->fd_scan = strcmp(value, "1") == 0;
   else if (IS("cgroup-move")) cfg->cgroup_move = strcmp(value, "1") == 0;
+  else if (IS("overlay-sync")) cfg->overlay_sync = strcmp(value, "1") == 0;
   else if (IS("init")) cfg->init = strcmp(value, "1") == 0;
   else if (IS("oom")) cfg->oom_file = value;
   else if (IS("log")) cfg->log_path = value;

@@ -90,6 +90,7 @@ struct shim_config {
   struct str_list dev_rules;   /* allowed devices, "c 1:3 rwm" as in v1's devices.allow */
   int fd_scan;                 /* list /proc/self/fd even where close_range works (tests) */
   int cgroup_move;             /* fork, then move into the v2 cgroup, even where clone3 can (tests) */
+  int overlay_sync;            /* mount the overlay without `volatile`, even where the kernel has it (tests) */
   int init;                    /* PID 1 is the shim's init role (pid1.c), the command its child */
   struct host_device devnodes[MAX_LIST]; /* host devices made in the container's /dev */
   size_t ndevnodes;
