@@ -47,9 +47,8 @@ export interface RuntimeOptions {
   cgroupParent?: string;
   /**
    * Older kernels' paths, forced where the newer call works (tests): the shim lists /proc/self/fd
-   * to keep descriptors from containers (before 5.11's close_range), and forks an init then moves
-   * it into its cgroup v2 (before 5.7's clone3 placing it there at birth), and mounts the overlay
-   * without `volatile` (before 5.10), so its upper layer is synced when the container exits.
+   * (before 5.11's close_range), forks an init then moves it into its cgroup v2 (before 5.7's
+   * clone3 placing it there at birth), and mounts the overlay without `volatile` (before 5.10).
    */
   fdScan?: boolean;
   cgroupMove?: boolean;
@@ -78,11 +77,8 @@ export class Runtime {
     this.volumes = new VolumeDirs(this.root, this.native.core);
     this.cgroups = opts.cgroups ?? new Cgroups(detectCgroupLayout(), opts.cgroupParent ?? cgroupParentFor(opts.root));
     this.catalog = new ContainerCatalog(this.root, this.native);
-    this.fallbacks = {
-      fdScan: opts.fdScan ?? false,
-      cgroupMove: opts.cgroupMove ?? false,
-      overlaySync: opts.overlaySync ?? false,
-    };
+    const { fdScan = false, cgroupMove = false, overlaySync = false } = opts;
+    this.fallbacks = { fdScan, cgroupMove, overlaySync };
     this.devices = new ContainerDevices(opts.devRoot ?? "/dev", this.native.shimPath);
     this.network = new ContainerNetwork({
       root: this.root,
@@ -194,11 +190,9 @@ export class Runtime {
       const watch = new this.native.core.ExitWatch(shim.pid, BigInt(shim.startTime), () => {
         signal?.removeEventListener("abort", onAbort);
         const exit = readExit(paths);
+        const died = `container ${id}: its shim (pid ${shim.pid}) died without recording the exit`;
         if (exit) resolve(exit);
-        else
-          reject(
-            new FleetError("E_RUNTIME", `container ${id}: its shim (pid ${shim.pid}) died without recording the exit`),
-          );
+        else reject(new FleetError("E_RUNTIME", died));
       });
       if (signal?.aborted) onAbort();
       else signal?.addEventListener("abort", onAbort, { once: true });
