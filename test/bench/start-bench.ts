@@ -10,8 +10,9 @@
  * (cgroup-birth-bench.ts).
  * Debian's crun 1.8 refuses a hybrid cgroup host, so it runs inside
  * `unshare -m` with /sys/fs/cgroup/unified unmounted, as the issue asks.
- * Also reports the resident memory of each shim, and how long a stop takes
- * with and without an init (stop-bench.ts).
+ * Also reports the resident memory of each shim, how long a stop takes
+ * with and without an init (stop-bench.ts), and what 20 stops cost the disk
+ * with the overlay volatile and synced (exit-sync-bench.ts).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -22,6 +23,7 @@ import { Runtime } from "../../agent/runtime/runtime.js";
 import type { ContainerSpecInput } from "../../schemas/container.js";
 import { buildBusyboxRootfs } from "../support/busybox-rootfs.js";
 import { cgroupBirthBench } from "./cgroup-birth-bench.js";
+import { exitSyncBench } from "./exit-sync-bench.js";
 import { specWithSeccomp } from "./oci-seccomp.js";
 import { printSummaries, type Summary, summarize } from "./stats.js";
 import { stopBench } from "./stop-bench.js";
@@ -193,6 +195,7 @@ export async function startBench(args: string[]): Promise<void> {
       `\nshim resident memory over ${rss.length} running containers: max ${Math.max(...rss)} kB, mean ${(rss.reduce((a, b) => a + b, 0) / rss.length).toFixed(0)} kB (goal: <= 1024 kB)`,
     );
     await stopBench(runtime, rootfs, 5);
+    await exitSyncBench(join(work, "state"), rootfs);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
