@@ -155,7 +155,10 @@ export class StateDb {
     return this.low.data;
   }
 
-  /** How many times this process has written the state (what the benches count per deployment). */
+  /**
+   * How many writes this process has made: one per turn under the lock that kept a change, however
+   * many changes it carried (one that leaves the text as it was counts, though the file is left alone).
+   */
   get writeCount(): number {
     return this.writes;
   }
