@@ -187,6 +187,15 @@ describe("fleetlet run isolation", () => {
     expect(readFileSync(`${root}/volumes/vol1/data/file`, "utf8")).toBe("kept\n");
   });
 
+  it("starts the command with no signal blocked, and none of Node's ignored ones (SIGPIPE, SIGXFSZ) ignored", () => {
+    // cat as PID 1 sets no disposition of its own: what it shows is what it was given.
+    const r = fleetlet(root, ["run", "--rm", "--rootfs", rootfs, "--", "/bin/cat", "/proc/self/status"]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(BigInt(`0x${statusField(r.stdout, "SigBlk")}`)).toBe(0n);
+    // Signals 1 to 31; 32 and 33 are glibc's own, which its spawn hands on ignored.
+    expect(BigInt(`0x${statusField(r.stdout, "SigIgn")}`) & 0x7fffffffn).toBe(0n);
+  });
+
   it("limits open files", () => {
     const r = sh("ulimit -n");
     expect(Number(r.stdout)).toBe(1024);
