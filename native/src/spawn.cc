@@ -124,7 +124,7 @@ class SpawnWork : public Napi::AsyncWorker {
   void Execute() override {
     int cfg = memfd_create("fleetlet-config", MFD_CLOEXEC);
     if (cfg < 0 || WriteAll(cfg, config_.data(), config_.size()) < 0) {
-      Fail(errno, "write the shim config");
+      Fail(errno ? errno : EIO, "write the shim config");
       if (cfg >= 0) close(cfg);
       return;
     }
@@ -151,7 +151,7 @@ class SpawnWork : public Napi::AsyncWorker {
   }
 
   void OnOK() override {
-    if (errno_ != 0) {
+    if (!what_.empty()) {
       Napi::Error e = ErrnoError(Env(), errno_, what_);
       e.Set("exitCode", Napi::Number::New(Env(), 125));
       return deferred_.Reject(e.Value());
@@ -191,6 +191,7 @@ class SpawnWork : public Napi::AsyncWorker {
     return rc;
   }
 
+  // The call that failed and its errno: a non-empty `what_` is what marks a failure.
   void Fail(int err, const std::string& what) {
     errno_ = err;
     what_ = what;

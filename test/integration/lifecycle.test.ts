@@ -74,6 +74,19 @@ describe("container lifecycle", () => {
     expect(shimProcesses()).toEqual([]);
   });
 
+  it("fails a start whose shim cannot be spawned with the reason, leaving the container created and no cgroup", async () => {
+    const runtime = new Runtime({ root, native: { ...loadNative(), shimPath: join(root, "no-such-shim") } });
+    const { id } = runtime.create({ layers: [rootfs], command: ["/bin/true"], resources: { memory: "64Mi" } });
+    await expect(runtime.start(id)).rejects.toMatchObject({
+      code: "E_RUNTIME",
+      exitCode: 125,
+      message: expect.stringMatching(/spawn shim `.*no-such-shim`: .*no such file or directory/i),
+    });
+    expect(runtime.inspect(id).status).toBe("created");
+    for (const dir of runtime.cgroups.locate(id).dirs.values()) expect(existsSync(dir)).toBe(false);
+    await runtime.delete(id);
+  });
+
   it("stops the container when fleetlet run gets SIGTERM", async () => {
     const child = fleetletAsync(root, [
       "run",
