@@ -182,8 +182,8 @@ export class StateDb {
    * Resolves with what `change` returns, once it is written; a throwing change
    * writes nothing. This process's changes run one at a time, in call order;
    * those called for while a write is under way share the next write, so a
-   * burst of them (twenty services started side by side) costs a write or
-   * two, not twenty.
+   * burst of them (twenty services started side by side) costs a few
+   * writes, not twenty.
    */
   update<R>(change: (data: DbData) => R | Promise<R>): Promise<R> {
     return new Promise<R>((resolve, reject) => {

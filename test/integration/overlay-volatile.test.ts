@@ -52,7 +52,7 @@ describe("a container's writable layer", () => {
     expect(readdirSync(join(root, "containers")).filter((n) => n.includes(c.id))).toEqual([]);
   });
 
-  it("is mounted without volatile, and synced, where forced to the older kernels' path", async () => {
+  it("is mounted without volatile where forced to the older kernels' path", async () => {
     const runtime = new Runtime({ root, overlaySync: true });
     const c = runtime.create({ layers: [rootfs], command: ["/bin/sleep", "30"] });
     const { pid } = await runtime.start(c.id);
