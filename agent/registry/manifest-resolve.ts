@@ -229,10 +229,8 @@ async function getConfig(
       "E_REGISTRY",
       `${formatReference(ref)}: config blob ${desc.digest} answered HTTP ${res.status}`,
     );
-  if (sha256Digest(res.body) !== desc.digest)
-    throw new FleetError(
-      "E_DIGEST_MISMATCH",
-      `config blob ${desc.digest}: its content hashes to ${sha256Digest(res.body)}`,
-    );
+  const digest = sha256Digest(res.body);
+  if (digest !== desc.digest)
+    throw new FleetError("E_DIGEST_MISMATCH", `config blob ${desc.digest}: its content hashes to ${digest}`);
   return res.body;
 }

@@ -23,6 +23,7 @@ import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip, createZstdCompress, createZstdDecompress } from "node:zlib";
 import { type Descriptor, MEDIA } from "../../schemas/oci.js";
 import { FleetError } from "../errors.js";
+import { sha256Digest } from "../store/digest.js";
 import { packDirectory } from "../store/tar-writer.js";
 import { type BlobSource, pushBlob } from "./blob-upload.js";
 import { resolveImage } from "./manifest-resolve.js";
@@ -222,7 +223,7 @@ async function putManifest(
       "E_REGISTRY",
       `${formatReference(ref)}: putting the manifest answered HTTP ${res.status}: ${res.body.toString("utf8").slice(0, 300)}`,
     );
-  return `sha256:${createHash("sha256").update(manifest).digest("hex")}`;
+  return sha256Digest(manifest);
 }
 
 export async function pushImage(source: string, refText: string, opts: PushOptions): Promise<PushResult> {
@@ -241,7 +242,7 @@ export async function pushImage(source: string, refText: string, opts: PushOptio
     const platform = opts.platform ?? hostPlatform();
     const base = opts.base ? await baseImage(opts.base, ref.registry, opts.registries, platform) : undefined;
     const bytes = imageConfig(platform, layer.diffId, base, opts);
-    const config = { digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, bytes };
+    const config = { digest: sha256Digest(bytes), bytes };
     const mountFrom = [...(base ? [base.repository] : []), ...(opts.mountFrom ?? [])];
     for (const b of imageBlobs(ref.repository, { path: layerPath, ...layer }, config, base)) {
       const outcome = await pushBlob(client, ref.repository, b, mountFrom);

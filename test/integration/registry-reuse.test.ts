@@ -9,6 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { hostPlatform } from "../../agent/registry/platform.js";
 import { pullImage, storePullDeps } from "../../agent/registry/pull.js";
 import { pushImage } from "../../agent/registry/push.js";
 import { RegistryClients } from "../../agent/registry/registry-clients.js";
@@ -114,8 +115,7 @@ describe("documents named by digest", () => {
   it("asks only for the tag of a stored image, and again for a stored copy that no longer hashes right", async () => {
     const pushed = await pushSmall("stored:1");
     const repo = pushed.slice(pushed.indexOf("/") + 1, pushed.lastIndexOf(":"));
-    const platform = { os: "linux", architecture: process.arch === "arm64" ? "arm64" : "amd64" };
-    const manifest = await putIndex(reg.host, registries[reg.host]!, { repo, from: "1", tag: "idx" }, [platform]);
+    const manifest = await putIndex(reg.host, registries[reg.host]!, { repo, from: "1", tag: "idx" }, [hostPlatform()]);
     const ref = pushed.replace(/:1$/, ":idx");
     const clients = new RegistryClients();
     try {
