@@ -43,8 +43,10 @@ describe("a container's writable layer", () => {
     const { pid } = await runtime.start(c.id);
     expect(rootOptions(pid).some((o) => /^(fsync=)?volatile$/.test(o))).toBe(true);
     const note = join(root, "containers", c.id, "upper", "fs", "note");
-    for (let i = 0; i < 100 && !existsSync(note); i++) await new Promise((r) => setTimeout(r, 20));
-    expect(readFileSync(note, "utf8")).toBe("kept\n");
+    // The shell creates the file before it writes to it: wait for the write, not the name.
+    const content = () => (existsSync(note) ? readFileSync(note, "utf8") : "");
+    for (let i = 0; i < 100 && content() !== "kept\n"; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(content()).toBe("kept\n");
     // The overlay marks its work dir (a mode-0 work/incompat/volatile/dirty): the removal takes that too.
     expect(existsSync(join(root, "containers", c.id, "work", "work", "incompat", "volatile", "dirty"))).toBe(true);
     await runtime.delete(c.id, { force: true });
