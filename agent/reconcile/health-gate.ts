@@ -67,12 +67,13 @@ export class HealthGate {
    * Watches the started services for the rest of the window after the
    * deployment converged. Throws E_UNHEALTHY when one fails; resolves true
    * when the window closes healthy, and, when cut short by `signal`, whether
-   * they were healthy at that moment.
+   * they were healthy at that moment. The services are looked at once more
+   * as the window closes: a stalled event loop must not skip that look.
    */
   async probation(healthyWithinMs: number, signal: AbortSignal): Promise<boolean> {
     const window = Math.min(healthyWithinMs, PROBATION_MAX_MS);
     const end = Date.now() + window;
-    while (this.started.size && Date.now() < end) {
+    while (this.started.size) {
       const failing = this.failing(this.started);
       if (signal.aborted) return failing === undefined;
       if (failing !== undefined) {
@@ -81,7 +82,9 @@ export class HealthGate {
           `deployment ${this.deployment}: unhealthy within ${window} ms of starting: ${failing}`,
         );
       }
-      await pause(POLL_MS, signal);
+      const left = end - Date.now();
+      if (left <= 0) break;
+      await pause(Math.min(POLL_MS, left), signal);
     }
     return true;
   }
