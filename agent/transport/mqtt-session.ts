@@ -150,8 +150,9 @@ export class MqttSession {
   private onConnectionChange(connected: boolean): void {
     this.opts.onConnectionChange?.(connected);
     if (!connected) return;
-    this.reported.flush();
+    // What happened while offline goes out before the state it led to, so a watcher reads them in that order.
     for (const ev of this.events.takeHeld()) this.send("events", ev, false);
+    this.reported.flush();
   }
 
   private onSubscribeError(err: Error, desired: string[], suback: Parameters<ClientSubscribeCallback>[2]): void {

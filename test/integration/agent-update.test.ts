@@ -203,7 +203,8 @@ describe("agent self-update through the fleet", () => {
     );
     expect(r.agent.version).toBe(VERSION);
     pid = webPid()!;
-    expect(isSleep(pid)).toBe(true);
+    // Running is reported once its shell runs; the shell then execs sleep.
+    await waitFor("the service's shell to exec sleep", () => isSleep(pid));
   }, 180_000);
 
   it("commits v2 in the same process, the container untouched", async () => {

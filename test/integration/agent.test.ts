@@ -200,10 +200,15 @@ describe("fleetlet agent", () => {
     );
     expect(back.lastError?.code).toBe("E_UNHEALTHY");
     expect(back.lastError?.message).toContain("rolled back to web-3");
-    const logs = await fetch(`http://127.0.0.1:${apiPort}/v1/services/web/logs?tail=1`, {
-      headers: { authorization: "Bearer s3cret" },
-    });
-    expect(await logs.text()).toBe("hi three\n");
+    // The restored service's shell echoes once it runs: a rollback has no probation to wait that out.
+    const lastLine = async () =>
+      (
+        await fetch(`http://127.0.0.1:${apiPort}/v1/services/web/logs?tail=1`, {
+          headers: { authorization: "Bearer s3cret" },
+        })
+      ).text();
+    await waitFor("the restored service's greeting", async () => (await lastLine()) !== "");
+    expect(await lastLine()).toBe("hi three\n");
   });
 });
 

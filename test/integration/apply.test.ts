@@ -10,6 +10,7 @@ import { Runtime } from "../../agent/runtime/runtime.js";
 import { type CliResult, fleetctl, fleetlet, runCli } from "../support/fleetlet-cli.js";
 import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
+import { waitFor } from "../support/wait-for.js";
 
 const rootfs = inject("busyboxRootfs");
 let reg: RegistryFixture;
@@ -169,7 +170,10 @@ describe("fleetlet apply", () => {
     expect(r.stdout).toMatch(/rolledBack/);
     expect(r.stderr).toMatch(/(not healthy within 4000 ms|unhealthy within 4000 ms of starting): web/);
     expect(r.stderr).toContain(`rolled back to ${good}`);
-    expect(fleetlet(root, ["logs", webContainer()]).stdout).toBe("GREETING=bonjour\n");
+    // The restored service's shell echoes once it runs: a rollback has no probation to wait that out.
+    const logs = () => fleetlet(root, ["logs", webContainer()]).stdout;
+    await waitFor("the restored service's greeting", () => logs() !== "");
+    expect(logs()).toBe("GREETING=bonjour\n");
     expect(fleetlet(root, ["ps"]).stdout).toContain(webContainer());
   });
 

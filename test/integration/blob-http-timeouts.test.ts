@@ -204,14 +204,14 @@ describe("a name with more than one address", () => {
 
   it("tries the families in turn: an IPv6 address after one IPv4 address that does not answer, not after all of them", async () => {
     const s = await servers.serve(false, (_req, res) => res.end("ok"), "::1");
-    const v4 = ["127.0.0.3", "127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"];
+    const v4 = [3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16].map((n) => `127.0.0.${n}`);
     const unplug = await blackHoles(v4, s.port);
     const conn = new native.HttpConnection([...v4, "::1"].join(" "), s.port, "", null, 30_000, 5000);
     try {
       const t0 = Date.now();
       expect(await conn.exchange(request(s.port))).toMatch(/^HTTP\/1\.1 200 /);
-      // ::1 second, 250 ms in; in the order given it would come sixth, 1,250 ms in.
-      expect(Date.now() - t0).toBeLessThan(1000);
+      // ::1 second, 250 ms in; in the order given it would come 13th, 3,000 ms in. The margin is for a loaded machine.
+      expect(Date.now() - t0).toBeLessThan(2000);
     } finally {
       conn.close();
       unplug();

@@ -16,6 +16,7 @@ import { freePort } from "../support/free-port.js";
 import { type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
 import { type RegistryFixture, registriesConfig, startRegistry } from "../support/registry.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
+import { waitFor } from "../support/wait-for.js";
 
 const rootfs = inject("busyboxRootfs");
 const VERSION = (JSON.parse(readFileSync("package.json", "utf8")) as { version: string }).version;
@@ -87,10 +88,11 @@ beforeAll(async () => {
   );
   expect(pushed.status, pushed.stderr).toBe(0);
   agent = spawnAgent(root(), config);
-  for (let i = 0; (await retainedUnder("fleet/devices/dev-cli/reported")).length === 0; i++) {
-    if (i > 100) throw new Error("the agent dev-cli never reported");
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await waitFor(
+    "the agent dev-cli's first report",
+    async () => (await retainedUnder("fleet/devices/dev-cli/reported")).length > 0,
+    { timeoutMs: 30_000, intervalMs: 100 },
+  );
 });
 
 afterAll(async () => {

@@ -469,24 +469,31 @@ describe("fleetctl status --watch --share", () => {
       });
       return out;
     });
-    // Live updates: each device's service restarted (through its status socket) is one reported change.
-    await new Promise((r) => setTimeout(r, 2000));
-    for (const id of DEVICES) expect(await restartWeb(id)).toBe(200);
-    await new Promise((r) => setTimeout(r, 5000));
-    for (const p of instances) p.kill("SIGTERM");
-    await Promise.all(instances.map((p) => new Promise((r) => p.once("exit", r))));
-    const updates = outputs.map((o) => {
-      const [snapshot, ...lines] = o.text.trim().split("\n");
-      expect(JSON.parse(snapshot!).map((d: { deviceId: string }) => d.deviceId)).toEqual(DEVICES);
-      return lines
-        .map((l) => JSON.parse(l) as { deviceId: string; reported: ReportedState | null })
-        .filter((u) => u.reported)
-        .map((u) => `${u.deviceId} ${u.reported!.ts}`);
+    const closed = instances.map((p) => new Promise((r) => p.once("close", r)));
+    // Each prints its snapshot once its shared subscription is in place.
+    await waitFor("both instances' snapshots", () => outputs.every((o) => o.text.includes("\n")), {
+      timeoutMs: 30_000,
     });
-    expect(updates[0]!.length).toBeGreaterThan(0);
-    expect(updates[1]!.length).toBeGreaterThan(0);
+    const updates = () =>
+      outputs.map((o) => {
+        const [snapshot, ...lines] = o.text.trim().split("\n");
+        expect(JSON.parse(snapshot!).map((d: { deviceId: string }) => d.deviceId)).toEqual(DEVICES);
+        return lines
+          .filter((l) => l.endsWith("}"))
+          .map((l) => JSON.parse(l) as { deviceId: string; reported: ReportedState | null })
+          .filter((u) => u.reported)
+          .map((u) => `${u.deviceId} ${u.reported!.ts}`);
+      });
+    // Live updates: each device's service restarted (through its status socket) is a reported change or two.
+    for (const id of DEVICES) expect(await restartWeb(id)).toBe(200);
+    await waitFor("updates at both instances", () => updates().every((u) => u.length > 0), { timeoutMs: 30_000 });
+    for (const p of instances) p.kill("SIGTERM");
+    await Promise.all(closed);
+    const [first, second] = updates();
+    expect(first!.length).toBeGreaterThan(0);
+    expect(second!.length).toBeGreaterThan(0);
     // Each report went to exactly one of the two.
-    expect(updates[0]!.filter((u) => updates[1]!.includes(u))).toEqual([]);
+    expect(first!.filter((u) => second!.includes(u))).toEqual([]);
   });
 });
 

@@ -148,7 +148,7 @@ describe("fleetlet run --init", () => {
     }
   });
 
-  it("stops a sleep in well under a second with an init, and only at the stop timeout without", () => {
+  it("stops a sleep at once with an init, and only at the stop timeout without", () => {
     detached("sleep-init", ["--init", "--stop-timeout", "5"], ["sleep", "1000"]);
     detached("sleep-bare", ["--stop-timeout", "5"], ["sleep", "1000"]);
     const withInit = stopAndRemove("sleep-init");
@@ -156,7 +156,8 @@ describe("fleetlet run --init", () => {
     // The init forwards SIGTERM and sleep dies of it; as PID 1 itself sleep ignores it until SIGKILL.
     expect(withInit.stdout).toBe("sleep-init exited with 143\n");
     expect(without.stdout).toBe("sleep-bare exited with 137\n");
-    expect(withInit.ms).toBeLessThan(2000);
+    // Well before the 5 s stop timeout; the figure holds a CLI's start, which a loaded machine slows.
+    expect(withInit.ms).toBeLessThan(4000);
     expect(without.ms).toBeGreaterThanOrEqual(4500);
   });
 

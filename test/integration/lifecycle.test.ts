@@ -106,7 +106,7 @@ describe("container lifecycle", () => {
     });
     await new Promise<void>((resolve) => child.stdout.on("data", () => out.includes("ready") && resolve()));
     child.kill("SIGTERM");
-    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
     expect(out).toContain("got-term");
     expect(code).toBe(7);
     expect(existsSync(join(root, "containers", "sigterm"))).toBe(false);

@@ -89,8 +89,16 @@ describe("resource limits", () => {
       const used = runtime.stats(id).cpuNanos - before;
       const wall = Number(process.hrtime.bigint() - t0);
       const share = used / wall;
-      expect(share).toBeGreaterThan(0.15);
+      // A quota is a ceiling, not a promise: on a loaded machine the loop may get less. That it hit
+      // the ceiling shows in the periods the kernel throttled it.
+      expect(share).toBeGreaterThan(0.02);
       expect(share).toBeLessThan(0.32);
+      const stats = [...runtime.cgroups.locate(id).dirs.values()]
+        .map((dir) => join(dir, "cpu.stat"))
+        .filter((file) => existsSync(file))
+        .map((file) => readFileSync(file, "utf8"));
+      const throttled = stats.map((text) => Number(/^nr_throttled (\d+)$/m.exec(text)?.[1] ?? 0));
+      expect(Math.max(0, ...throttled)).toBeGreaterThan(0);
     } finally {
       await runtime.delete(id, { force: true });
     }

@@ -16,6 +16,7 @@ import { connectAsync, type MqttClient } from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { FleetError } from "../../agent/errors.js";
 import { MqttSession, type MqttSessionOptions } from "../../agent/transport/mqtt-session.js";
+import { startCountingProxy } from "../support/counting-proxy.js";
 import { createTestCa, type MosquittoFixture, startMosquitto } from "../support/mosquitto.js";
 import type { ChildSessionOptions } from "../support/mqtt-child.js";
 import { waitFor } from "../support/wait-for.js";
@@ -275,6 +276,40 @@ describe("MqttSession reconnects", () => {
     await op.client.publishAsync(`fleet/devices/${deviceId}/desired`, '{"generation":2}', { qos: 1, retain: true });
     await waitFor("the doc published after the restart", () => desired.length > 0);
     expect(desired).toEqual([{ source: `device:${deviceId}`, text: '{"generation":2}' }]);
+  });
+});
+
+describe("MqttSession after a dropped link", () => {
+  it("sends the events held while offline before the reported document they led to", async () => {
+    const broker = await startMosquitto();
+    cleanups.push(() => broker.stop());
+    const proxy = await startCountingProxy({ host: "127.0.0.1", port: broker.port });
+    cleanups.push(() => proxy.stop());
+    const deviceId = newId();
+    const [events, reported] = ["events", "reported"].map((c) => `fleet/devices/${deviceId}/${c}`) as [string, string];
+    const watcher = await operator(broker.url, { subscribe: [events, reported] });
+    let dropped = false;
+    const { s } = session(`mqtt://${proxy.host}`, {
+      deviceId,
+      onConnectionChange: (up) => {
+        if (up || dropped) return;
+        // Offline now, and for the first reconnect's delay at least: the event is held, the doc waits.
+        dropped = true;
+        s.publishEvent({ type: "rolledBack" });
+        s.publishReported({ n: 2 }, { settled: true });
+      },
+    });
+    await s.start();
+    s.publishReported({ n: 1 }, { settled: true });
+    await waitFor("the first doc", () => watcher.docs(reported).length === 1);
+    proxy.dropConnections();
+    await waitFor("the doc made offline", () => watcher.docs(reported).some((d) => d.n === 2), { timeoutMs: 30_000 });
+    await waitFor("the held event", () => watcher.docs(events).length === 1);
+    const order = watcher.received.map((m) => `${m.topic.split("/").at(-1)} ${m.text}`);
+    expect(order.filter((m) => !m.startsWith('reported {"n":1'))).toEqual([
+      expect.stringMatching(/^events \{"type":"rolledBack"/),
+      'reported {"n":2}',
+    ]);
   });
 });
 

@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { Runtime } from "../../agent/runtime/runtime.js";
 import { cleanupRoot, freshRoot } from "../support/state-root.js";
+import { waitFor } from "../support/wait-for.js";
 
 const rootfs = inject("busyboxRootfs");
 const dist = new URL("../../dist/agent/", import.meta.url).pathname;
@@ -45,8 +46,7 @@ describe("a container's writable layer", () => {
     const note = join(root, "containers", c.id, "upper", "fs", "note");
     // The shell creates the file before it writes to it: wait for the write, not the name.
     const content = () => (existsSync(note) ? readFileSync(note, "utf8") : "");
-    for (let i = 0; i < 100 && content() !== "kept\n"; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(content()).toBe("kept\n");
+    await waitFor("the container's note", () => content() === "kept\n");
     // The overlay marks its work dir (a mode-0 work/incompat/volatile/dirty): the removal takes that too.
     expect(existsSync(join(root, "containers", c.id, "work", "work", "incompat", "volatile", "dirty"))).toBe(true);
     await runtime.delete(c.id, { force: true });

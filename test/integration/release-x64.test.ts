@@ -144,7 +144,10 @@ describe("the installed x64 bundle", () => {
     expect(r.agent.version).toBe(VERSION);
     expect(r.services.web).toMatchObject({ image, state: "running", restarts: 0 });
     const pid = r.services.web!.pid!;
-    expect(readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")).toEqual(["sleep", "1000", ""]);
+    // Running is reported once its shell runs; the shell then execs sleep.
+    const cmdline = () => readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    await waitFor("the service's shell to exec sleep", () => cmdline()[0] === "sleep");
+    expect(cmdline()).toEqual(["sleep", "1000", ""]);
     // The agent runs on the bundle's Node, from the version `current` named, under its memory flags.
     expect(readlinkSync(`/proc/${agent.pid}/exe`)).toBe(join(prefix, "versions", VERSION, "node/bin/node"));
     expect(readFileSync(`/proc/${agent.pid}/cmdline`, "utf8").split("\0")).toEqual(

@@ -130,8 +130,11 @@ describe("db.json between writers", () => {
       d.generation = 1;
     });
     // Another process takes the lock with flock(1) (-o: the lock stays with it, not its child) and is killed holding it.
-    const holder = spawn("flock", ["-x", "-o", join(root, "db.json.lock"), "sleep", "10"], { stdio: "ignore" });
-    await new Promise((r) => setTimeout(r, 300));
+    const lock = join(root, "db.json.lock");
+    const holder = spawn("flock", ["-x", "-o", lock, "sh", "-c", "echo locked; exec sleep 10"], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    await once(holder.stdout!, "data"); // its command runs once flock holds the lock
     let done = false;
     const update = db
       .update((d) => {

@@ -18,12 +18,14 @@
 #include <unistd.h>
 
 static void hold(const char *marker, pid_t pid) {
-  char held[4096];
+  char held[4096], part[4100];
   snprintf(held, sizeof(held), "%s.held", marker);
-  FILE *f = fopen(held, "w");
+  snprintf(part, sizeof(part), "%s.tmp", held);
+  /* Written whole, then renamed: whoever sees the name can read the pid. */
+  FILE *f = fopen(part, "w");
   if (f) {
     fprintf(f, "%d\n", pid);
-    fclose(f);
+    if (fclose(f) == 0) rename(part, held);
   }
   struct timespec pause = {0, 20 * 1000 * 1000};
   for (int i = 0; i < 3000 && access(marker, F_OK) < 0; i++) nanosleep(&pause, NULL);

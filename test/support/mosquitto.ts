@@ -183,13 +183,15 @@ function spawnBroker(configFile: string): Running {
 
 async function waitUntilListening(port: number, run: Running): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
-  while (Date.now() < deadline) {
+  // Probes once more after the deadline: a stalled test process must not skip the last look.
+  for (let last = false; !last; ) {
+    last = Date.now() >= deadline;
     if (exited(run.child))
       throw new Error(
         `mosquitto exited (${run.child.exitCode ?? run.child.signalCode}) before listening on 127.0.0.1:${port}:\n${run.output()}`,
       );
     if (await acceptsConnections(port)) return;
-    await delay(50);
+    if (!last) await delay(50);
   }
   throw new Error(
     `mosquitto did not listen on 127.0.0.1:${port} within ${READY_TIMEOUT_MS / 1000} s:\n${run.output()}`,

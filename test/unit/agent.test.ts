@@ -98,8 +98,8 @@ describe("the agent's health gate", () => {
     await applied(agent, doc("good", 1));
     expect(agent.reported()).toMatchObject({ phase: "converged", lastGood: "good" });
     const crashes = doc("crashes", 2, {
-      services: { web: { image: IMAGE, env: { DEPLOYMENT: "crashes" }, command: ["exit", "1", "100"] } },
-      update: { healthyWithinMs: 1000 },
+      services: { web: { image: IMAGE, env: { DEPLOYMENT: "crashes" }, command: ["exit", "1", "600"] } },
+      update: { healthyWithinMs: 2000 },
     });
     await applied(agent, crashes);
     // It converged first (it ran), then its crash within the window rolled it back.
@@ -353,11 +353,12 @@ describe("the documents a device follows", () => {
   it("keeps following a document it accepted once its notAfter has passed, when the topic delivers it again", async () => {
     const { agent, runtime, send } = wired({ signing: true });
     const own = signed(
-      { ...doc("own", 1, { update: { healthyWithinMs: 0 } }), notAfter: new Date(Date.now() + 300).toISOString() },
+      { ...doc("own", 1, { update: { healthyWithinMs: 0 } }), notAfter: new Date(Date.now() + 1500).toISOString() },
       "device/dev-1",
     );
     await send("device", own);
-    await new Promise((r) => setTimeout(r, 400));
+    expect(agent.reported()).toMatchObject({ deployment: "own", phase: "converged" });
+    await new Promise((r) => setTimeout(r, 1600));
     await send("device", own); // the retained document, at a reconnect
     await send("group", signed(doc("g1", 1, { update: { healthyWithinMs: 0 } }), "group/pilot"));
     expect(agent.reported()).toMatchObject({ deployment: "own", source: "device", phase: "converged" });

@@ -45,21 +45,28 @@ describe("rewriting a bind-mounted name file in place", () => {
     const path = join(dir, "hosts");
     writeFileSync(path, hostsContent([], []));
     // A reader on another thread, as a resolver in the container would read the file while the agent rewrites it.
+    // It counts its reads in shared memory, so the writer knows they overlapped.
+    const counter = new Int32Array(new SharedArrayBuffer(4));
     const reader = new Worker(
       `const { readFileSync } = require("node:fs"); const { parentPort, workerData } = require("node:worker_threads");
-       let reads = 0, empty = 0; let stop = false; parentPort.on("message", () => { stop = true; });
-       (function loop() { for (let i = 0; i < 200; i++) { reads++; if (readFileSync(workerData, "utf8") === "") empty++; }
-         if (stop) parentPort.postMessage({ reads, empty }); else setImmediate(loop); })();`,
-      { eval: true, workerData: path },
+       const { path, counter } = workerData; let empty = 0; let stop = false;
+       parentPort.on("message", () => { stop = true; }); parentPort.postMessage("ready");
+       (function loop() { for (let i = 0; i < 200; i++) { Atomics.add(counter, 0, 1); if (readFileSync(path, "utf8") === "") empty++; }
+         if (stop) parentPort.postMessage({ reads: Atomics.load(counter, 0), empty }); else setImmediate(loop); })();`,
+      { eval: true, workerData: { path, counter } },
     );
     try {
-      await new Promise((r) => setTimeout(r, 50));
-      for (let i = 0; i < 20_000; i++)
+      await new Promise((r) => reader.once("message", r));
+      // At least 20,000 rewrites, and on until the reader has read 2,000 times during them (a loaded machine may starve it).
+      const from = Atomics.load(counter, 0);
+      const giveUp = Date.now() + 60_000;
+      for (let i = 0; i < 20_000 || (Atomics.load(counter, 0) - from < 2000 && Date.now() < giveUp); i++)
         rewriteInPlace(path, hostsContent([], i % 2 ? [{ address: "10.89.0.2", names: ["db"] }] : []));
+      const overlapped = Atomics.load(counter, 0) - from;
       const seen = new Promise<{ reads: number; empty: number }>((r) => reader.once("message", r));
       reader.postMessage("stop");
-      const { reads, empty } = await seen;
-      expect(reads).toBeGreaterThan(1000);
+      const { empty } = await seen;
+      expect(overlapped).toBeGreaterThanOrEqual(2000);
       expect(empty).toBe(0);
     } finally {
       await reader.terminate();
