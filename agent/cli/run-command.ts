@@ -209,44 +209,71 @@ async function createContainer(ctx: CliContext, run: ReturnType<typeof parseRun>
   }
 }
 
-async function runContainer(ctx: CliContext, args: ParsedArgs): Promise<number> {
-  const runtime = ctx.runtime;
-  const { id, rm, detach } = await createContainer(ctx, parseRun(args));
-  // Handlers go in before the start: the container may be up, and the user
-  // pressing Ctrl-C, before start() returns.
+/**
+ * Passes the signals `fleetlet run` gets on to its container: the first asks
+ * it to stop, a second kills it. One that comes before the start is held
+ * until `started()`.
+ */
+function signalForwarder(runtime: CliContext["runtime"], id: string) {
   let started = false;
   let pending: NodeJS.Signals | undefined;
   let signals = 0;
+  // The container may be gone by now: it exited, and the run's own wait saw it first and removed it
+  // (--rm), so stop()'s wait found no records. There is nothing left to kill then.
+  const kill = () => {
+    try {
+      runtime.kill(id, "SIGKILL");
+    } catch (err) {
+      const code = (err as FleetError).code;
+      if (code !== "E_CONFLICT" && code !== "E_NOT_FOUND")
+        process.stderr.write(`fleetlet: kill ${id}: ${(err as Error).message}\n`);
+    }
+  };
   const forward = (sig: NodeJS.Signals) => {
-    // The first signal asks the container to stop; a second one kills it.
-    if (signals++ === 0) runtime.stop(id, { signal: sig }).catch(() => runtime.kill(id, "SIGKILL"));
-    else runtime.kill(id, "SIGKILL");
+    if (signals++ === 0) runtime.stop(id, { signal: sig }).catch(kill);
+    else kill();
   };
   const onSignal = (sig: NodeJS.Signals) => {
     if (started) forward(sig);
     else pending ??= sig;
   };
-  const handled: NodeJS.Signals[] = detach ? [] : ["SIGINT", "SIGTERM", "SIGHUP"];
+  const handled: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   for (const s of handled) process.on(s, onSignal);
+  return {
+    started(): void {
+      started = true;
+      if (pending) forward(pending);
+    },
+    off(): void {
+      for (const s of handled) process.off(s, onSignal);
+    },
+  };
+}
+
+async function runContainer(ctx: CliContext, args: ParsedArgs): Promise<number> {
+  const runtime = ctx.runtime;
+  const { id, rm, detach } = await createContainer(ctx, parseRun(args));
+  // Handlers go in before the start: the container may be up, and the user
+  // pressing Ctrl-C, before start() returns.
+  const signals = detach ? undefined : signalForwarder(runtime, id);
   try {
     await runtime.start(id, { foreground: !detach });
   } catch (err) {
-    for (const s of handled) process.off(s, onSignal);
+    signals?.off();
     if (rm) await runtime.delete(id, { force: true });
     throw err;
   }
-  if (detach) {
+  if (!signals) {
     process.stdout.write(`${id}\n`);
     return 0;
   }
-  started = true;
-  if (pending) forward(pending);
+  signals.started();
   try {
     const exit = await runtime.wait(id);
     sayHowItEnded(exit, runtime.inspect(id).spec.resources.memory);
     return exit.exitCode;
   } finally {
-    for (const s of handled) process.off(s, onSignal);
+    signals.off();
     if (rm) {
       await runtime.delete(id, { force: true });
       await runtime.settled();

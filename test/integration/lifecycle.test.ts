@@ -101,14 +101,18 @@ describe("container lifecycle", () => {
       "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
     ]);
     let out = "";
+    let err = "";
     child.stdout.on("data", (d) => {
       out += d;
+    });
+    child.stderr.on("data", (d) => {
+      err += d;
     });
     await new Promise<void>((resolve) => child.stdout.on("data", () => out.includes("ready") && resolve()));
     child.kill("SIGTERM");
     const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
     expect(out).toContain("got-term");
-    expect(code).toBe(7);
+    expect(code, err).toBe(7);
     expect(existsSync(join(root, "containers", "sigterm"))).toBe(false);
   });
 
