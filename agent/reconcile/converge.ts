@@ -98,37 +98,53 @@ function stepContext(
   return { ctx, ready };
 }
 
-/** Converges on `doc`; resolves with the deployment's health gate (which knows the services it started). */
-export async function converge(doc: DesiredState, signal: AbortSignal, deps: ConvergeDeps): Promise<HealthGate> {
-  const gate = new HealthGate(doc.deployment, (s) => deps.services.unhealthyReason(s));
+/**
+ * A converged apply: the deployment's health gate (which knows the services
+ * it started), and the end of the apply's lease, which the caller calls once
+ * it has reported the outcome (its write need not hold the report up).
+ */
+export interface Converged {
+  gate: HealthGate;
+  release(): Promise<void>;
+}
+
+/** Converges on `doc`. A failed apply releases its lease before it throws. */
+export async function converge(doc: DesiredState, signal: AbortSignal, deps: ConvergeDeps): Promise<Converged> {
   const lease = await deps.store.leases.take(`apply ${doc.deployment}`);
   try {
-    // Placed and checked before the first step: a conflict refuses the document with nothing stopped.
-    const networks = deps.networks ? await deps.networks.prepare(doc) : {};
-    const { ctx, ready } = stepContext(doc, signal, { gate, lease, networks }, deps);
-    for (let pass = 1; ; pass++) {
-      signal.throwIfAborted();
-      const steps = plan(doc, deps.services.actualServices(), await storedImages(doc, ready, lease, deps.store));
-      if (steps.length === 0) {
-        await deps.networks?.prune();
-        return gate;
-      }
-      if (pass > MAX_PASSES) {
-        const left = describe(steps).join(", ");
-        throw new FleetError(
-          "E_RUNTIME",
-          `deployment ${doc.deployment} did not converge in ${MAX_PASSES} passes: ${left}`,
-        );
-      }
-      deps.phase(steps.some((s) => s.kind === "pull") ? "pulling" : "applying");
-      deps.changed();
-      for (const batch of batches(steps)) {
-        signal.throwIfAborted();
-        await runBatch(batch, ctx);
-        deps.changed();
-      }
-    }
-  } finally {
+    return { gate: await passes(doc, signal, deps, lease), release: () => lease.release() };
+  } catch (err) {
     await lease.release();
+    throw err;
+  }
+}
+
+/** Plans and carries out the steps, pass after pass, until nothing is left to do. */
+async function passes(doc: DesiredState, signal: AbortSignal, deps: ConvergeDeps, lease: Lease): Promise<HealthGate> {
+  const gate = new HealthGate(doc.deployment, (s) => deps.services.unhealthyReason(s));
+  // Placed and checked before the first step: a conflict refuses the document with nothing stopped.
+  const networks = deps.networks ? await deps.networks.prepare(doc) : {};
+  const { ctx, ready } = stepContext(doc, signal, { gate, lease, networks }, deps);
+  for (let pass = 1; ; pass++) {
+    signal.throwIfAborted();
+    const steps = plan(doc, deps.services.actualServices(), await storedImages(doc, ready, lease, deps.store));
+    if (steps.length === 0) {
+      await deps.networks?.prune();
+      return gate;
+    }
+    if (pass > MAX_PASSES) {
+      const left = describe(steps).join(", ");
+      throw new FleetError(
+        "E_RUNTIME",
+        `deployment ${doc.deployment} did not converge in ${MAX_PASSES} passes: ${left}`,
+      );
+    }
+    deps.phase(steps.some((s) => s.kind === "pull") ? "pulling" : "applying");
+    deps.changed();
+    for (const batch of batches(steps)) {
+      signal.throwIfAborted();
+      await runBatch(batch, ctx);
+      deps.changed();
+    }
   }
 }

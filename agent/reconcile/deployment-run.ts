@@ -30,7 +30,7 @@ export interface RunHost {
   changed(): void;
 }
 
-/** Applies `doc`; resolves with the gate that judged it. */
+/** Applies `doc`; resolves with the gate that judged it and the end of its lease (see converge.ts). */
 function applyDoc(doc: DesiredState, signal: AbortSignal, host: RunHost) {
   return converge(doc, signal, {
     store: host.store,
@@ -62,10 +62,12 @@ async function recover(doc: DesiredState, err: unknown, signal: AbortSignal, hos
   host.event({ type: "rollingBack", deployment: doc.deployment, to: good.deployment, code: e.code, reason: e.message });
   try {
     // The policy may have tightened since it was good: what it no longer allows is not restored.
-    await applyDoc(enforcePolicy(good, host.policy, "db.json lastGood"), signal, host);
+    const { release } = await applyDoc(enforcePolicy(good, host.policy, "db.json lastGood"), signal, host);
     host.metrics.rollbacksTotal++;
     host.setPhase("rolledBack", { code: e.code, message: `${e.message}; rolled back to ${good.deployment}` });
     host.event({ type: "rolledBack", deployment: doc.deployment, to: good.deployment, reason: e.message });
+    host.changed();
+    await release(); // once the outcome is out, as in runDeployment
   } catch (again) {
     const message = `${e.message}; the rollback to ${good.deployment} failed too: ${(again as Error).message}`;
     host.setPhase("failed", { code: e.code, message });
@@ -82,16 +84,20 @@ export async function runDeployment(doc: DesiredState, signal: AbortSignal, host
   const t0 = monotonicMs();
   host.metrics.appliesTotal++;
   try {
-    const gate = await applyDoc(doc, signal, host);
-    if (signal.aborted) return;
-    host.setPhase(rolledBack ? "rolledBack" : "converged", rolledBack ?? null);
-    host.event(
-      rolledBack
-        ? { type: "rolledBack", to: doc.deployment, reason: rolledBack.message }
-        : { type: "converged", deployment: doc.deployment, generation: doc.generation },
-    );
-    if (rolledBack) host.metrics.rollbacksTotal++;
-    host.changed();
+    const { gate, release } = await applyDoc(doc, signal, host);
+    try {
+      if (signal.aborted) return;
+      host.setPhase(rolledBack ? "rolledBack" : "converged", rolledBack ?? null);
+      host.event(
+        rolledBack
+          ? { type: "rolledBack", to: doc.deployment, reason: rolledBack.message }
+          : { type: "converged", deployment: doc.deployment, generation: doc.generation },
+      );
+      if (rolledBack) host.metrics.rollbacksTotal++;
+      host.changed();
+    } finally {
+      await release(); // once the outcome is out: the lease's write need not hold it up
+    }
     // Converged is reported at once; the gate keeps the new services on
     // probation for the rest of the health window, and a crash in it still rolls back.
     const healthy = await gate.probation(doc.update.healthyWithinMs, signal);

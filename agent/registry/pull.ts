@@ -245,11 +245,10 @@ async function pullLeased(
     : await resolve();
   const layers = layerRecords(resolved);
   const configDigest = resolved.manifest.config.digest;
-  await lease.add({
-    blobs: [resolved.manifestDigest, configDigest, ...(resolved.index ? [resolved.index.digest] : [])],
-    snapshots: layers.map((l) => l.chainId),
-  });
-  await lease.add({ blobs: layers.map((l) => l.digest) });
+  // One write to db.json for all of it: the manifest, config, index and layer blobs, and the snapshots.
+  const index = resolved.index ? [resolved.index.digest] : [];
+  const blobs = [resolved.manifestDigest, configDigest, ...index, ...layers.map((l) => l.digest)];
+  await lease.add({ blobs, snapshots: layers.map((l) => l.chainId) });
   const todo = layers.filter((l) => !deps.snapshots.has(l.chainId));
   const present = (l: LayerRecord) => !todo.includes(l);
   const layerList = layers.map((l) => ({ digest: l.digest, size: l.size, present: present(l) }));

@@ -92,6 +92,31 @@ describe("the agent's generations", () => {
   });
 });
 
+describe("an apply's lease", () => {
+  it("is held until the outcome is reported, then released, whether the deployment converged or rolled back", async () => {
+    const { agent, store, events } = device();
+    const purposes = () => Object.values(store.db.data.leases).map((l) => l.purpose);
+    // What the store's leases were as each outcome went out: the lease's write does not hold the report up.
+    const atOutcome: Record<string, string[]> = {};
+    const push = events.push.bind(events);
+    events.push = (...added) => {
+      for (const e of added) if (e.type === "converged" || e.type === "rolledBack") atOutcome[e.type] = purposes();
+      return push(...added);
+    };
+    await applied(agent, doc("good", 1));
+    expect(atOutcome.converged).toEqual(["apply good"]);
+    expect(purposes()).toEqual([]);
+    const crashes = doc("crashes", 2, {
+      services: { web: { image: IMAGE, command: ["exit", "1", "0"] } },
+      update: { healthyWithinMs: 2000 },
+    });
+    await applied(agent, crashes);
+    expect(agent.reported()).toMatchObject({ phase: "rolledBack", lastGood: "good" });
+    expect(atOutcome.rolledBack).toEqual(["apply good"]);
+    expect(purposes()).toEqual([]);
+  });
+});
+
 describe("the agent's health gate", () => {
   it("marks a deployment good once its probation passes, and rolls a later one back when it crashes on probation", async () => {
     const { agent, runtime, events } = device();
