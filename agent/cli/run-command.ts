@@ -212,14 +212,15 @@ async function createContainer(ctx: CliContext, run: ReturnType<typeof parseRun>
 /**
  * Passes the signals `fleetlet run` gets on to its container: the first asks
  * it to stop, a second kills it. One that comes before the start is held
- * until `started()`.
+ * until `started()`. `off()` resolves once a stop it asked for has ended, so
+ * the container is not removed (--rm) while that stop still waits on it.
  */
 function signalForwarder(runtime: CliContext["runtime"], id: string) {
   let started = false;
   let pending: NodeJS.Signals | undefined;
   let signals = 0;
-  // The container may be gone by now: it exited, and the run's own wait saw it first and removed it
-  // (--rm), so stop()'s wait found no records. There is nothing left to kill then.
+  let stopping: Promise<unknown> | undefined;
+  // A container that has exited meanwhile has nothing left to kill.
   const kill = () => {
     try {
       runtime.kill(id, "SIGKILL");
@@ -230,7 +231,7 @@ function signalForwarder(runtime: CliContext["runtime"], id: string) {
     }
   };
   const forward = (sig: NodeJS.Signals) => {
-    if (signals++ === 0) runtime.stop(id, { signal: sig }).catch(kill);
+    if (signals++ === 0) stopping = runtime.stop(id, { signal: sig }).catch(kill);
     else kill();
   };
   const onSignal = (sig: NodeJS.Signals) => {
@@ -244,8 +245,9 @@ function signalForwarder(runtime: CliContext["runtime"], id: string) {
       started = true;
       if (pending) forward(pending);
     },
-    off(): void {
+    async off(): Promise<void> {
       for (const s of handled) process.off(s, onSignal);
+      await stopping;
     },
   };
 }
@@ -259,7 +261,7 @@ async function runContainer(ctx: CliContext, args: ParsedArgs): Promise<number> 
   try {
     await runtime.start(id, { foreground: !detach });
   } catch (err) {
-    signals?.off();
+    await signals?.off();
     if (rm) await runtime.delete(id, { force: true });
     throw err;
   }
@@ -273,7 +275,7 @@ async function runContainer(ctx: CliContext, args: ParsedArgs): Promise<number> 
     sayHowItEnded(exit, runtime.inspect(id).spec.resources.memory);
     return exit.exitCode;
   } finally {
-    signals.off();
+    await signals.off();
     if (rm) {
       await runtime.delete(id, { force: true });
       await runtime.settled();
