@@ -83,8 +83,8 @@ const builtins: Plugin = {
 
 /**
  * zod's `locales` namespace (64 languages, 340 kB of source) becomes English
- * alone: fleetlet's messages are English, and nothing calls z.config() with
- * another locale. zod registers English as its default by itself.
+ * alone, wherever zod's own modules import it: fleetlet's messages are
+ * English, and schemas/zod.ts sets that locale itself.
  */
 const zodEnglishOnly: Plugin = {
   name: "fleetlet-zod-english",

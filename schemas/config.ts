@@ -5,7 +5,7 @@
 
 import { devicePolicy } from "./policy.js";
 import { byteQuantity } from "./quantity.js";
-import { z } from "./zod.js";
+import * as z from "./zod.js";
 
 export { DEFAULT_CONFIG_PATH, DEFAULT_ROOT } from "./default-paths.js";
 /** Where host devices are looked up unless the config's `devRoot` or FLEETLET_DEV_ROOT says otherwise. */
@@ -31,76 +31,79 @@ export const DEFAULT_MQTT_KEEPALIVE_SEC = 240;
 export const DEFAULT_AGENT_COMMIT_WITHIN_MS = 120_000;
 
 const registry = z.object({
-  username: z.string().optional(),
-  password: z.string().optional(),
-  ca: z.string().optional(),
-  insecure: z.boolean().default(false),
+  username: z.optional(z.string()),
+  password: z.optional(z.string()),
+  ca: z.optional(z.string()),
+  insecure: z._default(z.boolean(), false),
 });
+
+const FLEET_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
+const fleetName = () => z.string().check(z.regex(FLEET_NAME, "expected letters, digits, '_', '.' or '-'"));
 
 export const deviceConfig = z
   .object({
-    deviceId: z
-      .string()
-      .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'")
-      .optional(),
-    groups: z
-      .array(z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/, "expected letters, digits, '_', '.' or '-'"))
-      .default([]),
-    mqtt: z
-      .object({
-        url: z.string().regex(/^(mqtts?|wss?):\/\//, "expected mqtt://, mqtts://, ws:// or wss://"),
-        ca: z.string().optional(),
-        cert: z.string().optional(),
-        key: z.string().optional(),
-        username: z.string().optional(),
-        password: z.string().optional(),
-        prefix: z.string().default("fleet"),
-        insecure: z.boolean().default(false),
-        keepaliveSec: z.number().int().min(5).max(65535).default(DEFAULT_MQTT_KEEPALIVE_SEC),
-      })
-      .optional(),
-    registries: z.record(z.string(), registry).default({}),
-    api: z
-      .object({
-        listen: z.string().default("127.0.0.1:7780"),
-        socket: z.string().default("/run/fleetlet/api.sock"),
-        token: z.string().optional(),
-      })
-      .default({ listen: "127.0.0.1:7780", socket: "/run/fleetlet/api.sock" }),
-    trustedKeys: z.array(z.string()).default([]),
-    pull: z
-      .object({
-        maxRateBytesPerSec: byteQuantity.default(0),
-        concurrency: z.number().int().min(1).max(16).default(3),
-      })
-      .default({ maxRateBytesPerSec: 0, concurrency: 3 }),
-    policy: devicePolicy.default(devicePolicy.parse({})),
+    deviceId: z.optional(fleetName()),
+    groups: z._default(z.array(fleetName()), []),
+    mqtt: z.optional(
+      z.object({
+        url: z.string().check(z.regex(/^(mqtts?|wss?):\/\//, "expected mqtt://, mqtts://, ws:// or wss://")),
+        ca: z.optional(z.string()),
+        cert: z.optional(z.string()),
+        key: z.optional(z.string()),
+        username: z.optional(z.string()),
+        password: z.optional(z.string()),
+        prefix: z._default(z.string(), "fleet"),
+        insecure: z._default(z.boolean(), false),
+        keepaliveSec: z._default(z.number().check(z.int(), z.minimum(5), z.maximum(65535)), DEFAULT_MQTT_KEEPALIVE_SEC),
+      }),
+    ),
+    registries: z._default(z.record(z.string(), registry), {}),
+    api: z._default(
+      z.object({
+        listen: z._default(z.string(), "127.0.0.1:7780"),
+        socket: z._default(z.string(), "/run/fleetlet/api.sock"),
+        token: z.optional(z.string()),
+      }),
+      { listen: "127.0.0.1:7780", socket: "/run/fleetlet/api.sock" },
+    ),
+    trustedKeys: z._default(z.array(z.string()), []),
+    pull: z._default(
+      z.object({
+        maxRateBytesPerSec: z._default(byteQuantity, 0),
+        concurrency: z._default(z.number().check(z.int(), z.minimum(1), z.maximum(16)), 3),
+      }),
+      { maxRateBytesPerSec: 0, concurrency: 3 },
+    ),
+    policy: z._default(devicePolicy, devicePolicy.parse({})),
     /** The host's device directory: a service's `/dev/…` device path is looked up under it. */
-    devRoot: z
-      .string()
-      .refine((p) => p.startsWith("/"), "expected an absolute path")
-      .default(DEFAULT_DEV_ROOT),
-    agentUpdate: z
-      .object({
-        commitWithinMs: z.number().int().min(1000).default(DEFAULT_AGENT_COMMIT_WITHIN_MS),
-      })
-      .default({ commitWithinMs: DEFAULT_AGENT_COMMIT_WITHIN_MS }),
+    devRoot: z._default(
+      z.string().check(z.refine((p) => p.startsWith("/"), "expected an absolute path")),
+      DEFAULT_DEV_ROOT,
+    ),
+    agentUpdate: z._default(
+      z.object({
+        commitWithinMs: z._default(z.number().check(z.int(), z.minimum(1000)), DEFAULT_AGENT_COMMIT_WITHIN_MS),
+      }),
+      { commitWithinMs: DEFAULT_AGENT_COMMIT_WITHIN_MS },
+    ),
   })
-  .superRefine((config, ctx) => {
-    // Turning a protection off is a named setting, never what a URL happens to say.
-    if (config.mqtt && /^(mqtt|ws):/.test(config.mqtt.url) && !config.mqtt.insecure)
-      ctx.addIssue({
-        code: "custom",
-        path: ["mqtt", "url"],
-        message:
-          "plaintext MQTT is refused: use mqtts:// or wss://, or set mqtt.insecure to true for a broker on a trusted network",
-      });
-    if (config.policy.requireSigned === true && config.trustedKeys.length === 0)
-      ctx.addIssue({
-        code: "custom",
-        path: ["policy", "requireSigned"],
-        message: "true needs at least one key in trustedKeys (no document could be accepted)",
-      });
-  });
+  .check(
+    z.superRefine((config, ctx) => {
+      // Turning a protection off is a named setting, never what a URL happens to say.
+      if (config.mqtt && /^(mqtt|ws):/.test(config.mqtt.url) && !config.mqtt.insecure)
+        ctx.addIssue({
+          code: "custom",
+          path: ["mqtt", "url"],
+          message:
+            "plaintext MQTT is refused: use mqtts:// or wss://, or set mqtt.insecure to true for a broker on a trusted network",
+        });
+      if (config.policy.requireSigned === true && config.trustedKeys.length === 0)
+        ctx.addIssue({
+          code: "custom",
+          path: ["policy", "requireSigned"],
+          message: "true needs at least one key in trustedKeys (no document could be accepted)",
+        });
+    }),
+  );
 
 export type DeviceConfig = z.output<typeof deviceConfig>;

@@ -9,13 +9,13 @@ import { type DesiredState, documentWithAddedFields, type ServiceSpec, withAdded
 import { networkSpec } from "./network.js";
 import { imageProcessConfig } from "./oci.js";
 import { acceptedDocument } from "./reported.js";
-import { z } from "./zod.js";
+import * as z from "./zod.js";
 
-const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, "expected sha256:<64 hex digits>");
+const digest = z.string().check(z.regex(/^sha256:[a-f0-9]{64}$/, "expected sha256:<64 hex digits>"));
 
 export const layerRecord = z.object({
   digest,
-  size: z.number().int().nonnegative(),
+  size: z.number().check(z.int(), z.nonnegative()),
   mediaType: z.string(),
   diffId: digest,
   chainId: digest,
@@ -29,12 +29,12 @@ export const imageRecord = z.object({
   digest,
   mediaType: z.string(),
   /** The index (or manifest list) the manifest was picked from. */
-  indexDigest: digest.optional(),
+  indexDigest: z.optional(digest),
   configDigest: digest,
   layers: z.array(layerRecord),
   platform: z.string(),
   config: imageProcessConfig,
-  size: z.number().int().nonnegative(),
+  size: z.number().check(z.int(), z.nonnegative()),
   pulledAt: z.string(),
 });
 export type ImageRecord = z.infer<typeof imageRecord>;
@@ -55,16 +55,17 @@ export const serviceRecord = z.object({
   hash: z.string(),
   image: z.string(),
   digest: z.string(),
-  restarts: z.number().int().nonnegative(),
+  restarts: z.number().check(z.int(), z.nonnegative()),
   deployment: z.string(),
   /** As stored, read with the fields added since at their defaults. */
-  spec: z
-    .custom<ServiceSpec>((v) => typeof v === "object" && v !== null, "expected a service spec")
-    .transform(withAddedFields),
+  spec: z.pipe(
+    z.custom<ServiceSpec>((v) => typeof v === "object" && v !== null, "expected a service spec"),
+    z.transform(withAddedFields),
+  ),
   /** The networks the container joined, in the service's order. */
-  networks: z.array(networkRecord).optional(),
+  networks: z.optional(z.array(networkRecord)),
   /** The container's address on each network, by network name (from its CNI results). */
-  addresses: z.record(z.string(), z.string()).optional(),
+  addresses: z.optional(z.record(z.string(), z.string())),
 });
 export type ServiceRecord = z.infer<typeof serviceRecord>;
 
@@ -75,7 +76,7 @@ export type ServiceRecord = z.infer<typeof serviceRecord>;
  */
 export const leaseRecord = z.object({
   purpose: z.string(),
-  holder: z.object({ pid: z.number().int().positive(), startTime: z.string().regex(/^\d+$/) }),
+  holder: z.object({ pid: z.number().check(z.int(), z.positive()), startTime: z.string().check(z.regex(/^\d+$/)) }),
   createdAt: z.string(),
   blobs: z.array(digest),
   snapshots: z.array(digest),
@@ -83,33 +84,34 @@ export const leaseRecord = z.object({
 export type LeaseRecord = z.infer<typeof leaseRecord>;
 
 /** A document as stored, read with the fields added since at their defaults. */
-const document = z
-  .custom<DesiredState>(
+const document = z.pipe(
+  z.custom<DesiredState>(
     (v) => typeof v === "object" && v !== null && typeof (v as { services?: unknown }).services === "object",
     "expected a desired-state document",
-  )
-  .transform(documentWithAddedFields);
+  ),
+  z.transform(documentWithAddedFields),
+);
 
 export const dbData = z.looseObject({
   images: z.record(z.string(), imageRecord),
   /** The accepted desired state, persisted before anything changes. */
-  desired: document.nullable(),
+  desired: z.nullable(document),
   /** The last deployment that became healthy: what a rollback restores. */
-  lastGood: document.nullable(),
+  lastGood: z.nullable(document),
   /** The good deployment before lastGood: what an operator's rollback of lastGood restores. */
-  previousGood: document.nullable(),
+  previousGood: z.nullable(document),
   services: z.record(z.string(), serviceRecord),
   /** The highest generation accepted: older documents are ignored. */
-  generation: z.number().int().nullable(),
+  generation: z.nullable(z.number().check(z.int())),
   /** The highest generation accepted per source ("device", "group:<name>"): each topic counts its own. */
-  generations: z.record(z.string(), z.number().int()),
+  generations: z.record(z.string(), z.number().check(z.int())),
   /** Where the accepted desired state came from: "device" or "group:<name>". */
-  desiredSource: z.string().nullable(),
+  desiredSource: z.nullable(z.string()),
   /** The last document accepted from a topic and what the device knew of its freshness (reported as lastAccepted). */
-  lastAccepted: acceptedDocument.nullable().optional(),
+  lastAccepted: z.optional(z.nullable(acceptedDocument)),
   /** Leases by id. */
   leases: z.record(z.string(), leaseRecord),
   /** The container networks made for the desired documents, by bridge: name, definition and subnet, kept so a restarted agent finds them. */
-  networks: z.record(z.string(), networkRecord).optional(),
+  networks: z.optional(z.record(z.string(), networkRecord)),
 });
 export type DbData = z.infer<typeof dbData>;

@@ -1,7 +1,7 @@
 /** Turns zod issues into the one-line messages users see: "field.path: reason". */
-import type { z } from "zod";
+import type * as z from "./zod.js";
 
-export function formatIssues(error: z.ZodError, prefix = ""): string {
+export function formatIssues(error: z.core.$ZodError, prefix = ""): string {
   return error.issues
     .map((issue) => {
       const path = [prefix, ...issue.path.map(String)].filter(Boolean).join(".");
@@ -11,4 +11,4 @@ export function formatIssues(error: z.ZodError, prefix = ""): string {
 }
 
 /** A schema that checks a value of type T, for code outside schemas/ that reads files through one. */
-export type Schema<T> = z.ZodType<T>;
+export type Schema<T> = z.ZodMiniType<T>;

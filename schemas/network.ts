@@ -6,7 +6,7 @@
  * ports with `network: host`) are checked by `checkServiceNetworks`, which
  * desired.ts runs as a refinement so each message names the field.
  */
-import { z } from "./zod.js";
+import * as z from "./zod.js";
 
 const PORT_SYNTAX = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/;
 
@@ -76,9 +76,11 @@ export function parsePort(text: string): PortMapping | undefined {
 
 export const portSpec = z
   .string()
-  .refine(
-    (p) => parsePort(p) !== undefined,
-    'expected "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]" with ports 1-65535 and an IPv4 host address',
+  .check(
+    z.refine(
+      (p) => parsePort(p) !== undefined,
+      'expected "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]" with ports 1-65535 and an IPv4 host address',
+    ),
   );
 
 /**
@@ -94,26 +96,26 @@ const within = (inner: Cidr, outer: Cidr) =>
   inner.prefix >= outer.prefix &&
   Math.floor(inner.base / 2 ** (32 - outer.prefix)) === outer.base / 2 ** (32 - outer.prefix);
 
-const subnet = z
-  .string()
-  .refine(
+const subnet = z.string().check(
+  z.refine(
     (s) => s === "auto" || (parseCidr(s) !== undefined && parseCidr(s)!.prefix >= 8 && parseCidr(s)!.prefix <= 28),
     {
       message: 'expected "auto" or an IPv4 network such as 10.20.0.0/24 (prefix 8 to 28, no host bits set)',
       abort: true,
     },
-  )
-  .refine(
+  ),
+  z.refine(
     (s) => s === "auto" || PRIVATE_RANGES.some((r) => within(parseCidr(s)!, parseCidr(r)!)),
     `expected a private network (within ${PRIVATE_RANGES.join(", ").replace(/, (?=[^,]*$)/, " or ")}): any other would take the host's own routes to those addresses`,
-  );
+  ),
+);
 
 export const networkSpec = z.strictObject({
   /** "auto": a free private /24 the agent picks (and records); or a network of the operator's. */
-  subnet: subnet.default("auto"),
-  ipv6: z.literal(false, { error: "IPv6 container networks are not supported yet: expected false" }).default(false),
+  subnet: z._default(subnet, "auto"),
+  ipv6: z._default(z.literal(false, { error: "IPv6 container networks are not supported yet: expected false" }), false),
   /** No gateway and no route out: the services on it reach each other only. */
-  internal: z.boolean().default(false),
+  internal: z._default(z.boolean(), false),
 });
 export type NetworkSpec = z.output<typeof networkSpec>;
 

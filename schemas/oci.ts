@@ -1,5 +1,5 @@
 /** The OCI image (and Docker schema 2) documents fleetlet reads and writes. */
-import { z } from "./zod.js";
+import * as z from "./zod.js";
 
 export const MEDIA = {
   ociManifest: "application/vnd.oci.image.manifest.v1+json",
@@ -20,29 +20,29 @@ export const AGENT_BUNDLE_MEDIA = "application/vnd.fleetlet.agent.bundle.v1.tar+
 export const MANIFEST_TYPES: string[] = [MEDIA.ociManifest, MEDIA.dockerManifest];
 export const INDEX_TYPES: string[] = [MEDIA.ociIndex, MEDIA.dockerList];
 
-const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, "expected a sha256 digest");
+const digest = z.string().check(z.regex(/^sha256:[a-f0-9]{64}$/, "expected a sha256 digest"));
 
 export const descriptor = z.object({
   mediaType: z.string(),
   digest,
-  size: z.number().int().nonnegative(),
-  platform: z.object({ os: z.string(), architecture: z.string(), variant: z.string().optional() }).optional(),
-  annotations: z.record(z.string(), z.string()).optional(),
+  size: z.number().check(z.int(), z.nonnegative()),
+  platform: z.optional(z.object({ os: z.string(), architecture: z.string(), variant: z.optional(z.string()) })),
+  annotations: z.optional(z.record(z.string(), z.string())),
 });
 export type Descriptor = z.infer<typeof descriptor>;
 
 export const imageManifest = z.object({
   schemaVersion: z.literal(2),
-  mediaType: z.string().optional(),
+  mediaType: z.optional(z.string()),
   config: descriptor,
   layers: z.array(descriptor),
-  annotations: z.record(z.string(), z.string()).optional(),
+  annotations: z.optional(z.record(z.string(), z.string())),
 });
 export type ImageManifest = z.infer<typeof imageManifest>;
 
 export const imageIndex = z.object({
   schemaVersion: z.literal(2),
-  mediaType: z.string().optional(),
+  mediaType: z.optional(z.string()),
   manifests: z.array(descriptor),
 });
 export type ImageIndex = z.infer<typeof imageIndex>;
@@ -50,19 +50,19 @@ export type ImageIndex = z.infer<typeof imageIndex>;
 /** The parts of the image config fleetlet uses; the rest is kept as stored. */
 /** The process settings of an image config that a container takes as its defaults. */
 export const imageProcessConfig = z.object({
-  Entrypoint: z.array(z.string()).nullish(),
-  Cmd: z.array(z.string()).nullish(),
-  Env: z.array(z.string()).nullish(),
-  WorkingDir: z.string().nullish(),
-  User: z.string().nullish(),
-  StopSignal: z.string().nullish(),
+  Entrypoint: z.nullish(z.array(z.string())),
+  Cmd: z.nullish(z.array(z.string())),
+  Env: z.nullish(z.array(z.string())),
+  WorkingDir: z.nullish(z.string()),
+  User: z.nullish(z.string()),
+  StopSignal: z.nullish(z.string()),
 });
 
 export const imageConfig = z.object({
-  architecture: z.string().optional(),
-  os: z.string().optional(),
-  variant: z.string().optional(),
-  config: imageProcessConfig.nullish(),
+  architecture: z.optional(z.string()),
+  os: z.optional(z.string()),
+  variant: z.optional(z.string()),
+  config: z.nullish(imageProcessConfig),
   rootfs: z.object({ type: z.literal("layers"), diff_ids: z.array(digest) }),
 });
 export type ImageConfig = z.infer<typeof imageConfig>;

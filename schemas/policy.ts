@@ -9,7 +9,7 @@
  */
 
 import { byteQuantity } from "./quantity.js";
-import { z } from "./zod.js";
+import * as z from "./zod.js";
 
 /** What a service gets when its document sets no limit. */
 export const DEFAULT_LIMITS = { memory: 256 * 1024 ** 2, pids: 512 } as const;
@@ -21,45 +21,49 @@ const MIN_MEMORY = 4 * 1024 ** 2;
 /** `host` or `host:port`, as image references name a registry. */
 const registryHost = z
   .string()
-  .regex(/^[a-zA-Z0-9.-]+(:\d{1,5})?$/, "expected a registry as image references name it: host or host:port");
+  .check(z.regex(/^[a-zA-Z0-9.-]+(:\d{1,5})?$/, "expected a registry as image references name it: host or host:port"));
 
 /**
  * A glob over host device paths: `/dev/` and then letters, digits, `_`, `.`,
  * `-`, `:` (udev's by-path names), `/`, with `*` and `?` matching within one path component and `[…]` a
  * character class. No `..` and no empty components.
  */
-export const devicePattern = z
-  .string()
-  .regex(/^\/dev\/[a-zA-Z0-9_.:\-/*?[\]]+$/, "expected a glob under /dev/, such as /dev/ttyUSB*")
-  .refine((p) => !p.split("/").slice(1).includes(".."), "must not contain '..'")
-  .refine((p) => !p.slice(1).split("/").includes(""), "must not contain empty path components")
-  .refine((p) => !/\[[^\]]*$|\[\]/.test(p), "has an unclosed or empty [ ] class");
+export const devicePattern = z.string().check(
+  z.regex(/^\/dev\/[a-zA-Z0-9_.:\-/*?[\]]+$/, "expected a glob under /dev/, such as /dev/ttyUSB*"),
+  z.refine((p) => !p.split("/").slice(1).includes(".."), "must not contain '..'"),
+  z.refine((p) => !p.slice(1).split("/").includes(""), "must not contain empty path components"),
+  z.refine((p) => !/\[[^\]]*$|\[\]/.test(p), "has an unclosed or empty [ ] class"),
+);
 
-const memory = byteQuantity.refine((v) => v >= MIN_MEMORY, "expected at least 4 MiB");
-const pids = z.number().int().min(1);
+const memory = byteQuantity.check(z.refine((v) => v >= MIN_MEMORY, "expected at least 4 MiB"));
+const pids = z.number().check(z.int(), z.minimum(1));
 
 export const devicePolicy = z
   .object({
-    registries: z.array(registryHost).optional(),
-    hostNetwork: z.boolean().default(false),
-    devices: z.array(devicePattern).default([]),
-    requireSigned: z.boolean().optional(),
-    defaults: z
-      .object({ memory: memory.default(DEFAULT_LIMITS.memory), pids: pids.default(DEFAULT_LIMITS.pids) })
-      .default({ ...DEFAULT_LIMITS }),
-    max: z
-      .object({ memory: memory.default(MAX_LIMITS.memory), pids: pids.default(MAX_LIMITS.pids) })
-      .default({ ...MAX_LIMITS }),
+    registries: z.optional(z.array(registryHost)),
+    hostNetwork: z._default(z.boolean(), false),
+    devices: z._default(z.array(devicePattern), []),
+    requireSigned: z.optional(z.boolean()),
+    defaults: z._default(
+      z.object({ memory: z._default(memory, DEFAULT_LIMITS.memory), pids: z._default(pids, DEFAULT_LIMITS.pids) }),
+      { ...DEFAULT_LIMITS },
+    ),
+    max: z._default(
+      z.object({ memory: z._default(memory, MAX_LIMITS.memory), pids: z._default(pids, MAX_LIMITS.pids) }),
+      { ...MAX_LIMITS },
+    ),
   })
-  .superRefine((p, ctx) => {
-    for (const field of ["memory", "pids"] as const) {
-      if (p.defaults[field] > p.max[field])
-        ctx.addIssue({
-          code: "custom",
-          path: ["defaults", field],
-          message: `${p.defaults[field]} is above policy.max.${field} (${p.max[field]})`,
-        });
-    }
-  });
+  .check(
+    z.superRefine((p, ctx) => {
+      for (const field of ["memory", "pids"] as const) {
+        if (p.defaults[field] > p.max[field])
+          ctx.addIssue({
+            code: "custom",
+            path: ["defaults", field],
+            message: `${p.defaults[field]} is above policy.max.${field} (${p.max[field]})`,
+          });
+      }
+    }),
+  );
 
 export type DevicePolicyConfig = z.output<typeof devicePolicy>;

@@ -3,7 +3,7 @@
  * plain number of bytes. As in Docker and Kubernetes memory limits, the
  * single-letter suffixes are binary (m = MiB); "KB", "MB" and "GB" are decimal.
  */
-import { z } from "./zod.js";
+import * as z from "./zod.js";
 
 const UNITS: Record<string, number> = {
   "": 1,
@@ -50,15 +50,19 @@ export function formatBytes(bytes: number): string {
 }
 
 /** A zod field that takes "32Mi" or a number of bytes and yields bytes. */
-export const byteQuantity = z.union([z.number().int().nonnegative(), z.string()]).transform((v, ctx) => {
-  if (typeof v === "number") return v;
-  const bytes = parseBytes(v);
-  if (bytes === undefined) {
-    ctx.addIssue({
-      code: "custom",
-      message: `expected a byte quantity such as 32Mi, 512k or 1G, got "${v}"`,
-    });
-    return z.NEVER;
-  }
-  return bytes;
-});
+export const byteQuantity = z.pipe(
+  z.union([z.number().check(z.int(), z.nonnegative()), z.string()]),
+  z.transform((v: number | string, ctx) => {
+    if (typeof v === "number") return v;
+    const bytes = parseBytes(v);
+    if (bytes === undefined) {
+      ctx.issues.push({
+        code: "custom",
+        input: v,
+        message: `expected a byte quantity such as 32Mi, 512k or 1G, got "${v}"`,
+      });
+      return z.NEVER;
+    }
+    return bytes;
+  }),
+);

@@ -1,13 +1,23 @@
 /**
- * zod as every schema here takes it, configured before any parse. jitless:
- * at an object schema's first parse zod compiles a parser for it with
- * `new Function`, and to decide whether it may, reads globalThis.navigator,
- * which makes Node load its navigator module. In the daemon, which parses a
- * few small documents now and then, that code and its source would stay
- * resident for days; zod's interpreted path takes microseconds for them.
+ * zod as every schema here takes it, configured before any parse. It is
+ * zod/mini: functions rather than methods (`z.optional(s)` for
+ * `s.optional()`), so a bundle holds only the parts the schemas use. Classic
+ * zod gives every schema object some fifty methods of its own: with the
+ * whole library loaded, that cost each command about 40 ms at its start and
+ * the daemon about 5 MiB resident.
+ *
+ * English messages, the one locale loaded. jitless: at an object schema's
+ * first parse zod compiles a parser for it with `new Function`, and to
+ * decide whether it may, reads globalThis.navigator, which makes Node load
+ * its navigator module. In the daemon, which parses a few small documents
+ * now and then, that code and its source would stay resident for days;
+ * zod's interpreted path takes microseconds for them.
  */
-import { z } from "zod";
 
-z.config({ jitless: true });
+import { config } from "zod/mini";
+import en from "zod/v4/locales/en.js";
 
-export { z };
+config({ ...en(), jitless: true });
+
+// Taken as `import * as z from "./zod.js"`: a namespace used only as `z.name` leaves the rest out of a bundle.
+export * from "zod/mini";

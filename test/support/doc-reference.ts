@@ -14,13 +14,18 @@
  * without code ("—", "from the image") when the schema has no default.
  */
 import { isDeepStrictEqual } from "node:util";
-import { z } from "zod";
+import * as z from "../../schemas/zod.js";
+
+/** Any zod schema, seen through its definition (what zod/mini and classic zod share). */
+type Schema = z.core.$ZodType;
+type Def = { type: string; innerType?: Schema; shape?: Record<string, Schema>; valueType?: Schema; element?: Schema };
+const defOf = (s: Schema) => s._zod.def as unknown as Def;
 
 export interface SchemaField {
   /** Whether parsing an absent value yields one, and which. */
   default: { has: false } | { has: true; value: unknown };
   /** The object under the field's wrappers, when it is one. */
-  object?: z.ZodObject;
+  object?: Schema;
 }
 
 export type DocDefault = { kind: "none" } | { kind: "value"; value: unknown; text: string } | { kind: "fields" };
@@ -30,36 +35,38 @@ export const FIELDS_DEFAULT = "the defaults of its fields";
 /** A path with every `<…>` placeholder written `<>`, so `<name>` and `<host:port>` compare equal. */
 export const normalisePath = (path: string) => path.replace(/<[^>]*>/g, "<>");
 
-function unwrap(schema: z.ZodType): z.ZodType {
+const WRAPPERS = new Set(["optional", "default", "nullable"]);
+
+function unwrap(schema: Schema): Schema {
   let s = schema;
-  while (s instanceof z.ZodOptional || s instanceof z.ZodDefault || s instanceof z.ZodNullable)
-    s = s.unwrap() as z.ZodType;
+  while (WRAPPERS.has(defOf(s).type)) s = defOf(s).innerType!;
   return s;
 }
 
-function defaultOf(schema: z.ZodType): SchemaField["default"] {
-  const parsed = schema.safeParse(undefined);
+function defaultOf(schema: Schema): SchemaField["default"] {
+  const parsed = z.safeParse(schema, undefined);
   return parsed.success && parsed.data !== undefined ? { has: true, value: parsed.data } : { has: false };
 }
 
 /** Every field of `schema`, by dotted path, walking objects, records of objects and arrays of objects. */
-export function schemaFields(schema: z.ZodObject): Map<string, SchemaField> {
+export function schemaFields(schema: Schema): Map<string, SchemaField> {
   const fields = new Map<string, SchemaField>();
-  const walk = (inner: z.ZodType, prefix: string) => {
-    if (inner instanceof z.ZodObject) {
-      for (const [key, field] of Object.entries(inner.shape as Record<string, z.ZodType>)) {
+  const walk = (inner: Schema, prefix: string) => {
+    const def = defOf(inner);
+    if (def.type === "object") {
+      for (const [key, field] of Object.entries(def.shape!)) {
         const path = prefix ? `${prefix}.${key}` : key;
         const under = unwrap(field);
         fields.set(path, {
           default: defaultOf(field),
-          ...(under instanceof z.ZodObject ? { object: under } : {}),
+          ...(defOf(under).type === "object" ? { object: under } : {}),
         });
         walk(under, path);
       }
-    } else if (inner instanceof z.ZodRecord) {
-      walk(unwrap(inner.valueType as z.ZodType), `${prefix}.<>`);
-    } else if (inner instanceof z.ZodArray) {
-      walk(unwrap(inner.element as z.ZodType), `${prefix}[]`);
+    } else if (def.type === "record") {
+      walk(unwrap(def.valueType!), `${prefix}.<>`);
+    } else if (def.type === "array") {
+      walk(unwrap(def.element!), `${prefix}[]`);
     }
   };
   walk(schema, "");
@@ -111,7 +118,7 @@ export function defaultProblem(path: string, field: SchemaField, cell: string): 
     return isDeepStrictEqual(doc.value, actual.value)
       ? undefined
       : `${path}: the doc says the default is ${show(doc.value)}, but the schema's is ${show(actual.value)}`;
-  const fromFields = field.object?.safeParse({});
+  const fromFields = field.object && z.safeParse(field.object, {});
   if (!fromFields?.success) return `${path}: the doc says "${FIELDS_DEFAULT}", but its fields make no default object`;
   return isDeepStrictEqual(fromFields.data, actual.value)
     ? undefined
@@ -123,7 +130,7 @@ export function defaultProblem(path: string, field: SchemaField, cell: string): 
  * fields it leaves out, fields the schema does not have, and defaults that
  * differ. Each problem names the field.
  */
-export function referenceProblems(schema: z.ZodObject, markdown: string, heading: string): string[] {
+export function referenceProblems(schema: Schema, markdown: string, heading: string): string[] {
   const fields = schemaFields(schema);
   const table = referenceTable(markdown, heading);
   const documented = new Map([...table].map(([path, row]) => [normalisePath(path), { path, ...row }]));
