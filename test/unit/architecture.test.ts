@@ -142,6 +142,19 @@ describe("the architecture", () => {
     expect(misplaced).toEqual([]);
   });
 
+  it("takes zod as zod/mini, through schemas/zod.ts only (classic zod would bundle whole: 305 kB, 5 MiB resident)", () => {
+    const zodImports = files.flatMap((file) =>
+      ts
+        .preProcessFile(readFileSync(join(ROOT, file), "utf8"), true, true)
+        .importedFiles.filter(({ fileName }) => fileName === "zod" || fileName.startsWith("zod/"))
+        .map(({ fileName }) => `${file}: ${fileName}`),
+    );
+    expect([...new Set(zodImports)].sort()).toEqual([
+      "schemas/zod.ts: zod/mini",
+      "schemas/zod.ts: zod/v4/locales/en.js",
+    ]);
+  });
+
   it("ships no test code: nothing shipped imports from test/", () => {
     expect(edges.filter(({ to }) => to.startsWith("test/")).map((e) => `${e.from} -> ${e.to}`)).toEqual([]);
   });
