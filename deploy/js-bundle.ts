@@ -217,25 +217,6 @@ const mqttTrim: Plugin = {
   },
 };
 
-/**
- * esbuild's `__toESM` wraps a CommonJS module anew for each importer: an
- * object with a getter per export. Node's modules are such modules here
- * (the builtins plugin), node:fs (108 exports) imported from 43 places: some
- * 7,000 getters made at start-up and kept. The wrappers are only read
- * through (`import_node_fs.readFileSync`), so one per module serves all. The
- * helper's exact text is named: a new esbuild whose text differs fails the build.
- */
-const TO_ESM =
-  'var __toESM=(mod,isNodeMode,target)=>(target=mod!=null?__create(__getProtoOf(mod)):{},__copyProps(isNodeMode||!mod||!mod.__esModule?__defProp(target,"default",{value:mod,enumerable:true}):target,mod));';
-const SHARED_TO_ESM = `var __esmOf=new WeakMap();var __toESM=(mod,isNodeMode,target)=>{if(isNodeMode&&mod!=null&&__esmOf.has(mod))return __esmOf.get(mod);${TO_ESM.slice(TO_ESM.indexOf("=>(") + 3, -2)};if(isNodeMode&&Object(mod)===mod)__esmOf.set(mod,target);return target};`;
-
-function shareEsmWrappers(meta: Metafile): void {
-  const outputs = Object.keys(meta.outputs).map((f) => resolve(ROOT, f));
-  const holders = outputs.filter((f) => f.endsWith(".js") && readFileSync(f, "utf8").includes(TO_ESM));
-  if (holders.length !== 1) throw new Error(`js-bundle: esbuild's __toESM found in ${holders.length} chunks, not 1`);
-  writeFileSync(holders[0]!, readFileSync(holders[0]!, "utf8").replace(TO_ESM, SHARED_TO_ESM));
-}
-
 /** The directory of each npm package that went into the bundle, by the paths esbuild read. */
 function bundledPackages(meta: Metafile): string[] {
   const dirs = new Set<string>();
@@ -286,7 +267,6 @@ async function main(outdir: string): Promise<void> {
     metafile: true,
     logLevel: "warning",
   });
-  shareEsmWrappers(result.metafile);
   writeFileSync(join(outdir, "THIRD-PARTY-LICENSES"), thirdPartyLicenses(result.metafile));
 }
 
