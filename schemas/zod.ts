@@ -3,8 +3,8 @@
  * zod/mini: functions rather than methods (`z.optional(s)` for
  * `s.optional()`), so a bundle holds only the parts the schemas use. Classic
  * zod gives every schema object some fifty methods of its own: with the
- * whole library loaded, that cost each command about 40 ms at its start and
- * the daemon about 5 MiB resident.
+ * whole library bundled (305 kB against 59), that cost each command about
+ * 35 ms at its start and the daemon 1 to 2 MiB resident.
  *
  * English messages, the one locale loaded. jitless: at an object schema's
  * first parse zod compiles a parser for it with `new Function`, and to
