@@ -11,7 +11,7 @@ import { FleetError } from "../errors.js";
 import { type Acceptance, generationSeen, recordAcceptance } from "./acceptance.js";
 import type { AgentStore, PullImage } from "./agent-store.js";
 import type { ContainerDriver } from "./container-driver.js";
-import { type AgentEvent, type Outcome, type Phase, type RunHost, runDeployment } from "./deployment-run.js";
+import { type AgentEvent, type Outcome, type Phase, type RunHost, runDeployment, STOPPING } from "./deployment-run.js";
 import { type Intake, readDesired } from "./desired-intake.js";
 import { DeviceServices, type DeviceServicesDeps } from "./device-services.js";
 import { type DevicePolicy, enforcePolicy } from "./policy.js";
@@ -292,7 +292,7 @@ export class Agent {
 
   /** Stops watching; the containers keep running for the next agent to adopt. */
   async stop(): Promise<void> {
-    this.current?.abort.abort(new FleetError("E_ABORTED", "the agent is stopping"));
+    this.current?.abort.abort(STOPPING);
     await this.current?.done;
     this.services.detachAll();
   }

@@ -15,6 +15,9 @@ import type { DeviceServices } from "./device-services.js";
 import { type DevicePolicy, enforcePolicy } from "./policy.js";
 
 export type Phase = ReportedState["phase"];
+
+/** Why a run is cut short when the agent stops: not a newer document, so not a verdict on the deployment. */
+export const STOPPING = new FleetError("E_ABORTED", "the agent is stopping");
 export type AgentEvent = { type: string; [k: string]: unknown };
 export type Outcome = { code: FleetError["code"]; message: string };
 
@@ -102,9 +105,11 @@ export async function runDeployment(doc: DesiredState, signal: AbortSignal, host
     // probation for the rest of the health window, and a crash in it still rolls back.
     const healthy = await gate.probation(doc.update.healthyWithinMs, signal);
     // Cut short by a newer document while healthy, it counts as good; never when
-    // unhealthy at that moment, nor when an operator's rollback cut it short.
-    const cutByRollback = signal.aborted && (signal.reason as FleetError | undefined)?.code === "E_ROLLED_BACK";
-    if (healthy && !cutByRollback) await markGood(doc, host.store);
+    // unhealthy at that moment, nor when an operator's rollback cut it short, nor when
+    // the agent stopped (the next agent adopts it and watches it for a window of its own).
+    const reason = signal.aborted ? (signal.reason as FleetError | undefined) : undefined;
+    const noVerdict = reason === STOPPING || reason?.code === "E_ROLLED_BACK";
+    if (healthy && !noVerdict) await markGood(doc, host.store);
   } catch (err) {
     if (signal.aborted) return; // a newer document took over
     await recover(doc, err, signal, host);

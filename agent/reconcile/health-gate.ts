@@ -45,6 +45,11 @@ export class HealthGate {
     return bad.length ? bad.join(", ") : undefined;
   }
 
+  /** Puts `services` on probation too, though this run did not start them (they already ran). */
+  watch(services: Iterable<string>): void {
+    for (const s of services) this.started.add(s);
+  }
+
   /** Resolves once every service is healthy; E_UNHEALTHY when `withinMs` passes first. */
   async healthy(services: string[], withinMs: number, signal: AbortSignal): Promise<void> {
     for (const s of services) this.started.add(s);

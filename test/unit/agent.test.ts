@@ -136,6 +136,29 @@ describe("the agent's health gate", () => {
     expect(running(runtime)).toEqual({ web: ["good"] });
   });
 
+  it("keeps a deployment on probation across an agent restart within its window: a crash after the restart still rolls it back", async () => {
+    const runtime = new SimulatedRuntime();
+    const store = new SimulatedStore();
+    const first = device({ runtime, store });
+    await applied(first.agent, doc("good", 1));
+    const crashes = doc("crashes", 2, {
+      services: { web: { image: IMAGE, env: { DEPLOYMENT: "crashes" }, command: ["exit", "1", "600"] } },
+      update: { healthyWithinMs: 5000 },
+    });
+    await first.agent.submit(crashes);
+    await waitFor("crashes converged", () =>
+      first.events.some((e) => e.type === "converged" && e.deployment === "crashes"),
+    );
+    // The agent stops within the window, before the crash; its container runs on and is adopted by the next one.
+    await first.agent.stop();
+    const second = device({ runtime, store });
+    await second.agent.reattach();
+    await second.agent.idle();
+    expect(second.agent.reported()).toMatchObject({ phase: "rolledBack", lastGood: "good" });
+    expect(second.agent.lastError?.code).toBe("E_UNHEALTHY");
+    expect(running(runtime)).toEqual({ web: ["good"] });
+  });
+
   it("reports failed, not rolledBack, when there is nothing good to go back to", async () => {
     const { agent } = device();
     const broken = doc("broken", 1, {
