@@ -37,7 +37,8 @@ const registry = z.object({
   insecure: z._default(z.boolean(), false),
 });
 
-const FLEET_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
+/** A device id or group name: one safe MQTT topic level (the inventory holds names to it too). */
+export const FLEET_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
 const fleetName = () => z.string().check(z.regex(FLEET_NAME, "expected letters, digits, '_', '.' or '-'"));
 
 export const deviceConfig = z

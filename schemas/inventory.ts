@@ -4,10 +4,9 @@
  * broker's ACL is generated from it (`fleetctl acl`). A device id and an
  * operator name are also the CN of that client's certificate.
  */
+import { FLEET_NAME } from "./config.js";
 import * as z from "./zod.js";
 
-/** The same rule as deviceId and groups in the device config: one safe MQTT topic level. */
-const FLEET_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
 const NAME_RULE = "expected 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit";
 
 const name = z.string().check(z.regex(FLEET_NAME, NAME_RULE));

@@ -130,10 +130,6 @@ async function passes(doc: DesiredState, signal: AbortSignal, deps: ConvergeDeps
     const steps = plan(doc, deps.services.actualServices(), await storedImages(doc, ready, lease, deps.store));
     if (steps.length === 0) {
       await deps.networks?.prune();
-      // A run that started nothing (its containers already ran: the agent restarted within the
-      // window, say) still owes a deployment that is not yet good its window, over all its services.
-      if (gate.started.size === 0 && deps.store.db.data.lastGood?.deployment !== doc.deployment)
-        gate.watch(Object.keys(doc.services));
       return gate;
     }
     if (pass > MAX_PASSES) {

@@ -15,11 +15,11 @@ import type { DeviceServices } from "./device-services.js";
 import { type DevicePolicy, enforcePolicy } from "./policy.js";
 
 export type Phase = ReportedState["phase"];
+export type AgentEvent = { type: string; [k: string]: unknown };
+export type Outcome = { code: FleetError["code"]; message: string };
 
 /** Why a run is cut short when the agent stops: not a newer document, so not a verdict on the deployment. */
 export const STOPPING = new FleetError("E_ABORTED", "the agent is stopping");
-export type AgentEvent = { type: string; [k: string]: unknown };
-export type Outcome = { code: FleetError["code"]; message: string };
 
 /** The part of the agent a run reports through. */
 export interface RunHost {
@@ -103,6 +103,10 @@ export async function runDeployment(doc: DesiredState, signal: AbortSignal, host
     }
     // Converged is reported at once; the gate keeps the new services on
     // probation for the rest of the health window, and a crash in it still rolls back.
+    // A run that started nothing (its containers already ran: the agent restarted within
+    // the window, say) still owes a deployment that is not yet good a window, over all its services.
+    if (gate.started.size === 0 && host.store.db.data.lastGood?.deployment !== doc.deployment)
+      gate.watch(Object.keys(doc.services));
     const healthy = await gate.probation(doc.update.healthyWithinMs, signal);
     // Cut short by a newer document while healthy, it counts as good; never when
     // unhealthy at that moment, nor when an operator's rollback cut it short, nor when

@@ -52,7 +52,7 @@ export class HealthGate {
 
   /** Resolves once every service is healthy; E_UNHEALTHY when `withinMs` passes first. */
   async healthy(services: string[], withinMs: number, signal: AbortSignal): Promise<void> {
-    for (const s of services) this.started.add(s);
+    this.watch(services);
     const deadline = Date.now() + withinMs;
     for (;;) {
       signal.throwIfAborted();
